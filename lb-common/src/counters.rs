@@ -1,0 +1,70 @@
+//! Global packet counters, one per-CPU copy summed by user space.
+
+macro_rules! counters {
+    ($(#[$doc:meta])* pub struct $name:ident { $($(#[$fdoc:meta])* $field:ident,)* }) => {
+        $(#[$doc])*
+        #[repr(C)]
+        #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+        pub struct $name {
+            $($(#[$fdoc])* pub $field: u64,)*
+        }
+
+        impl $name {
+            /// Field names, in layout order.
+            pub const NAMES: &'static [&'static str] = &[$(stringify!($field)),*];
+
+            /// Field values, in the order of [`Self::NAMES`].
+            pub fn values(&self) -> [u64; Self::NAMES.len()] {
+                [$(self.$field),*]
+            }
+
+            /// Builds counters from values in the order of [`Self::NAMES`].
+            pub fn from_values(values: [u64; Self::NAMES.len()]) -> Self {
+                let [$($field),*] = values;
+                Self { $($field),* }
+            }
+
+            /// Adds `other` field by field (summing per-CPU copies).
+            pub fn accumulate(&mut self, other: &Self) {
+                $(self.$field = self.$field.wrapping_add(other.$field);)*
+            }
+        }
+    };
+}
+
+counters! {
+    /// What the XDP program saw, by packet class. Every packet increments
+    /// `packets` and exactly one class field.
+    pub struct GlobalCounters {
+        /// Every frame the program ran on.
+        packets,
+        /// Bytes of every frame, Ethernet header included.
+        bytes,
+        /// Ethernet frames that are neither IPv4 nor IPv6 (ARP, VLAN-tagged, ...).
+        non_ip,
+        /// IP frames whose headers are cut short or inconsistent.
+        malformed,
+        /// IPv4 TCP segments.
+        ipv4_tcp,
+        /// IPv4 UDP datagrams.
+        ipv4_udp,
+        /// IPv4 ICMP messages.
+        ipv4_icmp,
+        /// IPv4 fragments after the first (they carry no ports).
+        ipv4_fragment,
+        /// IPv4 with any other protocol.
+        ipv4_other,
+        /// IPv6 TCP segments.
+        ipv6_tcp,
+        /// IPv6 UDP datagrams.
+        ipv6_udp,
+        /// ICMPv6 messages (neighbour discovery included).
+        ipv6_icmp,
+        /// IPv6 with any other next header (extension headers included).
+        ipv6_other,
+    }
+}
+
+#[cfg(feature = "user")]
+// SAFETY: repr(C), only u64 fields, no padding.
+unsafe impl aya::Pod for GlobalCounters {}

@@ -1,0 +1,34 @@
+//! The contract between lb's XDP program and its user space.
+//!
+//! Every map key and value, every constant both sides must agree on, and the
+//! header parser itself live here, once. Layouts are `#[repr(C)]` with
+//! explicit, always-zero padding; addresses and ports are kept in network
+//! byte order exactly as they appear on the wire.
+//!
+//! With the `user` feature the layouts implement [`aya::Pod`] so user space
+//! can read and write them in maps. The data plane builds this crate without
+//! that feature; it must never pull in `aya-ebpf` (its `memcpy` would replace
+//! libc's in the host binary).
+#![no_std]
+
+pub mod counters;
+pub mod packet;
+
+/// Version of every layout in this crate. A binary refuses to reuse maps
+/// pinned by a binary with another version.
+pub const LAYOUT_VERSION: u32 = 1;
+
+/// Names of the maps in the XDP object, which are also their pin names.
+pub mod map_names {
+    /// Per-CPU array with one [`crate::counters::GlobalCounters`].
+    pub const COUNTERS: &str = "LB_COUNTERS";
+}
+
+/// Names of the programs in the XDP objects.
+pub mod program_names {
+    /// The balancer itself.
+    pub const BALANCER: &str = "lb_xdp";
+    /// A program that passes every packet; test rigs put it on the peers of
+    /// veths that receive XDP_TX frames.
+    pub const PASS: &str = "lb_pass";
+}

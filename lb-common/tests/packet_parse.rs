@@ -1,0 +1,197 @@
+//! Host tests of the header parser the XDP program runs.
+
+use lb_common::counters::GlobalCounters;
+use lb_common::packet::{parse, IpVersion, Parsed, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP};
+
+const MACS: [u8; 12] = [2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2];
+
+fn ether(ethertype: u16, payload: &[u8]) -> Vec<u8> {
+    let mut f = MACS.to_vec();
+    f.extend_from_slice(&ethertype.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+fn ipv4(proto: u8, frag: u16, options: &[u8], l4: &[u8]) -> Vec<u8> {
+    let ihl = (20 + options.len()) / 4;
+    let total = (20 + options.len() + l4.len()) as u16;
+    let mut h = vec![0x40 | ihl as u8, 0];
+    h.extend_from_slice(&total.to_be_bytes());
+    h.extend_from_slice(&[0, 0]);
+    h.extend_from_slice(&frag.to_be_bytes());
+    h.extend_from_slice(&[64, proto, 0, 0]);
+    h.extend_from_slice(&[192, 0, 2, 1, 192, 0, 2, 100]);
+    h.extend_from_slice(options);
+    h.extend_from_slice(l4);
+    ether(0x0800, &h)
+}
+
+fn ipv6(next: u8, l4: &[u8]) -> Vec<u8> {
+    let mut h = vec![0x60, 0, 0, 0];
+    h.extend_from_slice(&(l4.len() as u16).to_be_bytes());
+    h.extend_from_slice(&[next, 64]);
+    let mut src = [0u8; 16];
+    src[..4].copy_from_slice(&[0x20, 0x01, 0x0d, 0xb8]);
+    src[15] = 1;
+    let mut dst = src;
+    dst[15] = 0x64;
+    h.extend_from_slice(&src);
+    h.extend_from_slice(&dst);
+    h.extend_from_slice(l4);
+    ether(0x86dd, &h)
+}
+
+fn tcp(sport: u16, dport: u16, flags: u8) -> Vec<u8> {
+    let mut t = Vec::new();
+    t.extend_from_slice(&sport.to_be_bytes());
+    t.extend_from_slice(&dport.to_be_bytes());
+    t.extend_from_slice(&[0; 8]);
+    t.extend_from_slice(&[5 << 4, flags, 0xff, 0xff, 0, 0, 0, 0]);
+    t
+}
+
+fn udp(sport: u16, dport: u16) -> Vec<u8> {
+    let mut u = Vec::new();
+    u.extend_from_slice(&sport.to_be_bytes());
+    u.extend_from_slice(&dport.to_be_bytes());
+    u.extend_from_slice(&[0, 8, 0, 0]);
+    u
+}
+
+fn ip(frame: &[u8]) -> lb_common::packet::IpPacket {
+    match parse(frame) {
+        Parsed::Ip(p) => p,
+        other => panic!("expected an IP packet, got {other:?}"),
+    }
+}
+
+#[test]
+fn ipv4_tcp_ports_flags_and_addresses() {
+    let p = ip(&ipv4(IPPROTO_TCP, 0, &[], &tcp(40000, 80, 0x02)));
+    assert_eq!(p.version, IpVersion::V4);
+    assert_eq!(p.proto, IPPROTO_TCP);
+    assert_eq!(u16::from_be(p.sport), 40000);
+    assert_eq!(u16::from_be(p.dport), 80);
+    assert_eq!(p.tcp_flags, 0x02);
+    assert_eq!(&p.src[..4], &[192, 0, 2, 1]);
+    assert_eq!(&p.dst[..4], &[192, 0, 2, 100]);
+    assert!(p.src[4..].iter().all(|b| *b == 0));
+    assert_eq!(p.l4_offset, 34);
+}
+
+#[test]
+fn ipv4_options_move_the_transport_header() {
+    let p = ip(&ipv4(
+        IPPROTO_UDP,
+        0,
+        &[1, 1, 1, 1, 1, 1, 1, 0],
+        &udp(5353, 53),
+    ));
+    assert_eq!(p.l4_offset, 14 + 28);
+    assert_eq!(u16::from_be(p.dport), 53);
+}
+
+#[test]
+fn ipv6_udp() {
+    let p = ip(&ipv6(IPPROTO_UDP, &udp(1234, 4242)));
+    assert_eq!(p.version, IpVersion::V6);
+    assert_eq!(u16::from_be(p.sport), 1234);
+    assert_eq!(p.dst[15], 0x64);
+    assert_eq!(p.l4_offset, 54);
+}
+
+#[test]
+fn later_ipv4_fragment_has_no_ports() {
+    let p = ip(&ipv4(IPPROTO_TCP, 185, &[], &[0xaa; 16]));
+    assert!(p.later_fragment);
+    assert_eq!((p.sport, p.dport), (0, 0));
+}
+
+#[test]
+fn first_ipv4_fragment_keeps_its_ports() {
+    let p = ip(&ipv4(IPPROTO_UDP, 0x2000, &[], &udp(1, 2)));
+    assert!(!p.later_fragment);
+    assert_eq!(u16::from_be(p.dport), 2);
+}
+
+#[test]
+fn arp_and_runt_frames_are_not_ip() {
+    assert_eq!(parse(&ether(0x0806, &[0; 28])[..]), Parsed::NotIp);
+    assert_eq!(parse(&MACS[..]), Parsed::NotIp);
+    assert_eq!(parse(&[][..]), Parsed::NotIp);
+}
+
+#[test]
+fn truncated_headers_at_every_boundary_are_malformed() {
+    let frames = [
+        ipv4(IPPROTO_TCP, 0, &[], &tcp(1, 2, 0x10)),
+        ipv4(IPPROTO_UDP, 0, &[], &udp(1, 2)),
+        ipv6(IPPROTO_TCP, &tcp(1, 2, 0x10)),
+        ipv6(IPPROTO_UDP, &udp(1, 2)),
+    ];
+    for frame in &frames {
+        for cut in 15..frame.len() {
+            assert_eq!(
+                parse(&frame[..cut]),
+                Parsed::Malformed,
+                "frame cut to {cut} of {} bytes",
+                frame.len()
+            );
+        }
+        assert!(matches!(parse(&frame[..]), Parsed::Ip(_)));
+    }
+}
+
+#[test]
+fn bogus_ihl_and_versions_are_malformed() {
+    let mut short_ihl = ipv4(IPPROTO_TCP, 0, &[], &tcp(1, 2, 0));
+    short_ihl[14] = 0x44;
+    assert_eq!(parse(&short_ihl[..]), Parsed::Malformed);
+
+    let mut long_ihl = ipv4(IPPROTO_UDP, 0, &[], &[]);
+    long_ihl[14] = 0x4f;
+    assert_eq!(parse(&long_ihl[..]), Parsed::Malformed);
+
+    let mut v6_in_v4 = ipv4(IPPROTO_UDP, 0, &[], &udp(1, 2));
+    v6_in_v4[14] = 0x65;
+    assert_eq!(parse(&v6_in_v4[..]), Parsed::Malformed);
+
+    let mut short_doff = ipv4(IPPROTO_TCP, 0, &[], &tcp(1, 2, 0));
+    short_doff[14 + 20 + 12] = 4 << 4;
+    assert_eq!(parse(&short_doff[..]), Parsed::Malformed);
+}
+
+#[test]
+fn other_protocols_parse_without_ports() {
+    let p = ip(&ipv4(IPPROTO_ICMP, 0, &[], &[8, 0, 0, 0, 0, 1, 0, 1]));
+    assert_eq!(p.proto, IPPROTO_ICMP);
+    assert_eq!((p.sport, p.dport), (0, 0));
+}
+
+#[test]
+fn each_frame_counts_in_exactly_one_class() {
+    let frames = [
+        ether(0x0806, &[0; 28]),
+        ipv4(IPPROTO_TCP, 0, &[], &tcp(1, 2, 0x02)),
+        ipv4(IPPROTO_UDP, 0, &[], &udp(1, 2)),
+        ipv4(IPPROTO_ICMP, 0, &[], &[8, 0, 0, 0]),
+        ipv4(IPPROTO_TCP, 100, &[], &[0; 8]),
+        ipv4(47, 0, &[], &[0; 8]),
+        ipv6(IPPROTO_TCP, &tcp(1, 2, 0x02)),
+        ipv6(IPPROTO_UDP, &udp(1, 2)),
+        ipv6(58, &[135, 0, 0, 0]),
+        ipv6(0, &[0; 8]),
+        ipv4(IPPROTO_TCP, 0, &[], &[0; 4]),
+    ];
+    let mut counters = GlobalCounters::default();
+    let mut bytes = 0;
+    for frame in &frames {
+        counters.count(&parse(&frame[..]), frame.len() as u64);
+        bytes += frame.len() as u64;
+    }
+    let values = counters.values();
+    assert_eq!(counters.packets, frames.len() as u64);
+    assert_eq!(counters.bytes, bytes);
+    // Every class field is hit exactly once by the list above.
+    assert!(values[2..].iter().all(|v| *v == 1), "{counters:?}");
+}

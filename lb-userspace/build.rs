@@ -1,0 +1,37 @@
+//! Builds lb-ebpf for bpfel-unknown-none and leaves the objects in OUT_DIR,
+//! where `object.rs` embeds them.
+
+use anyhow::{bail, Context as _};
+
+fn main() -> anyhow::Result<()> {
+    let missing: Vec<&str> = ["bpf-linker", "rustup"]
+        .into_iter()
+        .filter(|tool| which(tool).is_none())
+        .collect();
+    if !missing.is_empty() {
+        bail!(
+            "building lb's XDP program needs {}; run `cargo xtask setup` to install it",
+            missing.join(" and ")
+        );
+    }
+    let package = aya_build::Package {
+        name: "lb-ebpf",
+        root_dir: concat!(env!("CARGO_MANIFEST_DIR"), "/../lb-ebpf"),
+        ..Default::default()
+    };
+    println!(
+        "cargo:rerun-if-changed={}",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../lb-common/src")
+    );
+    // The nested cargo's progress lines would all surface as warnings.
+    std::env::set_var("CARGO_TERM_QUIET", "true");
+    aya_build::build_ebpf([package], aya_build::Toolchain::Nightly)
+        .context("building lb-ebpf failed; `cargo xtask setup` installs the nightly toolchain pieces and bpf-linker it needs")
+}
+
+fn which(tool: &str) -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(tool))
+        .find(|candidate| candidate.is_file())
+}

@@ -1,0 +1,67 @@
+//! Reading the data plane's per-CPU counters.
+
+use std::{borrow::Borrow, path::Path};
+
+use aya::maps::{Map, MapData, MapError, PerCpuArray};
+use lb_common::{counters::GlobalCounters, map_names};
+
+/// Sums every CPU's copy of the global counters.
+pub fn sum<T: Borrow<MapData>>(
+    array: &PerCpuArray<T, GlobalCounters>,
+) -> Result<GlobalCounters, MapError> {
+    let mut total = GlobalCounters::default();
+    for cpu_copy in array.get(&0, 0)?.iter() {
+        total.accumulate(cpu_copy);
+    }
+    Ok(total)
+}
+
+/// Reads the global counters from the maps pinned under `pin_dir`, which
+/// works whether or not a controller is running.
+pub fn read_pinned(pin_dir: &Path) -> Result<GlobalCounters, MapError> {
+    let data = MapData::from_pin(pin_dir.join(map_names::COUNTERS))?;
+    let array = PerCpuArray::try_from(Map::from_map_data(data)?)?;
+    sum(&array)
+}
+
+/// Reads the global counters of a loaded object.
+pub fn read_loaded(ebpf: &aya::Ebpf) -> Result<GlobalCounters, MapError> {
+    let map = ebpf
+        .map(map_names::COUNTERS)
+        .expect("the object defines the counters map");
+    sum(&PerCpuArray::try_from(map)?)
+}
+
+/// The counters as `name value` lines, names padded into a column.
+pub fn render_table(counters: &GlobalCounters) -> String {
+    let width = GlobalCounters::NAMES
+        .iter()
+        .map(|n| n.len())
+        .max()
+        .unwrap_or(0);
+    GlobalCounters::NAMES
+        .iter()
+        .zip(counters.values())
+        .map(|(name, value)| format!("{name:<width$}  {value}\n"))
+        .collect()
+}
+
+/// The counters as one JSON object, `{"name": value, ...}`.
+pub fn render_json(counters: &GlobalCounters) -> String {
+    let map: serde_json::Map<String, serde_json::Value> = GlobalCounters::NAMES
+        .iter()
+        .zip(counters.values())
+        .map(|(name, value)| (name.to_string(), value.into()))
+        .collect();
+    serde_json::Value::Object(map).to_string()
+}
+
+/// Parses what [`render_json`] wrote.
+pub fn parse_json(text: &str) -> Option<GlobalCounters> {
+    let value: serde_json::Value = serde_json::from_str(text).ok()?;
+    let mut values = [0u64; GlobalCounters::NAMES.len()];
+    for (slot, name) in values.iter_mut().zip(GlobalCounters::NAMES) {
+        *slot = value.get(name)?.as_u64()?;
+    }
+    Some(GlobalCounters::from_values(values))
+}

@@ -1,0 +1,13 @@
+//! lb's control plane: loading and attaching the XDP data plane, reading
+//! its maps, and the command line built on top.
+
+pub mod cli;
+pub mod counters;
+pub mod dataplane;
+pub mod demo;
+pub mod iface;
+pub mod object;
+pub mod privileges;
+pub mod run;
+pub mod stats;
+pub mod testbed;

@@ -1,0 +1,525 @@
+//! Network namespace rigs for end-to-end tests and the demo.
+//!
+//! A [`Testbed`] is a switch namespace holding a bridge, plus one namespace
+//! per host, each joined to the bridge by a veth pair (`eth0` in the host,
+//! `p-<role>` in the switch). Everything it creates carries a name unique to
+//! this process and is removed when the testbed is dropped, on panic too;
+//! rigs left behind by a killed process are removed by the next one.
+//!
+//! Addresses must come from the documentation ranges (192.0.2.0/24,
+//! 198.51.100.0/24, 203.0.113.0/24, 2001:db8::/32): test traffic never goes
+//! anywhere else.
+
+use std::{
+    fs,
+    io::{Read as _, Write as _},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream},
+    os::fd::AsRawFd as _,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    time::Duration,
+};
+
+use anyhow::{bail, ensure, Context as _};
+use aya::{programs::Xdp, Ebpf, EbpfLoader};
+use lb_common::program_names;
+
+use crate::object;
+
+const NETNS_DIR: &str = "/run/netns";
+const NAME_PREFIX: &str = "lbt";
+const BRIDGE: &str = "br0";
+/// The host side of every host's veth pair.
+pub const HOST_IFACE: &str = "eth0";
+
+static NEXT_RIG: AtomicU32 = AtomicU32::new(0);
+
+/// One host of a testbed.
+#[derive(Clone, Debug)]
+pub struct Host {
+    /// Short role name, such as `client` or `w1`.
+    pub role: String,
+    /// Name of its network namespace (under /run/netns).
+    pub netns: String,
+    /// Its IPv4 address on the bridge (/24).
+    pub ipv4: Ipv4Addr,
+    /// Its IPv6 address on the bridge (/64).
+    pub ipv6: Ipv6Addr,
+}
+
+impl Host {
+    /// Path of the namespace file, for setns and `nsenter --net=`.
+    pub fn netns_path(&self) -> PathBuf {
+        Path::new(NETNS_DIR).join(&self.netns)
+    }
+
+    /// A command that runs `program` inside this host's network namespace
+    /// only, keeping the machine's mount namespace (and so its bpffs).
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net={}", self.netns_path().display()))
+            .arg("--")
+            .arg(program);
+        cmd
+    }
+
+    /// Runs a command in this host's namespace and fails with its stderr if
+    /// it fails.
+    pub fn run(&self, program: &str, args: &[&str]) -> anyhow::Result<String> {
+        output_of(self.command(program).args(args))
+    }
+
+    /// Runs `work` on a thread that has entered this host's network
+    /// namespace; sockets it opens live in that namespace.
+    pub fn within<T: Send>(&self, work: impl FnOnce() -> T + Send) -> anyhow::Result<T> {
+        let path = self.netns_path();
+        std::thread::scope(|scope| {
+            scope
+                .spawn(move || {
+                    enter_netns(&path)?;
+                    Ok(work())
+                })
+                .join()
+                .map_err(|_| anyhow::anyhow!("a thread in netns {} panicked", self.netns))?
+        })
+    }
+
+    /// Reads one of this namespace's /proc/net files (`snmp`, `snmp6`, ...).
+    pub fn proc_net(&self, file: &str) -> anyhow::Result<String> {
+        let path = format!("/proc/thread-self/net/{file}");
+        self.within(move || fs::read_to_string(&path))?
+            .with_context(|| format!("reading /proc/net/{file} in {}", self.netns))
+    }
+
+    /// A counter of the host's `eth0` as the kernel keeps it: `direction`
+    /// is `rx` or `tx`, `field` e.g. `packets` or `bytes`.
+    pub fn iface_stat(&self, direction: &str, field: &str) -> anyhow::Result<u64> {
+        let text = self.run("ip", &["-s", "-j", "link", "show", HOST_IFACE])?;
+        let value: serde_json::Value = serde_json::from_str(&text)?;
+        value[0]["stats64"][direction][field]
+            .as_u64()
+            .with_context(|| format!("no {direction} {field} in `ip -s -j link` output"))
+    }
+}
+
+/// A child process that is killed when dropped.
+pub struct Process {
+    child: Child,
+    what: String,
+}
+
+impl Process {
+    /// Starts `cmd`, describing it as `what` in errors.
+    pub fn spawn(cmd: &mut Command, what: &str) -> anyhow::Result<Self> {
+        let child = cmd.spawn().with_context(|| format!("starting {what}"))?;
+        Ok(Self {
+            child,
+            what: what.to_owned(),
+        })
+    }
+
+    /// The underlying child, for its pipes.
+    pub fn child(&mut self) -> &mut Child {
+        &mut self.child
+    }
+
+    /// Sends `signal` to the process.
+    pub fn signal(&self, signal: libc::c_int) -> anyhow::Result<()> {
+        // SAFETY: plain kill(2) on our own child's pid.
+        let rc = unsafe { libc::kill(self.child.id() as libc::pid_t, signal) };
+        ensure!(
+            rc == 0,
+            "signalling {}: {}",
+            self.what,
+            std::io::Error::last_os_error()
+        );
+        Ok(())
+    }
+
+    /// Waits up to `limit` for the process to exit and returns its status.
+    pub fn wait_timeout(&mut self, limit: Duration) -> anyhow::Result<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if std::time::Instant::now() > deadline {
+                bail!("{} did not exit within {limit:?}", self.what);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Process {
+    /// Asks the process to stop (SIGTERM), then kills it if it is still
+    /// there after a grace period.
+    fn drop(&mut self) {
+        if !matches!(self.child.try_wait(), Ok(None)) {
+            return;
+        }
+        if self.signal(libc::SIGTERM).is_err() || self.wait_timeout(Duration::from_secs(3)).is_err()
+        {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// An `lb run` started in a testbed host, with its own pin directory.
+pub struct LbProcess {
+    process: Process,
+    output: std::io::BufReader<std::process::ChildStdout>,
+    exe: PathBuf,
+    pin_dir: PathBuf,
+    /// The line `lb run` printed once it had attached.
+    pub attached_line: String,
+}
+
+impl LbProcess {
+    /// Starts `exe run --iface eth0 --pin-dir <pin_dir> <extra>` in `host`
+    /// and waits until it reports that it attached.
+    pub fn start(exe: &Path, host: &Host, pin_dir: &Path, extra: &[&str]) -> anyhow::Result<Self> {
+        let mut cmd = host.command(exe);
+        cmd.args(["run", "--iface", HOST_IFACE, "--pin-dir"])
+            .arg(pin_dir)
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped());
+        let mut process = Process::spawn(&mut cmd, &format!("lb run in {}", host.netns))?;
+        let stdout = process
+            .child()
+            .stdout
+            .take()
+            .context("lb run has no stdout")?;
+        let mut output = std::io::BufReader::new(stdout);
+        let mut attached_line = String::new();
+        std::io::BufRead::read_line(&mut output, &mut attached_line)?;
+        ensure!(
+            attached_line.contains("attached"),
+            "lb run in {} did not attach (it printed {attached_line:?})",
+            host.netns
+        );
+        Ok(Self {
+            process,
+            output,
+            exe: exe.to_owned(),
+            pin_dir: pin_dir.to_owned(),
+            attached_line,
+        })
+    }
+
+    /// The counters, as `lb stats -o json` reports them.
+    pub fn stats(&self) -> anyhow::Result<lb_common::counters::GlobalCounters> {
+        let pin_dir = self.pin_dir.to_string_lossy();
+        let exe = self.exe.to_string_lossy();
+        let json =
+            output_of(Command::new(&*exe).args(["stats", "-o", "json", "--pin-dir", &pin_dir]))?;
+        crate::counters::parse_json(&json)
+            .with_context(|| format!("unexpected `lb stats` output {json:?}"))
+    }
+
+    /// Stops `lb run` with SIGINT and returns what it printed after the
+    /// attach line; fails unless it exits successfully.
+    pub fn stop(mut self) -> anyhow::Result<String> {
+        self.process.signal(libc::SIGINT)?;
+        let status = self.process.wait_timeout(Duration::from_secs(10))?;
+        let mut rest = String::new();
+        self.output.read_to_string(&mut rest)?;
+        ensure!(status.success(), "lb run exited with {status}: {rest}");
+        Ok(rest)
+    }
+}
+
+/// A bridge in its own namespace and the hosts plugged into it.
+pub struct Testbed {
+    prefix: String,
+    switch: String,
+    hosts: Vec<Host>,
+    pin_dirs: Vec<PathBuf>,
+    programs: Vec<Ebpf>,
+}
+
+impl Testbed {
+    /// Creates an empty switch. Needs root.
+    pub fn new() -> anyhow::Result<Self> {
+        ensure!(
+            crate::privileges::can_manage_xdp(),
+            "network namespace rigs need root (CAP_NET_ADMIN and CAP_BPF); run the tests with sudo"
+        );
+        remove_stale_rigs();
+        let prefix = format!(
+            "{NAME_PREFIX}-{}-{}",
+            std::process::id(),
+            NEXT_RIG.fetch_add(1, Ordering::Relaxed)
+        );
+        let switch = format!("{prefix}-sw");
+        let bed = Self {
+            prefix,
+            switch: switch.clone(),
+            hosts: Vec::new(),
+            pin_dirs: Vec::new(),
+            programs: Vec::new(),
+        };
+        ip(&["netns", "add", &switch])?;
+        ip(&["-n", &switch, "link", "add", BRIDGE, "type", "bridge"])?;
+        ip(&["-n", &switch, "link", "set", BRIDGE, "up"])?;
+        Ok(bed)
+    }
+
+    /// Adds a host named `role` (at most 12 characters) with the given
+    /// addresses on the bridge.
+    pub fn add_host(&mut self, role: &str, ipv4: Ipv4Addr, ipv6: Ipv6Addr) -> anyhow::Result<Host> {
+        ensure!(
+            role.len() <= 12,
+            "host role `{role}` is longer than 12 characters"
+        );
+        let host = Host {
+            role: role.to_owned(),
+            netns: format!("{}-{role}", self.prefix),
+            ipv4,
+            ipv6,
+        };
+        ip(&["netns", "add", &host.netns])?;
+        self.hosts.push(host.clone());
+        let peer = peer_name(role);
+        ip(&[
+            "link",
+            "add",
+            HOST_IFACE,
+            "netns",
+            &host.netns,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &peer,
+            "netns",
+            &self.switch,
+        ])?;
+        ip(&[
+            "-n",
+            &self.switch,
+            "link",
+            "set",
+            &peer,
+            "master",
+            BRIDGE,
+            "up",
+        ])?;
+        let n = host.netns.as_str();
+        ip(&["-n", n, "link", "set", "lo", "up"])?;
+        ip(&[
+            "-n",
+            n,
+            "addr",
+            "add",
+            &format!("{ipv4}/24"),
+            "dev",
+            HOST_IFACE,
+        ])?;
+        ip(&[
+            "-n",
+            n,
+            "addr",
+            "add",
+            &format!("{ipv6}/64"),
+            "dev",
+            HOST_IFACE,
+            "nodad",
+        ])?;
+        ip(&["-n", n, "link", "set", HOST_IFACE, "up"])?;
+        Ok(host)
+    }
+
+    /// The host called `role`.
+    pub fn host(&self, role: &str) -> &Host {
+        self.hosts
+            .iter()
+            .find(|h| h.role == role)
+            .unwrap_or_else(|| panic!("no host {role} in this testbed"))
+    }
+
+    /// Turns off TX checksum offload on a client's `eth0`: XDP rewrites on
+    /// the balancer cannot complete the partial checksums a veth hands out.
+    pub fn disable_tx_offload(&self, role: &str) -> anyhow::Result<()> {
+        self.host(role)
+            .run("ethtool", &["-K", HOST_IFACE, "tx", "off"])
+            .map(drop)
+    }
+
+    /// Puts a do-nothing XDP program on the switch side of `role`'s veth, so
+    /// that frames the host sends with XDP_TX are not dropped by the veth.
+    pub fn accept_xdp_tx_from(&mut self, role: &str) -> anyhow::Result<()> {
+        let switch = Host {
+            role: "switch".into(),
+            netns: self.switch.clone(),
+            ipv4: Ipv4Addr::UNSPECIFIED,
+            ipv6: Ipv6Addr::UNSPECIFIED,
+        };
+        let peer = peer_name(role);
+        let ebpf = switch.within(move || -> anyhow::Result<Ebpf> {
+            let mut ebpf = EbpfLoader::new().load(object::LB_XDP)?;
+            let program: &mut Xdp = ebpf
+                .program_mut(program_names::PASS)
+                .context("the object has no pass program")?
+                .try_into()?;
+            program.load()?;
+            program.attach(&peer, aya::programs::XdpMode::Driver)?;
+            Ok(ebpf)
+        })??;
+        self.programs.push(ebpf);
+        Ok(())
+    }
+
+    /// A fresh directory name on the machine's bpffs for one lb instance's
+    /// pins; it and anything in it are removed with the testbed.
+    pub fn pin_dir(&mut self, name: &str) -> PathBuf {
+        let dir = Path::new("/sys/fs/bpf").join(format!("{}-{name}", self.prefix));
+        self.pin_dirs.push(dir.clone());
+        dir
+    }
+
+    /// Starts nginx in `host`'s namespace serving `body` for every path on
+    /// port 80 of all its addresses.
+    pub fn start_nginx(&self, host: &Host, body: &str) -> anyhow::Result<Process> {
+        let dir = std::env::temp_dir().join(format!("{}-nginx-{}", self.prefix, host.role));
+        fs::create_dir_all(&dir)?;
+        let conf = dir.join("nginx.conf");
+        fs::write(&conf, nginx_conf(&dir, body))?;
+        let mut cmd = host.command("nginx");
+        cmd.args([
+            "-c",
+            &conf.to_string_lossy(),
+            "-e",
+            &dir.join("error.log").to_string_lossy(),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+        let process = Process::spawn(&mut cmd, &format!("nginx in {}", host.netns))?;
+        let probe = SocketAddr::new(IpAddr::V4(host.ipv4), 80);
+        host.within(move || wait_for_listener(probe, Duration::from_secs(10)))??;
+        Ok(process)
+    }
+}
+
+impl Drop for Testbed {
+    fn drop(&mut self) {
+        self.programs.clear();
+        for dir in &self.pin_dirs {
+            let _ = fs::remove_dir_all(dir);
+        }
+        for host in &self.hosts {
+            let _ = ip(&["netns", "del", &host.netns]);
+            let _ = fs::remove_dir_all(
+                std::env::temp_dir().join(format!("{}-nginx-{}", self.prefix, host.role)),
+            );
+        }
+        let _ = ip(&["netns", "del", &self.switch]);
+    }
+}
+
+fn peer_name(role: &str) -> String {
+    format!("p-{role}")
+}
+
+fn nginx_conf(dir: &Path, body: &str) -> String {
+    let dir = dir.display();
+    format!(
+        "daemon off;\nmaster_process off;\nuser root;\nworker_processes 1;\npid {dir}/nginx.pid;\nerror_log {dir}/error.log;\n\
+         events {{ worker_connections 1024; }}\n\
+         http {{\n  access_log off;\n  client_body_temp_path {dir};\n  proxy_temp_path {dir};\n  \
+         fastcgi_temp_path {dir};\n  uwsgi_temp_path {dir};\n  scgi_temp_path {dir};\n  \
+         keepalive_requests 100000;\n  server {{\n    listen 80 reuseport;\n    listen [::]:80 reuseport;\n    \
+         location / {{ default_type text/plain; return 200 \"{body}\\n\"; }}\n  }}\n}}\n"
+    )
+}
+
+/// Enters the network namespace at `path` on the calling thread.
+pub fn enter_netns(path: &Path) -> anyhow::Result<()> {
+    let file = fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    // SAFETY: setns on a valid namespace fd affects only this thread.
+    if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        bail!(
+            "entering {}: {}",
+            path.display(),
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(())
+}
+
+/// Polls until something accepts TCP connections at `addr`.
+pub fn wait_for_listener(addr: SocketAddr, limit: Duration) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + limit;
+    while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "nothing listens on {addr} after {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+/// One HTTP/1.0 GET over a new connection; returns the response body.
+pub fn http_get(addr: SocketAddr, timeout: Duration) -> anyhow::Result<String> {
+    let mut stream = TcpStream::connect_timeout(&addr, timeout)
+        .with_context(|| format!("connecting to {addr}"))?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.write_all(b"GET / HTTP/1.0\r\nHost: lb-test\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .with_context(|| format!("incomplete HTTP response from {addr}"))?;
+    ensure!(head.starts_with("HTTP/1.1 200"), "{addr} answered {head:?}");
+    Ok(body.trim_end().to_owned())
+}
+
+fn ip(args: &[&str]) -> anyhow::Result<String> {
+    output_of(Command::new("ip").args(args))
+}
+
+fn output_of(cmd: &mut Command) -> anyhow::Result<String> {
+    let output = cmd
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running {cmd:?}; is it installed (`cargo xtask setup`)?"))?;
+    ensure!(
+        output.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr).trim()
+    );
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// Deletes namespaces and pin directories left by testbeds of processes
+/// that no longer exist.
+fn remove_stale_rigs() {
+    for (dir, is_netns) in [(NETNS_DIR, true), ("/sys/fs/bpf", false)] {
+        let Ok(entries) = fs::read_dir(dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(pid) = name
+                .strip_prefix(&format!("{NAME_PREFIX}-"))
+                .and_then(|rest| rest.split('-').next())
+                .and_then(|pid| pid.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if Path::new(&format!("/proc/{pid}")).exists() {
+                continue;
+            }
+            if is_netns {
+                let _ = ip(&["netns", "del", &name]);
+            } else {
+                let _ = fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+}

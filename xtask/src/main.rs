@@ -1,0 +1,96 @@
+//! `cargo xtask`: the one entry point a newcomer needs.
+
+mod setup;
+
+use std::{path::PathBuf, process::Command};
+
+use anyhow::{bail, Context as _};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Set up, build, test and demo lb")]
+struct Xtask {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what building and testing lb needs (idempotent).
+    Setup,
+    /// Build the `lb` binary (the XDP object is embedded in it).
+    Build {
+        /// Build with optimisations.
+        #[arg(long)]
+        release: bool,
+    },
+    /// Run every test: unit, property and end-to-end (needs root).
+    Test {
+        /// Extra arguments for `cargo test`, e.g. a test name filter.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Run lb on a sandbox of network namespaces and show what it does (needs root).
+    Demo,
+}
+
+fn main() {
+    if let Err(error) = run(Xtask::parse().command) {
+        eprintln!("xtask: error: {error:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(task: Task) -> anyhow::Result<()> {
+    match task {
+        Task::Setup => setup::setup(),
+        Task::Build { release } => {
+            setup::setup()?;
+            cargo(&build_args(release))
+        }
+        Task::Test { args } => {
+            setup::setup()?;
+            let mut test_args = vec!["test".to_owned()];
+            test_args.extend(args);
+            cargo(&test_args)
+        }
+        Task::Demo => {
+            setup::setup()?;
+            cargo(&build_args(false))?;
+            let lb = workspace_root().join("target/debug/lb");
+            status(Command::new(lb).arg("demo"))
+        }
+    }
+}
+
+fn build_args(release: bool) -> Vec<String> {
+    let mut args = vec![
+        "build".to_owned(),
+        "--package".into(),
+        "lb-userspace".into(),
+    ];
+    if release {
+        args.push("--release".into());
+    }
+    args
+}
+
+fn cargo(args: &[String]) -> anyhow::Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    status(Command::new(cargo).args(args).current_dir(workspace_root()))
+}
+
+fn status(cmd: &mut Command) -> anyhow::Result<()> {
+    let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed with {status}");
+    }
+    Ok(())
+}
+
+fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_owned()
+}

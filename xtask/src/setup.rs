@@ -1,0 +1,158 @@
+//! `cargo xtask setup`: checks for and installs what lb's build and tests
+//! need, one line per step. Running it again changes nothing.
+
+use std::process::{Command, Stdio};
+
+use anyhow::{bail, Context as _};
+
+/// The bpf-linker release lb is built with.
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+/// Debian packages the tests, the demo and the bpftool recipes use.
+const RUNTIME_PACKAGES: &[&str] = &[
+    "bpftool",
+    "iproute2",
+    "ethtool",
+    "util-linux",
+    "nginx-light",
+];
+
+/// Installs whatever is missing.
+pub fn setup() -> anyhow::Result<()> {
+    let llvm = nightly_llvm_major()?;
+    rust_src()?;
+    let mut packages: Vec<String> = [
+        format!("llvm-{llvm}-dev"),
+        format!("libpolly-{llvm}-dev"),
+        "libzstd-dev".into(),
+    ]
+    .into_iter()
+    .chain(RUNTIME_PACKAGES.iter().map(|p| p.to_string()))
+    .collect();
+    packages.retain(|p| !deb_installed(p));
+    apt_install(&packages)?;
+    bpf_linker(llvm)
+}
+
+fn step(what: &str, outcome: &str) {
+    println!("setup: {what:<42} {outcome}");
+}
+
+/// LLVM major version of the nightly toolchain that builds the XDP object.
+fn nightly_llvm_major() -> anyhow::Result<u32> {
+    let output = Command::new("rustc")
+        .args(["+nightly", "-vV"])
+        .output()
+        .context("running `rustc +nightly -vV`; is rustup installed?")?;
+    if !output.status.success() {
+        bail!(
+            "no nightly Rust toolchain; install one with `rustup toolchain install nightly` ({})",
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    let text = String::from_utf8_lossy(&output.stdout);
+    let major = text
+        .lines()
+        .find_map(|l| l.strip_prefix("LLVM version: "))
+        .and_then(|v| v.split('.').next())
+        .and_then(|m| m.parse().ok())
+        .context("`rustc +nightly -vV` printed no LLVM version")?;
+    step("nightly toolchain", &format!("present (LLVM {major})"));
+    Ok(major)
+}
+
+fn rust_src() -> anyhow::Result<()> {
+    let installed = capture(
+        "rustup",
+        &["component", "list", "--toolchain", "nightly", "--installed"],
+    )?;
+    if installed.lines().any(|l| l.starts_with("rust-src")) {
+        step("rust-src for nightly", "present");
+        return Ok(());
+    }
+    step("rust-src for nightly", "installing");
+    run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+}
+
+fn deb_installed(package: &str) -> bool {
+    capture("dpkg-query", &["-W", "-f=${Status}", package])
+        .map(|status| status.contains("install ok installed"))
+        .unwrap_or(false)
+}
+
+fn apt_install(packages: &[String]) -> anyhow::Result<()> {
+    if packages.is_empty() {
+        step("Debian packages", "present");
+        return Ok(());
+    }
+    let list = packages.join(" ");
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root
+        || Command::new("apt-get")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .status()
+            .is_err()
+    {
+        bail!("missing packages: {list}; install them as root with `apt-get update && apt-get install -y {list}`");
+    }
+    step("Debian packages", &format!("installing {list}"));
+    run(Command::new("apt-get").args(["update", "-q"]))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-q", "--no-install-recommends"])
+        .args(packages)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+/// Installs bpf-linker built against the nightly's LLVM unless the one on
+/// PATH already links that LLVM.
+fn bpf_linker(llvm: u32) -> anyhow::Result<()> {
+    let what = format!("bpf-linker {BPF_LINKER_VERSION} (LLVM {llvm})");
+    let current = capture("bpf-linker", &["--version"]).unwrap_or_default();
+    let links_llvm = which("bpf-linker")
+        .and_then(|path| capture("ldd", &[&path]).ok())
+        .is_some_and(|libs| libs.contains(&format!("libLLVM.so.{llvm}")));
+    if current.trim() == format!("bpf-linker {BPF_LINKER_VERSION}") && links_llvm {
+        step(&what, "present");
+        return Ok(());
+    }
+    step(&what, "building (a few minutes)");
+    run(Command::new("cargo")
+        .args([
+            "install",
+            "--force",
+            &format!("bpf-linker@{BPF_LINKER_VERSION}"),
+        ])
+        .args([
+            "--no-default-features",
+            "--features",
+            &format!("llvm-{llvm}"),
+        ])
+        .env("LLVM_PREFIX", format!("/usr/lib/llvm-{llvm}")))
+}
+
+fn which(tool: &str) -> Option<String> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(tool))
+        .find(|p| p.is_file())
+        .map(|p| p.to_string_lossy().into_owned())
+}
+
+fn capture(program: &str, args: &[&str]) -> anyhow::Result<String> {
+    let output = Command::new(program)
+        .args(args)
+        .stderr(Stdio::null())
+        .output()
+        .with_context(|| format!("running {program}"))?;
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+fn run(cmd: &mut Command) -> anyhow::Result<()> {
+    let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed with {status}");
+    }
+    Ok(())
+}
