@@ -62,6 +62,41 @@ counters! {
         ipv6_icmp,
         /// IPv6 with any other next header (extension headers included).
         ipv6_other,
+        /// Passed to the kernel: not for a VIP.
+        pass_not_vip,
+        /// Sent to a worker (XDP_TX).
+        forwarded,
+        /// Packets of established flows found in the flow table.
+        flow_hits,
+        /// Dropped: the VIP has no worker to schedule on.
+        drop_no_backend,
+        /// Dropped: the worker's MAC address is not resolved yet (the
+        /// controller resolves it; clients retransmit).
+        drop_no_neighbour,
+        /// New flows the flow table refused to record.
+        flow_insert_failed,
+    }
+}
+
+impl GlobalCounters {
+    /// Sum of the per-class fields (`non_ip` to `ipv6_other`), which equals
+    /// `packets` because every frame is in exactly one class.
+    pub fn class_total(&self) -> u64 {
+        [
+            self.non_ip,
+            self.malformed,
+            self.ipv4_tcp,
+            self.ipv4_udp,
+            self.ipv4_icmp,
+            self.ipv4_fragment,
+            self.ipv4_other,
+            self.ipv6_tcp,
+            self.ipv6_udp,
+            self.ipv6_icmp,
+            self.ipv6_other,
+        ]
+        .iter()
+        .sum()
     }
 }
 

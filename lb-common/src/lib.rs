@@ -11,6 +11,7 @@
 //! libc's in the host binary).
 #![no_std]
 
+pub mod balancer;
 pub mod counters;
 pub mod packet;
 
@@ -22,6 +23,20 @@ pub const LAYOUT_VERSION: u32 = 1;
 pub mod map_names {
     /// Per-CPU array with one [`crate::counters::GlobalCounters`].
     pub const COUNTERS: &str = "LB_COUNTERS";
+    /// Hash map [`crate::balancer::VipKey`] → [`crate::balancer::VipInfo`].
+    pub const VIPS: &str = "LB_VIPS";
+    /// Array of [`crate::balancer::Backend`] indexed by worker id.
+    pub const BACKENDS: &str = "LB_BACKENDS";
+    /// Array of maps: per VIP id, its Maglev table (array of worker ids).
+    pub const MAGLEV: &str = "LB_MAGLEV";
+    /// LRU hash [`crate::balancer::FlowKey`] → [`crate::balancer::FlowValue`].
+    pub const FLOWS: &str = "LB_FLOWS";
+    /// Array of one [`crate::balancer::Config`].
+    pub const CONFIG: &str = "LB_CONFIG";
+    /// Per-CPU array of [`crate::balancer::TrafficCounters`] per VIP id.
+    pub const VIP_STATS: &str = "LB_VIP_STATS";
+    /// Per-CPU array of [`crate::balancer::TrafficCounters`] per worker id.
+    pub const BACKEND_STATS: &str = "LB_BACKEND_STATS";
 }
 
 /// Names of the programs in the XDP objects.

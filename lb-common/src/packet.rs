@@ -25,9 +25,21 @@ pub const IPPROTO_ICMPV6: u8 = 58;
 const IPV4_MIN_HLEN: usize = 20;
 const IPV6_HLEN: usize = 40;
 const TCP_MIN_HLEN: usize = 20;
-const UDP_HLEN: usize = 8;
 /// Fragment offset bits of the IPv4 flags/offset field.
 const IPV4_OFFSET_MASK: u16 = 0x1fff;
+
+/// A header laid over frame bytes.
+///
+/// # Safety
+///
+/// Implementors are `#[repr(C)]` structs of `u8` and byte arrays only:
+/// alignment 1, no padding, every bit pattern valid.
+pub unsafe trait Header {}
+
+// SAFETY: a byte has alignment 1 and no invalid values.
+unsafe impl Header for u8 {}
+// SAFETY: byte arrays have alignment 1 and no invalid values.
+unsafe impl<const N: usize> Header for [u8; N] {}
 
 /// Read access to a frame's bytes.
 pub trait Frame {
@@ -39,9 +51,9 @@ pub trait Frame {
         self.len() == 0
     }
 
-    /// Reads the `T` at `offset`, or `None` when it does not lie wholly
-    /// inside the frame. `T` must be plain bytes (integers, byte arrays).
-    fn read<T: Copy>(&self, offset: usize) -> Option<T>;
+    /// The header `T` at `offset`, or `None` when it does not lie wholly
+    /// inside the frame.
+    fn get<T: Header>(&self, offset: usize) -> Option<&T>;
 }
 
 impl Frame for [u8] {
@@ -49,14 +61,101 @@ impl Frame for [u8] {
         <[u8]>::len(self)
     }
 
-    fn read<T: Copy>(&self, offset: usize) -> Option<T> {
+    fn get<T: Header>(&self, offset: usize) -> Option<&T> {
         let end = offset.checked_add(core::mem::size_of::<T>())?;
         let bytes = self.get(offset..end)?;
-        // SAFETY: `bytes` holds exactly size_of::<T>() bytes and callers only
-        // ask for plain-bytes types, for which every bit pattern is valid.
-        Some(unsafe { core::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
+        // SAFETY: `bytes` spans size_of::<T>() bytes, and `Header` types have
+        // alignment 1 and accept any bit pattern.
+        Some(unsafe { &*bytes.as_ptr().cast::<T>() })
     }
 }
+
+/// The fixed part of an IPv4 header.
+#[repr(C)]
+pub struct Ipv4Header {
+    /// Version (high nibble) and header length in 32-bit words.
+    pub version_ihl: u8,
+    /// DSCP and ECN.
+    pub tos: u8,
+    /// Total length.
+    pub total_len: [u8; 2],
+    /// Identification.
+    pub id: [u8; 2],
+    /// Flags and fragment offset.
+    pub frag: [u8; 2],
+    /// Time to live.
+    pub ttl: u8,
+    /// Protocol of the payload.
+    pub proto: u8,
+    /// Header checksum.
+    pub check: [u8; 2],
+    /// Source address.
+    pub src: [u8; 4],
+    /// Destination address.
+    pub dst: [u8; 4],
+}
+
+/// An IPv6 header.
+#[repr(C)]
+pub struct Ipv6Header {
+    /// Version (high nibble), traffic class and flow label.
+    pub version_class_flow: [u8; 4],
+    /// Payload length.
+    pub payload_len: [u8; 2],
+    /// Next header.
+    pub next_header: u8,
+    /// Hop limit.
+    pub hop_limit: u8,
+    /// Source address.
+    pub src: [u8; 16],
+    /// Destination address.
+    pub dst: [u8; 16],
+}
+
+/// The fixed part of a TCP header.
+#[repr(C)]
+pub struct TcpHeader {
+    /// Source port.
+    pub sport: [u8; 2],
+    /// Destination port.
+    pub dport: [u8; 2],
+    /// Sequence number.
+    pub seq: [u8; 4],
+    /// Acknowledgement number.
+    pub ack: [u8; 4],
+    /// Data offset in 32-bit words (high nibble).
+    pub data_offset: u8,
+    /// Flags (FIN, SYN, RST, PSH, ACK, ...).
+    pub flags: u8,
+    /// Window.
+    pub window: [u8; 2],
+    /// Checksum.
+    pub check: [u8; 2],
+    /// Urgent pointer.
+    pub urgent: [u8; 2],
+}
+
+/// A UDP header.
+#[repr(C)]
+pub struct UdpHeader {
+    /// Source port.
+    pub sport: [u8; 2],
+    /// Destination port.
+    pub dport: [u8; 2],
+    /// Length of header and payload.
+    pub len: [u8; 2],
+    /// Checksum.
+    pub check: [u8; 2],
+}
+
+// SAFETY: repr(C) structs of u8 and byte arrays only.
+unsafe impl Header for Ipv4Header {}
+// SAFETY: as above.
+unsafe impl Header for Ipv6Header {}
+// SAFETY: as above.
+unsafe impl Header for TcpHeader {}
+// SAFETY: as above.
+unsafe impl Header for UdpHeader {}
 
 /// IP version of a parsed packet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -106,10 +205,10 @@ pub enum Parsed {
 /// Parses the Ethernet, IP and transport headers of `frame`.
 #[inline(always)]
 pub fn parse<F: Frame + ?Sized>(frame: &F) -> Parsed {
-    let Some(ethertype) = frame.read::<[u8; 2]>(12) else {
+    let Some(ethertype) = frame.get::<[u8; 2]>(12) else {
         return Parsed::NotIp;
     };
-    match u16::from_be_bytes(ethertype) {
+    match u16::from_be_bytes(*ethertype) {
         ETH_P_IP => parse_ipv4(frame, ETH_HLEN),
         ETH_P_IPV6 => parse_ipv6(frame, ETH_HLEN),
         _ => Parsed::NotIp,
@@ -118,102 +217,85 @@ pub fn parse<F: Frame + ?Sized>(frame: &F) -> Parsed {
 
 #[inline(always)]
 fn parse_ipv4<F: Frame + ?Sized>(frame: &F, l3: usize) -> Parsed {
-    let Some(first) = frame.read::<u8>(l3) else {
+    let Some(header) = frame.get::<Ipv4Header>(l3) else {
         return Parsed::Malformed;
     };
-    let ihl = usize::from(first & 0x0f) * 4;
-    if first >> 4 != 4 || ihl < IPV4_MIN_HLEN {
+    let ihl = usize::from(header.version_ihl & 0x0f) * 4;
+    if header.version_ihl >> 4 != 4 || ihl < IPV4_MIN_HLEN {
         return Parsed::Malformed;
     }
-    let (Some(frag), Some(proto), Some(src), Some(dst)) = (
-        frame.read::<[u8; 2]>(l3 + 6),
-        frame.read::<u8>(l3 + 9),
-        frame.read::<[u8; 4]>(l3 + 12),
-        frame.read::<[u8; 4]>(l3 + 16),
-    ) else {
-        return Parsed::Malformed;
-    };
-    if frame.read::<u8>(l3 + ihl - 1).is_none() {
-        return Parsed::Malformed;
-    }
-    let frag = u16::from_be_bytes(frag);
-    let mut packet = IpPacket {
+    let later_fragment = u16::from_be_bytes(header.frag) & IPV4_OFFSET_MASK != 0;
+    let packet = IpPacket {
         version: IpVersion::V4,
         l3_offset: l3,
         l4_offset: l3 + ihl,
-        proto,
-        src: widen(src),
-        dst: widen(dst),
+        proto: header.proto,
+        src: widen(header.src),
+        dst: widen(header.dst),
         sport: 0,
         dport: 0,
         tcp_flags: 0,
-        later_fragment: frag & IPV4_OFFSET_MASK != 0,
+        later_fragment,
     };
-    if packet.later_fragment {
+    // Options, if any, must be inside the frame too.
+    if frame.get::<u8>(l3 + ihl - 1).is_none() {
+        return Parsed::Malformed;
+    }
+    if later_fragment {
         return Parsed::Ip(packet);
     }
-    parse_l4(frame, &mut packet)
+    parse_l4(frame, packet)
 }
 
 #[inline(always)]
 fn parse_ipv6<F: Frame + ?Sized>(frame: &F, l3: usize) -> Parsed {
-    let (Some(first), Some(next), Some(src), Some(dst)) = (
-        frame.read::<u8>(l3),
-        frame.read::<u8>(l3 + 6),
-        frame.read::<[u8; 16]>(l3 + 8),
-        frame.read::<[u8; 16]>(l3 + 24),
-    ) else {
+    let Some(header) = frame.get::<Ipv6Header>(l3) else {
         return Parsed::Malformed;
     };
-    if first >> 4 != 6 {
+    if header.version_class_flow[0] >> 4 != 6 {
         return Parsed::Malformed;
     }
-    let mut packet = IpPacket {
+    let packet = IpPacket {
         version: IpVersion::V6,
         l3_offset: l3,
         l4_offset: l3 + IPV6_HLEN,
-        proto: next,
-        src,
-        dst,
+        proto: header.next_header,
+        src: header.src,
+        dst: header.dst,
         sport: 0,
         dport: 0,
         tcp_flags: 0,
         later_fragment: false,
     };
-    parse_l4(frame, &mut packet)
+    parse_l4(frame, packet)
 }
 
 #[inline(always)]
-fn parse_l4<F: Frame + ?Sized>(frame: &F, packet: &mut IpPacket) -> Parsed {
+fn parse_l4<F: Frame + ?Sized>(frame: &F, mut packet: IpPacket) -> Parsed {
     let l4 = packet.l4_offset;
     match packet.proto {
         IPPROTO_TCP => {
-            let (Some(ports), Some(doff), Some(flags)) = (
-                frame.read::<[u16; 2]>(l4),
-                frame.read::<u8>(l4 + 12),
-                frame.read::<u8>(l4 + 13),
-            ) else {
+            let Some(tcp) = frame.get::<TcpHeader>(l4) else {
                 return Parsed::Malformed;
             };
-            let hlen = usize::from(doff >> 4) * 4;
-            if hlen < TCP_MIN_HLEN || frame.read::<u8>(l4 + hlen - 1).is_none() {
+            let hlen = usize::from(tcp.data_offset >> 4) * 4;
+            if hlen < TCP_MIN_HLEN || frame.get::<u8>(l4 + hlen - 1).is_none() {
                 return Parsed::Malformed;
             }
-            [packet.sport, packet.dport] = ports;
-            packet.tcp_flags = flags;
+            packet.sport = u16::from_ne_bytes(tcp.sport);
+            packet.dport = u16::from_ne_bytes(tcp.dport);
+            packet.tcp_flags = tcp.flags;
         }
         IPPROTO_UDP => {
-            let Some(ports) = frame.read::<[u16; 2]>(l4) else {
+            let Some(udp) = frame.get::<UdpHeader>(l4) else {
                 return Parsed::Malformed;
             };
-            if frame.read::<u8>(l4 + UDP_HLEN - 1).is_none() {
-                return Parsed::Malformed;
-            }
-            [packet.sport, packet.dport] = ports;
+            packet.sport = u16::from_ne_bytes(udp.sport);
+            packet.dport = u16::from_ne_bytes(udp.dport);
         }
         _ => {}
     }
-    Parsed::Ip(*packet)
+    Parsed::Ip(packet)
 }
 
 #[inline(always)]

@@ -189,9 +189,11 @@ fn each_frame_counts_in_exactly_one_class() {
         counters.count(&parse(&frame[..]), frame.len() as u64);
         bytes += frame.len() as u64;
     }
-    let values = counters.values();
     assert_eq!(counters.packets, frames.len() as u64);
     assert_eq!(counters.bytes, bytes);
+    assert_eq!(counters.class_total(), counters.packets);
     // Every class field is hit exactly once by the list above.
-    assert!(values[2..].iter().all(|v| *v == 1), "{counters:?}");
+    let class_fields = &counters.values()[2..13];
+    assert!(class_fields.iter().all(|v| *v == 1), "{counters:?}");
+    assert_eq!(GlobalCounters::NAMES[12], "ipv6_other");
 }

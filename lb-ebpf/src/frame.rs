@@ -3,7 +3,7 @@
 use core::mem::size_of;
 
 use aya_ebpf::programs::XdpContext;
-use lb_common::packet::Frame;
+use lb_common::packet::{Frame, Header};
 
 /// The bytes between `data` and `data_end` of an XDP context.
 pub struct XdpFrame {
@@ -21,6 +21,21 @@ impl XdpFrame {
     }
 }
 
+impl XdpFrame {
+    /// A pointer to the `T` at `offset`, or `None` when it does not lie
+    /// wholly inside the frame.
+    #[inline(always)]
+    pub fn ptr_mut<T>(&self, offset: usize) -> Option<*mut T> {
+        let at = self.start + offset;
+        // The verifier needs to see this comparison against data_end right
+        // before the access.
+        if at + size_of::<T>() > self.end {
+            return None;
+        }
+        Some(at as *mut T)
+    }
+}
+
 impl Frame for XdpFrame {
     #[inline(always)]
     fn len(&self) -> usize {
@@ -28,15 +43,9 @@ impl Frame for XdpFrame {
     }
 
     #[inline(always)]
-    fn read<T: Copy>(&self, offset: usize) -> Option<T> {
-        let at = self.start + offset;
-        // The verifier needs to see this exact comparison against data_end
-        // right before the access.
-        if at + size_of::<T>() > self.end {
-            return None;
-        }
-        // SAFETY: the range was checked against data_end above; T is plain
-        // bytes, and packet data has no alignment guarantee.
-        Some(unsafe { core::ptr::read_unaligned(at as *const T) })
+    fn get<T: Header>(&self, offset: usize) -> Option<&T> {
+        // SAFETY: ptr_mut checked the range against data_end; Header types
+        // have alignment 1 and accept any bit pattern.
+        self.ptr_mut::<T>(offset).map(|at| unsafe { &*at })
     }
 }

@@ -1,32 +1,119 @@
-//! lb's XDP data plane.
+//! lb's XDP data plane: parse → VIP lookup → flow table → Maglev → L2 DSR.
 #![no_std]
 #![no_main]
 
 mod frame;
+mod maps;
+mod schedule;
 
-use aya_ebpf::{
-    bindings::xdp_action,
-    btf_maps::PerCpuArray,
-    macros::{btf_map, xdp},
-    programs::XdpContext,
+use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+use lb_common::{
+    balancer::{Backend, TrafficCounters, VipKey, BACKEND_MAC_KNOWN, FAMILY_V4, FAMILY_V6},
+    counters::GlobalCounters,
+    packet::{self, Frame as _, IpPacket, IpVersion, Parsed, IPPROTO_TCP, IPPROTO_UDP},
 };
-use lb_common::{counters::GlobalCounters, packet};
 
-use crate::frame::XdpFrame;
+use crate::{frame::XdpFrame, maps::*};
 
-#[btf_map]
-static LB_COUNTERS: PerCpuArray<GlobalCounters, 1> = PerCpuArray::new();
-
-/// The balancer: classifies and counts every frame, then lets it pass.
+/// The balancer: forwards packets for VIPs to their workers, passes
+/// everything else to the kernel untouched.
 #[xdp]
 pub fn lb_xdp(ctx: XdpContext) -> u32 {
     let frame = XdpFrame::new(&ctx);
+    let Some(counters) = LB_COUNTERS.get_ptr_mut(0) else {
+        return xdp_action::XDP_PASS;
+    };
+    // SAFETY: per-CPU slot: nothing else touches it during this run.
+    let counters = unsafe { &mut *counters };
     let parsed = packet::parse(&frame);
-    if let Some(counters) = LB_COUNTERS.get_ptr_mut(0) {
-        // SAFETY: per-CPU slot, so no other program run touches it.
-        unsafe { (*counters).count(&parsed, frame_len(&frame)) };
+    let len = frame.len() as u64;
+    counters.count(&parsed, len);
+    let action = match parsed {
+        Parsed::Ip(ip) => balance(&frame, &ip, len, counters),
+        Parsed::NotIp | Parsed::Malformed => None,
+    };
+    action.unwrap_or_else(|| {
+        counters.pass_not_vip += 1;
+        xdp_action::XDP_PASS
+    })
+}
+
+/// Forwards `ip` if it is for a VIP; `None` means "not ours, pass it".
+#[inline(always)]
+fn balance(
+    frame: &XdpFrame,
+    ip: &IpPacket,
+    len: u64,
+    counters: &mut GlobalCounters,
+) -> Option<u32> {
+    if ip.later_fragment || (ip.proto != IPPROTO_TCP && ip.proto != IPPROTO_UDP) {
+        return None;
     }
-    xdp_action::XDP_PASS
+    let family = match ip.version {
+        IpVersion::V4 => FAMILY_V4,
+        IpVersion::V6 => FAMILY_V6,
+    };
+    let vip_key = VipKey {
+        addr: ip.dst,
+        port: ip.dport,
+        proto: ip.proto,
+        family,
+    };
+    // SAFETY: the controller replaces VIP entries whole; a torn read of
+    // an 8-byte value cannot happen.
+    let vip = unsafe { LB_VIPS.get(&vip_key) }.copied()?;
+    let decision = schedule::pick(ip, family, &vip, counters);
+    let Some((backend_id, new_flow)) = decision else {
+        counters.drop_no_backend += 1;
+        return Some(xdp_action::XDP_DROP);
+    };
+    let Some(backend) = LB_BACKENDS.get(backend_id) else {
+        counters.drop_no_backend += 1;
+        return Some(xdp_action::XDP_DROP);
+    };
+    if backend.flags & BACKEND_MAC_KNOWN == 0 {
+        counters.drop_no_neighbour += 1;
+        return Some(xdp_action::XDP_DROP);
+    }
+    if !rewrite_macs(frame, backend) {
+        return None;
+    }
+    count_traffic(&LB_VIP_STATS, vip.id, len, new_flow);
+    count_traffic(&LB_BACKEND_STATS, backend_id, len, new_flow);
+    counters.forwarded += 1;
+    Some(xdp_action::XDP_TX)
+}
+
+/// L2 DSR: the frame goes back out addressed to the worker's MAC, from the
+/// MAC it was sent to (this interface's).
+#[inline(always)]
+fn rewrite_macs(frame: &XdpFrame, backend: &Backend) -> bool {
+    let Some(macs) = frame.ptr_mut::<[u8; 12]>(0) else {
+        return false;
+    };
+    // SAFETY: ptr_mut checked the 12 bytes against data_end.
+    unsafe {
+        let ours: [u8; 6] = core::ptr::read_unaligned(macs.cast::<[u8; 6]>());
+        core::ptr::write_unaligned(macs.cast::<[u8; 6]>(), backend.mac);
+        core::ptr::write_unaligned(macs.cast::<u8>().add(6).cast::<[u8; 6]>(), ours);
+    }
+    true
+}
+
+#[inline(always)]
+fn count_traffic<const N: usize>(
+    map: &aya_ebpf::btf_maps::PerCpuArray<TrafficCounters, N>,
+    index: u32,
+    len: u64,
+    new_flow: bool,
+) {
+    if let Some(stats) = map.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot.
+        let stats = unsafe { &mut *stats };
+        stats.packets += 1;
+        stats.bytes += len;
+        stats.new_flows += u64::from(new_flow);
+    }
 }
 
 /// Passes everything; test rigs attach it to veth peers that must accept
@@ -34,12 +121,6 @@ pub fn lb_xdp(ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn lb_pass(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
-}
-
-#[inline(always)]
-fn frame_len(frame: &XdpFrame) -> u64 {
-    use lb_common::packet::Frame as _;
-    frame.len() as u64
 }
 
 #[cfg(not(test))]

@@ -6,6 +6,7 @@ pub mod counters;
 pub mod dataplane;
 pub mod demo;
 pub mod iface;
+pub mod maglev;
 pub mod object;
 pub mod privileges;
 pub mod run;

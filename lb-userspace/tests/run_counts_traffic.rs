@@ -218,10 +218,14 @@ fn counts_ipv4_ipv6_tcp_udp_and_passes_everything() {
         "lb saw every frame eth0 received: {all:?}"
     );
     assert_eq!(all.malformed, 0);
-    let classes: u64 = all.values()[2..].iter().sum();
     assert_eq!(
-        classes, all.packets,
+        all.class_total(),
+        all.packets,
         "each frame is in exactly one class: {all:?}"
+    );
+    assert_eq!(
+        all.pass_not_vip, all.packets,
+        "no VIPs: everything passes: {all:?}"
     );
 
     let after_stop = lb.stop().unwrap();

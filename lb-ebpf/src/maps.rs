@@ -1,0 +1,47 @@
+//! The data plane's maps. Names are the pin names in lb-common's
+//! `map_names`; sizes marked "set by the controller" are overridden at load.
+
+use aya_ebpf::{
+    bindings::BPF_F_INNER_MAP,
+    btf_maps::{Array, ArrayOfMaps, HashMap, LruHashMap, PerCpuArray},
+    macros::btf_map,
+};
+use lb_common::{
+    balancer::{
+        Backend, Config, FlowKey, FlowValue, TrafficCounters, VipInfo, VipKey, MAX_BACKENDS,
+        MAX_VIPS,
+    },
+    counters::GlobalCounters,
+};
+
+const VIPS: usize = MAX_VIPS as usize;
+const BACKENDS: usize = MAX_BACKENDS as usize;
+
+/// A VIP's Maglev table: slot → worker id. Inner maps of different sizes
+/// need BPF_F_INNER_MAP; the controller creates them with the same flag.
+pub type MaglevTable = Array<u32, 1, { BPF_F_INNER_MAP as usize }>;
+
+#[btf_map]
+pub static LB_COUNTERS: PerCpuArray<GlobalCounters, 1> = PerCpuArray::new();
+
+#[btf_map]
+pub static LB_CONFIG: Array<Config, 1> = Array::new();
+
+#[btf_map]
+pub static LB_VIPS: HashMap<VipKey, VipInfo, VIPS> = HashMap::new();
+
+#[btf_map]
+pub static LB_BACKENDS: Array<Backend, BACKENDS> = Array::new();
+
+#[btf_map]
+pub static LB_MAGLEV: ArrayOfMaps<MaglevTable, VIPS> = ArrayOfMaps::new();
+
+/// Size set by the controller (`--max-flows`).
+#[btf_map]
+pub static LB_FLOWS: LruHashMap<FlowKey, FlowValue, 1_000_000> = LruHashMap::new();
+
+#[btf_map]
+pub static LB_VIP_STATS: PerCpuArray<TrafficCounters, VIPS> = PerCpuArray::new();
+
+#[btf_map]
+pub static LB_BACKEND_STATS: PerCpuArray<TrafficCounters, BACKENDS> = PerCpuArray::new();
