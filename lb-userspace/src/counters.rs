@@ -24,14 +24,6 @@ pub fn read_pinned(pin_dir: &Path) -> Result<GlobalCounters, MapError> {
     sum(&array)
 }
 
-/// Reads the global counters of a loaded object.
-pub fn read_loaded(ebpf: &aya::Ebpf) -> Result<GlobalCounters, MapError> {
-    let map = ebpf
-        .map(map_names::COUNTERS)
-        .expect("the object defines the counters map");
-    sum(&PerCpuArray::try_from(map)?)
-}
-
 /// The counters as `name value` lines, names padded into a column.
 pub fn render_table(counters: &GlobalCounters) -> String {
     let width = GlobalCounters::NAMES

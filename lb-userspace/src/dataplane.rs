@@ -19,8 +19,20 @@ const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 /// Where the machine's BPF filesystem is mounted by convention.
 const BPFFS_MOUNT: &str = "/sys/fs/bpf";
 
-/// Maps that are pinned under the pin directory.
-const PINNED_MAPS: &[&str] = &[map_names::COUNTERS];
+/// Maps that are pinned under the pin directory: all of them.
+const PINNED_MAPS: &[&str] = &[
+    map_names::COUNTERS,
+    map_names::CONFIG,
+    map_names::VIPS,
+    map_names::BACKENDS,
+    map_names::MAGLEV,
+    map_names::FLOWS,
+    map_names::VIP_STATS,
+    map_names::BACKEND_STATS,
+];
+
+/// Default capacity of the flow table.
+pub const DEFAULT_MAX_FLOWS: u32 = 1_000_000;
 
 /// How the program hooks into the interface.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -110,6 +122,8 @@ pub struct AttachOptions {
     pub mode: AttachMode,
     /// Directory on a BPF filesystem for this instance's pins.
     pub pin_dir: PathBuf,
+    /// Capacity of the flow table.
+    pub max_flows: u32,
 }
 
 /// lb's program attached to an interface, with its maps pinned. Dropping it
@@ -130,6 +144,7 @@ impl Dataplane {
         }
         prepare_pin_dir(&options.pin_dir)?;
         let mut ebpf = EbpfLoader::new()
+            .map_max_entries(map_names::FLOWS, options.max_flows)
             .load(object::LB_XDP)
             .map_err(|e| DataplaneError::Load(Box::new(e)))?;
         let program: &mut Xdp = balancer(&mut ebpf)?;
@@ -184,8 +199,8 @@ impl Dataplane {
     }
 
     /// The loaded object, for map access.
-    pub fn ebpf(&self) -> &Ebpf {
-        &self.ebpf
+    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
     }
 }
 

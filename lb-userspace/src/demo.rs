@@ -1,64 +1,59 @@
-//! `lb demo`: lb on a sandbox of network namespaces.
+//! `lb demo`: lb balancing a sandbox of network namespaces.
 //!
 //! A client, the balancer and three nginx workers share a bridge. The
-//! client reaches the workers through the balancer host (a router), so every
-//! request crosses lb's XDP program, which counts it and passes it on.
+//! workers hold the VIP on loopback; the client routes the VIP via the
+//! balancer, whose XDP program picks a worker with Maglev, records the flow
+//! and sends the frame on to that worker's MAC (L2 direct server return).
 
 use std::{
+    collections::BTreeMap,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     time::Duration,
 };
 
 use anyhow::Context as _;
 
-use crate::{
-    counters,
-    testbed::{http_get, LbProcess, Process, Testbed, HOST_IFACE},
-};
+use crate::testbed::{http_get, LbProcess, Process, Testbed};
 
-const REQUESTS_PER_WORKER: usize = 10;
+const VIP: &str = "192.0.2.100:80/tcp";
+const VIP_ADDR: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 100);
+const REQUESTS: usize = 60;
 
 /// Builds the sandbox, runs lb in it, sends traffic and prints the result.
 pub fn demo() -> anyhow::Result<()> {
     let mut bed = Testbed::new()?;
     let client = bed.add_host("client", Ipv4Addr::new(192, 0, 2, 1), v6(1))?;
     let balancer = bed.add_host("lb", Ipv4Addr::new(192, 0, 2, 2), v6(2))?;
-    let mut workers = Vec::new();
-    for n in 1..=3u8 {
-        workers.push(bed.add_host(
-            &format!("w{n}"),
-            Ipv4Addr::new(192, 0, 2, 10 + n),
-            v6(0x10 + u16::from(n)),
-        )?);
-    }
+    let workers = (1..=3u8)
+        .map(|n| {
+            bed.add_host(
+                &format!("w{n}"),
+                Ipv4Addr::new(192, 0, 2, 10 + n),
+                v6(0x10 + u16::from(n)),
+            )
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
     bed.disable_tx_offload("client")?;
-    balancer.run(
-        "sysctl",
+    bed.accept_xdp_tx_from("lb")?;
+    let _nginx = workers
+        .iter()
+        .map(|w| {
+            w.hold_vips_on_loopback(&[IpAddr::V4(VIP_ADDR)])?;
+            bed.start_nginx(w, &format!("hello from {}", w.role))
+        })
+        .collect::<anyhow::Result<Vec<Process>>>()?;
+    client.run(
+        "ip",
         &[
-            "-qw",
-            "net.ipv4.ip_forward=1",
-            "net.ipv4.conf.all.send_redirects=0",
-            "net.ipv4.conf.eth0.send_redirects=0",
+            "route",
+            "add",
+            &format!("{VIP_ADDR}/32"),
+            "via",
+            &balancer.ipv4.to_string(),
         ],
     )?;
-    let _nginx: Vec<Process> = workers
-        .iter()
-        .map(|w| bed.start_nginx(w, &format!("hello from {}", w.role)))
-        .collect::<anyhow::Result<_>>()?;
-    for worker in &workers {
-        client.run(
-            "ip",
-            &[
-                "route",
-                "add",
-                &format!("{}/32", worker.ipv4),
-                "via",
-                &balancer.ipv4.to_string(),
-            ],
-        )?;
-    }
     println!(
-        "sandbox: client {}, balancer {}, workers {}",
+        "sandbox: client {}, balancer {}, workers {} (nginx, VIP on loopback)\n",
         client.ipv4,
         balancer.ipv4,
         workers
@@ -68,26 +63,40 @@ pub fn demo() -> anyhow::Result<()> {
             .join(", ")
     );
 
-    let pin_dir = bed.pin_dir("demo");
     let exe = std::env::current_exe().context("locating the lb binary")?;
-    let lb = LbProcess::start(&exe, &balancer, &pin_dir, &[])?;
+    let lb = LbProcess::start(&exe, &mut bed, &balancer, "demo", &[])?;
     print!("{}", lb.attached_line);
-
-    for worker in &workers {
-        let target = SocketAddr::new(IpAddr::V4(worker.ipv4), 80);
-        let answers = client.within(move || {
-            (0..REQUESTS_PER_WORKER)
-                .map(|_| http_get(target, Duration::from_secs(5)))
-                .collect::<anyhow::Result<Vec<_>>>()
-        })??;
-        println!(
-            "{REQUESTS_PER_WORKER} requests to {target} through the balancer: all answered \"{}\"",
-            answers[0]
-        );
+    println!("$ lb vip add {VIP}");
+    lb.cli_ok(&["vip", "add", VIP])?;
+    for w in &workers {
+        println!("$ lb backend add {VIP} {}", w.ipv4);
+        lb.cli_ok(&["backend", "add", VIP, &w.ipv4.to_string()])?;
     }
-    println!("\nwhat lb saw on {} of the balancer:", HOST_IFACE);
-    print!("{}", counters::render_table(&lb.stats()?));
+    print!("$ lb backend list\n{}", lb.cli_ok(&["backend", "list"])?);
 
+    let target = SocketAddr::new(IpAddr::V4(VIP_ADDR), 80);
+    let answers = client.within(move || {
+        (0..REQUESTS)
+            .map(|_| http_get(target, Duration::from_secs(5)))
+            .collect::<anyhow::Result<Vec<_>>>()
+    })??;
+    let mut spread = BTreeMap::new();
+    for answer in answers {
+        *spread.entry(answer).or_insert(0) += 1;
+    }
+    println!("\n{REQUESTS} HTTP requests to {target} over new connections:");
+    for (answer, n) in &spread {
+        println!("  {n:>3} × \"{answer}\"");
+    }
+    print!("\n$ lb stats\n{}", lb.cli_ok(&["stats"])?);
+    let flows = lb.cli_ok(&["flows"])?;
+    println!(
+        "\n$ lb flows   ({} flows; first five)",
+        flows.lines().count().saturating_sub(1)
+    );
+    for line in flows.lines().take(6) {
+        println!("{line}");
+    }
     print!("\n{}", lb.stop()?);
     println!("removing the sandbox");
     Ok(())

@@ -1,14 +1,23 @@
-//! lb's control plane: loading and attaching the XDP data plane, reading
-//! its maps, and the command line built on top.
+//! lb's control plane: loading and attaching the XDP data plane, Maglev
+//! tables, the controller and its admin API, and the command line.
 
+pub mod api;
 pub mod cli;
+pub mod client;
+pub mod config;
+pub mod controller;
 pub mod counters;
 pub mod dataplane;
 pub mod demo;
 pub mod iface;
 pub mod maglev;
+pub mod maps;
+pub mod neighbour;
 pub mod object;
 pub mod privileges;
 pub mod run;
+pub mod service;
+pub mod state;
 pub mod stats;
+pub mod table;
 pub mod testbed;

@@ -81,7 +81,9 @@ pub fn is_prime(n: u64) -> bool {
     if n < 2 {
         return false;
     }
-    (2..).take_while(|d| d * d <= n).all(|d| !n.is_multiple_of(d))
+    (2..)
+        .take_while(|d| d * d <= n)
+        .all(|d| !n.is_multiple_of(d))
 }
 
 /// FNV-1a over the seed, a salt and the name, then a 64-bit finaliser:

@@ -2,10 +2,17 @@ use clap::Parser as _;
 use lb_userspace::cli::{Cli, Command};
 
 fn main() {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format_target(false)
+        .init();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => tokio_main(lb_userspace::run::run(args)),
+        Command::Vip(command) => lb_userspace::client::vip_command(command),
+        Command::Backend(command) => lb_userspace::client::backend_command(command),
+        Command::Status(args) => lb_userspace::client::status(&args),
         Command::Stats(args) => lb_userspace::stats::stats(&args),
+        Command::Flows(args) => lb_userspace::stats::flows(&args),
         Command::Demo => lb_userspace::demo::demo(),
     };
     if let Err(error) = result {

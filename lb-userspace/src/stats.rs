@@ -1,23 +1,204 @@
-//! `lb stats`.
+//! `lb stats` and `lb flows`: read from the pinned maps, so they work with
+//! or without a controller.
+
+use std::{net::IpAddr, path::Path};
 
 use anyhow::Context as _;
+use aya::maps::{Array, HashMap, MapData};
+use lb_common::{
+    balancer::{
+        Backend, FlowKey, FlowValue, TrafficCounters, VipInfo, VipKey, BACKEND_VALID, MAX_BACKENDS,
+    },
+    map_names,
+};
+use serde::Serialize;
 
 use crate::{
-    cli::{OutputFormat, StatsArgs},
-    counters,
+    cli::{FlowsArgs, OutputFormat, PinnedArgs},
+    counters, maps,
+    service::{addr_from_bytes, Vip},
+    table,
 };
 
-/// Prints the counters pinned under the chosen pin directory.
-pub fn stats(args: &StatsArgs) -> anyhow::Result<()> {
-    let totals = counters::read_pinned(&args.pin_dir).with_context(|| {
-        format!(
-            "no lb counters pinned under {}; is `lb run` attached with this --pin-dir (and are you root)?",
-            args.pin_dir.display()
-        )
-    })?;
+/// Traffic of one VIP or worker.
+#[derive(Debug, Serialize)]
+struct TrafficRow {
+    /// The VIP or worker.
+    name: String,
+    packets: u64,
+    bytes: u64,
+    new_flows: u64,
+}
+
+fn no_instance(pin_dir: &Path) -> String {
+    format!(
+        "no lb maps pinned under {}; is `lb run` attached with this --pin-dir (and are you root)?",
+        pin_dir.display()
+    )
+}
+
+/// Prints global, per-VIP and per-worker counters.
+pub fn stats(args: &PinnedArgs) -> anyhow::Result<()> {
+    let pin_dir = &args.pin_dir;
+    let global = counters::read_pinned(pin_dir).with_context(|| no_instance(pin_dir))?;
+    let vips: Vec<TrafficRow> = vip_ids(pin_dir)?
+        .into_iter()
+        .map(|(vip, id)| traffic_row(pin_dir, map_names::VIP_STATS, id, vip.to_string()))
+        .collect::<anyhow::Result<_>>()?;
+    let workers: Vec<TrafficRow> = backends(pin_dir)?
+        .into_iter()
+        .map(|(id, addr)| traffic_row(pin_dir, map_names::BACKEND_STATS, id, addr.to_string()))
+        .collect::<anyhow::Result<_>>()?;
     match args.output {
-        OutputFormat::Table => print!("{}", counters::render_table(&totals)),
-        OutputFormat::Json => println!("{}", counters::render_json(&totals)),
+        OutputFormat::Json => {
+            let global: serde_json::Value = serde_json::from_str(&counters::render_json(&global))?;
+            let doc = serde_json::json!({ "global": global, "vips": vips, "workers": workers });
+            println!("{doc}");
+        }
+        OutputFormat::Table => {
+            print!("{}", counters::render_table(&global));
+            for (title, rows) in [("VIP", &vips), ("WORKER", &workers)] {
+                let cells: Vec<Vec<String>> = rows
+                    .iter()
+                    .map(|r| {
+                        vec![
+                            r.name.clone(),
+                            r.packets.to_string(),
+                            r.bytes.to_string(),
+                            r.new_flows.to_string(),
+                        ]
+                    })
+                    .collect();
+                print!(
+                    "\n{}",
+                    table::render(&[title, "PACKETS", "BYTES", "NEW_FLOWS"], &cells)
+                );
+            }
+        }
     }
     Ok(())
+}
+
+fn traffic_row(pin_dir: &Path, map: &str, id: u32, name: String) -> anyhow::Result<TrafficRow> {
+    let TrafficCounters {
+        packets,
+        bytes,
+        new_flows,
+    } = maps::traffic(pin_dir, map, id)?;
+    Ok(TrafficRow {
+        name,
+        packets,
+        bytes,
+        new_flows,
+    })
+}
+
+/// The VIPs in the data plane, with their ids.
+fn vip_ids(pin_dir: &Path) -> anyhow::Result<Vec<(Vip, u32)>> {
+    let vips: HashMap<MapData, VipKey, VipInfo> = maps::open_pinned(pin_dir, map_names::VIPS)
+        .with_context(|| no_instance(pin_dir))?
+        .try_into()?;
+    let mut rows: Vec<(Vip, u32)> = vips
+        .iter()
+        .filter_map(Result::ok)
+        .filter_map(|(key, info)| Some((Vip::from_key(&key)?, info.id)))
+        .collect();
+    rows.sort();
+    Ok(rows)
+}
+
+/// Worker slots in use, id → address.
+fn backends(pin_dir: &Path) -> anyhow::Result<Vec<(u32, IpAddr)>> {
+    let array: Array<MapData, Backend> = maps::open_pinned(pin_dir, map_names::BACKENDS)
+        .with_context(|| no_instance(pin_dir))?
+        .try_into()?;
+    Ok((0..MAX_BACKENDS)
+        .filter_map(|id| {
+            let backend = array.get(&id, 0).ok()?;
+            if backend.flags & BACKEND_VALID == 0 {
+                return None;
+            }
+            Some((id, addr_from_bytes(backend.addr, backend.family)?))
+        })
+        .collect())
+}
+
+/// One flow of `lb flows`.
+#[derive(Debug, Serialize)]
+struct FlowRow {
+    client: String,
+    vip: String,
+    worker: String,
+    age_secs: f64,
+}
+
+/// Prints the flow table.
+pub fn flows(args: &FlowsArgs) -> anyhow::Result<()> {
+    let pin_dir = &args.pinned.pin_dir;
+    let only: Option<Vip> = args.vip.as_deref().map(str::parse).transpose()?;
+    let flows: HashMap<MapData, FlowKey, FlowValue> = maps::open_pinned(pin_dir, map_names::FLOWS)
+        .with_context(|| no_instance(pin_dir))?
+        .try_into()?;
+    let workers: std::collections::HashMap<u32, IpAddr> = backends(pin_dir)?.into_iter().collect();
+    let now = monotonic_ns();
+    let mut rows: Vec<FlowRow> = flows
+        .iter()
+        .filter_map(Result::ok)
+        .filter_map(|(key, value)| {
+            let vip = Vip::from_key(&VipKey {
+                addr: key.dst,
+                port: key.dport,
+                proto: key.proto,
+                family: key.family,
+            })?;
+            if only.is_some_and(|o| o != vip) {
+                return None;
+            }
+            let client = std::net::SocketAddr::new(
+                addr_from_bytes(key.src, key.family)?,
+                u16::from_be(key.sport),
+            );
+            Some(FlowRow {
+                client: client.to_string(),
+                vip: vip.to_string(),
+                worker: workers
+                    .get(&value.backend_id)
+                    .map_or_else(|| format!("#{}", value.backend_id), IpAddr::to_string),
+                age_secs: now.saturating_sub(value.created_ns) as f64 / 1e9,
+            })
+        })
+        .collect();
+    rows.sort_by(|a, b| a.client.cmp(&b.client));
+    match args.pinned.output {
+        OutputFormat::Json => println!("{}", serde_json::to_string(&rows)?),
+        OutputFormat::Table => {
+            let cells: Vec<Vec<String>> = rows
+                .iter()
+                .map(|r| {
+                    vec![
+                        r.client.clone(),
+                        r.vip.clone(),
+                        r.worker.clone(),
+                        format!("{:.1}s", r.age_secs),
+                    ]
+                })
+                .collect();
+            print!(
+                "{}",
+                table::render(&["CLIENT", "VIP", "WORKER", "AGE"], &cells)
+            );
+        }
+    }
+    Ok(())
+}
+
+/// CLOCK_MONOTONIC, the clock of bpf_ktime_get_ns.
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: ts is a valid out pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }

@@ -70,6 +70,29 @@ impl Host {
         output_of(self.command(program).args(args))
     }
 
+    /// Makes this host a DSR worker for `vips`: the VIPs on loopback, and
+    /// ARP settings (arp_ignore=1, arp_announce=2) so that it never answers
+    /// ARP for them or uses them as ARP source addresses; replies then go
+    /// straight to the client.
+    pub fn hold_vips_on_loopback(&self, vips: &[IpAddr]) -> anyhow::Result<()> {
+        for vip in vips {
+            let prefix = if vip.is_ipv4() { 32 } else { 128 };
+            self.run(
+                "ip",
+                &["addr", "add", &format!("{vip}/{prefix}"), "dev", "lo"],
+            )?;
+        }
+        self.run(
+            "sysctl",
+            &[
+                "-qw",
+                "net.ipv4.conf.all.arp_ignore=1",
+                "net.ipv4.conf.all.arp_announce=2",
+            ],
+        )
+        .map(drop)
+    }
+
     /// Runs `work` on a thread that has entered this host's network
     /// namespace; sockets it opens live in that namespace.
     pub fn within<T: Send>(&self, work: impl FnOnce() -> T + Send) -> anyhow::Result<T> {
@@ -167,23 +190,36 @@ impl Drop for Process {
     }
 }
 
-/// An `lb run` started in a testbed host, with its own pin directory.
+/// An `lb run` started in a testbed host, with its own pin directory and
+/// admin socket.
 pub struct LbProcess {
     process: Process,
     output: std::io::BufReader<std::process::ChildStdout>,
     exe: PathBuf,
     pin_dir: PathBuf,
+    socket: PathBuf,
     /// The line `lb run` printed once it had attached.
     pub attached_line: String,
 }
 
 impl LbProcess {
-    /// Starts `exe run --iface eth0 --pin-dir <pin_dir> <extra>` in `host`
-    /// and waits until it reports that it attached.
-    pub fn start(exe: &Path, host: &Host, pin_dir: &Path, extra: &[&str]) -> anyhow::Result<Self> {
+    /// Starts `exe run --iface eth0` in `host` with the testbed's pin
+    /// directory and socket called `name`, plus `extra` arguments, and waits
+    /// until it reports that it attached.
+    pub fn start(
+        exe: &Path,
+        bed: &mut Testbed,
+        host: &Host,
+        name: &str,
+        extra: &[&str],
+    ) -> anyhow::Result<Self> {
+        let pin_dir = bed.pin_dir(name);
+        let socket = bed.socket(name);
         let mut cmd = host.command(exe);
         cmd.args(["run", "--iface", HOST_IFACE, "--pin-dir"])
-            .arg(pin_dir)
+            .arg(&pin_dir)
+            .arg("--socket")
+            .arg(&socket)
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped());
@@ -205,19 +241,53 @@ impl LbProcess {
             process,
             output,
             exe: exe.to_owned(),
-            pin_dir: pin_dir.to_owned(),
+            pin_dir,
+            socket,
             attached_line,
         })
     }
 
-    /// The counters, as `lb stats -o json` reports them.
+    /// This instance's pin directory.
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+
+    /// Runs an `lb` CLI command against this instance (`--pin-dir` is
+    /// appended for `stats` and `flows`, `--socket` for the others).
+    pub fn cli(&self, args: &[&str]) -> anyhow::Result<std::process::Output> {
+        let mut cmd = Command::new(&self.exe);
+        cmd.args(args);
+        if matches!(args.first(), Some(&"stats" | &"flows")) {
+            cmd.arg("--pin-dir").arg(&self.pin_dir);
+        } else {
+            cmd.arg("--socket").arg(&self.socket);
+        }
+        cmd.output().context("running lb")
+    }
+
+    /// Runs an `lb` CLI command that must succeed; returns its stdout.
+    pub fn cli_ok(&self, args: &[&str]) -> anyhow::Result<String> {
+        let output = self.cli(args)?;
+        ensure!(
+            output.status.success(),
+            "lb {args:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+
+    /// `lb stats -o json`, whole.
+    pub fn stats_json(&self) -> anyhow::Result<serde_json::Value> {
+        Ok(serde_json::from_str(
+            &self.cli_ok(&["stats", "-o", "json"])?,
+        )?)
+    }
+
+    /// The global counters, as `lb stats -o json` reports them.
     pub fn stats(&self) -> anyhow::Result<lb_common::counters::GlobalCounters> {
-        let pin_dir = self.pin_dir.to_string_lossy();
-        let exe = self.exe.to_string_lossy();
-        let json =
-            output_of(Command::new(&*exe).args(["stats", "-o", "json", "--pin-dir", &pin_dir]))?;
-        crate::counters::parse_json(&json)
-            .with_context(|| format!("unexpected `lb stats` output {json:?}"))
+        let json = self.stats_json()?;
+        crate::counters::parse_json(&json["global"].to_string())
+            .with_context(|| format!("unexpected `lb stats` output {json}"))
     }
 
     /// Stops `lb run` with SIGINT and returns what it printed after the
@@ -379,6 +449,15 @@ impl Testbed {
         let dir = Path::new("/sys/fs/bpf").join(format!("{}-{name}", self.prefix));
         self.pin_dirs.push(dir.clone());
         dir
+    }
+
+    /// A fresh admin socket path for one lb instance, removed with the
+    /// testbed.
+    pub fn socket(&mut self, name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("{}-sockets", self.prefix));
+        let _ = fs::create_dir_all(&dir);
+        self.pin_dirs.push(dir.clone());
+        dir.join(format!("{name}.sock"))
     }
 
     /// Starts nginx in `host`'s namespace serving `body` for every path on

@@ -14,6 +14,7 @@ const RUNTIME_PACKAGES: &[&str] = &[
     "iproute2",
     "ethtool",
     "util-linux",
+    "iputils-ping",
     "nginx-light",
 ];
 

@@ -1,0 +1,128 @@
+//! Typed handles on the data plane's maps, for the controller (which owns
+//! the writable ones) and for readers of the pinned maps.
+
+use std::{net::IpAddr, path::Path, time::Duration, time::Instant};
+
+use aya::maps::{Array, ArrayOfMaps, HashMap, Map, MapData, MapError, PerCpuArray};
+use lb_common::{
+    balancer::{
+        Backend, Config, TrafficCounters, VipInfo, VipKey, BACKEND_MAC_KNOWN, BACKEND_VALID,
+        NO_BACKEND,
+    },
+    map_names, LAYOUT_VERSION,
+};
+
+use crate::{maglev, service, service::Vip, state::VipState};
+
+/// Flag inner maps need so that VIPs can have tables of different sizes.
+const BPF_F_INNER_MAP: u32 = 1 << 12;
+
+type MaglevTable = Array<MapData, u32>;
+
+/// The maps the controller writes.
+pub struct ControlMaps {
+    vips: HashMap<MapData, VipKey, VipInfo>,
+    backends: Array<MapData, Backend>,
+    maglev: ArrayOfMaps<MapData, MaglevTable>,
+    config: Array<MapData, Config>,
+}
+
+fn take(ebpf: &mut aya::Ebpf, name: &str) -> Map {
+    ebpf.take_map(name)
+        .unwrap_or_else(|| panic!("the embedded object defines map {name}"))
+}
+
+impl ControlMaps {
+    /// Takes the writable maps out of a loaded object.
+    pub fn take(ebpf: &mut aya::Ebpf) -> Result<Self, MapError> {
+        Ok(Self {
+            vips: take(ebpf, map_names::VIPS).try_into()?,
+            backends: take(ebpf, map_names::BACKENDS).try_into()?,
+            maglev: take(ebpf, map_names::MAGLEV).try_into()?,
+            config: take(ebpf, map_names::CONFIG).try_into()?,
+        })
+    }
+
+    /// Writes the data plane's settings.
+    pub fn write_config(&mut self, hash_seed: u32) -> Result<(), MapError> {
+        let config = Config {
+            hash_seed,
+            layout_version: LAYOUT_VERSION,
+        };
+        self.config.set(0, config, 0)
+    }
+
+    /// Writes worker `id`; without a MAC the data plane counts and drops
+    /// its packets until the neighbour is resolved.
+    pub fn write_backend(
+        &mut self,
+        id: u32,
+        addr: IpAddr,
+        mac: Option<[u8; 6]>,
+    ) -> Result<(), MapError> {
+        let (bytes, family) = service::addr_bytes(addr);
+        let backend = Backend {
+            addr: bytes,
+            mac: mac.unwrap_or_default(),
+            family,
+            flags: BACKEND_VALID | if mac.is_some() { BACKEND_MAC_KNOWN } else { 0 },
+        };
+        self.backends.set(id, backend, 0)
+    }
+
+    /// Builds the VIP's Maglev table into a fresh inner map and swaps it in,
+    /// then (re)writes the VIP entry. Returns the table size and how long
+    /// the build took.
+    pub fn install_vip(
+        &mut self,
+        vip: &Vip,
+        state: &VipState,
+        seed: u32,
+    ) -> Result<(u32, Duration), MapError> {
+        let size = state.effective_table_size();
+        let started = Instant::now();
+        let table = maglev::build(&state.members(), size, seed);
+        let built = started.elapsed();
+        let mut inner = MaglevTable::create(size, BPF_F_INNER_MAP)?;
+        for (slot, backend) in table.iter().enumerate() {
+            inner.set(slot as u32, backend.unwrap_or(NO_BACKEND), 0)?;
+        }
+        let info = VipInfo {
+            id: state.id,
+            table_size: size,
+        };
+        let previous = self.vips.get(&vip.key(), 0).ok();
+        // A packet indexes with the size it read from the VIP entry: grow
+        // the table before the entry, shrink it after, so the index always
+        // lies inside whichever table the packet finds.
+        let growing = previous.is_none_or(|p| p.table_size <= size);
+        if growing {
+            self.maglev.set(state.id, &inner, 0)?;
+            self.vips.insert(vip.key(), info, 0)?;
+        } else {
+            self.vips.insert(vip.key(), info, 0)?;
+            self.maglev.set(state.id, &inner, 0)?;
+        }
+        Ok((size, built))
+    }
+
+    /// Stops balancing a VIP: its packets pass to the kernel again.
+    pub fn remove_vip(&mut self, vip: &Vip) -> Result<(), MapError> {
+        self.vips.remove(&vip.key())
+    }
+}
+
+/// Opens a map pinned by an lb instance.
+pub fn open_pinned(pin_dir: &Path, name: &str) -> Result<Map, MapError> {
+    Map::from_map_data(MapData::from_pin(pin_dir.join(name))?)
+}
+
+/// Sums the per-CPU copies of every entry of a traffic counter array.
+pub fn traffic(pin_dir: &Path, name: &str, index: u32) -> Result<TrafficCounters, MapError> {
+    let array: PerCpuArray<MapData, TrafficCounters> = open_pinned(pin_dir, name)?.try_into()?;
+    let mut total = TrafficCounters::default();
+    for copy in array.get(&index, 0)?.iter() {
+        total.accumulate(copy);
+    }
+    Ok(total)
+}

@@ -1,0 +1,202 @@
+//! Virtual service addresses as users write them: `192.0.2.100:80/tcp`,
+//! `[2001:db8::100]:443/udp`.
+
+use std::{fmt, net::IpAddr, net::SocketAddr, str::FromStr};
+
+use lb_common::{
+    balancer::{VipKey, FAMILY_V4, FAMILY_V6},
+    packet::{IPPROTO_TCP, IPPROTO_UDP},
+};
+use serde::{Deserialize, Serialize};
+
+/// Transport protocol of a VIP.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// TCP.
+    Tcp,
+    /// UDP.
+    Udp,
+}
+
+impl Protocol {
+    fn number(self) -> u8 {
+        match self {
+            Self::Tcp => IPPROTO_TCP,
+            Self::Udp => IPPROTO_UDP,
+        }
+    }
+}
+
+/// A virtual service: address, port, protocol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Vip {
+    /// The service address.
+    pub addr: IpAddr,
+    /// The service port (never 0).
+    pub port: u16,
+    /// TCP or UDP.
+    pub proto: Protocol,
+}
+
+/// Why a VIP or worker address did not parse.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ParseError {
+    /// No `/tcp` or `/udp` suffix.
+    #[error("`{0}` has no protocol: write ADDRESS:PORT/tcp or ADDRESS:PORT/udp (IPv6 as [ADDRESS]:PORT/tcp)")]
+    MissingProtocol(String),
+    /// A protocol other than tcp or udp.
+    #[error("unknown protocol `{0}`: lb balances tcp and udp")]
+    UnknownProtocol(String),
+    /// The address or port is not valid.
+    #[error("`{0}` is not ADDRESS:PORT (ports 1-65535; IPv6 as [ADDRESS]:PORT)")]
+    BadSocketAddress(String),
+    /// Port 0.
+    #[error("port 0 in `{0}`: a VIP needs a port from 1 to 65535")]
+    PortZero(String),
+    /// The worker address is not an IP address.
+    #[error("`{0}` is not an IPv4 or IPv6 address")]
+    BadAddress(String),
+}
+
+impl FromStr for Vip {
+    type Err = ParseError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let (socket, proto) = text
+            .rsplit_once('/')
+            .ok_or_else(|| ParseError::MissingProtocol(text.to_owned()))?;
+        let proto = match proto.to_ascii_lowercase().as_str() {
+            "tcp" => Protocol::Tcp,
+            "udp" => Protocol::Udp,
+            other => return Err(ParseError::UnknownProtocol(other.to_owned())),
+        };
+        let socket: SocketAddr = socket
+            .parse()
+            .map_err(|_| ParseError::BadSocketAddress(socket.to_owned()))?;
+        if socket.port() == 0 {
+            return Err(ParseError::PortZero(text.to_owned()));
+        }
+        Ok(Self {
+            addr: socket.ip(),
+            port: socket.port(),
+            proto,
+        })
+    }
+}
+
+impl fmt::Display for Vip {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let proto = match self.proto {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        };
+        write!(f, "{}/{proto}", SocketAddr::new(self.addr, self.port))
+    }
+}
+
+impl Serialize for Vip {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Vip {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl Vip {
+    /// The data plane's key for this VIP.
+    pub fn key(&self) -> VipKey {
+        let (addr, family) = addr_bytes(self.addr);
+        VipKey {
+            addr,
+            port: self.port.to_be(),
+            proto: self.proto.number(),
+            family,
+        }
+    }
+
+    /// The VIP a data-plane key describes, if it is one lb writes.
+    pub fn from_key(key: &VipKey) -> Option<Self> {
+        let proto = match key.proto {
+            IPPROTO_TCP => Protocol::Tcp,
+            IPPROTO_UDP => Protocol::Udp,
+            _ => return None,
+        };
+        Some(Self {
+            addr: addr_from_bytes(key.addr, key.family)?,
+            port: u16::from_be(key.port),
+            proto,
+        })
+    }
+}
+
+/// Parses a worker address.
+pub fn parse_worker(text: &str) -> Result<IpAddr, ParseError> {
+    text.parse()
+        .map_err(|_| ParseError::BadAddress(text.to_owned()))
+}
+
+/// An address in the data plane's 16-byte form, with its family.
+pub fn addr_bytes(addr: IpAddr) -> ([u8; 16], u8) {
+    match addr {
+        IpAddr::V4(v4) => {
+            let mut bytes = [0u8; 16];
+            bytes[..4].copy_from_slice(&v4.octets());
+            (bytes, FAMILY_V4)
+        }
+        IpAddr::V6(v6) => (v6.octets(), FAMILY_V6),
+    }
+}
+
+/// The address stored as 16 bytes and a family.
+pub fn addr_from_bytes(bytes: [u8; 16], family: u8) -> Option<IpAddr> {
+    match family {
+        FAMILY_V4 => Some(IpAddr::from([bytes[0], bytes[1], bytes[2], bytes[3]])),
+        FAMILY_V6 => Some(IpAddr::from(bytes)),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_prints_both_families() {
+        for text in ["192.0.2.100:80/tcp", "[2001:db8::100]:53/udp"] {
+            let vip: Vip = text.parse().unwrap();
+            assert_eq!(vip.to_string(), text);
+            assert_eq!(Vip::from_key(&vip.key()), Some(vip));
+        }
+    }
+
+    #[test]
+    fn rejects_bad_input_with_a_reason() {
+        let cases = [
+            ("192.0.2.100:80", "no protocol"),
+            ("192.0.2.100:80/sctp", "unknown protocol"),
+            ("192.0.2.100:65536/tcp", "not ADDRESS:PORT"),
+            ("192.0.2.100:0/tcp", "port 0"),
+            ("192.0.2.300:80/tcp", "not ADDRESS:PORT"),
+            ("2001:db8::1:80/tcp", "not ADDRESS:PORT"),
+        ];
+        for (text, reason) in cases {
+            let error = text.parse::<Vip>().unwrap_err().to_string();
+            assert!(error.contains(reason), "{text}: {error}");
+        }
+        assert!(parse_worker("192.0.2").is_err());
+    }
+
+    #[test]
+    fn key_uses_network_byte_order() {
+        let key = "192.0.2.100:80/tcp".parse::<Vip>().unwrap().key();
+        assert_eq!(key.port.to_ne_bytes(), [0, 80]);
+        assert_eq!(&key.addr[..4], &[192, 0, 2, 100]);
+        assert_eq!(key.proto, 6);
+    }
+}

@@ -1,0 +1,297 @@
+//! The controller's desired state: VIPs, their workers and weights. Every
+//! change is validated here before anything touches the maps.
+
+use std::{
+    collections::{BTreeMap, VecDeque},
+    net::IpAddr,
+};
+
+use lb_common::balancer::{MAX_BACKENDS, MAX_TABLE_SIZE, MAX_VIPS};
+use serde::{Deserialize, Serialize};
+
+use crate::{maglev, service::Vip};
+
+/// Weight of a worker added without `--weight`.
+pub const DEFAULT_WEIGHT: u32 = 100;
+
+/// A change the state refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum StateError {
+    /// The VIP exists already.
+    #[error("VIP {0} exists already")]
+    VipExists(Vip),
+    /// No such VIP.
+    #[error("no VIP {0}; `lb vip list` shows the VIPs")]
+    UnknownVip(Vip),
+    /// The worker is on the VIP already.
+    #[error("worker {worker} is already on VIP {vip}; use `lb backend del` first to change it")]
+    DuplicateWorker {
+        /// The VIP.
+        vip: Vip,
+        /// The worker.
+        worker: IpAddr,
+    },
+    /// The worker is not on the VIP.
+    #[error("worker {worker} is not on VIP {vip}; `lb backend list {vip}` shows its workers")]
+    UnknownWorker {
+        /// The VIP.
+        vip: Vip,
+        /// The worker.
+        worker: IpAddr,
+    },
+    /// IPv4 worker for an IPv6 VIP or the other way round.
+    #[error("worker {worker} and VIP {vip} are of different IP families; L2 DSR needs the worker in the VIP's family")]
+    FamilyMismatch {
+        /// The VIP.
+        vip: Vip,
+        /// The worker.
+        worker: IpAddr,
+    },
+    /// Weight out of range.
+    #[error("weight {0} is out of range: use 1 to 65535")]
+    BadWeight(u32),
+    /// Table size not a prime in range.
+    #[error("table size {0} must be a prime from 7 to {MAX_TABLE_SIZE} (e.g. 16381 or 65537)")]
+    BadTableSize(u32),
+    /// VIP limit reached.
+    #[error("lb holds at most {MAX_VIPS} VIPs")]
+    TooManyVips,
+    /// Worker limit reached.
+    #[error("lb holds at most {MAX_BACKENDS} workers across all VIPs")]
+    TooManyBackends,
+}
+
+/// One worker of a VIP.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Worker {
+    /// Index in the data plane's backend array.
+    pub id: u32,
+    /// Relative share of new flows.
+    pub weight: u32,
+}
+
+/// One VIP.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VipState {
+    /// Index in the per-VIP maps.
+    pub id: u32,
+    /// Maglev table size chosen by the user; otherwise derived.
+    pub table_size: Option<u32>,
+    /// Workers by address.
+    pub workers: BTreeMap<IpAddr, Worker>,
+}
+
+impl VipState {
+    /// The Maglev table size in force.
+    pub fn effective_table_size(&self) -> u32 {
+        self.table_size
+            .unwrap_or_else(|| maglev::table_size_for(self.workers.len()))
+    }
+
+    /// The VIP's workers as Maglev members.
+    pub fn members(&self) -> Vec<maglev::Member> {
+        self.workers
+            .iter()
+            .map(|(addr, w)| maglev::Member {
+                name: addr.to_string(),
+                weight: w.weight,
+                id: w.id,
+            })
+            .collect()
+    }
+}
+
+/// Hands out ids, reusing freed ones last so that flows still pinned to a
+/// removed worker keep reaching it for as long as possible.
+#[derive(Clone, Debug, Default)]
+struct Ids {
+    next: u32,
+    limit: u32,
+    freed: VecDeque<u32>,
+}
+
+impl Ids {
+    fn new(limit: u32) -> Self {
+        Self {
+            next: 0,
+            limit,
+            freed: VecDeque::new(),
+        }
+    }
+
+    fn take(&mut self) -> Option<u32> {
+        if self.next < self.limit {
+            self.next += 1;
+            return Some(self.next - 1);
+        }
+        self.freed.pop_front()
+    }
+
+    fn free(&mut self, id: u32) {
+        self.freed.push_back(id);
+    }
+}
+
+/// Everything the controller wants the data plane to do.
+#[derive(Clone, Debug)]
+pub struct Desired {
+    /// Seed of the flow hash and of Maglev permutations.
+    pub hash_seed: u32,
+    vips: BTreeMap<Vip, VipState>,
+    vip_ids: Ids,
+    backend_ids: Ids,
+}
+
+impl Desired {
+    /// An empty state with the given seed.
+    pub fn new(hash_seed: u32) -> Self {
+        Self {
+            hash_seed,
+            vips: BTreeMap::new(),
+            vip_ids: Ids::new(MAX_VIPS),
+            backend_ids: Ids::new(MAX_BACKENDS),
+        }
+    }
+
+    /// The VIPs, ordered.
+    pub fn vips(&self) -> &BTreeMap<Vip, VipState> {
+        &self.vips
+    }
+
+    /// One VIP.
+    pub fn vip(&self, vip: &Vip) -> Result<&VipState, StateError> {
+        self.vips.get(vip).ok_or(StateError::UnknownVip(*vip))
+    }
+
+    /// Adds a VIP with no workers.
+    pub fn add_vip(&mut self, vip: Vip, table_size: Option<u32>) -> Result<&VipState, StateError> {
+        if self.vips.contains_key(&vip) {
+            return Err(StateError::VipExists(vip));
+        }
+        if let Some(size) = table_size {
+            if !(7..=MAX_TABLE_SIZE).contains(&size) || !maglev::is_prime(u64::from(size)) {
+                return Err(StateError::BadTableSize(size));
+            }
+        }
+        let id = self.vip_ids.take().ok_or(StateError::TooManyVips)?;
+        Ok(self.vips.entry(vip).or_insert(VipState {
+            id,
+            table_size,
+            workers: BTreeMap::new(),
+        }))
+    }
+
+    /// Removes a VIP and its workers; returns what it was.
+    pub fn del_vip(&mut self, vip: &Vip) -> Result<VipState, StateError> {
+        let state = self.vips.remove(vip).ok_or(StateError::UnknownVip(*vip))?;
+        self.vip_ids.free(state.id);
+        for worker in state.workers.values() {
+            self.backend_ids.free(worker.id);
+        }
+        Ok(state)
+    }
+
+    /// Adds a worker to a VIP; returns its backend id.
+    pub fn add_worker(&mut self, vip: &Vip, addr: IpAddr, weight: u32) -> Result<u32, StateError> {
+        if !(1..=65535).contains(&weight) {
+            return Err(StateError::BadWeight(weight));
+        }
+        if vip.addr.is_ipv4() != addr.is_ipv4() {
+            return Err(StateError::FamilyMismatch {
+                vip: *vip,
+                worker: addr,
+            });
+        }
+        let state = self.vips.get_mut(vip).ok_or(StateError::UnknownVip(*vip))?;
+        if state.workers.contains_key(&addr) {
+            return Err(StateError::DuplicateWorker {
+                vip: *vip,
+                worker: addr,
+            });
+        }
+        let id = self.backend_ids.take().ok_or(StateError::TooManyBackends)?;
+        state.workers.insert(addr, Worker { id, weight });
+        Ok(id)
+    }
+
+    /// Removes a worker from a VIP; returns its backend id.
+    pub fn del_worker(&mut self, vip: &Vip, addr: IpAddr) -> Result<u32, StateError> {
+        let state = self.vips.get_mut(vip).ok_or(StateError::UnknownVip(*vip))?;
+        let worker = state
+            .workers
+            .remove(&addr)
+            .ok_or(StateError::UnknownWorker {
+                vip: *vip,
+                worker: addr,
+            })?;
+        self.backend_ids.free(worker.id);
+        Ok(worker.id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vip(text: &str) -> Vip {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn bad_changes_are_refused_and_change_nothing() {
+        let mut state = Desired::new(7);
+        let v4 = vip("192.0.2.100:80/tcp");
+        state.add_vip(v4, None).unwrap();
+        state
+            .add_worker(&v4, "192.0.2.11".parse().unwrap(), 100)
+            .unwrap();
+        let before = format!("{:?}", state.vips());
+        let errors = [
+            state.add_vip(v4, None).map(|_| ()).unwrap_err(),
+            state
+                .add_vip(vip("192.0.2.101:80/tcp"), Some(16380))
+                .map(|_| ())
+                .unwrap_err(),
+            state
+                .add_worker(&v4, "192.0.2.11".parse().unwrap(), 1)
+                .map(drop)
+                .unwrap_err(),
+            state
+                .add_worker(&v4, "2001:db8::11".parse().unwrap(), 1)
+                .map(drop)
+                .unwrap_err(),
+            state
+                .add_worker(&v4, "192.0.2.12".parse().unwrap(), 0)
+                .map(drop)
+                .unwrap_err(),
+            state
+                .add_worker(&vip("192.0.2.1:1/udp"), "192.0.2.12".parse().unwrap(), 1)
+                .map(drop)
+                .unwrap_err(),
+            state
+                .del_worker(&v4, "192.0.2.99".parse().unwrap())
+                .map(drop)
+                .unwrap_err(),
+        ];
+        assert_eq!(errors.len(), 7);
+        assert_eq!(format!("{:?}", state.vips()), before);
+    }
+
+    #[test]
+    fn freed_backend_ids_are_reused_last() {
+        let mut state = Desired::new(0);
+        let v = vip("192.0.2.100:80/tcp");
+        state.add_vip(v, None).unwrap();
+        let a = state
+            .add_worker(&v, "192.0.2.11".parse().unwrap(), 1)
+            .unwrap();
+        state.del_worker(&v, "192.0.2.11".parse().unwrap()).unwrap();
+        let b = state
+            .add_worker(&v, "192.0.2.12".parse().unwrap(), 1)
+            .unwrap();
+        assert_ne!(
+            a, b,
+            "a removed worker's id is not handed out while fresh ones remain"
+        );
+    }
+}
