@@ -32,14 +32,19 @@ pub fn vip_command(command: VipCommand) -> anyhow::Result<()> {
         }
         VipCommand::List { client } => {
             let rows: Vec<VipRow> = fetch(&client, &Request::VipList)?;
-            print_rows(&client, &rows, &["VIP", "ID", "TABLE", "WORKERS"], |r| {
-                vec![
-                    r.vip.to_string(),
-                    r.id.to_string(),
-                    r.table_size.to_string(),
-                    r.workers.to_string(),
-                ]
-            })
+            table::print(
+                client.output,
+                &rows,
+                &["VIP", "ID", "TABLE", "WORKERS"],
+                |r| {
+                    vec![
+                        r.vip.to_string(),
+                        r.id.to_string(),
+                        r.table_size.to_string(),
+                        r.workers.to_string(),
+                    ]
+                },
+            )
         }
     }
 }
@@ -74,8 +79,8 @@ pub fn backend_command(command: BackendCommand) -> anyhow::Result<()> {
         BackendCommand::List { vip: v, client } => {
             let only = v.as_deref().map(vip).transpose()?;
             let rows: Vec<BackendRow> = fetch(&client, &Request::BackendList { vip: only })?;
-            print_rows(
-                &client,
+            table::print(
+                client.output,
                 &rows,
                 &["VIP", "WORKER", "ID", "WEIGHT", "MAC"],
                 |r| {
@@ -118,20 +123,4 @@ fn fetch<T: serde::de::DeserializeOwned>(
     let data = api::call(&client.socket, request)?;
     serde_json::from_value(data)
         .context("unexpected answer from the controller (is it the same lb version?)")
-}
-
-fn print_rows<T: serde::Serialize>(
-    client: &ClientArgs,
-    rows: &[T],
-    headers: &[&str],
-    cells: impl Fn(&T) -> Vec<String>,
-) -> anyhow::Result<()> {
-    match client.output {
-        OutputFormat::Json => println!("{}", serde_json::to_string(rows)?),
-        OutputFormat::Table => print!(
-            "{}",
-            table::render(headers, &rows.iter().map(cells).collect::<Vec<_>>())
-        ),
-    }
-    Ok(())
 }

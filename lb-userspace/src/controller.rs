@@ -148,9 +148,9 @@ impl Controller {
     /// Re-reads every worker's MAC address and writes the ones that
     /// changed; unresolved workers are solicited again.
     pub fn refresh_neighbours(&mut self) {
-        let iface = self.instance.iface.clone();
+        let known = neighbour::table(&self.instance.iface);
         for (id, (addr, mac)) in self.macs.iter_mut() {
-            let current = neighbour::lookup(&iface, *addr);
+            let current = known.get(addr).copied();
             if current.is_none() {
                 neighbour::solicit(*addr);
             }

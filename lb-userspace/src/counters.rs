@@ -39,18 +39,17 @@ pub fn render_table(counters: &GlobalCounters) -> String {
 }
 
 /// The counters as one JSON object, `{"name": value, ...}`.
-pub fn render_json(counters: &GlobalCounters) -> String {
+pub fn to_json(counters: &GlobalCounters) -> serde_json::Value {
     let map: serde_json::Map<String, serde_json::Value> = GlobalCounters::NAMES
         .iter()
         .zip(counters.values())
         .map(|(name, value)| (name.to_string(), value.into()))
         .collect();
-    serde_json::Value::Object(map).to_string()
+    serde_json::Value::Object(map)
 }
 
-/// Parses what [`render_json`] wrote.
-pub fn parse_json(text: &str) -> Option<GlobalCounters> {
-    let value: serde_json::Value = serde_json::from_str(text).ok()?;
+/// Reads back what [`to_json`] made.
+pub fn from_json(value: &serde_json::Value) -> Option<GlobalCounters> {
     let mut values = [0u64; GlobalCounters::NAMES.len()];
     for (slot, name) in values.iter_mut().zip(GlobalCounters::NAMES) {
         *slot = value.get(name)?.as_u64()?;

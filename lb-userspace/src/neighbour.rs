@@ -2,6 +2,7 @@
 //! user to type one.
 
 use std::{
+    collections::HashMap,
     net::{IpAddr, SocketAddr, UdpSocket},
     process::Command,
 };
@@ -10,23 +11,37 @@ use std::{
 /// address without bothering any service.
 const DISCARD_PORT: u16 = 9;
 
+/// The usable MAC addresses the kernel knows on `iface`, from one dump of
+/// its neighbour table.
+pub fn table(iface: &str) -> HashMap<IpAddr, [u8; 6]> {
+    let Ok(output) = Command::new("ip")
+        .args(["-j", "neigh", "show", "dev", iface])
+        .output()
+    else {
+        return HashMap::new();
+    };
+    let entries: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap_or_default();
+    entries
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|entry| {
+            let states = entry.get("state")?.as_array()?;
+            let unusable = states
+                .iter()
+                .any(|s| matches!(s.as_str(), Some("FAILED" | "INCOMPLETE")));
+            if unusable {
+                return None;
+            }
+            let addr = entry.get("dst")?.as_str()?.parse().ok()?;
+            Some((addr, parse_mac(entry.get("lladdr")?.as_str()?)?))
+        })
+        .collect()
+}
+
 /// The MAC the kernel knows for `addr` on `iface`, if it has a usable one.
 pub fn lookup(iface: &str, addr: IpAddr) -> Option<[u8; 6]> {
-    let output = Command::new("ip")
-        .args(["-j", "neigh", "show", "to", &addr.to_string(), "dev", iface])
-        .output()
-        .ok()?;
-    let entries: serde_json::Value = serde_json::from_slice(&output.stdout).ok()?;
-    entries.as_array()?.iter().find_map(|entry| {
-        let states = entry.get("state")?.as_array()?;
-        let unusable = states
-            .iter()
-            .any(|s| matches!(s.as_str(), Some("FAILED" | "INCOMPLETE")));
-        if unusable {
-            return None;
-        }
-        parse_mac(entry.get("lladdr")?.as_str()?)
-    })
+    table(iface).get(&addr).copied()
 }
 
 /// Makes the kernel start resolving `addr` by sending one datagram to its

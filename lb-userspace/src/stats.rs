@@ -51,7 +51,7 @@ pub fn stats(args: &PinnedArgs) -> anyhow::Result<()> {
         .collect::<anyhow::Result<_>>()?;
     match args.output {
         OutputFormat::Json => {
-            let global: serde_json::Value = serde_json::from_str(&counters::render_json(&global))?;
+            let global = counters::to_json(&global);
             let doc = serde_json::json!({ "global": global, "vips": vips, "workers": workers });
             println!("{doc}");
         }
@@ -169,27 +169,19 @@ pub fn flows(args: &FlowsArgs) -> anyhow::Result<()> {
         })
         .collect();
     rows.sort_by(|a, b| a.client.cmp(&b.client));
-    match args.pinned.output {
-        OutputFormat::Json => println!("{}", serde_json::to_string(&rows)?),
-        OutputFormat::Table => {
-            let cells: Vec<Vec<String>> = rows
-                .iter()
-                .map(|r| {
-                    vec![
-                        r.client.clone(),
-                        r.vip.clone(),
-                        r.worker.clone(),
-                        format!("{:.1}s", r.age_secs),
-                    ]
-                })
-                .collect();
-            print!(
-                "{}",
-                table::render(&["CLIENT", "VIP", "WORKER", "AGE"], &cells)
-            );
-        }
-    }
-    Ok(())
+    table::print(
+        args.pinned.output,
+        &rows,
+        &["CLIENT", "VIP", "WORKER", "AGE"],
+        |r| {
+            vec![
+                r.client.clone(),
+                r.vip.clone(),
+                r.worker.clone(),
+                format!("{:.1}s", r.age_secs),
+            ]
+        },
+    )
 }
 
 /// CLOCK_MONOTONIC, the clock of bpf_ktime_get_ns.

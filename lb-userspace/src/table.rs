@@ -1,4 +1,25 @@
-//! Aligned columns for human output.
+//! Aligned columns for human output, and the `-o` switch between them
+//! and JSON.
+
+use crate::cli::OutputFormat;
+
+/// Prints `rows` as a JSON array, or as columns under `headers` with the
+/// cells `cells` makes of each row.
+pub fn print<T: serde::Serialize>(
+    output: OutputFormat,
+    rows: &[T],
+    headers: &[&str],
+    cells: impl Fn(&T) -> Vec<String>,
+) -> anyhow::Result<()> {
+    match output {
+        OutputFormat::Json => println!("{}", serde_json::to_string(rows)?),
+        OutputFormat::Table => print!(
+            "{}",
+            render(headers, &rows.iter().map(cells).collect::<Vec<_>>())
+        ),
+    }
+    Ok(())
+}
 
 /// Renders `rows` under `headers`, each column as wide as its widest cell.
 pub fn render(headers: &[&str], rows: &[Vec<String>]) -> String {

@@ -286,7 +286,7 @@ impl LbProcess {
     /// The global counters, as `lb stats -o json` reports them.
     pub fn stats(&self) -> anyhow::Result<lb_common::counters::GlobalCounters> {
         let json = self.stats_json()?;
-        crate::counters::parse_json(&json["global"].to_string())
+        crate::counters::from_json(&json["global"])
             .with_context(|| format!("unexpected `lb stats` output {json}"))
     }
 
@@ -307,7 +307,8 @@ pub struct Testbed {
     prefix: String,
     switch: String,
     hosts: Vec<Host>,
-    pin_dirs: Vec<PathBuf>,
+    /// Pin directories and socket directories, removed on drop.
+    cleanup_dirs: Vec<PathBuf>,
     programs: Vec<Ebpf>,
 }
 
@@ -329,7 +330,7 @@ impl Testbed {
             prefix,
             switch: switch.clone(),
             hosts: Vec::new(),
-            pin_dirs: Vec::new(),
+            cleanup_dirs: Vec::new(),
             programs: Vec::new(),
         };
         ip(&["netns", "add", &switch])?;
@@ -447,7 +448,7 @@ impl Testbed {
     /// pins; it and anything in it are removed with the testbed.
     pub fn pin_dir(&mut self, name: &str) -> PathBuf {
         let dir = Path::new("/sys/fs/bpf").join(format!("{}-{name}", self.prefix));
-        self.pin_dirs.push(dir.clone());
+        self.cleanup_dirs.push(dir.clone());
         dir
     }
 
@@ -455,8 +456,10 @@ impl Testbed {
     /// testbed.
     pub fn socket(&mut self, name: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("{}-sockets", self.prefix));
-        let _ = fs::create_dir_all(&dir);
-        self.pin_dirs.push(dir.clone());
+        if !self.cleanup_dirs.contains(&dir) {
+            let _ = fs::create_dir_all(&dir);
+            self.cleanup_dirs.push(dir.clone());
+        }
         dir.join(format!("{name}.sock"))
     }
 
@@ -487,7 +490,7 @@ impl Testbed {
 impl Drop for Testbed {
     fn drop(&mut self) {
         self.programs.clear();
-        for dir in &self.pin_dirs {
+        for dir in &self.cleanup_dirs {
             let _ = fs::remove_dir_all(dir);
         }
         for host in &self.hosts {
