@@ -21,6 +21,41 @@ pub const NO_BACKEND: u32 = u32::MAX;
 pub const BACKEND_VALID: u8 = 1;
 /// `Backend::flags`: `mac` holds the worker's resolved MAC address.
 pub const BACKEND_MAC_KNOWN: u8 = 2;
+/// `Backend::flags`: health checks failed. New flows avoid the worker and
+/// its existing flows move to a healthy one (it can't answer them anyway).
+pub const BACKEND_DOWN: u8 = 4;
+/// `Backend::flags`: draining. No new flows or sticky sessions; its
+/// existing flows stay until they end.
+pub const BACKEND_DRAINING: u8 = 8;
+
+/// `VipInfo::scheduler`: the flow's slot in the VIP's Maglev table.
+pub const SCHED_MAGLEV: u8 = 0;
+/// `VipInfo::scheduler`: two slots from two independent flow hashes; the
+/// less loaded of the two workers (power of two choices).
+pub const SCHED_LEAST_LOAD: u8 = 1;
+
+/// `VipInfo::flags`: new flows follow the client's sticky session.
+pub const VIP_STICKY: u8 = 1;
+/// `VipInfo::flags`: some clients of the VIP are pinned to a worker.
+pub const VIP_HAS_PINS: u8 = 2;
+
+/// Load figure meaning "no current report".
+pub const LOAD_UNKNOWN: u32 = u32::MAX;
+/// Load figure of a fully loaded worker (a reported load of 1.0).
+pub const LOAD_SCALE: u32 = 1_000_000;
+/// Mixed into the seed for the least-load scheduler's second choice.
+pub const SECOND_CHOICE_SALT: u32 = 0x5bd1_e995;
+
+/// `FlowValue::flags`: a FIN or RST was seen; the flow is ending.
+pub const FLOW_CLOSING: u32 = 1;
+/// The data plane refreshes `FlowValue::last_seen_ns` at most this often,
+/// so an established flow costs a write only once a second.
+pub const FLOW_TOUCH_NS: u64 = 1_000_000_000;
+
+/// How many sticky sessions the table holds before LRU eviction.
+pub const MAX_STICKY: u32 = 262_144;
+/// How many pinned clients one instance can hold.
+pub const MAX_PINS: u32 = 65_536;
 
 /// Key of the VIP map: the service's destination address, port, protocol.
 #[repr(C)]
@@ -44,6 +79,16 @@ pub struct VipInfo {
     pub id: u32,
     /// Number of slots in the VIP's Maglev table (a prime).
     pub table_size: u32,
+    /// Sticky-session lifetime in seconds (with [`VIP_STICKY`]).
+    pub sticky_ttl_s: u32,
+    /// [`SCHED_MAGLEV`] or [`SCHED_LEAST_LOAD`].
+    pub scheduler: u8,
+    /// Client prefix length that sticky sessions and pins are keyed by.
+    pub sticky_prefix: u8,
+    /// [`VIP_STICKY`] | [`VIP_HAS_PINS`].
+    pub flags: u8,
+    /// Always zero.
+    pub pad: u8,
 }
 
 /// One worker, in the backend array at its id.
@@ -56,8 +101,29 @@ pub struct Backend {
     pub mac: [u8; 6],
     /// [`FAMILY_V4`] or [`FAMILY_V6`].
     pub family: u8,
-    /// [`BACKEND_VALID`] | [`BACKEND_MAC_KNOWN`].
+    /// [`BACKEND_VALID`] | [`BACKEND_MAC_KNOWN`] | [`BACKEND_DOWN`] |
+    /// [`BACKEND_DRAINING`].
     pub flags: u8,
+    /// The VIP the worker serves: a flow or session naming a reused id of
+    /// another VIP is scheduled afresh.
+    pub vip_id: u32,
+    /// Always zero.
+    pub pad: u32,
+}
+
+impl Backend {
+    /// Whether a new flow of VIP `vip_id` may go to this worker.
+    #[inline(always)]
+    pub fn takes_new_flows(&self, vip_id: u32) -> bool {
+        self.flags & (BACKEND_VALID | BACKEND_DOWN | BACKEND_DRAINING) == BACKEND_VALID
+            && self.vip_id == vip_id
+    }
+
+    /// Whether an established flow of VIP `vip_id` may stay on this worker.
+    #[inline(always)]
+    pub fn keeps_flows(&self, vip_id: u32) -> bool {
+        self.flags & (BACKEND_VALID | BACKEND_DOWN) == BACKEND_VALID && self.vip_id == vip_id
+    }
 }
 
 /// Key of the flow table: a connection as the client sent it.
@@ -90,6 +156,56 @@ pub struct FlowValue {
     pub vip_id: u32,
     /// When the flow was recorded (CLOCK_MONOTONIC, nanoseconds).
     pub created_ns: u64,
+    /// When a packet of the flow was last seen, to within
+    /// [`FLOW_TOUCH_NS`].
+    pub last_seen_ns: u64,
+    /// [`FLOW_CLOSING`].
+    pub flags: u32,
+    /// Always zero.
+    pub pad: u32,
+}
+
+/// Key of the sticky-session and pin tables: a client (masked to the VIP's
+/// sticky prefix) of a VIP.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct StickyKey {
+    /// Client address, masked with [`mask_prefix`].
+    pub client: [u8; 16],
+    /// The VIP's id.
+    pub vip_id: u32,
+}
+
+/// Value of the sticky-session table.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StickyValue {
+    /// The worker the client used last.
+    pub backend_id: u32,
+    /// Always zero.
+    pub pad: u32,
+    /// When the client last opened a flow (CLOCK_MONOTONIC, nanoseconds).
+    pub last_ns: u64,
+}
+
+/// `addr` with every bit past the first `bits` cleared.
+#[inline(always)]
+pub fn mask_prefix(addr: &[u8; 16], bits: u8) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    let mut i = 0;
+    while i < 16 {
+        let start = (i as u32) * 8;
+        let bits = u32::from(bits);
+        out[i] = if bits >= start + 8 {
+            addr[i]
+        } else if bits > start {
+            addr[i] & (0xffu8 << (8 - (bits - start)))
+        } else {
+            0
+        };
+        i += 1;
+    }
+    out
 }
 
 /// Settings the controller writes for the data plane (array of one).
@@ -189,16 +305,20 @@ mod pod {
     unsafe impl aya::Pod for Backend {}
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for FlowValue {}
+    unsafe impl aya::Pod for StickyKey {}
+    unsafe impl aya::Pod for StickyValue {}
     unsafe impl aya::Pod for Config {}
     unsafe impl aya::Pod for TrafficCounters {}
 }
 
 const _: () = {
     assert!(core::mem::size_of::<VipKey>() == 20);
-    assert!(core::mem::size_of::<VipInfo>() == 8);
-    assert!(core::mem::size_of::<Backend>() == 24);
+    assert!(core::mem::size_of::<VipInfo>() == 16);
+    assert!(core::mem::size_of::<Backend>() == 32);
     assert!(core::mem::size_of::<FlowKey>() == 40);
-    assert!(core::mem::size_of::<FlowValue>() == 16);
+    assert!(core::mem::size_of::<FlowValue>() == 32);
+    assert!(core::mem::size_of::<StickyKey>() == 20);
+    assert!(core::mem::size_of::<StickyValue>() == 16);
     assert!(core::mem::size_of::<Config>() == 8);
     assert!(core::mem::size_of::<TrafficCounters>() == 24);
 };

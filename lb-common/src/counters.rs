@@ -75,6 +75,12 @@ counters! {
         drop_no_neighbour,
         /// New flows the flow table refused to record.
         flow_insert_failed,
+        /// Established flows moved off a worker that went down.
+        flow_rescheduled,
+        /// New flows that followed the client's sticky session.
+        sticky_hits,
+        /// New flows that went to the worker their client is pinned to.
+        pin_hits,
     }
 }
 

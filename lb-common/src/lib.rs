@@ -17,7 +17,7 @@ pub mod packet;
 
 /// Version of every layout in this crate. A binary refuses to reuse maps
 /// pinned by a binary with another version.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 
 /// Names of the maps in the XDP object, which are also their pin names.
 pub mod map_names {
@@ -37,6 +37,29 @@ pub mod map_names {
     pub const VIP_STATS: &str = "LB_VIP_STATS";
     /// Per-CPU array of [`crate::balancer::TrafficCounters`] per worker id.
     pub const BACKEND_STATS: &str = "LB_BACKEND_STATS";
+    /// Array of worker load figures (`u32`, [`crate::balancer::LOAD_SCALE`]
+    /// = fully loaded) indexed by worker id.
+    pub const LOAD: &str = "LB_LOAD";
+    /// LRU hash [`crate::balancer::StickyKey`] →
+    /// [`crate::balancer::StickyValue`].
+    pub const STICKY: &str = "LB_STICKY";
+    /// Hash [`crate::balancer::StickyKey`] → worker id: pinned clients.
+    pub const PINS: &str = "LB_PINS";
+
+    /// Every map, each pinned under the instance's pin directory.
+    pub const ALL: &[&str] = &[
+        COUNTERS,
+        CONFIG,
+        VIPS,
+        BACKENDS,
+        MAGLEV,
+        FLOWS,
+        VIP_STATS,
+        BACKEND_STATS,
+        LOAD,
+        STICKY,
+        PINS,
+    ];
 }
 
 /// Names of the programs in the XDP objects.

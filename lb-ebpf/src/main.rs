@@ -59,18 +59,13 @@ fn balance(
         proto: ip.proto,
         family,
     };
-    // SAFETY: the controller replaces VIP entries whole; a torn read of
-    // an 8-byte value cannot happen.
+    // SAFETY: copied out at once; hash map updates replace elements whole.
     let vip = unsafe { LB_VIPS.get(&vip_key) }.copied()?;
-    let decision = schedule::pick(ip, family, &vip, counters);
-    let Some((backend_id, new_flow)) = decision else {
+    let Some(decision) = schedule::pick(ip, family, &vip, counters) else {
         counters.drop_no_backend += 1;
         return Some(xdp_action::XDP_DROP);
     };
-    let Some(backend) = LB_BACKENDS.get(backend_id) else {
-        counters.drop_no_backend += 1;
-        return Some(xdp_action::XDP_DROP);
-    };
+    let backend = &decision.backend;
     if backend.flags & BACKEND_MAC_KNOWN == 0 {
         counters.drop_no_neighbour += 1;
         return Some(xdp_action::XDP_DROP);
@@ -78,8 +73,13 @@ fn balance(
     if !rewrite_macs(frame, backend) {
         return None;
     }
-    count_traffic(&LB_VIP_STATS, vip.id, len, new_flow);
-    count_traffic(&LB_BACKEND_STATS, backend_id, len, new_flow);
+    count_traffic(&LB_VIP_STATS, vip.id, len, decision.new_flow);
+    count_traffic(
+        &LB_BACKEND_STATS,
+        decision.backend_id,
+        len,
+        decision.new_flow,
+    );
     counters.forwarded += 1;
     Some(xdp_action::XDP_TX)
 }

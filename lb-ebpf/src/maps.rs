@@ -8,14 +8,16 @@ use aya_ebpf::{
 };
 use lb_common::{
     balancer::{
-        Backend, Config, FlowKey, FlowValue, TrafficCounters, VipInfo, VipKey, MAX_BACKENDS,
-        MAX_VIPS,
+        Backend, Config, FlowKey, FlowValue, StickyKey, StickyValue, TrafficCounters, VipInfo,
+        VipKey, MAX_BACKENDS, MAX_PINS, MAX_STICKY, MAX_VIPS,
     },
     counters::GlobalCounters,
 };
 
 const VIPS: usize = MAX_VIPS as usize;
 const BACKENDS: usize = MAX_BACKENDS as usize;
+const STICKY: usize = MAX_STICKY as usize;
+const PINS: usize = MAX_PINS as usize;
 
 /// A VIP's Maglev table: slot → worker id. Inner maps of different sizes
 /// need BPF_F_INNER_MAP; the controller creates them with the same flag.
@@ -45,3 +47,15 @@ pub static LB_VIP_STATS: PerCpuArray<TrafficCounters, VIPS> = PerCpuArray::new()
 
 #[btf_map]
 pub static LB_BACKEND_STATS: PerCpuArray<TrafficCounters, BACKENDS> = PerCpuArray::new();
+
+/// Worker load figures by worker id, written by the controller.
+#[btf_map]
+pub static LB_LOAD: Array<u32, BACKENDS> = Array::new();
+
+/// Sticky sessions: the data plane writes them, the controller expires them.
+#[btf_map]
+pub static LB_STICKY: LruHashMap<StickyKey, StickyValue, STICKY> = LruHashMap::new();
+
+/// Pinned clients, written by the controller only.
+#[btf_map]
+pub static LB_PINS: HashMap<StickyKey, u32, PINS> = HashMap::new();

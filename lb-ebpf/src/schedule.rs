@@ -1,27 +1,45 @@
-//! Choosing a worker: the flow table first, Maglev for new flows.
+//! Choosing a worker: the flow table first; for new flows, the client's pin
+//! or sticky session, then the VIP's scheduler.
 
-use aya_ebpf::{bindings::BPF_ANY, helpers::bpf_ktime_get_ns};
+use aya_ebpf::{
+    bindings::BPF_ANY,
+    helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
+};
 use lb_common::{
-    balancer::{FlowKey, FlowValue, VipInfo, NO_BACKEND},
+    balancer::{
+        mask_prefix, Backend, FlowKey, FlowValue, StickyKey, StickyValue, VipInfo, FLOW_CLOSING,
+        FLOW_TOUCH_NS, LOAD_UNKNOWN, NO_BACKEND, SCHED_LEAST_LOAD, SECOND_CHOICE_SALT,
+        VIP_HAS_PINS, VIP_STICKY,
+    },
     counters::GlobalCounters,
     packet::{IpPacket, IPPROTO_TCP},
 };
 
-use crate::maps::{LB_CONFIG, LB_FLOWS, LB_MAGLEV};
+use crate::maps::{LB_BACKENDS, LB_CONFIG, LB_FLOWS, LB_LOAD, LB_MAGLEV, LB_PINS, LB_STICKY};
 
+const TCP_FIN: u8 = 0x01;
 const TCP_SYN: u8 = 0x02;
 const TCP_RST: u8 = 0x04;
 const TCP_ACK: u8 = 0x10;
 
-/// The worker for this packet and whether its flow is new; `None` when the
-/// VIP has no worker.
+/// Where a packet goes.
+pub struct Decision {
+    /// The worker's id.
+    pub backend_id: u32,
+    /// The worker.
+    pub backend: Backend,
+    /// Whether this packet opened a flow.
+    pub new_flow: bool,
+}
+
+/// The worker for this packet; `None` when the VIP has no usable worker.
 #[inline(always)]
 pub fn pick(
     ip: &IpPacket,
     family: u8,
     vip: &VipInfo,
     counters: &mut GlobalCounters,
-) -> Option<(u32, bool)> {
+) -> Option<Decision> {
     let key = FlowKey {
         src: ip.src,
         dst: ip.dst,
@@ -35,36 +53,162 @@ pub fn pick(
     // A SYN opens a new connection by definition: skip the lookup.
     let syn = is_tcp && ip.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
     if !syn {
-        // SAFETY: the value is copied out at once.
-        if let Some(flow) = unsafe { LB_FLOWS.get(&key) } {
-            counters.flow_hits += 1;
-            return Some((flow.backend_id, false));
+        if let Some(decision) = established(&key, vip, ip.tcp_flags, is_tcp, counters) {
+            return Some(decision);
         }
     }
-    let backend_id = maglev(&key, vip)?;
+    let backend_id = choose(&key, vip, counters)?;
+    let backend = *LB_BACKENDS.get(backend_id)?;
     // A reset ends the flow it would record: don't churn the table.
     if !(is_tcp && ip.tcp_flags & TCP_RST != 0) {
+        // SAFETY: helper without arguments.
+        let now = unsafe { bpf_ktime_get_ns() };
         let value = FlowValue {
             backend_id,
             vip_id: vip.id,
-            // SAFETY: helper without arguments.
-            created_ns: unsafe { bpf_ktime_get_ns() },
+            created_ns: now,
+            last_seen_ns: now,
+            flags: 0,
+            pad: 0,
         };
         if LB_FLOWS.insert(&key, &value, BPF_ANY.into()).is_err() {
             counters.flow_insert_failed += 1;
         }
     }
-    Some((backend_id, true))
+    Some(Decision {
+        backend_id,
+        backend,
+        new_flow: true,
+    })
 }
 
-/// The worker in the flow's slot of the VIP's Maglev table.
+/// The flow's recorded worker, if it may keep the flow. A worker that went
+/// down loses its flows (they are rescheduled and re-recorded by the caller).
 #[inline(always)]
-fn maglev(key: &FlowKey, vip: &VipInfo) -> Option<u32> {
+fn established(
+    key: &FlowKey,
+    vip: &VipInfo,
+    tcp_flags: u8,
+    is_tcp: bool,
+    counters: &mut GlobalCounters,
+) -> Option<Decision> {
+    let flow = LB_FLOWS.get_ptr_mut(key)?;
+    // SAFETY: the kernel keeps the element alive for this program run;
+    // concurrent writers only ever store whole aligned fields.
+    let flow = unsafe { &mut *flow };
+    let backend_id = flow.backend_id;
+    let backend = *LB_BACKENDS.get(backend_id)?;
+    if !backend.keeps_flows(vip.id) {
+        counters.flow_rescheduled += 1;
+        return None;
+    }
+    counters.flow_hits += 1;
+    touch(flow, is_tcp && tcp_flags & (TCP_FIN | TCP_RST) != 0);
+    Some(Decision {
+        backend_id,
+        backend,
+        new_flow: false,
+    })
+}
+
+/// Keeps `last_seen_ns` current to within [`FLOW_TOUCH_NS`] and marks the
+/// flow closing on FIN or RST, so the controller can tell when a draining
+/// worker's flows are over.
+#[inline(always)]
+fn touch(flow: &mut FlowValue, closing: bool) {
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    if closing {
+        flow.flags |= FLOW_CLOSING;
+        flow.last_seen_ns = now;
+    } else if now.wrapping_sub(flow.last_seen_ns) > FLOW_TOUCH_NS {
+        flow.last_seen_ns = now;
+    }
+}
+
+/// The worker for a new flow: the client's pin, its sticky session, or the
+/// scheduler's pick (which then becomes the session).
+#[inline(always)]
+fn choose(key: &FlowKey, vip: &VipInfo, counters: &mut GlobalCounters) -> Option<u32> {
+    if vip.flags & (VIP_STICKY | VIP_HAS_PINS) == 0 {
+        return schedule(key, vip);
+    }
+    let client = StickyKey {
+        client: mask_prefix(&key.src, vip.sticky_prefix),
+        vip_id: vip.id,
+    };
+    if vip.flags & VIP_HAS_PINS != 0 {
+        // SAFETY: the value is copied out at once.
+        if let Some(&pinned) = unsafe { LB_PINS.get(&client) } {
+            if usable(pinned, vip) {
+                counters.pin_hits += 1;
+                return Some(pinned);
+            }
+        }
+    }
+    if vip.flags & VIP_STICKY == 0 {
+        return schedule(key, vip);
+    }
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if let Some(session) = LB_STICKY.get_ptr_mut(&client) {
+        // SAFETY: as for flows: the element lives for this run.
+        let session = unsafe { &mut *session };
+        let ttl_ns = u64::from(vip.sticky_ttl_s) * 1_000_000_000;
+        let backend_id = session.backend_id;
+        if now.wrapping_sub(session.last_ns) < ttl_ns && usable(backend_id, vip) {
+            session.last_ns = now;
+            counters.sticky_hits += 1;
+            return Some(backend_id);
+        }
+    }
+    let backend_id = schedule(key, vip)?;
+    let session = StickyValue {
+        backend_id,
+        pad: 0,
+        last_ns: now,
+    };
+    // A full table evicts its least recently used session: nothing to count.
+    let _ = LB_STICKY.insert(&client, &session, BPF_ANY.into());
+    Some(backend_id)
+}
+
+/// Whether worker `id` can take a new flow of `vip`.
+#[inline(always)]
+fn usable(id: u32, vip: &VipInfo) -> bool {
+    LB_BACKENDS
+        .get(id)
+        .is_some_and(|backend| backend.takes_new_flows(vip.id))
+}
+
+/// The VIP's scheduler: Maglev, or the less loaded of two Maglev picks
+/// from independent hashes.
+#[inline(always)]
+fn schedule(key: &FlowKey, vip: &VipInfo) -> Option<u32> {
     if vip.table_size == 0 {
         return None;
     }
     let seed = LB_CONFIG.get(0).map_or(0, |config| config.hash_seed);
-    let slot = key.hash(seed) % vip.table_size;
-    let backend_id = *LB_MAGLEV.get_value(vip.id, &slot)?;
+    let first = slot(vip, key.hash(seed))?;
+    if vip.scheduler != SCHED_LEAST_LOAD {
+        return Some(first);
+    }
+    let Some(second) = slot(vip, key.hash(seed ^ SECOND_CHOICE_SALT)) else {
+        return Some(first);
+    };
+    let first_load = LB_LOAD.get(first).copied().unwrap_or(LOAD_UNKNOWN);
+    let second_load = LB_LOAD.get(second).copied().unwrap_or(LOAD_UNKNOWN);
+    // Without both figures there is nothing to compare: Maglev decides.
+    if first_load == LOAD_UNKNOWN || second_load == LOAD_UNKNOWN || first_load <= second_load {
+        return Some(first);
+    }
+    Some(second)
+}
+
+/// The worker in slot `hash % table_size` of the VIP's Maglev table.
+#[inline(always)]
+fn slot(vip: &VipInfo, hash: u32) -> Option<u32> {
+    let index = hash % vip.table_size;
+    let backend_id = *LB_MAGLEV.get_value(vip.id, &index)?;
     (backend_id != NO_BACKEND).then_some(backend_id)
 }

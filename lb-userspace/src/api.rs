@@ -12,7 +12,10 @@ use std::{
 use anyhow::{bail, Context as _};
 use serde::{Deserialize, Serialize};
 
-use crate::service::Vip;
+use crate::{
+    options::{CheckKind, Scheduler, VipOptions},
+    service::Vip,
+};
 
 /// Largest request the controller reads.
 pub const MAX_REQUEST_BYTES: u64 = 64 * 1024;
@@ -20,15 +23,16 @@ pub const MAX_REQUEST_BYTES: u64 = 64 * 1024;
 pub const IO_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What the CLI asks the controller.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "cmd", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Request {
     /// Add a VIP.
     VipAdd {
         /// The VIP.
         vip: Vip,
-        /// Maglev table size, a prime; derived when absent.
-        table_size: Option<u32>,
+        /// Table size, scheduler, stickiness, health checks, load signal.
+        #[serde(default)]
+        options: VipOptions,
     },
     /// Remove a VIP.
     VipDel {
@@ -52,11 +56,69 @@ pub enum Request {
         vip: Vip,
         /// The worker's address.
         worker: IpAddr,
+        /// Drain first; remove when its flows are gone or `timeout` passes.
+        #[serde(default)]
+        graceful: bool,
+        /// Longest a graceful removal waits (default 5 minutes).
+        #[serde(default, with = "crate::duration::serde_str_opt")]
+        timeout: Option<Duration>,
+    },
+    /// Change a worker's weight or load figure.
+    BackendSet {
+        /// The VIP.
+        vip: Vip,
+        /// The worker's address.
+        worker: IpAddr,
+        /// New weight.
+        #[serde(default)]
+        weight: Option<u32>,
+        /// Load figure, a fraction of capacity from 0 to 1.
+        #[serde(default)]
+        load: Option<f64>,
+    },
+    /// Start or stop draining a worker.
+    BackendDrain {
+        /// The VIP.
+        vip: Vip,
+        /// The worker's address.
+        worker: IpAddr,
+        /// true: drain; false: take new flows again.
+        drain: bool,
     },
     /// List workers, of one VIP or all.
     BackendList {
         /// Only this VIP's.
         vip: Option<Vip>,
+    },
+    /// List sticky sessions and pins.
+    SessionsList {
+        /// Only this VIP's.
+        vip: Option<Vip>,
+    },
+    /// Forget sticky sessions.
+    SessionsFlush {
+        /// Only this VIP's.
+        #[serde(default)]
+        vip: Option<Vip>,
+        /// Only those on this worker.
+        #[serde(default)]
+        worker: Option<IpAddr>,
+    },
+    /// Send a client (or its sticky prefix) to one worker.
+    SessionsPin {
+        /// The VIP.
+        vip: Vip,
+        /// The client.
+        client: IpAddr,
+        /// The worker.
+        worker: IpAddr,
+    },
+    /// Remove a pin.
+    SessionsUnpin {
+        /// The VIP.
+        vip: Vip,
+        /// The client.
+        client: IpAddr,
     },
     /// Describe the instance.
     Status,
@@ -86,10 +148,47 @@ pub struct VipRow {
     pub table_size: u32,
     /// Number of workers.
     pub workers: usize,
+    /// Workers taking new flows (up and not draining).
+    pub serving: usize,
+    /// New-flow scheduler.
+    pub scheduler: Scheduler,
+    /// Sticky-session lifetime, if sticky.
+    pub sticky: Option<String>,
+    /// Sticky prefix length.
+    pub sticky_prefix: u8,
+    /// Health check in force.
+    pub health: CheckKind,
+}
+
+/// Where a worker stands.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum WorkerState {
+    /// Takes new flows.
+    Up,
+    /// Failed its health checks: no flows at all.
+    Down,
+    /// No new flows; established ones continue.
+    Draining,
+    /// Draining, removed once its flows end (`backend del --graceful`).
+    Removing,
+}
+
+/// The last health check of a worker.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct CheckRow {
+    /// Whether it passed.
+    pub ok: bool,
+    /// What happened.
+    pub detail: String,
+    /// How long it took, in milliseconds.
+    pub took_ms: f64,
+    /// How long ago it finished, in milliseconds.
+    pub ago_ms: u64,
 }
 
 /// A row of `lb backend list`.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct BackendRow {
     /// The VIP.
     pub vip: Vip,
@@ -99,8 +198,35 @@ pub struct BackendRow {
     pub id: u32,
     /// Its weight.
     pub weight: u32,
+    /// Up, down, draining or removing.
+    pub state: WorkerState,
+    /// Its last health check, if checked.
+    pub check: Option<CheckRow>,
+    /// Its current load report (fraction of capacity), if any.
+    pub load: Option<f64>,
+    /// Who made that report: push, probe or cli.
+    pub load_source: Option<crate::load::Source>,
+    /// Its active flows in the flow table.
+    pub flows: u64,
     /// Its resolved MAC address, if known.
     pub mac: Option<String>,
+}
+
+/// A row of `lb sessions list`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SessionRow {
+    /// The VIP.
+    pub vip: Vip,
+    /// The client address, masked to the sticky prefix.
+    pub client: IpAddr,
+    /// The prefix length.
+    pub prefix: u8,
+    /// The worker.
+    pub worker: IpAddr,
+    /// A pin (set by an operator) rather than a session.
+    pub pinned: bool,
+    /// Time since the client last opened a flow (sessions only).
+    pub idle_ms: Option<u64>,
 }
 
 /// `lb status`.
@@ -122,6 +248,10 @@ pub struct Status {
     pub vips: usize,
     /// Number of workers across VIPs.
     pub workers: usize,
+    /// Workers whose health checks fail.
+    pub workers_down: usize,
+    /// Where workers push load reports, if anywhere.
+    pub load_listen: Option<String>,
 }
 
 /// Sends `request` to the controller at `socket` and returns its data.

@@ -1,10 +1,14 @@
 //! The `lb` command line.
 
-use std::path::PathBuf;
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::dataplane::{AttachMode, DEFAULT_MAX_FLOWS};
+use crate::{
+    dataplane::{AttachMode, DEFAULT_MAX_FLOWS},
+    duration::parse_clap as duration,
+    options::{CheckKind, HealthOptions, LoadOptions, LoadSignal, Scheduler, VipOptions},
+};
 
 /// Default directory for pinned maps.
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/lb";
@@ -32,6 +36,9 @@ pub enum Command {
     /// Manage the workers of virtual services.
     #[command(subcommand)]
     Backend(BackendCommand),
+    /// Sticky sessions and pinned clients.
+    #[command(subcommand)]
+    Sessions(SessionsCommand),
     /// Describe the running instance.
     Status(ClientArgs),
     /// Packet counters: global, per VIP, per worker (read from the pinned
@@ -66,6 +73,14 @@ pub struct RunArgs {
     /// Capacity of the flow table (connections tracked at once).
     #[arg(long, default_value_t = DEFAULT_MAX_FLOWS, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_flows: u32,
+    /// Accept worker load reports (`POST /load`) on this address, e.g.
+    /// 192.0.2.2:9470. Off unless given; needs --load-token-file.
+    #[arg(long)]
+    pub load_listen: Option<SocketAddr>,
+    /// File holding the bearer token workers send with load reports
+    /// (at least 16 characters, mode 0600).
+    #[arg(long)]
+    pub load_token_file: Option<PathBuf>,
 }
 
 /// Where the controller listens, and how to print.
@@ -86,10 +101,8 @@ pub enum VipCommand {
     Add {
         /// The VIP.
         vip: String,
-        /// Maglev table size, a prime (default: 16381, or the first prime
-        /// above 100 × workers).
-        #[arg(long)]
-        table_size: Option<u32>,
+        #[command(flatten)]
+        options: VipOptionArgs,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -128,6 +141,46 @@ pub enum BackendCommand {
         vip: String,
         /// The worker's address.
         worker: String,
+        /// Drain first and remove the worker once its flows have ended.
+        #[arg(long)]
+        graceful: bool,
+        /// With --graceful: remove it after this long even if flows remain.
+        #[arg(long, value_parser = duration, requires = "graceful")]
+        timeout: Option<Duration>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Change a worker's weight or load figure.
+    Set {
+        /// The VIP.
+        vip: String,
+        /// The worker's address.
+        worker: String,
+        /// Relative share of new flows (1-65535).
+        #[arg(long)]
+        weight: Option<u32>,
+        /// Load as a fraction of capacity (0-1), for the least-load
+        /// scheduler; expires like any report (the VIP's load TTL).
+        #[arg(long)]
+        load: Option<f64>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Stop new flows and sessions to a worker; established flows go on.
+    Drain {
+        /// The VIP.
+        vip: String,
+        /// The worker's address.
+        worker: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Let a drained worker take new flows again.
+    Undrain {
+        /// The VIP.
+        vip: String,
+        /// The worker's address.
+        worker: String,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -138,6 +191,127 @@ pub enum BackendCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+}
+
+/// `lb sessions …`.
+#[derive(Debug, Subcommand)]
+pub enum SessionsCommand {
+    /// List sticky sessions and pins.
+    List {
+        /// Only this VIP's.
+        vip: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Forget sticky sessions (pins stay): the next connection of each
+    /// client is scheduled afresh.
+    Flush {
+        /// Only this VIP's.
+        vip: Option<String>,
+        /// Only sessions on this worker.
+        #[arg(long)]
+        worker: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Send a client's new connections (its whole sticky prefix) to one
+    /// worker while that worker is up and not draining.
+    Pin {
+        /// The VIP.
+        vip: String,
+        /// The client's address.
+        client_addr: String,
+        /// The worker.
+        worker: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Remove a pin.
+    Unpin {
+        /// The VIP.
+        vip: String,
+        /// The client's address.
+        client_addr: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+/// The settings of `lb vip add`.
+#[derive(Debug, clap::Args)]
+pub struct VipOptionArgs {
+    /// Maglev table size, a prime (default: 16381, or the first prime
+    /// above 100 × workers).
+    #[arg(long)]
+    pub table_size: Option<u32>,
+    /// New-flow scheduler.
+    #[arg(long, value_enum, default_value_t = Scheduler::Maglev)]
+    pub scheduler: Scheduler,
+    /// Sticky sessions: a client's new connections go to the worker it
+    /// used last, for this long after its last new connection (e.g. 300s).
+    #[arg(long, value_parser = duration)]
+    pub sticky: Option<Duration>,
+    /// Key sessions by this client prefix length (e.g. 24 or 64).
+    #[arg(long)]
+    pub sticky_prefix: Option<u8>,
+    /// Health check: tcp (default for TCP VIPs), http, or none (default
+    /// for UDP VIPs).
+    #[arg(long, value_enum)]
+    pub health: Option<CheckKind>,
+    /// Path of the http check.
+    #[arg(long, default_value = "/")]
+    pub health_path: String,
+    /// Port to check (default: the VIP's).
+    #[arg(long)]
+    pub health_port: Option<u16>,
+    /// Time between checks.
+    #[arg(long, value_parser = duration, default_value = "1s")]
+    pub health_interval: Duration,
+    /// Limit on one check.
+    #[arg(long, value_parser = duration, default_value = "500ms")]
+    pub health_timeout: Duration,
+    /// Passed checks in a row that bring a worker up.
+    #[arg(long, default_value_t = 2)]
+    pub rise: u32,
+    /// Failed checks in a row that take a worker down.
+    #[arg(long, default_value_t = 2)]
+    pub fall: u32,
+    /// Load figure of the least-load scheduler: reported, or the worker's
+    /// active flows per weight.
+    #[arg(long, value_enum, default_value_t = LoadSignal::Reported)]
+    pub load_signal: LoadSignal,
+    /// Path the controller GETs on each worker at each check for its load
+    /// (a number from 0 to 1).
+    #[arg(long)]
+    pub load_probe: Option<String>,
+    /// A load report older than this counts as unknown.
+    #[arg(long, value_parser = duration, default_value = "10s")]
+    pub load_ttl: Duration,
+}
+
+impl From<VipOptionArgs> for VipOptions {
+    fn from(args: VipOptionArgs) -> Self {
+        Self {
+            table_size: args.table_size,
+            scheduler: args.scheduler,
+            sticky: args.sticky,
+            sticky_prefix: args.sticky_prefix,
+            health: HealthOptions {
+                check: args.health,
+                path: args.health_path,
+                port: args.health_port,
+                interval: args.health_interval,
+                timeout: args.health_timeout,
+                rise: args.rise,
+                fall: args.fall,
+            },
+            load: LoadOptions {
+                signal: args.load_signal,
+                probe: args.load_probe,
+                ttl: args.load_ttl,
+            },
+        }
+    }
 }
 
 /// Reading an instance's pinned maps.

@@ -1,10 +1,12 @@
-//! `lb vip`, `lb backend`, `lb status`: the CLI side of the admin API.
+//! `lb vip`, `lb backend`, `lb sessions`, `lb status`: the CLI side of the
+//! admin API.
 
 use anyhow::Context as _;
 
 use crate::{
-    api::{self, BackendRow, Request, Status, VipRow},
-    cli::{BackendCommand, ClientArgs, OutputFormat, VipCommand},
+    api::{self, BackendRow, Request, SessionRow, Status, VipRow},
+    cli::{BackendCommand, ClientArgs, OutputFormat, SessionsCommand, VipCommand},
+    duration,
     service::{parse_worker, Vip},
     table,
 };
@@ -18,30 +20,43 @@ pub fn vip_command(command: VipCommand) -> anyhow::Result<()> {
     match command {
         VipCommand::Add {
             vip: v,
-            table_size,
+            options,
             client,
         } => {
             let request = Request::VipAdd {
                 vip: vip(&v)?,
-                table_size,
+                options: options.into(),
             };
-            api::call(&client.socket, &request).map(drop)
+            send(&client, &request)
         }
-        VipCommand::Del { vip: v, client } => {
-            api::call(&client.socket, &Request::VipDel { vip: vip(&v)? }).map(drop)
-        }
+        VipCommand::Del { vip: v, client } => send(&client, &Request::VipDel { vip: vip(&v)? }),
         VipCommand::List { client } => {
             let rows: Vec<VipRow> = fetch(&client, &Request::VipList)?;
             table::print(
                 client.output,
                 &rows,
-                &["VIP", "ID", "TABLE", "WORKERS"],
+                &[
+                    "VIP",
+                    "ID",
+                    "TABLE",
+                    "WORKERS",
+                    "SERVING",
+                    "SCHEDULER",
+                    "STICKY",
+                    "HEALTH",
+                ],
                 |r| {
                     vec![
                         r.vip.to_string(),
                         r.id.to_string(),
                         r.table_size.to_string(),
                         r.workers.to_string(),
+                        r.serving.to_string(),
+                        json_word(&r.scheduler),
+                        r.sticky
+                            .as_ref()
+                            .map_or_else(|| "-".into(), |t| format!("{t} /{}", r.sticky_prefix)),
+                        json_word(&r.health),
                     ]
                 },
             )
@@ -63,36 +78,160 @@ pub fn backend_command(command: BackendCommand) -> anyhow::Result<()> {
                 worker: parse_worker(&worker)?,
                 weight,
             };
-            api::call(&client.socket, &request).map(drop)
+            send(&client, &request)
         }
         BackendCommand::Del {
             vip: v,
             worker,
+            graceful,
+            timeout,
             client,
         } => {
             let request = Request::BackendDel {
                 vip: vip(&v)?,
                 worker: parse_worker(&worker)?,
+                graceful,
+                timeout,
             };
-            api::call(&client.socket, &request).map(drop)
+            let answer = api::call(&client.socket, &request)?;
+            if graceful {
+                println!(
+                    "draining {worker}: removed once its {} flows end, at most {} from now",
+                    answer["flows"],
+                    answer["timeout"].as_str().unwrap_or("?")
+                );
+            }
+            Ok(())
         }
+        BackendCommand::Set {
+            vip: v,
+            worker,
+            weight,
+            load,
+            client,
+        } => {
+            let request = Request::BackendSet {
+                vip: vip(&v)?,
+                worker: parse_worker(&worker)?,
+                weight,
+                load,
+            };
+            send(&client, &request)
+        }
+        BackendCommand::Drain {
+            vip: v,
+            worker,
+            client,
+        } => drain(&client, &v, &worker, true),
+        BackendCommand::Undrain {
+            vip: v,
+            worker,
+            client,
+        } => drain(&client, &v, &worker, false),
         BackendCommand::List { vip: v, client } => {
             let only = v.as_deref().map(vip).transpose()?;
             let rows: Vec<BackendRow> = fetch(&client, &Request::BackendList { vip: only })?;
             table::print(
                 client.output,
                 &rows,
-                &["VIP", "WORKER", "ID", "WEIGHT", "MAC"],
+                &[
+                    "VIP", "WORKER", "STATE", "WEIGHT", "LOAD", "FLOWS", "CHECK", "MAC",
+                ],
+                backend_cells,
+            )
+        }
+    }
+}
+
+fn backend_cells(r: &BackendRow) -> Vec<String> {
+    let check = r.check.as_ref().map_or_else(
+        || "-".into(),
+        |c| {
+            let ago = duration::format(std::time::Duration::from_millis(c.ago_ms / 100 * 100));
+            format!("{} ({ago} ago)", c.detail)
+        },
+    );
+    vec![
+        r.vip.to_string(),
+        r.worker.to_string(),
+        json_word(&r.state),
+        r.weight.to_string(),
+        r.load.map_or_else(|| "-".into(), |l| format!("{l:.2}")),
+        r.flows.to_string(),
+        check,
+        r.mac.clone().unwrap_or_else(|| "unresolved".into()),
+    ]
+}
+
+fn drain(client: &ClientArgs, v: &str, worker: &str, drain: bool) -> anyhow::Result<()> {
+    let request = Request::BackendDrain {
+        vip: vip(v)?,
+        worker: parse_worker(worker)?,
+        drain,
+    };
+    send(client, &request)
+}
+
+/// Runs `lb sessions …`.
+pub fn sessions_command(command: SessionsCommand) -> anyhow::Result<()> {
+    match command {
+        SessionsCommand::List { vip: v, client } => {
+            let only = v.as_deref().map(vip).transpose()?;
+            let rows: Vec<SessionRow> = fetch(&client, &Request::SessionsList { vip: only })?;
+            table::print(
+                client.output,
+                &rows,
+                &["VIP", "CLIENT", "WORKER", "KIND", "IDLE"],
                 |r| {
                     vec![
                         r.vip.to_string(),
+                        format!("{}/{}", r.client, r.prefix),
                         r.worker.to_string(),
-                        r.id.to_string(),
-                        r.weight.to_string(),
-                        r.mac.clone().unwrap_or_else(|| "unresolved".into()),
+                        if r.pinned { "pin" } else { "session" }.into(),
+                        r.idle_ms.map_or_else(
+                            || "-".into(),
+                            |ms| duration::format(std::time::Duration::from_millis(ms)),
+                        ),
                     ]
                 },
             )
+        }
+        SessionsCommand::Flush {
+            vip: v,
+            worker,
+            client,
+        } => {
+            let request = Request::SessionsFlush {
+                vip: v.as_deref().map(vip).transpose()?,
+                worker: worker.as_deref().map(parse_worker).transpose()?,
+            };
+            let answer = api::call(&client.socket, &request)?;
+            println!("flushed {} sessions", answer["flushed"]);
+            Ok(())
+        }
+        SessionsCommand::Pin {
+            vip: v,
+            client_addr,
+            worker,
+            client,
+        } => {
+            let request = Request::SessionsPin {
+                vip: vip(&v)?,
+                client: parse_worker(&client_addr)?,
+                worker: parse_worker(&worker)?,
+            };
+            send(&client, &request)
+        }
+        SessionsCommand::Unpin {
+            vip: v,
+            client_addr,
+            client,
+        } => {
+            let request = Request::SessionsUnpin {
+                vip: vip(&v)?,
+                client: parse_worker(&client_addr)?,
+            };
+            send(&client, &request)
         }
     }
 }
@@ -114,6 +253,18 @@ pub fn status(client: &ClientArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The serde name of a unit variant ("least-load", "draining").
+fn json_word(value: &impl serde::Serialize) -> String {
+    serde_json::to_value(value)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+fn send(client: &ClientArgs, request: &Request) -> anyhow::Result<()> {
+    api::call(&client.socket, request).map(drop)
 }
 
 fn fetch<T: serde::de::DeserializeOwned>(

@@ -6,10 +6,17 @@
 //! [[vip]]
 //! address = "192.0.2.100:80/tcp"
 //! table_size = 16381                 # optional prime
+//! scheduler = "least-load"           # or "maglev" (default)
+//! sticky = "300s"                    # optional sticky sessions
+//! sticky_prefix = 24                 # optional, default the whole address
+//! health = { check = "http", path = "/healthz", interval = "1s", timeout = "500ms", rise = 2, fall = 2 }
+//! load = { signal = "reported", probe = "/load", ttl = "10s" }
 //! backends = [
 //!   { address = "192.0.2.11" },
 //!   { address = "192.0.2.12", weight = 200 },
+//!   { address = "192.0.2.13", drain = true },
 //! ]
+//! pins = [{ client = "198.51.100.7", worker = "192.0.2.11" }]
 //! ```
 
 use std::{net::IpAddr, path::Path};
@@ -18,6 +25,7 @@ use anyhow::Context as _;
 use serde::Deserialize;
 
 use crate::{
+    options::{HealthOptions, LoadOptions, Scheduler, VipOptions},
     service::Vip,
     state::{Desired, DEFAULT_WEIGHT},
 };
@@ -42,9 +50,49 @@ pub struct VipConfig {
     pub address: Vip,
     /// Maglev table size (a prime).
     pub table_size: Option<u32>,
+    /// New-flow scheduler.
+    #[serde(default)]
+    pub scheduler: Scheduler,
+    /// Sticky-session lifetime.
+    #[serde(default, with = "crate::duration::serde_str_opt")]
+    pub sticky: Option<std::time::Duration>,
+    /// Client prefix length of sessions and pins.
+    pub sticky_prefix: Option<u8>,
+    /// Health checks.
+    #[serde(default)]
+    pub health: HealthOptions,
+    /// Load signal.
+    #[serde(default)]
+    pub load: LoadOptions,
     /// Its workers.
     #[serde(default)]
     pub backends: Vec<BackendConfig>,
+    /// Clients pinned to a worker.
+    #[serde(default)]
+    pub pins: Vec<PinConfig>,
+}
+
+impl VipConfig {
+    fn options(&self) -> VipOptions {
+        VipOptions {
+            table_size: self.table_size,
+            scheduler: self.scheduler,
+            sticky: self.sticky,
+            sticky_prefix: self.sticky_prefix,
+            health: self.health.clone(),
+            load: self.load.clone(),
+        }
+    }
+}
+
+/// One pinned client of a `[[vip]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PinConfig {
+    /// The client's address (masked to the VIP's sticky prefix).
+    pub client: IpAddr,
+    /// The worker it goes to.
+    pub worker: IpAddr,
 }
 
 /// One worker of a `[[vip]]`.
@@ -55,6 +103,9 @@ pub struct BackendConfig {
     pub address: IpAddr,
     /// Its weight (default 100).
     pub weight: Option<u32>,
+    /// Start draining: no new flows.
+    #[serde(default)]
+    pub drain: bool,
 }
 
 impl FileConfig {
@@ -74,10 +125,17 @@ impl FileConfig {
     pub fn desired(&self) -> anyhow::Result<Desired> {
         let mut desired = Desired::new(self.hash_seed);
         for vip in &self.vip {
-            desired.add_vip(vip.address, vip.table_size)?;
+            let options = vip.options();
+            let prefix = options.prefix_for(&vip.address);
+            desired.add_vip(vip.address, options)?;
             for backend in &vip.backends {
                 let weight = backend.weight.unwrap_or(DEFAULT_WEIGHT);
                 desired.add_worker(&vip.address, backend.address, weight)?;
+                desired.set_drain(&vip.address, backend.address, backend.drain)?;
+            }
+            for pin in &vip.pins {
+                let client = crate::service::mask_addr(pin.client, prefix);
+                desired.pin(&vip.address, client, pin.worker)?;
             }
         }
         Ok(desired)
@@ -99,12 +157,28 @@ mod tests {
             [[vip]]
             address = "[2001:db8::100]:53/udp"
             table_size = 65537
+            scheduler = "least-load"
+            sticky = "5m"
+            sticky_prefix = 64
+            health = { check = "tcp", port = 80, interval = "2s", timeout = "1s", rise = 3, fall = 1 }
+            load = { signal = "flows", ttl = "30s" }
+            backends = [{ address = "2001:db8::11", drain = true }, { address = "2001:db8::12" }]
+            pins = [{ client = "2001:db8:1:2:3::9", worker = "2001:db8::12" }]
             "#,
         )
         .unwrap();
         let desired = config.desired().unwrap();
         assert_eq!(desired.hash_seed, 42);
         assert_eq!(desired.vips().len(), 2);
+        let v6 = &desired.vips()[&"[2001:db8::100]:53/udp".parse().unwrap()];
+        assert_eq!(v6.options.sticky, Some(std::time::Duration::from_secs(300)));
+        assert_eq!(v6.options.health.rise, 3);
+        assert!(v6.workers[&"2001:db8::11".parse::<IpAddr>().unwrap()].drain);
+        assert_eq!(
+            v6.pins.keys().next().unwrap(),
+            &"2001:db8:1:2::".parse::<IpAddr>().unwrap(),
+            "pins are keyed by the sticky prefix"
+        );
     }
 
     #[test]
@@ -115,6 +189,9 @@ mod tests {
             ("[[vip]]\naddress = \"192.0.2.100:80/tcp\"\nbackends = [{ address = \"192.0.2.1\" }, { address = \"192.0.2.1\" }]", "already on VIP"),
             ("[[vip]]\naddress = \"192.0.2.100:80/tcp\"\ntable_size = 100", "must be a prime"),
             ("vips = []", "unknown field"),
+            ("[[vip]]\naddress = \"192.0.2.100:80/tcp\"\nsticky = \"5 minutes\"", "unit"),
+            ("[[vip]]\naddress = \"192.0.2.100:80/tcp\"\nhealth = { check = \"ping\" }", "unknown variant"),
+            ("[[vip]]\naddress = \"192.0.2.100:80/tcp\"\nsticky_prefix = 40", "too long"),
         ];
         for (text, reason) in cases {
             let error = FileConfig::parse(text)

@@ -19,18 +19,6 @@ const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 /// Where the machine's BPF filesystem is mounted by convention.
 const BPFFS_MOUNT: &str = "/sys/fs/bpf";
 
-/// Maps that are pinned under the pin directory: all of them.
-const PINNED_MAPS: &[&str] = &[
-    map_names::COUNTERS,
-    map_names::CONFIG,
-    map_names::VIPS,
-    map_names::BACKENDS,
-    map_names::MAGLEV,
-    map_names::FLOWS,
-    map_names::VIP_STATS,
-    map_names::BACKEND_STATS,
-];
-
 /// Default capacity of the flow table.
 pub const DEFAULT_MAX_FLOWS: u32 = 1_000_000;
 
@@ -173,7 +161,7 @@ impl Dataplane {
     }
 
     fn pin_maps(&self) -> Result<(), DataplaneError> {
-        for &name in PINNED_MAPS {
+        for &name in map_names::ALL {
             let map = self
                 .ebpf
                 .map(name)
@@ -206,7 +194,7 @@ impl Dataplane {
 
 impl Drop for Dataplane {
     fn drop(&mut self) {
-        for name in PINNED_MAPS {
+        for name in map_names::ALL {
             let _ = fs::remove_file(self.options.pin_dir.join(name));
         }
         let _ = fs::remove_dir(&self.options.pin_dir);
@@ -237,7 +225,7 @@ fn prepare_pin_dir(dir: &Path) -> Result<(), DataplaneError> {
     if !on_bpffs(dir).map_err(pin_dir_error)? {
         return Err(DataplaneError::NotBpffs(dir.to_owned()));
     }
-    if PINNED_MAPS.iter().any(|name| dir.join(name).exists()) {
+    if map_names::ALL.iter().any(|name| dir.join(name).exists()) {
         return Err(DataplaneError::PinDirInUse(dir.to_owned()));
     }
     Ok(())

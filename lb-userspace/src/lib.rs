@@ -1,6 +1,7 @@
 //! lb's control plane: loading and attaching the XDP data plane, Maglev
 //! tables, the controller and its admin API, and the command line.
 
+pub mod activity;
 pub mod api;
 pub mod cli;
 pub mod client;
@@ -9,14 +10,20 @@ pub mod controller;
 pub mod counters;
 pub mod dataplane;
 pub mod demo;
+pub mod duration;
+pub mod health;
+pub mod http;
 pub mod iface;
+pub mod load;
 pub mod maglev;
 pub mod maps;
 pub mod neighbour;
 pub mod object;
+pub mod options;
 pub mod privileges;
 pub mod run;
 pub mod service;
+pub mod sessions;
 pub mod state;
 pub mod stats;
 pub mod table;

@@ -10,6 +10,7 @@ fn main() {
         Command::Run(args) => tokio_main(lb_userspace::run::run(args)),
         Command::Vip(command) => lb_userspace::client::vip_command(command),
         Command::Backend(command) => lb_userspace::client::backend_command(command),
+        Command::Sessions(command) => lb_userspace::client::sessions_command(command),
         Command::Status(args) => lb_userspace::client::status(&args),
         Command::Stats(args) => lb_userspace::stats::stats(&args),
         Command::Flows(args) => lb_userspace::stats::flows(&args),
@@ -22,7 +23,10 @@ fn main() {
 }
 
 fn tokio_main(work: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
-    tokio::runtime::Builder::new_current_thread()
+    // Two workers: the admin API and load reports stay responsive while a
+    // blocking map update holds one.
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
         .enable_all()
         .build()?
         .block_on(work)

@@ -6,13 +6,26 @@ use std::{net::IpAddr, path::Path, time::Duration, time::Instant};
 use aya::maps::{Array, ArrayOfMaps, HashMap, Map, MapData, MapError, PerCpuArray};
 use lb_common::{
     balancer::{
-        Backend, Config, TrafficCounters, VipInfo, VipKey, BACKEND_MAC_KNOWN, BACKEND_VALID,
-        NO_BACKEND,
+        Backend, Config, StickyKey, TrafficCounters, VipInfo, VipKey, BACKEND_MAC_KNOWN,
+        BACKEND_VALID, NO_BACKEND, VIP_HAS_PINS, VIP_STICKY,
     },
     map_names, LAYOUT_VERSION,
 };
 
 use crate::{maglev, service, service::Vip, state::VipState};
+
+/// What the data plane needs to know about a worker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WorkerEntry {
+    /// Its address.
+    pub addr: IpAddr,
+    /// Its MAC address, once resolved.
+    pub mac: Option<[u8; 6]>,
+    /// Its VIP's id.
+    pub vip_id: u32,
+    /// `BACKEND_DOWN` and/or `BACKEND_DRAINING`.
+    pub state_flags: u8,
+}
 
 /// Flag inner maps need so that VIPs can have tables of different sizes.
 const BPF_F_INNER_MAP: u32 = 1 << 12;
@@ -25,6 +38,8 @@ pub struct ControlMaps {
     backends: Array<MapData, Backend>,
     maglev: ArrayOfMaps<MapData, MaglevTable>,
     config: Array<MapData, Config>,
+    load: Array<MapData, u32>,
+    pins: HashMap<MapData, StickyKey, u32>,
 }
 
 fn take(ebpf: &mut aya::Ebpf, name: &str) -> Map {
@@ -40,6 +55,8 @@ impl ControlMaps {
             backends: take(ebpf, map_names::BACKENDS).try_into()?,
             maglev: take(ebpf, map_names::MAGLEV).try_into()?,
             config: take(ebpf, map_names::CONFIG).try_into()?,
+            load: take(ebpf, map_names::LOAD).try_into()?,
+            pins: take(ebpf, map_names::PINS).try_into()?,
         })
     }
 
@@ -54,20 +71,40 @@ impl ControlMaps {
 
     /// Writes worker `id`; without a MAC the data plane counts and drops
     /// its packets until the neighbour is resolved.
-    pub fn write_backend(
-        &mut self,
-        id: u32,
-        addr: IpAddr,
-        mac: Option<[u8; 6]>,
-    ) -> Result<(), MapError> {
-        let (bytes, family) = service::addr_bytes(addr);
+    pub fn write_backend(&mut self, id: u32, worker: &WorkerEntry) -> Result<(), MapError> {
+        let (bytes, family) = service::addr_bytes(worker.addr);
+        let mac_flag = if worker.mac.is_some() {
+            BACKEND_MAC_KNOWN
+        } else {
+            0
+        };
         let backend = Backend {
             addr: bytes,
-            mac: mac.unwrap_or_default(),
+            mac: worker.mac.unwrap_or_default(),
             family,
-            flags: BACKEND_VALID | if mac.is_some() { BACKEND_MAC_KNOWN } else { 0 },
+            flags: BACKEND_VALID | mac_flag | worker.state_flags,
+            vip_id: worker.vip_id,
+            pad: 0,
         };
         self.backends.set(id, backend, 0)
+    }
+
+    /// Writes worker `id`'s load figure (`LOAD_UNKNOWN` when none).
+    pub fn write_load(&mut self, id: u32, load: u32) -> Result<(), MapError> {
+        self.load.set(id, load, 0)
+    }
+
+    /// Pins a client key to worker `id`.
+    pub fn write_pin(&mut self, key: StickyKey, id: u32) -> Result<(), MapError> {
+        self.pins.insert(key, id, 0)
+    }
+
+    /// Removes a pin; one that isn't there is fine.
+    pub fn remove_pin(&mut self, key: &StickyKey) -> Result<(), MapError> {
+        match self.pins.remove(key) {
+            Err(MapError::KeyNotFound) | Ok(()) => Ok(()),
+            Err(error) => Err(error),
+        }
     }
 
     /// Builds the VIP's Maglev table into a fresh inner map and swaps it in,
@@ -77,19 +114,33 @@ impl ControlMaps {
         &mut self,
         vip: &Vip,
         state: &VipState,
+        members: &[maglev::Member],
         seed: u32,
     ) -> Result<(u32, Duration), MapError> {
         let size = state.effective_table_size();
         let started = Instant::now();
-        let table = maglev::build(&state.members(), size, seed);
+        let table = maglev::build(members, size, seed);
         let built = started.elapsed();
         let mut inner = MaglevTable::create(size, BPF_F_INNER_MAP)?;
         for (slot, backend) in table.iter().enumerate() {
             inner.set(slot as u32, backend.unwrap_or(NO_BACKEND), 0)?;
         }
+        let options = &state.options;
+        let mut flags = 0;
+        if options.sticky.is_some() {
+            flags |= VIP_STICKY;
+        }
+        if !state.pins.is_empty() {
+            flags |= VIP_HAS_PINS;
+        }
         let info = VipInfo {
             id: state.id,
             table_size: size,
+            sticky_ttl_s: options.sticky.map_or(0, |t| t.as_secs() as u32),
+            scheduler: options.scheduler.code(),
+            sticky_prefix: options.prefix_for(vip),
+            flags,
+            pad: 0,
         };
         let previous = self.vips.get(&vip.key(), 0).ok();
         // A packet indexes with the size it read from the VIP entry: grow

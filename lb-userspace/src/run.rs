@@ -2,9 +2,9 @@
 
 use std::{
     os::unix::fs::{DirBuilderExt as _, PermissionsExt as _},
-    path::Path,
+    path::{Path, PathBuf},
     sync::{Arc, Mutex},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context as _};
@@ -12,20 +12,33 @@ use tokio::{
     io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
     net::{UnixListener, UnixStream},
     signal::unix::{signal, SignalKind},
+    sync::mpsc,
 };
 
 use crate::{
+    activity,
     api::{Request, Response, IO_TIMEOUT, MAX_REQUEST_BYTES},
     cli::RunArgs,
     config::FileConfig,
     controller::{Controller, Instance},
     dataplane::{AttachOptions, Dataplane},
+    health::{self, Supervisor},
+    load,
     maps::ControlMaps,
+    sessions,
     state::Desired,
 };
 
-/// How often worker MAC addresses are re-read.
-const NEIGHBOUR_REFRESH: Duration = Duration::from_secs(1);
+/// How often the controller scans flows, expires load reports and
+/// re-reads worker MAC addresses.
+const TICK: Duration = Duration::from_secs(1);
+/// Sticky sessions are expired every this many ticks.
+const SESSION_EXPIRY_TICKS: u64 = 10;
+/// A flow-table scan may take at most this share of the time (a huge
+/// table is scanned less often rather than hogging a core).
+const SCAN_DUTY: u32 = 10;
+
+type Shared<T> = Arc<Mutex<T>>;
 
 /// Attaches the data plane, serves the admin API and holds both until
 /// SIGINT or SIGTERM.
@@ -34,6 +47,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let desired = match &args.config {
         Some(path) => FileConfig::load(path)?.desired()?,
         None => Desired::new(0),
+    };
+    let load_token = match (&args.load_listen, &args.load_token_file) {
+        (Some(_), Some(path)) => Some(load::read_token(path)?),
+        (Some(_), None) => {
+            bail!("--load-listen needs --load-token-file: workers must authenticate their reports")
+        }
+        (None, _) => None,
     };
     claim_socket(&args.socket)?;
     let options = AttachOptions {
@@ -49,11 +69,22 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         iface: options.iface.clone(),
         xdp_mode: options.mode.name().into(),
         program_id: dataplane.program_id(),
-        pin_dir: options.pin_dir.display().to_string(),
+        pin_dir: options.pin_dir.clone(),
         max_flows: options.max_flows,
+        load_listen: args.load_listen.map(|a| a.to_string()),
     };
     let controller = Arc::new(Mutex::new(Controller::start(desired, maps, instance)?));
     let listener = bind_socket(&args.socket)?;
+    if let (Some(addr), Some(token)) = (args.load_listen, load_token) {
+        let reports = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding the load report endpoint {addr}"))?;
+        let controller = controller.clone();
+        tokio::spawn(load::serve(reports, token, move |report| {
+            tokio::task::block_in_place(|| lock(&controller).push_load(report))
+        }));
+        say(&format!("lb: accepting load reports on http://{addr}/load"));
+    }
     say(&format!(
         "lb: attached XDP program {} (id {}) to {} in {} mode; maps pinned under {}; admin socket {}",
         lb_common::program_names::BALANCER,
@@ -70,44 +101,99 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     served
 }
 
-async fn serve(listener: UnixListener, controller: Arc<Mutex<Controller>>) -> anyhow::Result<()> {
+async fn serve(listener: UnixListener, controller: Shared<Controller>) -> anyhow::Result<()> {
     let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut terminate =
         signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut refresh = tokio::time::interval(NEIGHBOUR_REFRESH);
-    loop {
+    let (report_tx, mut reports) = mpsc::unbounded_channel();
+    let supervisor = Arc::new(Mutex::new(Supervisor::new(report_tx)));
+    reconcile(&controller, &supervisor);
+    let housekeeping = tokio::spawn(housekeeping(controller.clone(), supervisor.clone()));
+    let result = loop {
         tokio::select! {
-            _ = interrupt.recv() => return Ok(()),
-            _ = terminate.recv() => return Ok(()),
-            _ = refresh.tick() => {
+            _ = interrupt.recv() => break Ok(()),
+            _ = terminate.recv() => break Ok(()),
+            Some(report) = reports.recv() => {
                 let controller = controller.clone();
-                tokio::task::spawn_blocking(move || lock(&controller).refresh_neighbours());
+                tokio::task::spawn_blocking(move || lock(&controller).record_check(report));
             }
             accepted = listener.accept() => {
                 let (stream, _) = accepted.context("accepting on the admin socket")?;
-                tokio::spawn(answer(stream, controller.clone()));
+                tokio::spawn(answer(stream, controller.clone(), supervisor.clone()));
             }
         }
+    };
+    housekeeping.abort();
+    result
+}
+
+/// Points the health checkers at the workers the controller has now.
+fn reconcile(controller: &Mutex<Controller>, supervisor: &Mutex<Supervisor>) {
+    let targets: Vec<health::Target> = lock(controller).check_targets();
+    lock(supervisor).reconcile(targets);
+}
+
+/// Once a tick: scans the flow table (paced), expires sticky sessions now
+/// and then, and lets the controller act on what it learnt.
+async fn housekeeping(controller: Shared<Controller>, supervisor: Shared<Supervisor>) {
+    let pin_dir: PathBuf = lock(&controller).pin_dir().to_owned();
+    let mut ticks = tokio::time::interval(TICK);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut next_scan = Instant::now();
+    for round in 1u64.. {
+        ticks.tick().await;
+        let (c, dir) = (controller.clone(), pin_dir.clone());
+        let scan_due = Instant::now() >= next_scan;
+        let work = tokio::task::spawn_blocking(move || {
+            let started = Instant::now();
+            let flows = scan_due
+                .then(|| activity::count(&dir))
+                .and_then(|r| r.inspect_err(|e| log::warn!("scanning flows: {e}")).ok());
+            let took = started.elapsed();
+            if round % SESSION_EXPIRY_TICKS == 0 {
+                let ttls = lock(&c).sticky_ttls();
+                match sessions::expire(&dir, &ttls, activity::monotonic_ns()) {
+                    Ok(0) => {}
+                    Ok(n) => log::debug!("expired {n} sticky sessions"),
+                    Err(e) => log::warn!("expiring sticky sessions: {e}"),
+                }
+            }
+            lock(&c).tick(flows);
+            took
+        });
+        if let Ok(took) = work.await {
+            next_scan = Instant::now() + took * SCAN_DUTY;
+        }
+        reconcile(&controller, &supervisor);
     }
 }
 
-fn lock(controller: &Mutex<Controller>) -> std::sync::MutexGuard<'_, Controller> {
-    controller
+fn lock<T>(shared: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    shared
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Reads one request (size- and time-limited), carries it out, answers.
-async fn answer(stream: UnixStream, controller: Arc<Mutex<Controller>>) {
+async fn answer(
+    stream: UnixStream,
+    controller: Shared<Controller>,
+    supervisor: Shared<Supervisor>,
+) {
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     let mut reader = BufReader::new(read.take(MAX_REQUEST_BYTES));
     let read = tokio::time::timeout(IO_TIMEOUT, reader.read_line(&mut line)).await;
     let response = match read {
         Ok(Ok(_)) => match serde_json::from_str::<Request>(&line) {
-            Ok(request) => tokio::task::spawn_blocking(move || lock(&controller).handle(request))
-                .await
-                .unwrap_or_else(|e| refusal(format!("the controller failed: {e}"))),
+            Ok(request) => {
+                let c = controller.clone();
+                let response = tokio::task::spawn_blocking(move || lock(&c).handle(request))
+                    .await
+                    .unwrap_or_else(|e| refusal(format!("the controller failed: {e}")));
+                reconcile(&controller, &supervisor);
+                response
+            }
             Err(error) => refusal(format!("bad request: {error}")),
         },
         Ok(Err(error)) => refusal(format!("reading the request: {error}")),

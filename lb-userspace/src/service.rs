@@ -135,6 +135,14 @@ impl Vip {
     }
 }
 
+/// `addr` with every bit past the first `bits` cleared (how sticky
+/// sessions and pins key clients).
+pub fn mask_addr(addr: IpAddr, bits: u8) -> IpAddr {
+    let (bytes, family) = addr_bytes(addr);
+    let masked = lb_common::balancer::mask_prefix(&bytes, bits);
+    addr_from_bytes(masked, family).unwrap_or(addr)
+}
+
 /// Parses a worker address.
 pub fn parse_worker(text: &str) -> Result<IpAddr, ParseError> {
     text.parse()

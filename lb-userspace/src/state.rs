@@ -9,7 +9,11 @@ use std::{
 use lb_common::balancer::{MAX_BACKENDS, MAX_TABLE_SIZE, MAX_VIPS};
 use serde::{Deserialize, Serialize};
 
-use crate::{maglev, service::Vip};
+use crate::{
+    maglev,
+    options::{OptionsError, VipOptions},
+    service::Vip,
+};
 
 /// Weight of a worker added without `--weight`.
 pub const DEFAULT_WEIGHT: u32 = 100;
@@ -59,6 +63,35 @@ pub enum StateError {
     /// Worker limit reached.
     #[error("lb holds at most {MAX_BACKENDS} workers across all VIPs")]
     TooManyBackends,
+    /// A VIP setting out of range.
+    #[error(transparent)]
+    Options(#[from] OptionsError),
+    /// Pin to a worker the VIP doesn't have.
+    #[error("cannot pin {client} to {worker}: it is not a worker of {vip}; `lb backend list {vip}` shows them")]
+    PinToUnknownWorker {
+        /// The VIP.
+        vip: Vip,
+        /// The client.
+        client: IpAddr,
+        /// The worker.
+        worker: IpAddr,
+    },
+    /// Client of the wrong family.
+    #[error("client {client} and VIP {vip} are of different IP families")]
+    ClientFamilyMismatch {
+        /// The VIP.
+        vip: Vip,
+        /// The client.
+        client: IpAddr,
+    },
+    /// No such pin.
+    #[error("client {client} is not pinned on {vip}")]
+    UnknownPin {
+        /// The VIP.
+        vip: Vip,
+        /// The client.
+        client: IpAddr,
+    },
 }
 
 /// One worker of a VIP.
@@ -68,6 +101,8 @@ pub struct Worker {
     pub id: u32,
     /// Relative share of new flows.
     pub weight: u32,
+    /// Draining: no new flows or sessions, existing flows continue.
+    pub drain: bool,
 }
 
 /// One VIP.
@@ -75,23 +110,28 @@ pub struct Worker {
 pub struct VipState {
     /// Index in the per-VIP maps.
     pub id: u32,
-    /// Maglev table size chosen by the user; otherwise derived.
-    pub table_size: Option<u32>,
+    /// Scheduler, stickiness, health checks, load signal.
+    pub options: VipOptions,
     /// Workers by address.
     pub workers: BTreeMap<IpAddr, Worker>,
+    /// Pinned clients (masked to the sticky prefix) → worker.
+    pub pins: BTreeMap<IpAddr, IpAddr>,
 }
 
 impl VipState {
     /// The Maglev table size in force.
     pub fn effective_table_size(&self) -> u32 {
-        self.table_size
+        self.options
+            .table_size
             .unwrap_or_else(|| maglev::table_size_for(self.workers.len()))
     }
 
-    /// The VIP's workers as Maglev members.
-    pub fn members(&self) -> Vec<maglev::Member> {
+    /// The workers that take new flows, as Maglev members: not draining,
+    /// and `up` by id.
+    pub fn members(&self, up: impl Fn(u32) -> bool) -> Vec<maglev::Member> {
         self.workers
             .iter()
+            .filter(|(_, w)| !w.drain && up(w.id))
             .map(|(addr, w)| maglev::Member {
                 name: addr.to_string(),
                 weight: w.weight,
@@ -164,11 +204,12 @@ impl Desired {
     }
 
     /// Adds a VIP with no workers.
-    pub fn add_vip(&mut self, vip: Vip, table_size: Option<u32>) -> Result<&VipState, StateError> {
+    pub fn add_vip(&mut self, vip: Vip, options: VipOptions) -> Result<&VipState, StateError> {
         if self.vips.contains_key(&vip) {
             return Err(StateError::VipExists(vip));
         }
-        if let Some(size) = table_size {
+        options.validate(&vip)?;
+        if let Some(size) = options.table_size {
             if !(7..=MAX_TABLE_SIZE).contains(&size) || !maglev::is_prime(u64::from(size)) {
                 return Err(StateError::BadTableSize(size));
             }
@@ -176,8 +217,9 @@ impl Desired {
         let id = self.vip_ids.take().ok_or(StateError::TooManyVips)?;
         Ok(self.vips.entry(vip).or_insert(VipState {
             id,
-            table_size,
+            options,
             workers: BTreeMap::new(),
+            pins: BTreeMap::new(),
         }))
     }
 
@@ -193,9 +235,7 @@ impl Desired {
 
     /// Adds a worker to a VIP; returns its backend id.
     pub fn add_worker(&mut self, vip: &Vip, addr: IpAddr, weight: u32) -> Result<u32, StateError> {
-        if !(1..=65535).contains(&weight) {
-            return Err(StateError::BadWeight(weight));
-        }
+        check_weight(weight)?;
         if vip.addr.is_ipv4() != addr.is_ipv4() {
             return Err(StateError::FamilyMismatch {
                 vip: *vip,
@@ -210,8 +250,79 @@ impl Desired {
             });
         }
         let id = self.backend_ids.take().ok_or(StateError::TooManyBackends)?;
-        state.workers.insert(addr, Worker { id, weight });
+        state.workers.insert(
+            addr,
+            Worker {
+                id,
+                weight,
+                drain: false,
+            },
+        );
         Ok(id)
+    }
+
+    /// A worker of a VIP.
+    pub fn worker(&self, vip: &Vip, addr: IpAddr) -> Result<&Worker, StateError> {
+        self.vip(vip)?
+            .workers
+            .get(&addr)
+            .ok_or(StateError::UnknownWorker {
+                vip: *vip,
+                worker: addr,
+            })
+    }
+
+    fn worker_mut(&mut self, vip: &Vip, addr: IpAddr) -> Result<&mut Worker, StateError> {
+        let state = self.vips.get_mut(vip).ok_or(StateError::UnknownVip(*vip))?;
+        state
+            .workers
+            .get_mut(&addr)
+            .ok_or(StateError::UnknownWorker {
+                vip: *vip,
+                worker: addr,
+            })
+    }
+
+    /// Changes a worker's weight.
+    pub fn set_weight(&mut self, vip: &Vip, addr: IpAddr, weight: u32) -> Result<(), StateError> {
+        check_weight(weight)?;
+        self.worker_mut(vip, addr)?.weight = weight;
+        Ok(())
+    }
+
+    /// Starts or stops draining a worker; returns its id.
+    pub fn set_drain(&mut self, vip: &Vip, addr: IpAddr, drain: bool) -> Result<u32, StateError> {
+        let worker = self.worker_mut(vip, addr)?;
+        worker.drain = drain;
+        Ok(worker.id)
+    }
+
+    /// Pins `client` (already masked to the VIP's sticky prefix) to a
+    /// worker of the VIP.
+    pub fn pin(&mut self, vip: &Vip, client: IpAddr, worker: IpAddr) -> Result<(), StateError> {
+        if vip.addr.is_ipv4() != client.is_ipv4() {
+            return Err(StateError::ClientFamilyMismatch { vip: *vip, client });
+        }
+        let state = self.vips.get_mut(vip).ok_or(StateError::UnknownVip(*vip))?;
+        if !state.workers.contains_key(&worker) {
+            return Err(StateError::PinToUnknownWorker {
+                vip: *vip,
+                client,
+                worker,
+            });
+        }
+        state.pins.insert(client, worker);
+        Ok(())
+    }
+
+    /// Removes a pin.
+    pub fn unpin(&mut self, vip: &Vip, client: IpAddr) -> Result<(), StateError> {
+        let state = self.vips.get_mut(vip).ok_or(StateError::UnknownVip(*vip))?;
+        state
+            .pins
+            .remove(&client)
+            .map(drop)
+            .ok_or(StateError::UnknownPin { vip: *vip, client })
     }
 
     /// Removes a worker from a VIP; returns its backend id.
@@ -224,8 +335,17 @@ impl Desired {
                 vip: *vip,
                 worker: addr,
             })?;
+        state.pins.retain(|_, pinned| *pinned != addr);
         self.backend_ids.free(worker.id);
         Ok(worker.id)
+    }
+}
+
+fn check_weight(weight: u32) -> Result<(), StateError> {
+    if (1..=65535).contains(&weight) {
+        Ok(())
+    } else {
+        Err(StateError::BadWeight(weight))
     }
 }
 
@@ -241,15 +361,24 @@ mod tests {
     fn bad_changes_are_refused_and_change_nothing() {
         let mut state = Desired::new(7);
         let v4 = vip("192.0.2.100:80/tcp");
-        state.add_vip(v4, None).unwrap();
+        state.add_vip(v4, VipOptions::default()).unwrap();
         state
             .add_worker(&v4, "192.0.2.11".parse().unwrap(), 100)
             .unwrap();
         let before = format!("{:?}", state.vips());
         let errors = [
-            state.add_vip(v4, None).map(|_| ()).unwrap_err(),
             state
-                .add_vip(vip("192.0.2.101:80/tcp"), Some(16380))
+                .add_vip(v4, VipOptions::default())
+                .map(|_| ())
+                .unwrap_err(),
+            state
+                .add_vip(
+                    vip("192.0.2.101:80/tcp"),
+                    VipOptions {
+                        table_size: Some(16380),
+                        ..Default::default()
+                    },
+                )
                 .map(|_| ())
                 .unwrap_err(),
             state
@@ -272,8 +401,29 @@ mod tests {
                 .del_worker(&v4, "192.0.2.99".parse().unwrap())
                 .map(drop)
                 .unwrap_err(),
+            state
+                .set_weight(&v4, "192.0.2.11".parse().unwrap(), 0)
+                .unwrap_err(),
+            state
+                .set_drain(&v4, "192.0.2.99".parse().unwrap(), true)
+                .map(drop)
+                .unwrap_err(),
+            state
+                .pin(
+                    &v4,
+                    "198.51.100.1".parse().unwrap(),
+                    "192.0.2.99".parse().unwrap(),
+                )
+                .unwrap_err(),
+            state
+                .pin(
+                    &v4,
+                    "2001:db8::1".parse().unwrap(),
+                    "192.0.2.11".parse().unwrap(),
+                )
+                .unwrap_err(),
         ];
-        assert_eq!(errors.len(), 7);
+        assert_eq!(errors.len(), 11);
         assert_eq!(format!("{:?}", state.vips()), before);
     }
 
@@ -281,7 +431,7 @@ mod tests {
     fn freed_backend_ids_are_reused_last() {
         let mut state = Desired::new(0);
         let v = vip("192.0.2.100:80/tcp");
-        state.add_vip(v, None).unwrap();
+        state.add_vip(v, VipOptions::default()).unwrap();
         let a = state
             .add_worker(&v, "192.0.2.11".parse().unwrap(), 1)
             .unwrap();

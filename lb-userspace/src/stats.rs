@@ -130,6 +130,9 @@ struct FlowRow {
     vip: String,
     worker: String,
     age_secs: f64,
+    idle_secs: f64,
+    /// "active", "closing" (FIN or RST seen) or "idle" (counted as gone).
+    state: &'static str,
 }
 
 /// Prints the flow table.
@@ -140,7 +143,7 @@ pub fn flows(args: &FlowsArgs) -> anyhow::Result<()> {
         .with_context(|| no_instance(pin_dir))?
         .try_into()?;
     let workers: std::collections::HashMap<u32, IpAddr> = backends(pin_dir)?.into_iter().collect();
-    let now = monotonic_ns();
+    let now = crate::activity::monotonic_ns();
     let mut rows: Vec<FlowRow> = flows
         .iter()
         .filter_map(Result::ok)
@@ -165,6 +168,14 @@ pub fn flows(args: &FlowsArgs) -> anyhow::Result<()> {
                     .get(&value.backend_id)
                     .map_or_else(|| format!("#{}", value.backend_id), IpAddr::to_string),
                 age_secs: now.saturating_sub(value.created_ns) as f64 / 1e9,
+                idle_secs: now.saturating_sub(value.last_seen_ns) as f64 / 1e9,
+                state: if !crate::activity::is_active(&key, &value, now) {
+                    "idle"
+                } else if value.flags & lb_common::balancer::FLOW_CLOSING != 0 {
+                    "closing"
+                } else {
+                    "active"
+                },
             })
         })
         .collect();
@@ -172,25 +183,16 @@ pub fn flows(args: &FlowsArgs) -> anyhow::Result<()> {
     table::print(
         args.pinned.output,
         &rows,
-        &["CLIENT", "VIP", "WORKER", "AGE"],
+        &["CLIENT", "VIP", "WORKER", "AGE", "IDLE", "STATE"],
         |r| {
             vec![
                 r.client.clone(),
                 r.vip.clone(),
                 r.worker.clone(),
                 format!("{:.1}s", r.age_secs),
+                format!("{:.1}s", r.idle_secs),
+                r.state.to_owned(),
             ]
         },
     )
-}
-
-/// CLOCK_MONOTONIC, the clock of bpf_ktime_get_ns.
-fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: ts is a valid out pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }

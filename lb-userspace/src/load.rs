@@ -1,0 +1,349 @@
+//! Worker load: the figures the least-load scheduler compares, where they
+//! come from, and the endpoint workers push their reports to.
+//!
+//! A report is a fraction of the worker's capacity, 0 (idle) to 1 (full).
+//! `POST /load` with `{"vip": "192.0.2.100:80/tcp", "worker": "192.0.2.11",
+//! "load": 0.73}` and `Authorization: Bearer <token>`; the token is the
+//! content of `--load-token-file`, and the request must come from the
+//! worker's own address, so a worker can only speak for itself.
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::Path,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _};
+use lb_common::balancer::{LOAD_SCALE, LOAD_UNKNOWN};
+use serde::{Deserialize, Serialize};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::{http, service::Vip};
+
+/// How long a reporting worker may take to send its request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Shortest token accepted, so it can't be guessed.
+const MIN_TOKEN_LEN: usize = 16;
+
+/// A load report refused.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum LoadError {
+    /// Not a fraction of capacity.
+    #[error("load {0} is out of range: report a fraction of capacity from 0 to 1")]
+    OutOfRange(f64),
+    /// Body not a report.
+    #[error("malformed load report: {0}; send {{\"vip\": \"ADDR:PORT/PROTO\", \"worker\": \"ADDR\", \"load\": 0.5}}")]
+    Malformed(String),
+    /// Missing or wrong token.
+    #[error(
+        "unauthorised: send the token from --load-token-file as `Authorization: Bearer <token>`"
+    )]
+    Unauthorised,
+    /// Sent from another address than the worker's.
+    #[error("worker {worker} may only report from its own address, not {from}")]
+    WrongSource {
+        /// The worker reported on.
+        worker: IpAddr,
+        /// Where the report came from.
+        from: IpAddr,
+    },
+    /// The controller refused it (unknown VIP or worker).
+    #[error("{0}")]
+    Refused(String),
+}
+
+impl LoadError {
+    fn status(&self) -> u16 {
+        match self {
+            Self::OutOfRange(_) => 422,
+            Self::Malformed(_) => 400,
+            Self::Unauthorised => 401,
+            Self::WrongSource { .. } => 403,
+            Self::Refused(_) => 404,
+        }
+    }
+}
+
+/// Checks a load figure.
+pub fn check_value(load: f64) -> Result<(), LoadError> {
+    if load.is_finite() && (0.0..=1.0).contains(&load) {
+        Ok(())
+    } else {
+        Err(LoadError::OutOfRange(load))
+    }
+}
+
+/// Who said how loaded a worker is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    /// The worker, through the report endpoint.
+    Push,
+    /// The controller's load probe.
+    Probe,
+    /// An operator, with `lb backend set --load`.
+    Cli,
+}
+
+/// The latest load figure of a worker.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Figure {
+    /// Fraction of capacity.
+    pub load: f64,
+    /// Who reported it.
+    pub source: Source,
+    /// When.
+    pub at: Instant,
+}
+
+impl Figure {
+    /// The figure if it is younger than `ttl`.
+    pub fn current(&self, now: Instant, ttl: Duration) -> Option<f64> {
+        (now.saturating_duration_since(self.at) < ttl).then_some(self.load)
+    }
+}
+
+/// The data plane's form of a fraction of capacity.
+pub fn scaled(load: Option<f64>) -> u32 {
+    match load {
+        Some(load) => (load * f64::from(LOAD_SCALE)).round() as u32,
+        None => LOAD_UNKNOWN,
+    }
+}
+
+/// The data plane's form of an active-flow count: flows per unit of
+/// weight (in thousandths), so that a heavier worker counts as less loaded.
+pub fn scaled_flows(flows: u64, weight: u32) -> u32 {
+    let per_weight = flows.saturating_mul(1000) / u64::from(weight.max(1));
+    per_weight.min(u64::from(LOAD_UNKNOWN - 1)) as u32
+}
+
+/// The body of `POST /load`.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Report {
+    /// The VIP the worker serves.
+    pub vip: Vip,
+    /// The worker's address.
+    pub worker: IpAddr,
+    /// Fraction of capacity in use.
+    pub load: f64,
+}
+
+/// Parses and checks a report body.
+pub fn parse_report(body: &[u8]) -> Result<Report, LoadError> {
+    let report: Report =
+        serde_json::from_slice(body).map_err(|e| LoadError::Malformed(e.to_string()))?;
+    check_value(report.load)?;
+    Ok(report)
+}
+
+/// Reads the report token: at least 16 characters, in a file only its
+/// owner can read.
+pub fn read_token(path: &Path) -> anyhow::Result<String> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let meta = std::fs::metadata(path)
+        .with_context(|| format!("reading load token file {}", path.display()))?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        bail!(
+            "load token file {} is readable by others: `chmod 600 {}`",
+            path.display(),
+            path.display()
+        );
+    }
+    let token = std::fs::read_to_string(path)
+        .with_context(|| format!("reading load token file {}", path.display()))?
+        .trim()
+        .to_owned();
+    if token.len() < MIN_TOKEN_LEN {
+        bail!(
+            "load token in {} is shorter than {MIN_TOKEN_LEN} characters; use e.g. `openssl rand -hex 16`",
+            path.display()
+        );
+    }
+    Ok(token)
+}
+
+/// Checks a request's credentials and source, then parses its report.
+pub fn authorise(request: &http::Request, from: IpAddr, token: &str) -> Result<Report, LoadError> {
+    let presented = request
+        .header("authorization")
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or(LoadError::Unauthorised)?;
+    if !constant_time_eq(presented.trim().as_bytes(), token.as_bytes()) {
+        return Err(LoadError::Unauthorised);
+    }
+    let report = parse_report(&request.body)?;
+    let from = from.to_canonical();
+    if report.worker != from {
+        return Err(LoadError::WrongSource {
+            worker: report.worker,
+            from,
+        });
+    }
+    Ok(report)
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Serves `POST /load` until the task is dropped; `accept` applies a
+/// report or says why not.
+pub async fn serve<F>(listener: TcpListener, token: String, accept: F)
+where
+    F: Fn(Report) -> Result<(), String> + Send + Sync + 'static,
+{
+    let token = Arc::new(token);
+    let accept = Arc::new(accept);
+    loop {
+        let Ok((stream, from)) = listener.accept().await else {
+            continue;
+        };
+        let (token, accept) = (token.clone(), accept.clone());
+        tokio::spawn(async move { answer(stream, from, &token, accept.as_ref()).await });
+    }
+}
+
+async fn answer<F>(mut stream: TcpStream, from: SocketAddr, token: &str, accept: &F)
+where
+    F: Fn(Report) -> Result<(), String>,
+{
+    let (status, body) = match http::read_request(&mut stream, REQUEST_TIMEOUT).await {
+        Err(error) => (error.status(), error.to_string()),
+        Ok(request) if request.path != "/load" => (404, "only /load is served here".into()),
+        Ok(request) if request.method != "POST" => (405, "use POST /load".into()),
+        Ok(request) => match handle(&request, from.ip(), token, accept) {
+            Ok(()) => (204, String::new()),
+            Err(error) => (error.status(), error.to_string()),
+        },
+    };
+    if status != 204 {
+        log::debug!("load report from {from} refused: {body}");
+    }
+    let _ = http::write_response(&mut stream, status, "text/plain", body.as_bytes()).await;
+}
+
+fn handle<F>(
+    request: &http::Request,
+    from: IpAddr,
+    token: &str,
+    accept: &F,
+) -> Result<(), LoadError>
+where
+    F: Fn(Report) -> Result<(), String>,
+{
+    let report = authorise(request, from, token)?;
+    accept(report).map_err(LoadError::Refused)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TOKEN: &str = "0123456789abcdef0123";
+
+    fn request(auth: Option<&str>, body: &str) -> http::Request {
+        http::Request {
+            method: "POST".into(),
+            path: "/load".into(),
+            headers: auth
+                .map(|a| vec![("Authorization".to_owned(), a.to_owned())])
+                .unwrap_or_default(),
+            body: body.as_bytes().to_vec(),
+        }
+    }
+
+    const GOOD: &str = r#"{"vip":"192.0.2.100:80/tcp","worker":"192.0.2.11","load":0.73}"#;
+
+    #[test]
+    fn a_worker_with_the_token_reports_for_itself() {
+        let from: IpAddr = "192.0.2.11".parse().unwrap();
+        let bearer = format!("Bearer {TOKEN}");
+        let report = authorise(&request(Some(&bearer), GOOD), from, TOKEN).unwrap();
+        assert_eq!(report.load, 0.73);
+        let mapped: IpAddr = "::ffff:192.0.2.11".parse().unwrap();
+        authorise(&request(Some(&bearer), GOOD), mapped, TOKEN).unwrap();
+    }
+
+    #[test]
+    fn bad_reports_are_refused_with_the_right_status() {
+        let from: IpAddr = "192.0.2.11".parse().unwrap();
+        let bearer = format!("Bearer {TOKEN}");
+        let cases = [
+            (request(None, GOOD), from, 401),
+            (request(Some("Bearer wrong-token-wrong"), GOOD), from, 401),
+            (request(Some(TOKEN), GOOD), from, 401),
+            (
+                request(Some(&bearer), GOOD),
+                "192.0.2.12".parse().unwrap(),
+                403,
+            ),
+            (request(Some(&bearer), "{"), from, 400),
+            (
+                request(
+                    Some(&bearer),
+                    r#"{"vip":"192.0.2.100:80/tcp","worker":"192.0.2.11","load":"high"}"#,
+                ),
+                from,
+                400,
+            ),
+            (
+                request(
+                    Some(&bearer),
+                    r#"{"vip":"192.0.2.100:80/tcp","worker":"192.0.2.11","load":1.5}"#,
+                ),
+                from,
+                422,
+            ),
+            (
+                request(
+                    Some(&bearer),
+                    r#"{"vip":"192.0.2.100:80/tcp","worker":"192.0.2.11","load":-0.1}"#,
+                ),
+                from,
+                422,
+            ),
+            (
+                request(
+                    Some(&bearer),
+                    r#"{"vip":"192.0.2.100:80","worker":"192.0.2.11","load":0.1}"#,
+                ),
+                from,
+                400,
+            ),
+            (
+                request(
+                    Some(&bearer),
+                    r#"{"vip":"192.0.2.100:80/tcp","worker":"192.0.2.11","load":0.1,"x":1}"#,
+                ),
+                from,
+                400,
+            ),
+        ];
+        for (request, from, status) in cases {
+            let error = authorise(&request, from, TOKEN).unwrap_err();
+            assert_eq!(error.status(), status, "{request:?}: {error}");
+        }
+    }
+
+    #[test]
+    fn figures_expire_and_scale() {
+        let at = Instant::now();
+        let figure = Figure {
+            load: 0.5,
+            source: Source::Cli,
+            at,
+        };
+        assert_eq!(figure.current(at, Duration::from_secs(10)), Some(0.5));
+        assert_eq!(
+            figure.current(at + Duration::from_secs(10), Duration::from_secs(10)),
+            None
+        );
+        assert_eq!(scaled(Some(0.5)), LOAD_SCALE / 2);
+        assert_eq!(scaled(None), LOAD_UNKNOWN);
+        assert!(scaled_flows(10, 200) < scaled_flows(10, 100));
+        assert!(scaled_flows(u64::MAX, 1) < LOAD_UNKNOWN);
+    }
+}

@@ -1,0 +1,339 @@
+//! Per-VIP behaviour: scheduler, sticky sessions, health checks and the
+//! load signal. Shared by the config file, the admin API and the CLI.
+
+use std::time::Duration;
+
+use lb_common::balancer::{SCHED_LEAST_LOAD, SCHED_MAGLEV};
+use serde::{Deserialize, Serialize};
+
+use crate::{duration, service::Vip};
+
+/// A VIP setting the controller refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum OptionsError {
+    /// Sticky prefix longer than the VIP's addresses.
+    #[error("sticky prefix /{prefix} is too long for {vip}: use at most /{max}")]
+    StickyPrefix {
+        /// The VIP.
+        vip: Vip,
+        /// The prefix asked for.
+        prefix: u8,
+        /// The family's address length in bits.
+        max: u8,
+    },
+    /// Sticky TTL out of range.
+    #[error("sticky TTL {0} is out of range: use 1s to 7d")]
+    StickyTtl(String),
+    /// Check timing out of range.
+    #[error("health check {what} {value} is out of range: use {range}")]
+    Timing {
+        /// Which setting.
+        what: &'static str,
+        /// Its value.
+        value: String,
+        /// What is allowed.
+        range: &'static str,
+    },
+    /// Timeout not below the interval.
+    #[error("health check timeout {timeout} must be shorter than the interval {interval}")]
+    TimeoutNotBelowInterval {
+        /// The timeout.
+        timeout: String,
+        /// The interval.
+        interval: String,
+    },
+    /// Rise or fall out of range.
+    #[error("health check {0} must be from 1 to 100")]
+    Count(&'static str),
+    /// An HTTP path that isn't one.
+    #[error("HTTP path {0:?} must start with / and hold no spaces or control characters")]
+    Path(String),
+    /// A TCP check of a UDP VIP needs a TCP port to probe.
+    #[error("{0} is a UDP service: a tcp or http health check needs --health-port (a TCP port the workers listen on)")]
+    UdpCheckWithoutPort(Vip),
+    /// Load TTL out of range.
+    #[error("load TTL {0} is out of range: use 1s to 1h")]
+    LoadTtl(String),
+}
+
+/// How new flows are spread over a VIP's workers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Scheduler {
+    /// Weighted consistent hashing of the 5-tuple (Maglev).
+    #[default]
+    Maglev,
+    /// Power of two choices: the less loaded of two Maglev picks.
+    LeastLoad,
+}
+
+impl Scheduler {
+    /// The data plane's code for it.
+    pub fn code(self) -> u8 {
+        match self {
+            Self::Maglev => SCHED_MAGLEV,
+            Self::LeastLoad => SCHED_LEAST_LOAD,
+        }
+    }
+}
+
+/// What a health check does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum CheckKind {
+    /// A TCP connection to the worker is accepted.
+    Tcp,
+    /// `GET path` on the worker answers 2xx.
+    Http,
+    /// No checks: the worker is always up.
+    None,
+}
+
+/// Health checking of a VIP's workers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HealthOptions {
+    /// What the check does; default: tcp for TCP VIPs, none for UDP ones.
+    pub check: Option<CheckKind>,
+    /// Path of the http check.
+    pub path: String,
+    /// Port to check on the worker; default: the VIP's port.
+    pub port: Option<u16>,
+    /// Time between checks.
+    #[serde(with = "duration::serde_str")]
+    pub interval: Duration,
+    /// How long one check may take.
+    #[serde(with = "duration::serde_str")]
+    pub timeout: Duration,
+    /// Consecutive successes that bring a down worker up.
+    pub rise: u32,
+    /// Consecutive failures that take an up worker down.
+    pub fall: u32,
+}
+
+impl Default for HealthOptions {
+    fn default() -> Self {
+        Self {
+            check: None,
+            path: "/".into(),
+            port: None,
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_millis(500),
+            rise: 2,
+            fall: 2,
+        }
+    }
+}
+
+/// Where a VIP's load figures come from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum LoadSignal {
+    /// Reports: pushed by workers, probed over HTTP, or set with the CLI.
+    #[default]
+    Reported,
+    /// Active flows per worker in the flow table, divided by its weight.
+    Flows,
+}
+
+/// Worker load of a VIP.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LoadOptions {
+    /// Which figure the least-load scheduler compares.
+    pub signal: LoadSignal,
+    /// Path the controller GETs on each worker (at each health check) for
+    /// a number from 0 to 1.
+    pub probe: Option<String>,
+    /// A report older than this counts as unknown.
+    #[serde(with = "duration::serde_str")]
+    pub ttl: Duration,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            signal: LoadSignal::Reported,
+            probe: None,
+            ttl: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Everything about a VIP besides its workers.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct VipOptions {
+    /// Maglev table size, a prime; derived from the worker count if absent.
+    pub table_size: Option<u32>,
+    /// New-flow scheduler.
+    pub scheduler: Scheduler,
+    /// Sticky-session lifetime; no sessions if absent.
+    #[serde(with = "duration::serde_str_opt")]
+    pub sticky: Option<Duration>,
+    /// Client prefix length sessions and pins are keyed by (default: the
+    /// whole address).
+    pub sticky_prefix: Option<u8>,
+    /// Health checks.
+    pub health: HealthOptions,
+    /// Load signal.
+    pub load: LoadOptions,
+}
+
+const MAX_STICKY: Duration = Duration::from_secs(7 * 24 * 3600);
+
+impl VipOptions {
+    /// Checks every setting against `vip`.
+    pub fn validate(&self, vip: &Vip) -> Result<(), OptionsError> {
+        let max = if vip.addr.is_ipv4() { 32 } else { 128 };
+        if let Some(prefix) = self.sticky_prefix.filter(|p| *p > max) {
+            return Err(OptionsError::StickyPrefix {
+                vip: *vip,
+                prefix,
+                max,
+            });
+        }
+        if let Some(ttl) = self.sticky {
+            if ttl < Duration::from_secs(1) || ttl > MAX_STICKY {
+                return Err(OptionsError::StickyTtl(duration::format(ttl)));
+            }
+        }
+        let load_ttl = self.load.ttl;
+        if load_ttl < Duration::from_secs(1) || load_ttl > Duration::from_secs(3600) {
+            return Err(OptionsError::LoadTtl(duration::format(load_ttl)));
+        }
+        if let Some(path) = &self.load.probe {
+            crate::http::check_path(path).map_err(|_| OptionsError::Path(path.clone()))?;
+        }
+        self.health.validate(vip)
+    }
+
+    /// The sticky prefix in force for `vip`'s family.
+    pub fn prefix_for(&self, vip: &Vip) -> u8 {
+        let max = if vip.addr.is_ipv4() { 32 } else { 128 };
+        self.sticky_prefix.unwrap_or(max)
+    }
+}
+
+impl HealthOptions {
+    /// The check in force for `vip`.
+    pub fn kind_for(&self, vip: &Vip) -> CheckKind {
+        self.check.unwrap_or(match vip.proto {
+            crate::service::Protocol::Tcp => CheckKind::Tcp,
+            crate::service::Protocol::Udp => CheckKind::None,
+        })
+    }
+
+    fn validate(&self, vip: &Vip) -> Result<(), OptionsError> {
+        let timing = |what, value: Duration, range| OptionsError::Timing {
+            what,
+            value: duration::format(value),
+            range,
+        };
+        if self.interval < Duration::from_millis(50) || self.interval > Duration::from_secs(3600) {
+            return Err(timing("interval", self.interval, "50ms to 1h"));
+        }
+        if self.timeout < Duration::from_millis(10) {
+            return Err(timing("timeout", self.timeout, "10ms or more"));
+        }
+        if self.timeout >= self.interval {
+            return Err(OptionsError::TimeoutNotBelowInterval {
+                timeout: duration::format(self.timeout),
+                interval: duration::format(self.interval),
+            });
+        }
+        if !(1..=100).contains(&self.rise) {
+            return Err(OptionsError::Count("rise"));
+        }
+        if !(1..=100).contains(&self.fall) {
+            return Err(OptionsError::Count("fall"));
+        }
+        let kind = self.kind_for(vip);
+        if kind == CheckKind::Http {
+            crate::http::check_path(&self.path)
+                .map_err(|_| OptionsError::Path(self.path.clone()))?;
+        }
+        if kind != CheckKind::None
+            && vip.proto == crate::service::Protocol::Udp
+            && self.port.is_none()
+        {
+            return Err(OptionsError::UdpCheckWithoutPort(*vip));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vip(text: &str) -> Vip {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn defaults_are_valid_and_match_the_documentation() {
+        let options = VipOptions::default();
+        options.validate(&vip("192.0.2.100:80/tcp")).unwrap();
+        options.validate(&vip("[2001:db8::100]:53/udp")).unwrap();
+        assert_eq!(options.health.interval, Duration::from_secs(1));
+        assert_eq!(options.health.timeout, Duration::from_millis(500));
+        assert_eq!((options.health.rise, options.health.fall), (2, 2));
+        assert_eq!(
+            options.health.kind_for(&vip("192.0.2.100:80/tcp")),
+            CheckKind::Tcp
+        );
+        assert_eq!(
+            options.health.kind_for(&vip("192.0.2.100:53/udp")),
+            CheckKind::None
+        );
+    }
+
+    #[test]
+    fn bad_settings_are_refused() {
+        let v4 = vip("192.0.2.100:80/tcp");
+        let bad = [
+            VipOptions {
+                sticky_prefix: Some(33),
+                ..Default::default()
+            },
+            VipOptions {
+                sticky: Some(Duration::ZERO),
+                ..Default::default()
+            },
+            VipOptions {
+                health: HealthOptions {
+                    timeout: Duration::from_secs(2),
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+            VipOptions {
+                health: HealthOptions {
+                    rise: 0,
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+            VipOptions {
+                health: HealthOptions {
+                    check: Some(CheckKind::Http),
+                    path: "no-slash".into(),
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+        ];
+        for options in bad {
+            assert!(options.validate(&v4).is_err(), "{options:?} was accepted");
+        }
+        let udp_tcp_check = VipOptions {
+            health: HealthOptions {
+                check: Some(CheckKind::Tcp),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        assert!(udp_tcp_check.validate(&vip("192.0.2.100:53/udp")).is_err());
+    }
+}
