@@ -161,7 +161,7 @@ pub enum BackendCommand {
         weight: Option<u32>,
         /// Load as a fraction of capacity (0-1), for the least-load
         /// scheduler; expires like any report (the VIP's load TTL).
-        #[arg(long)]
+        #[arg(long, value_parser = load_value)]
         load: Option<f64>,
         #[command(flatten)]
         client: ClientArgs,
@@ -235,6 +235,15 @@ pub enum SessionsCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+}
+
+/// Parses a `--load` figure (JSON has no NaN: check before sending).
+fn load_value(text: &str) -> Result<f64, String> {
+    let load: f64 = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number"))?;
+    crate::load::check_value(load).map_err(|e| e.to_string())?;
+    Ok(load)
 }
 
 /// The settings of `lb vip add`.

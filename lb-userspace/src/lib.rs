@@ -21,6 +21,7 @@ pub mod neighbour;
 pub mod object;
 pub mod options;
 pub mod privileges;
+pub mod rig;
 pub mod run;
 pub mod service;
 pub mod sessions;

@@ -48,13 +48,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         Some(path) => FileConfig::load(path)?.desired()?,
         None => Desired::new(0),
     };
-    let load_token = match (&args.load_listen, &args.load_token_file) {
-        (Some(_), Some(path)) => Some(load::read_token(path)?),
-        (Some(_), None) => {
-            bail!("--load-listen needs --load-token-file: workers must authenticate their reports")
-        }
-        (None, _) => None,
-    };
+    let load_endpoint = load_endpoint(&args).await?;
     claim_socket(&args.socket)?;
     let options = AttachOptions {
         iface: args.iface,
@@ -75,16 +69,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     let controller = Arc::new(Mutex::new(Controller::start(desired, maps, instance)?));
     let listener = bind_socket(&args.socket)?;
-    if let (Some(addr), Some(token)) = (args.load_listen, load_token) {
-        let reports = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("binding the load report endpoint {addr}"))?;
-        let controller = controller.clone();
-        tokio::spawn(load::serve(reports, token, move |report| {
-            tokio::task::block_in_place(|| lock(&controller).push_load(report))
-        }));
-        say(&format!("lb: accepting load reports on http://{addr}/load"));
-    }
     say(&format!(
         "lb: attached XDP program {} (id {}) to {} in {} mode; maps pinned under {}; admin socket {}",
         lb_common::program_names::BALANCER,
@@ -94,11 +78,36 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         options.pin_dir.display(),
         args.socket.display()
     ));
+    if let Some((reports, token)) = load_endpoint {
+        let addr = reports.local_addr()?;
+        let controller = controller.clone();
+        tokio::spawn(load::serve(reports, token, move |report| {
+            tokio::task::block_in_place(|| lock(&controller).push_load(report))
+        }));
+        say(&format!("lb: accepting load reports on http://{addr}/load"));
+    }
     let served = serve(listener, controller).await;
     let _ = std::fs::remove_file(&args.socket);
     drop(dataplane);
     say(&format!("lb: detached from {}", options.iface));
     served
+}
+
+/// The load report endpoint's socket and token, when asked for.
+async fn load_endpoint(
+    args: &RunArgs,
+) -> anyhow::Result<Option<(tokio::net::TcpListener, String)>> {
+    let Some(addr) = args.load_listen else {
+        return Ok(None);
+    };
+    let Some(path) = &args.load_token_file else {
+        bail!("--load-listen needs --load-token-file: workers must authenticate their reports");
+    };
+    let token = load::read_token(path)?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the load report endpoint {addr}"))?;
+    Ok(Some((listener, token)))
 }
 
 async fn serve(listener: UnixListener, controller: Shared<Controller>) -> anyhow::Result<()> {

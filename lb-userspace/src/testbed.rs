@@ -463,11 +463,14 @@ impl Testbed {
         dir.join(format!("{name}.sock"))
     }
 
-    /// Starts nginx in `host`'s namespace serving `body` for every path on
-    /// port 80 of all its addresses.
+    /// Starts nginx in `host`'s namespace on port 80 of all its addresses:
+    /// `body` for every path, except `/slow`, a [`SLOW_BYTES`] download at
+    /// [`SLOW_RATE`] bytes a second. Every answer names the worker in an
+    /// `X-Worker` header.
     pub fn start_nginx(&self, host: &Host, body: &str) -> anyhow::Result<Process> {
         let dir = std::env::temp_dir().join(format!("{}-nginx-{}", self.prefix, host.role));
         fs::create_dir_all(&dir)?;
+        fs::write(dir.join("slow.bin"), vec![b'x'; SLOW_BYTES])?;
         let conf = dir.join("nginx.conf");
         fs::write(&conf, nginx_conf(&dir, body))?;
         let mut cmd = host.command("nginx");
@@ -507,6 +510,11 @@ fn peer_name(role: &str) -> String {
     format!("p-{role}")
 }
 
+/// Size of nginx's `/slow` download.
+pub const SLOW_BYTES: usize = 1 << 20;
+/// Its rate in bytes a second: about four seconds in all.
+pub const SLOW_RATE: usize = 256 * 1024;
+
 fn nginx_conf(dir: &Path, body: &str) -> String {
     let dir = dir.display();
     format!(
@@ -515,7 +523,9 @@ fn nginx_conf(dir: &Path, body: &str) -> String {
          http {{\n  access_log off;\n  client_body_temp_path {dir};\n  proxy_temp_path {dir};\n  \
          fastcgi_temp_path {dir};\n  uwsgi_temp_path {dir};\n  scgi_temp_path {dir};\n  \
          keepalive_requests 100000;\n  server {{\n    listen 80 reuseport;\n    listen [::]:80 reuseport;\n    \
-         location / {{ default_type text/plain; return 200 \"{body}\\n\"; }}\n  }}\n}}\n"
+         add_header X-Worker \"{body}\" always;\n    \
+         location / {{ default_type text/plain; return 200 \"{body}\\n\"; }}\n    \
+         location = /slow {{ alias {dir}/slow.bin; default_type application/octet-stream; limit_rate {SLOW_RATE}; }}\n  }}\n}}\n"
     )
 }
 

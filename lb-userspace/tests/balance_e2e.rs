@@ -2,142 +2,23 @@
 //! workers holding the VIP on loopback. Needs root (CI runs as root).
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     io::{BufRead as _, BufReader, Read as _, Write as _},
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
-    time::Duration,
+    net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
 };
 
-use lb_userspace::testbed::{http_get, Host, LbProcess, Process, Testbed};
+use lb_userspace::{
+    rig::{v6, Rig, TIMEOUT, UDP_PORT, VIP4, VIP6},
+    testbed::{Host, LbProcess},
+};
 
 const LB: &str = env!("CARGO_BIN_EXE_lb");
-const VIP4: &str = "192.0.2.100";
-const VIP6: &str = "2001:db8::100";
-const UDP_PORT: u16 = 5353;
-const TIMEOUT: Duration = Duration::from_secs(5);
-
-fn v6(last: u16) -> Ipv6Addr {
-    Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, last)
-}
-
-/// Client, balancer and `workers` nginx workers holding both VIPs on
-/// loopback; the client routes the VIPs via the balancer.
-struct Rig {
-    lb: LbProcess,
-    client: Host,
-    balancer: Host,
-    workers: Vec<Host>,
-    _servers: Vec<Process>,
-    bed: Testbed,
-}
-
-fn worker_setup(worker: &Host) {
-    worker
-        .hold_vips_on_loopback(&[VIP4.parse().unwrap(), VIP6.parse().unwrap()])
-        .unwrap();
-    let role = worker.role.clone();
-    let socket = worker
-        .within(|| UdpSocket::bind((VIP4.parse::<IpAddr>().unwrap(), UDP_PORT)).unwrap())
-        .unwrap();
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 512];
-        while let Ok((_, from)) = socket.recv_from(&mut buf) {
-            let _ = socket.send_to(role.as_bytes(), from);
-        }
-    });
-}
 
 fn rig(workers: u8) -> Rig {
-    let mut bed = Testbed::new().unwrap();
-    let client = bed
-        .add_host("client", Ipv4Addr::new(192, 0, 2, 1), v6(1))
-        .unwrap();
-    let balancer = bed
-        .add_host("lb", Ipv4Addr::new(192, 0, 2, 2), v6(2))
-        .unwrap();
-    let workers: Vec<Host> = (1..=workers)
-        .map(|n| {
-            bed.add_host(
-                &format!("w{n}"),
-                Ipv4Addr::new(192, 0, 2, 10 + n),
-                v6(0x10 + u16::from(n)),
-            )
-            .unwrap()
-        })
-        .collect();
-    bed.disable_tx_offload("client").unwrap();
-    bed.accept_xdp_tx_from("lb").unwrap();
-    let servers = workers
-        .iter()
-        .map(|w| {
-            worker_setup(w);
-            bed.start_nginx(w, &w.role).unwrap()
-        })
-        .collect();
-    client
-        .run(
-            "ip",
-            &["route", "add", "192.0.2.100/32", "via", "192.0.2.2"],
-        )
-        .unwrap();
-    client
-        .run(
-            "ip",
-            &[
-                "-6",
-                "route",
-                "add",
-                "2001:db8::100/128",
-                "via",
-                "2001:db8::2",
-            ],
-        )
-        .unwrap();
-    let lb = LbProcess::start(LB.as_ref(), &mut bed, &balancer, "lb", &[]).unwrap();
-    Rig {
-        lb,
-        client,
-        balancer,
-        workers,
-        _servers: servers,
-        bed,
-    }
+    Rig::new(LB.as_ref(), workers, &[]).unwrap()
 }
 
-impl Rig {
-    fn add_vip_with_workers(&self, vip: &str, family6: bool) {
-        self.lb.cli_ok(&["vip", "add", vip]).unwrap();
-        for w in &self.workers {
-            let addr = if family6 {
-                w.ipv6.to_string()
-            } else {
-                w.ipv4.to_string()
-            };
-            self.lb.cli_ok(&["backend", "add", vip, &addr]).unwrap();
-        }
-    }
-
-    /// `n` HTTP requests over new connections; answers per worker.
-    fn spread(&self, vip: IpAddr, n: usize) -> HashMap<String, usize> {
-        let target = SocketAddr::new(vip, 80);
-        let answers = self
-            .client
-            .within(move || {
-                (0..n)
-                    .map(|_| http_get(target, TIMEOUT))
-                    .collect::<anyhow::Result<Vec<String>>>()
-            })
-            .unwrap()
-            .unwrap();
-        let mut counts = HashMap::new();
-        for answer in answers {
-            *counts.entry(answer).or_default() += 1;
-        }
-        counts
-    }
-}
-
-fn assert_even(counts: &HashMap<String, usize>, total: usize, workers: usize) {
+fn assert_even(counts: &BTreeMap<String, usize>, total: usize, workers: usize) {
     assert_eq!(counts.values().sum::<usize>(), total, "{counts:?}");
     assert_eq!(counts.len(), workers, "every worker answers: {counts:?}");
     let fair = total as f64 / workers as f64;
@@ -186,8 +67,8 @@ impl KeepAlive {
 #[test]
 fn http_over_ipv4_spreads_evenly_over_three_workers() {
     let rig = rig(3);
-    rig.add_vip_with_workers("192.0.2.100:80/tcp", false);
-    let counts = rig.spread(VIP4.parse().unwrap(), 300);
+    rig.add_vip_with_workers("192.0.2.100:80/tcp", &[]).unwrap();
+    let counts = rig.spread(VIP4.into(), 300).unwrap();
     assert_even(&counts, 300, 3);
 
     let stats = rig.lb.stats_json().unwrap();
@@ -213,16 +94,18 @@ fn http_over_ipv4_spreads_evenly_over_three_workers() {
 #[test]
 fn http_over_ipv6_spreads_evenly_over_three_workers() {
     let rig = rig(3);
-    rig.add_vip_with_workers("[2001:db8::100]:80/tcp", true);
-    let counts = rig.spread(VIP6.parse().unwrap(), 300);
+    rig.add_vip_with_workers("[2001:db8::100]:80/tcp", &[])
+        .unwrap();
+    let counts = rig.spread(VIP6.into(), 300).unwrap();
     assert_even(&counts, 300, 3);
 }
 
 #[test]
 fn a_udp_flow_sticks_to_one_worker_and_source_ports_spread() {
     let rig = rig(3);
-    rig.add_vip_with_workers("192.0.2.100:5353/udp", false);
-    let target = SocketAddr::new(VIP4.parse().unwrap(), UDP_PORT);
+    rig.add_vip_with_workers("192.0.2.100:5353/udp", &[])
+        .unwrap();
+    let target = SocketAddr::new(VIP4.into(), UDP_PORT);
     let ask = |socket: &UdpSocket| {
         socket.send_to(b"who", target).unwrap();
         let mut buf = [0u8; 64];
@@ -264,7 +147,7 @@ fn established_connections_survive_worker_changes_and_removed_workers_get_no_new
             .cli_ok(&["backend", "add", vip, &w.ipv4.to_string()])
             .unwrap();
     }
-    let target = SocketAddr::new(VIP4.parse().unwrap(), 80);
+    let target = SocketAddr::new(VIP4.into(), 80);
     // One keep-alive connection per worker.
     let mut conns: HashMap<String, KeepAlive> = HashMap::new();
     for _ in 0..200 {
@@ -300,7 +183,7 @@ fn established_connections_survive_worker_changes_and_removed_workers_get_no_new
             );
         }
     }
-    let counts = rig.spread(VIP4.parse().unwrap(), 90);
+    let counts = rig.spread(VIP4.into(), 90).unwrap();
     assert!(
         !counts.contains_key(&removed),
         "{removed} got new connections: {counts:?}"
@@ -311,7 +194,7 @@ fn established_connections_survive_worker_changes_and_removed_workers_get_no_new
 #[test]
 fn traffic_to_the_balancer_itself_is_untouched() {
     let rig = rig(1);
-    rig.add_vip_with_workers("192.0.2.100:80/tcp", false);
+    rig.add_vip_with_workers("192.0.2.100:80/tcp", &[]).unwrap();
     let own = SocketAddr::new(IpAddr::V4(rig.balancer.ipv4), 8080);
     let listener = rig
         .balancer
@@ -361,7 +244,7 @@ fn two_instances_with_their_own_pins_and_sockets_keep_apart() {
         w.run("ip", &["addr", "add", "192.0.2.101/32", "dev", "lo"])
             .unwrap();
     }
-    rig.add_vip_with_workers("192.0.2.100:80/tcp", false);
+    rig.add_vip_with_workers("192.0.2.100:80/tcp", &[]).unwrap();
     lb2.cli_ok(&["vip", "add", "192.0.2.101:80/tcp"]).unwrap();
     lb2.cli_ok(&[
         "backend",
@@ -371,16 +254,14 @@ fn two_instances_with_their_own_pins_and_sockets_keep_apart() {
     ])
     .unwrap();
 
-    assert_eq!(rig.spread(VIP4.parse().unwrap(), 40).len(), 2);
-    let only_w2 = rig.spread("192.0.2.101".parse().unwrap(), 20);
+    assert_eq!(rig.spread(VIP4.into(), 40).unwrap().len(), 2);
+    let only_w2 = rig.spread("192.0.2.101".parse().unwrap(), 20).unwrap();
     assert_eq!(only_w2.keys().collect::<Vec<_>>(), vec!["w2"]);
     let first_vips = rig.lb.cli_ok(&["vip", "list", "-o", "json"]).unwrap();
     assert!(first_vips.contains("192.0.2.100:80/tcp") && !first_vips.contains("192.0.2.101"));
     lb2.stop().unwrap();
     assert_eq!(
-        rig.spread(VIP4.parse().unwrap(), 20)
-            .values()
-            .sum::<usize>(),
+        rig.spread(VIP4.into(), 20).unwrap().values().sum::<usize>(),
         20,
         "stopping one leaves the other"
     );
@@ -389,7 +270,7 @@ fn two_instances_with_their_own_pins_and_sockets_keep_apart() {
 #[test]
 fn bad_cli_input_fails_with_one_line_and_changes_nothing() {
     let rig = rig(1);
-    rig.add_vip_with_workers("192.0.2.100:80/tcp", false);
+    rig.add_vip_with_workers("192.0.2.100:80/tcp", &[]).unwrap();
     let before = desired_state(&rig.lb);
     let w1 = rig.workers[0].ipv4.to_string();
     let cases: &[(&[&str], &str)] = &[

@@ -1,0 +1,187 @@
+//! A ready-made L2 DSR sandbox on a [`Testbed`]: a client, the balancer
+//! running `lb run`, and nginx workers holding the VIPs on loopback (each
+//! answers with its role name, `w1`, `w2`, …, and echoes UDP on
+//! [`UDP_PORT`] the same way). Used by the end-to-end tests and `lb demo`.
+
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket},
+    path::Path,
+    time::Duration,
+};
+
+use anyhow::Context as _;
+
+use crate::testbed::{http_get, Host, LbProcess, Process, Testbed};
+
+/// The IPv4 VIP address workers hold.
+pub const VIP4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 100);
+/// The IPv6 VIP address workers hold.
+pub const VIP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x100);
+/// UDP port workers answer on with their name.
+pub const UDP_PORT: u16 = 5353;
+/// How long one test request may take.
+pub const TIMEOUT: Duration = Duration::from_secs(5);
+
+/// `2001:db8::<last>`.
+pub fn v6(last: u16) -> Ipv6Addr {
+    Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, last)
+}
+
+/// The sandbox. Dropping it stops everything and removes the namespaces.
+pub struct Rig {
+    /// `lb run` on the balancer.
+    pub lb: LbProcess,
+    /// The client (192.0.2.1, 2001:db8::1).
+    pub client: Host,
+    /// The balancer (192.0.2.2, 2001:db8::2).
+    pub balancer: Host,
+    /// The workers (192.0.2.11…, 2001:db8::11…).
+    pub workers: Vec<Host>,
+    servers: Vec<Option<Process>>,
+    /// The namespaces and pins; dropped last.
+    pub bed: Testbed,
+}
+
+impl Rig {
+    /// Builds a sandbox with `workers` workers and starts `exe run` with
+    /// `lb_args` on the balancer.
+    pub fn new(exe: &Path, workers: u8, lb_args: &[&str]) -> anyhow::Result<Self> {
+        let mut bed = Testbed::new()?;
+        let balancer = bed.add_host("lb", Ipv4Addr::new(192, 0, 2, 2), v6(2))?;
+        bed.accept_xdp_tx_from("lb")?;
+        let client = add_client(&mut bed, "client", Ipv4Addr::new(192, 0, 2, 1), v6(1))?;
+        let workers = (1..=workers)
+            .map(|n| {
+                let ipv4 = Ipv4Addr::new(192, 0, 2, 10 + n);
+                bed.add_host(&format!("w{n}"), ipv4, v6(0x10 + u16::from(n)))
+            })
+            .collect::<anyhow::Result<Vec<Host>>>()?;
+        let mut servers = Vec::new();
+        for worker in &workers {
+            worker.hold_vips_on_loopback(&[IpAddr::V4(VIP4), IpAddr::V6(VIP6)])?;
+            echo_udp(worker)?;
+            servers.push(Some(bed.start_nginx(worker, &worker.role)?));
+        }
+        let lb = LbProcess::start(exe, &mut bed, &balancer, "lb", lb_args)?;
+        Ok(Self {
+            lb,
+            client,
+            balancer,
+            workers,
+            servers,
+            bed,
+        })
+    }
+
+    /// Adds another client host that routes the VIPs via the balancer.
+    pub fn add_client(
+        &mut self,
+        role: &str,
+        ipv4: Ipv4Addr,
+        ipv6: Ipv6Addr,
+    ) -> anyhow::Result<Host> {
+        add_client(&mut self.bed, role, ipv4, ipv6)
+    }
+
+    /// Adds `vip` with every worker (IPv4 or IPv6 addresses to match);
+    /// `vip_args` go to `lb vip add`.
+    pub fn add_vip_with_workers(&self, vip: &str, vip_args: &[&str]) -> anyhow::Result<()> {
+        let mut args = vec!["vip", "add", vip];
+        args.extend_from_slice(vip_args);
+        self.lb.cli_ok(&args)?;
+        for worker in &self.workers {
+            self.lb
+                .cli_ok(&["backend", "add", vip, &self.addr_for(vip, worker)])?;
+        }
+        Ok(())
+    }
+
+    /// `worker`'s address in `vip`'s family, as text.
+    pub fn addr_for(&self, vip: &str, worker: &Host) -> String {
+        if vip.starts_with('[') {
+            worker.ipv6.to_string()
+        } else {
+            worker.ipv4.to_string()
+        }
+    }
+
+    /// Kills worker `index`'s nginx, as a crash would.
+    pub fn stop_worker(&mut self, index: usize) {
+        self.servers[index] = None;
+    }
+
+    /// Starts worker `index`'s nginx again.
+    pub fn start_worker(&mut self, index: usize) -> anyhow::Result<()> {
+        let worker = &self.workers[index];
+        self.servers[index] = Some(self.bed.start_nginx(worker, &worker.role)?);
+        Ok(())
+    }
+
+    /// `n` HTTP requests from the client to `vip`:80, each over a new
+    /// connection; answers (worker names) counted per worker.
+    pub fn spread(&self, vip: IpAddr, n: usize) -> anyhow::Result<BTreeMap<String, usize>> {
+        spread_from(&self.client, vip, n)
+    }
+}
+
+/// `n` HTTP requests from `client` to `vip`:80 over new connections;
+/// answers counted per worker. Fails on the first failed request.
+pub fn spread_from(
+    client: &Host,
+    vip: IpAddr,
+    n: usize,
+) -> anyhow::Result<BTreeMap<String, usize>> {
+    let target = SocketAddr::new(vip, 80);
+    let answers = client.within(move || {
+        (0..n)
+            .map(|_| http_get(target, TIMEOUT))
+            .collect::<anyhow::Result<Vec<String>>>()
+    })??;
+    let mut counts = BTreeMap::new();
+    for answer in answers {
+        *counts.entry(answer).or_default() += 1;
+    }
+    Ok(counts)
+}
+
+fn add_client(
+    bed: &mut Testbed,
+    role: &str,
+    ipv4: Ipv4Addr,
+    ipv6: Ipv6Addr,
+) -> anyhow::Result<Host> {
+    let client = bed.add_host(role, ipv4, ipv6)?;
+    bed.disable_tx_offload(role)?;
+    client.run(
+        "ip",
+        &["route", "add", &format!("{VIP4}/32"), "via", "192.0.2.2"],
+    )?;
+    client.run(
+        "ip",
+        &[
+            "-6",
+            "route",
+            "add",
+            &format!("{VIP6}/128"),
+            "via",
+            "2001:db8::2",
+        ],
+    )?;
+    Ok(client)
+}
+
+/// Answers every datagram to the VIP's [`UDP_PORT`] with the worker's name.
+fn echo_udp(worker: &Host) -> anyhow::Result<()> {
+    let socket = worker
+        .within(|| UdpSocket::bind((IpAddr::V4(VIP4), UDP_PORT)))?
+        .context("binding the UDP echo")?;
+    let role = worker.role.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 512];
+        while let Ok((_, from)) = socket.recv_from(&mut buf) {
+            let _ = socket.send_to(role.as_bytes(), from);
+        }
+    });
+    Ok(())
+}
