@@ -1,95 +1,66 @@
-//! `lb demo`: lb balancing a sandbox of network namespaces.
+//! `lb demo`: lb balancing a sandbox of network namespaces, and routing
+//! around a worker that dies.
 //!
-//! A client, the balancer and three nginx workers share a bridge. The
-//! workers hold the VIP on loopback; the client routes the VIP via the
-//! balancer, whose XDP program picks a worker with Maglev, records the flow
-//! and sends the frame on to that worker's MAC (L2 direct server return).
+//! A client, the balancer and three nginx workers share a bridge (see
+//! [`crate::rig`]). The workers hold the VIP on loopback; the client routes
+//! the VIP via the balancer, whose XDP program picks a worker with Maglev,
+//! records the flow and sends the frame on to that worker's MAC (L2 direct
+//! server return). Then one worker's nginx is killed: health checks take it
+//! out, traffic flows around it, and it comes back when restarted.
 
 use std::{
     collections::BTreeMap,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
-    time::Duration,
+    net::{IpAddr, SocketAddr},
+    time::{Duration, Instant},
 };
 
 use anyhow::Context as _;
 
-use crate::testbed::{http_get, LbProcess, Process, Testbed};
+use crate::{
+    rig::{Rig, VIP4},
+    testbed::{http_get, LbProcess},
+};
 
 const VIP: &str = "192.0.2.100:80/tcp";
-const VIP_ADDR: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 100);
 const REQUESTS: usize = 60;
+const CHECKS: &[&str] = &["--health-interval", "500ms", "--health-timeout", "200ms"];
 
 /// Builds the sandbox, runs lb in it, sends traffic and prints the result.
 pub fn demo() -> anyhow::Result<()> {
-    let mut bed = Testbed::new()?;
-    let client = bed.add_host("client", Ipv4Addr::new(192, 0, 2, 1), v6(1))?;
-    let balancer = bed.add_host("lb", Ipv4Addr::new(192, 0, 2, 2), v6(2))?;
-    let workers = (1..=3u8)
-        .map(|n| {
-            bed.add_host(
-                &format!("w{n}"),
-                Ipv4Addr::new(192, 0, 2, 10 + n),
-                v6(0x10 + u16::from(n)),
-            )
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    bed.disable_tx_offload("client")?;
-    bed.accept_xdp_tx_from("lb")?;
-    let _nginx = workers
-        .iter()
-        .map(|w| {
-            w.hold_vips_on_loopback(&[IpAddr::V4(VIP_ADDR)])?;
-            bed.start_nginx(w, &format!("hello from {}", w.role))
-        })
-        .collect::<anyhow::Result<Vec<Process>>>()?;
-    client.run(
-        "ip",
-        &[
-            "route",
-            "add",
-            &format!("{VIP_ADDR}/32"),
-            "via",
-            &balancer.ipv4.to_string(),
-        ],
-    )?;
+    let exe = std::env::current_exe().context("locating the lb binary")?;
+    let mut rig = Rig::new(&exe, 3, &[])?;
     println!(
         "sandbox: client {}, balancer {}, workers {} (nginx, VIP on loopback)\n",
-        client.ipv4,
-        balancer.ipv4,
-        workers
+        rig.client.ipv4,
+        rig.balancer.ipv4,
+        rig.workers
             .iter()
-            .map(|w| w.ipv4.to_string())
+            .map(|w| format!("{} {}", w.role, w.ipv4))
             .collect::<Vec<_>>()
             .join(", ")
     );
+    print!("{}", rig.lb.attached_line);
+    run(&rig.lb, &format!("vip add {VIP} {}", CHECKS.join(" ")))?;
+    for w in &rig.workers {
+        run(&rig.lb, &format!("backend add {VIP} {}", w.ipv4))?;
+    }
+    show(&rig.lb, "backend list")?;
+    spread(&rig)?;
 
-    let exe = std::env::current_exe().context("locating the lb binary")?;
-    let lb = LbProcess::start(&exe, &mut bed, &balancer, "demo", &[])?;
-    print!("{}", lb.attached_line);
-    println!("$ lb vip add {VIP}");
-    lb.cli_ok(&["vip", "add", VIP])?;
-    for w in &workers {
-        println!("$ lb backend add {VIP} {}", w.ipv4);
-        lb.cli_ok(&["backend", "add", VIP, &w.ipv4.to_string()])?;
-    }
-    print!("$ lb backend list\n{}", lb.cli_ok(&["backend", "list"])?);
+    println!("\nkilling nginx on w2, as a crash would, while the client keeps connecting:");
+    rig.stop_worker(1);
+    timeline(&rig, Duration::from_secs(3))?;
+    show(&rig.lb, "backend list")?;
+    spread(&rig)?;
 
-    let target = SocketAddr::new(IpAddr::V4(VIP_ADDR), 80);
-    let answers = client.within(move || {
-        (0..REQUESTS)
-            .map(|_| http_get(target, Duration::from_secs(5)))
-            .collect::<anyhow::Result<Vec<_>>>()
-    })??;
-    let mut spread = BTreeMap::new();
-    for answer in answers {
-        *spread.entry(answer).or_insert(0) += 1;
-    }
-    println!("\n{REQUESTS} HTTP requests to {target} over new connections:");
-    for (answer, n) in &spread {
-        println!("  {n:>3} × \"{answer}\"");
-    }
-    print!("\n$ lb stats\n{}", lb.cli_ok(&["stats"])?);
-    let flows = lb.cli_ok(&["flows"])?;
+    println!("\nrestarting nginx on w2:");
+    rig.start_worker(1)?;
+    timeline(&rig, Duration::from_secs(2))?;
+    show(&rig.lb, "backend list")?;
+    spread(&rig)?;
+
+    show(&rig.lb, "stats")?;
+    let flows = rig.lb.cli_ok(&["flows"])?;
     println!(
         "\n$ lb flows   ({} flows; first five)",
         flows.lines().count().saturating_sub(1)
@@ -97,11 +68,61 @@ pub fn demo() -> anyhow::Result<()> {
     for line in flows.lines().take(6) {
         println!("{line}");
     }
-    print!("\n{}", lb.stop()?);
+    print!("\n{}", rig.lb.stop()?);
     println!("removing the sandbox");
     Ok(())
 }
 
-fn v6(last: u16) -> Ipv6Addr {
-    Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, last)
+/// Prints and runs an `lb` command.
+fn run(lb: &LbProcess, command: &str) -> anyhow::Result<()> {
+    println!("$ lb {command}");
+    let args: Vec<&str> = command.split_whitespace().collect();
+    print!("{}", lb.cli_ok(&args)?);
+    Ok(())
+}
+
+fn show(lb: &LbProcess, command: &str) -> anyhow::Result<()> {
+    println!();
+    run(lb, command)
+}
+
+/// REQUESTS requests over new connections, answers counted per worker.
+fn spread(rig: &Rig) -> anyhow::Result<()> {
+    let counts = rig.spread(IpAddr::V4(VIP4), REQUESTS)?;
+    println!("\n{REQUESTS} HTTP requests to {VIP4}:80 over new connections:");
+    for (worker, n) in &counts {
+        println!("  {n:>3} answered by {worker}");
+    }
+    Ok(())
+}
+
+/// Requests for `length`, one every 20 ms, summarised per half second.
+fn timeline(rig: &Rig, length: Duration) -> anyhow::Result<()> {
+    let target = SocketAddr::new(IpAddr::V4(VIP4), 80);
+    let results = rig.client.within(move || {
+        let started = Instant::now();
+        let mut results = Vec::new();
+        while started.elapsed() < length {
+            let answer = http_get(target, Duration::from_millis(500)).ok();
+            results.push((started.elapsed(), answer));
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        results
+    })?;
+    let mut buckets: BTreeMap<u128, BTreeMap<String, usize>> = BTreeMap::new();
+    for (at, answer) in results {
+        let bucket = buckets.entry(at.as_millis() / 500).or_default();
+        *bucket
+            .entry(answer.unwrap_or_else(|| "failed".into()))
+            .or_default() += 1;
+    }
+    for (half_seconds, counts) in buckets {
+        let summary: Vec<String> = counts.iter().map(|(w, n)| format!("{w} {n}")).collect();
+        println!(
+            "  {:>4.1}s  {}",
+            half_seconds as f64 / 2.0,
+            summary.join(", ")
+        );
+    }
+    Ok(())
 }

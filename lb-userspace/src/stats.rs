@@ -131,7 +131,8 @@ struct FlowRow {
     worker: String,
     age_secs: f64,
     idle_secs: f64,
-    /// "active", "closing" (FIN or RST seen) or "idle" (counted as gone).
+    /// "active", "closing" (FIN or RST seen), "closed" (closing for longer
+    /// than the linger) or "idle" (no packets for the idle timeout).
     state: &'static str,
 }
 
@@ -169,13 +170,7 @@ pub fn flows(args: &FlowsArgs) -> anyhow::Result<()> {
                     .map_or_else(|| format!("#{}", value.backend_id), IpAddr::to_string),
                 age_secs: now.saturating_sub(value.created_ns) as f64 / 1e9,
                 idle_secs: now.saturating_sub(value.last_seen_ns) as f64 / 1e9,
-                state: if !crate::activity::is_active(&key, &value, now) {
-                    "idle"
-                } else if value.flags & lb_common::balancer::FLOW_CLOSING != 0 {
-                    "closing"
-                } else {
-                    "active"
-                },
+                state: flow_state(&key, &value, now),
             })
         })
         .collect();
@@ -195,4 +190,15 @@ pub fn flows(args: &FlowsArgs) -> anyhow::Result<()> {
             ]
         },
     )
+}
+
+fn flow_state(key: &FlowKey, value: &FlowValue, now: u64) -> &'static str {
+    let active = crate::activity::is_active(key, value, now);
+    let closing = value.flags & lb_common::balancer::FLOW_CLOSING != 0;
+    match (active, closing) {
+        (true, false) => "active",
+        (true, true) => "closing",
+        (false, true) => "closed",
+        (false, false) => "idle",
+    }
 }
