@@ -465,12 +465,16 @@ impl Testbed {
 
     /// Starts nginx in `host`'s namespace on port 80 of all its addresses:
     /// `body` for every path, except `/slow`, a [`SLOW_BYTES`] download at
-    /// [`SLOW_RATE`] bytes a second. Every answer names the worker in an
+    /// [`SLOW_RATE`] bytes a second, and `/load`, the worker's load figure
+    /// (see [`Testbed::set_load`]). Every answer names the worker in an
     /// `X-Worker` header.
     pub fn start_nginx(&self, host: &Host, body: &str) -> anyhow::Result<Process> {
-        let dir = std::env::temp_dir().join(format!("{}-nginx-{}", self.prefix, host.role));
+        let dir = self.nginx_dir(host);
         fs::create_dir_all(&dir)?;
         fs::write(dir.join("slow.bin"), vec![b'x'; SLOW_BYTES])?;
+        if !dir.join("load").exists() {
+            fs::write(dir.join("load"), "0\n")?;
+        }
         let conf = dir.join("nginx.conf");
         fs::write(&conf, nginx_conf(&dir, body))?;
         let mut cmd = host.command("nginx");
@@ -490,6 +494,17 @@ impl Testbed {
     }
 }
 
+impl Testbed {
+    fn nginx_dir(&self, host: &Host) -> PathBuf {
+        std::env::temp_dir().join(format!("{}-nginx-{}", self.prefix, host.role))
+    }
+
+    /// Sets what `host`'s nginx answers on `/load`.
+    pub fn set_load(&self, host: &Host, load: &str) -> anyhow::Result<()> {
+        Ok(fs::write(self.nginx_dir(host).join("load"), load)?)
+    }
+}
+
 impl Drop for Testbed {
     fn drop(&mut self) {
         self.programs.clear();
@@ -498,9 +513,7 @@ impl Drop for Testbed {
         }
         for host in &self.hosts {
             let _ = ip(&["netns", "del", &host.netns]);
-            let _ = fs::remove_dir_all(
-                std::env::temp_dir().join(format!("{}-nginx-{}", self.prefix, host.role)),
-            );
+            let _ = fs::remove_dir_all(self.nginx_dir(host));
         }
         let _ = ip(&["netns", "del", &self.switch]);
     }
@@ -525,7 +538,8 @@ fn nginx_conf(dir: &Path, body: &str) -> String {
          keepalive_requests 100000;\n  server {{\n    listen 80 reuseport;\n    listen [::]:80 reuseport;\n    \
          add_header X-Worker \"{body}\" always;\n    \
          location / {{ default_type text/plain; return 200 \"{body}\\n\"; }}\n    \
-         location = /slow {{ alias {dir}/slow.bin; default_type application/octet-stream; limit_rate {SLOW_RATE}; }}\n  }}\n}}\n"
+         location = /slow {{ alias {dir}/slow.bin; default_type application/octet-stream; limit_rate {SLOW_RATE}; }}\n    \
+         location = /load {{ alias {dir}/load; default_type text/plain; }}\n  }}\n}}\n"
     )
 }
 

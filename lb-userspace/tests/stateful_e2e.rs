@@ -551,3 +551,85 @@ fn least_load_on_active_flows_avoids_the_worker_holding_connections() {
     assert!(w1 < 15, "w1 holds 30 flows yet got {w1} of 45: {counts:?}");
     drop(held);
 }
+
+#[test]
+fn probed_loads_steer_new_flows_and_expire_to_unknown() {
+    let rig = rig(3, &[]);
+    let args = [
+        "--scheduler",
+        "least-load",
+        "--load-probe",
+        "/load",
+        "--load-ttl",
+        "2s",
+    ];
+    rig.add_vip_with_workers(VIP, &args).unwrap();
+    for (worker, load) in rig.workers.iter().zip(["0.9", "0.1", "0.1"]) {
+        rig.bed.set_load(worker, load).unwrap();
+    }
+    wait_until(Duration::from_secs(5), "probing the loads", || {
+        backends(&rig.lb)
+            .iter()
+            .map(|r| r["load"].as_f64())
+            .eq([Some(0.9), Some(0.1), Some(0.1)])
+    });
+    assert!(backends(&rig.lb)
+        .iter()
+        .all(|r| r["load_source"] == "probe"));
+    let counts = rig.spread(vip_addr(), 300).unwrap();
+    let loaded = counts.get("w1").copied().unwrap_or(0);
+    assert!(
+        loaded < 60,
+        "w1 reports 0.9 yet got {loaded} of 300: {counts:?}"
+    );
+
+    // A report the probe can't renew expires to unknown.
+    let w2 = rig.workers[1].ipv4.to_string();
+    rig.bed.set_load(&rig.workers[1], "not a number").unwrap();
+    rig.lb
+        .cli_ok(&["backend", "set", VIP, &w2, "--load", "0.3"])
+        .unwrap();
+    assert_eq!(backend(&rig.lb, &rig.workers[1]).unwrap()["load"], 0.3);
+    wait_until(Duration::from_secs(5), "the report expiring", || {
+        backend(&rig.lb, &rig.workers[1]).unwrap()["load"].is_null()
+    });
+}
+
+#[test]
+fn flows_of_a_worker_that_goes_down_move_to_a_healthy_one_and_undrain_restores_it() {
+    let mut rig = rig(3, &[]);
+    let udp = "192.0.2.100:5353/udp";
+    let mut args = vec!["--health", "tcp", "--health-port", "80"];
+    args.extend_from_slice(FAST_CHECKS);
+    rig.add_vip_with_workers(udp, &args).unwrap();
+    let target = SocketAddr::new(vip_addr(), lb_userspace::rig::UDP_PORT);
+    let socket = rig
+        .client
+        .within(|| std::net::UdpSocket::bind("0.0.0.0:0").unwrap())
+        .unwrap();
+    socket.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let ask = || {
+        socket.send_to(b"who", target).unwrap();
+        let mut buf = [0u8; 64];
+        let (n, _) = socket.recv_from(&mut buf).unwrap();
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let first = ask();
+    assert_eq!(ask(), first, "one flow, one worker");
+    let index = rig.workers.iter().position(|w| w.role == first).unwrap();
+    rig.stop_worker(index);
+    wait_until(DETECTION, "down", || {
+        state_of(&rig.lb, &rig.workers[index]) == "down"
+    });
+    let moved = ask();
+    assert_ne!(moved, first, "the flow stayed on a down worker");
+    assert_eq!(ask(), moved, "the moved flow sticks to its new worker");
+    assert!(rig.lb.stats().unwrap().flow_rescheduled >= 1);
+
+    let other = rig.workers.iter().find(|w| w.role == moved).unwrap();
+    let addr = other.ipv4.to_string();
+    rig.lb.cli_ok(&["backend", "drain", udp, &addr]).unwrap();
+    assert_eq!(ask(), moved, "draining keeps established flows");
+    rig.lb.cli_ok(&["backend", "undrain", udp, &addr]).unwrap();
+    assert_eq!(state_of(&rig.lb, other), "up");
+}
