@@ -66,9 +66,20 @@ fn delta(after: &GlobalCounters, before: &GlobalCounters) -> GlobalCounters {
 }
 
 /// Snapshot of lb's and the kernel's counters once traffic has settled.
+/// lb's and the kernel's counters at one quiet moment: retried until no
+/// frame (a stray neighbour or multicast report) arrived between the reads.
 fn snapshot(lb: &LbProcess, host: &Host) -> (GlobalCounters, Kernel) {
     std::thread::sleep(Duration::from_millis(300));
-    (lb.stats().unwrap(), kernel(host))
+    for _ in 0..20 {
+        let before = host.iface_stat("rx", "packets").unwrap();
+        let counters = lb.stats().unwrap();
+        let kernel = kernel(host);
+        if kernel.rx_packets == before {
+            return (counters, kernel);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("eth0 never went quiet for a snapshot");
 }
 
 fn send_udp(client: &Host, to: IpAddr) {
