@@ -61,8 +61,9 @@ pub fn pick(
     let backend = *LB_BACKENDS.get(backend_id)?;
     // A reset ends the flow it would record: don't churn the table.
     if !(is_tcp && ip.tcp_flags & TCP_RST != 0) {
-        // SAFETY: helper without arguments.
-        let now = unsafe { bpf_ktime_get_ns() };
+        // SAFETY: helper without arguments. The coarse clock, as in
+        // `touch`, so that idle time never exceeds age.
+        let now = unsafe { bpf_ktime_get_coarse_ns() };
         let value = FlowValue {
             backend_id,
             vip_id: vip.id,

@@ -96,7 +96,7 @@ pub fn backend_command(command: BackendCommand) -> anyhow::Result<()> {
             let answer = api::call(&client.socket, &request)?;
             if graceful {
                 println!(
-                    "draining {worker}: removed once its {} flows end, at most {} from now",
+                    "draining {worker}: removed once its flows end ({} at the last count), at most {} from now",
                     answer["flows"],
                     answer["timeout"].as_str().unwrap_or("?")
                 );

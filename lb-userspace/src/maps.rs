@@ -136,7 +136,8 @@ impl ControlMaps {
         let info = VipInfo {
             id: state.id,
             table_size: size,
-            sticky_ttl_s: options.sticky.map_or(0, |t| t.as_secs() as u32),
+            // Whole seconds, rounded up: never shorter than asked.
+            sticky_ttl_s: options.sticky.map_or(0, |t| t.as_secs_f64().ceil() as u32),
             scheduler: options.scheduler.code(),
             sticky_prefix: options.prefix_for(vip),
             flags,

@@ -22,7 +22,7 @@ pub enum OptionsError {
         max: u8,
     },
     /// Sticky TTL out of range.
-    #[error("sticky TTL {0} is out of range: use 1s to 7d")]
+    #[error("sticky TTL {0} is out of range: use 1s to 168h")]
     StickyTtl(String),
     /// Check timing out of range.
     #[error("health check {what} {value} is out of range: use {range}")]
@@ -48,8 +48,8 @@ pub enum OptionsError {
     /// An HTTP path that isn't one.
     #[error("HTTP path {0:?} must start with / and hold no spaces or control characters")]
     Path(String),
-    /// A TCP check of a UDP VIP needs a TCP port to probe.
-    #[error("{0} is a UDP service: a tcp or http health check needs --health-port (a TCP port the workers listen on)")]
+    /// A TCP check or load probe of a UDP VIP needs a TCP port to probe.
+    #[error("{0} is a UDP service: a tcp or http health check or a load probe needs --health-port (a TCP port the workers listen on)")]
     UdpCheckWithoutPort(Vip),
     /// Load TTL out of range.
     #[error("load TTL {0} is out of range: use 1s to 1h")]
@@ -204,6 +204,9 @@ impl VipOptions {
         }
         if let Some(path) = &self.load.probe {
             crate::http::check_path(path).map_err(|_| OptionsError::Path(path.clone()))?;
+            if vip.proto == crate::service::Protocol::Udp && self.health.port.is_none() {
+                return Err(OptionsError::UdpCheckWithoutPort(*vip));
+            }
         }
         self.health.validate(vip)
     }

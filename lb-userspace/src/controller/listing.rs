@@ -155,10 +155,10 @@ impl Controller {
 fn worker_state(live: &Live, drain: bool) -> WorkerState {
     if live.removing.is_some() {
         WorkerState::Removing
-    } else if drain {
-        WorkerState::Draining
     } else if live.health.state() == HealthState::Down {
         WorkerState::Down
+    } else if drain {
+        WorkerState::Draining
     } else {
         WorkerState::Up
     }
