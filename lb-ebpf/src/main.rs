@@ -15,13 +15,22 @@ use lb_common::{
 
 use crate::{frame::XdpFrame, maps::*};
 
+/// Set by the loader to build a program that differs from the default one
+/// without changing what it does (upgrade tests swap such a program in).
+#[unsafe(no_mangle)]
+static LB_VARIANT: u32 = 0;
+
 /// The balancer: forwards packets for VIPs to their workers, passes
 /// everything else to the kernel untouched.
 #[xdp]
 pub fn lb_xdp(ctx: XdpContext) -> u32 {
     let frame = XdpFrame::new(&ctx);
     let Some(counters) = LB_COUNTERS.get_ptr_mut(0) else {
-        return xdp_action::XDP_PASS;
+        // Never taken (slot 0 of a per-CPU array always exists); reading the
+        // variant here keeps it in the object at no per-packet cost.
+        // SAFETY: a plain read of a read-only global.
+        let variant = unsafe { core::ptr::read_volatile(&LB_VARIANT) };
+        return xdp_action::XDP_PASS | (variant & 0);
     };
     // SAFETY: per-CPU slot: nothing else touches it during this run.
     let counters = unsafe { &mut *counters };

@@ -124,6 +124,16 @@ pub enum Request {
     Status,
 }
 
+impl Request {
+    /// Whether carrying it out changes the desired state.
+    pub fn changes_state(&self) -> bool {
+        !matches!(
+            self,
+            Self::VipList | Self::BackendList { .. } | Self::SessionsList { .. } | Self::Status
+        )
+    }
+}
+
 /// The controller's answer.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Response {

@@ -12,6 +12,8 @@ use crate::{
 
 /// Default directory for pinned maps.
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/lb";
+/// Default path of the saved desired state.
+pub const DEFAULT_STATE_FILE: &str = "/var/lib/lb/state.json";
 /// Default path of the controller's admin socket.
 pub const DEFAULT_SOCKET: &str = "/run/lb/lb.sock";
 
@@ -27,9 +29,13 @@ pub struct Cli {
 /// `lb` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Load lb's XDP program onto an interface and run the controller in the
-    /// foreground until Ctrl-C or SIGTERM, which detach it.
+    /// Load lb's XDP program onto an interface (or adopt the one running
+    /// there) and run the controller in the foreground until Ctrl-C or
+    /// SIGTERM; the data plane keeps forwarding after it stops.
     Run(RunArgs),
+    /// Remove lb from an interface: detach the program and delete its pins
+    /// (flows and sessions go). The controller must be stopped.
+    Detach(DetachArgs),
     /// Manage virtual services.
     #[command(subcommand)]
     Vip(VipCommand),
@@ -81,6 +87,29 @@ pub struct RunArgs {
     /// (at least 16 characters, mode 0600).
     #[arg(long)]
     pub load_token_file: Option<PathBuf>,
+    /// Where the desired state (VIPs, workers, weights, drains, pins) is
+    /// saved after every change and restored from at start.
+    #[arg(long, default_value = DEFAULT_STATE_FILE)]
+    pub state_file: PathBuf,
+    /// Take over maps pinned by an lb of another layout: fresh maps, so
+    /// established connections are scheduled afresh.
+    #[arg(long)]
+    pub force: bool,
+    /// Detach the program and remove the pins when the controller stops
+    /// (by default the data plane keeps forwarding without it).
+    #[arg(long)]
+    pub detach_on_exit: bool,
+    /// For upgrade tests: load a program that differs from this build's.
+    #[arg(long, hide = true, default_value_t = 0)]
+    pub program_variant: u32,
+}
+
+/// Arguments of `lb detach`.
+#[derive(Debug, clap::Args)]
+pub struct DetachArgs {
+    /// The pin directory of the instance to remove.
+    #[arg(long, default_value = DEFAULT_PIN_DIR)]
+    pub pin_dir: PathBuf,
 }
 
 /// Where the controller listens, and how to print.

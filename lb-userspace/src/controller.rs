@@ -26,6 +26,7 @@ use crate::{
     service::{self, Vip},
     sessions,
     state::Desired,
+    state_file,
 };
 
 /// How long adding a worker waits for its MAC address to resolve.
@@ -66,58 +67,130 @@ struct Live {
     removing: Option<Instant>,
 }
 
+impl Live {
+    fn new(vip: Vip, addr: IpAddr, mac: Option<[u8; 6]>) -> Self {
+        Self {
+            vip,
+            addr,
+            mac,
+            health: Health::default(),
+            load: None,
+            written_load: LOAD_UNKNOWN,
+            flows: 0,
+            removing: None,
+        }
+    }
+}
+
 /// Desired state plus the maps that carry it out.
 pub struct Controller {
     desired: Desired,
     maps: ControlMaps,
     instance: Instance,
     live: HashMap<u32, Live>,
+    state_file: Option<PathBuf>,
 }
 
 impl Controller {
-    /// Writes `desired` into the maps.
+    /// Writes `desired` into the maps (ids as they are: an adopted data
+    /// plane's flows refer to them), removes what the maps hold beyond it,
+    /// and saves it.
     pub fn start(
         desired: Desired,
-        mut maps: ControlMaps,
+        maps: ControlMaps,
         instance: Instance,
+        state_file: Option<PathBuf>,
     ) -> anyhow::Result<Self> {
-        maps.write_config(desired.hash_seed)
-            .context("writing the data plane's config")?;
         let mut controller = Self {
-            desired: Desired::new(desired.hash_seed),
+            desired,
             maps,
             instance,
             live: HashMap::new(),
+            state_file,
         };
-        for (vip, state) in desired.vips() {
-            controller.apply(Request::VipAdd {
-                vip: *vip,
-                options: state.options.clone(),
-            })?;
-            for (worker, w) in &state.workers {
-                controller.apply(Request::BackendAdd {
-                    vip: *vip,
-                    worker: *worker,
-                    weight: w.weight,
-                })?;
-                if w.drain {
-                    controller.set_drain(vip, *worker, true)?;
-                }
+        controller
+            .maps
+            .write_config(controller.desired.hash_seed)
+            .context("writing the data plane's config")?;
+        let vips: Vec<(Vip, crate::state::VipState)> = controller
+            .desired
+            .vips()
+            .iter()
+            .map(|(v, s)| (*v, s.clone()))
+            .collect();
+        for (vip, state) in &vips {
+            for (addr, worker) in &state.workers {
+                controller.start_worker(*vip, *addr, worker.id)?;
             }
             for (client, worker) in &state.pins {
-                controller.apply(Request::SessionsPin {
-                    vip: *vip,
-                    client: *client,
-                    worker: *worker,
-                })?;
+                let key = controller.pin_key(state.id, *client);
+                controller.maps.write_pin(key, state.workers[worker].id)?;
             }
+            controller.install(vip)?;
         }
+        controller.remove_stale()?;
+        controller.save()?;
         Ok(controller)
     }
 
-    /// Carries out one API request.
+    /// Live state and map entry for a worker of the desired state. Its MAC
+    /// comes from the neighbour table or, when adopting, from the entry the
+    /// previous controller wrote, so forwarding never pauses.
+    fn start_worker(&mut self, vip: Vip, addr: IpAddr, id: u32) -> anyhow::Result<()> {
+        let pinned_mac = self.maps.known_mac(id, addr);
+        let mac = neighbour::lookup(&self.instance.iface, addr)
+            .or(pinned_mac)
+            .or_else(|| resolve(&self.instance.iface, addr));
+        self.live.insert(id, Live::new(vip, addr, mac));
+        self.maps
+            .write_load(id, LOAD_UNKNOWN)
+            .context("writing the worker's load")?;
+        self.write_worker(id)
+    }
+
+    /// Removes VIPs and pins the maps hold but the desired state doesn't
+    /// (left by an earlier controller whose state differed).
+    fn remove_stale(&mut self) -> anyhow::Result<()> {
+        let wanted: std::collections::HashSet<_> =
+            self.desired.vips().keys().map(Vip::key).collect();
+        for key in self.maps.vip_keys() {
+            if !wanted.contains(&key) {
+                self.maps.remove_vip_key(&key)?;
+            }
+        }
+        let pins: std::collections::HashSet<StickyKey> = self
+            .desired
+            .vips()
+            .values()
+            .flat_map(|s| s.pins.keys().map(|c| self.pin_key(s.id, *c)))
+            .collect();
+        for key in self.maps.pin_keys() {
+            if !pins.contains(&key) {
+                self.maps.remove_pin(&key)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the desired state to the state file, if there is one.
+    fn save(&self) -> anyhow::Result<()> {
+        if let Some(path) = &self.state_file {
+            state_file::save(path, &self.desired)?;
+        }
+        Ok(())
+    }
+
+    /// Carries out one API request; changes are saved to the state file.
     pub fn handle(&mut self, request: Request) -> Response {
-        match self.apply(request) {
+        let changes = request.changes_state();
+        let result = self.apply(request).and_then(|data| {
+            if changes {
+                self.save()
+                    .context("the change is in force but was not saved")?;
+            }
+            Ok(data)
+        });
+        match result {
             Ok(data) => Response {
                 ok: true,
                 error: None,
@@ -207,23 +280,7 @@ impl Controller {
 
     fn add_worker(&mut self, vip: Vip, worker: IpAddr, weight: u32) -> anyhow::Result<()> {
         let id = self.desired.add_worker(&vip, worker, weight)?;
-        self.live.insert(
-            id,
-            Live {
-                vip,
-                addr: worker,
-                mac: resolve(&self.instance.iface, worker),
-                health: Health::default(),
-                load: None,
-                written_load: LOAD_UNKNOWN,
-                flows: 0,
-                removing: None,
-            },
-        );
-        self.maps
-            .write_load(id, LOAD_UNKNOWN)
-            .context("writing the worker's load")?;
-        self.write_worker(id)?;
+        self.start_worker(vip, worker, id)?;
         self.install(&vip)?;
         log::info!("added worker {worker} to {vip} (weight {weight})");
         Ok(())

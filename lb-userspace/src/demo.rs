@@ -28,7 +28,7 @@ const CHECKS: &[&str] = &["--health-interval", "500ms", "--health-timeout", "200
 /// Builds the sandbox, runs lb in it, sends traffic and prints the result.
 pub fn demo() -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("locating the lb binary")?;
-    let mut rig = Rig::new(&exe, 3, &[])?;
+    let mut rig = Rig::new(&exe, 3, &["--detach-on-exit"])?;
     println!(
         "sandbox: client {}, balancer {}, workers {} (nginx, VIP on loopback)\n",
         rig.client.ipv4,

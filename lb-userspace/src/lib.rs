@@ -26,6 +26,7 @@ pub mod run;
 pub mod service;
 pub mod sessions;
 pub mod state;
+pub mod state_file;
 pub mod stats;
 pub mod table;
 pub mod testbed;

@@ -8,6 +8,7 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => tokio_main(lb_userspace::run::run(args)),
+        Command::Detach(args) => lb_userspace::run::detach(&args),
         Command::Vip(command) => lb_userspace::client::vip_command(command),
         Command::Backend(command) => lb_userspace::client::backend_command(command),
         Command::Sessions(command) => lb_userspace::client::sessions_command(command),

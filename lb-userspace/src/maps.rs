@@ -160,7 +160,34 @@ impl ControlMaps {
 
     /// Stops balancing a VIP: its packets pass to the kernel again.
     pub fn remove_vip(&mut self, vip: &Vip) -> Result<(), MapError> {
-        self.vips.remove(&vip.key())
+        self.remove_vip_key(&vip.key())
+    }
+
+    /// Removes a VIP entry by key.
+    pub fn remove_vip_key(&mut self, key: &VipKey) -> Result<(), MapError> {
+        match self.vips.remove(key) {
+            Err(MapError::KeyNotFound) | Ok(()) => Ok(()),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// The VIPs in the map.
+    pub fn vip_keys(&self) -> Vec<VipKey> {
+        self.vips.keys().filter_map(Result::ok).collect()
+    }
+
+    /// The pinned clients in the map.
+    pub fn pin_keys(&self) -> Vec<StickyKey> {
+        self.pins.keys().filter_map(Result::ok).collect()
+    }
+
+    /// The MAC worker `id` has in the map, if it is `addr`'s and known
+    /// (written by an earlier controller of an adopted data plane).
+    pub fn known_mac(&self, id: u32, addr: IpAddr) -> Option<[u8; 6]> {
+        let backend = self.backends.get(&id, 0).ok()?;
+        let (bytes, family) = service::addr_bytes(addr);
+        let same = backend.addr == bytes && backend.family == family;
+        (same && backend.flags & BACKEND_MAC_KNOWN != 0).then_some(backend.mac)
     }
 }
 

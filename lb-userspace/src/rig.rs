@@ -5,7 +5,8 @@
 
 use std::{
     collections::BTreeMap,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket},
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, UdpSocket},
     path::Path,
     time::Duration,
 };
@@ -184,4 +185,46 @@ fn echo_udp(worker: &Host) -> anyhow::Result<()> {
         }
     });
     Ok(())
+}
+
+/// A download from `/slow` whose headers have been read.
+pub struct Download {
+    reader: BufReader<TcpStream>,
+    /// The worker that serves it.
+    pub worker: String,
+}
+
+impl Download {
+    /// Starts one from `client` to `vip`:80.
+    pub fn start(client: &Host, vip: IpAddr) -> Self {
+        let target = SocketAddr::new(vip, 80);
+        let mut stream = client
+            .within(move || TcpStream::connect_timeout(&target, TIMEOUT).unwrap())
+            .unwrap();
+        stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+        stream
+            .write_all(b"GET /slow HTTP/1.0\r\nHost: lb-test\r\n\r\n")
+            .unwrap();
+        let mut reader = BufReader::new(stream);
+        let mut worker = String::new();
+        loop {
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            if let Some(name) = line.strip_prefix("X-Worker: ") {
+                worker = name.trim().to_owned();
+            }
+            if line == "\r\n" || line.is_empty() {
+                break;
+            }
+        }
+        assert!(!worker.is_empty(), "the download names its worker");
+        Self { reader, worker }
+    }
+
+    /// Reads the rest; returns the body's length.
+    pub fn finish(mut self) -> usize {
+        let mut body = Vec::new();
+        self.reader.read_to_end(&mut body).unwrap();
+        body.len()
+    }
 }

@@ -21,12 +21,13 @@ use crate::{
     cli::RunArgs,
     config::FileConfig,
     controller::{Controller, Instance},
-    dataplane::{AttachOptions, Dataplane},
+    dataplane::{AttachOptions, Dataplane, Takeover},
     health::{self, Supervisor},
     load,
     maps::ControlMaps,
     sessions,
     state::Desired,
+    state_file,
 };
 
 /// How often the controller scans flows, expires load reports and
@@ -44,10 +45,7 @@ type Shared<T> = Arc<Mutex<T>>;
 /// SIGINT or SIGTERM.
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     // Everything that can be refused is checked before touching the NIC.
-    let desired = match &args.config {
-        Some(path) => FileConfig::load(path)?.desired()?,
-        None => Desired::new(0),
-    };
+    let desired = desired_state(&args)?;
     let load_endpoint = load_endpoint(&args).await?;
     claim_socket(&args.socket)?;
     let options = AttachOptions {
@@ -55,6 +53,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         mode: args.xdp_mode.into(),
         pin_dir: args.pin_dir,
         max_flows: args.max_flows,
+        force: args.force,
+        variant: args.program_variant,
     };
     let mut dataplane = Dataplane::attach(options)?;
     let maps = ControlMaps::take(dataplane.ebpf_mut()).context("opening the data plane's maps")?;
@@ -67,7 +67,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         max_flows: options.max_flows,
         load_listen: args.load_listen.map(|a| a.to_string()),
     };
-    let controller = Arc::new(Mutex::new(Controller::start(desired, maps, instance)?));
+    let state_file = Some(args.state_file.clone());
+    let controller = Controller::start(desired, maps, instance, state_file)?;
+    let controller = Arc::new(Mutex::new(controller));
     let listener = bind_socket(&args.socket)?;
     say(&format!(
         "lb: attached XDP program {} (id {}) to {} in {} mode; maps pinned under {}; admin socket {}",
@@ -78,6 +80,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         options.pin_dir.display(),
         args.socket.display()
     ));
+    say(&takeover_line(dataplane.takeover(), &args.state_file));
     if let Some((reports, token)) = load_endpoint {
         let addr = reports.local_addr()?;
         let controller = controller.clone();
@@ -88,9 +91,72 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     let served = serve(listener, controller).await;
     let _ = std::fs::remove_file(&args.socket);
-    drop(dataplane);
-    say(&format!("lb: detached from {}", options.iface));
+    if args.detach_on_exit {
+        dataplane.detach();
+        say(&format!("lb: detached from {}", options.iface));
+    } else {
+        say(&format!(
+            "lb: controller stopped; the data plane keeps forwarding on {} (pins under {}): `lb run` again adopts it, `lb detach --pin-dir {}` removes it",
+            options.iface,
+            options.pin_dir.display(),
+            options.pin_dir.display()
+        ));
+    }
     served
+}
+
+/// `lb detach`: removes a stopped instance's link and pins.
+pub fn detach(args: &crate::cli::DetachArgs) -> anyhow::Result<()> {
+    let dir = &args.pin_dir;
+    if !dir.join(crate::dataplane::LINK_PIN).exists() {
+        bail!(
+            "no lb instance is pinned under {}; `ls /sys/fs/bpf` shows what is",
+            dir.display()
+        );
+    }
+    if crate::dataplane::pin_dir_locked(dir) {
+        bail!(
+            "an `lb run` still manages {}: stop it first (or run it with --detach-on-exit)",
+            dir.display()
+        );
+    }
+    crate::dataplane::detach_pins(dir);
+    say(&format!(
+        "lb: detached; removed the pins under {}",
+        dir.display()
+    ));
+    Ok(())
+}
+
+/// The state to start from: the saved state, changed to match --config
+/// when one is given (the config file wins; ids of what both have stay).
+fn desired_state(args: &RunArgs) -> anyhow::Result<Desired> {
+    let saved = state_file::load(&args.state_file)?;
+    let config = match &args.config {
+        Some(path) => Some(FileConfig::load(path)?.desired()?),
+        None => None,
+    };
+    Ok(match (saved, config) {
+        (Some(saved), Some(config)) => saved
+            .reconciled(&config)
+            .context("applying --config to the saved state")?,
+        (Some(saved), None) => saved,
+        (None, Some(config)) => config,
+        (None, None) => Desired::new(0),
+    })
+}
+
+fn takeover_line(takeover: Takeover, state_file: &Path) -> String {
+    let state = state_file.display();
+    match takeover {
+        Takeover::Fresh => format!("lb: new data plane; state saved in {state}"),
+        Takeover::Adopted { previous_program } => format!(
+            "lb: adopted the running data plane: program {previous_program} replaced atomically on its link; maps, flows and sessions kept; state from {state}"
+        ),
+        Takeover::Replaced { previous_program } => format!(
+            "lb: replaced the running data plane of another layout (--force): program {previous_program} replaced atomically; fresh maps (flows and sessions lost); state from {state}"
+        ),
+    }
 }
 
 /// The load report endpoint's socket and token, when asked for.

@@ -84,6 +84,12 @@ pub enum StateError {
         /// The client.
         client: IpAddr,
     },
+    /// Two VIPs or two workers share an id (a damaged state file).
+    #[error("id {0} is used twice")]
+    DuplicateId(u32),
+    /// An id beyond the maps' size (a damaged state file).
+    #[error("id {0} is out of range")]
+    IdOutOfRange(u32),
     /// No such pin.
     #[error("client {client} is not pinned on {vip}")]
     UnknownPin {
@@ -151,6 +157,25 @@ struct Ids {
 }
 
 impl Ids {
+    /// An allocator that has handed out `used` (in any order).
+    fn with_used(limit: u32, used: &[u32]) -> Result<Self, StateError> {
+        let mut seen = std::collections::BTreeSet::new();
+        for &id in used {
+            if id >= limit {
+                return Err(StateError::IdOutOfRange(id));
+            }
+            if !seen.insert(id) {
+                return Err(StateError::DuplicateId(id));
+            }
+        }
+        let next = seen.last().map_or(0, |last| last + 1);
+        Ok(Self {
+            next,
+            limit,
+            freed: (0..next).filter(|id| !seen.contains(id)).collect(),
+        })
+    }
+
     fn new(limit: u32) -> Self {
         Self {
             next: 0,
@@ -191,6 +216,83 @@ impl Desired {
             vip_ids: Ids::new(MAX_VIPS),
             backend_ids: Ids::new(MAX_BACKENDS),
         }
+    }
+
+    /// A saved state, checked whole: what `add_vip`, `add_worker` and
+    /// `pin` would have refused is refused, and ids must be unique.
+    pub fn restore(hash_seed: u32, vips: BTreeMap<Vip, VipState>) -> Result<Self, StateError> {
+        for (vip, state) in &vips {
+            let mut check = Self::new(hash_seed);
+            check.add_vip(*vip, state.options.clone())?;
+            for (addr, worker) in &state.workers {
+                check.add_worker(vip, *addr, worker.weight)?;
+            }
+            for (client, worker) in &state.pins {
+                check.pin(vip, *client, *worker)?;
+            }
+        }
+        let vip_ids: Vec<u32> = vips.values().map(|v| v.id).collect();
+        let backend_ids: Vec<u32> = vips
+            .values()
+            .flat_map(|v| v.workers.values().map(|w| w.id))
+            .collect();
+        Ok(Self {
+            hash_seed,
+            vip_ids: Ids::with_used(MAX_VIPS, &vip_ids)?,
+            backend_ids: Ids::with_used(MAX_BACKENDS, &backend_ids)?,
+            vips,
+        })
+    }
+
+    /// This state changed to match `target` (a config file) while keeping
+    /// the ids of VIPs and workers that both have, so that flows in the
+    /// pinned maps keep their workers.
+    pub fn reconciled(&self, target: &Desired) -> Result<Desired, StateError> {
+        let mut next = self.clone();
+        next.hash_seed = target.hash_seed;
+        let gone: Vec<Vip> = next
+            .vips
+            .keys()
+            .filter(|v| !target.vips.contains_key(v))
+            .copied()
+            .collect();
+        for vip in gone {
+            next.del_vip(&vip)?;
+        }
+        for (vip, wanted) in &target.vips {
+            next.reconcile_vip(vip, wanted)?;
+        }
+        Ok(next)
+    }
+
+    fn reconcile_vip(&mut self, vip: &Vip, wanted: &VipState) -> Result<(), StateError> {
+        if !self.vips.contains_key(vip) {
+            self.add_vip(*vip, wanted.options.clone())?;
+        }
+        let state = self.vips.get_mut(vip).ok_or(StateError::UnknownVip(*vip))?;
+        wanted.options.validate(vip)?;
+        state.options = wanted.options.clone();
+        state.pins.clear();
+        let gone: Vec<IpAddr> = state
+            .workers
+            .keys()
+            .filter(|w| !wanted.workers.contains_key(w))
+            .copied()
+            .collect();
+        for worker in gone {
+            self.del_worker(vip, worker)?;
+        }
+        for (addr, worker) in &wanted.workers {
+            if self.worker(vip, *addr).is_err() {
+                self.add_worker(vip, *addr, worker.weight)?;
+            }
+            self.set_weight(vip, *addr, worker.weight)?;
+            self.set_drain(vip, *addr, worker.drain)?;
+        }
+        for (client, worker) in &wanted.pins {
+            self.pin(vip, *client, *worker)?;
+        }
+        Ok(())
     }
 
     /// The VIPs, ordered.

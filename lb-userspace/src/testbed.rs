@@ -204,8 +204,8 @@ pub struct LbProcess {
 
 impl LbProcess {
     /// Starts `exe run --iface eth0` in `host` with the testbed's pin
-    /// directory and socket called `name`, plus `extra` arguments, and waits
-    /// until it reports that it attached.
+    /// directory, socket and state file called `name`, plus `extra`
+    /// arguments, and waits until it reports that it attached.
     pub fn start(
         exe: &Path,
         bed: &mut Testbed,
@@ -215,11 +215,14 @@ impl LbProcess {
     ) -> anyhow::Result<Self> {
         let pin_dir = bed.pin_dir(name);
         let socket = bed.socket(name);
+        let state_file = socket.with_extension("json");
         let mut cmd = host.command(exe);
         cmd.args(["run", "--iface", HOST_IFACE, "--pin-dir"])
             .arg(&pin_dir)
             .arg("--socket")
             .arg(&socket)
+            .arg("--state-file")
+            .arg(&state_file)
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped());
@@ -288,6 +291,13 @@ impl LbProcess {
         let json = self.stats_json()?;
         crate::counters::from_json(&json["global"])
             .with_context(|| format!("unexpected `lb stats` output {json}"))
+    }
+
+    /// Kills `lb run` with SIGKILL, as a crash would.
+    pub fn kill(mut self) -> anyhow::Result<()> {
+        self.process.signal(libc::SIGKILL)?;
+        self.process.wait_timeout(Duration::from_secs(10))?;
+        Ok(())
     }
 
     /// Stops `lb run` with SIGINT and returns what it printed after the

@@ -4,14 +4,14 @@
 
 use std::{
     collections::BTreeMap,
-    io::{BufRead as _, BufReader, Read as _, Write as _},
+    io::{Read as _, Write as _},
     net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream},
     os::unix::fs::PermissionsExt as _,
     time::{Duration, Instant},
 };
 
 use lb_userspace::{
-    rig::{spread_from, v6, Rig, TIMEOUT, VIP4},
+    rig::{spread_from, v6, Download, Rig, TIMEOUT, VIP4},
     testbed::{http_get, Host, LbProcess, SLOW_BYTES},
 };
 
@@ -133,51 +133,11 @@ fn a_dead_worker_is_routed_around_within_the_detection_time_and_comes_back() {
     );
 }
 
-/// A download from `/slow` whose headers have been read.
-struct Download {
-    reader: BufReader<TcpStream>,
-    worker: String,
-}
-
-impl Download {
-    fn start(client: &Host) -> Self {
-        let target = SocketAddr::new(vip_addr(), 80);
-        let mut stream = client
-            .within(move || TcpStream::connect_timeout(&target, TIMEOUT).unwrap())
-            .unwrap();
-        stream.set_read_timeout(Some(TIMEOUT)).unwrap();
-        stream
-            .write_all(b"GET /slow HTTP/1.0\r\nHost: lb-test\r\n\r\n")
-            .unwrap();
-        let mut reader = BufReader::new(stream);
-        let mut worker = String::new();
-        loop {
-            let mut line = String::new();
-            reader.read_line(&mut line).unwrap();
-            if let Some(name) = line.strip_prefix("X-Worker: ") {
-                worker = name.trim().to_owned();
-            }
-            if line == "\r\n" || line.is_empty() {
-                break;
-            }
-        }
-        assert!(!worker.is_empty(), "the download names its worker");
-        Self { reader, worker }
-    }
-
-    /// Reads the rest; returns the body's length.
-    fn finish(mut self) -> usize {
-        let mut body = Vec::new();
-        self.reader.read_to_end(&mut body).unwrap();
-        body.len()
-    }
-}
-
 #[test]
 fn draining_lets_a_download_finish_and_graceful_removal_waits_for_it() {
     let rig = rig(3, &[]);
     rig.add_vip_with_workers(VIP, &[]).unwrap();
-    let download = Download::start(&rig.client);
+    let download = Download::start(&rig.client, vip_addr());
     let index = rig
         .workers
         .iter()
