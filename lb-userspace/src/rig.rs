@@ -107,6 +107,14 @@ impl Rig {
         }
     }
 
+    /// Starts `lb run` again with `lb_args` on the same pins, socket and
+    /// state file, once the previous one was stopped or killed.
+    pub fn start_lb(&mut self, lb_args: &[&str]) -> anyhow::Result<()> {
+        let exe = self.lb.exe().to_owned();
+        self.lb = LbProcess::start(&exe, &mut self.bed, &self.balancer, "lb", lb_args)?;
+        Ok(())
+    }
+
     /// Kills worker `index`'s nginx, as a crash would.
     pub fn stop_worker(&mut self, index: usize) {
         self.servers[index] = None;

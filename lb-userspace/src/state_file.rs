@@ -66,7 +66,9 @@ struct Saved {
 }
 
 /// Reads the state saved at `path`; `None` when there is none yet.
+/// Removes temporary files a controller killed while saving left behind.
 pub fn load(path: &Path) -> Result<Option<Desired>, StateFileError> {
+    remove_leftovers(path);
     let text = match fs::read_to_string(path) {
         Ok(text) => text,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -111,14 +113,39 @@ pub fn save(path: &Path, desired: &Desired) -> Result<(), StateFileError> {
     })
 }
 
-fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let dir = match path.parent() {
+fn directory_of(path: &Path) -> &Path {
+    match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
         _ => Path::new("."),
-    };
+    }
+}
+
+/// `.NAME.PID.tmp`, next to the state file.
+fn temp_prefix(path: &Path) -> String {
+    format!(
+        ".{}.",
+        path.file_name().unwrap_or_default().to_string_lossy()
+    )
+}
+
+fn remove_leftovers(path: &Path) {
+    let prefix = temp_prefix(path);
+    for entry in fs::read_dir(directory_of(path))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with(&prefix) && name.ends_with(".tmp") {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let dir = directory_of(path);
     fs::create_dir_all(dir)?;
-    let name = path.file_name().unwrap_or_default().to_string_lossy();
-    let temp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let temp = dir.join(format!("{}{}.tmp", temp_prefix(path), std::process::id()));
     let written = (|| {
         let mut file = fs::File::create(&temp)?;
         file.write_all(bytes)?;

@@ -200,6 +200,8 @@ pub struct LbProcess {
     socket: PathBuf,
     /// The line `lb run` printed once it had attached.
     pub attached_line: String,
+    /// The line after it: what it found on the interface.
+    pub takeover_line: String,
 }
 
 impl LbProcess {
@@ -216,6 +218,10 @@ impl LbProcess {
         let pin_dir = bed.pin_dir(name);
         let socket = bed.socket(name);
         let state_file = socket.with_extension("json");
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(socket.with_extension("log"))?;
         let mut cmd = host.command(exe);
         cmd.args(["run", "--iface", HOST_IFACE, "--pin-dir"])
             .arg(&pin_dir)
@@ -225,7 +231,8 @@ impl LbProcess {
             .arg(&state_file)
             .args(extra)
             .stdin(Stdio::null())
-            .stdout(Stdio::piped());
+            .stdout(Stdio::piped())
+            .stderr(log);
         let mut process = Process::spawn(&mut cmd, &format!("lb run in {}", host.netns))?;
         let stdout = process
             .child()
@@ -235,11 +242,17 @@ impl LbProcess {
         let mut output = std::io::BufReader::new(stdout);
         let mut attached_line = String::new();
         std::io::BufRead::read_line(&mut output, &mut attached_line)?;
-        ensure!(
-            attached_line.contains("attached"),
-            "lb run in {} did not attach (it printed {attached_line:?})",
-            host.netns
-        );
+        if !attached_line.contains("attached") {
+            let _ = process.wait_timeout(Duration::from_secs(5));
+            let log = fs::read_to_string(socket.with_extension("log")).unwrap_or_default();
+            let last = log.lines().last().unwrap_or_default();
+            bail!(
+                "lb run in {} did not attach (it printed {attached_line:?}): {last}",
+                host.netns
+            );
+        }
+        let mut takeover_line = String::new();
+        std::io::BufRead::read_line(&mut output, &mut takeover_line)?;
         Ok(Self {
             process,
             output,
@@ -247,7 +260,23 @@ impl LbProcess {
             pin_dir,
             socket,
             attached_line,
+            takeover_line,
         })
+    }
+
+    /// The `lb` binary it runs.
+    pub fn exe(&self) -> &Path {
+        &self.exe
+    }
+
+    /// What `lb run` logged (standard error), across restarts.
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.socket.with_extension("log")).unwrap_or_default()
+    }
+
+    /// This instance's state file.
+    pub fn state_file(&self) -> PathBuf {
+        self.socket.with_extension("json")
     }
 
     /// This instance's pin directory.
@@ -294,7 +323,7 @@ impl LbProcess {
     }
 
     /// Kills `lb run` with SIGKILL, as a crash would.
-    pub fn kill(mut self) -> anyhow::Result<()> {
+    pub fn kill(&mut self) -> anyhow::Result<()> {
         self.process.signal(libc::SIGKILL)?;
         self.process.wait_timeout(Duration::from_secs(10))?;
         Ok(())
@@ -302,7 +331,7 @@ impl LbProcess {
 
     /// Stops `lb run` with SIGINT and returns what it printed after the
     /// attach line; fails unless it exits successfully.
-    pub fn stop(mut self) -> anyhow::Result<String> {
+    pub fn stop(&mut self) -> anyhow::Result<String> {
         self.process.signal(libc::SIGINT)?;
         let status = self.process.wait_timeout(Duration::from_secs(10))?;
         let mut rest = String::new();

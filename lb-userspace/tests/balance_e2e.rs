@@ -233,7 +233,7 @@ fn two_instances_with_their_own_pins_and_sockets_keep_apart() {
         .add_host("lb2", Ipv4Addr::new(192, 0, 2, 3), v6(3))
         .unwrap();
     rig.bed.accept_xdp_tx_from("lb2").unwrap();
-    let lb2 = LbProcess::start(LB.as_ref(), &mut rig.bed, &second, "lb2", &[]).unwrap();
+    let mut lb2 = LbProcess::start(LB.as_ref(), &mut rig.bed, &second, "lb2", &[]).unwrap();
     rig.client
         .run(
             "ip",

@@ -167,7 +167,14 @@ fn counts_ipv4_ipv6_tcp_udp_and_passes_everything() {
             "2001:db8::2".parse().unwrap(),
         )
         .unwrap();
-    let lb = LbProcess::start(LB.as_ref(), &mut bed, &target, "counts", &[]).unwrap();
+    let mut lb = LbProcess::start(
+        LB.as_ref(),
+        &mut bed,
+        &target,
+        "counts",
+        &["--detach-on-exit"],
+    )
+    .unwrap();
     let pin_dir = lb.pin_dir().to_owned();
     assert!(
         lb.attached_line.contains("in native mode"),

@@ -131,9 +131,15 @@ impl Controller {
             })
             .map(|l| (l.vip, l.addr))
             .collect();
+        let removed_any = !done.is_empty();
         for (vip, worker) in done {
             if let Err(error) = self.remove_worker(&vip, worker) {
                 log::error!("removing drained worker {worker} of {vip}: {error:#}");
+            }
+        }
+        if removed_any {
+            if let Err(error) = self.save() {
+                log::error!("saving the state: {error:#}");
             }
         }
         let ids: Vec<u32> = self.live.keys().copied().collect();
