@@ -71,6 +71,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let controller = Controller::start(desired, maps, instance, state_file)?;
     let controller = Arc::new(Mutex::new(controller));
     let listener = bind_socket(&args.socket)?;
+    let signals = StopSignals::install()?;
     say(&format!(
         "lb: attached XDP program {} (id {}) to {} in {} mode; maps pinned under {}; admin socket {}",
         lb_common::program_names::BALANCER,
@@ -89,7 +90,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         }));
         say(&format!("lb: accepting load reports on http://{addr}/load"));
     }
-    let served = serve(listener, controller).await;
+    let served = serve(listener, controller, signals).await;
     let _ = std::fs::remove_file(&args.socket);
     if args.detach_on_exit {
         dataplane.detach();
@@ -176,10 +177,31 @@ async fn load_endpoint(
     Ok(Some((listener, token)))
 }
 
-async fn serve(listener: UnixListener, controller: Shared<Controller>) -> anyhow::Result<()> {
-    let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let mut terminate =
-        signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+/// SIGINT and SIGTERM, caught from before lb says it attached (a signal
+/// sent in reply to that line must stop the controller cleanly).
+struct StopSignals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn install() -> anyhow::Result<Self> {
+        Ok(Self {
+            interrupt: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+            terminate: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+        })
+    }
+}
+
+async fn serve(
+    listener: UnixListener,
+    controller: Shared<Controller>,
+    signals: StopSignals,
+) -> anyhow::Result<()> {
+    let StopSignals {
+        mut interrupt,
+        mut terminate,
+    } = signals;
     let (report_tx, mut reports) = mpsc::unbounded_channel();
     let supervisor = Arc::new(Mutex::new(Supervisor::new(report_tx)));
     reconcile(&controller, &supervisor);

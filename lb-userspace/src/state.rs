@@ -546,4 +546,45 @@ mod tests {
             "a removed worker's id is not handed out while fresh ones remain"
         );
     }
+
+    #[test]
+    fn reconciling_with_a_config_keeps_the_ids_of_what_both_have() {
+        let v = vip("192.0.2.100:80/tcp");
+        let gone = vip("192.0.2.101:80/tcp");
+        let mut saved = Desired::new(1);
+        saved.add_vip(gone, VipOptions::default()).unwrap();
+        saved.add_vip(v, VipOptions::default()).unwrap();
+        for last in [11, 12] {
+            let addr = format!("192.0.2.{last}").parse().unwrap();
+            saved.add_worker(&v, addr, 100).unwrap();
+        }
+        let kept = saved.worker(&v, "192.0.2.12".parse().unwrap()).unwrap().id;
+        let mut config = Desired::new(9);
+        config
+            .add_vip(
+                v,
+                VipOptions {
+                    sticky: Some(std::time::Duration::from_secs(60)),
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        for last in [12, 13] {
+            let addr = format!("192.0.2.{last}").parse().unwrap();
+            config.add_worker(&v, addr, 50).unwrap();
+        }
+        let next = saved.reconciled(&config).unwrap();
+        assert_eq!(next.hash_seed, 9, "the config wins");
+        assert!(next.vip(&gone).is_err());
+        let state = next.vip(&v).unwrap();
+        assert_eq!(state.id, saved.vip(&v).unwrap().id);
+        assert_eq!(
+            state.options.sticky,
+            Some(std::time::Duration::from_secs(60))
+        );
+        let addrs: Vec<String> = state.workers.keys().map(|a| a.to_string()).collect();
+        assert_eq!(addrs, ["192.0.2.12", "192.0.2.13"]);
+        let w12 = &state.workers[&"192.0.2.12".parse::<IpAddr>().unwrap()];
+        assert_eq!((w12.id, w12.weight), (kept, 50));
+    }
 }

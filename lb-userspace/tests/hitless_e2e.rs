@@ -460,3 +460,101 @@ fn lb_detach_removes_a_stopped_instance_and_refuses_a_running_one() {
     assert!(!xdp_attached(&rig), "lb detach removes the program");
     assert!(!std::path::Path::new(&pin_dir).exists());
 }
+
+#[test]
+fn two_instances_behind_ecmp_pick_the_same_workers_so_connections_survive_losing_one() {
+    let config = std::env::temp_dir().join(format!("lbt-{}-ecmp.toml", std::process::id()));
+    let backends: Vec<String> = (11..=13)
+        .map(|n| format!("{{ address = \"192.0.2.{n}\" }}"))
+        .collect();
+    std::fs::write(
+        &config,
+        format!(
+            "hash_seed = 42\n[[vip]]\naddress = \"{VIP}\"\nbackends = [{}]\n",
+            backends.join(", ")
+        ),
+    )
+    .unwrap();
+    let path = config.to_string_lossy().into_owned();
+    let mut rig = Rig::new(LB.as_ref(), 3, &["--config", &path]).unwrap();
+    let second = rig
+        .bed
+        .add_host(
+            "lb2",
+            std::net::Ipv4Addr::new(192, 0, 2, 3),
+            lb_userspace::rig::v6(3),
+        )
+        .unwrap();
+    rig.bed.accept_xdp_tx_from("lb2").unwrap();
+    let lb2 = lb_userspace::testbed::LbProcess::start(
+        LB.as_ref(),
+        &mut rig.bed,
+        &second,
+        "lb2",
+        &["--config", &path],
+    )
+    .unwrap();
+    let client = &rig.client;
+    client
+        .run("sysctl", &["-qw", "net.ipv4.fib_multipath_hash_policy=1"])
+        .unwrap();
+    let route = format!("{VIP4}/32");
+    client
+        .run(
+            "ip",
+            &[
+                "route",
+                "replace",
+                &route,
+                "nexthop",
+                "via",
+                "192.0.2.2",
+                "nexthop",
+                "via",
+                "192.0.2.3",
+            ],
+        )
+        .unwrap();
+
+    const CONNECTIONS: usize = 100;
+    let target = SocketAddr::new(vip_addr(), 80);
+    let mut conns: Vec<(BufReader<TcpStream>, String)> = client
+        .within(move || {
+            (0..CONNECTIONS)
+                .map(|_| {
+                    let mut conn = connect(target).unwrap();
+                    let worker = keep_alive_get(&mut conn).unwrap();
+                    (conn, worker)
+                })
+                .collect()
+        })
+        .unwrap();
+    let new_flows = |lb: &lb_userspace::testbed::LbProcess| {
+        lb.stats_json().unwrap()["vips"][0]["new_flows"]
+            .as_u64()
+            .unwrap()
+    };
+    let (first, other) = (new_flows(&rig.lb), new_flows(&lb2));
+    assert!(
+        first >= 10 && other >= 10,
+        "ECMP spreads connections over both instances: {first} and {other}"
+    );
+    let download = Download::start(client, vip_addr());
+
+    // The first instance dies: the router withdraws its route.
+    client
+        .run("ip", &["route", "replace", &route, "via", "192.0.2.3"])
+        .unwrap();
+    let kept = conns
+        .iter_mut()
+        .filter_map(|(conn, worker)| keep_alive_get(conn).ok().filter(|w| w == worker))
+        .count();
+    assert!(
+        kept * 100 >= CONNECTIONS * 99,
+        "only {kept} of {CONNECTIONS} established connections survived"
+    );
+    assert_eq!(download.finish(), SLOW_BYTES, "the transfer finished");
+    assert_eq!(rig.spread(vip_addr(), 30).unwrap().len(), 3);
+    drop(lb2);
+    let _ = std::fs::remove_file(&config);
+}
