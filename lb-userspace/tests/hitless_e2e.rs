@@ -495,8 +495,10 @@ fn two_instances_behind_ecmp_pick_the_same_workers_so_connections_survive_losing
     )
     .unwrap();
     let client = &rig.client;
+    // Layer-4 hashing: flows of one client spread over both next hops.
     client
-        .run("sysctl", &["-qw", "net.ipv4.fib_multipath_hash_policy=1"])
+        .within(|| std::fs::write("/proc/sys/net/ipv4/fib_multipath_hash_policy", "1"))
+        .unwrap()
         .unwrap();
     let route = format!("{VIP4}/32");
     client
