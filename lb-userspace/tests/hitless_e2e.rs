@@ -162,6 +162,7 @@ fn program_id(rig: &Rig) -> u64 {
 }
 
 fn assert_no_failures(total: usize, failures: &[String]) {
+    println!("{total} requests, {} failed", failures.len());
     assert!(total > 100, "only {total} requests made");
     assert!(
         failures.is_empty(),
@@ -551,6 +552,7 @@ fn two_instances_behind_ecmp_pick_the_same_workers_so_connections_survive_losing
         .iter_mut()
         .filter_map(|(conn, worker)| keep_alive_get(conn).ok().filter(|w| w == worker))
         .count();
+    println!("{kept} of {CONNECTIONS} established connections survived ({first} and {other} new flows per instance)");
     assert!(
         kept * 100 >= CONNECTIONS * 99,
         "only {kept} of {CONNECTIONS} established connections survived"
