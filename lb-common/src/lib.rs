@@ -13,6 +13,7 @@
 
 pub mod balancer;
 pub mod counters;
+pub mod floors;
 pub mod packet;
 
 /// Version of every layout in this crate. A binary refuses to reuse maps

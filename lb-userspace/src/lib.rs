@@ -3,6 +3,7 @@
 
 pub mod activity;
 pub mod api;
+pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod config;
@@ -11,6 +12,7 @@ pub mod counters;
 pub mod dataplane;
 pub mod demo;
 pub mod duration;
+pub mod frames;
 pub mod health;
 pub mod http;
 pub mod iface;

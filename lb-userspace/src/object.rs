@@ -2,3 +2,6 @@
 
 /// The balancer object: the `lb_xdp` and `lb_pass` programs and their maps.
 pub static LB_XDP: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-xdp"));
+
+/// The floor programs `cargo xtask bench` measures lb against.
+pub static LB_FLOORS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-floors"));

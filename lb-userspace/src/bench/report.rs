@@ -1,0 +1,242 @@
+//! docs/BENCHMARKS.md: environment, method, raw figures and ratios.
+
+use std::fmt::Write as _;
+
+use super::{packet::Row as PacketRow, samples::Samples, Plan, Results};
+
+/// The machine the figures come from.
+pub fn environment() -> Vec<(&'static str, String)> {
+    let read = |path: &str| {
+        std::fs::read_to_string(path)
+            .map(|s| s.trim().to_owned())
+            .unwrap_or_else(|_| "unknown".into())
+    };
+    let cpu = read("/proc/cpuinfo")
+        .lines()
+        .find_map(|l| l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned()))
+        .unwrap_or_else(|| "unknown".into());
+    let cpus = std::thread::available_parallelism().map_or(0, usize::from);
+    vec![
+        ("CPU", format!("{cpu} ({cpus} CPUs available)")),
+        ("kernel", read("/proc/sys/kernel/osrelease")),
+        ("BPF JIT", match read("/proc/sys/net/core/bpf_jit_enable").as_str() {
+            "1" => "on".into(),
+            "0" => "off".into(),
+            other => other.into(),
+        }),
+        ("commit", std::env::var("LB_BENCH_COMMIT").unwrap_or_else(|_| "unknown".into())),
+    ]
+}
+
+/// The median over rounds of `row / reference`, round by round.
+pub fn ratio(row: &Samples, reference: &Samples) -> f64 {
+    row.ratios(reference).median()
+}
+
+fn find<'a>(rows: &'a [PacketRow], prefix: &str) -> &'a PacketRow {
+    rows.iter()
+        .find(|r| r.name.starts_with(prefix))
+        .expect("every measured case is in the table")
+}
+
+fn ns(samples: &Samples) -> String {
+    format!(
+        "{:.0} | {:.0} | {:.0}",
+        samples.median(),
+        samples.min(),
+        samples.max()
+    )
+}
+
+/// The report as Markdown.
+pub fn render(plan: &Plan, results: &Results) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "# Benchmarks\n\nWritten by `cargo xtask bench{}`; rerun it to refresh. \
+         Figures from one run on one machine: compare ratios, not nanoseconds.\n",
+        if plan.quick { " --quick" } else { "" }
+    );
+    if plan.quick {
+        let _ = writeln!(
+            out,
+            "**This is a `--quick` run (a smoke test with few rounds): its figures are rough.**\n"
+        );
+    }
+    out += "## Environment\n\n| | |\n|---|---|\n";
+    for (key, value) in environment() {
+        let _ = writeln!(out, "| {key} | {value} |");
+    }
+    out += &targets(results);
+    out += &per_packet(plan, &results.packet);
+    out += &scale(plan, results);
+    out += &control(results);
+    out
+}
+
+fn per_packet(plan: &Plan, rows: &[PacketRow]) -> String {
+    let tx = &find(rows, "floor: parse").single;
+    let lru = &find(rows, "floor: + 1 LRU").single;
+    let mut out = format!(
+        "\n## Per packet (BPF_PROG_TEST_RUN)\n\n\
+         lb's real program, loaded with a real configuration (VIPs 192.0.2.100:80/tcp, \
+         [2001:db8::100]:80/tcp and 192.0.2.100:53/udp, {} workers each, every MAC resolved), \
+         next to floor programs built the same way (Rust, aya-ebpf, bpf-linker) and run the same way. \
+         Each sample is the mean kernel-reported run time of {} single runs (repeat = 1; a new-flow \
+         run gets a new 5-tuple every time); {} rounds interleave all cases (A B C … A B C …). \
+         Ratios are medians of per-round ratios. The single-run figures include the test-run \
+         harness (about 100 ns on this machine kind) in every case, floors included. The last \
+         column is the kernel's mean over one run of repeat = {} where the output is idempotent \
+         for the program's decision.\n\n\
+         | case | median ns | min | max | × parse+TX floor | × LRU floor | repeat-{} median ns |\n\
+         |---|---|---|---|---|---|---|\n",
+        super::packet::WORKERS,
+        plan.singles,
+        plan.rounds,
+        plan.repeat,
+        plan.repeat
+    );
+    for row in rows {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {:.2} | {:.2} | {} |",
+            row.name,
+            ns(&row.single),
+            ratio(&row.single, tx),
+            ratio(&row.single, lru),
+            row.repeated
+                .as_ref()
+                .map_or_else(|| "–".into(), |r| format!("{:.0}", r.median()))
+        );
+    }
+    out
+}
+
+fn scale(plan: &Plan, results: &Results) -> String {
+    let mut out = format!(
+        "\n## Flow-table scale\n\n\
+         Established IPv4 TCP packets with the flow table holding N active flows (inserted from \
+         user space), each single run a flow drawn at random from all N; table capacity 1.25 × N. \
+         {} single runs per sample, {} interleaved rounds. Memory is the `memlock` the kernel \
+         charges for the flow table.\n\n\
+         | flows | median ns | min | max | × 1K flows | table memory |\n|---|---|---|---|---|---|\n",
+        plan.singles, plan.rounds
+    );
+    let base = &results.scale[0].cost;
+    for row in &results.scale {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {:.2} | {:.0} MiB |",
+            row.flows,
+            ns(&row.cost),
+            ratio(&row.cost, base),
+            row.table_bytes as f64 / (1 << 20) as f64
+        );
+    }
+    out
+}
+
+fn control(results: &Results) -> String {
+    let mut out = String::from(
+        "\n## Control plane\n\n\
+         Maglev table builds (weighted, all weights 100), in the controller's code, single thread:\n\n\
+         | workers | table size | median ms | min | max |\n|---|---|---|---|---|\n",
+    );
+    for row in &results.maglev {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {:.2} | {:.2} | {:.2} |",
+            row.workers,
+            row.size,
+            row.build_ms.median(),
+            row.build_ms.min(),
+            row.build_ms.max()
+        );
+    }
+    let timing = |name: &str, s: &Samples, how: &str| {
+        format!(
+            "| {name} | {:.1} | {:.1} | {:.1} | {} | {how} |\n",
+            s.median(),
+            s.min(),
+            s.max(),
+            s.len()
+        )
+    };
+    out += "\nOn the network-namespace rig (lb in its own namespace, nginx workers):\n\n\
+            | timing | median ms | min | max | trials | how |\n|---|---|---|---|---|---|\n";
+    out += &timing(
+        "`lb backend add` returns → first packet forwarded to the new worker",
+        &results.add_to_first_packet,
+        "new UDP flows every 100 µs; the worker's counter polled every 100 µs",
+    );
+    out += &timing(
+        "worker's server killed → worker out of scheduling",
+        &results.death_to_removal,
+        "default checks (tcp, 1s interval, 500ms timeout, fall 2); the worker's down flag polled",
+    );
+    out
+}
+
+fn targets(results: &Results) -> String {
+    let rows = &results.packet;
+    let lru = &find(rows, "floor: + 1 LRU").single;
+    let tx = &find(rows, "floor: parse").single;
+    let est4 = &find(rows, "lb: IPv4 TCP, established").single;
+    let est6 = &find(rows, "lb: IPv6 TCP, established").single;
+    let checks = vec![
+        ("established IPv4 TCP ≤ 1.3 × LRU floor", ratio(est4, lru), 1.3),
+        (
+            "new flow (SYN) ≤ 3 × LRU floor",
+            ratio(&find(rows, "lb: IPv4 TCP, new").single, lru),
+            3.0,
+        ),
+        (
+            "non-VIP ≤ 1.15 × parse+TX floor",
+            ratio(&find(rows, "lb: IPv4 TCP, not").single, tx),
+            1.15,
+        ),
+        ("IPv6 within 15% of IPv4 (IPv6 / IPv4)", ratio(est6, est4), 1.15),
+    ];
+    let mut out = String::from("\n## Targets\n\n| target | measured | |\n|---|---|---|\n");
+    for (name, value, limit) in checks {
+        let _ = writeln!(out, "| {name} | {value:.2} | {} |", verdict(value <= limit));
+    }
+    if let (Some(small), Some(big)) = (
+        results.scale.first(),
+        results.scale.iter().find(|r| r.flows == 1_000_000),
+    ) {
+        let value = ratio(&big.cost, &small.cost);
+        let _ = writeln!(
+            out,
+            "| 1M flows ≤ 1.5 × 1K flows | {value:.2} | {} |",
+            verdict(value <= 1.5)
+        );
+    }
+    if let Some(row) = results
+        .maglev
+        .iter()
+        .find(|r| r.workers == 1000 && r.size == 65_537)
+    {
+        let ms = row.build_ms.median();
+        let _ = writeln!(
+            out,
+            "| Maglev build, 1,000 workers, M = 65537 < 5 ms | {ms:.2} ms | {} |",
+            verdict(ms < 5.0)
+        );
+    }
+    let ms = results.add_to_first_packet.median();
+    let _ = writeln!(
+        out,
+        "| `lb backend add` → first forwarded packet < 50 ms | {ms:.1} ms | {} |",
+        verdict(ms < 50.0)
+    );
+    out
+}
+
+fn verdict(met: bool) -> &'static str {
+    if met {
+        "met"
+    } else {
+        "missed"
+    }
+}

@@ -1,0 +1,147 @@
+//! Established-flow cost as the flow table fills: 1K to 10M active flows,
+//! packets drawn at random from the whole set, and the table's memory.
+
+use std::{
+    net::{IpAddr, Ipv4Addr},
+    os::fd::{AsFd as _, AsRawFd as _},
+};
+
+use anyhow::Context as _;
+use aya::maps::{HashMap as BpfHashMap, IterableMap as _, MapData};
+use lb_common::{
+    balancer::{FlowKey, FlowValue, FAMILY_V4},
+    map_names,
+    packet::IPPROTO_TCP,
+    program_names,
+};
+
+use super::{
+    harness::{configure, Loaded},
+    packet::{vips, worker_addr, WORKERS},
+    samples::Samples,
+    Plan,
+};
+use crate::frames::{tcp, Packet};
+
+/// Flows per client address in the generated flow set.
+const PORTS_PER_CLIENT: u32 = 50_000;
+
+/// One flow-table size.
+pub struct Row {
+    /// Active flows.
+    pub flows: u32,
+    /// Mean run time of an established-flow packet (ns), per round.
+    pub cost: Samples,
+    /// Memory the kernel charges for the flow table (bytes).
+    pub table_bytes: u64,
+}
+
+struct Instance {
+    loaded: Loaded,
+    flows: u32,
+    table_bytes: u64,
+}
+
+/// Client address and port of flow `i` (203.0.113.0/24 × ports).
+fn client(i: u32) -> (IpAddr, u16) {
+    let host = (i / PORTS_PER_CLIENT) as u8;
+    let port = 10_000 + (i % PORTS_PER_CLIENT) as u16;
+    (IpAddr::V4(Ipv4Addr::new(203, 0, 113, host)), port)
+}
+
+fn key(i: u32) -> FlowKey {
+    let (IpAddr::V4(src), sport) = client(i) else {
+        unreachable!("IPv4 clients")
+    };
+    let mut key = FlowKey {
+        sport: sport.to_be(),
+        dport: 80u16.to_be(),
+        proto: IPPROTO_TCP,
+        family: FAMILY_V4,
+        ..FlowKey::default()
+    };
+    key.src[..4].copy_from_slice(&src.octets());
+    key.dst[..4].copy_from_slice(&[192, 0, 2, 100]);
+    key
+}
+
+fn frame(i: u32) -> Vec<u8> {
+    let (src, sport) = client(i);
+    let vip = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 100));
+    Packet::tcp(src, sport, vip, 80, tcp::ACK).build()
+}
+
+fn instance(flows: u32) -> anyhow::Result<Instance> {
+    let capacity = (flows + flows / 4).max(1024);
+    let mut loaded = Loaded::lb(capacity)?;
+    let _config = configure(&mut loaded, &vips()[..1], WORKERS, worker_addr)?;
+    let mut table = loaded.flows(map_names::FLOWS)?;
+    let now = crate::activity::monotonic_ns();
+    for i in 0..flows {
+        let value = FlowValue {
+            backend_id: i % WORKERS,
+            vip_id: 0,
+            created_ns: now,
+            last_seen_ns: now,
+            flags: 0,
+            pad: 0,
+        };
+        table
+            .insert(key(i), value, 0)
+            .with_context(|| format!("recording flow {i} of {flows}"))?;
+    }
+    let table_bytes = memlock(&table)?;
+    Ok(Instance {
+        loaded,
+        flows,
+        table_bytes,
+    })
+}
+
+/// The `memlock` the kernel reports for a map (its memory).
+fn memlock(map: &BpfHashMap<MapData, FlowKey, FlowValue>) -> anyhow::Result<u64> {
+    let fd = map.map().fd().as_fd().as_raw_fd();
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}"))?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("memlock:"))
+        .and_then(|v| v.trim().parse().ok())
+        .context("no memlock in the map's fdinfo")
+}
+
+/// Measures every size in `plan.scale_sizes`, interleaved.
+pub fn run(plan: &Plan) -> anyhow::Result<Vec<Row>> {
+    let instances = plan
+        .scale_sizes
+        .iter()
+        .map(|&n| instance(n))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut costs = vec![Samples::default(); instances.len()];
+    let mut random = 0x9e37_79b9_7f4a_7c15u64;
+    for _ in 0..plan.rounds {
+        for (instance, cost) in instances.iter().zip(&mut costs) {
+            let mut total = 0.0;
+            for _ in 0..plan.singles {
+                random ^= random << 13;
+                random ^= random >> 7;
+                random ^= random << 17;
+                let i = (random % u64::from(instance.flows)) as u32;
+                let (verdict, ns) =
+                    instance
+                        .loaded
+                        .run(program_names::BALANCER, &frame(i), 1)?;
+                anyhow::ensure!(verdict == 3, "flow {i} was not forwarded");
+                total += ns;
+            }
+            cost.push(total / f64::from(plan.singles));
+        }
+    }
+    Ok(instances
+        .into_iter()
+        .zip(costs)
+        .map(|(i, cost)| Row {
+            flows: i.flows,
+            cost,
+            table_bytes: i.table_bytes,
+        })
+        .collect())
+}
