@@ -52,6 +52,34 @@ pub const FLOW_CLOSING: u32 = 1;
 /// so an established flow costs a write only once a second.
 pub const FLOW_TOUCH_NS: u64 = 1_000_000_000;
 
+/// Words of the VIP filter: a bitmap with one bit set per VIP
+/// (address, port, protocol), so most packets that are not for a VIP pass
+/// without a hash lookup.
+pub const VIP_FILTER_WORDS: u32 = 1024;
+
+/// The VIP filter bit of a destination.
+#[inline(always)]
+pub fn vip_filter_bit(addr: &[u8; 16], port: u16, proto: u8) -> u32 {
+    let word = |i: usize| u32::from_ne_bytes([addr[i], addr[i + 1], addr[i + 2], addr[i + 3]]);
+    let folded = word(0) ^ word(4) ^ word(8) ^ word(12) ^ (u32::from(port) << 8) ^ u32::from(proto);
+    folded.wrapping_mul(0x9e37_79b1) >> 16
+}
+
+/// A VIP's tag: a hash of its key, never zero (zero marks a free id).
+pub fn vip_tag(key: &VipKey) -> u32 {
+    let mut hash: u32 = 0x811c_9dc5;
+    let bytes = key
+        .addr
+        .iter()
+        .copied()
+        .chain(key.port.to_ne_bytes())
+        .chain([key.proto, key.family]);
+    for byte in bytes {
+        hash = (hash ^ u32::from(byte)).wrapping_mul(0x0100_0193);
+    }
+    hash | 1
+}
+
 /// How many sticky sessions the table holds before LRU eviction.
 pub const MAX_STICKY: u32 = 262_144;
 /// How many pinned clients one instance can hold.
@@ -89,6 +117,9 @@ pub struct VipInfo {
     pub flags: u8,
     /// Always zero.
     pub pad: u8,
+    /// [`vip_tag`] of the VIP's key: recorded in its flows, and in
+    /// `LB_VIP_TAGS` at its id while it exists.
+    pub tag: u32,
 }
 
 /// One worker, in the backend array at its id.
@@ -161,8 +192,10 @@ pub struct FlowValue {
     pub last_seen_ns: u64,
     /// [`FLOW_CLOSING`].
     pub flags: u32,
-    /// Always zero.
-    pub pad: u32,
+    /// The VIP's tag when the flow was recorded: a flow is only followed
+    /// while `LB_VIP_TAGS[vip_id]` still holds it (the VIP was not removed
+    /// or its id given to another VIP).
+    pub vip_tag: u32,
 }
 
 /// Key of the sticky-session and pin tables: a client (masked to the VIP's
@@ -313,7 +346,7 @@ mod pod {
 
 const _: () = {
     assert!(core::mem::size_of::<VipKey>() == 20);
-    assert!(core::mem::size_of::<VipInfo>() == 16);
+    assert!(core::mem::size_of::<VipInfo>() == 20);
     assert!(core::mem::size_of::<Backend>() == 32);
     assert!(core::mem::size_of::<FlowKey>() == 40);
     assert!(core::mem::size_of::<FlowValue>() == 32);

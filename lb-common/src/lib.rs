@@ -18,7 +18,7 @@ pub mod packet;
 
 /// Version of every layout in this crate. A binary refuses to reuse maps
 /// pinned by a binary with another version.
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 
 /// Names of the maps in the XDP object, which are also their pin names.
 pub mod map_names {
@@ -46,6 +46,12 @@ pub mod map_names {
     pub const STICKY: &str = "LB_STICKY";
     /// Hash [`crate::balancer::StickyKey`] → worker id: pinned clients.
     pub const PINS: &str = "LB_PINS";
+    /// Array of `u64` words: the VIP filter bitmap
+    /// ([`crate::balancer::vip_filter_bit`]).
+    pub const VIP_FILTER: &str = "LB_VIP_FILTER";
+    /// Array of `u32` per VIP id: the tag of the VIP holding the id (0:
+    /// none).
+    pub const VIP_TAGS: &str = "LB_VIP_TAGS";
 
     /// Every map, each pinned under the instance's pin directory.
     pub const ALL: &[&str] = &[
@@ -60,6 +66,8 @@ pub mod map_names {
         LOAD,
         STICKY,
         PINS,
+        VIP_FILTER,
+        VIP_TAGS,
     ];
 }
 

@@ -21,7 +21,8 @@ use lb_common::{
 use crate::frame::XdpFrame;
 
 #[btf_map]
-static FLOOR_FLOWS: LruHashMap<FlowKey, FlowValue, { FLOOR_FLOWS_CAPACITY as usize }> = LruHashMap::new();
+static FLOOR_FLOWS: LruHashMap<FlowKey, FlowValue, { FLOOR_FLOWS_CAPACITY as usize }> =
+    LruHashMap::new();
 
 #[btf_map]
 static FLOOR_TARGET: Array<ForwardTarget, 1> = Array::new();

@@ -8,7 +8,9 @@ mod schedule;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use lb_common::{
-    balancer::{Backend, TrafficCounters, VipKey, BACKEND_MAC_KNOWN, FAMILY_V4, FAMILY_V6},
+    balancer::{
+        vip_filter_bit, Backend, TrafficCounters, VipKey, BACKEND_MAC_KNOWN, FAMILY_V4, FAMILY_V6,
+    },
     counters::GlobalCounters,
     packet::{self, Frame as _, IpPacket, IpVersion, Parsed, IPPROTO_TCP, IPPROTO_UDP},
 };
@@ -62,17 +64,32 @@ fn balance(
         IpVersion::V4 => FAMILY_V4,
         IpVersion::V6 => FAMILY_V6,
     };
-    let vip_key = VipKey {
-        addr: ip.dst,
-        port: ip.dport,
-        proto: ip.proto,
-        family,
+    if !maybe_vip(ip) {
+        return None;
+    }
+    let flow = schedule::Flow::of(ip, family);
+    let established = if flow.is_syn() {
+        None
+    } else {
+        schedule::established(&flow, counters)
     };
-    // SAFETY: copied out at once; hash map updates replace elements whole.
-    let vip = unsafe { LB_VIPS.get(&vip_key) }.copied()?;
-    let Some(decision) = schedule::pick(ip, family, &vip, counters) else {
-        counters.drop_no_backend += 1;
-        return Some(xdp_action::XDP_DROP);
+    let decision = match established {
+        Some(decision) => decision,
+        None => {
+            let vip_key = VipKey {
+                addr: ip.dst,
+                port: ip.dport,
+                proto: ip.proto,
+                family,
+            };
+            // SAFETY: copied out at once; hash map updates replace elements whole.
+            let vip = unsafe { LB_VIPS.get(&vip_key) }.copied()?;
+            let Some(decision) = schedule::new_flow(&flow, &vip, counters) else {
+                counters.drop_no_backend += 1;
+                return Some(xdp_action::XDP_DROP);
+            };
+            decision
+        }
     };
     let backend = &decision.backend;
     if backend.flags & BACKEND_MAC_KNOWN == 0 {
@@ -82,7 +99,7 @@ fn balance(
     if !rewrite_macs(frame, backend) {
         return None;
     }
-    count_traffic(&LB_VIP_STATS, vip.id, len, decision.new_flow);
+    count_traffic(&LB_VIP_STATS, decision.vip_id, len, decision.new_flow);
     count_traffic(
         &LB_BACKEND_STATS,
         decision.backend_id,
@@ -91,6 +108,16 @@ fn balance(
     );
     counters.forwarded += 1;
     Some(xdp_action::XDP_TX)
+}
+
+/// Whether the VIP filter has the packet's destination's bit: if not, it
+/// is not for a VIP (most such packets leave here, without a hash lookup).
+#[inline(always)]
+fn maybe_vip(ip: &IpPacket) -> bool {
+    let bit = vip_filter_bit(&ip.dst, ip.dport, ip.proto);
+    LB_VIP_FILTER
+        .get(bit >> 6)
+        .is_some_and(|word| word & (1u64 << (bit & 63)) != 0)
 }
 
 /// L2 DSR: the frame goes back out addressed to the worker's MAC, from the

@@ -9,7 +9,7 @@ use aya_ebpf::{
 use lb_common::{
     balancer::{
         Backend, Config, FlowKey, FlowValue, StickyKey, StickyValue, TrafficCounters, VipInfo,
-        VipKey, MAX_BACKENDS, MAX_PINS, MAX_STICKY, MAX_VIPS,
+        VipKey, MAX_BACKENDS, MAX_PINS, MAX_STICKY, MAX_VIPS, VIP_FILTER_WORDS,
     },
     counters::GlobalCounters,
 };
@@ -59,3 +59,11 @@ pub static LB_STICKY: LruHashMap<StickyKey, StickyValue, STICKY> = LruHashMap::n
 /// Pinned clients, written by the controller only.
 #[btf_map]
 pub static LB_PINS: HashMap<StickyKey, u32, PINS> = HashMap::new();
+
+/// The VIP filter bitmap, written by the controller.
+#[btf_map]
+pub static LB_VIP_FILTER: Array<u64, { VIP_FILTER_WORDS as usize }> = Array::new();
+
+/// Per VIP id, the tag of the VIP holding it (0: none).
+#[btf_map]
+pub static LB_VIP_TAGS: Array<u32, VIPS> = Array::new();

@@ -15,7 +15,9 @@ use lb_common::{
     packet::{IpPacket, IPPROTO_TCP},
 };
 
-use crate::maps::{LB_BACKENDS, LB_CONFIG, LB_FLOWS, LB_LOAD, LB_MAGLEV, LB_PINS, LB_STICKY};
+use crate::maps::{
+    LB_BACKENDS, LB_CONFIG, LB_FLOWS, LB_LOAD, LB_MAGLEV, LB_PINS, LB_STICKY, LB_VIP_TAGS,
+};
 
 const TCP_FIN: u8 = 0x01;
 const TCP_SYN: u8 = 0x02;
@@ -28,39 +30,57 @@ pub struct Decision {
     pub backend_id: u32,
     /// The worker.
     pub backend: Backend,
+    /// The VIP's id.
+    pub vip_id: u32,
     /// Whether this packet opened a flow.
     pub new_flow: bool,
 }
 
-/// The worker for this packet; `None` when the VIP has no usable worker.
-#[inline(always)]
-pub fn pick(
-    ip: &IpPacket,
-    family: u8,
-    vip: &VipInfo,
-    counters: &mut GlobalCounters,
-) -> Option<Decision> {
-    let key = FlowKey {
-        src: ip.src,
-        dst: ip.dst,
-        sport: ip.sport,
-        dport: ip.dport,
-        proto: ip.proto,
-        family,
-        pad: [0; 2],
-    };
-    let is_tcp = ip.proto == IPPROTO_TCP;
-    // A SYN opens a new connection by definition: skip the lookup.
-    let syn = is_tcp && ip.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
-    if !syn {
-        if let Some(decision) = established(&key, vip, ip.tcp_flags, is_tcp, counters) {
-            return Some(decision);
+/// What the scheduler needs to know about a packet.
+pub struct Flow {
+    /// Its 5-tuple.
+    pub key: FlowKey,
+    /// TCP flags (0 for UDP).
+    pub tcp_flags: u8,
+    /// Whether it is TCP.
+    pub is_tcp: bool,
+}
+
+impl Flow {
+    /// The flow of an IP packet.
+    #[inline(always)]
+    pub fn of(ip: &IpPacket, family: u8) -> Self {
+        Self {
+            key: FlowKey {
+                src: ip.src,
+                dst: ip.dst,
+                sport: ip.sport,
+                dport: ip.dport,
+                proto: ip.proto,
+                family,
+                pad: [0; 2],
+            },
+            tcp_flags: ip.tcp_flags,
+            is_tcp: ip.proto == IPPROTO_TCP,
         }
     }
-    let backend_id = choose(&key, vip, counters)?;
+
+    /// A SYN opens a new connection by definition: no lookup needed.
+    #[inline(always)]
+    pub fn is_syn(&self) -> bool {
+        self.is_tcp && self.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+    }
+}
+
+/// The worker of a new flow of `vip` (recorded unless the packet is a
+/// RST); `None` when the VIP has no usable worker.
+#[inline(always)]
+pub fn new_flow(flow: &Flow, vip: &VipInfo, counters: &mut GlobalCounters) -> Option<Decision> {
+    let key = &flow.key;
+    let backend_id = choose(key, vip, counters)?;
     let backend = *LB_BACKENDS.get(backend_id)?;
     // A reset ends the flow it would record: don't churn the table.
-    if !(is_tcp && ip.tcp_flags & TCP_RST != 0) {
+    if !(flow.is_tcp && flow.tcp_flags & TCP_RST != 0) {
         // SAFETY: helper without arguments. The coarse clock, as in
         // `touch`, so that idle time never exceeds age.
         let now = unsafe { bpf_ktime_get_coarse_ns() };
@@ -70,44 +90,48 @@ pub fn pick(
             created_ns: now,
             last_seen_ns: now,
             flags: 0,
-            pad: 0,
+            vip_tag: vip.tag,
         };
-        if LB_FLOWS.insert(&key, &value, BPF_ANY.into()).is_err() {
+        if LB_FLOWS.insert(key, &value, BPF_ANY.into()).is_err() {
             counters.flow_insert_failed += 1;
         }
     }
     Some(Decision {
         backend_id,
         backend,
+        vip_id: vip.id,
         new_flow: true,
     })
 }
 
-/// The flow's recorded worker, if it may keep the flow. A worker that went
-/// down loses its flows (they are rescheduled and re-recorded by the caller).
+/// The flow's recorded worker, if the flow is still its VIP's and the
+/// worker may keep it; no VIP lookup needed. A worker that went down loses
+/// its flows (the caller schedules them afresh, which re-records them).
 #[inline(always)]
-fn established(
-    key: &FlowKey,
-    vip: &VipInfo,
-    tcp_flags: u8,
-    is_tcp: bool,
-    counters: &mut GlobalCounters,
-) -> Option<Decision> {
-    let flow = LB_FLOWS.get_ptr_mut(key)?;
+pub fn established(flow: &Flow, counters: &mut GlobalCounters) -> Option<Decision> {
+    let value = LB_FLOWS.get_ptr_mut(&flow.key)?;
     // SAFETY: the kernel keeps the element alive for this program run;
     // concurrent writers only ever store whole aligned fields.
-    let flow = unsafe { &mut *flow };
-    let backend_id = flow.backend_id;
+    let value = unsafe { &mut *value };
+    let vip_id = value.vip_id;
+    if LB_VIP_TAGS.get(vip_id).copied() != Some(value.vip_tag) {
+        return None;
+    }
+    let backend_id = value.backend_id;
     let backend = *LB_BACKENDS.get(backend_id)?;
-    if !backend.keeps_flows(vip.id) {
+    if !backend.keeps_flows(vip_id) {
         counters.flow_rescheduled += 1;
         return None;
     }
     counters.flow_hits += 1;
-    touch(flow, is_tcp && tcp_flags & (TCP_FIN | TCP_RST) != 0);
+    touch(
+        value,
+        flow.is_tcp && flow.tcp_flags & (TCP_FIN | TCP_RST) != 0,
+    );
     Some(Decision {
         backend_id,
         backend,
+        vip_id,
         new_flow: false,
     })
 }

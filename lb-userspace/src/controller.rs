@@ -129,6 +129,10 @@ impl Controller {
             controller.install(vip)?;
         }
         controller.remove_stale()?;
+        controller
+            .maps
+            .refresh_filter()
+            .context("writing the VIP filter")?;
         controller.save()?;
         Ok(controller)
     }

@@ -68,7 +68,15 @@ pub const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
 impl Packet {
     /// A TCP packet from the client MAC to the balancer MAC.
     pub fn tcp(src: IpAddr, sport: u16, dst: IpAddr, dport: u16, flags: u8) -> Self {
-        Self::new(src, dst, Transport::Tcp { sport, dport, flags })
+        Self::new(
+            src,
+            dst,
+            Transport::Tcp {
+                sport,
+                dport,
+                flags,
+            },
+        )
     }
 
     /// A UDP packet from the client MAC to the balancer MAC.
@@ -133,7 +141,11 @@ impl Packet {
 
     fn transport_bytes(&self) -> Vec<u8> {
         let mut bytes = match self.transport {
-            Transport::Tcp { sport, dport, flags } => {
+            Transport::Tcp {
+                sport,
+                dport,
+                flags,
+            } => {
                 let mut tcp = vec![0u8; 20];
                 tcp[0..2].copy_from_slice(&sport.to_be_bytes());
                 tcp[2..4].copy_from_slice(&dport.to_be_bytes());
@@ -207,6 +219,10 @@ mod tests {
             2,
         )
         .build();
-        assert_eq!(ipv4_checksum(&frame[14..34]), 0, "a correct header sums to zero");
+        assert_eq!(
+            ipv4_checksum(&frame[14..34]),
+            0,
+            "a correct header sums to zero"
+        );
     }
 }

@@ -6,8 +6,8 @@ use std::{net::IpAddr, path::Path, time::Duration, time::Instant};
 use aya::maps::{Array, ArrayOfMaps, HashMap, Map, MapData, MapError, PerCpuArray};
 use lb_common::{
     balancer::{
-        Backend, Config, StickyKey, TrafficCounters, VipInfo, VipKey, BACKEND_MAC_KNOWN,
-        BACKEND_VALID, NO_BACKEND, VIP_HAS_PINS, VIP_STICKY,
+        vip_filter_bit, vip_tag, Backend, Config, StickyKey, TrafficCounters, VipInfo, VipKey,
+        BACKEND_MAC_KNOWN, BACKEND_VALID, NO_BACKEND, VIP_FILTER_WORDS, VIP_HAS_PINS, VIP_STICKY,
     },
     map_names, LAYOUT_VERSION,
 };
@@ -40,6 +40,10 @@ pub struct ControlMaps {
     config: Array<MapData, Config>,
     load: Array<MapData, u32>,
     pins: HashMap<MapData, StickyKey, u32>,
+    vip_filter: Array<MapData, u64>,
+    vip_tags: Array<MapData, u32>,
+    /// What `vip_filter` holds, to write only the words that change.
+    filter_words: Vec<u64>,
 }
 
 fn take(ebpf: &mut aya::Ebpf, name: &str) -> Map {
@@ -57,7 +61,31 @@ impl ControlMaps {
             config: take(ebpf, map_names::CONFIG).try_into()?,
             load: take(ebpf, map_names::LOAD).try_into()?,
             pins: take(ebpf, map_names::PINS).try_into()?,
+            vip_filter: take(ebpf, map_names::VIP_FILTER).try_into()?,
+            vip_tags: take(ebpf, map_names::VIP_TAGS).try_into()?,
+            // Unknown (an adopted map may hold anything): the first
+            // refresh writes every word.
+            filter_words: vec![u64::MAX; VIP_FILTER_WORDS as usize],
         })
+    }
+
+    /// Rewrites the VIP filter words that differ from what the VIP map
+    /// holds now. A bit is set before its VIP's entry is reachable and
+    /// cleared after it is gone: a missing bit only ever sends a packet to
+    /// the kernel, never misforwards it.
+    pub fn refresh_filter(&mut self) -> Result<(), MapError> {
+        let mut words = vec![0u64; VIP_FILTER_WORDS as usize];
+        for key in self.vip_keys() {
+            let bit = vip_filter_bit(&key.addr, key.port, key.proto);
+            words[(bit >> 6) as usize] |= 1 << (bit & 63);
+        }
+        for (index, (&want, have)) in words.iter().zip(&mut self.filter_words).enumerate() {
+            if want != *have {
+                self.vip_filter.set(index as u32, want, 0)?;
+                *have = want;
+            }
+        }
+        Ok(())
     }
 
     /// Writes the data plane's settings.
@@ -142,7 +170,9 @@ impl ControlMaps {
             sticky_prefix: options.prefix_for(vip),
             flags,
             pad: 0,
+            tag: vip_tag(&vip.key()),
         };
+        self.vip_tags.set(state.id, info.tag, 0)?;
         let previous = self.vips.get(&vip.key(), 0).ok();
         // A packet indexes with the size it read from the VIP entry: grow
         // the table before the entry, shrink it after, so the index always
@@ -155,6 +185,7 @@ impl ControlMaps {
             self.vips.insert(vip.key(), info, 0)?;
             self.maglev.set(state.id, &inner, 0)?;
         }
+        self.refresh_filter()?;
         Ok((size, built))
     }
 
@@ -163,12 +194,18 @@ impl ControlMaps {
         self.remove_vip_key(&vip.key())
     }
 
-    /// Removes a VIP entry by key.
+    /// Removes a VIP entry by key; its flows stop being followed (its tag
+    /// goes) and its filter bit is cleared.
     pub fn remove_vip_key(&mut self, key: &VipKey) -> Result<(), MapError> {
+        let Ok(info) = self.vips.get(key, 0) else {
+            return Ok(());
+        };
         match self.vips.remove(key) {
-            Err(MapError::KeyNotFound) | Ok(()) => Ok(()),
-            Err(error) => Err(error),
+            Err(MapError::KeyNotFound) | Ok(()) => {}
+            Err(error) => return Err(error),
         }
+        self.vip_tags.set(info.id, 0, 0)?;
+        self.refresh_filter()
     }
 
     /// The VIPs in the map.

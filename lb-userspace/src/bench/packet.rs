@@ -43,20 +43,20 @@ pub struct Row {
 enum Frames {
     /// The same frame every run.
     Fixed(Vec<u8>),
-    /// A SYN of a new connection every run.
-    NewFlows { next: u32 },
+    /// A packet with these TCP flags of a new connection every run.
+    NewFlows { next: u32, flags: u8 },
 }
 
 impl Frames {
     fn next(&mut self) -> Vec<u8> {
         match self {
             Self::Fixed(frame) => frame.clone(),
-            Self::NewFlows { next } => {
+            Self::NewFlows { next, flags } => {
                 *next += 1;
                 let [_, hi, lo_a, lo_b] = next.to_be_bytes();
                 let src = IpAddr::V4(Ipv4Addr::new(198, 51, 100, hi));
                 let sport = u16::from_be_bytes([lo_a, lo_b]);
-                Packet::tcp(src, sport, vip4(), 80, tcp::SYN).build()
+                Packet::tcp(src, sport, vip4(), 80, *flags).build()
             }
         }
     }
@@ -104,9 +104,18 @@ pub fn worker_addr(index: usize, n: u32) -> IpAddr {
 fn established() -> [(&'static str, Packet); 3] {
     let client6 = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 2, 0, 0, 0, 0, 7));
     [
-        ("lb: IPv4 TCP, established flow", Packet::tcp(client4(), 40000, vip4(), 80, tcp::ACK)),
-        ("lb: IPv6 TCP, established flow", Packet::tcp(client6, 40000, vip6(), 80, tcp::ACK)),
-        ("lb: IPv4 UDP, established flow", Packet::udp(client4(), 40000, vip4(), 53)),
+        (
+            "lb: IPv4 TCP, established flow",
+            Packet::tcp(client4(), 40000, vip4(), 80, tcp::ACK),
+        ),
+        (
+            "lb: IPv6 TCP, established flow",
+            Packet::tcp(client6, 40000, vip6(), 80, tcp::ACK),
+        ),
+        (
+            "lb: IPv4 UDP, established flow",
+            Packet::udp(client4(), 40000, vip4(), 53),
+        ),
     ]
 }
 
@@ -128,9 +137,23 @@ fn cases() -> Vec<Case> {
             name: "lb: IPv4 TCP, new flow (SYN)",
             on_lb: true,
             program: program_names::BALANCER,
-            frames: Frames::NewFlows { next: 0 },
+            frames: Frames::NewFlows {
+                next: 0,
+                flags: tcp::SYN,
+            },
             verdict: XDP_TX,
             repeatable: false,
+        },
+        Case {
+            name: "lb: IPv4 TCP, RST of no flow (scheduled, not recorded)",
+            on_lb: true,
+            program: program_names::BALANCER,
+            frames: Frames::NewFlows {
+                next: 1 << 23,
+                flags: tcp::RST,
+            },
+            verdict: XDP_TX,
+            repeatable: true,
         },
     ];
     for (name, packet) in established() {

@@ -13,18 +13,27 @@ pub fn environment() -> Vec<(&'static str, String)> {
     };
     let cpu = read("/proc/cpuinfo")
         .lines()
-        .find_map(|l| l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned()))
+        .find_map(|l| {
+            l.strip_prefix("model name")
+                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())
+        })
         .unwrap_or_else(|| "unknown".into());
     let cpus = std::thread::available_parallelism().map_or(0, usize::from);
     vec![
         ("CPU", format!("{cpu} ({cpus} CPUs available)")),
         ("kernel", read("/proc/sys/kernel/osrelease")),
-        ("BPF JIT", match read("/proc/sys/net/core/bpf_jit_enable").as_str() {
-            "1" => "on".into(),
-            "0" => "off".into(),
-            other => other.into(),
-        }),
-        ("commit", std::env::var("LB_BENCH_COMMIT").unwrap_or_else(|_| "unknown".into())),
+        (
+            "BPF JIT",
+            match read("/proc/sys/net/core/bpf_jit_enable").as_str() {
+                "1" => "on".into(),
+                "0" => "off".into(),
+                other => other.into(),
+            },
+        ),
+        (
+            "commit",
+            std::env::var("LB_BENCH_COMMIT").unwrap_or_else(|_| "unknown".into()),
+        ),
     ]
 }
 
@@ -184,7 +193,11 @@ fn targets(results: &Results) -> String {
     let est4 = &find(rows, "lb: IPv4 TCP, established").single;
     let est6 = &find(rows, "lb: IPv6 TCP, established").single;
     let checks = vec![
-        ("established IPv4 TCP ≤ 1.3 × LRU floor", ratio(est4, lru), 1.3),
+        (
+            "established IPv4 TCP ≤ 1.3 × LRU floor",
+            ratio(est4, lru),
+            1.3,
+        ),
         (
             "new flow (SYN) ≤ 3 × LRU floor",
             ratio(&find(rows, "lb: IPv4 TCP, new").single, lru),
@@ -195,7 +208,11 @@ fn targets(results: &Results) -> String {
             ratio(&find(rows, "lb: IPv4 TCP, not").single, tx),
             1.15,
         ),
-        ("IPv6 within 15% of IPv4 (IPv6 / IPv4)", ratio(est6, est4), 1.15),
+        (
+            "IPv6 within 15% of IPv4 (IPv6 / IPv4)",
+            ratio(est6, est4),
+            1.15,
+        ),
     ];
     let mut out = String::from("\n## Targets\n\n| target | measured | |\n|---|---|---|\n");
     for (name, value, limit) in checks {

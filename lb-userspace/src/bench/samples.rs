@@ -28,7 +28,11 @@ impl Samples {
 
     /// `self[i] / reference[i]` for each round `i`.
     pub fn ratios(&self, reference: &Samples) -> Samples {
-        self.0.iter().zip(&reference.0).map(|(a, b)| a / b).collect()
+        self.0
+            .iter()
+            .zip(&reference.0)
+            .map(|(a, b)| a / b)
+            .collect()
     }
 
     /// The median (the mean of the middle two for an even count).

@@ -77,6 +77,7 @@ fn instance(flows: u32) -> anyhow::Result<Instance> {
     let _config = configure(&mut loaded, &vips()[..1], WORKERS, worker_addr)?;
     let mut table = loaded.flows(map_names::FLOWS)?;
     let now = crate::activity::monotonic_ns();
+    let vip_tag = lb_common::balancer::vip_tag(&vips()[0].key());
     for i in 0..flows {
         let value = FlowValue {
             backend_id: i % WORKERS,
@@ -84,7 +85,7 @@ fn instance(flows: u32) -> anyhow::Result<Instance> {
             created_ns: now,
             last_seen_ns: now,
             flags: 0,
-            pad: 0,
+            vip_tag,
         };
         table
             .insert(key(i), value, 0)
@@ -125,10 +126,7 @@ pub fn run(plan: &Plan) -> anyhow::Result<Vec<Row>> {
                 random ^= random >> 7;
                 random ^= random << 17;
                 let i = (random % u64::from(instance.flows)) as u32;
-                let (verdict, ns) =
-                    instance
-                        .loaded
-                        .run(program_names::BALANCER, &frame(i), 1)?;
+                let (verdict, ns) = instance.loaded.run(program_names::BALANCER, &frame(i), 1)?;
                 anyhow::ensure!(verdict == 3, "flow {i} was not forwarded");
                 total += ns;
             }

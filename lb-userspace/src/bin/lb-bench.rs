@@ -36,7 +36,11 @@ fn run(args: Args) -> anyhow::Result<()> {
             .context("lb-bench has no directory")?
             .join("lb"),
     };
-    anyhow::ensure!(lb.is_file(), "no lb binary at {}; build it or pass --lb", lb.display());
+    anyhow::ensure!(
+        lb.is_file(),
+        "no lb binary at {}; build it or pass --lb",
+        lb.display()
+    );
     let plan = Plan::new(args.quick, lb);
     let results = bench::measure(&plan)?;
     let text = report::render(&plan, &results);
