@@ -56,7 +56,8 @@ pub fn solicit(addr: IpAddr) {
     }
 }
 
-fn parse_mac(text: &str) -> Option<[u8; 6]> {
+/// Parses `aa:bb:cc:dd:ee:ff`.
+pub fn parse_mac(text: &str) -> Option<[u8; 6]> {
     let mut mac = [0u8; 6];
     let mut parts = text.split(':');
     for byte in &mut mac {

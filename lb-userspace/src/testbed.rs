@@ -142,6 +142,11 @@ impl Process {
         })
     }
 
+    /// Its process id.
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The underlying child, for its pipes.
     pub fn child(&mut self) -> &mut Child {
         &mut self.child

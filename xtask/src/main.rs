@@ -32,6 +32,15 @@ enum Task {
     },
     /// Run lb on a sandbox of network namespaces and show what it does (needs root).
     Demo,
+    /// Measure lb against floors and references; writes docs/BENCHMARKS.md (needs root).
+    Bench {
+        /// A short run that checks the bench works; rough figures.
+        #[arg(long)]
+        quick: bool,
+        /// Where to write the report.
+        #[arg(long, default_value = "docs/BENCHMARKS.md")]
+        out: String,
+    },
 }
 
 fn main() {
@@ -53,6 +62,27 @@ fn run(task: Task) -> anyhow::Result<()> {
             let mut test_args = vec!["test".to_owned()];
             test_args.extend(args);
             cargo(&test_args)
+        }
+        Task::Bench { quick, out } => {
+            setup::setup()?;
+            setup::bench_packages()?;
+            let mut args = build_args(true);
+            args.extend([
+                "--bin".into(),
+                "lb".into(),
+                "--bin".into(),
+                "lb-bench".into(),
+            ]);
+            cargo(&args)?;
+            let mut bench = Command::new(workspace_root().join("target/release/lb-bench"));
+            bench.arg("--out").arg(&out).current_dir(workspace_root());
+            if quick {
+                bench.arg("--quick");
+            }
+            if let Ok(commit) = capture_git_head() {
+                bench.env("LB_BENCH_COMMIT", commit);
+            }
+            status(&mut bench)
         }
         Task::Demo => {
             setup::setup()?;
@@ -86,6 +116,15 @@ fn status(cmd: &mut Command) -> anyhow::Result<()> {
         bail!("{cmd:?} failed with {status}");
     }
     Ok(())
+}
+
+fn capture_git_head() -> anyhow::Result<String> {
+    let output = Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .current_dir(workspace_root())
+        .output()?;
+    anyhow::ensure!(output.status.success(), "not a git checkout");
+    Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
 }
 
 fn workspace_root() -> PathBuf {

@@ -18,6 +18,20 @@ const RUNTIME_PACKAGES: &[&str] = &[
     "nginx-light",
 ];
 
+/// Debian packages only `cargo xtask bench` uses: the load generators and
+/// the balancers lb is compared with.
+const BENCH_PACKAGES: &[&str] = &["wrk", "iperf3", "haproxy", "nftables"];
+
+/// Installs what the benchmarks need beyond `setup`.
+pub fn bench_packages() -> anyhow::Result<()> {
+    let missing: Vec<String> = BENCH_PACKAGES
+        .iter()
+        .filter(|p| !deb_installed(p))
+        .map(|p| p.to_string())
+        .collect();
+    apt_install(&missing)
+}
+
 /// Installs whatever is missing.
 pub fn setup() -> anyhow::Result<()> {
     let llvm = nightly_llvm_major()?;

@@ -4,6 +4,7 @@
 //! from the same rounds, because this kind of machine is shared and noisy.
 
 pub mod control;
+pub mod e2e;
 pub mod harness;
 pub mod packet;
 pub mod report;
@@ -74,6 +75,8 @@ pub struct Results {
     pub add_to_first_packet: samples::Samples,
     /// Worker death to removal (ms).
     pub death_to_removal: samples::Samples,
+    /// End to end, every mode under every load.
+    pub e2e: Vec<e2e::Cell>,
 }
 
 /// Runs every section and returns the results.
@@ -86,11 +89,16 @@ pub fn measure(plan: &Plan) -> anyhow::Result<Results> {
     let maglev = control::maglev_builds(plan);
     let add_to_first_packet = control::add_to_first_packet(plan, &plan.lb)?;
     let death_to_removal = control::death_to_removal(plan, &plan.lb)?;
+    eprintln!("bench: end to end");
+    let stats = e2e::BpfStats::enable()?;
+    let e2e = e2e::run(plan)?;
+    drop(stats);
     Ok(Results {
         packet,
         scale,
         maglev,
         add_to_first_packet,
         death_to_removal,
+        e2e,
     })
 }

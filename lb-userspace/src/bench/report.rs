@@ -2,7 +2,12 @@
 
 use std::fmt::Write as _;
 
-use super::{packet::Row as PacketRow, samples::Samples, Plan, Results};
+use super::{
+    e2e::{Cell, Load, Mode, LOADS, MODES},
+    packet::Row as PacketRow,
+    samples::Samples,
+    Plan, Results,
+};
 
 /// The machine the figures come from.
 pub fn environment() -> Vec<(&'static str, String)> {
@@ -80,6 +85,63 @@ pub fn render(plan: &Plan, results: &Results) -> String {
     out += &per_packet(plan, &results.packet);
     out += &scale(plan, results);
     out += &control(results);
+    out += &end_to_end(plan, &results.e2e);
+    out
+}
+
+fn cell<'a>(cells: &'a [Cell], mode: Mode, load: Load) -> &'a Cell {
+    cells
+        .iter()
+        .find(|c| c.mode == mode && c.load == load)
+        .expect("every mode ran every load")
+}
+
+fn end_to_end(plan: &Plan, cells: &[Cell]) -> String {
+    let mut out = format!(
+        "\n## End to end\n\n\
+         The rig of the tests (network namespaces on one bridge, veth links), with one nginx \
+         worker (one process) and an iperf3 server behind every mode, so that modes differ only \
+         in the balancer. Modes, interleaved in every round: no balancer (the client talks to the \
+         worker: the ceiling); nftables DNAT through a jhash map with conntrack and masquerade on \
+         the balancer host; HAProxy 2 in TCP mode with one thread on the balancer host; lb in L2 \
+         DSR; and the stateless XDP forwarder (parse + MAC rewrite to the fixed worker + \
+         XDP_TX) on a host of its own, the floor for any XDP balancer on this rig. lb stays \
+         attached to the balancer host throughout, so nftables' and HAProxy's packets also pass \
+         through its program. Loads: `wrk -t1 -c16` for {} s (keep-alive, then with \
+         `Connection: close`), `iperf3` one stream for {} s. Medians over rounds; ratios are to \
+         the ceiling of the same round. Balancer CPU: lb's and the forwarder's program run time \
+         (`kernel.bpf_stats_enabled`), HAProxy's process time; nftables works in softirq, so the \
+         machine's whole softirq time is given for every mode (it includes the client's, \
+         the worker's and the veths' packet processing).\n",
+        plan.e2e_seconds, plan.e2e_seconds
+    );
+    for load in LOADS {
+        let _ = write!(
+            out,
+            "\n### {load}\n\n| mode | median | min | max | × ceiling | balancer CPU ms / 1000 req | softirq ms / 1000 req |\n|---|---|---|---|---|---|---|\n"
+        );
+        let ceiling = &cell(cells, Mode::Direct, load).rate;
+        for mode in MODES {
+            let c = cell(cells, mode, load);
+            let figure = |s: &Samples| {
+                if s.is_empty() {
+                    "–".to_owned()
+                } else {
+                    format!("{:.3}", s.median())
+                }
+            };
+            let _ = writeln!(
+                out,
+                "| {mode} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {} |",
+                c.rate.median(),
+                c.rate.min(),
+                c.rate.max(),
+                ratio(&c.rate, ceiling),
+                figure(&c.cpu_per_1000),
+                figure(&c.softirq_per_1000)
+            );
+        }
+    }
     out
 }
 
@@ -239,6 +301,17 @@ fn targets(results: &Results) -> String {
             out,
             "| Maglev build, 1,000 workers, M = 65537 < 5 ms | {ms:.2} ms | {} |",
             verdict(ms < 5.0)
+        );
+    }
+    for load in LOADS {
+        let value = ratio(
+            &cell(&results.e2e, Mode::Lb, load).rate,
+            &cell(&results.e2e, Mode::Floor, load).rate,
+        );
+        let _ = writeln!(
+            out,
+            "| end to end, {load}: lb ≥ 0.95 × stateless XDP forwarder | {value:.2} | {} |",
+            verdict(value >= 0.95)
         );
     }
     let ms = results.add_to_first_packet.median();
