@@ -89,7 +89,7 @@ pub fn render(plan: &Plan, results: &Results) -> String {
     out
 }
 
-fn cell<'a>(cells: &'a [Cell], mode: Mode, load: Load) -> &'a Cell {
+fn cell(cells: &[Cell], mode: Mode, load: Load) -> &Cell {
     cells
         .iter()
         .find(|c| c.mode == mode && c.load == load)
