@@ -166,6 +166,7 @@ impl Setup {
         let status: serde_json::Value =
             serde_json::from_str(&rig.lb.cli_ok(&["status", "-o", "json"])?)?;
         let lb_program = status["program_id"].as_u64().context("no program id")? as u32;
+        tune_balancer(&rig.balancer)?;
         nftables(&rig.balancer)?;
         let haproxy = haproxy(&rig)?;
         let floor = floor_forwarder(&mut rig, &worker)?;
@@ -246,8 +247,20 @@ impl Setup {
     }
 }
 
+/// What a host that forwards or proxies many short connections is tuned
+/// with: forwarding on, the whole port range, reuse of TIME_WAIT ports for
+/// new outgoing connections (HAProxy and masquerade run out of ports
+/// otherwise within seconds).
+fn tune_balancer(balancer: &Host) -> anyhow::Result<()> {
+    balancer.within(|| {
+        std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")?;
+        std::fs::write("/proc/sys/net/ipv4/ip_local_port_range", "1024 65535")?;
+        std::fs::write("/proc/sys/net/ipv4/tcp_tw_reuse", "1")
+    })??;
+    Ok(())
+}
+
 fn nftables(balancer: &Host) -> anyhow::Result<()> {
-    balancer.within(|| std::fs::write("/proc/sys/net/ipv4/ip_forward", "1"))??;
     let rules = format!(
         "table ip lb_bench {{\n\
            chain pre {{ type nat hook prerouting priority dstnat; policy accept;\n\

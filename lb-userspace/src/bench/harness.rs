@@ -41,8 +41,14 @@ impl Loaded {
 
     /// The floors object with every floor program loaded.
     pub fn floors() -> anyhow::Result<Self> {
+        Self::floors_with_flows(lb_common::floors::FLOOR_FLOWS_CAPACITY)
+    }
+
+    /// The floors object with an LRU hash of `capacity` entries.
+    pub fn floors_with_flows(capacity: u32) -> anyhow::Result<Self> {
         use lb_common::floors::program_names as floor;
         let ebpf = EbpfLoader::new()
+            .map_max_entries(lb_common::floors::map_names::FLOWS, capacity)
             .load(object::LB_FLOORS)
             .context("loading the floors object")?;
         let mut loaded = Self { ebpf };

@@ -103,7 +103,8 @@ fn end_to_end(plan: &Plan, cells: &[Cell]) -> String {
          worker (one process) and an iperf3 server behind every mode, so that modes differ only \
          in the balancer. Modes, interleaved in every round: no balancer (the client talks to the \
          worker: the ceiling); nftables DNAT through a jhash map with conntrack and masquerade on \
-         the balancer host; HAProxy 2 in TCP mode with one thread on the balancer host; lb in L2 \
+         the balancer host; HAProxy 2 in TCP mode with one thread on the balancer host (both with \
+         the whole port range and `tcp_tw_reuse` there, or they run out of ports); lb in L2 \
          DSR; and the stateless XDP forwarder (parse + MAC rewrite to the fixed worker + \
          XDP_TX) on a host of its own, the floor for any XDP balancer on this rig. lb stays \
          attached to the balancer host throughout, so nftables' and HAProxy's packets also pass \
@@ -188,23 +189,35 @@ fn scale(plan: &Plan, results: &Results) -> String {
         "\n## Flow-table scale\n\n\
          Established IPv4 TCP packets with the flow table holding N active flows (inserted from \
          user space), each single run a flow drawn at random from all N; table capacity 1.25 × N. \
-         {} single runs per sample, {} interleaved rounds. Memory is the `memlock` the kernel \
-         charges for the flow table.\n\n\
-         | flows | median ns | min | max | × 1K flows | table memory |\n|---|---|---|---|---|---|\n",
+         Next to it, the LRU floor on the same flows in an LRU hash of the same size: a random \
+         lookup in a big table waits for memory, whoever does it. {} single runs per sample, {} \
+         interleaved rounds. Memory is the `memlock` the kernel charges for the flow table.\n\n\
+         | flows | median ns | min | max | × 1K flows | LRU floor, same flows, ns | × that floor | table memory |\n\
+         |---|---|---|---|---|---|---|---|\n",
         plan.singles, plan.rounds
     );
     let base = &results.scale[0].cost;
     for row in &results.scale {
         let _ = writeln!(
             out,
-            "| {} | {} | {:.2} | {:.0} MiB |",
+            "| {} | {} | {:.2} | {:.0} | {:.2} | {} |",
             row.flows,
             ns(&row.cost),
             ratio(&row.cost, base),
-            row.table_bytes as f64 / (1 << 20) as f64
+            row.floor.median(),
+            ratio(&row.cost, &row.floor),
+            bytes(row.table_bytes)
         );
     }
     out
+}
+
+fn bytes(n: u64) -> String {
+    if n >= 1 << 20 {
+        format!("{:.0} MiB", n as f64 / f64::from(1 << 20))
+    } else {
+        format!("{:.0} KiB", n as f64 / 1024.0)
+    }
 }
 
 fn control(results: &Results) -> String {

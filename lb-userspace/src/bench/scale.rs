@@ -32,12 +32,15 @@ pub struct Row {
     pub flows: u32,
     /// Mean run time of an established-flow packet (ns), per round.
     pub cost: Samples,
+    /// The LRU floor on the same flows in a table of the same size (ns).
+    pub floor: Samples,
     /// Memory the kernel charges for the flow table (bytes).
     pub table_bytes: u64,
 }
 
 struct Instance {
     loaded: Loaded,
+    floor: Loaded,
     flows: u32,
     table_bytes: u64,
 }
@@ -76,6 +79,8 @@ fn instance(flows: u32) -> anyhow::Result<Instance> {
     let mut loaded = Loaded::lb(capacity)?;
     let _config = configure(&mut loaded, &vips()[..1], WORKERS, worker_addr)?;
     let mut table = loaded.flows(map_names::FLOWS)?;
+    let mut floor = Loaded::floors_with_flows(capacity)?;
+    let mut floor_table = floor.flows(lb_common::floors::map_names::FLOWS)?;
     let now = crate::activity::monotonic_ns();
     let vip_tag = lb_common::balancer::vip_tag(&vips()[0].key());
     for i in 0..flows {
@@ -90,10 +95,12 @@ fn instance(flows: u32) -> anyhow::Result<Instance> {
         table
             .insert(key(i), value, 0)
             .with_context(|| format!("recording flow {i} of {flows}"))?;
+        floor_table.insert(key(i), value, 0)?;
     }
     let table_bytes = memlock(&table)?;
     Ok(Instance {
         loaded,
+        floor,
         flows,
         table_bytes,
     })
@@ -116,30 +123,59 @@ pub fn run(plan: &Plan) -> anyhow::Result<Vec<Row>> {
         .iter()
         .map(|&n| instance(n))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let mut costs = vec![Samples::default(); instances.len()];
-    let mut random = 0x9e37_79b9_7f4a_7c15u64;
+    let mut costs = vec![(Samples::default(), Samples::default()); instances.len()];
+    let mut random = Random(0x9e37_79b9_7f4a_7c15);
     for _ in 0..plan.rounds {
-        for (instance, cost) in instances.iter().zip(&mut costs) {
-            let mut total = 0.0;
-            for _ in 0..plan.singles {
-                random ^= random << 13;
-                random ^= random >> 7;
-                random ^= random << 17;
-                let i = (random % u64::from(instance.flows)) as u32;
-                let (verdict, ns) = instance.loaded.run(program_names::BALANCER, &frame(i), 1)?;
-                anyhow::ensure!(verdict == 3, "flow {i} was not forwarded");
-                total += ns;
-            }
-            cost.push(total / f64::from(plan.singles));
+        for (instance, (cost, floor)) in instances.iter().zip(&mut costs) {
+            let lb = (&instance.loaded, program_names::BALANCER);
+            cost.push(random_flows(lb, instance.flows, plan.singles, &mut random)?);
+            let base = (&instance.floor, lb_common::floors::program_names::LRU);
+            floor.push(random_flows(
+                base,
+                instance.flows,
+                plan.singles,
+                &mut random,
+            )?);
         }
     }
     Ok(instances
         .into_iter()
         .zip(costs)
-        .map(|(i, cost)| Row {
+        .map(|(i, (cost, floor))| Row {
             flows: i.flows,
             cost,
+            floor,
             table_bytes: i.table_bytes,
         })
         .collect())
+}
+
+/// xorshift64: reproducible flow picks.
+struct Random(u64);
+
+impl Random {
+    fn below(&mut self, n: u32) -> u32 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 % u64::from(n)) as u32
+    }
+}
+
+/// The mean run time of `count` single runs of `program` on flows drawn
+/// at random from the first `flows`.
+fn random_flows(
+    (target, program): (&Loaded, &str),
+    flows: u32,
+    count: u32,
+    random: &mut Random,
+) -> anyhow::Result<f64> {
+    let mut total = 0.0;
+    for _ in 0..count {
+        let i = random.below(flows);
+        let (verdict, ns) = target.run(program, &frame(i), 1)?;
+        anyhow::ensure!(verdict == 3, "{program}: flow {i} was not forwarded");
+        total += ns;
+    }
+    Ok(total / f64::from(count))
 }
