@@ -39,6 +39,30 @@ pub enum Transport {
         /// Destination port.
         dport: u16,
     },
+    /// ICMP (or ICMPv6 for IPv6): type, code, the 4 bytes after the
+    /// checksum; the payload follows.
+    Icmp {
+        /// Type.
+        kind: u8,
+        /// Code.
+        code: u8,
+        /// Rest of the header (identifier/sequence, or MTU).
+        rest: [u8; 4],
+    },
+    /// Any other protocol: just the payload.
+    Raw {
+        /// The IP protocol number.
+        proto: u8,
+    },
+}
+
+/// IP fragmentation of a test packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Fragment {
+    /// Offset in 8-byte units.
+    pub offset: u16,
+    /// More fragments follow.
+    pub more: bool,
 }
 
 /// A test packet.
@@ -48,22 +72,36 @@ pub struct Packet {
     pub src_mac: [u8; 6],
     /// Destination MAC.
     pub dst_mac: [u8; 6],
+    /// 802.1Q tag (VLAN id), if tagged.
+    pub vlan: Option<u16>,
     /// Source address (the family decides IPv4 or IPv6).
     pub src: IpAddr,
     /// Destination address, of the same family.
     pub dst: IpAddr,
-    /// TCP or UDP.
+    /// IPv4 options (padded to a multiple of 4 bytes).
+    pub ipv4_options: Vec<u8>,
+    /// An IPv6 hop-by-hop options header before the transport header.
+    pub ipv6_hop_by_hop: bool,
+    /// Fragmentation (IPv4 header fields, or an IPv6 fragment header).
+    pub fragment: Option<Fragment>,
+    /// TCP, UDP, ICMP or another protocol.
     pub transport: Transport,
     /// TTL or hop limit.
     pub ttl: u8,
     /// Payload bytes.
     pub payload: Vec<u8>,
+    /// Zero bytes appended to reach this frame length (Ethernet padding).
+    pub pad_to: usize,
 }
 
 /// The balancer's MAC in test frames.
 pub const LB_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
 /// The client's (or router's) MAC in test frames.
 pub const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
+
+const ETH_P_8021Q: u16 = 0x8100;
+const NEXT_HOP_BY_HOP: u8 = 0;
+const NEXT_FRAGMENT: u8 = 44;
 
 impl Packet {
     /// A TCP packet from the client MAC to the balancer MAC.
@@ -84,59 +122,108 @@ impl Packet {
         Self::new(src, dst, Transport::Udp { sport, dport })
     }
 
-    fn new(src: IpAddr, dst: IpAddr, transport: Transport) -> Self {
+    /// A packet of any transport from the client MAC to the balancer MAC.
+    pub fn new(src: IpAddr, dst: IpAddr, transport: Transport) -> Self {
         Self {
             src_mac: CLIENT_MAC,
             dst_mac: LB_MAC,
+            vlan: None,
             src,
             dst,
+            ipv4_options: Vec::new(),
+            ipv6_hop_by_hop: false,
+            fragment: None,
             transport,
             ttl: 64,
             payload: b"lb test payload".to_vec(),
+            pad_to: 0,
+        }
+    }
+
+    fn proto(&self) -> u8 {
+        match self.transport {
+            Transport::Tcp { .. } => IPPROTO_TCP,
+            Transport::Udp { .. } => IPPROTO_UDP,
+            Transport::Icmp { .. } if self.src.is_ipv4() => 1,
+            Transport::Icmp { .. } => 58,
+            Transport::Raw { proto } => proto,
         }
     }
 
     /// The frame's bytes.
     pub fn build(&self) -> Vec<u8> {
         let l4 = self.transport_bytes();
-        let mut frame = Vec::with_capacity(14 + 40 + l4.len());
+        let mut frame = Vec::with_capacity(18 + 60 + l4.len());
         frame.extend_from_slice(&self.dst_mac);
         frame.extend_from_slice(&self.src_mac);
-        let proto = match self.transport {
-            Transport::Tcp { .. } => IPPROTO_TCP,
-            Transport::Udp { .. } => IPPROTO_UDP,
-        };
+        if let Some(vlan) = self.vlan {
+            frame.extend_from_slice(&ETH_P_8021Q.to_be_bytes());
+            frame.extend_from_slice(&vlan.to_be_bytes());
+        }
         match (self.src, self.dst) {
             (IpAddr::V4(src), IpAddr::V4(dst)) => {
                 frame.extend_from_slice(&ETH_P_IP.to_be_bytes());
-                let total = (20 + l4.len()) as u16;
-                let mut ip = [0u8; 20];
-                ip[0] = 0x45;
-                ip[2..4].copy_from_slice(&total.to_be_bytes());
-                ip[6] = 0x40; // don't fragment
-                ip[8] = self.ttl;
-                ip[9] = proto;
-                ip[12..16].copy_from_slice(&src.octets());
-                ip[16..20].copy_from_slice(&dst.octets());
-                let check = ipv4_checksum(&ip);
-                ip[10..12].copy_from_slice(&check.to_be_bytes());
-                frame.extend_from_slice(&ip);
+                frame.extend_from_slice(&self.ipv4_header(src.octets(), dst.octets(), l4.len()));
             }
             (IpAddr::V6(src), IpAddr::V6(dst)) => {
                 frame.extend_from_slice(&ETH_P_IPV6.to_be_bytes());
-                let mut ip = [0u8; 40];
-                ip[0] = 0x60;
-                ip[4..6].copy_from_slice(&(l4.len() as u16).to_be_bytes());
-                ip[6] = proto;
-                ip[7] = self.ttl;
-                ip[8..24].copy_from_slice(&src.octets());
-                ip[24..40].copy_from_slice(&dst.octets());
-                frame.extend_from_slice(&ip);
+                frame.extend_from_slice(&self.ipv6_headers(src.octets(), dst.octets(), l4.len()));
             }
             _ => panic!("test packet with mixed address families"),
         }
         frame.extend_from_slice(&l4);
+        if frame.len() < self.pad_to {
+            frame.resize(self.pad_to, 0);
+        }
         frame
+    }
+
+    fn ipv4_header(&self, src: [u8; 4], dst: [u8; 4], l4_len: usize) -> Vec<u8> {
+        let mut options = self.ipv4_options.clone();
+        options.resize(options.len().div_ceil(4) * 4, 0);
+        let header_len = 20 + options.len();
+        let mut ip = vec![0u8; 20];
+        ip[0] = 0x40 | (header_len / 4) as u8;
+        ip[2..4].copy_from_slice(&((header_len + l4_len) as u16).to_be_bytes());
+        let frag = match self.fragment {
+            None => 0x4000, // don't fragment
+            Some(f) => f.offset & 0x1fff | if f.more { 0x2000 } else { 0 },
+        };
+        ip[6..8].copy_from_slice(&frag.to_be_bytes());
+        ip[8] = self.ttl;
+        ip[9] = self.proto();
+        ip[12..16].copy_from_slice(&src);
+        ip[16..20].copy_from_slice(&dst);
+        ip.extend_from_slice(&options);
+        let check = ipv4_checksum(&ip);
+        ip[10..12].copy_from_slice(&check.to_be_bytes());
+        ip
+    }
+
+    fn ipv6_headers(&self, src: [u8; 16], dst: [u8; 16], l4_len: usize) -> Vec<u8> {
+        // Extension headers in order: hop-by-hop, then fragment.
+        let mut chain: Vec<(u8, [u8; 8])> = Vec::new();
+        if self.ipv6_hop_by_hop {
+            // Next header filled below; PadN option fills the 6 bytes.
+            chain.push((NEXT_HOP_BY_HOP, [0, 0, 1, 4, 0, 0, 0, 0]));
+        }
+        if let Some(f) = self.fragment {
+            let field = (f.offset << 3) | u16::from(f.more);
+            let [hi, lo] = field.to_be_bytes();
+            chain.push((NEXT_FRAGMENT, [0, 0, hi, lo, 0, 0, 0, 1]));
+        }
+        let mut ip = vec![0u8; 40];
+        ip[0] = 0x60;
+        ip[4..6].copy_from_slice(&((chain.len() * 8 + l4_len) as u16).to_be_bytes());
+        ip[6] = chain.first().map_or(self.proto(), |(kind, _)| *kind);
+        ip[7] = self.ttl;
+        ip[8..24].copy_from_slice(&src);
+        ip[24..40].copy_from_slice(&dst);
+        for (i, (_, mut header)) in chain.iter().copied().enumerate() {
+            header[0] = chain.get(i + 1).map_or(self.proto(), |(kind, _)| *kind);
+            ip.extend_from_slice(&header);
+        }
+        ip
     }
 
     fn transport_bytes(&self) -> Vec<u8> {
@@ -163,14 +250,24 @@ impl Packet {
                 udp[4..6].copy_from_slice(&len.to_be_bytes());
                 udp
             }
+            Transport::Icmp { kind, code, rest } => {
+                let mut icmp = vec![kind, code, 0, 0];
+                icmp.extend_from_slice(&rest);
+                icmp
+            }
+            Transport::Raw { .. } => Vec::new(),
         };
         bytes.extend_from_slice(&self.payload);
+        if let (Transport::Icmp { .. }, IpAddr::V4(_)) = (self.transport, self.src) {
+            let check = ipv4_checksum(&bytes);
+            bytes[2..4].copy_from_slice(&check.to_be_bytes());
+        }
         bytes
     }
 }
 
-/// The one's complement checksum of an IPv4 header (its checksum field
-/// zero).
+/// The Internet checksum of `header` (an IPv4 header with its checksum
+/// field zero, or an ICMP message).
 pub fn ipv4_checksum(header: &[u8]) -> u16 {
     let mut sum: u32 = header
         .chunks(2)

@@ -32,3 +32,4 @@ pub mod state_file;
 pub mod stats;
 pub mod table;
 pub mod testbed;
+pub mod testrun;

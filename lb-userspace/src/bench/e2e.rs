@@ -19,7 +19,8 @@ use anyhow::{bail, Context as _};
 use aya::{maps::Array, programs::XdpMode};
 use lb_common::floors::{map_names as floor_maps, program_names as floor, ForwardTarget};
 
-use super::{harness::Loaded, samples::Samples, Plan};
+use super::{samples::Samples, Plan};
+use crate::testrun::Loaded;
 use crate::{
     rig::{v6, Rig},
     testbed::{Host, Process},

@@ -5,7 +5,6 @@
 
 pub mod control;
 pub mod e2e;
-pub mod harness;
 pub mod packet;
 pub mod report;
 pub mod samples;

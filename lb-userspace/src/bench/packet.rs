@@ -11,11 +11,8 @@ use lb_common::{
     program_names,
 };
 
-use super::{
-    harness::{configure, Loaded},
-    samples::Samples,
-    Plan,
-};
+use super::{samples::Samples, Plan};
+use crate::testrun::{configure, Loaded};
 use crate::{
     dataplane::DEFAULT_MAX_FLOWS,
     frames::{tcp, Packet},

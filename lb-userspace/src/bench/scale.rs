@@ -16,12 +16,12 @@ use lb_common::{
 };
 
 use super::{
-    harness::{configure, Loaded},
     packet::{vips, worker_addr, WORKERS},
     samples::Samples,
     Plan,
 };
 use crate::frames::{tcp, Packet};
+use crate::testrun::{configure, Loaded};
 
 /// Flows per client address in the generated flow set.
 const PORTS_PER_CLIENT: u32 = 50_000;

@@ -1,16 +1,18 @@
 //! Loading lb's and the floors' programs without attaching them, giving
-//! lb a real configuration, and running them with BPF_PROG_TEST_RUN.
+//! lb a real configuration, and running them with BPF_PROG_TEST_RUN: the
+//! harness of the benchmarks and of the packet tests.
 
 use std::net::IpAddr;
 
 use anyhow::Context as _;
 use aya::{
-    maps::{HashMap as BpfHashMap, MapData},
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray},
     programs::{TestRun as _, TestRunOptions, Xdp},
     Ebpf, EbpfLoader,
 };
 use lb_common::{
     balancer::{FlowKey, FlowValue, LOAD_UNKNOWN},
+    counters::GlobalCounters,
     map_names, program_names,
 };
 
@@ -81,6 +83,40 @@ impl Loaded {
             .program_mut(name)
             .with_context(|| format!("no program {name}"))?
             .try_into()?)
+    }
+
+    /// Runs `program` once on `frame`; returns its verdict and the frame
+    /// it left.
+    pub fn run_frame(&self, program: &str, frame: &[u8]) -> anyhow::Result<(u32, Vec<u8>)> {
+        let xdp: &Xdp = self
+            .ebpf
+            .program(program)
+            .with_context(|| format!("no program {program}"))?
+            .try_into()?;
+        let mut out = vec![0u8; frame.len() + 256];
+        let result = xdp
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ..TestRunOptions::new()
+            })
+            .with_context(|| format!("test-running {program}"))?;
+        out.truncate(result.data_size_out as usize);
+        Ok((result.return_value, out))
+    }
+
+    /// lb's global counters, summed over CPUs.
+    pub fn counters(&self) -> anyhow::Result<GlobalCounters> {
+        let map: PerCpuArray<&MapData, GlobalCounters> = self
+            .ebpf
+            .map(map_names::COUNTERS)
+            .context("no counters map")?
+            .try_into()?;
+        let mut total = GlobalCounters::default();
+        for copy in map.get(&0, 0)?.iter() {
+            total.accumulate(copy);
+        }
+        Ok(total)
     }
 
     /// Runs `program` on `frame` `repeat` times; returns its verdict and
