@@ -1,0 +1,411 @@
+//! Packet-exact cases: lb's real program with a real configuration, run on
+//! frames built from descriptions with BPF_PROG_TEST_RUN. Each case names
+//! the verdict, the exact output frame and the counters that must move
+//! (every other counter must stay). Needs root (CAP_BPF).
+
+use std::net::IpAddr;
+
+use lb_common::{balancer::FlowKey, counters::GlobalCounters, program_names::BALANCER};
+use lb_userspace::{
+    frames::{tcp, Fragment, Packet, Transport, LB_MAC},
+    maglev,
+    service::{addr_bytes, Vip},
+    state::Desired,
+    testrun::{configure, worker_mac, Loaded},
+};
+
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+const XDP_TX: u32 = 3;
+
+/// lb loaded with four VIPs of three workers each, and one VIP without
+/// workers.
+struct Suite {
+    lb: Loaded,
+    desired: Desired,
+    _maps: lb_userspace::maps::ControlMaps,
+}
+
+fn ip(text: &str) -> IpAddr {
+    text.parse().unwrap()
+}
+
+const VIPS: [&str; 4] = [
+    "192.0.2.100:80/tcp",
+    "192.0.2.100:53/udp",
+    "[2001:db8::100]:80/tcp",
+    "[2001:db8::100]:53/udp",
+];
+const EMPTY_VIP: &str = "192.0.2.101:80/tcp";
+
+impl Suite {
+    fn new() -> Self {
+        let mut lb = Loaded::lb(65_536).unwrap();
+        let vips: Vec<Vip> = VIPS.iter().map(|v| v.parse().unwrap()).collect();
+        let (mut desired, mut maps) = configure(&mut lb, &vips, 3, |index, n| {
+            if index < 2 {
+                ip(&format!("198.51.100.{}", 10 + n))
+            } else {
+                ip(&format!("2001:db8:1::{}", 10 + n))
+            }
+        })
+        .unwrap();
+        let empty: Vip = EMPTY_VIP.parse().unwrap();
+        desired.add_vip(empty, Default::default()).unwrap();
+        let state = desired.vip(&empty).unwrap();
+        maps.install_vip(&empty, state, &[], desired.hash_seed)
+            .unwrap();
+        Self {
+            lb,
+            desired,
+            _maps: maps,
+        }
+    }
+
+    /// The worker MAC Maglev gives `packet`'s flow.
+    fn maglev_mac(&self, packet: &Packet) -> [u8; 6] {
+        let (sport, dport, proto) = match packet.transport {
+            Transport::Tcp { sport, dport, .. } => (sport, dport, 6),
+            Transport::Udp { sport, dport } => (sport, dport, 17),
+            _ => panic!("no ports"),
+        };
+        let (src, family) = addr_bytes(packet.src);
+        let (dst, _) = addr_bytes(packet.dst);
+        let key = FlowKey {
+            src,
+            dst,
+            sport: sport.to_be(),
+            dport: dport.to_be(),
+            proto,
+            family,
+            pad: [0; 2],
+        };
+        let vip = self
+            .desired
+            .vips()
+            .iter()
+            .find(|(v, _)| v.key().addr == dst && v.key().port == dport.to_be())
+            .map(|(_, s)| s)
+            .expect("a VIP's packet");
+        let size = vip.effective_table_size();
+        let table = maglev::build(&vip.members(|_| true), size, self.desired.hash_seed);
+        let slot = key.hash(self.desired.hash_seed) % size;
+        worker_mac(table[slot as usize].expect("a worker in every slot"))
+    }
+
+    /// Runs `case` and checks its verdict, output and counters.
+    fn check(&self, case: &Case) {
+        let before = self.lb.counters().unwrap();
+        let (verdict, output) = self.lb.run_frame(BALANCER, &case.frame).unwrap();
+        let after = self.lb.counters().unwrap();
+        assert_eq!(verdict, case.verdict, "{}: verdict", case.name);
+        let expected = match case.to_worker {
+            Some(mac) => forwarded(&case.frame, mac),
+            None => case.frame.clone(),
+        };
+        assert_eq!(output, expected, "{}: output frame", case.name);
+        let moved = deltas(&before, &after);
+        let mut wanted: Vec<(&str, u64)> = vec![
+            ("packets", 1),
+            ("bytes", case.frame.len() as u64),
+            (case.class, 1),
+        ];
+        wanted.extend_from_slice(case.counters);
+        wanted.sort();
+        assert_eq!(moved, wanted, "{}: counters", case.name);
+    }
+}
+
+/// The frame as lb sends it to a worker: destination MAC the worker's,
+/// source MAC the balancer's; not a byte else.
+fn forwarded(frame: &[u8], worker: [u8; 6]) -> Vec<u8> {
+    let mut out = frame.to_vec();
+    out[0..6].copy_from_slice(&worker);
+    out[6..12].copy_from_slice(&LB_MAC);
+    out
+}
+
+fn deltas(before: &GlobalCounters, after: &GlobalCounters) -> Vec<(&'static str, u64)> {
+    let mut moved: Vec<(&str, u64)> = GlobalCounters::NAMES
+        .iter()
+        .zip(before.values().iter().zip(after.values()))
+        .filter(|(_, (b, a))| a != *b)
+        .map(|(name, (b, a))| (*name, a - b))
+        .collect();
+    moved.sort();
+    moved
+}
+
+struct Case {
+    name: &'static str,
+    frame: Vec<u8>,
+    verdict: u32,
+    /// Forwarded to this worker MAC; `None`: the frame comes back as it was.
+    to_worker: Option<[u8; 6]>,
+    /// The packet class counter that must move by one.
+    class: &'static str,
+    /// Other counters that must move, by how much.
+    counters: &'static [(&'static str, u64)],
+}
+
+fn client4() -> IpAddr {
+    ip("203.0.113.7")
+}
+
+fn client6() -> IpAddr {
+    ip("2001:db8:2::7")
+}
+
+fn vip4() -> IpAddr {
+    ip("192.0.2.100")
+}
+
+fn vip6() -> IpAddr {
+    ip("2001:db8::100")
+}
+
+fn passed(name: &'static str, frame: Vec<u8>, class: &'static str) -> Case {
+    Case {
+        name,
+        frame,
+        verdict: XDP_PASS,
+        to_worker: None,
+        class,
+        counters: &[("pass_not_vip", 1)],
+    }
+}
+
+#[test]
+fn every_packet_class_gets_its_verdict_its_exact_frame_and_its_counters() {
+    let suite = Suite::new();
+    let forward = |name, packet: Packet, class, counters| Case {
+        name,
+        frame: packet.build(),
+        verdict: XDP_TX,
+        to_worker: Some(suite.maglev_mac(&packet)),
+        class,
+        counters,
+    };
+    const NEW: &[(&str, u64)] = &[("forwarded", 1)];
+    const HIT: &[(&str, u64)] = &[("forwarded", 1), ("flow_hits", 1)];
+    let syn4 = Packet::tcp(client4(), 40000, vip4(), 80, tcp::SYN);
+    let ack4 = Packet::tcp(client4(), 40000, vip4(), 80, tcp::ACK);
+    let syn6 = Packet::tcp(client6(), 40000, vip6(), 80, tcp::SYN);
+    let ack6 = Packet::tcp(client6(), 40000, vip6(), 80, tcp::ACK | tcp::PSH);
+    let udp4 = Packet::udp(client4(), 5000, vip4(), 53);
+    let udp6 = Packet::udp(client6(), 5000, vip6(), 53);
+    let mut options = Packet::tcp(client4(), 40001, vip4(), 80, tcp::SYN);
+    options.ipv4_options = vec![1, 1, 1, 0]; // NOP NOP NOP EOL
+    let mut ttl1 = Packet::tcp(client4(), 40002, vip4(), 80, tcp::SYN);
+    ttl1.ttl = 1;
+    let mut ttl0 = Packet::tcp(client4(), 40003, vip4(), 80, tcp::SYN);
+    ttl0.ttl = 0;
+    let mut minimum = Packet::tcp(client4(), 40004, vip4(), 80, tcp::SYN);
+    minimum.payload.clear();
+    minimum.pad_to = 60;
+    let mut jumbo = Packet::tcp(client4(), 40005, vip4(), 80, tcp::SYN);
+    jumbo.payload = vec![0x5a; 3000];
+    let mut first_fragment = Packet::udp(client4(), 5001, vip4(), 53);
+    first_fragment.fragment = Some(Fragment {
+        offset: 0,
+        more: true,
+    });
+    let rst = Packet::tcp(client4(), 40006, vip4(), 80, tcp::RST);
+    let cases = vec![
+        forward("IPv4 TCP, new flow", syn4, "ipv4_tcp", NEW),
+        forward("IPv4 TCP, established flow", ack4, "ipv4_tcp", HIT),
+        forward("IPv6 TCP, new flow", syn6, "ipv6_tcp", NEW),
+        forward("IPv6 TCP, established flow", ack6, "ipv6_tcp", HIT),
+        forward("IPv4 UDP, new flow", udp4.clone(), "ipv4_udp", NEW),
+        forward("IPv4 UDP, established flow", udp4, "ipv4_udp", HIT),
+        forward("IPv6 UDP, new flow", udp6.clone(), "ipv6_udp", NEW),
+        forward("IPv6 UDP, established flow", udp6, "ipv6_udp", HIT),
+        forward("IPv4 with options", options, "ipv4_tcp", NEW),
+        forward(
+            "TTL 1 (lb is no router hop: unchanged)",
+            ttl1,
+            "ipv4_tcp",
+            NEW,
+        ),
+        forward("TTL 0", ttl0, "ipv4_tcp", NEW),
+        forward(
+            "frame at the minimum length, padded",
+            minimum,
+            "ipv4_tcp",
+            NEW,
+        ),
+        forward(
+            "large frame (3 KB; test-run's limit)",
+            jumbo,
+            "ipv4_tcp",
+            NEW,
+        ),
+        forward(
+            "IPv4 first fragment: balanced on its ports",
+            first_fragment,
+            "ipv4_udp",
+            NEW,
+        ),
+        forward(
+            "RST with no flow: forwarded, not recorded",
+            rst.clone(),
+            "ipv4_tcp",
+            NEW,
+        ),
+        forward("RST again: still no flow to hit", rst, "ipv4_tcp", NEW),
+    ];
+    for case in &cases {
+        suite.check(case);
+    }
+}
+
+#[test]
+fn packets_lb_does_not_balance_pass_untouched_or_drop_with_a_reason() {
+    let suite = Suite::new();
+    let mut cases = Vec::new();
+    cases.push(passed(
+        "not a VIP",
+        Packet::tcp(client4(), 40000, ip("192.0.2.2"), 22, tcp::SYN).build(),
+        "ipv4_tcp",
+    ));
+    cases.push(passed(
+        "VIP address, wrong port",
+        Packet::tcp(client4(), 40000, vip4(), 8080, tcp::SYN).build(),
+        "ipv4_tcp",
+    ));
+    cases.push(passed(
+        "VIP address, unknown protocol (SCTP)",
+        Packet::new(client4(), vip4(), Transport::Raw { proto: 132 }).build(),
+        "ipv4_other",
+    ));
+    let mut tagged = Packet::tcp(client4(), 40000, vip4(), 80, tcp::SYN);
+    tagged.vlan = Some(100);
+    cases.push(passed(
+        "802.1Q-tagged frame (passed)",
+        tagged.build(),
+        "non_ip",
+    ));
+    let mut later = Packet::udp(client4(), 5000, vip4(), 53);
+    later.fragment = Some(Fragment {
+        offset: 185,
+        more: false,
+    });
+    cases.push(passed(
+        "IPv4 later fragment (no ports: passed)",
+        later.build(),
+        "ipv4_fragment",
+    ));
+    let mut hop_by_hop = Packet::tcp(client6(), 40000, vip6(), 80, tcp::SYN);
+    hop_by_hop.ipv6_hop_by_hop = true;
+    cases.push(passed(
+        "IPv6 hop-by-hop header before TCP (passed)",
+        hop_by_hop.build(),
+        "ipv6_other",
+    ));
+    let mut fragment6 = Packet::udp(client6(), 5000, vip6(), 53);
+    fragment6.fragment = Some(Fragment {
+        offset: 0,
+        more: true,
+    });
+    cases.push(passed(
+        "IPv6 fragment header (passed)",
+        fragment6.build(),
+        "ipv6_other",
+    ));
+    let mut arp = vec![0xff; 6];
+    arp.extend_from_slice(&[2, 0, 0, 0, 0, 1, 0x08, 0x06]);
+    arp.extend_from_slice(&[0; 28]);
+    cases.push(passed("ARP", arp, "non_ip"));
+    cases.push(Case {
+        name: "VIP without a worker: dropped",
+        frame: Packet::tcp(client4(), 40000, ip("192.0.2.101"), 80, tcp::SYN).build(),
+        verdict: XDP_DROP,
+        to_worker: None,
+        class: "ipv4_tcp",
+        counters: &[("drop_no_backend", 1)],
+    });
+    for case in &cases {
+        suite.check(case);
+    }
+}
+
+#[test]
+fn truncated_and_bogus_headers_pass_as_malformed() {
+    let suite = Suite::new();
+    let tcp4 = Packet::tcp(client4(), 40000, vip4(), 80, tcp::SYN).build();
+    let tcp6 = Packet::tcp(client6(), 40000, vip6(), 80, tcp::SYN).build();
+    let udp4 = Packet::udp(client4(), 5000, vip4(), 53).build();
+    // Every cut inside the IP and transport headers.
+    let mut cases: Vec<Case> = Vec::new();
+    for (frame, headers) in [
+        (&tcp4, 14 + 20 + 20),
+        (&tcp6, 14 + 40 + 20),
+        (&udp4, 14 + 20 + 8),
+    ] {
+        for len in 14..headers {
+            cases.push(passed("truncated", frame[..len].to_vec(), "malformed"));
+        }
+    }
+    for len in 0..14 {
+        cases.push(passed(
+            "shorter than Ethernet",
+            tcp4[..len].to_vec(),
+            "non_ip",
+        ));
+    }
+    let mut ihl3 = tcp4.clone();
+    ihl3[14] = 0x43;
+    cases.push(passed("IHL 3", ihl3, "malformed"));
+    let mut ihl15 = tcp4.clone();
+    ihl15[14] = 0x4f;
+    ihl15.truncate(14 + 40);
+    cases.push(passed("IHL 15 beyond the frame", ihl15, "malformed"));
+    let mut version5 = tcp4.clone();
+    version5[14] = 0x55;
+    cases.push(passed("IP version 5", version5, "malformed"));
+    let mut offset2 = tcp4.clone();
+    offset2[14 + 20 + 12] = 2 << 4;
+    cases.push(passed("TCP data offset 2", offset2, "malformed"));
+    for case in &cases {
+        if case.class == "non_ip" && case.frame.len() < 14 {
+            continue;
+        }
+        suite.check(case);
+    }
+    for case in cases.iter().filter(|c| c.frame.len() < 14) {
+        check_runt(&suite, case);
+    }
+}
+
+/// Frames shorter than Ethernet: the kernel's test-run may refuse them
+/// (it needs an Ethernet header); when it runs them, they pass as non-IP.
+fn check_runt(suite: &Suite, case: &Case) {
+    let before = suite.lb.counters().unwrap();
+    let Ok((verdict, output)) = suite.lb.run_frame(BALANCER, &case.frame) else {
+        return;
+    };
+    let after = suite.lb.counters().unwrap();
+    assert_eq!(
+        (verdict, output.as_slice()),
+        (XDP_PASS, case.frame.as_slice())
+    );
+    assert_eq!(after.non_ip - before.non_ip, 1);
+}
+
+#[test]
+fn an_ipv4_frame_claiming_more_bytes_than_it_has_is_forwarded_unchanged() {
+    // lb does not validate total length: it reads only the headers it
+    // needs, all inside the frame; the worker's stack judges the rest.
+    let suite = Suite::new();
+    let packet = Packet::tcp(client4(), 40100, vip4(), 80, tcp::SYN);
+    let mut frame = packet.build();
+    frame[16..18].copy_from_slice(&9000u16.to_be_bytes());
+    suite.check(&Case {
+        name: "total length beyond the frame",
+        frame,
+        verdict: XDP_TX,
+        to_worker: Some(suite.maglev_mac(&packet)),
+        class: "ipv4_tcp",
+        counters: &[("forwarded", 1)],
+    });
+}
