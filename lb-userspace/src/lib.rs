@@ -22,6 +22,7 @@ pub mod maps;
 pub mod neighbour;
 pub mod object;
 pub mod options;
+pub mod packet_fuzz;
 pub mod privileges;
 pub mod rig;
 pub mod run;

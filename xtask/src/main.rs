@@ -32,6 +32,15 @@ enum Task {
     },
     /// Run lb on a sandbox of network namespaces and show what it does (needs root).
     Demo,
+    /// Fuzz the data plane with random and mutated frames (needs root).
+    Fuzz {
+        /// Frames to run.
+        #[arg(long, default_value_t = 2_000_000)]
+        iterations: u64,
+        /// Stop after this many seconds.
+        #[arg(long, default_value_t = 600)]
+        seconds: u64,
+    },
     /// Measure lb against floors and references; writes docs/BENCHMARKS.md (needs root).
     Bench {
         /// A short run that checks the bench works; rough figures.
@@ -62,6 +71,22 @@ fn run(task: Task) -> anyhow::Result<()> {
             let mut test_args = vec!["test".to_owned()];
             test_args.extend(args);
             cargo(&test_args)
+        }
+        Task::Fuzz {
+            iterations,
+            seconds,
+        } => {
+            setup::setup()?;
+            let mut args = build_args(true);
+            args.extend(["--bin".into(), "lb-fuzz".into()]);
+            cargo(&args)?;
+            status(
+                Command::new(workspace_root().join("target/release/lb-fuzz"))
+                    .arg("--iterations")
+                    .arg(iterations.to_string())
+                    .arg("--seconds")
+                    .arg(seconds.to_string()),
+            )
         }
         Task::Bench { quick, out } => {
             setup::setup()?;
