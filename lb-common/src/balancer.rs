@@ -99,6 +99,19 @@ pub struct VipKey {
     pub family: u8,
 }
 
+/// Key of the VIP address set: every address some VIP uses, whatever its
+/// port (ICMP to it is lb's to answer).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct VipAddrKey {
+    /// The address.
+    pub addr: [u8; 16],
+    /// [`FAMILY_V4`] or [`FAMILY_V6`].
+    pub family: u8,
+    /// Always zero.
+    pub pad: [u8; 3],
+}
+
 /// Value of the VIP map.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -339,6 +352,7 @@ mod pod {
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for FlowValue {}
     unsafe impl aya::Pod for StickyKey {}
+    unsafe impl aya::Pod for VipAddrKey {}
     unsafe impl aya::Pod for StickyValue {}
     unsafe impl aya::Pod for Config {}
     unsafe impl aya::Pod for TrafficCounters {}
@@ -351,6 +365,7 @@ const _: () = {
     assert!(core::mem::size_of::<FlowKey>() == 40);
     assert!(core::mem::size_of::<FlowValue>() == 32);
     assert!(core::mem::size_of::<StickyKey>() == 20);
+    assert!(core::mem::size_of::<VipAddrKey>() == 20);
     assert!(core::mem::size_of::<StickyValue>() == 16);
     assert!(core::mem::size_of::<Config>() == 8);
     assert!(core::mem::size_of::<TrafficCounters>() == 24);

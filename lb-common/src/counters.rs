@@ -81,6 +81,10 @@ counters! {
         sticky_hits,
         /// New flows that went to the worker their client is pinned to.
         pin_hits,
+        /// ICMP echo requests to a VIP address, answered by lb.
+        icmp_echo_replies,
+        /// ICMP errors about a balanced flow, sent on to its worker.
+        icmp_errors_forwarded,
     }
 }
 

@@ -14,11 +14,12 @@
 pub mod balancer;
 pub mod counters;
 pub mod floors;
+pub mod icmp;
 pub mod packet;
 
 /// Version of every layout in this crate. A binary refuses to reuse maps
 /// pinned by a binary with another version.
-pub const LAYOUT_VERSION: u32 = 3;
+pub const LAYOUT_VERSION: u32 = 4;
 
 /// Names of the maps in the XDP object, which are also their pin names.
 pub mod map_names {
@@ -52,6 +53,8 @@ pub mod map_names {
     /// Array of `u32` per VIP id: the tag of the VIP holding the id (0:
     /// none).
     pub const VIP_TAGS: &str = "LB_VIP_TAGS";
+    /// Hash [`crate::balancer::VipAddrKey`] → `u8`: the VIP addresses.
+    pub const VIP_ADDRS: &str = "LB_VIP_ADDRS";
 
     /// Every map, each pinned under the instance's pin directory.
     pub const ALL: &[&str] = &[
@@ -68,6 +71,7 @@ pub mod map_names {
         PINS,
         VIP_FILTER,
         VIP_TAGS,
+        VIP_ADDRS,
     ];
 }
 

@@ -3,16 +3,18 @@
 #![no_main]
 
 mod frame;
+mod icmp;
 mod maps;
 mod schedule;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use lb_common::{
-    balancer::{
-        vip_filter_bit, Backend, TrafficCounters, VipKey, BACKEND_MAC_KNOWN, FAMILY_V4, FAMILY_V6,
-    },
+    balancer::{vip_filter_bit, TrafficCounters, VipKey, BACKEND_MAC_KNOWN, FAMILY_V4, FAMILY_V6},
     counters::GlobalCounters,
-    packet::{self, Frame as _, IpPacket, IpVersion, Parsed, IPPROTO_TCP, IPPROTO_UDP},
+    packet::{
+        self, Frame as _, IpPacket, IpVersion, Parsed, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP,
+        IPPROTO_UDP,
+    },
 };
 
 use crate::{frame::XdpFrame, maps::*};
@@ -57,13 +59,23 @@ fn balance(
     len: u64,
     counters: &mut GlobalCounters,
 ) -> Option<u32> {
-    if ip.later_fragment || (ip.proto != IPPROTO_TCP && ip.proto != IPPROTO_UDP) {
+    if ip.later_fragment {
         return None;
     }
     let family = match ip.version {
         IpVersion::V4 => FAMILY_V4,
         IpVersion::V6 => FAMILY_V6,
     };
+    let is_icmp = match ip.version {
+        IpVersion::V4 => ip.proto == IPPROTO_ICMP,
+        IpVersion::V6 => ip.proto == IPPROTO_ICMPV6,
+    };
+    if is_icmp {
+        return icmp::handle(frame, ip, family, counters);
+    }
+    if ip.proto != IPPROTO_TCP && ip.proto != IPPROTO_UDP {
+        return None;
+    }
     if !maybe_vip(ip) {
         return None;
     }
@@ -96,7 +108,7 @@ fn balance(
         counters.drop_no_neighbour += 1;
         return Some(xdp_action::XDP_DROP);
     }
-    if !rewrite_macs(frame, backend) {
+    if !rewrite_macs(frame, backend.mac) {
         return None;
     }
     count_traffic(&LB_VIP_STATS, decision.vip_id, len, decision.new_flow);
@@ -123,14 +135,14 @@ fn maybe_vip(ip: &IpPacket) -> bool {
 /// L2 DSR: the frame goes back out addressed to the worker's MAC, from the
 /// MAC it was sent to (this interface's).
 #[inline(always)]
-fn rewrite_macs(frame: &XdpFrame, backend: &Backend) -> bool {
+fn rewrite_macs(frame: &XdpFrame, worker: [u8; 6]) -> bool {
     let Some(macs) = frame.ptr_mut::<[u8; 12]>(0) else {
         return false;
     };
     // SAFETY: ptr_mut checked the 12 bytes against data_end.
     unsafe {
         let ours: [u8; 6] = core::ptr::read_unaligned(macs.cast::<[u8; 6]>());
-        core::ptr::write_unaligned(macs.cast::<[u8; 6]>(), backend.mac);
+        core::ptr::write_unaligned(macs.cast::<[u8; 6]>(), worker);
         core::ptr::write_unaligned(macs.cast::<u8>().add(6).cast::<[u8; 6]>(), ours);
     }
     true

@@ -8,8 +8,8 @@ use aya_ebpf::{
 };
 use lb_common::{
     balancer::{
-        Backend, Config, FlowKey, FlowValue, StickyKey, StickyValue, TrafficCounters, VipInfo,
-        VipKey, MAX_BACKENDS, MAX_PINS, MAX_STICKY, MAX_VIPS, VIP_FILTER_WORDS,
+        Backend, Config, FlowKey, FlowValue, StickyKey, StickyValue, TrafficCounters, VipAddrKey,
+        VipInfo, VipKey, MAX_BACKENDS, MAX_PINS, MAX_STICKY, MAX_VIPS, VIP_FILTER_WORDS,
     },
     counters::GlobalCounters,
 };
@@ -67,3 +67,7 @@ pub static LB_VIP_FILTER: Array<u64, { VIP_FILTER_WORDS as usize }> = Array::new
 /// Per VIP id, the tag of the VIP holding it (0: none).
 #[btf_map]
 pub static LB_VIP_TAGS: Array<u32, VIPS> = Array::new();
+
+/// The VIP addresses (for ICMP), written by the controller.
+#[btf_map]
+pub static LB_VIP_ADDRS: HashMap<VipAddrKey, u8, VIPS> = HashMap::new();

@@ -206,10 +206,20 @@ fn usable(id: u32, vip: &VipInfo) -> bool {
         .is_some_and(|backend| backend.takes_new_flows(vip.id))
 }
 
+/// The worker the flow table records for `key`, if its VIP still holds
+/// the flow's id (no side effects: for ICMP errors about the flow).
+#[inline(always)]
+pub fn recorded_worker(key: &FlowKey) -> Option<u32> {
+    // SAFETY: copied out at once.
+    let value = unsafe { LB_FLOWS.get(key) }?;
+    let current = LB_VIP_TAGS.get(value.vip_id).copied() == Some(value.vip_tag);
+    current.then_some(value.backend_id)
+}
+
 /// The VIP's scheduler: Maglev, or the less loaded of two Maglev picks
 /// from independent hashes.
 #[inline(always)]
-fn schedule(key: &FlowKey, vip: &VipInfo) -> Option<u32> {
+pub fn schedule(key: &FlowKey, vip: &VipInfo) -> Option<u32> {
     if vip.table_size == 0 {
         return None;
     }

@@ -6,8 +6,9 @@ use std::{net::IpAddr, path::Path, time::Duration, time::Instant};
 use aya::maps::{Array, ArrayOfMaps, HashMap, Map, MapData, MapError, PerCpuArray};
 use lb_common::{
     balancer::{
-        vip_filter_bit, vip_tag, Backend, Config, StickyKey, TrafficCounters, VipInfo, VipKey,
-        BACKEND_MAC_KNOWN, BACKEND_VALID, NO_BACKEND, VIP_FILTER_WORDS, VIP_HAS_PINS, VIP_STICKY,
+        vip_filter_bit, vip_tag, Backend, Config, StickyKey, TrafficCounters, VipAddrKey, VipInfo,
+        VipKey, BACKEND_MAC_KNOWN, BACKEND_VALID, NO_BACKEND, VIP_FILTER_WORDS, VIP_HAS_PINS,
+        VIP_STICKY,
     },
     map_names, LAYOUT_VERSION,
 };
@@ -42,6 +43,7 @@ pub struct ControlMaps {
     pins: HashMap<MapData, StickyKey, u32>,
     vip_filter: Array<MapData, u64>,
     vip_tags: Array<MapData, u32>,
+    vip_addrs: HashMap<MapData, VipAddrKey, u8>,
     /// What `vip_filter` holds, to write only the words that change.
     filter_words: Vec<u64>,
 }
@@ -63,6 +65,7 @@ impl ControlMaps {
             pins: take(ebpf, map_names::PINS).try_into()?,
             vip_filter: take(ebpf, map_names::VIP_FILTER).try_into()?,
             vip_tags: take(ebpf, map_names::VIP_TAGS).try_into()?,
+            vip_addrs: take(ebpf, map_names::VIP_ADDRS).try_into()?,
             // Unknown (an adopted map may hold anything): the first
             // refresh writes every word.
             filter_words: vec![u64::MAX; VIP_FILTER_WORDS as usize],
@@ -74,6 +77,7 @@ impl ControlMaps {
     /// cleared after it is gone: a missing bit only ever sends a packet to
     /// the kernel, never misforwards it.
     pub fn refresh_filter(&mut self) -> Result<(), MapError> {
+        self.refresh_addresses()?;
         let mut words = vec![0u64; VIP_FILTER_WORDS as usize];
         for key in self.vip_keys() {
             let bit = vip_filter_bit(&key.addr, key.port, key.proto);
@@ -120,6 +124,28 @@ impl ControlMaps {
     /// Writes worker `id`'s load figure (`LOAD_UNKNOWN` when none).
     pub fn write_load(&mut self, id: u32, load: u32) -> Result<(), MapError> {
         self.load.set(id, load, 0)
+    }
+
+    /// Makes the VIP address set hold exactly the addresses of the VIPs in
+    /// the VIP map (ICMP to them is answered or sent on).
+    fn refresh_addresses(&mut self) -> Result<(), MapError> {
+        let wanted: std::collections::HashSet<VipAddrKey> = self
+            .vip_keys()
+            .iter()
+            .map(|k| VipAddrKey {
+                addr: k.addr,
+                family: k.family,
+                pad: [0; 3],
+            })
+            .collect();
+        let present: Vec<VipAddrKey> = self.vip_addrs.keys().filter_map(Result::ok).collect();
+        for key in present.iter().filter(|k| !wanted.contains(k)) {
+            self.vip_addrs.remove(key)?;
+        }
+        for key in wanted.iter().filter(|k| !present.contains(k)) {
+            self.vip_addrs.insert(key, 1, 0)?;
+        }
+        Ok(())
     }
 
     /// Pins a client key to worker `id`.

@@ -20,7 +20,8 @@ use std::{
 use anyhow::{bail, Context as _};
 use lb_common::{
     counters::GlobalCounters,
-    packet::{parse, Parsed, IPPROTO_TCP, IPPROTO_UDP},
+    icmp::{classify, IcmpMessage, ICMPV6_ECHO_REPLY, ICMP_ECHO_REPLY},
+    packet::{parse, IpVersion, Parsed, IPPROTO_TCP, IPPROTO_UDP},
     program_names::BALANCER,
 };
 
@@ -55,6 +56,7 @@ pub struct Report {
 pub struct Target {
     lb: Loaded,
     vips: HashSet<([u8; 16], u16, u8)>,
+    vip_addrs: HashSet<[u8; 16]>,
     workers: HashSet<[u8; 6]>,
     seeds: Vec<Vec<u8>>,
     _state: (Desired, ControlMaps),
@@ -87,7 +89,7 @@ impl Target {
         desired.add_vip(empty, Default::default())?;
         maps.install_vip(&empty, desired.vip(&empty)?, &[], desired.hash_seed)?;
         let workers = (0..12).map(worker_mac).collect();
-        let vips = vips
+        let vips: HashSet<([u8; 16], u16, u8)> = vips
             .iter()
             .chain([&empty])
             .map(|v| {
@@ -95,8 +97,10 @@ impl Target {
                 (key.addr, key.port, key.proto)
             })
             .collect();
+        let vip_addrs = vips.iter().map(|(addr, _, _)| *addr).collect();
         Ok(Self {
             lb,
+            vip_addrs,
             vips,
             workers,
             seeds: seeds(),
@@ -167,10 +171,7 @@ impl Target {
             }
             XDP_TX => {
                 report.forwarded += 1;
-                if !for_vip {
-                    bail!("forwarded a frame that is not a VIP's TCP or UDP");
-                }
-                self.check_forwarded(frame, &output)?;
+                self.check_transmitted(frame, &output, for_vip)?;
             }
             XDP_DROP => {
                 report.dropped += 1;
@@ -182,6 +183,31 @@ impl Target {
         }
         check_counters(before, &after, verdict, frame.len())?;
         Ok(after)
+    }
+
+    /// A transmitted frame is a VIP packet or an ICMP error about one sent
+    /// to a worker, or an echo reply from a VIP address.
+    fn check_transmitted(&self, frame: &[u8], output: &[u8], for_vip: bool) -> anyhow::Result<()> {
+        if for_vip || self.is_icmp_error_for_vip(frame) {
+            return self.check_forwarded(frame, output);
+        }
+        let Parsed::Ip(ip) = parse(frame) else {
+            bail!("transmitted a frame that is not IP");
+        };
+        if !matches!(classify(frame, &ip), IcmpMessage::EchoRequest) {
+            bail!("transmitted a frame that is neither a VIP's nor ICMP to one");
+        }
+        if !self.vip_addrs.contains(&ip.dst) {
+            bail!("answered an echo request to an address that is no VIP's");
+        }
+        check_echo_reply(frame, output, &ip)
+    }
+
+    fn is_icmp_error_for_vip(&self, frame: &[u8]) -> bool {
+        let Parsed::Ip(ip) = parse(frame) else {
+            return false;
+        };
+        matches!(classify(frame, &ip), IcmpMessage::Error(e) if self.vips.contains(&(e.vip, e.vip_port, e.proto)) || self.vip_addrs.contains(&ip.dst))
     }
 
     fn check_forwarded(&self, frame: &[u8], output: &[u8]) -> anyhow::Result<()> {
@@ -225,7 +251,10 @@ fn check_counters(
         bail!("not exactly one packet class moved");
     }
     let outcomes = [
-        (XDP_TX, delta(|c| c.forwarded)),
+        (
+            XDP_TX,
+            delta(|c| c.forwarded + c.icmp_echo_replies + c.icmp_errors_forwarded),
+        ),
         (XDP_PASS, delta(|c| c.pass_not_vip)),
         (XDP_DROP, delta(|c| c.drop_no_backend + c.drop_no_neighbour)),
     ];
@@ -234,6 +263,35 @@ fn check_counters(
         if moved != expected {
             bail!("outcome counter of verdict {outcome} moved by {moved}, verdict {verdict}");
         }
+    }
+    Ok(())
+}
+
+/// An echo reply made in place: MACs and addresses swapped, type changed,
+/// checksum still right, nothing else touched.
+fn check_echo_reply(
+    frame: &[u8],
+    output: &[u8],
+    ip: &lb_common::packet::IpPacket,
+) -> anyhow::Result<()> {
+    let (l3, l4) = (ip.l3_offset, ip.l4_offset);
+    let (src, dst, reply) = match ip.version {
+        IpVersion::V4 => (l3 + 12..l3 + 16, l3 + 16..l3 + 20, ICMP_ECHO_REPLY),
+        IpVersion::V6 => (l3 + 8..l3 + 24, l3 + 24..l3 + 40, ICMPV6_ECHO_REPLY),
+    };
+    let mut expected = frame.to_vec();
+    expected[0..6].copy_from_slice(&frame[6..12]);
+    expected[6..12].copy_from_slice(&frame[0..6]);
+    expected[src.clone()].copy_from_slice(&frame[dst.clone()]);
+    expected[dst].copy_from_slice(&frame[src]);
+    let old = u16::from_be_bytes([frame[l4], frame[l4 + 1]]);
+    expected[l4] = reply;
+    let new = u16::from_be_bytes([expected[l4], expected[l4 + 1]]);
+    let check = u16::from_be_bytes([frame[l4 + 2], frame[l4 + 3]]);
+    let updated = lb_common::icmp::checksum_update(check, old, new);
+    expected[l4 + 2..l4 + 4].copy_from_slice(&updated.to_be_bytes());
+    if output != expected.as_slice() {
+        bail!("the echo reply is not the request turned around");
     }
     Ok(())
 }
@@ -280,6 +338,23 @@ fn seeds() -> Vec<Vec<u8>> {
     let mut hop = Packet::tcp(c6, 40000, v6, 80, tcp::SYN);
     hop.ipv6_hop_by_hop = true;
     packets.push(hop);
+    for (router, client, vip, kind, cut) in [
+        (ip("198.51.100.254"), c4, v4, 3, 28),
+        (ip("2001:db8:3::254"), c6, v6, 2, 48),
+    ] {
+        let about = Packet::tcp(vip, 80, client, 40000, tcp::ACK).build();
+        let mut error = Packet::new(
+            router,
+            vip,
+            Transport::Icmp {
+                kind,
+                code: if kind == 3 { 4 } else { 0 },
+                rest: [0, 0, 5, 0],
+            },
+        );
+        error.payload = about[14..14 + cut].to_vec();
+        packets.push(error);
+    }
     packets.iter().map(Packet::build).collect()
 }
 

@@ -409,3 +409,114 @@ fn an_ipv4_frame_claiming_more_bytes_than_it_has_is_forwarded_unchanged() {
         counters: &[("forwarded", 1)],
     });
 }
+
+/// An echo request from the client to `dst`.
+fn echo(src: IpAddr, dst: IpAddr) -> Packet {
+    let kind = if dst.is_ipv4() { 8 } else { 128 };
+    Packet::new(
+        src,
+        dst,
+        Transport::Icmp {
+            kind,
+            code: 0,
+            rest: [0x12, 0x34, 0, 1],
+        },
+    )
+}
+
+/// An ICMP error from a router about `about` (a packet a worker sent).
+fn error_about(router: IpAddr, about: &Packet) -> Packet {
+    let (kind, code, rest) = if router.is_ipv4() {
+        (3, 4, [0, 0, 0x05, 0x00]) // fragmentation needed, MTU 1280
+    } else {
+        (2, 0, [0, 0, 0x05, 0x00]) // packet too big, MTU 1280
+    };
+    let mut packet = Packet::new(router, about.src, Transport::Icmp { kind, code, rest });
+    let embedded = about.build();
+    packet.payload = embedded[14..]
+        .iter()
+        .copied()
+        .take(if router.is_ipv4() { 28 } else { 48 })
+        .collect();
+    packet
+}
+
+/// The reply lb must make of `request`: MACs and addresses swapped, type
+/// changed, checksum updated.
+fn echo_reply(request: &Packet) -> Vec<u8> {
+    let mut reply = request.clone();
+    std::mem::swap(&mut reply.src, &mut reply.dst);
+    std::mem::swap(&mut reply.src_mac, &mut reply.dst_mac);
+    if let Transport::Icmp { kind, .. } = &mut reply.transport {
+        *kind = if *kind == 8 { 0 } else { 129 };
+    }
+    let mut frame = reply.build();
+    if request.src.is_ipv6() {
+        // The builder leaves ICMPv6 checksums zero; lb updates the
+        // request's zero checksum incrementally.
+        let l4 = 14 + 40;
+        let updated = lb_common::icmp::checksum_update(0, 128 << 8, 129 << 8);
+        frame[l4 + 2..l4 + 4].copy_from_slice(&updated.to_be_bytes());
+    }
+    frame
+}
+
+#[test]
+fn icmp_echo_to_a_vip_is_answered_and_errors_about_a_flow_reach_its_worker() {
+    let suite = Suite::new();
+    for (client, vip) in [(client4(), vip4()), (client6(), vip6())] {
+        let request = echo(client, vip);
+        let (verdict, output) = suite.lb.run_frame(BALANCER, &request.build()).unwrap();
+        assert_eq!(verdict, XDP_TX, "echo to {vip}");
+        assert_eq!(output, echo_reply(&request), "echo reply from {vip}");
+        if vip.is_ipv4() {
+            let sum = lb_userspace::frames::ipv4_checksum(&output[34..]);
+            assert_eq!(sum, 0, "the reply's ICMP checksum verifies");
+        }
+    }
+    let not_vip = echo(client4(), ip("192.0.2.2")).build();
+    suite.check(&passed("echo to a non-VIP", not_vip, "ipv4_icmp"));
+
+    let routers = [ip("198.51.100.254"), ip("2001:db8:3::254")];
+    for (router, (client, vip)) in routers
+        .into_iter()
+        .zip([(client4(), vip4()), (client6(), vip6())])
+    {
+        // Record the flow, then a router complains about a reply of it.
+        let request = Packet::tcp(client, 41000, vip, 80, tcp::SYN);
+        let worker = suite.maglev_mac(&request);
+        suite.lb.run_frame(BALANCER, &request.build()).unwrap();
+        let reply = Packet::tcp(vip, 80, client, 41000, tcp::ACK);
+        let error = error_about(router, &reply).build();
+        let class = if vip.is_ipv4() {
+            "ipv4_icmp"
+        } else {
+            "ipv6_icmp"
+        };
+        suite.check(&Case {
+            name: "ICMP error about a recorded flow",
+            frame: error.clone(),
+            verdict: XDP_TX,
+            to_worker: Some(worker),
+            class,
+            counters: &[("icmp_errors_forwarded", 1)],
+        });
+        // A flow the table no longer knows goes where Maglev sends it.
+        let unknown = Packet::tcp(vip, 80, client, 41001, tcp::ACK);
+        let expected = suite.maglev_mac(&Packet::tcp(client, 41001, vip, 80, tcp::ACK));
+        suite.check(&Case {
+            name: "ICMP error about an unrecorded flow",
+            frame: error_about(router, &unknown).build(),
+            verdict: XDP_TX,
+            to_worker: Some(expected),
+            class,
+            counters: &[("icmp_errors_forwarded", 1)],
+        });
+    }
+    let foreign = Packet::tcp(ip("192.0.2.2"), 22, client4(), 50000, tcp::ACK);
+    suite.check(&passed(
+        "ICMP error about a packet of no VIP",
+        error_about(routers[0], &foreign).build(),
+        "ipv4_icmp",
+    ));
+}

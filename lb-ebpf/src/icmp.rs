@@ -1,0 +1,131 @@
+//! ICMP to VIP addresses: echo requests are answered here (the VIP lives
+//! on the workers' loopbacks, so nobody else would), errors about a
+//! balanced flow go to the flow's worker (Path MTU discovery needs the
+//! "fragmentation needed" / "packet too big" to reach the sender).
+
+use aya_ebpf::bindings::xdp_action;
+use lb_common::{
+    balancer::{FlowKey, VipAddrKey, VipKey, BACKEND_MAC_KNOWN},
+    counters::GlobalCounters,
+    icmp::{
+        checksum_update, classify, EmbeddedFlow, IcmpMessage, ICMPV6_ECHO_REPLY, ICMP_ECHO_REPLY,
+    },
+    packet::{IpPacket, IpVersion, Ipv4Header, Ipv6Header},
+};
+
+use crate::{
+    frame::XdpFrame,
+    maps::{LB_BACKENDS, LB_VIPS, LB_VIP_ADDRS},
+    rewrite_macs, schedule,
+};
+
+/// Handles an ICMP packet; `None` passes it to the kernel.
+#[inline(always)]
+pub fn handle(
+    frame: &XdpFrame,
+    ip: &IpPacket,
+    family: u8,
+    counters: &mut GlobalCounters,
+) -> Option<u32> {
+    match classify(frame, ip) {
+        IcmpMessage::EchoRequest => {
+            let key = VipAddrKey {
+                addr: ip.dst,
+                family,
+                pad: [0; 3],
+            };
+            // SAFETY: only tested for presence.
+            unsafe { LB_VIP_ADDRS.get(&key) }?;
+            answer_echo(frame, ip)?;
+            counters.icmp_echo_replies += 1;
+            Some(xdp_action::XDP_TX)
+        }
+        IcmpMessage::Error(embedded) => {
+            let worker = worker_of(&embedded, family)?;
+            if !rewrite_macs(frame, worker) {
+                return None;
+            }
+            counters.icmp_errors_forwarded += 1;
+            Some(xdp_action::XDP_TX)
+        }
+        IcmpMessage::Other => None,
+    }
+}
+
+/// The MAC of the worker that owns the flow the error is about: the one
+/// its flow entry names or, when the flow table has forgotten it, the one
+/// the scheduler picks (the same one, unless the workers changed since).
+#[inline(always)]
+fn worker_of(embedded: &EmbeddedFlow, family: u8) -> Option<[u8; 6]> {
+    let flow = schedule::Flow {
+        key: FlowKey {
+            src: embedded.client,
+            dst: embedded.vip,
+            sport: embedded.client_port,
+            dport: embedded.vip_port,
+            proto: embedded.proto,
+            family,
+            pad: [0; 2],
+        },
+        tcp_flags: 0,
+        is_tcp: false,
+    };
+    let backend_id = match schedule::recorded_worker(&flow.key) {
+        Some(id) => id,
+        None => {
+            let vip_key = VipKey {
+                addr: embedded.vip,
+                port: embedded.vip_port,
+                proto: embedded.proto,
+                family,
+            };
+            // SAFETY: copied out at once.
+            let vip = unsafe { LB_VIPS.get(&vip_key) }.copied()?;
+            schedule::schedule(&flow.key, &vip)?
+        }
+    };
+    let backend = LB_BACKENDS.get(backend_id)?;
+    (backend.flags & BACKEND_MAC_KNOWN != 0).then_some(backend.mac)
+}
+
+/// Turns an echo request into its reply in place: addresses swapped (no
+/// checksum changes), type changed (checksum updated), MACs swapped.
+#[inline(always)]
+fn answer_echo(frame: &XdpFrame, ip: &IpPacket) -> Option<()> {
+    let icmp = frame.ptr_mut::<[u8; 4]>(ip.l4_offset)?;
+    // SAFETY: ptr_mut checked every pointer against data_end; headers are
+    // byte arrays (alignment 1).
+    unsafe {
+        match ip.version {
+            IpVersion::V4 => {
+                let header = &mut *frame.ptr_mut::<Ipv4Header>(ip.l3_offset)?;
+                core::mem::swap(&mut header.src, &mut header.dst);
+                set_type(&mut *icmp, ICMP_ECHO_REPLY);
+            }
+            IpVersion::V6 => {
+                let header = &mut *frame.ptr_mut::<Ipv6Header>(ip.l3_offset)?;
+                core::mem::swap(&mut header.src, &mut header.dst);
+                set_type(&mut *icmp, ICMPV6_ECHO_REPLY);
+            }
+        }
+        let macs = frame.ptr_mut::<[u8; 12]>(0)?;
+        let dst: [u8; 6] = core::ptr::read_unaligned(macs.cast::<[u8; 6]>());
+        let src: [u8; 6] = core::ptr::read_unaligned(macs.cast::<u8>().add(6).cast::<[u8; 6]>());
+        core::ptr::write_unaligned(macs.cast::<[u8; 6]>(), src);
+        core::ptr::write_unaligned(macs.cast::<u8>().add(6).cast::<[u8; 6]>(), dst);
+    }
+    Some(())
+}
+
+/// Sets the ICMP type (first byte of the first checksummed word) and
+/// updates the checksum.
+#[inline(always)]
+fn set_type(header: &mut [u8; 4], kind: u8) {
+    let old = u16::from_be_bytes([header[0], header[1]]);
+    header[0] = kind;
+    let new = u16::from_be_bytes([header[0], header[1]]);
+    let check = u16::from_be_bytes([header[2], header[3]]);
+    let [hi, lo] = checksum_update(check, old, new).to_be_bytes();
+    header[2] = hi;
+    header[3] = lo;
+}
