@@ -456,6 +456,86 @@ impl Testbed {
             .unwrap_or_else(|| panic!("no host {role} in this testbed"))
     }
 
+    /// Adds a host that is not on the bridge but behind `router`, on a
+    /// link of its own: `ipv4`/24 here, `router_ipv4` on the router's end,
+    /// whose MTU is `router_mtu` (the host's end keeps 1500, so the router
+    /// must fragment or send "fragmentation needed" on the way in).
+    pub fn add_host_behind(
+        &mut self,
+        role: &str,
+        router: &Host,
+        ipv4: Ipv4Addr,
+        router_ipv4: Ipv4Addr,
+        router_mtu: u32,
+    ) -> anyhow::Result<Host> {
+        let host = Host {
+            role: role.to_owned(),
+            netns: format!("{}-{role}", self.prefix),
+            ipv4,
+            ipv6: Ipv6Addr::UNSPECIFIED,
+        };
+        ip(&["netns", "add", &host.netns])?;
+        self.hosts.push(host.clone());
+        let peer = format!("r-{role}");
+        ip(&[
+            "link",
+            "add",
+            HOST_IFACE,
+            "netns",
+            &host.netns,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &peer,
+            "netns",
+            &router.netns,
+        ])?;
+        let (n, r) = (host.netns.as_str(), router.netns.as_str());
+        ip(&["-n", n, "link", "set", "lo", "up"])?;
+        ip(&[
+            "-n",
+            n,
+            "addr",
+            "add",
+            &format!("{ipv4}/24"),
+            "dev",
+            HOST_IFACE,
+        ])?;
+        ip(&["-n", n, "link", "set", HOST_IFACE, "up"])?;
+        ip(&[
+            "-n",
+            n,
+            "route",
+            "add",
+            "default",
+            "via",
+            &router_ipv4.to_string(),
+        ])?;
+        ip(&[
+            "-n",
+            r,
+            "addr",
+            "add",
+            &format!("{router_ipv4}/24"),
+            "dev",
+            &peer,
+        ])?;
+        ip(&[
+            "-n",
+            r,
+            "link",
+            "set",
+            &peer,
+            "mtu",
+            &router_mtu.to_string(),
+            "up",
+        ])?;
+        router.within(|| fs::write("/proc/sys/net/ipv4/ip_forward", "1"))??;
+        host.run("ethtool", &["-K", HOST_IFACE, "tx", "off"])?;
+        Ok(host)
+    }
+
     /// Turns off TX checksum offload on a client's `eth0`: XDP rewrites on
     /// the balancer cannot complete the partial checksums a veth hands out.
     pub fn disable_tx_offload(&self, role: &str) -> anyhow::Result<()> {
