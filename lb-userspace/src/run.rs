@@ -313,6 +313,9 @@ fn refusal(error: String) -> Response {
 /// Makes sure no other controller owns the socket path; removes a stale
 /// socket left by one that died.
 fn claim_socket(path: &Path) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent().filter(|d| d.exists()) {
+        check_socket_dir(dir)?;
+    }
     if std::os::unix::net::UnixStream::connect(path).is_ok() {
         bail!(
             "another lb controller is running on {}; stop it or pass another --socket (and --pin-dir)",
@@ -336,11 +339,37 @@ fn bind_socket(path: &Path) -> anyhow::Result<UnixListener> {
             .create(dir)
             .with_context(|| format!("creating {}", dir.display()))?;
     }
+    if let Some(dir) = path.parent() {
+        check_socket_dir(dir)?;
+    }
     let listener = UnixListener::bind(path)
         .with_context(|| format!("binding the admin socket {}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
         .with_context(|| format!("restricting {} to root", path.display()))?;
     Ok(listener)
+}
+
+/// Refuses a socket directory others could write to: they could replace
+/// the socket with their own and receive the CLI's commands.
+fn check_socket_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt as _;
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let meta = std::fs::metadata(dir).with_context(|| format!("inspecting {}", dir.display()))?;
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    if meta.mode() & 0o022 != 0 || meta.uid() != me {
+        bail!(
+            "{} is writable by others or not ours (mode {:o}, owner {}): anyone who can write there could replace lb's admin socket; pass a --socket in a directory only root can write, such as /run/lb",
+            dir.display(),
+            meta.mode() & 0o7777,
+            meta.uid()
+        );
+    }
+    Ok(())
 }
 
 /// Prints a status line; a closed stdout (the caller went away) is no
