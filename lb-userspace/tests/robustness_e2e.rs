@@ -82,7 +82,10 @@ fn clients_that_send_garbage_or_hang_do_not_stall_the_controller() {
     );
     let mut answer = String::new();
     hanging[0].read_to_string(&mut answer).unwrap();
-    assert!(answer.starts_with("{\"ok\":false"), "garbage is refused: {answer}");
+    assert!(
+        answer.starts_with("{\"ok\":false"),
+        "garbage is refused: {answer}"
+    );
 }
 
 /// Sends `count` SYNs from random 203.0.113.0/24 addresses and ports to
