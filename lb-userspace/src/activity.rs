@@ -36,19 +36,29 @@ pub fn is_active(key: &FlowKey, value: &FlowValue, now_ns: u64) -> bool {
     }
 }
 
-/// Active flows per worker id in the flow table pinned under `pin_dir`.
-/// Costs two system calls per flow: the controller paces it.
-pub fn count(pin_dir: &Path) -> Result<HashMap<u32, u64>, MapError> {
+/// What a scan of the flow table found.
+#[derive(Debug, Default)]
+pub struct Scan {
+    /// Active flows per worker id.
+    pub active: HashMap<u32, u64>,
+    /// Entries in the table, active or not.
+    pub entries: u64,
+}
+
+/// Scans the flow table pinned under `pin_dir`. Costs two system calls
+/// per flow: the controller paces it.
+pub fn count(pin_dir: &Path) -> Result<Scan, MapError> {
     let flows: BpfHashMap<MapData, FlowKey, FlowValue> =
         maps::open_pinned(pin_dir, map_names::FLOWS)?.try_into()?;
     let now = monotonic_ns();
-    let mut counts = HashMap::new();
+    let mut scan = Scan::default();
     for (key, value) in flows.iter().filter_map(Result::ok) {
+        scan.entries += 1;
         if is_active(&key, &value, now) {
-            *counts.entry(value.backend_id).or_default() += 1;
+            *scan.active.entry(value.backend_id).or_default() += 1;
         }
     }
-    Ok(counts)
+    Ok(scan)
 }
 
 /// CLOCK_MONOTONIC in nanoseconds, the clock of the data plane's

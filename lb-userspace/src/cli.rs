@@ -87,6 +87,10 @@ pub struct RunArgs {
     /// (at least 16 characters, mode 0600).
     #[arg(long)]
     pub load_token_file: Option<PathBuf>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (off unless given;
+    /// `--metrics` alone listens on 127.0.0.1:9469).
+    #[arg(long, num_args = 0..=1, default_missing_value = "127.0.0.1:9469")]
+    pub metrics: Option<SocketAddr>,
     /// Where the desired state (VIPs, workers, weights, drains, pins) is
     /// saved after every change and restored from at start.
     #[arg(long, default_value = DEFAULT_STATE_FILE)]

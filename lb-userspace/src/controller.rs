@@ -15,6 +15,8 @@ use lb_common::balancer::{StickyKey, BACKEND_DOWN, BACKEND_DRAINING, LOAD_UNKNOW
 mod feedback;
 mod listing;
 
+pub use listing::MetricsSnapshot;
+
 use crate::{
     api::{Request, Response},
     duration,
@@ -82,6 +84,15 @@ impl Live {
     }
 }
 
+/// How full the flow and session tables were at their last scans.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Occupancy {
+    /// Flow table entries.
+    pub flow_entries: u64,
+    /// Sticky sessions.
+    pub sessions: u64,
+}
+
 /// Desired state plus the maps that carry it out.
 pub struct Controller {
     desired: Desired,
@@ -89,6 +100,7 @@ pub struct Controller {
     instance: Instance,
     live: HashMap<u32, Live>,
     state_file: Option<PathBuf>,
+    occupancy: Occupancy,
 }
 
 impl Controller {
@@ -107,6 +119,7 @@ impl Controller {
             instance,
             live: HashMap::new(),
             state_file,
+            occupancy: Occupancy::default(),
         };
         controller
             .maps

@@ -19,6 +19,7 @@ pub mod iface;
 pub mod load;
 pub mod maglev;
 pub mod maps;
+pub mod metrics;
 pub mod neighbour;
 pub mod object;
 pub mod options;

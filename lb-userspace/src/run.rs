@@ -47,6 +47,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     // Everything that can be refused is checked before touching the NIC.
     let desired = desired_state(&args)?;
     let load_endpoint = load_endpoint(&args).await?;
+    let metrics_endpoint = match args.metrics {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the metrics endpoint {addr}"))?,
+        ),
+        None => None,
+    };
     claim_socket(&args.socket)?;
     let options = AttachOptions {
         iface: args.iface,
@@ -89,6 +97,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             tokio::task::block_in_place(|| lock(&controller).push_load(report))
         }));
         say(&format!("lb: accepting load reports on http://{addr}/load"));
+    }
+    if let Some(listener) = metrics_endpoint {
+        let addr = listener.local_addr()?;
+        let controller = controller.clone();
+        tokio::spawn(crate::metrics::serve(listener, move || {
+            lock(&controller).metrics_snapshot()
+        }));
+        say(&format!("lb: serving metrics on http://{addr}/metrics"));
     }
     let served = serve(listener, controller, signals).await;
     let _ = std::fs::remove_file(&args.socket);
@@ -250,8 +266,12 @@ async fn housekeeping(controller: Shared<Controller>, supervisor: Shared<Supervi
             if round % SESSION_EXPIRY_TICKS == 0 {
                 let ttls = lock(&c).sticky_ttls();
                 match sessions::expire(&dir, &ttls, activity::monotonic_ns()) {
-                    Ok(0) => {}
-                    Ok(n) => log::debug!("expired {n} sticky sessions"),
+                    Ok((removed, remaining)) => {
+                        if removed > 0 {
+                            log::debug!("expired {removed} sticky sessions");
+                        }
+                        lock(&c).set_session_count(remaining as u64);
+                    }
                     Err(e) => log::warn!("expiring sticky sessions: {e}"),
                 }
             }

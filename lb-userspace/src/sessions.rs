@@ -47,14 +47,15 @@ pub fn remove_where(
 
 /// Deletes sessions older than their VIP's TTL, and those of VIPs that are
 /// no longer sticky (absent from `ttls`). The data plane ignores expired
-/// sessions anyway; this frees their room.
+/// sessions anyway; this frees their room. Returns (removed, remaining).
 pub fn expire(
     pin_dir: &Path,
     ttls: &HashMap<u32, Duration>,
     now_ns: u64,
-) -> Result<usize, MapError> {
-    remove_where(pin_dir, |key, value| match ttls.get(&key.vip_id) {
+) -> Result<(usize, usize), MapError> {
+    let removed = remove_where(pin_dir, |key, value| match ttls.get(&key.vip_id) {
         Some(ttl) => now_ns.saturating_sub(value.last_ns) >= ttl.as_nanos() as u64,
         None => true,
-    })
+    })?;
+    Ok((removed, open(pin_dir)?.keys().count()))
 }

@@ -115,12 +115,14 @@ impl Controller {
 
     /// Once a second: takes in a flow-table scan, finishes graceful
     /// removals, expires load reports, refreshes MAC addresses.
-    pub fn tick(&mut self, flows: Option<HashMap<u32, u64>>) {
-        if let Some(flows) = &flows {
+    pub fn tick(&mut self, scan: Option<crate::activity::Scan>) {
+        if let Some(scan) = &scan {
             for (id, live) in self.live.iter_mut() {
-                live.flows = flows.get(id).copied().unwrap_or(0);
+                live.flows = scan.active.get(id).copied().unwrap_or(0);
             }
+            self.occupancy.flow_entries = scan.entries;
         }
+        let flows = scan.map(|s| s.active);
         let now = Instant::now();
         let done: Vec<(Vip, IpAddr)> = self
             .live
@@ -149,6 +151,11 @@ impl Controller {
             }
         }
         self.refresh_neighbours();
+    }
+
+    /// Records how many sticky sessions the table holds.
+    pub fn set_session_count(&mut self, sessions: u64) {
+        self.occupancy.sessions = sessions;
     }
 
     /// Sticky-session lifetimes by VIP id, for expiry.

@@ -16,7 +16,35 @@ use crate::{
     sessions,
 };
 
+/// What the metrics endpoint reports from the controller's side.
+pub struct MetricsSnapshot {
+    /// The VIPs.
+    pub vips: Vec<VipRow>,
+    /// Every worker of every VIP.
+    pub workers: Vec<BackendRow>,
+    /// Table occupancy at the last scans.
+    pub occupancy: super::Occupancy,
+    /// Where the maps are pinned.
+    pub pin_dir: std::path::PathBuf,
+    /// The attached program's id.
+    pub program_id: u32,
+    /// Flow table capacity.
+    pub max_flows: u32,
+}
+
 impl Controller {
+    /// The controller's figures for a metrics scrape.
+    pub fn metrics_snapshot(&self) -> MetricsSnapshot {
+        MetricsSnapshot {
+            vips: self.vip_rows(),
+            workers: self.backend_rows(None).unwrap_or_default(),
+            occupancy: self.occupancy,
+            pin_dir: self.instance.pin_dir.clone(),
+            program_id: self.instance.program_id,
+            max_flows: self.instance.max_flows,
+        }
+    }
+
     pub(super) fn vip_rows(&self) -> Vec<VipRow> {
         self.desired
             .vips()
