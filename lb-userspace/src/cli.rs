@@ -55,6 +55,13 @@ pub enum Command {
     /// Build a sandbox in network namespaces, balance traffic in it, print
     /// what lb did, and tear everything down.
     Demo,
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print lb's man page (roff).
+    Man,
 }
 
 /// Arguments of `lb run`.
@@ -103,6 +110,10 @@ pub struct RunArgs {
     /// (by default the data plane keeps forwarding without it).
     #[arg(long)]
     pub detach_on_exit: bool,
+    /// Log level or filter (error, warn, info, debug, trace, or a
+    /// tracing filter such as `lb_userspace=debug`); overrides RUST_LOG.
+    #[arg(long)]
+    pub log_level: Option<String>,
     /// For upgrade tests: load a program that differs from this build's.
     #[arg(long, hide = true, default_value_t = 0)]
     pub program_variant: u32,

@@ -274,7 +274,7 @@ impl Controller {
     fn add_vip(&mut self, vip: Vip, options: VipOptions) -> anyhow::Result<()> {
         self.desired.add_vip(vip, options)?;
         self.install(&vip)?;
-        log::info!("added VIP {vip}");
+        tracing::info!("added VIP {vip}");
         Ok(())
     }
 
@@ -291,7 +291,7 @@ impl Controller {
         }
         self.desired.del_vip(vip)?;
         self.flush_where(|key, _| key.vip_id == state.id)?;
-        log::info!("removed VIP {vip}");
+        tracing::info!("removed VIP {vip}");
         Ok(())
     }
 
@@ -299,7 +299,7 @@ impl Controller {
         let id = self.desired.add_worker(&vip, worker, weight)?;
         self.start_worker(vip, worker, id)?;
         self.install(&vip)?;
-        log::info!("added worker {worker} to {vip} (weight {weight})");
+        tracing::info!("added worker {worker} to {vip} (weight {weight})");
         Ok(())
     }
 
@@ -321,7 +321,7 @@ impl Controller {
         self.forget(id)?;
         self.flush_where(|_, session| session.backend_id == id)?;
         self.install(vip)?;
-        log::info!("removed worker {worker} from {vip}");
+        tracing::info!("removed worker {worker} from {vip}");
         Ok(())
     }
 
@@ -342,7 +342,7 @@ impl Controller {
             .get_mut(&id)
             .context("worker without live state")?;
         live.removing = Some(Instant::now() + timeout);
-        log::info!(
+        tracing::info!(
             "removing worker {worker} from {vip} once its {} flows end (at most {})",
             live.flows,
             duration::format(timeout)
@@ -367,7 +367,7 @@ impl Controller {
         if let Some(weight) = weight {
             self.desired.set_weight(vip, worker, weight)?;
             self.install(vip)?;
-            log::info!("worker {worker} of {vip}: weight {weight}");
+            tracing::info!("worker {worker} of {vip}: weight {weight}");
         }
         if let Some(load) = load {
             self.record_load(id, load, Source::Cli);
@@ -384,7 +384,7 @@ impl Controller {
         }
         self.write_worker(id)?;
         self.install(vip)?;
-        log::info!(
+        tracing::info!(
             "worker {worker} of {vip}: {}",
             if drain {
                 "draining"
@@ -404,7 +404,7 @@ impl Controller {
         let id = state.workers[&worker].id;
         self.maps.write_pin(key, id).context("writing the pin")?;
         self.install(vip)?;
-        log::info!("pinned client {client} of {vip} to {worker}");
+        tracing::info!("pinned client {client} of {vip} to {worker}");
         Ok(())
     }
 
@@ -415,7 +415,7 @@ impl Controller {
         self.desired.unpin(vip, client)?;
         self.maps.remove_pin(&key).context("removing the pin")?;
         self.install(vip)?;
-        log::info!("unpinned client {client} of {vip}");
+        tracing::info!("unpinned client {client} of {vip}");
         Ok(())
     }
 
@@ -447,7 +447,7 @@ impl Controller {
                     .as_ref()
                     .is_none_or(|ids| ids.contains(&session.backend_id))
         })?;
-        log::info!("flushed {removed} sticky sessions");
+        tracing::info!("flushed {removed} sticky sessions");
         Ok(serde_json::json!({ "flushed": removed }))
     }
 
@@ -494,13 +494,13 @@ impl Controller {
             .maps
             .install_vip(vip, state, &members, self.desired.hash_seed)
             .with_context(|| format!("installing the Maglev table of {vip}"))?;
-        log::info!(
+        tracing::info!(
             "{vip}: Maglev table of {size} slots for {} of {} workers built in {took:?}",
             members.len(),
             state.workers.len()
         );
         if members.is_empty() && !state.workers.is_empty() {
-            log::warn!("{vip}: no worker takes new flows; its new connections are dropped");
+            tracing::warn!("{vip}: no worker takes new flows; its new connections are dropped");
         }
         Ok(())
     }

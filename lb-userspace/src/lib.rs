@@ -17,6 +17,7 @@ pub mod health;
 pub mod http;
 pub mod iface;
 pub mod load;
+pub mod logging;
 pub mod maglev;
 pub mod maps;
 pub mod metrics;

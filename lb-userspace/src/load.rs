@@ -220,7 +220,7 @@ where
         },
     };
     if status != 204 {
-        log::debug!("load report from {from} refused: {body}");
+        tracing::debug!("load report from {from} refused: {body}");
     }
     let _ = http::write_response(&mut stream, status, "text/plain", body.as_bytes()).await;
 }

@@ -2,10 +2,12 @@ use clap::Parser as _;
 use lb_userspace::cli::{Cli, Command};
 
 fn main() {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
-        .format_target(false)
-        .init();
     let cli = Cli::parse();
+    let level = match &cli.command {
+        Command::Run(args) => args.log_level.as_deref(),
+        _ => None,
+    };
+    lb_userspace::logging::init(level);
     let result = match cli.command {
         Command::Run(args) => tokio_main(lb_userspace::run::run(args)),
         Command::Detach(args) => lb_userspace::run::detach(&args),
@@ -16,6 +18,14 @@ fn main() {
         Command::Stats(args) => lb_userspace::stats::stats(&args),
         Command::Flows(args) => lb_userspace::stats::flows(&args),
         Command::Demo => lb_userspace::demo::demo(),
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut command, "lb", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Man => clap_mangen::Man::new(<Cli as clap::CommandFactory>::command())
+            .render(&mut std::io::stdout())
+            .map_err(Into::into),
     };
     if let Err(error) = result {
         eprintln!("lb: error: {error:#}");

@@ -89,7 +89,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         options.pin_dir.display(),
         args.socket.display()
     ));
-    say(&takeover_line(dataplane.takeover(), &args.state_file));
+    let takeover = takeover_line(dataplane.takeover(), &args.state_file);
+    tracing::info!("{}", takeover.trim_start_matches("lb: "));
+    say(&takeover);
     if let Some((reports, token)) = load_endpoint {
         let addr = reports.local_addr()?;
         let controller = controller.clone();
@@ -259,20 +261,21 @@ async fn housekeeping(controller: Shared<Controller>, supervisor: Shared<Supervi
         let scan_due = Instant::now() >= next_scan;
         let work = tokio::task::spawn_blocking(move || {
             let started = Instant::now();
-            let flows = scan_due
-                .then(|| activity::count(&dir))
-                .and_then(|r| r.inspect_err(|e| log::warn!("scanning flows: {e}")).ok());
+            let flows = scan_due.then(|| activity::count(&dir)).and_then(|r| {
+                r.inspect_err(|e| tracing::warn!("scanning flows: {e}"))
+                    .ok()
+            });
             let took = started.elapsed();
             if round % SESSION_EXPIRY_TICKS == 0 {
                 let ttls = lock(&c).sticky_ttls();
                 match sessions::expire(&dir, &ttls, activity::monotonic_ns()) {
                     Ok((removed, remaining)) => {
                         if removed > 0 {
-                            log::debug!("expired {removed} sticky sessions");
+                            tracing::debug!("expired {removed} sticky sessions");
                         }
                         lock(&c).set_session_count(remaining as u64);
                     }
-                    Err(e) => log::warn!("expiring sticky sessions: {e}"),
+                    Err(e) => tracing::warn!("expiring sticky sessions: {e}"),
                 }
             }
             lock(&c).tick(flows);

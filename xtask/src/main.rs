@@ -32,6 +32,9 @@ enum Task {
     },
     /// Run lb on a sandbox of network namespaces and show what it does (needs root).
     Demo,
+    /// Write shell completions and the man page to target/dist (built from
+    /// the `lb` binary's own command line).
+    Dist,
     /// Fuzz the data plane with random and mutated frames (needs root).
     Fuzz {
         /// Frames to run.
@@ -71,6 +74,11 @@ fn run(task: Task) -> anyhow::Result<()> {
             let mut test_args = vec!["test".to_owned()];
             test_args.extend(args);
             cargo(&test_args)
+        }
+        Task::Dist => {
+            setup::setup()?;
+            cargo(&build_args(true))?;
+            dist()
         }
         Task::Fuzz {
             iterations,
@@ -139,6 +147,26 @@ fn status(cmd: &mut Command) -> anyhow::Result<()> {
     let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
     if !status.success() {
         bail!("{cmd:?} failed with {status}");
+    }
+    Ok(())
+}
+
+/// Completions for bash, zsh and fish and the man page, from `lb` itself.
+fn dist() -> anyhow::Result<()> {
+    let lb = workspace_root().join("target/release/lb");
+    let out = workspace_root().join("target/dist");
+    std::fs::create_dir_all(out.join("completions"))?;
+    let files = [
+        (vec!["completions", "bash"], "completions/lb.bash"),
+        (vec!["completions", "zsh"], "completions/_lb"),
+        (vec!["completions", "fish"], "completions/lb.fish"),
+        (vec!["man"], "lb.1"),
+    ];
+    for (args, file) in files {
+        let output = Command::new(&lb).args(&args).output()?;
+        anyhow::ensure!(output.status.success(), "lb {args:?} failed");
+        std::fs::write(out.join(file), output.stdout)?;
+        println!("dist: wrote target/dist/{file}");
     }
     Ok(())
 }

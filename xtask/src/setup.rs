@@ -16,6 +16,7 @@ const RUNTIME_PACKAGES: &[&str] = &[
     "util-linux",
     "iputils-ping",
     "nginx-light",
+    "systemd",
 ];
 
 /// Debian packages only `cargo xtask bench` uses: the load generators and

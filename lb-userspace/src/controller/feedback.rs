@@ -30,10 +30,10 @@ impl Controller {
         if let Some(Ok(load)) = report.load {
             self.record_load(report.id, load, Source::Probe);
             if let Err(error) = self.sync_load(report.id) {
-                log::error!("writing a load figure: {error:#}");
+                tracing::error!("writing a load figure: {error:#}");
             }
         } else if let Some(Err(error)) = &report.load {
-            log::debug!("load probe of {} failed: {error}", report.worker);
+            tracing::debug!("load probe of {} failed: {error}", report.worker);
         }
         let Ok(state) = self.desired.vip(&report.vip) else {
             return;
@@ -50,18 +50,18 @@ impl Controller {
             return;
         };
         match now_state {
-            HealthState::Down => log::warn!(
+            HealthState::Down => tracing::warn!(
                 "worker {} of {} is down ({detail}): its flows move to healthy workers",
                 report.worker,
                 report.vip
             ),
-            HealthState::Up => log::info!("worker {} of {} is up", report.worker, report.vip),
+            HealthState::Up => tracing::info!("worker {} of {} is up", report.worker, report.vip),
         }
         let applied = self
             .write_worker(report.id)
             .and_then(|()| self.install(&report.vip));
         if let Err(error) = applied {
-            log::error!("applying the health of {}: {error:#}", report.worker);
+            tracing::error!("applying the health of {}: {error:#}", report.worker);
         }
     }
 
@@ -136,18 +136,18 @@ impl Controller {
         let removed_any = !done.is_empty();
         for (vip, worker) in done {
             if let Err(error) = self.remove_worker(&vip, worker) {
-                log::error!("removing drained worker {worker} of {vip}: {error:#}");
+                tracing::error!("removing drained worker {worker} of {vip}: {error:#}");
             }
         }
         if removed_any {
             if let Err(error) = self.save() {
-                log::error!("saving the state: {error:#}");
+                tracing::error!("saving the state: {error:#}");
             }
         }
         let ids: Vec<u32> = self.live.keys().copied().collect();
         for id in ids {
             if let Err(error) = self.sync_load(id) {
-                log::error!("writing a load figure: {error:#}");
+                tracing::error!("writing a load figure: {error:#}");
             }
         }
         self.refresh_neighbours();
@@ -184,7 +184,7 @@ impl Controller {
         }
         for id in changed {
             if let Err(error) = self.write_worker(id) {
-                log::warn!("updating a worker's MAC: {error:#}");
+                tracing::warn!("updating a worker's MAC: {error:#}");
             }
         }
     }
