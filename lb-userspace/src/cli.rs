@@ -52,6 +52,9 @@ pub enum Command {
     Stats(PinnedArgs),
     /// The flow table: client → worker, with age (from the pinned maps).
     Flows(FlowsArgs),
+    /// A live view: per-VIP and per-worker rates, state and load,
+    /// refreshed every second; q or Ctrl-C quits.
+    Top(TopArgs),
     /// Build a sandbox in network namespaces, balance traffic in it, print
     /// what lb did, and tear everything down.
     Demo,
@@ -376,6 +379,20 @@ pub struct PinnedArgs {
     /// Output format.
     #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
     pub output: OutputFormat,
+}
+
+/// Arguments of `lb top`.
+#[derive(Debug, clap::Args)]
+pub struct TopArgs {
+    /// The pin directory of the instance to watch.
+    #[arg(long, default_value = DEFAULT_PIN_DIR)]
+    pub pin_dir: PathBuf,
+    /// Its controller's admin socket (for state and load).
+    #[arg(long, default_value = DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+    /// Time between refreshes.
+    #[arg(long, value_parser = duration, default_value = "1s")]
+    pub interval: Duration,
 }
 
 /// Arguments of `lb flows`.

@@ -36,3 +36,4 @@ pub mod stats;
 pub mod table;
 pub mod testbed;
 pub mod testrun;
+pub mod top;

@@ -17,6 +17,7 @@ fn main() {
         Command::Status(args) => lb_userspace::client::status(&args),
         Command::Stats(args) => lb_userspace::stats::stats(&args),
         Command::Flows(args) => lb_userspace::stats::flows(&args),
+        Command::Top(args) => lb_userspace::top::top(&args),
         Command::Demo => lb_userspace::demo::demo(),
         Command::Completions { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();
