@@ -338,6 +338,11 @@ fn check_layout(dir: &Path, force: bool) -> Result<bool, DataplaneError> {
     if !pinned || dir.join(layout_mark()).exists() {
         return Ok(false);
     }
+    if !dir.join(LINK_PIN).exists() {
+        // Maps without a link: left by a start that failed before it
+        // attached; no program uses them.
+        return Ok(true);
+    }
     if force {
         return Ok(true);
     }

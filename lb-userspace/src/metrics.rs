@@ -118,25 +118,25 @@ fn global(registry: &mut Registry, pin_dir: &Path) -> anyhow::Result<()> {
     single(
         registry,
         "lb_packets",
-        "Frames the XDP program ran on.",
+        "Frames the XDP program ran on",
         value("packets"),
     );
     single(
         registry,
         "lb_received_bytes",
-        "Bytes of those frames, Ethernet header included.",
+        "Bytes of those frames, Ethernet header included",
         value("bytes"),
     );
     single(
         registry,
         "lb_forwarded_packets",
-        "Packets sent to a worker.",
+        "Packets sent to a worker",
         value("forwarded"),
     );
     let classes: Counters = family(
         registry,
         "lb_packet_class_packets",
-        "Frames by class (one class per frame).",
+        "Frames by class (one class per frame)",
     );
     for class in [
         "non_ip",
@@ -158,16 +158,12 @@ fn global(registry: &mut Registry, pin_dir: &Path) -> anyhow::Result<()> {
     let passed: Counters = family(
         registry,
         "lb_passed_packets",
-        "Packets passed to the kernel, by reason.",
+        "Packets passed to the kernel, by reason",
     );
     passed
         .get_or_create(&labels(&[("reason", "not_vip")]))
         .inc_by(value("pass_not_vip"));
-    let dropped: Counters = family(
-        registry,
-        "lb_dropped_packets",
-        "Packets dropped, by reason.",
-    );
+    let dropped: Counters = family(registry, "lb_dropped_packets", "Packets dropped, by reason");
     for (reason, name) in [
         ("no_backend", "drop_no_backend"),
         ("no_neighbour", "drop_no_neighbour"),
@@ -176,7 +172,7 @@ fn global(registry: &mut Registry, pin_dir: &Path) -> anyhow::Result<()> {
             .get_or_create(&labels(&[("reason", reason)]))
             .inc_by(value(name));
     }
-    let flows: Counters = family(registry, "lb_flow_events", "Flow table and session events.");
+    let flows: Counters = family(registry, "lb_flow_events", "Flow table and session events");
     for (event, name) in [
         ("hit", "flow_hits"),
         ("insert_failed", "flow_insert_failed"),
@@ -188,11 +184,7 @@ fn global(registry: &mut Registry, pin_dir: &Path) -> anyhow::Result<()> {
             .get_or_create(&labels(&[("event", event)]))
             .inc_by(value(name));
     }
-    let icmp: Counters = family(
-        registry,
-        "lb_icmp_packets",
-        "ICMP handled by lb, by action.",
-    );
+    let icmp: Counters = family(registry, "lb_icmp_packets", "ICMP handled by lb, by action");
     for (action, name) in [
         ("echo_reply", "icmp_echo_replies"),
         ("error_forwarded", "icmp_errors_forwarded"),
@@ -212,17 +204,17 @@ fn traffic(
     let packets: Counters = family(
         registry,
         &format!("{prefix}_packets"),
-        &format!("Packets forwarded, per {what}."),
+        &format!("Packets forwarded, per {what}"),
     );
     let bytes: Counters = family(
         registry,
         &format!("{prefix}_bytes"),
-        &format!("Bytes forwarded, per {what}."),
+        &format!("Bytes forwarded, per {what}"),
     );
     let new_flows: Counters = family(
         registry,
         &format!("{prefix}_new_flows"),
-        &format!("Flows started, per {what}."),
+        &format!("Flows started, per {what}"),
     );
     for (labels, t) in rows {
         packets.get_or_create(&labels).inc_by(t.packets);
@@ -261,28 +253,28 @@ fn per_worker(registry: &mut Registry, snapshot: &MetricsSnapshot) -> anyhow::Re
     let active: Gauges = family(
         registry,
         "lb_worker_active_flows",
-        "Active flows in the flow table, per worker.",
+        "Active flows in the flow table, per worker",
     );
     let up: Gauges = family(
         registry,
         "lb_worker_up",
-        "1 when the worker takes new flows (up, not draining).",
+        "1 when the worker takes new flows (up, not draining)",
     );
     let state: Gauges = family(
         registry,
         "lb_worker_state",
-        "1 for the worker's state: up, down, draining or removing.",
+        "1 for the worker's state: up, down, draining or removing",
     );
-    let weight: Gauges = family(registry, "lb_worker_weight", "The worker's weight.");
+    let weight: Gauges = family(registry, "lb_worker_weight", "The worker's weight");
     let load: Gauges = family(
         registry,
         "lb_worker_load",
-        "The worker's current load report (0 to 1); absent when unknown.",
+        "The worker's current load report (0 to 1); absent when unknown",
     );
     let check: Gauges = family(
         registry,
         "lb_worker_check_duration_seconds",
-        "How long the worker's last health check took.",
+        "How long the worker's last health check took",
     );
     for w in &snapshot.workers {
         let l = labels(&[
@@ -328,19 +320,19 @@ fn tables(registry: &mut Registry, snapshot: &MetricsSnapshot) {
     gauge(
         registry,
         "lb_flow_table_entries",
-        "Flows in the flow table at the last scan.",
+        "Flows in the flow table at the last scan",
         snapshot.occupancy.flow_entries as f64,
     );
     gauge(
         registry,
         "lb_flow_table_capacity",
-        "Capacity of the flow table.",
+        "Capacity of the flow table",
         f64::from(snapshot.max_flows),
     );
     gauge(
         registry,
         "lb_sticky_sessions",
-        "Sticky sessions at the last expiry pass.",
+        "Sticky sessions at the last expiry pass",
         snapshot.occupancy.sessions as f64,
     );
 }
@@ -361,18 +353,23 @@ fn program(registry: &mut Registry, id: u32) {
     let Ok(info) = serde_json::from_slice::<serde_json::Value>(&output.stdout) else {
         return;
     };
+    // bpftool answers {"error": …} when it may not read the program (it
+    // needs CAP_SYS_ADMIN): no figure then, rather than a false zero.
+    if info.get("run_cnt").is_none() {
+        return;
+    }
     let runs: Counter = Counter::default();
     runs.inc_by(info["run_cnt"].as_u64().unwrap_or(0));
     registry.register(
         "lb_program_runs",
-        "Runs of the XDP program (kernel.bpf_stats_enabled).",
+        "Runs of the XDP program (kernel.bpf_stats_enabled)",
         runs,
     );
     let time: Counter<f64, std::sync::atomic::AtomicU64> = Counter::default();
     time.inc_by(info["run_time_ns"].as_f64().unwrap_or(0.0) / 1e9);
     registry.register(
         "lb_program_run_time_seconds",
-        "Time spent in the XDP program (kernel.bpf_stats_enabled).",
+        "Time spent in the XDP program (kernel.bpf_stats_enabled)",
         time,
     );
 }

@@ -562,3 +562,28 @@ fn two_instances_behind_ecmp_pick_the_same_workers_so_connections_survive_losing
     drop(lb2);
     let _ = std::fs::remove_file(&config);
 }
+
+#[test]
+fn maps_left_by_a_start_that_failed_before_attaching_are_replaced_not_refused() {
+    // Regression: a verifier rejection or a failed native attach left maps
+    // pinned without a link, and every later start refused them as
+    // "layout unknown" although no program used them.
+    let mut rig = Rig::new(LB.as_ref(), 1, &[]).unwrap();
+    rig.add_vip_with_workers(VIP, &[]).unwrap();
+    rig.lb.stop().unwrap();
+    let pin_dir = rig.lb.pin_dir().to_owned();
+    let link = pin_dir.join("link");
+    std::fs::remove_file(&link).unwrap();
+    for entry in std::fs::read_dir(&pin_dir).unwrap().flatten() {
+        if entry.file_name().to_string_lossy().starts_with("layout-") {
+            std::fs::remove_dir(entry.path()).unwrap();
+        }
+    }
+    rig.start_lb(&[]).unwrap();
+    assert!(
+        rig.lb.takeover_line.contains("new data plane"),
+        "{}",
+        rig.lb.takeover_line
+    );
+    assert_eq!(rig.spread(vip_addr(), 10).unwrap().len(), 1);
+}
