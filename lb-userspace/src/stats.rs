@@ -94,7 +94,7 @@ fn traffic_row(pin_dir: &Path, map: &str, id: u32, name: String) -> anyhow::Resu
 }
 
 /// The VIPs in the data plane, with their ids.
-fn vip_ids(pin_dir: &Path) -> anyhow::Result<Vec<(Vip, u32)>> {
+pub fn vip_ids(pin_dir: &Path) -> anyhow::Result<Vec<(Vip, u32)>> {
     let vips: HashMap<MapData, VipKey, VipInfo> = maps::open_pinned(pin_dir, map_names::VIPS)
         .with_context(|| no_instance(pin_dir))?
         .try_into()?;
@@ -109,16 +109,21 @@ fn vip_ids(pin_dir: &Path) -> anyhow::Result<Vec<(Vip, u32)>> {
 
 /// Worker slots in use, id → address.
 fn backends(pin_dir: &Path) -> anyhow::Result<Vec<(u32, IpAddr)>> {
+    Ok(backend_entries(pin_dir)?
+        .into_iter()
+        .filter_map(|(id, backend)| Some((id, addr_from_bytes(backend.addr, backend.family)?)))
+        .collect())
+}
+
+/// Worker slots in use (removed workers' slots too, until reused).
+pub fn backend_entries(pin_dir: &Path) -> anyhow::Result<Vec<(u32, Backend)>> {
     let array: Array<MapData, Backend> = maps::open_pinned(pin_dir, map_names::BACKENDS)
         .with_context(|| no_instance(pin_dir))?
         .try_into()?;
     Ok((0..MAX_BACKENDS)
         .filter_map(|id| {
             let backend = array.get(&id, 0).ok()?;
-            if backend.flags & BACKEND_VALID == 0 {
-                return None;
-            }
-            Some((id, addr_from_bytes(backend.addr, backend.family)?))
+            (backend.flags & BACKEND_VALID != 0).then_some((id, backend))
         })
         .collect())
 }

@@ -1,7 +1,8 @@
 //! `lb top`: a live view of an instance, refreshed every second: per VIP
 //! and per worker packets/s, bits/s and new flows/s from the pinned maps,
 //! with each worker's state, load and active flows from the controller
-//! when it answers. Fits 80 columns; q or Ctrl-C quits.
+//! when it answers (the pinned maps alone otherwise, so it also shows an
+//! instance whose controller is down). Fits 80 columns; q or Ctrl-C quits.
 
 use std::{
     collections::HashMap,
@@ -67,19 +68,93 @@ fn quit_requested(interval: Duration) -> anyhow::Result<bool> {
     }
 }
 
+/// A VIP and its workers as the view shows them.
+struct VipLines {
+    name: String,
+    id: u32,
+    workers: Vec<WorkerLine>,
+}
+
+struct WorkerLine {
+    addr: String,
+    id: u32,
+    state: String,
+    load: String,
+    active: String,
+}
+
+/// What to show: from the controller when it answers (with state, load
+/// and active flows), else from the pinned maps alone.
+fn listing(args: &TopArgs) -> anyhow::Result<(Vec<VipLines>, &'static str)> {
+    let vips: Option<Vec<VipRow>> = controller(&args.socket, &Request::VipList);
+    let workers: Option<Vec<BackendRow>> =
+        controller(&args.socket, &Request::BackendList { vip: None });
+    if let (Some(vips), Some(workers)) = (vips, workers) {
+        let lines = vips
+            .iter()
+            .map(|v| VipLines {
+                name: v.vip.to_string(),
+                id: v.id,
+                workers: workers
+                    .iter()
+                    .filter(|w| w.vip == v.vip)
+                    .map(|w| WorkerLine {
+                        addr: w.worker.to_string(),
+                        id: w.id,
+                        state: serde_json::to_value(w.state)
+                            .ok()
+                            .and_then(|s| s.as_str().map(str::to_owned))
+                            .unwrap_or_default(),
+                        load: w.load.map_or_else(|| "-".into(), |l| format!("{l:.2}")),
+                        active: w.flows.to_string(),
+                    })
+                    .collect(),
+            })
+            .collect();
+        return Ok((lines, ""));
+    }
+    let entries = crate::stats::backend_entries(&args.pin_dir)?;
+    let lines = crate::stats::vip_ids(&args.pin_dir)?
+        .into_iter()
+        .map(|(vip, id)| VipLines {
+            name: vip.to_string(),
+            id,
+            workers: entries
+                .iter()
+                .filter(|(_, b)| b.vip_id == id)
+                .filter_map(|(worker_id, b)| {
+                    let addr = crate::service::addr_from_bytes(b.addr, b.family)?;
+                    Some(WorkerLine {
+                        addr: addr.to_string(),
+                        id: *worker_id,
+                        state: flags_state(b.flags).into(),
+                        load: "-".into(),
+                        active: "-".into(),
+                    })
+                })
+                .collect(),
+        })
+        .collect();
+    Ok((lines, "controller not answering: from the pinned maps only"))
+}
+
+fn flags_state(flags: u8) -> &'static str {
+    use lb_common::balancer::{BACKEND_DOWN, BACKEND_DRAINING};
+    if flags & BACKEND_DOWN != 0 {
+        "down"
+    } else if flags & BACKEND_DRAINING != 0 {
+        "draining"
+    } else {
+        "up"
+    }
+}
+
 fn render(args: &TopArgs, previous: &mut Sample) -> anyhow::Result<String> {
     let pin_dir = &args.pin_dir;
-    let vips: Vec<VipRow> = controller(&args.socket, &Request::VipList).unwrap_or_default();
-    let workers: Vec<BackendRow> =
-        controller(&args.socket, &Request::BackendList { vip: None }).unwrap_or_default();
+    let (vips, note) = listing(args)?;
     let mut text = format!(
-        "lb top  {}  {}  (q quits)\n\n{:<24} {:>9} {:>10} {:>8} {:>9} {:>5} {:>8}\n",
+        "lb top  {}  (q quits)\n{note}\n{:<24} {:>9} {:>10} {:>8} {:>9} {:>5} {:>8}\n",
         pin_dir.display(),
-        if workers.is_empty() && vips.is_empty() {
-            "controller not answering"
-        } else {
-            ""
-        },
         "VIP / WORKER",
         "PKT/S",
         "BIT/S",
@@ -89,26 +164,22 @@ fn render(args: &TopArgs, previous: &mut Sample) -> anyhow::Result<String> {
         "ACTIVE"
     );
     for vip in &vips {
-        let name = vip.vip.to_string();
-        let vip_rates = rates(pin_dir, map_names::VIP_STATS, vip.id, &name, previous)?;
-        text += &line(&name, vip_rates, "", "", "");
-        for worker in workers.iter().filter(|w| w.vip == vip.vip) {
-            let key = format!("{name} {}", worker.worker);
+        let vip_rates = rates(pin_dir, map_names::VIP_STATS, vip.id, &vip.name, previous)?;
+        text += &line(&vip.name, vip_rates, "", "", "");
+        for worker in &vip.workers {
+            let key = format!("{} {}", vip.name, worker.addr);
             let worker_rates = rates(pin_dir, map_names::BACKEND_STATS, worker.id, &key, previous)?;
-            let state = serde_json::to_value(worker.state)?;
             text += &line(
-                &format!("  {}", worker.worker),
+                &format!("  {}", worker.addr),
                 worker_rates,
-                state.as_str().unwrap_or("?"),
-                &worker
-                    .load
-                    .map_or_else(|| "-".into(), |l| format!("{l:.2}")),
-                &worker.flows.to_string(),
+                &worker.state,
+                &worker.load,
+                &worker.active,
             );
         }
     }
     if vips.is_empty() {
-        text += "(no VIPs; the controller lists them: is `lb run` up with this --socket?)\n";
+        text += "(no VIPs)\n";
     }
     Ok(text)
 }

@@ -13,10 +13,9 @@ use lb_userspace::rig::Rig;
 const LB: &str = env!("CARGO_BIN_EXE_lb");
 const VIP: &str = "192.0.2.100:80/tcp";
 
-#[test]
-fn lb_top_shows_the_vips_refreshes_and_quits_on_q() {
-    let rig = Rig::new(LB.as_ref(), 2, &[]).unwrap();
-    rig.add_vip_with_workers(VIP, &[]).unwrap();
+/// Runs `lb top` under a pseudo-terminal for 1.5 s, presses q; returns
+/// what it showed last, after checking it refreshed and quit cleanly.
+fn run_top(rig: &Rig) -> String {
     let socket = rig.lb.state_file().with_extension("sock");
     let top = format!(
         "{LB} top --interval 300ms --pin-dir {} --socket {}",
@@ -53,17 +52,29 @@ fn lb_top_shows_the_vips_refreshes_and_quits_on_q() {
     assert!(status.success(), "{output}");
     let refreshes = output.matches("\x1b[H\x1b[2J").count();
     assert!(refreshes >= 3, "refreshed {refreshes} times: {output}");
-    let last = output.rsplit("\x1b[H\x1b[2J").next().unwrap();
-    assert!(last.contains(VIP), "{last}");
-    for worker in &rig.workers {
-        assert!(last.contains(&worker.ipv4.to_string()), "{last}");
-    }
-    assert!(last.contains("up"), "{last}");
+    let last = output.rsplit("\x1b[H\x1b[2J").next().unwrap().to_owned();
     for line in last.lines() {
-        let visible = line.replace(['\r'], "");
         assert!(
-            visible.chars().count() <= 80,
-            "wider than 80 columns: {visible:?}"
+            line.chars().count() <= 80,
+            "wider than 80 columns: {line:?}"
         );
     }
+    last
+}
+
+#[test]
+fn lb_top_shows_the_vips_refreshes_and_quits_on_q_with_or_without_controller() {
+    let mut rig = Rig::new(LB.as_ref(), 2, &[]).unwrap();
+    rig.add_vip_with_workers(VIP, &[]).unwrap();
+    for last in [run_top(&rig), {
+        rig.lb.stop().unwrap();
+        run_top(&rig)
+    }] {
+        assert!(last.contains(VIP), "{last}");
+        for worker in &rig.workers {
+            assert!(last.contains(&worker.ipv4.to_string()), "{last}");
+        }
+        assert!(last.contains("up"), "{last}");
+    }
+    assert!(run_top(&rig).contains("controller not answering"));
 }
