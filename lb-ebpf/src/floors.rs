@@ -97,20 +97,14 @@ fn tcp_key(frame: &XdpFrame) -> Option<FlowKey> {
     Some(key)
 }
 
-/// Destination MAC := `to` (or the source), source := the old destination.
+/// Readdresses the frame (see `XdpFrame::readdress`) and sends it out.
 #[inline(always)]
 fn swap_macs(frame: &XdpFrame, to: Option<[u8; 6]>) -> u32 {
-    let Some(macs) = frame.ptr_mut::<[u8; 12]>(0) else {
-        return xdp_action::XDP_PASS;
-    };
-    // SAFETY: ptr_mut checked the 12 bytes against data_end.
-    unsafe {
-        let dst: [u8; 6] = core::ptr::read_unaligned(macs.cast::<[u8; 6]>());
-        let src: [u8; 6] = core::ptr::read_unaligned(macs.cast::<u8>().add(6).cast::<[u8; 6]>());
-        core::ptr::write_unaligned(macs.cast::<[u8; 6]>(), to.unwrap_or(src));
-        core::ptr::write_unaligned(macs.cast::<u8>().add(6).cast::<[u8; 6]>(), dst);
+    if frame.readdress(to) {
+        xdp_action::XDP_TX
+    } else {
+        xdp_action::XDP_PASS
     }
-    xdp_action::XDP_TX
 }
 
 #[cfg(not(test))]

@@ -36,6 +36,27 @@ impl XdpFrame {
     }
 }
 
+impl XdpFrame {
+    /// Readdresses the frame for XDP_TX: destination MAC `to` (or the old
+    /// source, sending it back where it came from), source MAC the old
+    /// destination (this interface's). False if the frame is too short.
+    #[inline(always)]
+    pub fn readdress(&self, to: Option<[u8; 6]>) -> bool {
+        let Some(macs) = self.ptr_mut::<[u8; 12]>(0) else {
+            return false;
+        };
+        // SAFETY: ptr_mut checked the 12 bytes against data_end.
+        unsafe {
+            let dst: [u8; 6] = core::ptr::read_unaligned(macs.cast::<[u8; 6]>());
+            let src: [u8; 6] =
+                core::ptr::read_unaligned(macs.cast::<u8>().add(6).cast::<[u8; 6]>());
+            core::ptr::write_unaligned(macs.cast::<[u8; 6]>(), to.unwrap_or(src));
+            core::ptr::write_unaligned(macs.cast::<u8>().add(6).cast::<[u8; 6]>(), dst);
+        }
+        true
+    }
+}
+
 impl Frame for XdpFrame {
     #[inline(always)]
     fn len(&self) -> usize {

@@ -16,7 +16,7 @@ use lb_common::{
 use crate::{
     frame::XdpFrame,
     maps::{LB_BACKENDS, LB_VIPS, LB_VIP_ADDRS},
-    rewrite_macs, schedule,
+    schedule,
 };
 
 /// Handles an ICMP packet; `None` passes it to the kernel.
@@ -42,7 +42,7 @@ pub fn handle(
         }
         IcmpMessage::Error(embedded) => {
             let worker = worker_of(&embedded, family)?;
-            if !rewrite_macs(frame, worker) {
+            if !frame.readdress(Some(worker)) {
                 return None;
             }
             counters.icmp_errors_forwarded += 1;
@@ -108,13 +108,8 @@ fn answer_echo(frame: &XdpFrame, ip: &IpPacket) -> Option<()> {
                 set_type(&mut *icmp, ICMPV6_ECHO_REPLY);
             }
         }
-        let macs = frame.ptr_mut::<[u8; 12]>(0)?;
-        let dst: [u8; 6] = core::ptr::read_unaligned(macs.cast::<[u8; 6]>());
-        let src: [u8; 6] = core::ptr::read_unaligned(macs.cast::<u8>().add(6).cast::<[u8; 6]>());
-        core::ptr::write_unaligned(macs.cast::<[u8; 6]>(), src);
-        core::ptr::write_unaligned(macs.cast::<u8>().add(6).cast::<[u8; 6]>(), dst);
     }
-    Some(())
+    frame.readdress(None).then_some(())
 }
 
 /// Sets the ICMP type (first byte of the first checksummed word) and

@@ -108,7 +108,8 @@ fn balance(
         counters.drop_no_neighbour += 1;
         return Some(xdp_action::XDP_DROP);
     }
-    if !rewrite_macs(frame, backend.mac) {
+    // L2 DSR: to the worker's MAC, from ours.
+    if !frame.readdress(Some(backend.mac)) {
         return None;
     }
     count_traffic(&LB_VIP_STATS, decision.vip_id, len, decision.new_flow);
@@ -130,22 +131,6 @@ fn maybe_vip(ip: &IpPacket) -> bool {
     LB_VIP_FILTER
         .get(bit >> 6)
         .is_some_and(|word| word & (1u64 << (bit & 63)) != 0)
-}
-
-/// L2 DSR: the frame goes back out addressed to the worker's MAC, from the
-/// MAC it was sent to (this interface's).
-#[inline(always)]
-fn rewrite_macs(frame: &XdpFrame, worker: [u8; 6]) -> bool {
-    let Some(macs) = frame.ptr_mut::<[u8; 12]>(0) else {
-        return false;
-    };
-    // SAFETY: ptr_mut checked the 12 bytes against data_end.
-    unsafe {
-        let ours: [u8; 6] = core::ptr::read_unaligned(macs.cast::<[u8; 6]>());
-        core::ptr::write_unaligned(macs.cast::<[u8; 6]>(), worker);
-        core::ptr::write_unaligned(macs.cast::<u8>().add(6).cast::<[u8; 6]>(), ours);
-    }
-    true
 }
 
 #[inline(always)]

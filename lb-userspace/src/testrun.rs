@@ -88,6 +88,17 @@ impl Loaded {
     /// Runs `program` once on `frame`; returns its verdict and the frame
     /// it left.
     pub fn run_frame(&self, program: &str, frame: &[u8]) -> anyhow::Result<(u32, Vec<u8>)> {
+        let (result, mut out) = self.test_run(program, frame, 1)?;
+        out.truncate(result.data_size_out as usize);
+        Ok((result.return_value, out))
+    }
+
+    fn test_run(
+        &self,
+        program: &str,
+        frame: &[u8],
+        repeat: u32,
+    ) -> anyhow::Result<(aya::programs::TestRunResult, Vec<u8>)> {
         let xdp: &Xdp = self
             .ebpf
             .program(program)
@@ -98,11 +109,11 @@ impl Loaded {
             .test_run(TestRunOptions {
                 data_in: Some(frame),
                 data_out: Some(&mut out),
+                repeat,
                 ..TestRunOptions::new()
             })
             .with_context(|| format!("test-running {program}"))?;
-        out.truncate(result.data_size_out as usize);
-        Ok((result.return_value, out))
+        Ok((result, out))
     }
 
     /// lb's global counters, summed over CPUs.
@@ -122,20 +133,7 @@ impl Loaded {
     /// Runs `program` on `frame` `repeat` times; returns its verdict and
     /// the kernel's mean run time in nanoseconds.
     pub fn run(&self, program: &str, frame: &[u8], repeat: u32) -> anyhow::Result<(u32, f64)> {
-        let xdp: &Xdp = self
-            .ebpf
-            .program(program)
-            .with_context(|| format!("no program {program}"))?
-            .try_into()?;
-        let mut out = vec![0u8; frame.len() + 256];
-        let result = xdp
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                data_out: Some(&mut out),
-                repeat,
-                ..TestRunOptions::new()
-            })
-            .with_context(|| format!("test-running {program}"))?;
+        let (result, _) = self.test_run(program, frame, repeat)?;
         Ok((result.return_value, result.duration.as_nanos() as f64))
     }
 
