@@ -34,6 +34,14 @@ pub enum Request {
         #[serde(default)]
         options: VipOptions,
     },
+    /// Replace a VIP's settings; its workers, pins and flows stay.
+    VipSet {
+        /// The VIP.
+        vip: Vip,
+        /// Its new settings, whole.
+        #[serde(default)]
+        options: VipOptions,
+    },
     /// Remove a VIP.
     VipDel {
         /// The VIP.

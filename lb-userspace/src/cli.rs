@@ -153,6 +153,16 @@ pub enum VipCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Replace a VIP's settings (the flags of `vip add`; what is not given
+    /// takes its default); workers, pins and established flows stay.
+    Set {
+        /// The VIP.
+        vip: String,
+        #[command(flatten)]
+        options: VipOptionArgs,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Remove a VIP (its traffic goes to the kernel again).
     Del {
         /// The VIP.

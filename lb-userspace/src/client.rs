@@ -29,6 +29,17 @@ pub fn vip_command(command: VipCommand) -> anyhow::Result<()> {
             };
             send(&client, &request)
         }
+        VipCommand::Set {
+            vip: v,
+            options,
+            client,
+        } => {
+            let request = Request::VipSet {
+                vip: vip(&v)?,
+                options: options.into(),
+            };
+            send(&client, &request)
+        }
         VipCommand::Del { vip: v, client } => send(&client, &Request::VipDel { vip: vip(&v)? }),
         VipCommand::List { client } => {
             let rows: Vec<VipRow> = fetch(&client, &Request::VipList)?;

@@ -225,6 +225,7 @@ impl Controller {
         let done = serde_json::Value::Null;
         match request {
             Request::VipAdd { vip, options } => self.add_vip(vip, options)?,
+            Request::VipSet { vip, options } => self.set_vip(&vip, options)?,
             Request::VipDel { vip } => self.del_vip(&vip)?,
             Request::BackendAdd {
                 vip,
@@ -275,6 +276,24 @@ impl Controller {
         self.desired.add_vip(vip, options)?;
         self.install(&vip)?;
         tracing::info!("added VIP {vip}");
+        Ok(())
+    }
+
+    /// Replaces a VIP's settings and rebuilds what depends on them; with a
+    /// new sticky prefix its sessions go (they are keyed by the old one).
+    fn set_vip(&mut self, vip: &Vip, options: VipOptions) -> anyhow::Result<()> {
+        let old = self.desired.vip(vip)?;
+        let (id, old_prefix) = (old.id, old.options.prefix_for(vip));
+        self.desired.set_options(vip, options)?;
+        let state = self.desired.vip(vip)?;
+        if state.options.prefix_for(vip) != old_prefix {
+            self.flush_where(|key, _| key.vip_id == id)?;
+        }
+        for id in state.workers.values().map(|w| w.id).collect::<Vec<_>>() {
+            self.sync_load(id)?;
+        }
+        self.install(vip)?;
+        tracing::info!("changed the settings of VIP {vip}");
         Ok(())
     }
 

@@ -84,6 +84,9 @@ pub enum StateError {
         /// The client.
         client: IpAddr,
     },
+    /// The sticky prefix can't change under pins.
+    #[error("{0} has pinned clients keyed by its sticky prefix: `lb sessions unpin` them before changing --sticky-prefix")]
+    PinsBlockPrefix(Vip),
     /// Two VIPs or two workers share an id (a damaged state file).
     #[error("id {0} is used twice")]
     DuplicateId(u32),
@@ -323,6 +326,23 @@ impl Desired {
             workers: BTreeMap::new(),
             pins: BTreeMap::new(),
         }))
+    }
+
+    /// Replaces a VIP's settings. A new sticky prefix is refused while the
+    /// VIP has pins (they are keyed by the old one).
+    pub fn set_options(&mut self, vip: &Vip, options: VipOptions) -> Result<(), StateError> {
+        options.validate(vip)?;
+        let state = self.vips.get_mut(vip).ok_or(StateError::UnknownVip(*vip))?;
+        if let Some(size) = options.table_size {
+            if !(7..=MAX_TABLE_SIZE).contains(&size) || !maglev::is_prime(u64::from(size)) {
+                return Err(StateError::BadTableSize(size));
+            }
+        }
+        if !state.pins.is_empty() && options.prefix_for(vip) != state.options.prefix_for(vip) {
+            return Err(StateError::PinsBlockPrefix(*vip));
+        }
+        state.options = options;
+        Ok(())
     }
 
     /// Removes a VIP and its workers; returns what it was.

@@ -593,3 +593,70 @@ fn flows_of_a_worker_that_goes_down_move_to_a_healthy_one_and_undrain_restores_i
     rig.lb.cli_ok(&["backend", "undrain", udp, &addr]).unwrap();
     assert_eq!(state_of(&rig.lb, other), "up");
 }
+
+#[test]
+fn vip_set_changes_settings_in_place_keeping_workers_and_established_flows() {
+    let rig = rig(3, &[]);
+    rig.add_vip_with_workers(VIP, &[]).unwrap();
+    assert_eq!(
+        rig.spread(vip_addr(), 30).unwrap().len(),
+        3,
+        "not sticky yet"
+    );
+    let target = SocketAddr::new(vip_addr(), 80);
+    let mut conn = rig
+        .client
+        .within(move || TcpStream::connect_timeout(&target, TIMEOUT).unwrap())
+        .unwrap();
+    conn.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let ask = |conn: &mut TcpStream| {
+        conn.write_all(b"GET / HTTP/1.1\r\nHost: lb-test\r\n\r\n")
+            .unwrap();
+        let mut buf = [0u8; 512];
+        let n = conn.read(&mut buf).unwrap();
+        let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+        text.lines()
+            .find_map(|l| l.strip_prefix("X-Worker: "))
+            .unwrap()
+            .to_owned()
+    };
+    let worker = ask(&mut conn);
+
+    rig.lb
+        .cli_ok(&[
+            "vip",
+            "set",
+            VIP,
+            "--sticky",
+            "60s",
+            "--scheduler",
+            "least-load",
+        ])
+        .unwrap();
+    let vips: serde_json::Value =
+        serde_json::from_str(&rig.lb.cli_ok(&["vip", "list", "-o", "json"]).unwrap()).unwrap();
+    assert_eq!(vips[0]["scheduler"], "least-load");
+    assert_eq!(vips[0]["sticky"], "1m");
+    assert_eq!(vips[0]["workers"], 3);
+    assert_eq!(ask(&mut conn), worker, "the established connection stayed");
+    only_worker(&rig.spread(vip_addr(), 20).unwrap());
+
+    let w1 = rig.workers[0].ipv4.to_string();
+    rig.lb
+        .cli_ok(&["sessions", "pin", VIP, "192.0.2.1", &w1])
+        .unwrap();
+    let refused = rig
+        .lb
+        .cli(&[
+            "vip",
+            "set",
+            VIP,
+            "--sticky",
+            "60s",
+            "--sticky-prefix",
+            "24",
+        ])
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("unpin"));
+}
