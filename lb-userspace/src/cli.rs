@@ -63,8 +63,13 @@ pub enum Command {
         /// The shell.
         shell: clap_complete::Shell,
     },
-    /// Print lb's man page (roff).
-    Man,
+    /// Print lb's man page (roff), or write every command's page to a
+    /// directory.
+    Man {
+        /// Write lb.1, lb-run.1, lb-vip-add.1, … here instead.
+        #[arg(long)]
+        out_dir: Option<PathBuf>,
+    },
 }
 
 /// Arguments of `lb run`.

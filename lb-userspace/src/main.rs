@@ -24,9 +24,14 @@ fn main() {
             clap_complete::generate(shell, &mut command, "lb", &mut std::io::stdout());
             Ok(())
         }
-        Command::Man => clap_mangen::Man::new(<Cli as clap::CommandFactory>::command())
-            .render(&mut std::io::stdout())
-            .map_err(Into::into),
+        Command::Man { out_dir } => {
+            let command = <Cli as clap::CommandFactory>::command();
+            match out_dir {
+                Some(dir) => clap_mangen::generate_to(command, dir),
+                None => clap_mangen::Man::new(command).render(&mut std::io::stdout()),
+            }
+            .map_err(Into::into)
+        }
     };
     if let Err(error) = result {
         eprintln!("lb: error: {error:#}");

@@ -45,6 +45,19 @@ fn man_page_and_completions_come_out_of_the_binary() {
         String::from_utf8(output.stdout).unwrap()
     };
     assert!(run(&["man"]).contains(".TH lb 1"));
+    let dir = std::env::temp_dir().join(format!("lb-man-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    run(&["man", "--out-dir", dir.to_str().unwrap()]);
+    for page in [
+        "lb.1",
+        "lb-run.1",
+        "lb-vip-add.1",
+        "lb-backend-drain.1",
+        "lb-top.1",
+    ] {
+        assert!(dir.join(page).exists(), "no {page}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
     for shell in ["bash", "zsh", "fish"] {
         assert!(run(&["completions", shell]).contains("backend"), "{shell}");
     }

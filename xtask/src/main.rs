@@ -151,7 +151,7 @@ fn status(cmd: &mut Command) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Completions for bash, zsh and fish and the man page, from `lb` itself.
+/// Completions for bash, zsh and fish and the man pages, from `lb` itself.
 fn dist() -> anyhow::Result<()> {
     let lb = workspace_root().join("target/release/lb");
     let out = workspace_root().join("target/dist");
@@ -160,7 +160,6 @@ fn dist() -> anyhow::Result<()> {
         (vec!["completions", "bash"], "completions/lb.bash"),
         (vec!["completions", "zsh"], "completions/_lb"),
         (vec!["completions", "fish"], "completions/lb.fish"),
-        (vec!["man"], "lb.1"),
     ];
     for (args, file) in files {
         let output = Command::new(&lb).args(&args).output()?;
@@ -168,6 +167,10 @@ fn dist() -> anyhow::Result<()> {
         std::fs::write(out.join(file), output.stdout)?;
         println!("dist: wrote target/dist/{file}");
     }
+    let man = out.join("man");
+    std::fs::create_dir_all(&man)?;
+    status(Command::new(&lb).arg("man").arg("--out-dir").arg(&man))?;
+    println!("dist: wrote target/dist/man/lb.1 and a page per command");
     Ok(())
 }
 
