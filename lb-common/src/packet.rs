@@ -247,6 +247,14 @@ fn parse_ipv4<F: Frame + ?Sized>(frame: &F, l3: usize) -> Parsed {
     parse_l4(frame, packet)
 }
 
+/// IPv6 extension headers lb walks past (hop-by-hop, routing,
+/// destination options; fragment separately), at most this many.
+const MAX_IPV6_EXTENSIONS: usize = 4;
+const IPV6_HOP_BY_HOP: u8 = 0;
+const IPV6_ROUTING: u8 = 43;
+const IPV6_FRAGMENT: u8 = 44;
+const IPV6_DEST_OPTIONS: u8 = 60;
+
 #[inline(always)]
 fn parse_ipv6<F: Frame + ?Sized>(frame: &F, l3: usize) -> Parsed {
     let Some(header) = frame.get::<Ipv6Header>(l3) else {
@@ -255,18 +263,46 @@ fn parse_ipv6<F: Frame + ?Sized>(frame: &F, l3: usize) -> Parsed {
     if header.version_class_flow[0] >> 4 != 6 {
         return Parsed::Malformed;
     }
+    let mut next = header.next_header;
+    let mut at = l3 + IPV6_HLEN;
+    let mut later_fragment = false;
+    let mut walked = 0;
+    while walked < MAX_IPV6_EXTENSIONS {
+        match next {
+            IPV6_HOP_BY_HOP | IPV6_ROUTING | IPV6_DEST_OPTIONS => {
+                let Some(ext) = frame.get::<[u8; 2]>(at) else {
+                    return Parsed::Malformed;
+                };
+                next = ext[0];
+                at += (usize::from(ext[1]) + 1) * 8;
+            }
+            IPV6_FRAGMENT => {
+                let Some(ext) = frame.get::<[u8; 4]>(at) else {
+                    return Parsed::Malformed;
+                };
+                next = ext[0];
+                later_fragment = u16::from_be_bytes([ext[2], ext[3]]) >> 3 != 0;
+                at += 8;
+            }
+            _ => break,
+        }
+        walked += 1;
+    }
     let packet = IpPacket {
         version: IpVersion::V6,
         l3_offset: l3,
-        l4_offset: l3 + IPV6_HLEN,
-        proto: header.next_header,
+        l4_offset: at,
+        proto: next,
         src: header.src,
         dst: header.dst,
         sport: 0,
         dport: 0,
         tcp_flags: 0,
-        later_fragment: false,
+        later_fragment,
     };
+    if later_fragment {
+        return Parsed::Ip(packet);
+    }
     parse_l4(frame, packet)
 }
 
@@ -323,6 +359,7 @@ impl GlobalCounters {
                 (IpVersion::V4, IPPROTO_UDP) => &mut self.ipv4_udp,
                 (IpVersion::V4, IPPROTO_ICMP) => &mut self.ipv4_icmp,
                 (IpVersion::V4, _) => &mut self.ipv4_other,
+                (IpVersion::V6, _) if p.later_fragment => &mut self.ipv6_other,
                 (IpVersion::V6, IPPROTO_TCP) => &mut self.ipv6_tcp,
                 (IpVersion::V6, IPPROTO_UDP) => &mut self.ipv6_udp,
                 (IpVersion::V6, IPPROTO_ICMPV6) => &mut self.ipv6_icmp,

@@ -180,7 +180,7 @@ fn each_frame_counts_in_exactly_one_class() {
         ipv6(IPPROTO_TCP, &tcp(1, 2, 0x02)),
         ipv6(IPPROTO_UDP, &udp(1, 2)),
         ipv6(58, &[135, 0, 0, 0]),
-        ipv6(0, &[0; 8]),
+        ipv6(47, &[0; 8]),
         ipv4(IPPROTO_TCP, 0, &[], &[0; 4]),
     ];
     let mut counters = GlobalCounters::default();
@@ -196,4 +196,65 @@ fn each_frame_counts_in_exactly_one_class() {
     let class_fields = &counters.values()[2..13];
     assert!(class_fields.iter().all(|v| *v == 1), "{counters:?}");
     assert_eq!(GlobalCounters::NAMES[12], "ipv6_other");
+}
+
+/// An IPv6 extension header: next header, then `len` × 8 + 6 bytes.
+fn extension(next: u8, len: u8) -> Vec<u8> {
+    let mut e = vec![next, len];
+    e.resize(usize::from(len) * 8 + 8, 0);
+    e
+}
+
+fn fragment_header(next: u8, offset: u16, more: bool) -> Vec<u8> {
+    let field = (offset << 3) | u16::from(more);
+    let [hi, lo] = field.to_be_bytes();
+    vec![next, 0, hi, lo, 0, 0, 0, 1]
+}
+
+#[test]
+fn ipv6_extension_headers_are_walked_to_the_transport_header() {
+    let mut chain = extension(43, 0); // hop-by-hop, then routing
+    chain.extend(extension(60, 1)); // routing (16 bytes), then destination options
+    chain.extend(extension(6, 0)); // destination options, then TCP
+    chain.extend(tcp(40000, 80, 0x02));
+    let packet = ip(&ipv6(0, &chain));
+    assert_eq!(packet.proto, 6);
+    assert_eq!(
+        (packet.sport, packet.dport),
+        (40000u16.to_be(), 80u16.to_be())
+    );
+    assert_eq!(packet.l4_offset, 14 + 40 + 8 + 16 + 8);
+}
+
+#[test]
+fn ipv6_fragments_first_keeps_its_ports_later_has_none() {
+    let mut first = fragment_header(17, 0, true);
+    first.extend(udp(5000, 53));
+    let packet = ip(&ipv6(44, &first));
+    assert_eq!((packet.proto, packet.dport), (17, 53u16.to_be()));
+    assert!(!packet.later_fragment);
+    let mut later = fragment_header(17, 185, false);
+    later.extend([0u8; 16]);
+    let packet = ip(&ipv6(44, &later));
+    assert!(packet.later_fragment);
+    assert_eq!(packet.dport, 0);
+    let mut counters = lb_common::counters::GlobalCounters::default();
+    counters.count(&parse(ipv6(44, &later).as_slice()), 0);
+    assert_eq!(
+        counters.ipv6_other, 1,
+        "later IPv6 fragments count as other"
+    );
+}
+
+#[test]
+fn too_many_or_cut_short_ipv6_extension_headers() {
+    let mut five = Vec::new();
+    for _ in 0..5 {
+        five.extend(extension(0, 0));
+    }
+    five.extend(udp(1, 2));
+    assert_eq!(ip(&ipv6(0, &five)).proto, 0, "stops after four: not lb's");
+    let cut = &extension(6, 1)[..10];
+    assert_eq!(parse(ipv6(0, cut).as_slice()), Parsed::Malformed);
+    assert_eq!(parse(ipv6(0, &[]).as_slice()), Parsed::Malformed);
 }

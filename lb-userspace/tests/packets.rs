@@ -211,6 +211,19 @@ fn every_packet_class_gets_its_verdict_its_exact_frame_and_its_counters() {
         more: true,
     });
     let rst = Packet::tcp(client4(), 40006, vip4(), 80, tcp::RST);
+    let mut hop_by_hop = Packet::tcp(client6(), 40010, vip6(), 80, tcp::SYN);
+    hop_by_hop.ipv6_hop_by_hop = true;
+    let mut first6 = Packet::udp(client6(), 5010, vip6(), 53);
+    first6.fragment = Some(Fragment {
+        offset: 0,
+        more: true,
+    });
+    let mut both6 = Packet::tcp(client6(), 40011, vip6(), 80, tcp::SYN);
+    both6.ipv6_hop_by_hop = true;
+    both6.fragment = Some(Fragment {
+        offset: 0,
+        more: true,
+    });
     let cases = vec![
         forward("IPv4 TCP, new flow", syn4, "ipv4_tcp", NEW),
         forward("IPv4 TCP, established flow", ack4, "ipv4_tcp", HIT),
@@ -253,6 +266,24 @@ fn every_packet_class_gets_its_verdict_its_exact_frame_and_its_counters() {
             NEW,
         ),
         forward("RST again: still no flow to hit", rst, "ipv4_tcp", NEW),
+        forward(
+            "IPv6 hop-by-hop header before TCP",
+            hop_by_hop,
+            "ipv6_tcp",
+            NEW,
+        ),
+        forward(
+            "IPv6 first fragment: balanced on its ports",
+            first6,
+            "ipv6_udp",
+            NEW,
+        ),
+        forward(
+            "IPv6 hop-by-hop and fragment headers",
+            both6,
+            "ipv6_tcp",
+            NEW,
+        ),
     ];
     for case in &cases {
         suite.check(case);
@@ -295,21 +326,14 @@ fn packets_lb_does_not_balance_pass_untouched_or_drop_with_a_reason() {
         later.build(),
         "ipv4_fragment",
     ));
-    let mut hop_by_hop = Packet::tcp(client6(), 40000, vip6(), 80, tcp::SYN);
-    hop_by_hop.ipv6_hop_by_hop = true;
-    cases.push(passed(
-        "IPv6 hop-by-hop header before TCP (passed)",
-        hop_by_hop.build(),
-        "ipv6_other",
-    ));
-    let mut fragment6 = Packet::udp(client6(), 5000, vip6(), 53);
-    fragment6.fragment = Some(Fragment {
-        offset: 0,
-        more: true,
+    let mut later6 = Packet::udp(client6(), 5000, vip6(), 53);
+    later6.fragment = Some(Fragment {
+        offset: 185,
+        more: false,
     });
     cases.push(passed(
-        "IPv6 fragment header (passed)",
-        fragment6.build(),
+        "IPv6 later fragment (no ports: passed)",
+        later6.build(),
         "ipv6_other",
     ));
     let mut arp = vec![0xff; 6];
