@@ -101,6 +101,8 @@ pub struct Controller {
     live: HashMap<u32, Live>,
     state_file: Option<PathBuf>,
     occupancy: Occupancy,
+    /// Durations of every health check, for the metrics.
+    check_latency: prometheus_client::metrics::histogram::Histogram,
 }
 
 impl Controller {
@@ -120,6 +122,9 @@ impl Controller {
             live: HashMap::new(),
             state_file,
             occupancy: Occupancy::default(),
+            check_latency: prometheus_client::metrics::histogram::Histogram::new(
+                prometheus_client::metrics::histogram::exponential_buckets(0.000_1, 4.0, 8),
+            ),
         };
         controller
             .maps

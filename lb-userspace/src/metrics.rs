@@ -95,6 +95,11 @@ pub fn render(snapshot: &MetricsSnapshot) -> anyhow::Result<String> {
     per_vip(&mut registry, snapshot)?;
     per_worker(&mut registry, snapshot)?;
     tables(&mut registry, snapshot);
+    registry.register(
+        "lb_health_check_duration_seconds",
+        "How long health checks took, every check of every worker",
+        snapshot.check_latency.clone(),
+    );
     program(&mut registry, snapshot.program_id);
     let mut text = String::new();
     encode(&mut text, &registry).context("encoding metrics")?;

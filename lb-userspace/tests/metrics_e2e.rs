@@ -111,6 +111,10 @@ fn scraped_metrics_match_the_traffic_sent() {
     }
     assert!(text.contains("# TYPE lb_dropped_packets counter"), "{text}");
     assert!(
+        sample(&text, "lb_health_check_duration_seconds_count") >= 2.0,
+        "every worker was checked at least once"
+    );
+    assert!(
         text.trim_end().ends_with("# EOF"),
         "OpenMetrics ends with # EOF"
     );

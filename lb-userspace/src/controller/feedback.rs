@@ -42,6 +42,7 @@ impl Controller {
         let Some(outcome) = report.outcome else {
             return;
         };
+        self.check_latency.observe(outcome.took.as_secs_f64());
         let detail = outcome.detail.clone();
         let Some(live) = self.live.get_mut(&report.id) else {
             return;

@@ -30,6 +30,8 @@ pub struct MetricsSnapshot {
     pub program_id: u32,
     /// Flow table capacity.
     pub max_flows: u32,
+    /// Durations of every health check so far.
+    pub check_latency: prometheus_client::metrics::histogram::Histogram,
 }
 
 impl Controller {
@@ -42,6 +44,7 @@ impl Controller {
             pin_dir: self.instance.pin_dir.clone(),
             program_id: self.instance.program_id,
             max_flows: self.instance.max_flows,
+            check_latency: self.check_latency.clone(),
         }
     }
 
