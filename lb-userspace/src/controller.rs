@@ -160,9 +160,7 @@ impl Controller {
     /// previous controller wrote, so forwarding never pauses.
     fn start_worker(&mut self, vip: Vip, addr: IpAddr, id: u32) -> anyhow::Result<()> {
         let pinned_mac = self.maps.known_mac(id, addr);
-        let mac = neighbour::lookup(&self.instance.iface, addr)
-            .or(pinned_mac)
-            .or_else(|| resolve(&self.instance.iface, addr));
+        let mac = resolve(&self.instance.iface, addr, pinned_mac);
         self.live.insert(id, Live::new(vip, addr, mac));
         self.maps
             .write_load(id, LOAD_UNKNOWN)
@@ -562,9 +560,10 @@ impl Controller {
     }
 }
 
-/// The worker's MAC, soliciting it and waiting briefly when unknown.
-fn resolve(iface: &str, addr: IpAddr) -> Option<[u8; 6]> {
-    if let Some(mac) = neighbour::lookup(iface, addr) {
+/// The worker's MAC: the neighbour table's; else `known` (what an adopted
+/// data plane had); else solicited, waiting briefly.
+fn resolve(iface: &str, addr: IpAddr, known: Option<[u8; 6]>) -> Option<[u8; 6]> {
+    if let Some(mac) = neighbour::lookup(iface, addr).or(known) {
         return Some(mac);
     }
     neighbour::solicit(addr);

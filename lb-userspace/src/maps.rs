@@ -77,9 +77,10 @@ impl ControlMaps {
     /// cleared after it is gone: a missing bit only ever sends a packet to
     /// the kernel, never misforwards it.
     pub fn refresh_filter(&mut self) -> Result<(), MapError> {
-        self.refresh_addresses()?;
+        let keys = self.vip_keys();
+        self.refresh_addresses(&keys)?;
         let mut words = vec![0u64; VIP_FILTER_WORDS as usize];
-        for key in self.vip_keys() {
+        for key in &keys {
             let bit = vip_filter_bit(&key.addr, key.port, key.proto);
             words[(bit >> 6) as usize] |= 1 << (bit & 63);
         }
@@ -128,9 +129,8 @@ impl ControlMaps {
 
     /// Makes the VIP address set hold exactly the addresses of the VIPs in
     /// the VIP map (ICMP to them is answered or sent on).
-    fn refresh_addresses(&mut self) -> Result<(), MapError> {
-        let wanted: std::collections::HashSet<VipAddrKey> = self
-            .vip_keys()
+    fn refresh_addresses(&mut self, keys: &[VipKey]) -> Result<(), MapError> {
+        let wanted: std::collections::HashSet<VipAddrKey> = keys
             .iter()
             .map(|k| VipAddrKey {
                 addr: k.addr,

@@ -109,11 +109,12 @@ pub fn render(snapshot: &MetricsSnapshot) -> anyhow::Result<String> {
 /// What the data plane counted, by name.
 fn global(registry: &mut Registry, pin_dir: &Path) -> anyhow::Result<()> {
     let global = counters::read_pinned(pin_dir)?;
+    let values = global.values();
     let value = |name: &str| {
         GlobalCounters::NAMES
             .iter()
             .position(|n| *n == name)
-            .map_or(0, |i| global.values()[i])
+            .map_or(0, |i| values[i])
     };
     let single = |registry: &mut Registry, name: &str, help: &str, v: u64| {
         let counter: Counter = Counter::default();

@@ -273,9 +273,9 @@ impl Desired {
             self.add_vip(*vip, wanted.options.clone())?;
         }
         let state = self.vips.get_mut(vip).ok_or(StateError::UnknownVip(*vip))?;
-        wanted.options.validate(vip)?;
-        state.options = wanted.options.clone();
         state.pins.clear();
+        self.set_options(vip, wanted.options.clone())?;
+        let state = self.vip(vip)?;
         let gone: Vec<IpAddr> = state
             .workers
             .keys()
@@ -313,12 +313,7 @@ impl Desired {
         if self.vips.contains_key(&vip) {
             return Err(StateError::VipExists(vip));
         }
-        options.validate(&vip)?;
-        if let Some(size) = options.table_size {
-            if !(7..=MAX_TABLE_SIZE).contains(&size) || !maglev::is_prime(u64::from(size)) {
-                return Err(StateError::BadTableSize(size));
-            }
-        }
+        check_options(&vip, &options)?;
         let id = self.vip_ids.take().ok_or(StateError::TooManyVips)?;
         Ok(self.vips.entry(vip).or_insert(VipState {
             id,
@@ -331,13 +326,8 @@ impl Desired {
     /// Replaces a VIP's settings. A new sticky prefix is refused while the
     /// VIP has pins (they are keyed by the old one).
     pub fn set_options(&mut self, vip: &Vip, options: VipOptions) -> Result<(), StateError> {
-        options.validate(vip)?;
+        check_options(vip, &options)?;
         let state = self.vips.get_mut(vip).ok_or(StateError::UnknownVip(*vip))?;
-        if let Some(size) = options.table_size {
-            if !(7..=MAX_TABLE_SIZE).contains(&size) || !maglev::is_prime(u64::from(size)) {
-                return Err(StateError::BadTableSize(size));
-            }
-        }
         if !state.pins.is_empty() && options.prefix_for(vip) != state.options.prefix_for(vip) {
             return Err(StateError::PinsBlockPrefix(*vip));
         }
@@ -460,6 +450,19 @@ impl Desired {
         state.pins.retain(|_, pinned| *pinned != addr);
         self.backend_ids.free(worker.id);
         Ok(worker.id)
+    }
+}
+
+/// A VIP's settings, table size included (a prime in range).
+fn check_options(vip: &Vip, options: &VipOptions) -> Result<(), StateError> {
+    options.validate(vip)?;
+    match options.table_size {
+        Some(size)
+            if !(7..=MAX_TABLE_SIZE).contains(&size) || !maglev::is_prime(u64::from(size)) =>
+        {
+            Err(StateError::BadTableSize(size))
+        }
+        _ => Ok(()),
     }
 }
 
