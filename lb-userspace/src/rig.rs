@@ -236,3 +236,44 @@ impl Download {
         body.len()
     }
 }
+
+/// An HTTP/1.1 keep-alive connection through a VIP: each `get` is one
+/// request on the same connection, answered with the worker's name.
+pub struct KeepAlive(BufReader<TcpStream>);
+
+impl KeepAlive {
+    /// Connects from the calling thread's network namespace.
+    pub fn connect(target: SocketAddr, timeout: Duration) -> std::io::Result<Self> {
+        let stream = TcpStream::connect_timeout(&target, timeout)?;
+        stream.set_read_timeout(Some(timeout))?;
+        Ok(Self(BufReader::new(stream)))
+    }
+
+    /// Connects from `client`'s namespace, with the tests' [`TIMEOUT`].
+    pub fn open(client: &Host, target: SocketAddr) -> anyhow::Result<Self> {
+        Ok(client.within(move || Self::connect(target, TIMEOUT))??)
+    }
+
+    /// One `GET /`; the answering worker's name (the response body).
+    pub fn get(&mut self) -> std::io::Result<String> {
+        self.0
+            .get_mut()
+            .write_all(b"GET / HTTP/1.1\r\nHost: lb-test\r\n\r\n")?;
+        let mut length = 0;
+        loop {
+            let mut line = String::new();
+            if self.0.read_line(&mut line)? == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                length = v.trim().parse().unwrap_or(0);
+            }
+            if line == "\r\n" {
+                break;
+            }
+        }
+        let mut body = vec![0u8; length];
+        self.0.read_exact(&mut body)?;
+        Ok(String::from_utf8_lossy(&body).trim_end().to_owned())
+    }
+}

@@ -386,6 +386,33 @@ impl Testbed {
     /// Adds a host named `role` (at most 12 characters) with the given
     /// addresses on the bridge.
     pub fn add_host(&mut self, role: &str, ipv4: Ipv4Addr, ipv6: Ipv6Addr) -> anyhow::Result<Host> {
+        let peer = peer_name(role);
+        let switch = self.switch.clone();
+        let host = self.new_host(role, ipv4, ipv6, &peer, &switch)?;
+        ip(&["-n", &switch, "link", "set", &peer, "master", BRIDGE, "up"])?;
+        ip(&[
+            "-n",
+            &host.netns,
+            "addr",
+            "add",
+            &format!("{ipv6}/64"),
+            "dev",
+            HOST_IFACE,
+            "nodad",
+        ])?;
+        Ok(host)
+    }
+
+    /// A new namespace for `role` whose `eth0` (up, with `ipv4`/24) is a
+    /// veth whose other end, `peer`, lies in namespace `peer_netns`.
+    fn new_host(
+        &mut self,
+        role: &str,
+        ipv4: Ipv4Addr,
+        ipv6: Ipv6Addr,
+        peer: &str,
+        peer_netns: &str,
+    ) -> anyhow::Result<Host> {
         ensure!(
             role.len() <= 12,
             "host role `{role}` is longer than 12 characters"
@@ -398,7 +425,6 @@ impl Testbed {
         };
         ip(&["netns", "add", &host.netns])?;
         self.hosts.push(host.clone());
-        let peer = peer_name(role);
         ip(&[
             "link",
             "add",
@@ -409,19 +435,9 @@ impl Testbed {
             "veth",
             "peer",
             "name",
-            &peer,
+            peer,
             "netns",
-            &self.switch,
-        ])?;
-        ip(&[
-            "-n",
-            &self.switch,
-            "link",
-            "set",
-            &peer,
-            "master",
-            BRIDGE,
-            "up",
+            peer_netns,
         ])?;
         let n = host.netns.as_str();
         ip(&["-n", n, "link", "set", "lo", "up"])?;
@@ -433,16 +449,6 @@ impl Testbed {
             &format!("{ipv4}/24"),
             "dev",
             HOST_IFACE,
-        ])?;
-        ip(&[
-            "-n",
-            n,
-            "addr",
-            "add",
-            &format!("{ipv6}/64"),
-            "dev",
-            HOST_IFACE,
-            "nodad",
         ])?;
         ip(&["-n", n, "link", "set", HOST_IFACE, "up"])?;
         Ok(host)
@@ -468,41 +474,9 @@ impl Testbed {
         router_ipv4: Ipv4Addr,
         router_mtu: u32,
     ) -> anyhow::Result<Host> {
-        let host = Host {
-            role: role.to_owned(),
-            netns: format!("{}-{role}", self.prefix),
-            ipv4,
-            ipv6: Ipv6Addr::UNSPECIFIED,
-        };
-        ip(&["netns", "add", &host.netns])?;
-        self.hosts.push(host.clone());
         let peer = format!("r-{role}");
-        ip(&[
-            "link",
-            "add",
-            HOST_IFACE,
-            "netns",
-            &host.netns,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &peer,
-            "netns",
-            &router.netns,
-        ])?;
+        let host = self.new_host(role, ipv4, Ipv6Addr::UNSPECIFIED, &peer, &router.netns)?;
         let (n, r) = (host.netns.as_str(), router.netns.as_str());
-        ip(&["-n", n, "link", "set", "lo", "up"])?;
-        ip(&[
-            "-n",
-            n,
-            "addr",
-            "add",
-            &format!("{ipv4}/24"),
-            "dev",
-            HOST_IFACE,
-        ])?;
-        ip(&["-n", n, "link", "set", HOST_IFACE, "up"])?;
         ip(&[
             "-n",
             n,

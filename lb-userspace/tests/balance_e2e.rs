@@ -3,13 +3,13 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    io::{BufRead as _, BufReader, Read as _, Write as _},
+    io::{Read as _, Write as _},
     net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
 };
 
 use lb_userspace::{
-    rig::{v6, Rig, TIMEOUT, UDP_PORT, VIP4, VIP6},
-    testbed::{Host, LbProcess},
+    rig::{v6, KeepAlive, Rig, TIMEOUT, UDP_PORT, VIP4, VIP6},
+    testbed::LbProcess,
 };
 
 const LB: &str = env!("CARGO_BIN_EXE_lb");
@@ -27,40 +27,6 @@ fn assert_even(counts: &BTreeMap<String, usize>, total: usize, workers: usize) {
             (*n as f64 - fair).abs() <= 0.25 * fair,
             "{worker} got {n} of {total}: {counts:?}"
         );
-    }
-}
-
-/// An HTTP/1.1 keep-alive connection.
-struct KeepAlive(BufReader<TcpStream>);
-
-impl KeepAlive {
-    fn open(client: &Host, target: SocketAddr) -> Self {
-        let stream = client
-            .within(move || TcpStream::connect_timeout(&target, TIMEOUT).unwrap())
-            .unwrap();
-        stream.set_read_timeout(Some(TIMEOUT)).unwrap();
-        Self(BufReader::new(stream))
-    }
-
-    fn get(&mut self) -> String {
-        self.0
-            .get_mut()
-            .write_all(b"GET / HTTP/1.1\r\nHost: lb-test\r\n\r\n")
-            .unwrap();
-        let mut length = 0;
-        loop {
-            let mut line = String::new();
-            self.0.read_line(&mut line).unwrap();
-            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                length = v.trim().parse().unwrap();
-            }
-            if line == "\r\n" || line.is_empty() {
-                break;
-            }
-        }
-        let mut body = vec![0u8; length];
-        self.0.read_exact(&mut body).unwrap();
-        String::from_utf8(body).unwrap().trim_end().to_owned()
     }
 }
 
@@ -151,8 +117,8 @@ fn established_connections_survive_worker_changes_and_removed_workers_get_no_new
     // One keep-alive connection per worker.
     let mut conns: HashMap<String, KeepAlive> = HashMap::new();
     for _ in 0..200 {
-        let mut conn = KeepAlive::open(&rig.client, target);
-        let worker = conn.get();
+        let mut conn = KeepAlive::open(&rig.client, target).unwrap();
+        let worker = conn.get().unwrap();
         conns.entry(worker).or_insert(conn);
         if conns.len() == 3 {
             break;
@@ -165,7 +131,7 @@ fn established_connections_survive_worker_changes_and_removed_workers_get_no_new
         .unwrap();
     for (worker, conn) in conns.iter_mut() {
         assert_eq!(
-            &conn.get(),
+            &conn.get().unwrap(),
             worker,
             "adding a worker moved an established connection"
         );
@@ -177,7 +143,7 @@ fn established_connections_survive_worker_changes_and_removed_workers_get_no_new
     for (worker, conn) in conns.iter_mut() {
         for _ in 0..5 {
             assert_eq!(
-                &conn.get(),
+                &conn.get().unwrap(),
                 worker,
                 "removing {removed} disturbed a connection"
             );

@@ -3,8 +3,7 @@
 //! failed request, and the saved state survives crashes. Needs root.
 
 use std::{
-    io::{BufRead as _, BufReader, Read as _, Write as _},
-    net::{IpAddr, SocketAddr, TcpStream},
+    net::{IpAddr, SocketAddr},
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc,
@@ -14,7 +13,7 @@ use std::{
 };
 
 use lb_userspace::{
-    rig::{Download, Rig, VIP4},
+    rig::{Download, KeepAlive, Rig, VIP4},
     testbed::{enter_netns, http_get, Host, SLOW_BYTES},
 };
 
@@ -89,14 +88,14 @@ fn keep_alive_requests(stop: &AtomicBool) -> (usize, Vec<String>) {
     let target = SocketAddr::new(vip_addr(), 80);
     let started = Instant::now();
     let (mut total, mut failures) = (0, Vec::new());
-    let mut conn: Option<BufReader<TcpStream>> = None;
+    let mut conn: Option<KeepAlive> = None;
     let mut worker = None;
     while !stop.load(Ordering::Relaxed) && started.elapsed() < LOAD_LIMIT {
         total += 1;
         let result = conn
             .take()
-            .map_or_else(|| connect(target), Ok)
-            .and_then(|mut c| keep_alive_get(&mut c).map(|answer| (c, answer)));
+            .map_or_else(|| KeepAlive::connect(target, REQUEST_TIMEOUT), Ok)
+            .and_then(|mut c| c.get().map(|answer| (c, answer)));
         match result {
             Ok((c, answer)) => {
                 if *worker.get_or_insert_with(|| answer.clone()) != answer {
@@ -109,33 +108,6 @@ fn keep_alive_requests(stop: &AtomicBool) -> (usize, Vec<String>) {
         std::thread::sleep(Duration::from_millis(10));
     }
     (total, failures)
-}
-
-fn connect(target: SocketAddr) -> std::io::Result<BufReader<TcpStream>> {
-    let stream = TcpStream::connect_timeout(&target, REQUEST_TIMEOUT)?;
-    stream.set_read_timeout(Some(REQUEST_TIMEOUT))?;
-    Ok(BufReader::new(stream))
-}
-
-fn keep_alive_get(conn: &mut BufReader<TcpStream>) -> std::io::Result<String> {
-    conn.get_mut()
-        .write_all(b"GET / HTTP/1.1\r\nHost: lb-test\r\n\r\n")?;
-    let mut length = 0;
-    loop {
-        let mut line = String::new();
-        if conn.read_line(&mut line)? == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-            length = v.trim().parse().unwrap_or(0);
-        }
-        if line == "\r\n" {
-            break;
-        }
-    }
-    let mut body = vec![0u8; length];
-    conn.read_exact(&mut body)?;
-    Ok(String::from_utf8_lossy(&body).trim_end().to_owned())
 }
 
 fn json(text: &str) -> serde_json::Value {
@@ -521,12 +493,12 @@ fn two_instances_behind_ecmp_pick_the_same_workers_so_connections_survive_losing
 
     const CONNECTIONS: usize = 100;
     let target = SocketAddr::new(vip_addr(), 80);
-    let mut conns: Vec<(BufReader<TcpStream>, String)> = client
+    let mut conns: Vec<(KeepAlive, String)> = client
         .within(move || {
             (0..CONNECTIONS)
                 .map(|_| {
-                    let mut conn = connect(target).unwrap();
-                    let worker = keep_alive_get(&mut conn).unwrap();
+                    let mut conn = KeepAlive::connect(target, REQUEST_TIMEOUT).unwrap();
+                    let worker = conn.get().unwrap();
                     (conn, worker)
                 })
                 .collect()
@@ -550,7 +522,7 @@ fn two_instances_behind_ecmp_pick_the_same_workers_so_connections_survive_losing
         .unwrap();
     let kept = conns
         .iter_mut()
-        .filter_map(|(conn, worker)| keep_alive_get(conn).ok().filter(|w| w == worker))
+        .filter_map(|(conn, worker)| conn.get().ok().filter(|w| w == worker))
         .count();
     println!("{kept} of {CONNECTIONS} established connections survived ({first} and {other} new flows per instance)");
     assert!(

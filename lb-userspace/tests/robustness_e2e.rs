@@ -5,7 +5,7 @@
 
 use std::{
     io::{Read as _, Write as _},
-    net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream},
+    net::{IpAddr, Ipv4Addr, SocketAddr},
     os::{
         fd::{AsRawFd as _, FromRawFd as _},
         unix::fs::PermissionsExt as _,
@@ -15,7 +15,7 @@ use std::{
 
 use lb_userspace::{
     frames::{tcp, Packet},
-    rig::{Rig, VIP4},
+    rig::{KeepAlive, Rig, VIP4},
     testbed::{enter_netns, Host},
 };
 
@@ -149,39 +149,18 @@ fn syn_flood(host: &Host, lb_mac: [u8; 6], count: u32) -> std::thread::JoinHandl
     })
 }
 
-fn keep_alive_get(stream: &mut TcpStream) -> std::io::Result<String> {
-    stream.write_all(b"GET / HTTP/1.1\r\nHost: lb-test\r\n\r\n")?;
-    let mut buf = [0u8; 1024];
-    let n = stream.read(&mut buf)?;
-    let text = String::from_utf8_lossy(&buf[..n]).into_owned();
-    Ok(text
-        .lines()
-        .find_map(|l| l.strip_prefix("X-Worker: "))
-        .unwrap_or_default()
-        .to_owned())
-}
-
 #[test]
 fn established_connections_survive_a_flood_of_new_flows_that_churns_the_table() {
     let rig = Rig::new(LB.as_ref(), 3, &["--max-flows", "4096"]).unwrap();
     rig.add_vip_with_workers(VIP, &[]).unwrap();
     let target = SocketAddr::new(IpAddr::V4(VIP4), 80);
-    let mut conns: Vec<(TcpStream, String)> = rig
-        .client
-        .within(move || {
-            (0..30)
-                .map(|_| {
-                    let mut stream =
-                        TcpStream::connect_timeout(&target, Duration::from_secs(5)).unwrap();
-                    stream
-                        .set_read_timeout(Some(Duration::from_secs(5)))
-                        .unwrap();
-                    let worker = keep_alive_get(&mut stream).unwrap();
-                    (stream, worker)
-                })
-                .collect()
+    let mut conns: Vec<(KeepAlive, String)> = (0..30)
+        .map(|_| {
+            let mut conn = KeepAlive::open(&rig.client, target).unwrap();
+            let worker = conn.get().unwrap();
+            (conn, worker)
         })
-        .unwrap();
+        .collect();
     let link: serde_json::Value = serde_json::from_str(
         &rig.balancer
             .run("ip", &["-j", "link", "show", "eth0"])
@@ -193,14 +172,14 @@ fn established_connections_survive_a_flood_of_new_flows_that_churns_the_table() 
     let mut failures = 0;
     while !flood.is_finished() {
         for (stream, worker) in &mut conns {
-            if keep_alive_get(stream).ok().as_ref() != Some(worker) {
+            if stream.get().ok().as_ref() != Some(worker) {
                 failures += 1;
             }
         }
     }
     let sent = flood.join().unwrap();
     for (stream, worker) in &mut conns {
-        assert_eq!(&keep_alive_get(stream).unwrap(), worker, "after the flood");
+        assert_eq!(&stream.get().unwrap(), worker, "after the flood");
     }
     assert_eq!(failures, 0, "established requests failed during the flood");
     let stats = rig.lb.stats().unwrap();

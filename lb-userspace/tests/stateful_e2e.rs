@@ -11,7 +11,7 @@ use std::{
 };
 
 use lb_userspace::{
-    rig::{spread_from, v6, Download, Rig, TIMEOUT, VIP4},
+    rig::{spread_from, v6, Download, KeepAlive, Rig, TIMEOUT, VIP4},
     testbed::{http_get, Host, LbProcess, SLOW_BYTES},
 };
 
@@ -604,23 +604,8 @@ fn vip_set_changes_settings_in_place_keeping_workers_and_established_flows() {
         "not sticky yet"
     );
     let target = SocketAddr::new(vip_addr(), 80);
-    let mut conn = rig
-        .client
-        .within(move || TcpStream::connect_timeout(&target, TIMEOUT).unwrap())
-        .unwrap();
-    conn.set_read_timeout(Some(TIMEOUT)).unwrap();
-    let ask = |conn: &mut TcpStream| {
-        conn.write_all(b"GET / HTTP/1.1\r\nHost: lb-test\r\n\r\n")
-            .unwrap();
-        let mut buf = [0u8; 512];
-        let n = conn.read(&mut buf).unwrap();
-        let text = String::from_utf8_lossy(&buf[..n]).into_owned();
-        text.lines()
-            .find_map(|l| l.strip_prefix("X-Worker: "))
-            .unwrap()
-            .to_owned()
-    };
-    let worker = ask(&mut conn);
+    let mut conn = KeepAlive::open(&rig.client, target).unwrap();
+    let worker = conn.get().unwrap();
 
     rig.lb
         .cli_ok(&[
@@ -638,7 +623,11 @@ fn vip_set_changes_settings_in_place_keeping_workers_and_established_flows() {
     assert_eq!(vips[0]["scheduler"], "least-load");
     assert_eq!(vips[0]["sticky"], "1m");
     assert_eq!(vips[0]["workers"], 3);
-    assert_eq!(ask(&mut conn), worker, "the established connection stayed");
+    assert_eq!(
+        conn.get().unwrap(),
+        worker,
+        "the established connection stayed"
+    );
     only_worker(&rig.spread(vip_addr(), 20).unwrap());
 
     let w1 = rig.workers[0].ipv4.to_string();
