@@ -27,6 +27,9 @@ pub const BACKEND_DOWN: u8 = 4;
 /// `Backend::flags`: draining. No new flows or sticky sessions; its
 /// existing flows stay until they end.
 pub const BACKEND_DRAINING: u8 = 8;
+/// `Backend::flags`: the worker's neighbour (or next hop) can't be
+/// resolved. Treated like [`BACKEND_DOWN`]: nothing can reach it.
+pub const BACKEND_UNREACHABLE: u8 = 16;
 
 /// `VipInfo::scheduler`: the flow's slot in the VIP's Maglev table.
 pub const SCHED_MAGLEV: u8 = 0;
@@ -151,22 +154,28 @@ pub struct Backend {
     /// The VIP the worker serves: a flow or session naming a reused id of
     /// another VIP is scheduled afresh.
     pub vip_id: u32,
-    /// Always zero.
-    pub pad: u32,
+    /// Generation of the slot, never zero for a worker: a new worker in a
+    /// slot gets a new one, so flows and sessions recorded for a deleted
+    /// worker (which carry its generation) never follow the slot's next
+    /// worker.
+    pub generation: u32,
 }
 
 impl Backend {
     /// Whether a new flow of VIP `vip_id` may go to this worker.
     #[inline(always)]
     pub fn takes_new_flows(&self, vip_id: u32) -> bool {
-        self.flags & (BACKEND_VALID | BACKEND_DOWN | BACKEND_DRAINING) == BACKEND_VALID
-            && self.vip_id == vip_id
+        let unusable = BACKEND_DOWN | BACKEND_DRAINING | BACKEND_UNREACHABLE;
+        self.flags & (BACKEND_VALID | unusable) == BACKEND_VALID && self.vip_id == vip_id
     }
 
-    /// Whether an established flow of VIP `vip_id` may stay on this worker.
+    /// Whether an established flow of VIP `vip_id`, recorded on this slot's
+    /// worker of `generation`, may stay on it.
     #[inline(always)]
-    pub fn keeps_flows(&self, vip_id: u32) -> bool {
-        self.flags & (BACKEND_VALID | BACKEND_DOWN) == BACKEND_VALID && self.vip_id == vip_id
+    pub fn keeps_flows(&self, vip_id: u32, generation: u32) -> bool {
+        self.flags & (BACKEND_VALID | BACKEND_DOWN | BACKEND_UNREACHABLE) == BACKEND_VALID
+            && self.vip_id == vip_id
+            && self.generation == generation
     }
 }
 
@@ -209,6 +218,10 @@ pub struct FlowValue {
     /// while `LB_VIP_TAGS[vip_id]` still holds it (the VIP was not removed
     /// or its id given to another VIP).
     pub vip_tag: u32,
+    /// [`Backend::generation`] of the worker when the flow was recorded.
+    pub backend_generation: u32,
+    /// Always zero.
+    pub pad: u32,
 }
 
 /// Key of the sticky-session and pin tables: a client (masked to the VIP's
@@ -228,8 +241,9 @@ pub struct StickyKey {
 pub struct StickyValue {
     /// The worker the client used last.
     pub backend_id: u32,
-    /// Always zero.
-    pub pad: u32,
+    /// [`Backend::generation`] of that worker: a session never follows a
+    /// slot to its next worker.
+    pub backend_generation: u32,
     /// When the client last opened a flow (CLOCK_MONOTONIC, nanoseconds).
     pub last_ns: u64,
 }
@@ -252,6 +266,18 @@ pub fn mask_prefix(addr: &[u8; 16], bits: u8) -> [u8; 16] {
         i += 1;
     }
     out
+}
+
+/// What `LB_VIP_TAGS` holds per VIP id: enough to follow an established
+/// flow without the VIP lookup.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VipTag {
+    /// [`vip_tag`] of the VIP holding the id; 0 when the id is free.
+    pub tag: u32,
+    /// A flow idle for longer than this is scheduled afresh on its next
+    /// packet, so a reused 5-tuple never follows a worker chosen long ago.
+    pub idle_timeout_s: u32,
 }
 
 /// Settings the controller writes for the data plane (array of one).
@@ -355,6 +381,7 @@ mod pod {
     unsafe impl aya::Pod for VipAddrKey {}
     unsafe impl aya::Pod for StickyValue {}
     unsafe impl aya::Pod for Config {}
+    unsafe impl aya::Pod for VipTag {}
     unsafe impl aya::Pod for TrafficCounters {}
 }
 
@@ -363,10 +390,11 @@ const _: () = {
     assert!(core::mem::size_of::<VipInfo>() == 20);
     assert!(core::mem::size_of::<Backend>() == 32);
     assert!(core::mem::size_of::<FlowKey>() == 40);
-    assert!(core::mem::size_of::<FlowValue>() == 32);
+    assert!(core::mem::size_of::<FlowValue>() == 40);
     assert!(core::mem::size_of::<StickyKey>() == 20);
     assert!(core::mem::size_of::<VipAddrKey>() == 20);
     assert!(core::mem::size_of::<StickyValue>() == 16);
     assert!(core::mem::size_of::<Config>() == 8);
+    assert!(core::mem::size_of::<VipTag>() == 8);
     assert!(core::mem::size_of::<TrafficCounters>() == 24);
 };

@@ -75,8 +75,11 @@ counters! {
         drop_no_neighbour,
         /// New flows the flow table refused to record.
         flow_insert_failed,
-        /// Established flows moved off a worker that went down.
+        /// Established flows moved off a worker that went down, became
+        /// unreachable or was deleted.
         flow_rescheduled,
+        /// Flows idle past their VIP's idle timeout, scheduled afresh.
+        flow_expired,
         /// New flows that followed the client's sticky session.
         sticky_hits,
         /// New flows that went to the worker their client is pinned to.

@@ -19,7 +19,7 @@ pub mod packet;
 
 /// Version of every layout in this crate. A binary refuses to reuse maps
 /// pinned by a binary with another version.
-pub const LAYOUT_VERSION: u32 = 4;
+pub const LAYOUT_VERSION: u32 = 5;
 
 /// Names of the maps in the XDP object, which are also their pin names.
 pub mod map_names {
@@ -50,8 +50,8 @@ pub mod map_names {
     /// Array of `u64` words: the VIP filter bitmap
     /// ([`crate::balancer::vip_filter_bit`]).
     pub const VIP_FILTER: &str = "LB_VIP_FILTER";
-    /// Array of `u32` per VIP id: the tag of the VIP holding the id (0:
-    /// none).
+    /// Array of [`crate::balancer::VipTag`] per VIP id: the tag and idle
+    /// timeout of the VIP holding the id (tag 0: none).
     pub const VIP_TAGS: &str = "LB_VIP_TAGS";
     /// Hash [`crate::balancer::VipAddrKey`] → `u8`: the VIP addresses.
     pub const VIP_ADDRS: &str = "LB_VIP_ADDRS";

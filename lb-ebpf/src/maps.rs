@@ -9,7 +9,7 @@ use aya_ebpf::{
 use lb_common::{
     balancer::{
         Backend, Config, FlowKey, FlowValue, StickyKey, StickyValue, TrafficCounters, VipAddrKey,
-        VipInfo, VipKey, MAX_BACKENDS, MAX_PINS, MAX_STICKY, MAX_VIPS, VIP_FILTER_WORDS,
+        VipInfo, VipKey, VipTag, MAX_BACKENDS, MAX_PINS, MAX_STICKY, MAX_VIPS, VIP_FILTER_WORDS,
     },
     counters::GlobalCounters,
 };
@@ -64,9 +64,10 @@ pub static LB_PINS: HashMap<StickyKey, u32, PINS> = HashMap::new();
 #[btf_map]
 pub static LB_VIP_FILTER: Array<u64, { VIP_FILTER_WORDS as usize }> = Array::new();
 
-/// Per VIP id, the tag of the VIP holding it (0: none).
+/// Per VIP id, the tag and idle timeout of the VIP holding it (tag 0:
+/// none).
 #[btf_map]
-pub static LB_VIP_TAGS: Array<u32, VIPS> = Array::new();
+pub static LB_VIP_TAGS: Array<VipTag, VIPS> = Array::new();
 
 /// The VIP addresses (for ICMP), written by the controller.
 #[btf_map]

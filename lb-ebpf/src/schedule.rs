@@ -91,6 +91,8 @@ pub fn new_flow(flow: &Flow, vip: &VipInfo, counters: &mut GlobalCounters) -> Op
             last_seen_ns: now,
             flags: 0,
             vip_tag: vip.tag,
+            backend_generation: backend.generation,
+            pad: 0,
         };
         if LB_FLOWS.insert(key, &value, BPF_ANY.into()).is_err() {
             counters.flow_insert_failed += 1;
@@ -104,28 +106,37 @@ pub fn new_flow(flow: &Flow, vip: &VipInfo, counters: &mut GlobalCounters) -> Op
     })
 }
 
-/// The flow's recorded worker, if the flow is still its VIP's and the
-/// worker may keep it; no VIP lookup needed. A worker that went down loses
-/// its flows (the caller schedules them afresh, which re-records them).
+/// The flow's recorded worker, if the flow is still its VIP's, has not
+/// been idle past the VIP's idle timeout, and the worker may keep it; no
+/// VIP lookup needed. Otherwise the caller schedules the packet afresh,
+/// which re-records the flow.
 #[inline(always)]
 pub fn established(flow: &Flow, counters: &mut GlobalCounters) -> Option<Decision> {
     let value = LB_FLOWS.get_ptr_mut(&flow.key)?;
-    // SAFETY: the kernel keeps the element alive for this program run;
+    // SAFETY: the kernel keeps the element alive for this run;
     // concurrent writers only ever store whole aligned fields.
     let value = unsafe { &mut *value };
     let vip_id = value.vip_id;
-    if LB_VIP_TAGS.get(vip_id).copied() != Some(value.vip_tag) {
+    let vip = LB_VIP_TAGS.get(vip_id)?;
+    if vip.tag != value.vip_tag {
+        return None;
+    }
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    if now.wrapping_sub(value.last_seen_ns) > u64::from(vip.idle_timeout_s) * 1_000_000_000 {
+        counters.flow_expired += 1;
         return None;
     }
     let backend_id = value.backend_id;
     let backend = *LB_BACKENDS.get(backend_id)?;
-    if !backend.keeps_flows(vip_id) {
+    if !backend.keeps_flows(vip_id, value.backend_generation) {
         counters.flow_rescheduled += 1;
         return None;
     }
     counters.flow_hits += 1;
     touch(
         value,
+        now,
         flow.is_tcp && flow.tcp_flags & (TCP_FIN | TCP_RST) != 0,
     );
     Some(Decision {
@@ -140,9 +151,7 @@ pub fn established(flow: &Flow, counters: &mut GlobalCounters) -> Option<Decisio
 /// flow closing on FIN or RST, so the controller can tell when a draining
 /// worker's flows are over.
 #[inline(always)]
-fn touch(flow: &mut FlowValue, closing: bool) {
-    // SAFETY: helper without arguments.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
+fn touch(flow: &mut FlowValue, now: u64, closing: bool) {
     if closing {
         flow.flags |= FLOW_CLOSING;
         flow.last_seen_ns = now;
@@ -165,7 +174,7 @@ fn choose(key: &FlowKey, vip: &VipInfo, counters: &mut GlobalCounters) -> Option
     if vip.flags & VIP_HAS_PINS != 0 {
         // SAFETY: the value is copied out at once.
         if let Some(&pinned) = unsafe { LB_PINS.get(&client) } {
-            if usable(pinned, vip) {
+            if usable(pinned, vip).is_some() {
                 counters.pin_hits += 1;
                 return Some(pinned);
             }
@@ -181,7 +190,8 @@ fn choose(key: &FlowKey, vip: &VipInfo, counters: &mut GlobalCounters) -> Option
         let session = unsafe { &mut *session };
         let ttl_ns = u64::from(vip.sticky_ttl_s) * 1_000_000_000;
         let backend_id = session.backend_id;
-        if now.wrapping_sub(session.last_ns) < ttl_ns && usable(backend_id, vip) {
+        let fresh = now.wrapping_sub(session.last_ns) < ttl_ns;
+        if fresh && usable(backend_id, vip) == Some(session.backend_generation) {
             session.last_ns = now;
             counters.sticky_hits += 1;
             return Some(backend_id);
@@ -190,7 +200,7 @@ fn choose(key: &FlowKey, vip: &VipInfo, counters: &mut GlobalCounters) -> Option
     let backend_id = schedule(key, vip)?;
     let session = StickyValue {
         backend_id,
-        pad: 0,
+        backend_generation: LB_BACKENDS.get(backend_id).map_or(0, |b| b.generation),
         last_ns: now,
     };
     // A full table evicts its least recently used session: nothing to count.
@@ -198,21 +208,25 @@ fn choose(key: &FlowKey, vip: &VipInfo, counters: &mut GlobalCounters) -> Option
     Some(backend_id)
 }
 
-/// Whether worker `id` can take a new flow of `vip`.
+/// The generation of worker `id` if it can take a new flow of `vip`.
 #[inline(always)]
-fn usable(id: u32, vip: &VipInfo) -> bool {
-    LB_BACKENDS
-        .get(id)
-        .is_some_and(|backend| backend.takes_new_flows(vip.id))
+fn usable(id: u32, vip: &VipInfo) -> Option<u32> {
+    let backend = LB_BACKENDS.get(id)?;
+    backend
+        .takes_new_flows(vip.id)
+        .then_some(backend.generation)
 }
 
 /// The worker the flow table records for `key`, if its VIP still holds
-/// the flow's id (no side effects: for ICMP errors about the flow).
+/// the flow's id and the worker is the one recorded (no side effects: for
+/// ICMP errors about the flow).
 #[inline(always)]
 pub fn recorded_worker(key: &FlowKey) -> Option<u32> {
     // SAFETY: copied out at once.
     let value = unsafe { LB_FLOWS.get(key) }?;
-    let current = LB_VIP_TAGS.get(value.vip_id).copied() == Some(value.vip_tag);
+    let vip = LB_VIP_TAGS.get(value.vip_id)?;
+    let backend = LB_BACKENDS.get(value.backend_id)?;
+    let current = vip.tag == value.vip_tag && backend.generation == value.backend_generation;
     current.then_some(value.backend_id)
 }
 

@@ -1,38 +1,99 @@
 //! Which flows are still alive, per worker, from the flow table.
 //!
 //! The data plane never deletes flows (the LRU does, when it needs room);
-//! it marks a flow closing on FIN or RST and refreshes its last-seen time
-//! about once a second. A flow counts as active until it has been closing
-//! for [`CLOSE_LINGER`], or idle for [`TCP_IDLE`] / [`UDP_IDLE`].
+//! it marks a flow closing on FIN or RST, refreshes its last-seen time
+//! about once a second, and schedules afresh a flow idle past its VIP's
+//! idle timeout or recorded for a worker that is gone. A flow counts as
+//! active until it has been closing for [`CLOSE_LINGER`], or until the
+//! data plane would no longer follow it.
 
 use std::{collections::HashMap, path::Path, time::Duration};
 
-use aya::maps::{HashMap as BpfHashMap, MapData, MapError};
+use aya::maps::{Array, HashMap as BpfHashMap, MapData, MapError};
 use lb_common::{
-    balancer::{FlowKey, FlowValue, FLOW_CLOSING},
+    balancer::{Backend, FlowKey, FlowValue, VipTag, BACKEND_VALID, FLOW_CLOSING},
     map_names,
-    packet::IPPROTO_TCP,
 };
 
 use crate::maps;
 
 /// How long a closing flow still counts: the last ACKs of a close.
 pub const CLOSE_LINGER: Duration = Duration::from_secs(2);
-/// A TCP flow with no packets for this long counts as gone.
-pub const TCP_IDLE: Duration = Duration::from_secs(300);
-/// A UDP flow with no packets for this long counts as gone.
-pub const UDP_IDLE: Duration = Duration::from_secs(60);
 
-/// Whether a flow is still alive at `now_ns` (CLOCK_MONOTONIC).
-pub fn is_active(key: &FlowKey, value: &FlowValue, now_ns: u64) -> bool {
-    let idle = Duration::from_nanos(now_ns.saturating_sub(value.last_seen_ns));
-    if value.flags & FLOW_CLOSING != 0 {
-        return idle < CLOSE_LINGER;
+/// Where a flow stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FlowState {
+    /// Carrying packets.
+    Active,
+    /// FIN or RST seen, within the linger.
+    Closing,
+    /// FIN or RST seen, past the linger.
+    Closed,
+    /// Idle past its VIP's idle timeout: its next packet is scheduled
+    /// afresh.
+    Idle,
+    /// Its VIP or worker is gone: its next packet is scheduled afresh.
+    Stale,
+}
+
+impl FlowState {
+    /// Whether the flow still counts for its worker.
+    pub fn is_active(self) -> bool {
+        matches!(self, Self::Active | Self::Closing)
     }
-    idle < if key.proto == IPPROTO_TCP {
-        TCP_IDLE
-    } else {
-        UDP_IDLE
+
+    /// The word `lb flows` prints.
+    pub fn word(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Closing => "closing",
+            Self::Closed => "closed",
+            Self::Idle => "idle",
+            Self::Stale => "stale",
+        }
+    }
+}
+
+/// What the data plane checks before it follows a flow: the VIP ids'
+/// tags and idle timeouts, and the workers' slot generations.
+#[derive(Debug, Default)]
+pub struct Rules {
+    vips: Vec<VipTag>,
+    workers: Vec<Backend>,
+}
+
+impl Rules {
+    /// Reads them from the maps pinned under `pin_dir`.
+    pub fn read(pin_dir: &Path) -> Result<Self, MapError> {
+        let tags: Array<MapData, VipTag> =
+            maps::open_pinned(pin_dir, map_names::VIP_TAGS)?.try_into()?;
+        let backends: Array<MapData, Backend> =
+            maps::open_pinned(pin_dir, map_names::BACKENDS)?.try_into()?;
+        Ok(Self {
+            vips: tags.iter().collect::<Result<_, _>>()?,
+            workers: backends.iter().collect::<Result<_, _>>()?,
+        })
+    }
+
+    /// Where the flow `value` stands at `now_ns` (CLOCK_MONOTONIC).
+    pub fn state(&self, value: &FlowValue, now_ns: u64) -> FlowState {
+        let vip = self.vips.get(value.vip_id as usize);
+        let worker = self.workers.get(value.backend_id as usize);
+        let current = vip.is_some_and(|v| v.tag != 0 && v.tag == value.vip_tag)
+            && worker.is_some_and(|w| {
+                w.flags & BACKEND_VALID != 0 && w.generation == value.backend_generation
+            });
+        if !current {
+            return FlowState::Stale;
+        }
+        let idle = Duration::from_nanos(now_ns.saturating_sub(value.last_seen_ns));
+        let timeout = Duration::from_secs(vip.map_or(0, |v| u64::from(v.idle_timeout_s)));
+        match (value.flags & FLOW_CLOSING != 0, idle) {
+            (true, idle) if idle < CLOSE_LINGER => FlowState::Closing,
+            (true, _) => FlowState::Closed,
+            (false, idle) if idle <= timeout => FlowState::Active,
+            (false, _) => FlowState::Idle,
+        }
     }
 }
 
@@ -50,11 +111,12 @@ pub struct Scan {
 pub fn count(pin_dir: &Path) -> Result<Scan, MapError> {
     let flows: BpfHashMap<MapData, FlowKey, FlowValue> =
         maps::open_pinned(pin_dir, map_names::FLOWS)?.try_into()?;
+    let rules = Rules::read(pin_dir)?;
     let now = monotonic_ns();
     let mut scan = Scan::default();
-    for (key, value) in flows.iter().filter_map(Result::ok) {
+    for (_, value) in flows.iter().filter_map(Result::ok) {
         scan.entries += 1;
-        if is_active(&key, &value, now) {
+        if rules.state(&value, now).is_active() {
             *scan.active.entry(value.backend_id).or_default() += 1;
         }
     }
@@ -79,29 +141,54 @@ mod tests {
 
     const SEC: u64 = 1_000_000_000;
 
-    fn flow(proto: u8, last_seen_s: u64, flags: u32) -> (FlowKey, FlowValue) {
-        let key = FlowKey {
-            proto,
-            ..Default::default()
+    fn rules() -> Rules {
+        let vip = |tag, idle_timeout_s| VipTag {
+            tag,
+            idle_timeout_s,
         };
-        let value = FlowValue {
+        Rules {
+            vips: vec![vip(11, 300), vip(22, 60), VipTag::default()],
+            workers: vec![Backend {
+                flags: BACKEND_VALID,
+                generation: 3,
+                ..Default::default()
+            }],
+        }
+    }
+
+    fn flow(vip_id: u32, vip_tag: u32, last_seen_s: u64, flags: u32) -> FlowValue {
+        FlowValue {
+            vip_id,
+            vip_tag,
+            backend_generation: 3,
             last_seen_ns: last_seen_s * SEC,
             flags,
             ..Default::default()
-        };
-        (key, value)
+        }
     }
 
     #[test]
-    fn closing_flows_linger_briefly_and_idle_ones_expire() {
-        let now = 1000 * SEC;
-        let (k, v) = flow(IPPROTO_TCP, 999, FLOW_CLOSING);
-        assert!(is_active(&k, &v, now), "closed a second ago: last ACKs");
-        let (k, v) = flow(IPPROTO_TCP, 997, FLOW_CLOSING);
-        assert!(!is_active(&k, &v, now));
-        let (k, v) = flow(IPPROTO_TCP, 800, 0);
-        assert!(is_active(&k, &v, now), "an idle TCP flow lasts 5 minutes");
-        let (k, v) = flow(17, 900, 0);
-        assert!(!is_active(&k, &v, now), "an idle UDP flow lasts a minute");
+    fn closing_flows_linger_briefly_and_idle_ones_expire_by_their_vip() {
+        let (rules, now) = (rules(), 1000 * SEC);
+        let state = |v: FlowValue| rules.state(&v, now);
+        assert_eq!(state(flow(0, 11, 999, FLOW_CLOSING)), FlowState::Closing);
+        assert_eq!(state(flow(0, 11, 997, FLOW_CLOSING)), FlowState::Closed);
+        assert_eq!(state(flow(0, 11, 800, 0)), FlowState::Active);
+        assert_eq!(state(flow(0, 11, 600, 0)), FlowState::Idle);
+        assert_eq!(state(flow(1, 22, 950, 0)), FlowState::Active);
+        assert_eq!(state(flow(1, 22, 900, 0)), FlowState::Idle);
+    }
+
+    #[test]
+    fn flows_of_a_gone_vip_or_worker_are_stale() {
+        let (rules, now) = (rules(), 1000 * SEC);
+        assert_eq!(rules.state(&flow(0, 99, 999, 0), now), FlowState::Stale);
+        assert_eq!(rules.state(&flow(2, 0, 999, 0), now), FlowState::Stale);
+        let mut other_worker = flow(0, 11, 999, 0);
+        other_worker.backend_generation = 2;
+        assert_eq!(rules.state(&other_worker, now), FlowState::Stale);
+        let mut no_slot = flow(0, 11, 999, 0);
+        no_slot.backend_id = 7;
+        assert_eq!(rules.state(&no_slot, now), FlowState::Stale);
     }
 }

@@ -186,6 +186,8 @@ pub enum WorkerState {
     Up,
     /// Failed its health checks: no flows at all.
     Down,
+    /// Its host does not answer ARP / neighbour discovery: no flows at all.
+    Unreachable,
     /// No new flows; established ones continue.
     Draining,
     /// Draining, removed once its flows end (`backend del --graceful`).
@@ -216,8 +218,10 @@ pub struct BackendRow {
     pub id: u32,
     /// Its weight.
     pub weight: u32,
-    /// Up, down, draining or removing.
+    /// Up, down, unreachable, draining or removing.
     pub state: WorkerState,
+    /// Why it is unreachable, when it is.
+    pub reason: Option<String>,
     /// Its last health check, if checked.
     pub check: Option<CheckRow>,
     /// Its current load report (fraction of capacity), if any.
@@ -268,6 +272,8 @@ pub struct Status {
     pub workers: usize,
     /// Workers whose health checks fail.
     pub workers_down: usize,
+    /// Workers whose host does not answer ARP / neighbour discovery.
+    pub workers_unreachable: usize,
     /// Where workers push load reports, if anywhere.
     pub load_listen: Option<String>,
 }

@@ -162,10 +162,14 @@ fn backend_cells(r: &BackendRow) -> Vec<String> {
             format!("{} ({ago} ago)", c.detail)
         },
     );
+    let state = match &r.reason {
+        Some(reason) => format!("{} ({reason})", json_word(&r.state)),
+        None => json_word(&r.state),
+    };
     vec![
         r.vip.to_string(),
         r.worker.to_string(),
-        json_word(&r.state),
+        state,
         r.weight.to_string(),
         r.load.map_or_else(|| "-".into(), |l| format!("{l:.2}")),
         r.flows.to_string(),

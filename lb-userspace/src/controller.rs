@@ -10,7 +10,9 @@ use std::{
 };
 
 use anyhow::{bail, Context as _};
-use lb_common::balancer::{StickyKey, BACKEND_DOWN, BACKEND_DRAINING, LOAD_UNKNOWN};
+use lb_common::balancer::{
+    StickyKey, BACKEND_DOWN, BACKEND_DRAINING, BACKEND_UNREACHABLE, LOAD_UNKNOWN,
+};
 
 mod feedback;
 mod listing;
@@ -23,7 +25,7 @@ use crate::{
     health::{self, Health, HealthState},
     load::{self, Figure, Source},
     maps::{ControlMaps, WorkerEntry},
-    neighbour,
+    neighbour::{self, Netlink},
     options::{CheckKind, VipOptions},
     service::{self, Vip},
     sessions,
@@ -33,6 +35,10 @@ use crate::{
 
 /// How long adding a worker waits for its MAC address to resolve.
 const RESOLVE_WAIT: Duration = Duration::from_millis(500);
+/// How long a worker whose MAC was known may stay unresolved before it
+/// counts as unreachable: longer than the kernel's three one-second
+/// solicitations.
+const UNRESOLVED_GRACE: Duration = Duration::from_secs(4);
 /// How long `backend del --graceful` waits for flows to end by default.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(300);
 
@@ -53,12 +59,28 @@ pub struct Instance {
     pub load_listen: Option<String>,
 }
 
+/// Whether the balancer can reach a worker's host on its link.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Reach {
+    /// Its neighbour entry holds a usable MAC address.
+    Reachable,
+    /// Unresolved since then, with a MAC from before still in use: it
+    /// stays scheduled for [`UNRESOLVED_GRACE`] (an adopted worker whose
+    /// entry the kernel forgot resolves again within that).
+    Resolving(Instant),
+    /// Not scheduled, for this reason.
+    Unreachable(&'static str),
+}
+
 /// What the controller knows about a worker beyond its desired state.
 #[derive(Debug)]
 struct Live {
     vip: Vip,
     addr: IpAddr,
     mac: Option<[u8; 6]>,
+    /// The slot generation written for it (flows and sessions record it).
+    generation: u32,
+    reach: Reach,
     health: Health,
     load: Option<Figure>,
     /// The load figure last written to the data plane.
@@ -70,17 +92,36 @@ struct Live {
 }
 
 impl Live {
-    fn new(vip: Vip, addr: IpAddr, mac: Option<[u8; 6]>) -> Self {
+    fn new(vip: Vip, addr: IpAddr, mac: Option<[u8; 6]>, generation: u32) -> Self {
+        let reach = match mac {
+            Some(_) => Reach::Reachable,
+            None => Reach::Unreachable(unresolved_reason(addr)),
+        };
         Self {
             vip,
             addr,
             mac,
+            generation,
+            reach,
             health: Health::default(),
             load: None,
             written_load: LOAD_UNKNOWN,
             flows: 0,
             removing: None,
         }
+    }
+
+    /// Whether new flows may go to the worker.
+    fn takes_new_flows(&self) -> bool {
+        self.health.state() == HealthState::Up && !matches!(self.reach, Reach::Unreachable(_))
+    }
+}
+
+/// Why a worker whose address never resolved is unreachable.
+fn unresolved_reason(addr: IpAddr) -> &'static str {
+    match addr {
+        IpAddr::V4(_) => "no ARP reply",
+        IpAddr::V6(_) => "no neighbour advertisement",
     }
 }
 
@@ -100,6 +141,8 @@ pub struct Controller {
     instance: Instance,
     live: HashMap<u32, Live>,
     state_file: Option<PathBuf>,
+    /// The interface's neighbour table.
+    netlink: Netlink,
     occupancy: Occupancy,
     /// Durations of every health check, for the metrics.
     check_latency: prometheus_client::metrics::histogram::Histogram,
@@ -115,12 +158,15 @@ impl Controller {
         instance: Instance,
         state_file: Option<PathBuf>,
     ) -> anyhow::Result<Self> {
+        let netlink = Netlink::open(&instance.iface)
+            .with_context(|| format!("opening the neighbour table of {}", instance.iface))?;
         let mut controller = Self {
             desired,
             maps,
             instance,
             live: HashMap::new(),
             state_file,
+            netlink,
             occupancy: Occupancy::default(),
             check_latency: prometheus_client::metrics::histogram::Histogram::new(
                 prometheus_client::metrics::histogram::exponential_buckets(0.000_1, 4.0, 8),
@@ -160,8 +206,18 @@ impl Controller {
     /// previous controller wrote, so forwarding never pauses.
     fn start_worker(&mut self, vip: Vip, addr: IpAddr, id: u32) -> anyhow::Result<()> {
         let pinned_mac = self.maps.known_mac(id, addr);
-        let mac = resolve(&self.instance.iface, addr, pinned_mac);
-        self.live.insert(id, Live::new(vip, addr, mac));
+        let generation = self
+            .maps
+            .generation_for(id, addr)
+            .context("reading the worker's slot")?;
+        let mac = resolve(&mut self.netlink, addr, pinned_mac);
+        let live = Live::new(vip, addr, mac, generation);
+        if let Reach::Unreachable(reason) = live.reach {
+            tracing::warn!(
+                "worker {addr} of {vip} is unreachable ({reason}): not scheduled until it resolves"
+            );
+        }
+        self.live.insert(id, live);
         self.maps
             .write_load(id, LOAD_UNKNOWN)
             .context("writing the worker's load")?;
@@ -325,8 +381,9 @@ impl Controller {
         Ok(())
     }
 
-    /// Removes a worker at once: it gets no new flows; the flows it has
-    /// keep going to it. Its sessions and pins go.
+    /// Removes a worker at once: nothing more goes to it. Its flows are
+    /// scheduled afresh at their next packet (its slot is emptied), its
+    /// sessions and pins go.
     fn remove_worker(&mut self, vip: &Vip, worker: IpAddr) -> anyhow::Result<()> {
         let state = self.desired.vip(vip)?;
         let vip_id = state.id;
@@ -349,6 +406,9 @@ impl Controller {
 
     fn forget(&mut self, id: u32) -> anyhow::Result<()> {
         self.live.remove(&id);
+        self.maps
+            .clear_backend(id)
+            .context("emptying the worker's slot")?;
         Ok(self.maps.write_load(id, LOAD_UNKNOWN)?)
     }
 
@@ -492,11 +552,15 @@ impl Controller {
         if drain {
             state_flags |= BACKEND_DRAINING;
         }
+        if matches!(live.reach, Reach::Unreachable(_)) {
+            state_flags |= BACKEND_UNREACHABLE;
+        }
         let entry = WorkerEntry {
             addr: live.addr,
             mac: live.mac,
             vip_id: vip_state.id,
             state_flags,
+            generation: live.generation,
         };
         self.maps
             .write_backend(id, &entry)
@@ -508,10 +572,7 @@ impl Controller {
     fn install(&mut self, vip: &Vip) -> anyhow::Result<()> {
         let state = self.desired.vip(vip)?;
         let live = &self.live;
-        let members = state.members(|id| {
-            live.get(&id)
-                .is_some_and(|l| l.health.state() == HealthState::Up)
-        });
+        let members = state.members(|id| live.get(&id).is_some_and(Live::takes_new_flows));
         let (size, took) = self
             .maps
             .install_vip(vip, state, &members, self.desired.hash_seed)
@@ -562,15 +623,19 @@ impl Controller {
 
 /// The worker's MAC: the neighbour table's; else `known` (what an adopted
 /// data plane had); else solicited, waiting briefly.
-fn resolve(iface: &str, addr: IpAddr, known: Option<[u8; 6]>) -> Option<[u8; 6]> {
-    if let Some(mac) = neighbour::lookup(iface, addr).or(known) {
+fn resolve(netlink: &mut Netlink, addr: IpAddr, known: Option<[u8; 6]>) -> Option<[u8; 6]> {
+    let lookup = |netlink: &mut Netlink| match netlink.table().ok()?.get(&addr) {
+        Some(neighbour::Entry::Resolved { mac, .. }) => Some(*mac),
+        _ => None,
+    };
+    if let Some(mac) = lookup(netlink).or(known) {
         return Some(mac);
     }
     neighbour::solicit(addr);
     let deadline = Instant::now() + RESOLVE_WAIT;
     while Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(25));
-        if let Some(mac) = neighbour::lookup(iface, addr) {
+        if let Some(mac) = lookup(netlink) {
             return Some(mac);
         }
     }

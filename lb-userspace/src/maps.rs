@@ -7,8 +7,8 @@ use aya::maps::{Array, ArrayOfMaps, HashMap, Map, MapData, MapError, PerCpuArray
 use lb_common::{
     balancer::{
         vip_filter_bit, vip_tag, Backend, Config, StickyKey, TrafficCounters, VipAddrKey, VipInfo,
-        VipKey, BACKEND_MAC_KNOWN, BACKEND_VALID, NO_BACKEND, VIP_FILTER_WORDS, VIP_HAS_PINS,
-        VIP_STICKY,
+        VipKey, VipTag, BACKEND_MAC_KNOWN, BACKEND_VALID, NO_BACKEND, VIP_FILTER_WORDS,
+        VIP_HAS_PINS, VIP_STICKY,
     },
     map_names, LAYOUT_VERSION,
 };
@@ -24,8 +24,10 @@ pub struct WorkerEntry {
     pub mac: Option<[u8; 6]>,
     /// Its VIP's id.
     pub vip_id: u32,
-    /// `BACKEND_DOWN` and/or `BACKEND_DRAINING`.
+    /// `BACKEND_DOWN`, `BACKEND_DRAINING`, `BACKEND_UNREACHABLE`.
     pub state_flags: u8,
+    /// The slot's generation for this worker ([`ControlMaps::generation_for`]).
+    pub generation: u32,
 }
 
 /// Flag inner maps need so that VIPs can have tables of different sizes.
@@ -42,7 +44,7 @@ pub struct ControlMaps {
     load: Array<MapData, u32>,
     pins: HashMap<MapData, StickyKey, u32>,
     vip_filter: Array<MapData, u64>,
-    vip_tags: Array<MapData, u32>,
+    vip_tags: Array<MapData, VipTag>,
     vip_addrs: HashMap<MapData, VipAddrKey, u8>,
     /// What `vip_filter` holds, to write only the words that change.
     filter_words: Vec<u64>,
@@ -117,9 +119,37 @@ impl ControlMaps {
             family,
             flags: BACKEND_VALID | mac_flag | worker.state_flags,
             vip_id: worker.vip_id,
-            pad: 0,
+            generation: worker.generation,
         };
         self.backends.set(id, backend, 0)
+    }
+
+    /// Empties slot `id`: its flows and sessions are scheduled afresh at
+    /// their next packet. The generation stays, so the slot's next worker
+    /// gets a new one.
+    pub fn clear_backend(&mut self, id: u32) -> Result<(), MapError> {
+        let generation = self.backends.get(&id, 0)?.generation;
+        let empty = Backend {
+            generation,
+            ..Backend::default()
+        };
+        self.backends.set(id, empty, 0)
+    }
+
+    /// The generation worker `addr` gets in slot `id`: the one the slot
+    /// has if it already holds `addr` (adopting a running data plane keeps
+    /// its flows), else the next one.
+    pub fn generation_for(&self, id: u32, addr: IpAddr) -> Result<u32, MapError> {
+        let backend = self.backends.get(&id, 0)?;
+        let (bytes, family) = service::addr_bytes(addr);
+        let same = backend.flags & BACKEND_VALID != 0
+            && backend.addr == bytes
+            && backend.family == family
+            && backend.generation != 0;
+        if same {
+            return Ok(backend.generation);
+        }
+        Ok(backend.generation.wrapping_add(1).max(1))
     }
 
     /// Writes worker `id`'s load figure (`LOAD_UNKNOWN` when none).
@@ -198,7 +228,11 @@ impl ControlMaps {
             pad: 0,
             tag: vip_tag(&vip.key()),
         };
-        self.vip_tags.set(state.id, info.tag, 0)?;
+        let tag = VipTag {
+            tag: info.tag,
+            idle_timeout_s: options.idle_timeout_for(vip).as_secs() as u32,
+        };
+        self.vip_tags.set(state.id, tag, 0)?;
         let previous = self.vips.get(&vip.key(), 0).ok();
         // A packet indexes with the size it read from the VIP entry: grow
         // the table before the entry, shrink it after, so the index always
@@ -230,7 +264,7 @@ impl ControlMaps {
             Err(MapError::KeyNotFound) | Ok(()) => {}
             Err(error) => return Err(error),
         }
-        self.vip_tags.set(info.id, 0, 0)?;
+        self.vip_tags.set(info.id, VipTag::default(), 0)?;
         self.refresh_filter()
     }
 

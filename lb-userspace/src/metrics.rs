@@ -183,6 +183,7 @@ fn global(registry: &mut Registry, pin_dir: &Path) -> anyhow::Result<()> {
         ("hit", "flow_hits"),
         ("insert_failed", "flow_insert_failed"),
         ("rescheduled", "flow_rescheduled"),
+        ("expired", "flow_expired"),
         ("sticky_hit", "sticky_hits"),
         ("pin_hit", "pin_hits"),
     ] {
@@ -269,7 +270,7 @@ fn per_worker(registry: &mut Registry, snapshot: &MetricsSnapshot) -> anyhow::Re
     let state: Gauges = family(
         registry,
         "lb_worker_state",
-        "1 for the worker's state: up, down, draining or removing",
+        "1 for the worker's state: up, down, unreachable, draining or removing",
     );
     let weight: Gauges = family(registry, "lb_worker_weight", "The worker's weight");
     let load: Gauges = family(
@@ -294,6 +295,7 @@ fn per_worker(registry: &mut Registry, snapshot: &MetricsSnapshot) -> anyhow::Re
         for s in [
             WorkerState::Up,
             WorkerState::Down,
+            WorkerState::Unreachable,
             WorkerState::Draining,
             WorkerState::Removing,
         ] {

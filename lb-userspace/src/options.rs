@@ -180,6 +180,11 @@ pub struct VipOptions {
     pub load: LoadOptions,
 }
 
+/// Idle timeout of TCP flows unless a VIP sets one.
+pub const TCP_IDLE_DEFAULT: Duration = Duration::from_secs(300);
+/// Idle timeout of UDP flows unless a VIP sets one.
+pub const UDP_IDLE_DEFAULT: Duration = Duration::from_secs(60);
+
 const MAX_STICKY: Duration = Duration::from_secs(7 * 24 * 3600);
 
 impl VipOptions {
@@ -209,6 +214,14 @@ impl VipOptions {
             }
         }
         self.health.validate(vip)
+    }
+
+    /// How long a flow of `vip` may be idle before it is scheduled afresh.
+    pub fn idle_timeout_for(&self, vip: &Vip) -> Duration {
+        match vip.proto {
+            crate::service::Protocol::Tcp => TCP_IDLE_DEFAULT,
+            crate::service::Protocol::Udp => UDP_IDLE_DEFAULT,
+        }
     }
 
     /// The sticky prefix in force for `vip`'s family.

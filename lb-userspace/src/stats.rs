@@ -137,7 +137,9 @@ struct FlowRow {
     age_secs: f64,
     idle_secs: f64,
     /// "active", "closing" (FIN or RST seen), "closed" (closing for longer
-    /// than the linger) or "idle" (no packets for the idle timeout).
+    /// than the linger), "idle" (no packets for the VIP's idle timeout) or
+    /// "stale" (its VIP or worker is gone); the data plane schedules idle
+    /// and stale flows afresh at their next packet.
     state: &'static str,
 }
 
@@ -149,6 +151,7 @@ pub fn flows(args: &FlowsArgs) -> anyhow::Result<()> {
         .with_context(|| no_instance(pin_dir))?
         .try_into()?;
     let workers: std::collections::HashMap<u32, IpAddr> = backends(pin_dir)?.into_iter().collect();
+    let rules = crate::activity::Rules::read(pin_dir)?;
     let now = crate::activity::monotonic_ns();
     let mut rows: Vec<FlowRow> = flows
         .iter()
@@ -175,7 +178,7 @@ pub fn flows(args: &FlowsArgs) -> anyhow::Result<()> {
                     .map_or_else(|| format!("#{}", value.backend_id), IpAddr::to_string),
                 age_secs: now.saturating_sub(value.created_ns) as f64 / 1e9,
                 idle_secs: now.saturating_sub(value.last_seen_ns) as f64 / 1e9,
-                state: flow_state(&key, &value, now),
+                state: rules.state(&value, now).word(),
             })
         })
         .collect();
@@ -195,15 +198,4 @@ pub fn flows(args: &FlowsArgs) -> anyhow::Result<()> {
             ]
         },
     )
-}
-
-fn flow_state(key: &FlowKey, value: &FlowValue, now: u64) -> &'static str {
-    let active = crate::activity::is_active(key, value, now);
-    let closing = value.flags & lb_common::balancer::FLOW_CLOSING != 0;
-    match (active, closing) {
-        (true, false) => "active",
-        (true, true) => "closing",
-        (false, true) => "closed",
-        (false, false) => "idle",
-    }
 }

@@ -175,6 +175,7 @@ pub fn configure(
                 mac: Some(worker_mac(id)),
                 vip_id: desired.vip(vip)?.id,
                 state_flags: 0,
+                generation: 1,
             };
             maps.write_backend(id, &entry)?;
             maps.write_load(id, LOAD_UNKNOWN)?;

@@ -139,9 +139,11 @@ fn listing(args: &TopArgs) -> anyhow::Result<(Vec<VipLines>, &'static str)> {
 }
 
 fn flags_state(flags: u8) -> &'static str {
-    use lb_common::balancer::{BACKEND_DOWN, BACKEND_DRAINING};
+    use lb_common::balancer::{BACKEND_DOWN, BACKEND_DRAINING, BACKEND_UNREACHABLE};
     if flags & BACKEND_DOWN != 0 {
         "down"
+    } else if flags & BACKEND_UNREACHABLE != 0 {
+        "unreachable"
     } else if flags & BACKEND_DRAINING != 0 {
         "draining"
     } else {

@@ -11,7 +11,7 @@ use std::{
 };
 
 use lb_userspace::{
-    rig::{spread_from, v6, Download, KeepAlive, Rig, TIMEOUT, VIP4},
+    rig::{spread_from, v6, wait_until, Download, KeepAlive, Rig, TIMEOUT, VIP4},
     testbed::{http_get, Host, LbProcess, SLOW_BYTES},
 };
 
@@ -43,15 +43,6 @@ fn backends(lb: &LbProcess) -> Vec<serde_json::Value> {
 fn backend(lb: &LbProcess, worker: &Host) -> Option<serde_json::Value> {
     let addr = worker.ipv4.to_string();
     backends(lb).into_iter().find(|row| row["worker"] == addr)
-}
-
-/// Polls `done` every 100 ms until it holds; fails after `limit`.
-fn wait_until(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !done() {
-        assert!(Instant::now() < deadline, "not {what} after {limit:?}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 fn state_of(lb: &LbProcess, worker: &Host) -> String {

@@ -91,6 +91,8 @@ fn instance(flows: u32) -> anyhow::Result<Instance> {
             last_seen_ns: now,
             flags: 0,
             vip_tag,
+            backend_generation: 1,
+            pad: 0,
         };
         table
             .insert(key(i), value, 0)

@@ -3,16 +3,16 @@
 //! passes that on to the data plane.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeSet, HashMap},
     net::IpAddr,
     time::{Duration, Instant},
 };
 
-use super::Controller;
+use super::{Controller, Live, Reach, UNRESOLVED_GRACE};
 use crate::{
     health::{self, HealthState},
     load::{self, Figure, Source},
-    neighbour,
+    neighbour::{self, Entry},
     options::LoadSignal,
     service::Vip,
 };
@@ -168,25 +168,107 @@ impl Controller {
             .collect()
     }
 
-    /// Re-reads every worker's MAC address and writes the ones that
-    /// changed; unresolved workers are solicited again.
+    /// Re-reads every worker's neighbour entry: writes MACs that changed,
+    /// takes workers whose host stopped answering out of scheduling and
+    /// brings back those that answer again, and has the kernel re-probe
+    /// entries not confirmed lately (nothing else would: the data plane's
+    /// packets bypass the kernel).
     pub(super) fn refresh_neighbours(&mut self) {
-        let known = neighbour::table(&self.instance.iface);
-        let mut changed = Vec::new();
+        let table = match self.netlink.table() {
+            Ok(table) => table,
+            Err(error) => {
+                tracing::warn!("reading the neighbour table: {error}");
+                return;
+            }
+        };
+        let now = Instant::now();
+        let mut rewrite = Vec::new();
+        let mut reschedule = BTreeSet::new();
+        let mut probe = BTreeSet::new();
+        let mut solicit = BTreeSet::new();
         for (id, live) in self.live.iter_mut() {
-            let current = known.get(&live.addr).copied();
-            if current.is_none() {
-                neighbour::solicit(live.addr);
+            let entry = table.get(&live.addr).copied();
+            match entry {
+                Some(Entry::Resolved {
+                    confirmed_ms,
+                    fixed: false,
+                    probing: false,
+                    ..
+                }) if confirmed_ms > PROBE_AFTER_MS => {
+                    probe.insert(live.addr);
+                }
+                Some(Entry::Resolved { .. }) => {}
+                _ => {
+                    solicit.insert(live.addr);
+                }
             }
-            if current.is_some() && current != live.mac {
-                live.mac = current;
-                changed.push(*id);
+            let (reach, mac) = next_reach(live, entry, now);
+            let was_schedulable = live.takes_new_flows();
+            let changed = reach != live.reach || mac != live.mac;
+            log_reach(live, reach);
+            live.reach = reach;
+            live.mac = mac;
+            if changed {
+                rewrite.push(*id);
+            }
+            if live.takes_new_flows() != was_schedulable {
+                reschedule.insert(live.vip);
             }
         }
-        for id in changed {
+        for addr in probe {
+            if let Err(error) = self.netlink.probe(addr) {
+                tracing::debug!("asking the kernel to probe {addr}: {error}");
+            }
+        }
+        solicit.into_iter().for_each(neighbour::solicit);
+        for id in rewrite {
             if let Err(error) = self.write_worker(id) {
-                tracing::warn!("updating a worker's MAC: {error:#}");
+                tracing::warn!("updating a worker's neighbour: {error:#}");
             }
         }
+        for vip in reschedule {
+            if let Err(error) = self.install(&vip) {
+                tracing::error!("rescheduling {vip} after a neighbour change: {error:#}");
+            }
+        }
+    }
+}
+
+/// The kernel has had no proof that a worker answers for this long: ask
+/// it to probe (with the kernel's three one-second unicast probes, a dead
+/// host is found within about this plus three seconds).
+const PROBE_AFTER_MS: u32 = 3_000;
+
+/// A worker's reachability and MAC after its neighbour entry read `entry`.
+fn next_reach(live: &Live, entry: Option<Entry>, now: Instant) -> (Reach, Option<[u8; 6]>) {
+    let family_reason = super::unresolved_reason(live.addr);
+    match entry {
+        Some(Entry::Resolved { mac, .. }) => (Reach::Reachable, Some(mac)),
+        Some(Entry::Failed) => (Reach::Unreachable(family_reason), live.mac),
+        Some(Entry::Resolving) | None => {
+            let reach = match (live.reach, live.mac) {
+                (_, None) => Reach::Unreachable(family_reason),
+                (Reach::Reachable, Some(_)) => Reach::Resolving(now),
+                (Reach::Resolving(since), Some(_)) if now - since > UNRESOLVED_GRACE => {
+                    Reach::Unreachable(family_reason)
+                }
+                (other, Some(_)) => other,
+            };
+            (reach, live.mac)
+        }
+    }
+}
+
+fn log_reach(live: &Live, next: Reach) {
+    let (vip, addr) = (live.vip, live.addr);
+    match (live.reach, next) {
+        (Reach::Unreachable(_), Reach::Unreachable(_)) => {}
+        (_, Reach::Unreachable(reason)) => tracing::warn!(
+            "worker {addr} of {vip} is unreachable ({reason}): not scheduled until it answers"
+        ),
+        (Reach::Unreachable(_), _) => {
+            tracing::info!("worker {addr} of {vip} is reachable again")
+        }
+        _ => {}
     }
 }

@@ -5,7 +5,7 @@ use std::{collections::HashMap, time::Instant};
 
 use anyhow::Context as _;
 
-use super::{Controller, Live};
+use super::{Controller, Live, Reach};
 use crate::{
     activity,
     api::{BackendRow, CheckRow, SessionRow, Status, VipRow, WorkerState},
@@ -58,11 +58,7 @@ impl Controller {
                 table_size: state.effective_table_size(),
                 workers: state.workers.len(),
                 serving: state
-                    .members(|id| {
-                        self.live
-                            .get(&id)
-                            .is_some_and(|l| l.health.state() == HealthState::Up)
-                    })
+                    .members(|id| self.live.get(&id).is_some_and(Live::takes_new_flows))
                     .len(),
                 scheduler: state.options.scheduler,
                 sticky: state.options.sticky.map(duration::format),
@@ -94,6 +90,10 @@ impl Controller {
                         id: w.id,
                         weight: w.weight,
                         state: worker_state(live, w.drain),
+                        reason: match live.reach {
+                            Reach::Unreachable(reason) => Some(reason.to_owned()),
+                            _ => None,
+                        },
                         check: live.health.last().map(|(outcome, at)| CheckRow {
                             ok: outcome.ok,
                             detail: outcome.detail.clone(),
@@ -178,6 +178,11 @@ impl Controller {
                 .values()
                 .filter(|l| l.health.state() == HealthState::Down)
                 .count(),
+            workers_unreachable: self
+                .live
+                .values()
+                .filter(|l| matches!(l.reach, Reach::Unreachable(_)))
+                .count(),
             load_listen: self.instance.load_listen.clone(),
         }
     }
@@ -188,6 +193,8 @@ fn worker_state(live: &Live, drain: bool) -> WorkerState {
         WorkerState::Removing
     } else if live.health.state() == HealthState::Down {
         WorkerState::Down
+    } else if matches!(live.reach, Reach::Unreachable(_)) {
+        WorkerState::Unreachable
     } else if drain {
         WorkerState::Draining
     } else {
