@@ -224,6 +224,13 @@ fn parse_ipv4<F: Frame + ?Sized>(frame: &F, l3: usize) -> Parsed {
     if header.version_ihl >> 4 != 4 || ihl < IPV4_MIN_HLEN {
         return Parsed::Malformed;
     }
+    let total = usize::from(u16::from_be_bytes(header.total_len));
+    let end = l3 + total;
+    // Ethernet padding may follow `end`; a packet inside the frame and no
+    // shorter than its header has its options inside the frame too.
+    if total < ihl || end > frame.len() {
+        return Parsed::Malformed;
+    }
     let later_fragment = u16::from_be_bytes(header.frag) & IPV4_OFFSET_MASK != 0;
     let packet = IpPacket {
         version: IpVersion::V4,
@@ -237,14 +244,10 @@ fn parse_ipv4<F: Frame + ?Sized>(frame: &F, l3: usize) -> Parsed {
         tcp_flags: 0,
         later_fragment,
     };
-    // Options, if any, must be inside the frame too.
-    if frame.get::<u8>(l3 + ihl - 1).is_none() {
-        return Parsed::Malformed;
-    }
     if later_fragment {
         return Parsed::Ip(packet);
     }
-    parse_l4(frame, packet)
+    parse_l4(frame, packet, end)
 }
 
 /// IPv6 extension headers lb walks past (hop-by-hop, routing,
@@ -261,6 +264,11 @@ fn parse_ipv6<F: Frame + ?Sized>(frame: &F, l3: usize) -> Parsed {
         return Parsed::Malformed;
     };
     if header.version_class_flow[0] >> 4 != 6 {
+        return Parsed::Malformed;
+    }
+    // XDP never sees jumbograms, so payload length 0 means an empty payload.
+    let end = l3 + IPV6_HLEN + usize::from(u16::from_be_bytes(header.payload_len));
+    if end > frame.len() {
         return Parsed::Malformed;
     }
     let mut next = header.next_header;
@@ -288,6 +296,11 @@ fn parse_ipv6<F: Frame + ?Sized>(frame: &F, l3: usize) -> Parsed {
         }
         walked += 1;
     }
+    // One check after the walk: a header ending beyond the payload moves
+    // `at` beyond it too.
+    if at > end {
+        return Parsed::Malformed;
+    }
     let packet = IpPacket {
         version: IpVersion::V6,
         l3_offset: l3,
@@ -303,11 +316,13 @@ fn parse_ipv6<F: Frame + ?Sized>(frame: &F, l3: usize) -> Parsed {
     if later_fragment {
         return Parsed::Ip(packet);
     }
-    parse_l4(frame, packet)
+    parse_l4(frame, packet, end)
 }
 
+/// Parses the transport header of `packet`, which must end by `end`, the
+/// end of the IP packet (at most the frame's length).
 #[inline(always)]
-fn parse_l4<F: Frame + ?Sized>(frame: &F, mut packet: IpPacket) -> Parsed {
+fn parse_l4<F: Frame + ?Sized>(frame: &F, mut packet: IpPacket, end: usize) -> Parsed {
     let l4 = packet.l4_offset;
     match packet.proto {
         IPPROTO_TCP => {
@@ -315,7 +330,8 @@ fn parse_l4<F: Frame + ?Sized>(frame: &F, mut packet: IpPacket) -> Parsed {
                 return Parsed::Malformed;
             };
             let hlen = usize::from(tcp.data_offset >> 4) * 4;
-            if hlen < TCP_MIN_HLEN || frame.get::<u8>(l4 + hlen - 1).is_none() {
+            // Ending by `end` puts the options inside the frame as well.
+            if hlen < TCP_MIN_HLEN || l4 + hlen > end {
                 return Parsed::Malformed;
             }
             packet.sport = u16::from_ne_bytes(tcp.sport);
@@ -326,6 +342,9 @@ fn parse_l4<F: Frame + ?Sized>(frame: &F, mut packet: IpPacket) -> Parsed {
             let Some(udp) = frame.get::<UdpHeader>(l4) else {
                 return Parsed::Malformed;
             };
+            if l4 + core::mem::size_of::<UdpHeader>() > end {
+                return Parsed::Malformed;
+            }
             packet.sport = u16::from_ne_bytes(udp.sport);
             packet.dport = u16::from_ne_bytes(udp.dport);
         }

@@ -258,3 +258,173 @@ fn too_many_or_cut_short_ipv6_extension_headers() {
     assert_eq!(parse(ipv6(0, cut).as_slice()), Parsed::Malformed);
     assert_eq!(parse(ipv6(0, &[]).as_slice()), Parsed::Malformed);
 }
+
+/// `frame` with its IP length field (IPv4 total length, IPv6 payload
+/// length) set to `len`.
+fn with_ip_len(mut frame: Vec<u8>, len: u16) -> Vec<u8> {
+    let at = if frame[14] >> 4 == 4 { 16 } else { 18 };
+    frame[at..at + 2].copy_from_slice(&len.to_be_bytes());
+    frame
+}
+
+/// `frame` with Ethernet padding (zero bytes) up to `len`.
+fn padded(mut frame: Vec<u8>, len: usize) -> Vec<u8> {
+    frame.resize(len.max(frame.len()), 0);
+    frame
+}
+
+#[test]
+fn ipv4_total_length_beyond_the_frame_is_malformed() {
+    for frame in [
+        ipv4(IPPROTO_TCP, 0, &[], &tcp(1, 2, 0x02)),
+        ipv4(IPPROTO_UDP, 0, &[], &udp(1, 2)),
+        ipv4(IPPROTO_ICMP, 0, &[], &[8, 0, 0, 0, 0, 1, 0, 1]),
+        ipv4(IPPROTO_TCP, 185, &[], &[0xaa; 16]),
+    ] {
+        let len = (frame.len() - 14) as u16;
+        assert!(matches!(parse(&frame[..]), Parsed::Ip(_)));
+        for claimed in [len + 1, 9000, u16::MAX] {
+            let frame = with_ip_len(frame.clone(), claimed);
+            assert_eq!(parse(&frame[..]), Parsed::Malformed, "total {claimed}");
+        }
+    }
+}
+
+#[test]
+fn ipv4_total_length_shorter_than_the_headers_is_malformed() {
+    let cases = [
+        ("below IHL", ipv4(IPPROTO_TCP, 0, &[], &tcp(1, 2, 0x02)), 19),
+        ("zero", ipv4(IPPROTO_UDP, 0, &[], &udp(1, 2)), 0),
+        (
+            "below IHL with options",
+            ipv4(IPPROTO_UDP, 0, &[1, 1, 1, 0], &udp(1, 2)),
+            20,
+        ),
+        (
+            "IP header only, TCP",
+            ipv4(IPPROTO_TCP, 0, &[], &tcp(1, 2, 0x02)),
+            20,
+        ),
+        ("cuts TCP", ipv4(IPPROTO_TCP, 0, &[], &tcp(1, 2, 0x02)), 39),
+        ("cuts UDP", ipv4(IPPROTO_UDP, 0, &[], &udp(1, 2)), 27),
+        (
+            "cuts UDP after options",
+            ipv4(IPPROTO_UDP, 0, &[1, 1, 1, 0], &udp(1, 2)),
+            31,
+        ),
+    ];
+    for (name, frame, total) in cases {
+        let frame = with_ip_len(frame, total);
+        assert_eq!(parse(&frame[..]), Parsed::Malformed, "{name}");
+    }
+}
+
+#[test]
+fn tcp_options_must_end_within_the_ip_packet() {
+    // Data offset 6: four option bytes, present in the frame but beyond
+    // the total length.
+    let mut segment = tcp(1, 2, 0x02);
+    segment[12] = 6 << 4;
+    segment.extend_from_slice(&[1, 1, 1, 0]);
+    let frame = ipv4(IPPROTO_TCP, 0, &[], &segment);
+    assert!(matches!(parse(&frame[..]), Parsed::Ip(_)));
+    assert_eq!(parse(&with_ip_len(frame, 40)[..]), Parsed::Malformed);
+    let frame = ipv6(IPPROTO_TCP, &segment);
+    assert!(matches!(parse(&frame[..]), Parsed::Ip(_)));
+    assert_eq!(parse(&with_ip_len(frame, 20)[..]), Parsed::Malformed);
+}
+
+#[test]
+fn later_ipv4_fragments_need_no_transport_header_within_the_length() {
+    let frame = with_ip_len(ipv4(IPPROTO_TCP, 185, &[], &[0xaa; 16]), 20);
+    assert!(ip(&frame).later_fragment);
+}
+
+#[test]
+fn ipv6_payload_length_beyond_the_frame_is_malformed() {
+    let mut later = fragment_header(17, 185, false);
+    later.extend([0u8; 16]);
+    for frame in [
+        ipv6(IPPROTO_TCP, &tcp(1, 2, 0x02)),
+        ipv6(IPPROTO_UDP, &udp(1, 2)),
+        ipv6(58, &[135, 0, 0, 0]),
+        ipv6(44, &later),
+    ] {
+        let len = (frame.len() - 54) as u16;
+        assert!(matches!(parse(&frame[..]), Parsed::Ip(_)));
+        for claimed in [len + 1, 9000, u16::MAX] {
+            let frame = with_ip_len(frame.clone(), claimed);
+            assert_eq!(parse(&frame[..]), Parsed::Malformed, "payload {claimed}");
+        }
+    }
+}
+
+#[test]
+fn ipv6_payload_shorter_than_its_headers_is_malformed() {
+    let mut hop_udp = extension(17, 0);
+    hop_udp.extend(udp(1, 2));
+    let mut later = fragment_header(17, 185, false);
+    later.extend([0u8; 16]);
+    let cases = [
+        ("zero, TCP", ipv6(IPPROTO_TCP, &tcp(1, 2, 0x02)), 0),
+        ("cuts TCP", ipv6(IPPROTO_TCP, &tcp(1, 2, 0x02)), 19),
+        ("zero, UDP", ipv6(IPPROTO_UDP, &udp(1, 2)), 0),
+        ("cuts UDP", ipv6(IPPROTO_UDP, &udp(1, 2)), 7),
+        ("cuts UDP after hop-by-hop", ipv6(0, &hop_udp), 15),
+        ("cuts hop-by-hop", ipv6(0, &hop_udp), 7),
+        ("cuts a later fragment's header", ipv6(44, &later), 7),
+    ];
+    for (name, frame, payload) in cases {
+        let frame = with_ip_len(frame, payload);
+        assert_eq!(parse(&frame[..]), Parsed::Malformed, "{name}");
+    }
+}
+
+#[test]
+fn padded_frames_parse_like_unpadded_ones() {
+    let mut later6 = fragment_header(17, 185, false);
+    later6.extend([0u8; 16]);
+    let frames = [
+        ipv4(IPPROTO_TCP, 0, &[], &tcp(40000, 80, 0x02)),
+        ipv4(IPPROTO_UDP, 0, &[1, 1, 1, 0], &udp(5353, 53)),
+        ipv4(IPPROTO_ICMP, 0, &[], &[8, 0, 0, 0]),
+        ipv4(IPPROTO_TCP, 185, &[], &[0xaa; 8]),
+        ipv6(IPPROTO_TCP, &tcp(40000, 80, 0x02)),
+        ipv6(IPPROTO_UDP, &udp(1234, 53)),
+        ipv6(44, &later6),
+        ipv6(59, &[]), // no next header
+    ];
+    for frame in frames {
+        let unpadded = ip(&frame);
+        for len in [60, frame.len() + 1, frame.len() + 64] {
+            let padded = padded(frame.clone(), len);
+            assert_eq!(
+                ip(&padded),
+                unpadded,
+                "{} bytes padded to {len}",
+                frame.len()
+            );
+        }
+    }
+}
+
+#[test]
+fn an_icmp_error_quoting_a_cut_packet_is_not_malformed() {
+    // The quote holds the inner IP header and 8 bytes: its total length
+    // claims more, as every real quote's does.
+    let inner = ipv4(IPPROTO_TCP, 0, &[], &tcp(80, 40000, 0x10));
+    let mut message = vec![3, 4, 0, 0, 0, 0, 5, 0];
+    message.extend_from_slice(&inner[14..14 + 28]);
+    let outer = ipv4(IPPROTO_ICMP, 0, &[], &message);
+    let packet = ip(&outer);
+    assert!(matches!(
+        lb_common::icmp::classify(&outer[..], &packet),
+        lb_common::icmp::IcmpMessage::Error(e) if e.vip_port == 80u16.to_be()
+    ));
+    let too_long = with_ip_len(outer, 9000);
+    assert_eq!(
+        parse(&too_long[..]),
+        Parsed::Malformed,
+        "the outer packet is checked"
+    );
+}

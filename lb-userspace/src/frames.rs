@@ -1,6 +1,6 @@
 //! Test frames built from readable descriptions: Ethernet, IPv4 or IPv6,
-//! TCP or UDP, with correct lengths and IPv4 header checksum. Used by the
-//! benchmarks and the packet tests.
+//! TCP or UDP, with correct lengths (unless a test claims others) and IPv4
+//! header checksum. Used by the benchmarks and the packet tests.
 
 use std::net::IpAddr;
 
@@ -92,6 +92,9 @@ pub struct Packet {
     pub payload: Vec<u8>,
     /// Zero bytes appended to reach this frame length (Ethernet padding).
     pub pad_to: usize,
+    /// IPv4 total length or IPv6 payload length to claim instead of the
+    /// true one (the IPv4 checksum covers the claimed one).
+    pub ip_len: Option<u16>,
 }
 
 /// The balancer's MAC in test frames.
@@ -137,6 +140,7 @@ impl Packet {
             ttl: 64,
             payload: b"lb test payload".to_vec(),
             pad_to: 0,
+            ip_len: None,
         }
     }
 
@@ -184,7 +188,8 @@ impl Packet {
         let header_len = 20 + options.len();
         let mut ip = vec![0u8; 20];
         ip[0] = 0x40 | (header_len / 4) as u8;
-        ip[2..4].copy_from_slice(&((header_len + l4_len) as u16).to_be_bytes());
+        let total = self.ip_len.unwrap_or((header_len + l4_len) as u16);
+        ip[2..4].copy_from_slice(&total.to_be_bytes());
         let frag = match self.fragment {
             None => 0x4000, // don't fragment
             Some(f) => f.offset & 0x1fff | if f.more { 0x2000 } else { 0 },
@@ -214,7 +219,8 @@ impl Packet {
         }
         let mut ip = vec![0u8; 40];
         ip[0] = 0x60;
-        ip[4..6].copy_from_slice(&((chain.len() * 8 + l4_len) as u16).to_be_bytes());
+        let payload = self.ip_len.unwrap_or((chain.len() * 8 + l4_len) as u16);
+        ip[4..6].copy_from_slice(&payload.to_be_bytes());
         ip[6] = chain.first().map_or(self.proto(), |(kind, _)| *kind);
         ip[7] = self.ttl;
         ip[8..24].copy_from_slice(&src);

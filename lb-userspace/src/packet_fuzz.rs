@@ -3,10 +3,14 @@
 //! invariants on every run:
 //!
 //! - the verdict is XDP_PASS, XDP_TX or XDP_DROP, never XDP_ABORTED;
-//! - a passed frame comes back unchanged;
+//! - a passed frame comes back unchanged, and a frame the shared parser
+//!   calls malformed is passed (counted `malformed`);
 //! - a forwarded frame parses (with the shared parser) as TCP or UDP to a
 //!   configured VIP, and comes back as the input with only the MACs
 //!   changed: destination a worker's, source the old destination;
+//! - a transmitted frame's IP length field (IPv4 total length, IPv6
+//!   payload length) is neither beyond the frame nor short of the headers
+//!   lb read;
 //! - a dropped frame is a VIP's too;
 //! - every run moves `packets` by one, exactly one packet class by one,
 //!   and exactly one outcome counter, the one that matches the verdict.
@@ -162,6 +166,11 @@ impl Target {
             bail!("test run failed: {:#}", run.unwrap_err());
         };
         let for_vip = self.is_vip_packet(frame);
+        if parse(frame) == Parsed::Malformed
+            && (verdict != XDP_PASS || after.malformed - before.malformed != 1)
+        {
+            bail!("a frame the parser calls malformed got verdict {verdict}, not a malformed pass");
+        }
         match verdict {
             XDP_PASS => {
                 report.passed += 1;
@@ -171,6 +180,7 @@ impl Target {
             }
             XDP_TX => {
                 report.forwarded += 1;
+                check_ip_length(&output)?;
                 self.check_transmitted(frame, &output, for_vip)?;
             }
             XDP_DROP => {
@@ -235,6 +245,37 @@ impl Target {
             Parsed::NotIp | Parsed::Malformed => false,
         }
     }
+}
+
+/// The IP length field of a transmitted frame, read from its bytes, must
+/// stay inside the frame and cover the headers up to the end of TCP's or
+/// UDP's: an independent check on the shared parser, which lb also runs.
+fn check_ip_length(frame: &[u8]) -> anyhow::Result<()> {
+    let Parsed::Ip(ip) = parse(frame) else {
+        bail!("transmitted a frame that is not IP");
+    };
+    let (l3, l4) = (ip.l3_offset, ip.l4_offset);
+    let field = |at: usize| usize::from(u16::from_be_bytes([frame[at], frame[at + 1]]));
+    let end = match ip.version {
+        IpVersion::V4 => l3 + field(l3 + 2),
+        IpVersion::V6 => l3 + 40 + field(l3 + 4),
+    };
+    let transport = match ip.proto {
+        _ if ip.later_fragment => 0,
+        IPPROTO_TCP => usize::from(frame[l4 + 12] >> 4) * 4,
+        IPPROTO_UDP => 8,
+        _ => 0,
+    };
+    if end > frame.len() {
+        bail!(
+            "transmitted a frame whose IP length ends at {end}, beyond its {} bytes",
+            frame.len()
+        );
+    }
+    if end < l4 + transport {
+        bail!("transmitted a frame whose IP length ends at {end}, inside its headers");
+    }
+    Ok(())
 }
 
 fn check_counters(
@@ -358,24 +399,46 @@ fn seeds() -> Vec<Vec<u8>> {
     packets.iter().map(Packet::build).collect()
 }
 
-/// One random change: flip a bit, set a byte, truncate, or extend.
+/// One random change: flip a bit, set a byte, truncate, extend, or set the
+/// IP length field.
 fn mutate(frame: &mut Vec<u8>, random: &mut Random) {
     if frame.is_empty() {
         frame.push(random.byte());
         return;
     }
     let at = random.below(frame.len() as u64) as usize;
-    match random.below(5) {
+    match random.below(6) {
         0 => frame[at] ^= 1 << random.below(8),
         1 => frame[at] = random.byte(),
         2 => frame.truncate(at),
         3 => frame.extend((0..=random.below(16)).map(|_| random.byte())),
+        4 => set_ip_length(frame, random),
         // Header bytes matter most: hit the first 80 often.
         _ => {
             let at = random.below(frame.len().min(80) as u64) as usize;
             frame[at] = random.byte();
         }
     }
+}
+
+/// Sets the IPv4 total length or IPv6 payload length of an untagged frame:
+/// mostly within 40 of what the frame holds, where off-by-some bugs hide.
+fn set_ip_length(frame: &mut [u8], random: &mut Random) {
+    let (field, headers) = match frame.get(12..14) {
+        Some([0x08, 0x00]) => (16, 14),
+        Some([0x86, 0xdd]) => (18, 14 + 40),
+        _ => return,
+    };
+    if frame.len() < field + 2 {
+        return;
+    }
+    let held = frame.len().saturating_sub(headers) as i64;
+    let len = if random.below(4) == 0 {
+        random.next() as u16
+    } else {
+        (held + random.below(81) as i64 - 40).clamp(0, i64::from(u16::MAX)) as u16
+    };
+    frame[field..field + 2].copy_from_slice(&len.to_be_bytes());
 }
 
 /// xorshift64*.

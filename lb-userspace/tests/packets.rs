@@ -218,6 +218,11 @@ fn every_packet_class_gets_its_verdict_its_exact_frame_and_its_counters() {
         offset: 0,
         more: true,
     });
+    let mut minimum_udp = Packet::udp(client4(), 5002, vip4(), 53);
+    minimum_udp.payload.clear();
+    minimum_udp.pad_to = 60;
+    let mut padded6 = Packet::tcp(client6(), 40012, vip6(), 80, tcp::SYN);
+    padded6.pad_to = padded6.build().len() + 8;
     let mut both6 = Packet::tcp(client6(), 40011, vip6(), 80, tcp::SYN);
     both6.ipv6_hop_by_hop = true;
     both6.fragment = Some(Fragment {
@@ -245,6 +250,18 @@ fn every_packet_class_gets_its_verdict_its_exact_frame_and_its_counters() {
             "frame at the minimum length, padded",
             minimum,
             "ipv4_tcp",
+            NEW,
+        ),
+        forward(
+            "UDP frame at the minimum length, padded",
+            minimum_udp,
+            "ipv4_udp",
+            NEW,
+        ),
+        forward(
+            "IPv6 frame with bytes beyond its payload length",
+            padded6,
+            "ipv6_tcp",
             NEW,
         ),
         forward(
@@ -359,14 +376,11 @@ fn truncated_and_bogus_headers_pass_as_malformed() {
     let tcp4 = Packet::tcp(client4(), 40000, vip4(), 80, tcp::SYN).build();
     let tcp6 = Packet::tcp(client6(), 40000, vip6(), 80, tcp::SYN).build();
     let udp4 = Packet::udp(client4(), 5000, vip4(), 53).build();
-    // Every cut inside the IP and transport headers.
+    // Every cut, in the headers or the payload: the IP length then claims
+    // more than the frame holds.
     let mut cases: Vec<Case> = Vec::new();
-    for (frame, headers) in [
-        (&tcp4, 14 + 20 + 20),
-        (&tcp6, 14 + 40 + 20),
-        (&udp4, 14 + 20 + 8),
-    ] {
-        for len in 14..headers {
+    for frame in [&tcp4, &tcp6, &udp4] {
+        for len in 14..frame.len() {
             cases.push(passed("truncated", frame[..len].to_vec(), "malformed"));
         }
     }
@@ -417,21 +431,66 @@ fn check_runt(suite: &Suite, case: &Case) {
 }
 
 #[test]
-fn an_ipv4_frame_claiming_more_bytes_than_it_has_is_forwarded_unchanged() {
-    // lb does not validate total length: it reads only the headers it
-    // needs, all inside the frame; the worker's stack judges the rest.
+fn ip_lengths_beyond_the_frame_or_short_of_the_headers_pass_as_malformed() {
+    // Balanced, they would hand a worker a cut packet or ports read beyond
+    // the packet; passed, the local stack discards them.
     let suite = Suite::new();
-    let packet = Packet::tcp(client4(), 40100, vip4(), 80, tcp::SYN);
-    let mut frame = packet.build();
-    frame[16..18].copy_from_slice(&9000u16.to_be_bytes());
-    suite.check(&Case {
-        name: "total length beyond the frame",
-        frame,
-        verdict: XDP_TX,
-        to_worker: Some(suite.maglev_mac(&packet)),
-        class: "ipv4_tcp",
-        counters: &[("forwarded", 1)],
-    });
+    let claiming = |mut packet: Packet, len: u16| {
+        packet.ip_len = Some(len);
+        packet.build()
+    };
+    let tcp4 = Packet::tcp(client4(), 40100, vip4(), 80, tcp::SYN);
+    let udp4 = Packet::udp(client4(), 5100, vip4(), 53);
+    let tcp6 = Packet::tcp(client6(), 40100, vip6(), 80, tcp::SYN);
+    let udp6 = Packet::udp(client6(), 5100, vip6(), 53);
+    let reply = Packet::tcp(vip4(), 80, client4(), 40100, tcp::ACK);
+    let error = error_about(ip("198.51.100.254"), &reply);
+    let total4 = (tcp4.build().len() - 14) as u16;
+    let payload6 = (tcp6.build().len() - 14 - 40) as u16;
+    let error_total = (error.build().len() - 14) as u16;
+    let cases = [
+        (
+            "IPv4 total length beyond the frame",
+            claiming(tcp4.clone(), 9000),
+        ),
+        (
+            "IPv4 total length one beyond the frame",
+            claiming(tcp4.clone(), total4 + 1),
+        ),
+        (
+            "IPv4 total length shorter than IHL",
+            claiming(tcp4.clone(), 19),
+        ),
+        (
+            "IPv4 total length shorter than TCP's header",
+            claiming(tcp4, 20 + 19),
+        ),
+        (
+            "IPv4 total length shorter than UDP's header",
+            claiming(udp4, 20 + 7),
+        ),
+        (
+            "IPv6 payload length beyond the frame",
+            claiming(tcp6.clone(), 9000),
+        ),
+        (
+            "IPv6 payload length one beyond the frame",
+            claiming(tcp6.clone(), payload6 + 1),
+        ),
+        (
+            "IPv6 payload length 0 before TCP",
+            claiming(tcp6.clone(), 0),
+        ),
+        ("IPv6 payload shorter than TCP's header", claiming(tcp6, 19)),
+        ("IPv6 payload shorter than UDP's header", claiming(udp6, 7)),
+        (
+            "ICMP error whose own total length is beyond the frame",
+            claiming(error, error_total + 1),
+        ),
+    ];
+    for (name, frame) in cases {
+        suite.check(&passed(name, frame, "malformed"));
+    }
 }
 
 /// An echo request from the client to `dst`.
