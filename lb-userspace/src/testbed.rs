@@ -593,6 +593,53 @@ impl Testbed {
 }
 
 impl Testbed {
+    /// Starts dnsmasq in `host`'s namespace, answering DNS on port 53 of
+    /// the VIPs and the host's own addresses (health checks go there):
+    /// `who.test` has the A record `answer`, which tells workers apart.
+    /// It binds each address, so its replies come from the VIP, as DSR
+    /// needs.
+    pub fn start_dnsmasq(
+        &self,
+        host: &Host,
+        vips: &[IpAddr],
+        answer: Ipv4Addr,
+    ) -> anyhow::Result<Process> {
+        let listen: Vec<String> = vips
+            .iter()
+            .copied()
+            .chain([IpAddr::V4(host.ipv4), IpAddr::V6(host.ipv6)])
+            .map(|a| a.to_string())
+            .collect();
+        let mut cmd = host.command("dnsmasq");
+        cmd.args([
+            "--keep-in-foreground",
+            "--conf-file=/dev/null",
+            "--no-resolv",
+            "--no-hosts",
+            "--pid-file=",
+            "--user=root",
+            "--bind-interfaces",
+            "--port=53",
+            &format!("--listen-address={}", listen.join(",")),
+            &format!("--host-record=who.test,{answer}"),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+        let process = Process::spawn(&mut cmd, &format!("dnsmasq in {}", host.netns))?;
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        // dnsmasq listens on every address at once; port 53 is 0035.
+        while !host.proc_net("udp")?.contains(":0035 ") {
+            ensure!(
+                std::time::Instant::now() < deadline,
+                "dnsmasq in {} did not listen on port 53",
+                host.netns
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(process)
+    }
+
     fn nginx_dir(&self, host: &Host) -> PathBuf {
         std::env::temp_dir().join(format!("{}-nginx-{}", self.prefix, host.role))
     }

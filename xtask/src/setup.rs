@@ -17,6 +17,8 @@ const RUNTIME_PACKAGES: &[&str] = &[
     "iputils-ping",
     "nginx-light",
     "systemd",
+    "dnsmasq-base",
+    "bind9-dnsutils",
 ];
 
 /// Debian packages only `cargo xtask bench` uses: the load generators and
