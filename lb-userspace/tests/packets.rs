@@ -64,27 +64,13 @@ impl Suite {
 
     /// The worker MAC Maglev gives `packet`'s flow.
     fn maglev_mac(&self, packet: &Packet) -> [u8; 6] {
-        let (sport, dport, proto) = match packet.transport {
-            Transport::Tcp { sport, dport, .. } => (sport, dport, 6),
-            Transport::Udp { sport, dport } => (sport, dport, 17),
-            _ => panic!("no ports"),
-        };
-        let (src, family) = addr_bytes(packet.src);
-        let (dst, _) = addr_bytes(packet.dst);
-        let key = FlowKey {
-            src,
-            dst,
-            sport: sport.to_be(),
-            dport: dport.to_be(),
-            proto,
-            family,
-            pad: [0; 2],
-        };
+        let key = flow_key(packet);
+        let (dst, dport) = (key.dst, key.dport);
         let vip = self
             .desired
             .vips()
             .iter()
-            .find(|(v, _)| v.key().addr == dst && v.key().port == dport.to_be())
+            .find(|(v, _)| v.key().addr == dst && v.key().port == dport)
             .map(|(_, s)| s)
             .expect("a VIP's packet");
         let size = vip.effective_table_size();
@@ -113,6 +99,26 @@ impl Suite {
         wanted.extend_from_slice(case.counters);
         wanted.sort();
         assert_eq!(moved, wanted, "{}: counters", case.name);
+    }
+}
+
+/// The flow-table key of `packet`'s flow.
+fn flow_key(packet: &Packet) -> FlowKey {
+    let (sport, dport, proto) = match packet.transport {
+        Transport::Tcp { sport, dport, .. } => (sport, dport, 6),
+        Transport::Udp { sport, dport } => (sport, dport, 17),
+        _ => panic!("no ports"),
+    };
+    let (src, family) = addr_bytes(packet.src);
+    let (dst, _) = addr_bytes(packet.dst);
+    FlowKey {
+        src,
+        dst,
+        sport: sport.to_be(),
+        dport: dport.to_be(),
+        proto,
+        family,
+        pad: [0; 2],
     }
 }
 
@@ -602,4 +608,47 @@ fn icmp_echo_to_a_vip_is_answered_and_errors_about_a_flow_reach_its_worker() {
         error_about(routers[0], &foreign).build(),
         "ipv4_icmp",
     ));
+}
+
+#[test]
+fn flows_recorded_for_a_replaced_worker_or_idle_past_the_timeout_are_scheduled_afresh() {
+    let mut suite = Suite::new();
+    let mut flows = suite.lb.flows(lb_common::map_names::FLOWS).unwrap();
+    let syn = Packet::tcp(client4(), 41000, vip4(), 80, tcp::SYN);
+    let ack = Packet::tcp(client4(), 41000, vip4(), 80, tcp::ACK);
+    let key = flow_key(&ack);
+    let forward = |name, packet: &Packet, counters| Case {
+        name,
+        frame: packet.build(),
+        verdict: XDP_TX,
+        to_worker: Some(suite.maglev_mac(packet)),
+        class: "ipv4_tcp",
+        counters,
+    };
+    const HIT: &[(&str, u64)] = &[("forwarded", 1), ("flow_hits", 1)];
+    suite.check(&forward("new flow", &syn, &[("forwarded", 1)]));
+    suite.check(&forward("established", &ack, HIT));
+
+    // The slot now holds another worker (a new generation): the flow was
+    // recorded for the one before, so it is scheduled afresh.
+    let mut value = flows.get(&key, 0).unwrap();
+    let recorded = value.backend_generation;
+    value.backend_generation = recorded.wrapping_add(1);
+    flows.insert(key, value, 0).unwrap();
+    let rescheduled = &[("flow_rescheduled", 1), ("forwarded", 1)];
+    suite.check(&forward(
+        "recorded for a replaced worker",
+        &ack,
+        rescheduled,
+    ));
+    assert_eq!(flows.get(&key, 0).unwrap().backend_generation, recorded);
+    suite.check(&forward("re-recorded", &ack, HIT));
+
+    // Idle for longer than the VIP's idle timeout (TCP: 300 s).
+    let mut value = flows.get(&key, 0).unwrap();
+    value.last_seen_ns -= 301 * 1_000_000_000;
+    flows.insert(key, value, 0).unwrap();
+    let expired = &[("flow_expired", 1), ("forwarded", 1)];
+    suite.check(&forward("idle past its VIP's timeout", &ack, expired));
+    suite.check(&forward("recorded again", &ack, HIT));
 }

@@ -129,7 +129,9 @@ fn default_checks_route_around_a_stopped_service_and_a_dead_host() {
     assert!(!spread.contains_key("w1"), "{spread:?}");
 
     // w2's host goes away: nothing answers its ARP any more.
-    rig.workers[1].run("ip", &["link", "set", "eth0", "down"]).unwrap();
+    rig.workers[1]
+        .run("ip", &["link", "set", "eth0", "down"])
+        .unwrap();
     let w2 = rig.workers[1].ipv4.to_string();
     wait_until(Duration::from_secs(30), "w2 out of scheduling", || {
         matches!(state_of(&rig, &w2).as_str(), "down" | "unreachable")
@@ -149,7 +151,9 @@ fn default_checks_route_around_a_stopped_service_and_a_dead_host() {
             )
             .unwrap(),
     );
-    rig.workers[1].run("ip", &["link", "set", "eth0", "up"]).unwrap();
+    rig.workers[1]
+        .run("ip", &["link", "set", "eth0", "up"])
+        .unwrap();
     wait_until(Duration::from_secs(30), "w1 and w2 up", || {
         state_of(&rig, &w1) == "up" && state_of(&rig, &w2) == "up"
     });
