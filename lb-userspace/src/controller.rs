@@ -25,7 +25,8 @@ use crate::{
     health::{self, Health, HealthState},
     load::{self, Figure, Source},
     maps::{ControlMaps, WorkerEntry},
-    neighbour::{self, Netlink},
+    neighbour,
+    netlink::{self, Netlink},
     options::{CheckKind, VipOptions},
     service::{self, Vip},
     sessions,
@@ -141,8 +142,10 @@ pub struct Controller {
     instance: Instance,
     live: HashMap<u32, Live>,
     state_file: Option<PathBuf>,
-    /// The interface's neighbour table.
+    /// Route netlink, for the interface's neighbour table.
     netlink: Netlink,
+    /// The interface's index.
+    ifindex: u32,
     occupancy: Occupancy,
     /// Durations of every health check, for the metrics.
     check_latency: prometheus_client::metrics::histogram::Histogram,
@@ -158,8 +161,8 @@ impl Controller {
         instance: Instance,
         state_file: Option<PathBuf>,
     ) -> anyhow::Result<Self> {
-        let netlink = Netlink::open(&instance.iface)
-            .with_context(|| format!("opening the neighbour table of {}", instance.iface))?;
+        let ifindex = netlink::ifindex(&instance.iface)?;
+        let netlink = Netlink::open().context("opening a route netlink socket")?;
         let mut controller = Self {
             desired,
             maps,
@@ -167,6 +170,7 @@ impl Controller {
             live: HashMap::new(),
             state_file,
             netlink,
+            ifindex,
             occupancy: Occupancy::default(),
             check_latency: prometheus_client::metrics::histogram::Histogram::new(
                 prometheus_client::metrics::histogram::exponential_buckets(0.000_1, 4.0, 8),
@@ -210,7 +214,7 @@ impl Controller {
             .maps
             .generation_for(id, addr)
             .context("reading the worker's slot")?;
-        let mac = resolve(&mut self.netlink, addr, pinned_mac);
+        let mac = resolve(&mut self.netlink, self.ifindex, addr, pinned_mac);
         let live = Live::new(vip, addr, mac, generation);
         if let Reach::Unreachable(reason) = live.reach {
             tracing::warn!(
@@ -623,8 +627,13 @@ impl Controller {
 
 /// The worker's MAC: the neighbour table's; else `known` (what an adopted
 /// data plane had); else solicited, waiting briefly.
-fn resolve(netlink: &mut Netlink, addr: IpAddr, known: Option<[u8; 6]>) -> Option<[u8; 6]> {
-    let lookup = |netlink: &mut Netlink| match netlink.table().ok()?.get(&addr) {
+fn resolve(
+    netlink: &mut Netlink,
+    ifindex: u32,
+    addr: IpAddr,
+    known: Option<[u8; 6]>,
+) -> Option<[u8; 6]> {
+    let lookup = |netlink: &mut Netlink| match netlink.neighbours(ifindex).ok()?.get(&addr) {
         Some(neighbour::Entry::Resolved { mac, .. }) => Some(*mac),
         _ => None,
     };

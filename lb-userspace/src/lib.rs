@@ -22,6 +22,7 @@ pub mod maglev;
 pub mod maps;
 pub mod metrics;
 pub mod neighbour;
+pub mod netlink;
 pub mod object;
 pub mod options;
 pub mod packet_fuzz;

@@ -174,7 +174,7 @@ impl Controller {
     /// entries not confirmed lately (nothing else would: the data plane's
     /// packets bypass the kernel).
     pub(super) fn refresh_neighbours(&mut self) {
-        let table = match self.netlink.table() {
+        let table = match self.netlink.neighbours(self.ifindex) {
             Ok(table) => table,
             Err(error) => {
                 tracing::warn!("reading the neighbour table: {error}");
@@ -216,7 +216,7 @@ impl Controller {
             }
         }
         for addr in probe {
-            if let Err(error) = self.netlink.probe(addr) {
+            if let Err(error) = self.netlink.probe_neighbour(self.ifindex, addr) {
                 tracing::debug!("asking the kernel to probe {addr}: {error}");
             }
         }
