@@ -260,6 +260,10 @@ pub struct Status {
     pub xdp_mode: String,
     /// The kernel's program id.
     pub program_id: u32,
+    /// Whether the program still runs on the interface.
+    pub attached: bool,
+    /// Why it no longer does, when it doesn't.
+    pub detached_because: Option<String>,
     /// Where the maps are pinned.
     pub pin_dir: String,
     /// Capacity of the flow table.

@@ -21,6 +21,7 @@ pub use listing::MetricsSnapshot;
 
 use crate::{
     api::{Request, Response},
+    dataplane::{LinkCheck, LinkGuard},
     duration,
     health::{self, Health, HealthState},
     load::{self, Figure, Source},
@@ -58,6 +59,16 @@ pub struct Instance {
     pub max_flows: u32,
     /// Load report endpoint, if enabled.
     pub load_listen: Option<String>,
+}
+
+/// Whether the program still runs on the interface, as the controller
+/// last checked through its reference to the link.
+#[derive(Clone, Debug, Default)]
+pub struct Attachment {
+    /// Why it no longer runs; `None` while it does.
+    pub lost: Option<String>,
+    /// How often the link's pin was found removed and pinned again.
+    pub repins: u64,
 }
 
 /// Whether the balancer can reach a worker's host on its link.
@@ -146,6 +157,9 @@ pub struct Controller {
     netlink: Netlink,
     /// The interface's index.
     ifindex: u32,
+    /// The reference to the program's link, if one could be taken.
+    link: Option<LinkGuard>,
+    attachment: Attachment,
     occupancy: Occupancy,
     /// Durations of every health check, for the metrics.
     check_latency: prometheus_client::metrics::histogram::Histogram,
@@ -160,6 +174,7 @@ impl Controller {
         maps: ControlMaps,
         instance: Instance,
         state_file: Option<PathBuf>,
+        link: Option<LinkGuard>,
     ) -> anyhow::Result<Self> {
         let ifindex = netlink::ifindex(&instance.iface)?;
         let netlink = Netlink::open().context("opening a route netlink socket")?;
@@ -171,6 +186,8 @@ impl Controller {
             state_file,
             netlink,
             ifindex,
+            link,
+            attachment: Attachment::default(),
             occupancy: Occupancy::default(),
             check_latency: prometheus_client::metrics::histogram::Histogram::new(
                 prometheus_client::metrics::histogram::exponential_buckets(0.000_1, 4.0, 8),
@@ -617,6 +634,34 @@ impl Controller {
                     })
             })
             .collect()
+    }
+
+    /// Checks, through the controller's reference to the link, that the
+    /// program still runs on the interface; a removed pin is restored.
+    pub(super) fn check_link(&mut self) {
+        let Some(link) = &mut self.link else {
+            return;
+        };
+        let iface = &self.instance.iface;
+        match link.check(&mut self.netlink) {
+            LinkCheck::Attached => self.attachment.lost = None,
+            LinkCheck::Repinned => {
+                self.attachment.repins += 1;
+                self.attachment.lost = None;
+                tracing::error!(
+                    "the pin of lb's link on {iface} under {} was removed (the program kept running: lb holds the link); pinned it again",
+                    self.instance.pin_dir.display()
+                );
+            }
+            LinkCheck::Lost(why) => {
+                if self.attachment.lost.as_ref() != Some(&why) {
+                    tracing::error!(
+                        "lb's program no longer runs on {iface}: {why}; `lb run` again attaches it"
+                    );
+                }
+                self.attachment.lost = Some(why);
+            }
+        }
     }
 
     /// Where the maps are pinned.

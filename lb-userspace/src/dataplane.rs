@@ -7,6 +7,7 @@ use std::{
 };
 
 use aya::{
+    maps::MapData,
     programs::{
         links::{FdLink, LinkError, PinnedLink},
         xdp::XdpLink,
@@ -16,7 +17,7 @@ use aya::{
 };
 use lb_common::{map_names, program_names, LAYOUT_VERSION};
 
-use crate::{iface, object, privileges};
+use crate::{iface, netlink::Netlink, object, privileges};
 
 /// Magic number of a BPF filesystem in `statfs`.
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
@@ -33,6 +34,13 @@ const VARIANT_GLOBAL: &str = "LB_VARIANT";
 
 /// Default capacity of the flow table.
 pub const DEFAULT_MAX_FLOWS: u32 = 1_000_000;
+/// Largest flow table the kernel accepts: its hash tables round the
+/// bucket count up to a power of two and refuse more than 2^31.
+pub const MAX_FLOWS: u32 = 1 << 31;
+/// Where controllers keep the lock files of the pin directories they
+/// manage (bpffs holds no plain files, and a lock on the directory itself
+/// could be taken by anyone who may open it).
+pub const LOCK_DIR: &str = "/run/lb/locks";
 
 /// How the program hooks into the interface.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -121,6 +129,56 @@ pub enum DataplaneError {
         /// What to try next.
         hint: &'static str,
     },
+    /// The flow table is larger than the kernel accepts.
+    #[error("--max-flows {0} is larger than the kernel accepts for a hash table ({MAX_FLOWS}); at 80 bytes or more per flow, a million flows take about 100 MB")]
+    TableTooLarge(u32),
+    /// The pin directory (or lock directory) could be tampered with.
+    #[error("{path} {problem}: another user could replace or remove lb's pins; remove it (check what it holds first) or pass another --pin-dir")]
+    Unsafe {
+        /// The directory.
+        path: PathBuf,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// The pinned link runs on another interface or in another network
+    /// namespace.
+    #[error("the lb instance pinned under {dir} runs on another interface or in another network namespace (program {program}), not on {iface} here; use another --pin-dir for this interface")]
+    ForeignLink {
+        /// The pin directory.
+        dir: PathBuf,
+        /// The interface asked for.
+        iface: String,
+        /// The pinned link's program.
+        program: u32,
+    },
+    /// What is pinned differs from what was asked.
+    #[error("the lb instance pinned under {dir} runs with {what} {pinned}, not {asked}; run again with --force to apply {asked} ({consequence}), or with {what} {pinned} to adopt it as it is")]
+    Mismatch {
+        /// The pin directory.
+        dir: PathBuf,
+        /// Which setting.
+        what: &'static str,
+        /// What is pinned.
+        pinned: String,
+        /// What was asked.
+        asked: String,
+        /// What --force would cost.
+        consequence: &'static str,
+    },
+    /// Another XDP program holds the interface.
+    #[error("{iface} already runs XDP program {name} (id {id}, {mode} mode), which lb did not pin under {dir}: another lb instance (`lb status` with its --socket, or `lb detach --pin-dir` of its pin directory) or another tool (`bpftool net show dev {iface}`) holds it")]
+    Busy {
+        /// The interface.
+        iface: String,
+        /// The program's name.
+        name: String,
+        /// Its id.
+        id: u32,
+        /// How it is attached.
+        mode: &'static str,
+        /// The pin directory lb was given.
+        dir: PathBuf,
+    },
     /// A map could not be pinned.
     #[error("pinning map {map} under {path} failed")]
     Pin {
@@ -162,9 +220,16 @@ pub enum Takeover {
         /// The program that was running.
         previous_program: u32,
     },
-    /// A running lb with maps of another layout (`--force`): fresh maps,
-    /// the new program swapped in atomically.
+    /// A running lb with maps of another layout or size (`--force`):
+    /// fresh maps, the new program swapped in atomically.
     Replaced {
+        /// The program that was running.
+        previous_program: u32,
+    },
+    /// A running lb in another XDP mode (`--force`): its maps kept, the
+    /// program attached afresh in the mode asked for (forwarding pauses
+    /// between the old link's removal and the new attachment).
+    Reattached {
         /// The program that was running.
         previous_program: u32,
     },
@@ -178,49 +243,69 @@ pub struct Dataplane {
     options: AttachOptions,
     program_id: u32,
     takeover: Takeover,
+    link: Option<LinkGuard>,
     /// Held for as long as this controller manages the pin directory.
     _lock: fs::File,
+}
+
+/// What [`Dataplane::attach`] will do with what is pinned.
+struct Plan {
+    /// The program of the pinned link, if there is one.
+    previous: Option<u32>,
+    /// Unpin the maps first (another layout or size, with `--force`).
+    replace_maps: bool,
+    /// Attach afresh instead of swapping in (another XDP mode, `--force`).
+    reattach: bool,
 }
 
 impl Dataplane {
     /// Loads the embedded object with its maps pinned (reusing maps an
     /// earlier lb pinned) and attaches the balancer, or swaps it in on the
-    /// link an earlier lb pinned.
+    /// link an earlier lb pinned. What is pinned must be what was asked
+    /// (interface, mode, table size), or `--force` must say to apply it.
     pub fn attach(options: AttachOptions) -> Result<Self, DataplaneError> {
         let if_index = iface::index_of(&options.iface)
             .ok_or_else(|| DataplaneError::NoSuchInterface(options.iface.clone()))?;
         if !privileges::can_manage_xdp() {
             return Err(DataplaneError::NotPermitted);
         }
+        if options.max_flows > MAX_FLOWS {
+            return Err(DataplaneError::TableTooLarge(options.max_flows));
+        }
         let dir = options.pin_dir.clone();
         prepare_pin_dir(&dir)?;
         let lock = lock_pin_dir(&dir)?;
-        let replacing = check_layout(&dir, options.force)?;
-        if replacing {
+        let plan = plan(&dir, &options, if_index)?;
+        if plan.replace_maps {
             remove_pins(&dir);
         }
-        let mut ebpf = load(&options)?;
-        let program: &mut Xdp = balancer(&mut ebpf)?;
-        program.load().map_err(verify_error)?;
-        let program_id = program.info().map_err(verify_error)?.id();
-        let link_path = dir.join(LINK_PIN);
-        let takeover = if link_path.exists() {
-            let previous_program = swap_in(program, &link_path)?;
-            if replacing {
-                Takeover::Replaced { previous_program }
-            } else {
-                Takeover::Adopted { previous_program }
+        if plan.reattach {
+            // The old link goes with its last reference: the program stops
+            // until the new attachment below.
+            let _ = fs::remove_file(dir.join(LINK_PIN));
+        }
+        let had_maps = map_names::ALL.iter().any(|name| dir.join(name).exists());
+        let (ebpf, program_id, takeover) = match load_and_attach(&options, if_index, &plan) {
+            Ok(attached) => attached,
+            Err(error) => {
+                // Leave nothing behind that no program uses.
+                if !had_maps {
+                    remove_pins(&dir);
+                }
+                return Err(error);
             }
-        } else {
-            attach_fresh(program, if_index, &options, &link_path)?;
-            Takeover::Fresh
         };
         mark_layout(&dir)?;
+        let link = LinkGuard::open(&dir.join(LINK_PIN), if_index, program_id);
+        if let Err(error) = &link {
+            tracing::warn!("holding the link pinned under {}: {error}", dir.display());
+        }
         Ok(Self {
             ebpf,
             options,
             program_id,
             takeover,
+            link: link.ok(),
             _lock: lock,
         })
     }
@@ -232,7 +317,9 @@ impl Dataplane {
 
     /// Detaches the program and removes every pin: forwarding stops and
     /// the maps (flows, sessions) go.
-    pub fn detach(self) {
+    pub fn detach(mut self) {
+        // Our own reference would keep the program attached.
+        self.link = None;
         detach_pins(&self.options.pin_dir);
     }
 
@@ -249,6 +336,187 @@ impl Dataplane {
     /// The loaded object, for map access.
     pub fn ebpf_mut(&mut self) -> &mut Ebpf {
         &mut self.ebpf
+    }
+
+    /// The reference to the link, for the controller to watch.
+    pub fn take_link(&mut self) -> Option<LinkGuard> {
+        self.link.take()
+    }
+}
+
+/// Decides what to do with what is pinned under `dir`, refusing what does
+/// not match the options unless `--force` says to apply them.
+fn plan(dir: &Path, options: &AttachOptions, if_index: u32) -> Result<Plan, DataplaneError> {
+    let mut replace_maps = check_layout(dir, options.force)?;
+    let link_path = dir.join(LINK_PIN);
+    if !link_path.exists() {
+        return Ok(Plan {
+            previous: None,
+            replace_maps,
+            reattach: false,
+        });
+    }
+    let previous = pinned_program(&link_path)?;
+    let running = Netlink::open()
+        .and_then(|mut netlink| netlink.xdp(if_index))
+        .map_err(|source| DataplaneError::PinDir {
+            path: dir.to_owned(),
+            source,
+        })?;
+    if running.program_id != previous {
+        return Err(DataplaneError::ForeignLink {
+            dir: dir.to_owned(),
+            iface: options.iface.clone(),
+            program: previous,
+        });
+    }
+    let mismatch = |what, pinned: String, asked: String, consequence| {
+        Err(DataplaneError::Mismatch {
+            dir: dir.to_owned(),
+            what,
+            pinned,
+            asked,
+            consequence,
+        })
+    };
+    let reattach = running.mode != options.mode.name();
+    if reattach && !options.force {
+        return mismatch(
+            "--xdp-mode",
+            running.mode.to_owned(),
+            options.mode.name().to_owned(),
+            "forwarding pauses while the program is attached again; flows are kept",
+        );
+    }
+    let capacity = pinned_flow_capacity(dir);
+    if !replace_maps && capacity.is_some_and(|c| c != options.max_flows) {
+        if !options.force {
+            return mismatch(
+                "--max-flows",
+                capacity.unwrap_or_default().to_string(),
+                options.max_flows.to_string(),
+                "a new flow table: established connections are scheduled afresh",
+            );
+        }
+        replace_maps = true;
+    }
+    Ok(Plan {
+        previous: Some(previous),
+        replace_maps,
+        reattach,
+    })
+}
+
+/// The program of the link pinned at `path`.
+fn pinned_program(path: &Path) -> Result<u32, DataplaneError> {
+    let adopt_error = |source: Box<dyn std::error::Error + Send + Sync>| DataplaneError::Adopt {
+        path: path.to_owned(),
+        source,
+    };
+    let link: FdLink = PinnedLink::from_pin(path)
+        .map_err(|e| adopt_error(Box::new(e)))?
+        .into();
+    Ok(link
+        .info()
+        .map_err(|e| adopt_error(Box::new(e)))?
+        .program_id())
+}
+
+/// The capacity of the flow table pinned under `dir`, if there is one.
+fn pinned_flow_capacity(dir: &Path) -> Option<u32> {
+    let map = MapData::from_pin(dir.join(map_names::FLOWS)).ok()?;
+    Some(map.info().ok()?.max_entries())
+}
+
+/// Loads the object and attaches or swaps in its balancer as planned.
+fn load_and_attach(
+    options: &AttachOptions,
+    if_index: u32,
+    plan: &Plan,
+) -> Result<(Ebpf, u32, Takeover), DataplaneError> {
+    let mut ebpf = load(options)?;
+    let program: &mut Xdp = balancer(&mut ebpf)?;
+    program.load().map_err(verify_error)?;
+    let program_id = program.info().map_err(verify_error)?.id();
+    let link_path = options.pin_dir.join(LINK_PIN);
+    let takeover = match plan.previous {
+        Some(previous_program) if !plan.reattach => {
+            swap_in(program, &link_path)?;
+            if plan.replace_maps {
+                Takeover::Replaced { previous_program }
+            } else {
+                Takeover::Adopted { previous_program }
+            }
+        }
+        previous => {
+            attach_fresh(program, if_index, options, &link_path)?;
+            match previous {
+                None => Takeover::Fresh,
+                Some(previous_program) if plan.replace_maps => {
+                    Takeover::Replaced { previous_program }
+                }
+                Some(previous_program) => Takeover::Reattached { previous_program },
+            }
+        }
+    };
+    Ok((ebpf, program_id, takeover))
+}
+
+/// A reference to lb's pinned link, held by the controller: the program
+/// stays attached even if someone removes the pin, and [`LinkGuard::check`]
+/// notices that (and pins it again) or that the interface lost it.
+pub struct LinkGuard {
+    link: Option<FdLink>,
+    path: PathBuf,
+    if_index: u32,
+    program_id: u32,
+}
+
+/// What [`LinkGuard::check`] found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LinkCheck {
+    /// Pinned, and the interface runs lb's program.
+    Attached,
+    /// The pin had been removed; it is pinned again.
+    Repinned,
+    /// The interface no longer runs lb's program: why.
+    Lost(String),
+}
+
+impl LinkGuard {
+    fn open(path: &Path, if_index: u32, program_id: u32) -> Result<Self, LinkError> {
+        let link: FdLink = PinnedLink::from_pin(path)?.into();
+        Ok(Self {
+            link: Some(link),
+            path: path.to_owned(),
+            if_index,
+            program_id,
+        })
+    }
+
+    /// Checks that the link is pinned and that the interface still runs
+    /// lb's program; pins the link again if its pin was removed.
+    pub fn check(&mut self, netlink: &mut Netlink) -> LinkCheck {
+        let mut found = LinkCheck::Attached;
+        if !self.path.exists() {
+            if let Some(link) = self.link.take() {
+                match link.pin(&self.path) {
+                    Ok(pinned) => {
+                        self.link = Some(pinned.into());
+                        found = LinkCheck::Repinned;
+                    }
+                    Err(error) => {
+                        return LinkCheck::Lost(format!("its pin could not be restored: {error}"))
+                    }
+                }
+            }
+        }
+        match netlink.xdp(self.if_index) {
+            Ok(xdp) if xdp.program_id == self.program_id => found,
+            Ok(xdp) if xdp.program_id == 0 => LinkCheck::Lost("no XDP program runs".into()),
+            Ok(xdp) => LinkCheck::Lost(format!("XDP program {} runs instead", xdp.program_id)),
+            Err(error) => LinkCheck::Lost(format!("the interface can't be read: {error}")),
+        }
     }
 }
 
@@ -318,7 +586,7 @@ fn attach_fresh(
     };
     let id = program
         .attach_to_if_index(if_index, options.mode.xdp_mode())
-        .map_err(|e| attach_error(Box::new(e)))?;
+        .map_err(|e| busy(if_index, options).unwrap_or_else(|| attach_error(Box::new(e))))?;
     let link = program
         .take_link(id)
         .map_err(|e| attach_error(Box::new(e)))?;
@@ -329,6 +597,27 @@ fn attach_fresh(
         source,
     })?;
     Ok(())
+}
+
+/// The error for an interface that already runs an XDP program, if it
+/// does.
+fn busy(if_index: u32, options: &AttachOptions) -> Option<DataplaneError> {
+    let running = Netlink::open().ok()?.xdp(if_index).ok()?;
+    if running.program_id == 0 {
+        return None;
+    }
+    let name = aya::programs::loaded_programs()
+        .flatten()
+        .find(|p| p.id() == running.program_id)
+        .and_then(|p| p.name_as_str().map(str::to_owned))
+        .unwrap_or_else(|| "?".into());
+    Some(DataplaneError::Busy {
+        iface: options.iface.clone(),
+        name,
+        id: running.program_id,
+        mode: running.mode,
+        dir: options.pin_dir.clone(),
+    })
 }
 
 /// Whether the pinned maps must be replaced: false when there are none or
@@ -390,20 +679,57 @@ fn remove_pins(dir: &Path) {
 }
 
 /// Removes every pin of an instance: the link (which detaches the program
-/// once no process holds it) and the maps.
+/// once no process holds it), the maps and its lock file.
 pub fn detach_pins(dir: &Path) {
     remove_pins(dir);
     let _ = fs::remove_file(dir.join(LINK_PIN));
     let _ = fs::remove_dir(dir);
+    let _ = fs::remove_file(lock_path(dir));
 }
 
-/// Takes the pin directory's lock: one controller per instance.
+/// Whether anything of an instance is pinned under `dir`: a link, or maps
+/// a start that failed left.
+pub fn has_pins(dir: &Path) -> bool {
+    std::iter::once(LINK_PIN)
+        .chain(map_names::ALL.iter().copied())
+        .any(|name| dir.join(name).exists())
+}
+
+/// The lock file of pin directory `dir`: its path, escaped as systemd
+/// escapes unit names (`/sys/fs/bpf/lb` → `sys-fs-bpf-lb.lock`).
+fn lock_path(dir: &Path) -> PathBuf {
+    let text = dir.to_string_lossy();
+    let escaped: String = text
+        .trim_matches('/')
+        .chars()
+        .map(|c| match c {
+            '/' => "-".to_owned(),
+            c if c.is_ascii_alphanumeric() || c == '_' || c == '.' => c.to_string(),
+            c => format!("\\x{:02x}", u32::from(c) & 0xff),
+        })
+        .collect();
+    Path::new(LOCK_DIR).join(format!("{escaped}.lock"))
+}
+
+/// Takes the pin directory's lock: one controller per instance. The lock
+/// file lives in a root-only directory, so no other user can hold it.
 fn lock_pin_dir(dir: &Path) -> Result<fs::File, DataplaneError> {
-    use std::os::fd::AsRawFd as _;
-    let file = fs::File::open(dir).map_err(|source| DataplaneError::PinDir {
-        path: dir.to_owned(),
+    use std::os::{fd::AsRawFd as _, unix::fs::OpenOptionsExt as _};
+    let lock_dir = Path::new(LOCK_DIR);
+    let lock_error = |source| DataplaneError::PinDir {
+        path: lock_dir.to_owned(),
         source,
-    })?;
+    };
+    private_dir(lock_dir).map_err(lock_error)?;
+    check_private(lock_dir)?;
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(lock_path(dir))
+        .map_err(lock_error)?;
     // SAFETY: flock on a descriptor we own.
     if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
         return Err(DataplaneError::PinDirInUse(dir.to_owned()));
@@ -413,10 +739,57 @@ fn lock_pin_dir(dir: &Path) -> Result<fs::File, DataplaneError> {
 
 /// Whether a controller holds the pin directory's lock.
 pub fn pin_dir_locked(dir: &Path) -> bool {
-    lock_pin_dir(dir).is_err()
+    use std::os::fd::AsRawFd as _;
+    let Ok(file) = fs::File::open(lock_path(dir)) else {
+        return false;
+    };
+    // SAFETY: flock on a descriptor we own; the lock goes with the file.
+    unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) != 0 }
 }
 
-/// Creates the pin directory (mounting the BPF filesystem if needed).
+/// Creates `dir` and its missing parents, each readable by root alone.
+fn private_dir(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
+/// Refuses a directory that another user owns or may write: they could
+/// remove or replace what lb keeps there.
+pub fn check_private(dir: &Path) -> Result<(), DataplaneError> {
+    use std::os::unix::fs::MetadataExt as _;
+    let unsafe_dir = |problem: String| DataplaneError::Unsafe {
+        path: dir.to_owned(),
+        problem,
+    };
+    let meta = fs::symlink_metadata(dir).map_err(|source| DataplaneError::PinDir {
+        path: dir.to_owned(),
+        source,
+    })?;
+    if meta.file_type().is_symlink() {
+        return Err(unsafe_dir("is a symbolic link".into()));
+    }
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    if meta.uid() != me {
+        return Err(unsafe_dir(format!(
+            "belongs to uid {}, not to lb's uid {me}",
+            meta.uid()
+        )));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(unsafe_dir(format!(
+            "may be written by other users (mode {:o})",
+            meta.mode() & 0o7777
+        )));
+    }
+    Ok(())
+}
+
+/// Creates the pin directory, readable by root alone (mounting the BPF
+/// filesystem if needed), and refuses one another user could tamper with.
 fn prepare_pin_dir(dir: &Path) -> Result<(), DataplaneError> {
     let pin_dir_error = |source| DataplaneError::PinDir {
         path: dir.to_owned(),
@@ -425,28 +798,29 @@ fn prepare_pin_dir(dir: &Path) -> Result<(), DataplaneError> {
     if dir.starts_with(BPFFS_MOUNT) {
         mount_bpffs().map_err(pin_dir_error)?;
     }
-    fs::create_dir_all(dir).map_err(pin_dir_error)?;
+    private_dir(dir).map_err(pin_dir_error)?;
     if !on_bpffs(dir).map_err(pin_dir_error)? {
         return Err(DataplaneError::NotBpffs(dir.to_owned()));
     }
-    Ok(())
+    check_private(dir)
 }
 
 /// Mounts a BPF filesystem on /sys/fs/bpf unless one is there already, as
-/// systemd does on most distributions.
+/// systemd does on most distributions: root's alone (bpffs's own default is
+/// 1777, which lets any user create directories lb would then use).
 fn mount_bpffs() -> io::Result<()> {
     if on_bpffs(Path::new(BPFFS_MOUNT))? {
         return Ok(());
     }
-    let (source, target, fstype) = (c"bpf", c"/sys/fs/bpf", c"bpf");
-    // SAFETY: all arguments are NUL-terminated strings; no data argument.
+    let (source, target, fstype, data) = (c"bpf", c"/sys/fs/bpf", c"bpf", c"mode=0700");
+    // SAFETY: all arguments are NUL-terminated strings.
     let rc = unsafe {
         libc::mount(
             source.as_ptr(),
             target.as_ptr(),
             fstype.as_ptr(),
             0,
-            std::ptr::null(),
+            data.as_ptr().cast(),
         )
     };
     if rc != 0 {

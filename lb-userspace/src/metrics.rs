@@ -343,6 +343,19 @@ fn tables(registry: &mut Registry, snapshot: &MetricsSnapshot) {
         "Sticky sessions at the last expiry pass",
         snapshot.occupancy.sessions as f64,
     );
+    gauge(
+        registry,
+        "lb_program_attached",
+        "1 while lb's program runs on its interface, 0 once it was lost",
+        f64::from(u8::from(snapshot.attachment.lost.is_none())),
+    );
+    let repins: Counter = Counter::default();
+    repins.inc_by(snapshot.attachment.repins);
+    registry.register(
+        "lb_link_repins",
+        "Times the link's pin was found removed and pinned again",
+        repins,
+    );
 }
 
 /// The program's run time, when `kernel.bpf_stats_enabled` is on.

@@ -76,7 +76,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         load_listen: args.load_listen.map(|a| a.to_string()),
     };
     let state_file = Some(args.state_file.clone());
-    let controller = Controller::start(desired, maps, instance, state_file)?;
+    let link = dataplane.take_link();
+    let controller = Controller::start(desired, maps, instance, state_file, link)?;
     let controller = Arc::new(Mutex::new(controller));
     let listener = bind_socket(&args.socket)?;
     let signals = StopSignals::install()?;
@@ -127,7 +128,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 /// `lb detach`: removes a stopped instance's link and pins.
 pub fn detach(args: &crate::cli::DetachArgs) -> anyhow::Result<()> {
     let dir = &args.pin_dir;
-    if !dir.join(crate::dataplane::LINK_PIN).exists() {
+    if !crate::dataplane::has_pins(dir) {
         bail!(
             "no lb instance is pinned under {}; `ls /sys/fs/bpf` shows what is",
             dir.display()
@@ -173,7 +174,10 @@ fn takeover_line(takeover: Takeover, state_file: &Path) -> String {
             "lb: adopted the running data plane: program {previous_program} replaced atomically on its link; maps, flows and sessions kept; state from {state}"
         ),
         Takeover::Replaced { previous_program } => format!(
-            "lb: replaced the running data plane of another layout (--force): program {previous_program} replaced atomically; fresh maps (flows and sessions lost); state from {state}"
+            "lb: replaced the running data plane of another layout or flow-table size (--force): program {previous_program} replaced; fresh maps (flows and sessions lost); state from {state}"
+        ),
+        Takeover::Reattached { previous_program } => format!(
+            "lb: attached again in the XDP mode asked for (--force): program {previous_program} replaced after a short pause; maps, flows and sessions kept; state from {state}"
         ),
     }
 }

@@ -92,6 +92,15 @@ fn ask_from_fixed_port(client: &Host, vip: IpAddr) -> Option<String> {
         .map(role_of)
 }
 
+/// Waits until the VIP answers: fresh namespaces take a moment to settle
+/// IPv6 (link-local addresses go through duplicate address detection), and
+/// a first query could time out for reasons that are not lb's.
+fn wait_for_answers(client: &Host, vip: IpAddr) {
+    wait_until(Duration::from_secs(10), "answering", || {
+        ask(client, vip, 1).1 == 0
+    });
+}
+
 fn backend_rows(rig: &Rig) -> Vec<serde_json::Value> {
     let out = rig.lb.cli_ok(&["backend", "list", "-o", "json"]).unwrap();
     serde_json::from_str(&out).unwrap()
@@ -114,6 +123,7 @@ fn default_checks_route_around_a_stopped_service_and_a_dead_host() {
     let vips: Vec<serde_json::Value> =
         serde_json::from_str(&rig.lb.cli_ok(&["vip", "list", "-o", "json"]).unwrap()).unwrap();
     assert_eq!(vips[0]["health"], "udp", "UDP VIPs are checked by default");
+    wait_for_answers(&rig.client, VIP4.into());
     let (spread, failed) = ask(&rig.client, VIP4.into(), 60);
     assert_eq!((failed, spread.len()), (0, 3), "all healthy: {spread:?}");
 
@@ -222,6 +232,7 @@ fn a_flow_idle_past_its_vips_timeout_is_scheduled_afresh() {
 fn a_worker_that_never_resolves_is_unreachable_and_loses_nothing() {
     let (rig, _servers) = rig(2);
     rig.add_vip_with_workers(VIP_V6, &[]).unwrap();
+    wait_for_answers(&rig.client, IpAddr::V6(VIP6));
     let typo = "2001:db8::99";
     rig.lb.cli_ok(&["backend", "add", VIP_V6, typo]).unwrap();
     let row = backend_rows(&rig)

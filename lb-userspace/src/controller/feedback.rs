@@ -152,6 +152,7 @@ impl Controller {
             }
         }
         self.refresh_neighbours();
+        self.check_link();
     }
 
     /// Records how many sticky sessions the table holds.

@@ -32,6 +32,8 @@ pub struct MetricsSnapshot {
     pub max_flows: u32,
     /// Durations of every health check so far.
     pub check_latency: prometheus_client::metrics::histogram::Histogram,
+    /// Whether the program still runs, and how often its pin was restored.
+    pub attachment: super::Attachment,
 }
 
 impl Controller {
@@ -45,6 +47,7 @@ impl Controller {
             program_id: self.instance.program_id,
             max_flows: self.instance.max_flows,
             check_latency: self.check_latency.clone(),
+            attachment: self.attachment.clone(),
         }
     }
 
@@ -168,6 +171,8 @@ impl Controller {
             iface: self.instance.iface.clone(),
             xdp_mode: self.instance.xdp_mode.clone(),
             program_id: self.instance.program_id,
+            attached: self.attachment.lost.is_none(),
+            detached_because: self.attachment.lost.clone(),
             pin_dir: self.instance.pin_dir.display().to_string(),
             max_flows: self.instance.max_flows,
             hash_seed: self.desired.hash_seed,
