@@ -116,9 +116,22 @@ impl FileConfig {
         Self::parse(&text).with_context(|| format!("config file {}", path.display()))
     }
 
-    /// Parses configuration text.
+    /// Parses configuration text. TOML's own errors quote the line and
+    /// underline the spot over several lines; lb's errors are one line, so
+    /// this keeps where and what.
     pub fn parse(text: &str) -> anyhow::Result<Self> {
-        Ok(toml::from_str(text)?)
+        toml::from_str(text).map_err(|error| {
+            let message = error.message().trim();
+            match error.span() {
+                Some(span) => {
+                    let before = &text[..span.start];
+                    let line = before.matches('\n').count() + 1;
+                    let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+                    anyhow::anyhow!("line {line}, column {column}: {message}")
+                }
+                None => anyhow::anyhow!("{message}"),
+            }
+        })
     }
 
     /// The desired state this configuration describes, validated whole.
@@ -182,6 +195,38 @@ mod tests {
     }
 
     #[test]
+    fn udp_and_dns_check_keys_parse() {
+        let config = FileConfig::parse(
+            r#"
+            [[vip]]
+            address = "192.0.2.100:5353/udp"
+            health = { check = "udp", payload = "hex:0001", expect = "pong" }
+            [[vip]]
+            address = "192.0.2.100:53/udp"
+            health = { check = "dns", dns_name = "health.example.com", dns_type = "txt", dns_rcode = "NXDOMAIN" }
+            [[vip]]
+            address = "192.0.2.101:53/udp"
+            "#,
+        )
+        .unwrap();
+        let desired = config.desired().unwrap();
+        let health = |vip: &str| desired.vips()[&vip.parse().unwrap()].options.health.clone();
+        let udp = health("192.0.2.100:5353/udp");
+        assert_eq!(udp.payload.unwrap().as_bytes(), [0, 1]);
+        assert_eq!(udp.expect.unwrap().as_bytes(), b"pong");
+        let dns = health("192.0.2.100:53/udp");
+        assert_eq!(dns.dns_name.unwrap().to_string(), "health.example.com.");
+        assert_eq!(dns.dns_type.unwrap().to_string(), "TXT");
+        assert_eq!(dns.dns_rcode.unwrap().to_string(), "NXDOMAIN");
+        let vip = "192.0.2.101:53/udp".parse().unwrap();
+        assert_eq!(
+            health("192.0.2.101:53/udp").kind_for(&vip),
+            crate::options::CheckKind::Udp,
+            "UDP VIPs are udp-checked by default"
+        );
+    }
+
+    #[test]
     fn bad_files_say_what_is_wrong() {
         let cases = [
             ("[[vip]]\naddress = \"192.0.2.100:80\"", "no protocol"),
@@ -190,7 +235,13 @@ mod tests {
             ("[[vip]]\naddress = \"192.0.2.100:80/tcp\"\ntable_size = 100", "must be a prime"),
             ("vips = []", "unknown field"),
             ("[[vip]]\naddress = \"192.0.2.100:80/tcp\"\nsticky = \"5 minutes\"", "unit"),
-            ("[[vip]]\naddress = \"192.0.2.100:80/tcp\"\nhealth = { check = \"ping\" }", "unknown variant"),
+            ("[[vip]]\naddress = \"192.0.2.100:80/tcp\"\nhealth = { check = \"ping\" }", "line 3, column 20: unknown variant `ping`, expected one of `tcp`, `http`, `udp`, `dns`, `none`"),
+            ("[[vip]]\naddress = \"192.0.2.100:53/udp\"\nhealth = { check = \"dns\" }", "needs --health-dns-name"),
+            ("[[vip]]\naddress = \"192.0.2.100:53/udp\"\nhealth = { check = \"dns\", dns_name = \"a b\" }", "is not a DNS name"),
+            ("[[vip]]\naddress = \"192.0.2.100:53/udp\"\nhealth = { check = \"dns\", dns_name = \"x\", dns_type = \"B\" }", "unknown DNS type"),
+            ("[[vip]]\naddress = \"192.0.2.100:53/udp\"\nhealth = { check = \"dns\", dns_name = \"x\", dns_rcode = \"OK\" }", "unknown DNS rcode"),
+            ("[[vip]]\naddress = \"192.0.2.100:53/udp\"\nhealth = { payload = \"hex:0g\" }", "hex: takes the digits"),
+            ("[[vip]]\naddress = \"192.0.2.100:80/tcp\"\nhealth = { expect = \"ok\" }", "applies to udp health checks only"),
             ("[[vip]]\naddress = \"192.0.2.100:80/tcp\"\nsticky_prefix = 40", "too long"),
         ];
         for (text, reason) in cases {
@@ -198,7 +249,9 @@ mod tests {
                 .and_then(|c| c.desired())
                 .map(drop)
                 .unwrap_err();
-            assert!(format!("{error:#}").contains(reason), "{text}: {error:#}");
+            let error = format!("{error:#}");
+            assert!(error.contains(reason), "{text}: {error}");
+            assert!(!error.contains('\n'), "one line: {error}");
         }
     }
 }
