@@ -327,6 +327,10 @@ pub struct VipOptionArgs {
     /// Key sessions by this client prefix length (e.g. 24 or 64).
     #[arg(long)]
     pub sticky_prefix: Option<u8>,
+    /// A flow idle for longer is scheduled afresh at its next packet
+    /// (2s to 168h; default 300s for TCP, 60s for UDP).
+    #[arg(long, value_parser = duration)]
+    pub idle_timeout: Option<Duration>,
     /// Health check: tcp (default for TCP VIPs), http, udp (default for
     /// UDP VIPs), dns, or none.
     #[arg(long, value_enum)]
@@ -388,6 +392,7 @@ impl From<VipOptionArgs> for VipOptions {
             scheduler: args.scheduler,
             sticky: args.sticky,
             sticky_prefix: args.sticky_prefix,
+            idle_timeout: args.idle_timeout,
             health: HealthOptions {
                 check: args.health,
                 path: args.health_path,

@@ -9,6 +9,7 @@
 //! scheduler = "least-load"           # or "maglev" (default)
 //! sticky = "300s"                    # optional sticky sessions
 //! sticky_prefix = 24                 # optional, default the whole address
+//! idle_timeout = "10m"               # optional, default 300s for TCP, 60s for UDP
 //! health = { check = "http", path = "/healthz", interval = "1s", timeout = "500ms", rise = 2, fall = 2 }
 //! load = { signal = "reported", probe = "/load", ttl = "10s" }
 //! backends = [
@@ -58,6 +59,9 @@ pub struct VipConfig {
     pub sticky: Option<std::time::Duration>,
     /// Client prefix length of sessions and pins.
     pub sticky_prefix: Option<u8>,
+    /// How long a flow may idle before it is scheduled afresh.
+    #[serde(default, with = "crate::duration::serde_str_opt")]
+    pub idle_timeout: Option<std::time::Duration>,
     /// Health checks.
     #[serde(default)]
     pub health: HealthOptions,
@@ -79,6 +83,7 @@ impl VipConfig {
             scheduler: self.scheduler,
             sticky: self.sticky,
             sticky_prefix: self.sticky_prefix,
+            idle_timeout: self.idle_timeout,
             health: self.health.clone(),
             load: self.load.clone(),
         }
@@ -173,6 +178,7 @@ mod tests {
             scheduler = "least-load"
             sticky = "5m"
             sticky_prefix = 64
+            idle_timeout = "20s"
             health = { check = "tcp", port = 80, interval = "2s", timeout = "1s", rise = 3, fall = 1 }
             load = { signal = "flows", ttl = "30s" }
             backends = [{ address = "2001:db8::11", drain = true }, { address = "2001:db8::12" }]
@@ -187,6 +193,10 @@ mod tests {
         assert_eq!(v6.options.sticky, Some(std::time::Duration::from_secs(300)));
         assert_eq!(v6.options.health.rise, 3);
         assert!(v6.workers[&"2001:db8::11".parse::<IpAddr>().unwrap()].drain);
+        assert_eq!(
+            v6.options.idle_timeout,
+            Some(std::time::Duration::from_secs(20))
+        );
         assert_eq!(
             v6.pins.keys().next().unwrap(),
             &"2001:db8:1:2::".parse::<IpAddr>().unwrap(),
@@ -242,6 +252,7 @@ mod tests {
             ("[[vip]]\naddress = \"192.0.2.100:53/udp\"\nhealth = { check = \"dns\", dns_name = \"x\", dns_rcode = \"OK\" }", "unknown DNS rcode"),
             ("[[vip]]\naddress = \"192.0.2.100:53/udp\"\nhealth = { payload = \"hex:0g\" }", "hex: takes the digits"),
             ("[[vip]]\naddress = \"192.0.2.100:80/tcp\"\nhealth = { expect = \"ok\" }", "applies to udp health checks only"),
+            ("[[vip]]\naddress = \"192.0.2.100:80/tcp\"\nidle_timeout = \"1s\"", "use 2s to 168h"),
             ("[[vip]]\naddress = \"192.0.2.100:80/tcp\"\nsticky_prefix = 40", "too long"),
         ];
         for (text, reason) in cases {

@@ -14,6 +14,18 @@ use crate::{
     service::{Protocol, Vip},
 };
 
+/// How long an idle TCP flow keeps its worker unless the VIP says
+/// otherwise.
+pub const TCP_IDLE_DEFAULT: Duration = Duration::from_secs(300);
+/// How long an idle UDP flow keeps its worker unless the VIP says
+/// otherwise.
+pub const UDP_IDLE_DEFAULT: Duration = Duration::from_secs(60);
+/// The shortest idle timeout: the data plane refreshes a flow's last-seen
+/// time about once a second, so a shorter timeout would expire busy flows.
+const MIN_IDLE: Duration = Duration::from_secs(2);
+/// The longest idle timeout.
+const MAX_IDLE: Duration = Duration::from_secs(7 * 24 * 3600);
+
 /// A VIP setting the controller refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum OptionsError {
@@ -73,6 +85,9 @@ pub enum OptionsError {
         /// The kind in force.
         kind: CheckKind,
     },
+    /// Idle timeout out of range.
+    #[error("idle timeout {0} is out of range: use 2s to 168h")]
+    IdleTimeout(String),
     /// Load TTL out of range.
     #[error("load TTL {0} is out of range: use 1s to 1h")]
     LoadTtl(String),
@@ -229,6 +244,10 @@ pub struct VipOptions {
     /// Client prefix length sessions and pins are keyed by (default: the
     /// whole address).
     pub sticky_prefix: Option<u8>,
+    /// How long a flow may carry no packet before its next one is
+    /// scheduled afresh; the protocol's default when absent.
+    #[serde(with = "duration::serde_str_opt")]
+    pub idle_timeout: Option<Duration>,
     /// Health checks.
     pub health: HealthOptions,
     /// Load signal.
@@ -253,6 +272,11 @@ impl VipOptions {
                 return Err(OptionsError::StickyTtl(duration::format(ttl)));
             }
         }
+        if let Some(idle) = self.idle_timeout {
+            if idle < MIN_IDLE || idle > MAX_IDLE {
+                return Err(OptionsError::IdleTimeout(duration::format(idle)));
+            }
+        }
         let load_ttl = self.load.ttl;
         if load_ttl < Duration::from_secs(1) || load_ttl > Duration::from_secs(3600) {
             return Err(OptionsError::LoadTtl(duration::format(load_ttl)));
@@ -264,6 +288,14 @@ impl VipOptions {
             }
         }
         self.health.validate(vip)
+    }
+
+    /// The idle timeout in force for `vip`.
+    pub fn idle_timeout_for(&self, vip: &Vip) -> Duration {
+        self.idle_timeout.unwrap_or(match vip.proto {
+            Protocol::Tcp => TCP_IDLE_DEFAULT,
+            Protocol::Udp => UDP_IDLE_DEFAULT,
+        })
     }
 
     /// The sticky prefix in force for `vip`'s family.
@@ -429,6 +461,20 @@ mod tests {
             }),
             "an empty datagram, any answer or silence passes"
         );
+        assert_eq!(
+            options.idle_timeout_for(&vip("192.0.2.100:80/tcp")),
+            Duration::from_secs(300)
+        );
+        assert_eq!(
+            options.idle_timeout_for(&vip("192.0.2.100:53/udp")),
+            Duration::from_secs(60)
+        );
+    }
+
+    #[test]
+    fn idle_defaults_are_the_flow_scans() {
+        assert_eq!(TCP_IDLE_DEFAULT, crate::activity::TCP_IDLE);
+        assert_eq!(UDP_IDLE_DEFAULT, crate::activity::UDP_IDLE);
     }
 
     fn health(edit: impl FnOnce(&mut HealthOptions)) -> VipOptions {
@@ -466,7 +512,7 @@ mod tests {
     fn bad_udp_and_dns_settings_say_what_is_wrong() {
         let udp = vip("192.0.2.100:53/udp");
         let tcp = vip("192.0.2.100:80/tcp");
-        let cases: [(VipOptions, &Vip, &str); 5] = [
+        let cases: [(VipOptions, &Vip, &str); 6] = [
             (
                 health(|h| h.check = Some(CheckKind::Dns)),
                 &udp,
@@ -496,12 +542,30 @@ mod tests {
                 &tcp,
                 "is a TCP service: a udp or dns health check needs --health-port",
             ),
+            (
+                VipOptions {
+                    idle_timeout: Some(Duration::from_secs(1)),
+                    ..Default::default()
+                },
+                &tcp,
+                "idle timeout 1s is out of range: use 2s to 168h",
+            ),
         ];
         for (options, vip, reason) in cases {
             let error = options.validate(vip).unwrap_err().to_string();
             assert!(error.contains(reason), "{error}");
             assert!(!error.contains('\n'), "one line: {error}");
         }
+        let week = VipOptions {
+            idle_timeout: Some(MAX_IDLE),
+            ..Default::default()
+        };
+        week.validate(&tcp).unwrap();
+        let longer = VipOptions {
+            idle_timeout: Some(MAX_IDLE + Duration::from_secs(1)),
+            ..Default::default()
+        };
+        assert!(longer.validate(&tcp).is_err());
     }
 
     #[test]
