@@ -176,6 +176,8 @@ pub struct VipRow {
     pub sticky_prefix: u8,
     /// Health check in force.
     pub health: CheckKind,
+    /// Idle timeout in force, in its shortest form ("5m").
+    pub idle_timeout: String,
 }
 
 /// Where a worker stands.

@@ -5,7 +5,9 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::{
+    datagram::Datagram,
     dataplane::{AttachMode, DEFAULT_MAX_FLOWS},
+    dns::{DnsName, DnsRcode, DnsType},
     duration::parse_clap as duration,
     options::{CheckKind, HealthOptions, LoadOptions, LoadSignal, Scheduler, VipOptions},
 };
@@ -325,8 +327,12 @@ pub struct VipOptionArgs {
     /// Key sessions by this client prefix length (e.g. 24 or 64).
     #[arg(long)]
     pub sticky_prefix: Option<u8>,
-    /// Health check: tcp (default for TCP VIPs), http, or none (default
-    /// for UDP VIPs).
+    /// A flow idle for longer is scheduled afresh at its next packet
+    /// (2s to 168h; default 300s for TCP, 60s for UDP).
+    #[arg(long, value_parser = duration)]
+    pub idle_timeout: Option<Duration>,
+    /// Health check: tcp (default for TCP VIPs), http, udp (default for
+    /// UDP VIPs), dns, or none.
     #[arg(long, value_enum)]
     pub health: Option<CheckKind>,
     /// Path of the http check.
@@ -347,6 +353,25 @@ pub struct VipOptionArgs {
     /// Failed checks in a row that take a worker down.
     #[arg(long, default_value_t = 2)]
     pub fall: u32,
+    /// What the udp check sends (default: an empty datagram): text, or
+    /// hex: and hex digits.
+    #[arg(long, value_name = "TEXT")]
+    pub health_payload: Option<Datagram>,
+    /// The udp check passes only on a reply that starts with this (text,
+    /// or hex: and hex digits); without it, any reply or silence passes.
+    #[arg(long, value_name = "TEXT")]
+    pub health_expect: Option<Datagram>,
+    /// The name the dns check asks for (required with --health dns).
+    #[arg(long, value_name = "NAME")]
+    pub health_dns_name: Option<DnsName>,
+    /// The record type the dns check asks for: A (default), AAAA, TXT,
+    /// SOA, NS, …
+    #[arg(long, value_name = "TYPE")]
+    pub health_dns_type: Option<DnsType>,
+    /// The response code that passes the dns check: NOERROR (default),
+    /// NXDOMAIN, …
+    #[arg(long, value_name = "RCODE")]
+    pub health_dns_rcode: Option<DnsRcode>,
     /// Load figure of the least-load scheduler: reported, or the worker's
     /// active flows per weight.
     #[arg(long, value_enum, default_value_t = LoadSignal::Reported)]
@@ -367,6 +392,7 @@ impl From<VipOptionArgs> for VipOptions {
             scheduler: args.scheduler,
             sticky: args.sticky,
             sticky_prefix: args.sticky_prefix,
+            idle_timeout: args.idle_timeout,
             health: HealthOptions {
                 check: args.health,
                 path: args.health_path,
@@ -375,6 +401,11 @@ impl From<VipOptionArgs> for VipOptions {
                 timeout: args.health_timeout,
                 rise: args.rise,
                 fall: args.fall,
+                payload: args.health_payload,
+                expect: args.health_expect,
+                dns_name: args.health_dns_name,
+                dns_type: args.health_dns_type,
+                dns_rcode: args.health_dns_rcode,
             },
             load: LoadOptions {
                 signal: args.load_signal,

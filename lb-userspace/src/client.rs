@@ -55,6 +55,7 @@ pub fn vip_command(command: VipCommand) -> anyhow::Result<()> {
                     "SCHEDULER",
                     "STICKY",
                     "HEALTH",
+                    "IDLE",
                 ],
                 |r| {
                     vec![
@@ -68,6 +69,7 @@ pub fn vip_command(command: VipCommand) -> anyhow::Result<()> {
                             .as_ref()
                             .map_or_else(|| "-".into(), |t| format!("{t} /{}", r.sticky_prefix)),
                         json_word(&r.health),
+                        r.idle_timeout.clone(),
                     ]
                 },
             )

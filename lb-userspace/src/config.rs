@@ -9,6 +9,7 @@
 //! scheduler = "least-load"           # or "maglev" (default)
 //! sticky = "300s"                    # optional sticky sessions
 //! sticky_prefix = 24                 # optional, default the whole address
+//! idle_timeout = "10m"               # optional, default 300s for TCP, 60s for UDP
 //! health = { check = "http", path = "/healthz", interval = "1s", timeout = "500ms", rise = 2, fall = 2 }
 //! load = { signal = "reported", probe = "/load", ttl = "10s" }
 //! backends = [
@@ -58,6 +59,9 @@ pub struct VipConfig {
     pub sticky: Option<std::time::Duration>,
     /// Client prefix length of sessions and pins.
     pub sticky_prefix: Option<u8>,
+    /// How long a flow may idle before it is scheduled afresh.
+    #[serde(default, with = "crate::duration::serde_str_opt")]
+    pub idle_timeout: Option<std::time::Duration>,
     /// Health checks.
     #[serde(default)]
     pub health: HealthOptions,
@@ -79,6 +83,7 @@ impl VipConfig {
             scheduler: self.scheduler,
             sticky: self.sticky,
             sticky_prefix: self.sticky_prefix,
+            idle_timeout: self.idle_timeout,
             health: self.health.clone(),
             load: self.load.clone(),
         }
@@ -116,9 +121,22 @@ impl FileConfig {
         Self::parse(&text).with_context(|| format!("config file {}", path.display()))
     }
 
-    /// Parses configuration text.
+    /// Parses configuration text. TOML's own errors quote the line and
+    /// underline the spot over several lines; lb's errors are one line, so
+    /// this keeps where and what.
     pub fn parse(text: &str) -> anyhow::Result<Self> {
-        Ok(toml::from_str(text)?)
+        toml::from_str(text).map_err(|error| {
+            let message = error.message().trim();
+            match error.span() {
+                Some(span) => {
+                    let before = &text[..span.start];
+                    let line = before.matches('\n').count() + 1;
+                    let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+                    anyhow::anyhow!("line {line}, column {column}: {message}")
+                }
+                None => anyhow::anyhow!("{message}"),
+            }
+        })
     }
 
     /// The desired state this configuration describes, validated whole.
@@ -160,6 +178,7 @@ mod tests {
             scheduler = "least-load"
             sticky = "5m"
             sticky_prefix = 64
+            idle_timeout = "20s"
             health = { check = "tcp", port = 80, interval = "2s", timeout = "1s", rise = 3, fall = 1 }
             load = { signal = "flows", ttl = "30s" }
             backends = [{ address = "2001:db8::11", drain = true }, { address = "2001:db8::12" }]
@@ -175,9 +194,45 @@ mod tests {
         assert_eq!(v6.options.health.rise, 3);
         assert!(v6.workers[&"2001:db8::11".parse::<IpAddr>().unwrap()].drain);
         assert_eq!(
+            v6.options.idle_timeout,
+            Some(std::time::Duration::from_secs(20))
+        );
+        assert_eq!(
             v6.pins.keys().next().unwrap(),
             &"2001:db8:1:2::".parse::<IpAddr>().unwrap(),
             "pins are keyed by the sticky prefix"
+        );
+    }
+
+    #[test]
+    fn udp_and_dns_check_keys_parse() {
+        let config = FileConfig::parse(
+            r#"
+            [[vip]]
+            address = "192.0.2.100:5353/udp"
+            health = { check = "udp", payload = "hex:0001", expect = "pong" }
+            [[vip]]
+            address = "192.0.2.100:53/udp"
+            health = { check = "dns", dns_name = "health.example.com", dns_type = "txt", dns_rcode = "NXDOMAIN" }
+            [[vip]]
+            address = "192.0.2.101:53/udp"
+            "#,
+        )
+        .unwrap();
+        let desired = config.desired().unwrap();
+        let health = |vip: &str| desired.vips()[&vip.parse().unwrap()].options.health.clone();
+        let udp = health("192.0.2.100:5353/udp");
+        assert_eq!(udp.payload.unwrap().as_bytes(), [0, 1]);
+        assert_eq!(udp.expect.unwrap().as_bytes(), b"pong");
+        let dns = health("192.0.2.100:53/udp");
+        assert_eq!(dns.dns_name.unwrap().to_string(), "health.example.com.");
+        assert_eq!(dns.dns_type.unwrap().to_string(), "TXT");
+        assert_eq!(dns.dns_rcode.unwrap().to_string(), "NXDOMAIN");
+        let vip = "192.0.2.101:53/udp".parse().unwrap();
+        assert_eq!(
+            health("192.0.2.101:53/udp").kind_for(&vip),
+            crate::options::CheckKind::Udp,
+            "UDP VIPs are udp-checked by default"
         );
     }
 
@@ -190,7 +245,14 @@ mod tests {
             ("[[vip]]\naddress = \"192.0.2.100:80/tcp\"\ntable_size = 100", "must be a prime"),
             ("vips = []", "unknown field"),
             ("[[vip]]\naddress = \"192.0.2.100:80/tcp\"\nsticky = \"5 minutes\"", "unit"),
-            ("[[vip]]\naddress = \"192.0.2.100:80/tcp\"\nhealth = { check = \"ping\" }", "unknown variant"),
+            ("[[vip]]\naddress = \"192.0.2.100:80/tcp\"\nhealth = { check = \"ping\" }", "line 3, column 20: unknown variant `ping`, expected one of `tcp`, `http`, `udp`, `dns`, `none`"),
+            ("[[vip]]\naddress = \"192.0.2.100:53/udp\"\nhealth = { check = \"dns\" }", "needs --health-dns-name"),
+            ("[[vip]]\naddress = \"192.0.2.100:53/udp\"\nhealth = { check = \"dns\", dns_name = \"a b\" }", "is not a DNS name"),
+            ("[[vip]]\naddress = \"192.0.2.100:53/udp\"\nhealth = { check = \"dns\", dns_name = \"x\", dns_type = \"B\" }", "unknown DNS type"),
+            ("[[vip]]\naddress = \"192.0.2.100:53/udp\"\nhealth = { check = \"dns\", dns_name = \"x\", dns_rcode = \"OK\" }", "unknown DNS rcode"),
+            ("[[vip]]\naddress = \"192.0.2.100:53/udp\"\nhealth = { payload = \"hex:0g\" }", "hex: takes the digits"),
+            ("[[vip]]\naddress = \"192.0.2.100:80/tcp\"\nhealth = { expect = \"ok\" }", "applies to udp health checks only"),
+            ("[[vip]]\naddress = \"192.0.2.100:80/tcp\"\nidle_timeout = \"1s\"", "use 2s to 168h"),
             ("[[vip]]\naddress = \"192.0.2.100:80/tcp\"\nsticky_prefix = 40", "too long"),
         ];
         for (text, reason) in cases {
@@ -198,7 +260,9 @@ mod tests {
                 .and_then(|c| c.desired())
                 .map(drop)
                 .unwrap_err();
-            assert!(format!("{error:#}").contains(reason), "{text}: {error:#}");
+            let error = format!("{error:#}");
+            assert!(error.contains(reason), "{text}: {error}");
+            assert!(!error.contains('\n'), "one line: {error}");
         }
     }
 }

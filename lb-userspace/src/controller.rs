@@ -617,20 +617,24 @@ impl Controller {
             .flat_map(|(vip, state)| {
                 let options = &state.options;
                 let kind = options.health.kind_for(vip);
+                // The desired state holds validated options only, so every
+                // VIP's check builds.
+                let check = options.health.check_for(vip).ok();
                 state
                     .workers
                     .iter()
                     .filter(move |_| kind != CheckKind::None || options.load.probe.is_some())
-                    .map(move |(addr, worker)| health::Target {
-                        vip: *vip,
-                        worker: *addr,
-                        id: worker.id,
-                        kind,
-                        port: options.health.port.unwrap_or(vip.port),
-                        path: options.health.path.clone(),
-                        interval: options.health.interval,
-                        timeout: options.health.timeout,
-                        load_probe: options.load.probe.clone(),
+                    .filter_map(move |(addr, worker)| {
+                        Some(health::Target {
+                            vip: *vip,
+                            worker: *addr,
+                            id: worker.id,
+                            check: check.clone()?,
+                            port: options.health.port.unwrap_or(vip.port),
+                            interval: options.health.interval,
+                            timeout: options.health.timeout,
+                            load_probe: options.load.probe.clone(),
+                        })
                     })
             })
             .collect()

@@ -4,14 +4,20 @@
 
 use std::{
     collections::HashMap,
-    net::{IpAddr, SocketAddr},
+    io,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    os::fd::AsRawFd as _,
     time::{Duration, Instant},
 };
 
 use serde::{Deserialize, Serialize};
-use tokio::{sync::mpsc, task::JoinHandle};
+use tokio::{net::UdpSocket, sync::mpsc, task::JoinHandle};
 
-use crate::{http, options::CheckKind, service::Vip};
+use crate::{
+    datagram::{self, Datagram},
+    dns, http,
+    service::Vip,
+};
 
 /// Whether a worker takes new flows as far as its checks go.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -96,6 +102,30 @@ impl Health {
     }
 }
 
+/// What a health check does, with what it needs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Check {
+    /// Nothing: the worker is always up.
+    None,
+    /// A TCP connection is accepted.
+    Tcp,
+    /// `GET path` answers 2xx.
+    Http {
+        /// The path.
+        path: String,
+    },
+    /// `payload` draws no ICMP error; with `expect`, it draws a reply that
+    /// starts with it.
+    Udp {
+        /// What is sent.
+        payload: Datagram,
+        /// What the reply must start with.
+        expect: Option<Datagram>,
+    },
+    /// A DNS query gets the expected response code.
+    Dns(dns::Query),
+}
+
 /// What one checker task does, and for whom.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Target {
@@ -105,12 +135,10 @@ pub struct Target {
     pub worker: IpAddr,
     /// Its backend id (reports for a replaced worker are ignored).
     pub id: u32,
-    /// The check; `None` runs only the load probe.
-    pub kind: CheckKind,
+    /// The check; `Check::None` runs only the load probe.
+    pub check: Check,
     /// Port to check.
     pub port: u16,
-    /// Path of the http check.
-    pub path: String,
     /// Time between checks.
     pub interval: Duration,
     /// Limit on one check (and one load probe).
@@ -138,10 +166,12 @@ pub struct Report {
 pub async fn check(target: &Target) -> Outcome {
     let started = Instant::now();
     let addr = SocketAddr::new(target.worker, target.port);
-    let (ok, detail) = match target.kind {
-        CheckKind::None => (true, "not checked".to_owned()),
-        CheckKind::Tcp => tcp(addr, target.timeout).await,
-        CheckKind::Http => http_check(addr, &target.path, target.timeout).await,
+    let (ok, detail) = match &target.check {
+        Check::None => (true, "not checked".to_owned()),
+        Check::Tcp => tcp(addr, target.timeout).await,
+        Check::Http { path } => http_check(addr, path, target.timeout).await,
+        Check::Udp { payload, expect } => udp(addr, payload, expect.as_ref(), target.timeout).await,
+        Check::Dns(query) => dns_check(addr, query, target.timeout).await,
     };
     Outcome {
         ok,
@@ -168,6 +198,115 @@ async fn http_check(addr: SocketAddr, path: &str, timeout: Duration) -> (bool, S
     }
 }
 
+/// keepalived's UDP_CHECK: without an expected reply, only an ICMP error
+/// fails, since most services ignore a datagram they can't parse.
+async fn udp(
+    addr: SocketAddr,
+    payload: &Datagram,
+    expect: Option<&Datagram>,
+    timeout: Duration,
+) -> (bool, String) {
+    let judge = |reply: &[u8]| match expect {
+        Some(e) if !reply.starts_with(e.as_bytes()) => Some((
+            false,
+            format!("unexpected reply {}", datagram::preview(reply)),
+        )),
+        _ => Some((true, "answered".to_owned())),
+    };
+    match exchange(addr, payload.as_bytes(), timeout, judge).await {
+        Ok(Some(verdict)) => verdict,
+        Ok(None) if expect.is_some() => (false, "no reply".into()),
+        Ok(None) => (true, "no error".into()),
+        Err(error) => (false, socket_error(&error)),
+    }
+}
+
+async fn dns_check(addr: SocketAddr, query: &dns::Query, timeout: Duration) -> (bool, String) {
+    let id = dns::random_id();
+    let datagram = match query.encode(id) {
+        Ok(datagram) => datagram,
+        Err(error) => return (false, error),
+    };
+    match exchange(addr, &datagram, timeout, |reply| query.judge(id, reply)).await {
+        Ok(Some(verdict)) => verdict,
+        Ok(None) => (false, "no reply".into()),
+        Err(error) => (false, socket_error(&error)),
+    }
+}
+
+/// Sends `datagram` to `addr` and hands each reply to `judge` until it
+/// gives a verdict; `None` when none came within `timeout`. The socket is
+/// connected and asks for every error, so the kernel reports ICMP errors
+/// about the datagram (and its own failure to resolve the worker's MAC)
+/// as errors of `recv`.
+async fn exchange(
+    addr: SocketAddr,
+    datagram: &[u8],
+    timeout: Duration,
+    mut judge: impl FnMut(&[u8]) -> Option<(bool, String)>,
+) -> io::Result<Option<(bool, String)>> {
+    let local: SocketAddr = match addr {
+        SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+        SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
+    };
+    let conversation = async {
+        let socket = UdpSocket::bind(local).await?;
+        receive_errors(&socket, addr.is_ipv6())?;
+        socket.connect(addr).await?;
+        socket.send(datagram).await?;
+        let mut buf = vec![0; datagram::MAX_DATAGRAM];
+        loop {
+            let len = socket.recv(&mut buf).await?;
+            if let Some(verdict) = judge(&buf[..len]) {
+                return Ok(Some(verdict));
+            }
+        }
+    };
+    tokio::time::timeout(timeout, conversation)
+        .await
+        .unwrap_or(Ok(None))
+}
+
+/// Sets IP_RECVERR (IPV6_RECVERR): without it a UDP socket hears only of
+/// the errors the kernel deems fatal, such as port unreachable, and not of
+/// host or network unreachable, which is what it reports when ARP or ND
+/// for the worker fails.
+fn receive_errors(socket: &UdpSocket, ipv6: bool) -> io::Result<()> {
+    let (level, option) = if ipv6 {
+        (libc::IPPROTO_IPV6, libc::IPV6_RECVERR)
+    } else {
+        (libc::IPPROTO_IP, libc::IP_RECVERR)
+    };
+    let on: libc::c_int = 1;
+    // SAFETY: the descriptor is the socket's own, open while it lives, and
+    // the value is the c_int the option takes, with its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            level,
+            option,
+            std::ptr::from_ref(&on).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// A datagram's failure, in the words of the ICMP error behind it.
+fn socket_error(error: &io::Error) -> String {
+    match error.raw_os_error() {
+        Some(libc::ECONNREFUSED) => "port unreachable".into(),
+        Some(libc::EHOSTUNREACH) => "host unreachable".into(),
+        Some(libc::ENETUNREACH) => "network unreachable".into(),
+        Some(libc::EHOSTDOWN) => "host down".into(),
+        _ => error.to_string(),
+    }
+}
+
 /// Fetches a load figure: the body of `GET path`, a number from 0 to 1.
 pub async fn probe_load(addr: SocketAddr, path: &str, timeout: Duration) -> Result<f64, String> {
     let response = http::get(addr, path, &addr.to_string(), timeout)
@@ -190,8 +329,8 @@ async fn run(target: Target, reports: mpsc::UnboundedSender<Report>) {
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
-        let outcome = match target.kind {
-            CheckKind::None => None,
+        let outcome = match target.check {
+            Check::None => None,
             _ => Some(check(&target).await),
         };
         let load = match &target.load_probe {
@@ -259,6 +398,8 @@ impl Drop for Supervisor {
 
 #[cfg(test)]
 mod tests {
+    use hickory_proto::op::{Message, OpCode, ResponseCode};
+
     use super::*;
 
     fn outcome(ok: bool) -> Outcome {
@@ -294,33 +435,146 @@ mod tests {
         assert_eq!(health.state(), HealthState::Up);
     }
 
-    #[test]
-    fn checks_report_refused_and_accepted_connections() {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let port = listener.local_addr().unwrap().port();
-            let mut target = Target {
-                vip: "192.0.2.100:80/tcp".parse().unwrap(),
-                worker: "127.0.0.1".parse().unwrap(),
-                id: 0,
-                kind: CheckKind::Tcp,
-                port,
-                path: "/".into(),
-                interval: Duration::from_secs(1),
-                timeout: Duration::from_millis(500),
-                load_probe: None,
-            };
-            assert!(check(&target).await.ok);
-            drop(listener);
-            let refused = check(&target).await;
-            assert!(!refused.ok);
-            assert!(refused.detail.contains("refused"), "{}", refused.detail);
-            target.kind = CheckKind::None;
-            assert!(check(&target).await.ok);
+    fn target(check: Check, port: u16) -> Target {
+        Target {
+            vip: "192.0.2.100:80/tcp".parse().unwrap(),
+            worker: "127.0.0.1".parse().unwrap(),
+            id: 0,
+            check,
+            port,
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_millis(200),
+            load_probe: None,
+        }
+    }
+
+    async fn verdict(check: Check, port: u16) -> (bool, String) {
+        let outcome = super::check(&target(check, port)).await;
+        (outcome.ok, outcome.detail)
+    }
+
+    #[tokio::test]
+    async fn checks_report_refused_and_accepted_connections() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        assert!(verdict(Check::Tcp, port).await.0);
+        drop(listener);
+        let (ok, detail) = verdict(Check::Tcp, port).await;
+        assert!(!ok);
+        assert!(detail.contains("refused"), "{detail}");
+        assert!(verdict(Check::None, port).await.0);
+    }
+
+    fn udp(payload: &str, expect: Option<&str>) -> Check {
+        Check::Udp {
+            payload: payload.parse().unwrap(),
+            expect: expect.map(|e| e.parse().unwrap()),
+        }
+    }
+
+    /// A UDP socket on 127.0.0.1 that sends every datagram back.
+    async fn echo() -> u16 {
+        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let port = socket.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let mut buf = [0; 512];
+            while let Ok((len, from)) = socket.recv_from(&mut buf).await {
+                let _ = socket.send_to(&buf[..len], from).await;
+            }
         });
+        port
+    }
+
+    #[tokio::test]
+    async fn udp_checks_pass_on_a_reply_that_starts_as_expected() {
+        let port = echo().await;
+        assert_eq!(
+            verdict(udp("", None), port).await,
+            (true, "answered".into())
+        );
+        assert_eq!(
+            verdict(udp("ping", Some("pi")), port).await,
+            (true, "answered".into())
+        );
+        assert_eq!(
+            verdict(udp("ping\r\n", Some("pong")), port).await,
+            (false, r#"unexpected reply "ping\r\n""#.into())
+        );
+    }
+
+    #[tokio::test]
+    async fn udp_silence_passes_unless_a_reply_is_expected_and_a_closed_port_fails() {
+        let silent = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let port = silent.local_addr().unwrap().port();
+        assert_eq!(
+            verdict(udp("", None), port).await,
+            (true, "no error".into())
+        );
+        assert_eq!(
+            verdict(udp("ping", Some("pong")), port).await,
+            (false, "no reply".into())
+        );
+        drop(silent);
+        assert_eq!(
+            verdict(udp("", None), port).await,
+            (false, "port unreachable".into())
+        );
+    }
+
+    /// A DNS server on 127.0.0.1 that answers every query with `rcode`,
+    /// under the query's id plus `id_offset`.
+    async fn dns_server(rcode: ResponseCode, id_offset: u16) -> u16 {
+        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let port = socket.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let mut buf = [0; 512];
+            while let Ok((len, from)) = socket.recv_from(&mut buf).await {
+                let query = Message::from_vec(&buf[..len]).unwrap();
+                let id = query.metadata.id.wrapping_add(id_offset);
+                let mut reply = Message::response(id, OpCode::Query);
+                reply.metadata.response_code = rcode;
+                reply.add_queries(query.queries);
+                let _ = socket.send_to(&reply.to_vec().unwrap(), from).await;
+            }
+        });
+        port
+    }
+
+    fn dns(rcode: &str) -> Check {
+        Check::Dns(dns::Query {
+            name: "health.example.com".parse().unwrap(),
+            rtype: "A".parse().unwrap(),
+            rcode: rcode.parse().unwrap(),
+        })
+    }
+
+    #[tokio::test]
+    async fn dns_checks_pass_on_the_expected_rcode_of_their_own_query() {
+        let noerror = dns_server(ResponseCode::NoError, 0).await;
+        assert_eq!(
+            verdict(dns("NOERROR"), noerror).await,
+            (true, "rcode NOERROR".into())
+        );
+        let nxdomain = dns_server(ResponseCode::NXDomain, 0).await;
+        assert_eq!(
+            verdict(dns("NOERROR"), nxdomain).await,
+            (false, "rcode NXDOMAIN".into())
+        );
+        assert_eq!(
+            verdict(dns("NXDOMAIN"), nxdomain).await,
+            (true, "rcode NXDOMAIN".into())
+        );
+        let wrong_id = dns_server(ResponseCode::NoError, 1).await;
+        assert_eq!(
+            verdict(dns("NOERROR"), wrong_id).await,
+            (false, "no reply".into())
+        );
+        let closed = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let port = closed.local_addr().unwrap().port();
+        drop(closed);
+        assert_eq!(
+            verdict(dns("NOERROR"), port).await,
+            (false, "port unreachable".into())
+        );
     }
 }

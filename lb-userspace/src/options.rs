@@ -1,12 +1,30 @@
 //! Per-VIP behaviour: scheduler, sticky sessions, health checks and the
 //! load signal. Shared by the config file, the admin API and the CLI.
 
-use std::time::Duration;
+use std::{fmt, time::Duration};
 
 use lb_common::balancer::{SCHED_LEAST_LOAD, SCHED_MAGLEV};
 use serde::{Deserialize, Serialize};
 
-use crate::{duration, service::Vip};
+use crate::{
+    datagram::Datagram,
+    dns::{self, DnsName, DnsRcode, DnsType},
+    duration,
+    health::Check,
+    service::{Protocol, Vip},
+};
+
+/// How long an idle TCP flow keeps its worker unless the VIP says
+/// otherwise.
+pub const TCP_IDLE_DEFAULT: Duration = Duration::from_secs(300);
+/// How long an idle UDP flow keeps its worker unless the VIP says
+/// otherwise.
+pub const UDP_IDLE_DEFAULT: Duration = Duration::from_secs(60);
+/// The shortest idle timeout: the data plane refreshes a flow's last-seen
+/// time about once a second, so a shorter timeout would expire busy flows.
+const MIN_IDLE: Duration = Duration::from_secs(2);
+/// The longest idle timeout.
+const MAX_IDLE: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// A VIP setting the controller refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -51,6 +69,25 @@ pub enum OptionsError {
     /// A TCP check or load probe of a UDP VIP needs a TCP port to probe.
     #[error("{0} is a UDP service: a tcp or http health check or a load probe needs --health-port (a TCP port the workers listen on)")]
     UdpCheckWithoutPort(Vip),
+    /// A udp or dns check of a TCP VIP needs a UDP port to probe.
+    #[error("{0} is a TCP service: a udp or dns health check needs --health-port (a UDP port the workers listen on)")]
+    TcpCheckWithoutPort(Vip),
+    /// A dns check without a name to ask for.
+    #[error("a dns health check needs --health-dns-name (dns_name in a config file): the name it asks for")]
+    DnsWithoutName,
+    /// A check setting the VIP's check kind does not use.
+    #[error("{setting} applies to {used_by} health checks only; this VIP's check is {kind}")]
+    Unused {
+        /// The setting, as a flag and config key.
+        setting: &'static str,
+        /// The kind that uses it.
+        used_by: CheckKind,
+        /// The kind in force.
+        kind: CheckKind,
+    },
+    /// Idle timeout out of range.
+    #[error("idle timeout {0} is out of range: use 2s to 168h")]
+    IdleTimeout(String),
     /// Load TTL out of range.
     #[error("load TTL {0} is out of range: use 1s to 1h")]
     LoadTtl(String),
@@ -85,15 +122,32 @@ pub enum CheckKind {
     Tcp,
     /// `GET path` on the worker answers 2xx.
     Http,
+    /// A datagram to the worker draws no ICMP error (and, with an expected
+    /// reply, draws that reply).
+    Udp,
+    /// A DNS query to the worker gets the expected response code.
+    Dns,
     /// No checks: the worker is always up.
     None,
+}
+
+impl fmt::Display for CheckKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Tcp => "tcp",
+            Self::Http => "http",
+            Self::Udp => "udp",
+            Self::Dns => "dns",
+            Self::None => "none",
+        })
+    }
 }
 
 /// Health checking of a VIP's workers.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HealthOptions {
-    /// What the check does; default: tcp for TCP VIPs, none for UDP ones.
+    /// What the check does; default: tcp for TCP VIPs, udp for UDP ones.
     pub check: Option<CheckKind>,
     /// Path of the http check.
     pub path: String,
@@ -109,6 +163,17 @@ pub struct HealthOptions {
     pub rise: u32,
     /// Consecutive failures that take an up worker down.
     pub fall: u32,
+    /// What the udp check sends; an empty datagram when absent.
+    pub payload: Option<Datagram>,
+    /// What the udp check's reply must start with; when absent, any
+    /// reply or silence passes.
+    pub expect: Option<Datagram>,
+    /// The name the dns check asks for.
+    pub dns_name: Option<DnsName>,
+    /// The record type it asks for; A when absent.
+    pub dns_type: Option<DnsType>,
+    /// The response code that passes it; NOERROR when absent.
+    pub dns_rcode: Option<DnsRcode>,
 }
 
 impl Default for HealthOptions {
@@ -121,6 +186,11 @@ impl Default for HealthOptions {
             timeout: Duration::from_millis(500),
             rise: 2,
             fall: 2,
+            payload: None,
+            expect: None,
+            dns_name: None,
+            dns_type: None,
+            dns_rcode: None,
         }
     }
 }
@@ -174,16 +244,15 @@ pub struct VipOptions {
     /// Client prefix length sessions and pins are keyed by (default: the
     /// whole address).
     pub sticky_prefix: Option<u8>,
+    /// How long a flow may carry no packet before its next one is
+    /// scheduled afresh; the protocol's default when absent.
+    #[serde(with = "duration::serde_str_opt")]
+    pub idle_timeout: Option<Duration>,
     /// Health checks.
     pub health: HealthOptions,
     /// Load signal.
     pub load: LoadOptions,
 }
-
-/// Idle timeout of TCP flows unless a VIP sets one.
-pub const TCP_IDLE_DEFAULT: Duration = Duration::from_secs(300);
-/// Idle timeout of UDP flows unless a VIP sets one.
-pub const UDP_IDLE_DEFAULT: Duration = Duration::from_secs(60);
 
 const MAX_STICKY: Duration = Duration::from_secs(7 * 24 * 3600);
 
@@ -203,25 +272,30 @@ impl VipOptions {
                 return Err(OptionsError::StickyTtl(duration::format(ttl)));
             }
         }
+        if let Some(idle) = self.idle_timeout {
+            if idle < MIN_IDLE || idle > MAX_IDLE {
+                return Err(OptionsError::IdleTimeout(duration::format(idle)));
+            }
+        }
         let load_ttl = self.load.ttl;
         if load_ttl < Duration::from_secs(1) || load_ttl > Duration::from_secs(3600) {
             return Err(OptionsError::LoadTtl(duration::format(load_ttl)));
         }
         if let Some(path) = &self.load.probe {
             crate::http::check_path(path).map_err(|_| OptionsError::Path(path.clone()))?;
-            if vip.proto == crate::service::Protocol::Udp && self.health.port.is_none() {
+            if vip.proto == Protocol::Udp && self.health.port.is_none() {
                 return Err(OptionsError::UdpCheckWithoutPort(*vip));
             }
         }
         self.health.validate(vip)
     }
 
-    /// How long a flow of `vip` may be idle before it is scheduled afresh.
+    /// The idle timeout in force for `vip`.
     pub fn idle_timeout_for(&self, vip: &Vip) -> Duration {
-        match vip.proto {
-            crate::service::Protocol::Tcp => TCP_IDLE_DEFAULT,
-            crate::service::Protocol::Udp => UDP_IDLE_DEFAULT,
-        }
+        self.idle_timeout.unwrap_or(match vip.proto {
+            Protocol::Tcp => TCP_IDLE_DEFAULT,
+            Protocol::Udp => UDP_IDLE_DEFAULT,
+        })
     }
 
     /// The sticky prefix in force for `vip`'s family.
@@ -232,12 +306,84 @@ impl VipOptions {
 }
 
 impl HealthOptions {
-    /// The check in force for `vip`.
+    /// The check kind in force for `vip`.
     pub fn kind_for(&self, vip: &Vip) -> CheckKind {
         self.check.unwrap_or(match vip.proto {
-            crate::service::Protocol::Tcp => CheckKind::Tcp,
-            crate::service::Protocol::Udp => CheckKind::None,
+            Protocol::Tcp => CheckKind::Tcp,
+            Protocol::Udp => CheckKind::Udp,
         })
+    }
+
+    /// The check of `vip`'s workers, with what it needs; refuses settings
+    /// it lacks or doesn't use. Validation goes through here, so what
+    /// validates is what runs.
+    pub fn check_for(&self, vip: &Vip) -> Result<Check, OptionsError> {
+        let kind = self.kind_for(vip);
+        self.refuse_unused(kind)?;
+        check_port(kind, vip, self.port)?;
+        Ok(match kind {
+            CheckKind::None => Check::None,
+            CheckKind::Tcp => Check::Tcp,
+            CheckKind::Http => {
+                crate::http::check_path(&self.path)
+                    .map_err(|_| OptionsError::Path(self.path.clone()))?;
+                Check::Http {
+                    path: self.path.clone(),
+                }
+            }
+            CheckKind::Udp => Check::Udp {
+                payload: self.payload.clone().unwrap_or_default(),
+                expect: self.expect.clone(),
+            },
+            CheckKind::Dns => Check::Dns(dns::Query {
+                name: self.dns_name.clone().ok_or(OptionsError::DnsWithoutName)?,
+                rtype: self.dns_type.unwrap_or_default(),
+                rcode: self.dns_rcode.unwrap_or_default(),
+            }),
+        })
+    }
+
+    /// Refuses udp and dns settings given for a check that ignores them:
+    /// they would be saved and shown, but never sent.
+    fn refuse_unused(&self, kind: CheckKind) -> Result<(), OptionsError> {
+        let given = [
+            (
+                "--health-payload (payload)",
+                CheckKind::Udp,
+                self.payload.is_some(),
+            ),
+            (
+                "--health-expect (expect)",
+                CheckKind::Udp,
+                self.expect.is_some(),
+            ),
+            (
+                "--health-dns-name (dns_name)",
+                CheckKind::Dns,
+                self.dns_name.is_some(),
+            ),
+            (
+                "--health-dns-type (dns_type)",
+                CheckKind::Dns,
+                self.dns_type.is_some(),
+            ),
+            (
+                "--health-dns-rcode (dns_rcode)",
+                CheckKind::Dns,
+                self.dns_rcode.is_some(),
+            ),
+        ];
+        match given
+            .into_iter()
+            .find(|(_, user, given)| *given && *user != kind)
+        {
+            Some((setting, used_by, _)) => Err(OptionsError::Unused {
+                setting,
+                used_by,
+                kind,
+            }),
+            None => Ok(()),
+        }
     }
 
     fn validate(&self, vip: &Vip) -> Result<(), OptionsError> {
@@ -264,18 +410,22 @@ impl HealthOptions {
         if !(1..=100).contains(&self.fall) {
             return Err(OptionsError::Count("fall"));
         }
-        let kind = self.kind_for(vip);
-        if kind == CheckKind::Http {
-            crate::http::check_path(&self.path)
-                .map_err(|_| OptionsError::Path(self.path.clone()))?;
-        }
-        if kind != CheckKind::None
-            && vip.proto == crate::service::Protocol::Udp
-            && self.port.is_none()
-        {
-            return Err(OptionsError::UdpCheckWithoutPort(*vip));
-        }
-        Ok(())
+        self.check_for(vip).map(drop)
+    }
+}
+
+/// A check over the other transport than the VIP's can't default to the
+/// VIP's port: that port is the service's on the VIP's transport.
+fn check_port(kind: CheckKind, vip: &Vip, port: Option<u16>) -> Result<(), OptionsError> {
+    let other_transport = match kind {
+        CheckKind::Tcp | CheckKind::Http => vip.proto == Protocol::Udp,
+        CheckKind::Udp | CheckKind::Dns => vip.proto == Protocol::Tcp,
+        CheckKind::None => false,
+    };
+    match (other_transport, port, vip.proto) {
+        (true, None, Protocol::Udp) => Err(OptionsError::UdpCheckWithoutPort(*vip)),
+        (true, None, Protocol::Tcp) => Err(OptionsError::TcpCheckWithoutPort(*vip)),
+        _ => Ok(()),
     }
 }
 
@@ -301,8 +451,115 @@ mod tests {
         );
         assert_eq!(
             options.health.kind_for(&vip("192.0.2.100:53/udp")),
-            CheckKind::None
+            CheckKind::Udp
         );
+        assert_eq!(
+            options.health.check_for(&vip("192.0.2.100:53/udp")),
+            Ok(Check::Udp {
+                payload: Datagram::default(),
+                expect: None
+            }),
+            "an empty datagram, any answer or silence passes"
+        );
+        assert_eq!(
+            options.idle_timeout_for(&vip("192.0.2.100:80/tcp")),
+            Duration::from_secs(300)
+        );
+        assert_eq!(
+            options.idle_timeout_for(&vip("192.0.2.100:53/udp")),
+            Duration::from_secs(60)
+        );
+    }
+
+    fn health(edit: impl FnOnce(&mut HealthOptions)) -> VipOptions {
+        let mut options = VipOptions::default();
+        edit(&mut options.health);
+        options
+    }
+
+    #[test]
+    fn udp_and_dns_checks_take_their_settings() {
+        let dns_vip = vip("192.0.2.100:53/udp");
+        let options = health(|h| {
+            h.check = Some(CheckKind::Dns);
+            h.dns_name = Some("health.example.com".parse().unwrap());
+            h.dns_rcode = Some("NXDOMAIN".parse().unwrap());
+        });
+        let Ok(Check::Dns(query)) = options.health.check_for(&dns_vip) else {
+            panic!("not a dns check");
+        };
+        assert_eq!(query.rtype.to_string(), "A", "the default type");
+        assert_eq!(query.rcode.to_string(), "NXDOMAIN");
+        let options = health(|h| {
+            h.payload = Some("hex:00".parse().unwrap());
+            h.expect = Some("ok".parse().unwrap());
+        });
+        options.validate(&dns_vip).unwrap();
+        let on_tcp = health(|h| {
+            h.check = Some(CheckKind::Udp);
+            h.port = Some(53);
+        });
+        on_tcp.validate(&vip("192.0.2.100:80/tcp")).unwrap();
+    }
+
+    #[test]
+    fn bad_udp_and_dns_settings_say_what_is_wrong() {
+        let udp = vip("192.0.2.100:53/udp");
+        let tcp = vip("192.0.2.100:80/tcp");
+        let cases: [(VipOptions, &Vip, &str); 6] = [
+            (
+                health(|h| h.check = Some(CheckKind::Dns)),
+                &udp,
+                "needs --health-dns-name",
+            ),
+            (
+                health(|h| h.payload = Some("x".parse().unwrap())),
+                &tcp,
+                "--health-payload (payload) applies to udp health checks only; this VIP's check is tcp",
+            ),
+            (
+                health(|h| {
+                    h.check = Some(CheckKind::Dns);
+                    h.dns_name = Some("example.com".parse().unwrap());
+                    h.expect = Some("x".parse().unwrap());
+                }),
+                &udp,
+                "--health-expect (expect) applies to udp health checks only; this VIP's check is dns",
+            ),
+            (
+                health(|h| h.dns_type = Some("TXT".parse().unwrap())),
+                &udp,
+                "--health-dns-type (dns_type) applies to dns health checks only; this VIP's check is udp",
+            ),
+            (
+                health(|h| h.check = Some(CheckKind::Udp)),
+                &tcp,
+                "is a TCP service: a udp or dns health check needs --health-port",
+            ),
+            (
+                VipOptions {
+                    idle_timeout: Some(Duration::from_secs(1)),
+                    ..Default::default()
+                },
+                &tcp,
+                "idle timeout 1s is out of range: use 2s to 168h",
+            ),
+        ];
+        for (options, vip, reason) in cases {
+            let error = options.validate(vip).unwrap_err().to_string();
+            assert!(error.contains(reason), "{error}");
+            assert!(!error.contains('\n'), "one line: {error}");
+        }
+        let week = VipOptions {
+            idle_timeout: Some(MAX_IDLE),
+            ..Default::default()
+        };
+        week.validate(&tcp).unwrap();
+        let longer = VipOptions {
+            idle_timeout: Some(MAX_IDLE + Duration::from_secs(1)),
+            ..Default::default()
+        };
+        assert!(longer.validate(&tcp).is_err());
     }
 
     #[test]

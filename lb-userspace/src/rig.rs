@@ -192,18 +192,23 @@ fn add_client(
     Ok(client)
 }
 
-/// Answers every datagram to the VIP's [`UDP_PORT`] with the worker's name.
+/// Answers every datagram to the VIP's [`UDP_PORT`] with the worker's
+/// name, and every datagram to the worker's own address there too: that
+/// is where health checks go. Two sockets, not one on the wildcard, which
+/// would answer clients from the worker's address instead of the VIP.
 fn echo_udp(worker: &Host) -> anyhow::Result<()> {
-    let socket = worker
-        .within(|| UdpSocket::bind((IpAddr::V4(VIP4), UDP_PORT)))?
-        .context("binding the UDP echo")?;
-    let role = worker.role.clone();
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 512];
-        while let Ok((_, from)) = socket.recv_from(&mut buf) {
-            let _ = socket.send_to(role.as_bytes(), from);
-        }
-    });
+    for addr in [IpAddr::V4(VIP4), IpAddr::V4(worker.ipv4)] {
+        let socket = worker
+            .within(move || UdpSocket::bind((addr, UDP_PORT)))?
+            .context("binding the UDP echo")?;
+        let role = worker.role.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 512];
+            while let Ok((_, from)) = socket.recv_from(&mut buf) {
+                let _ = socket.send_to(role.as_bytes(), from);
+            }
+        });
+    }
     Ok(())
 }
 

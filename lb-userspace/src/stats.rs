@@ -30,6 +30,17 @@ struct TrafficRow {
     new_flows: u64,
 }
 
+/// Traffic of one worker of one VIP: a worker of several VIPs has a row
+/// for each.
+#[derive(Debug, Serialize)]
+struct WorkerRow {
+    /// The VIP; `None` once the VIP is gone (a removed worker's slot keeps
+    /// its counters until reused).
+    vip: Option<String>,
+    #[serde(flatten)]
+    traffic: TrafficRow,
+}
+
 fn no_instance(pin_dir: &Path) -> String {
     format!(
         "no lb maps pinned under {}; is `lb run` attached with this --pin-dir (and are you root)?",
@@ -41,14 +52,12 @@ fn no_instance(pin_dir: &Path) -> String {
 pub fn stats(args: &PinnedArgs) -> anyhow::Result<()> {
     let pin_dir = &args.pin_dir;
     let global = counters::read_pinned(pin_dir).with_context(|| no_instance(pin_dir))?;
-    let vips: Vec<TrafficRow> = vip_ids(pin_dir)?
-        .into_iter()
-        .map(|(vip, id)| traffic_row(pin_dir, map_names::VIP_STATS, id, vip.to_string()))
+    let vip_ids = vip_ids(pin_dir)?;
+    let vips: Vec<TrafficRow> = vip_ids
+        .iter()
+        .map(|(vip, id)| traffic_row(pin_dir, map_names::VIP_STATS, *id, vip.to_string()))
         .collect::<anyhow::Result<_>>()?;
-    let workers: Vec<TrafficRow> = backends(pin_dir)?
-        .into_iter()
-        .map(|(id, addr)| traffic_row(pin_dir, map_names::BACKEND_STATS, id, addr.to_string()))
-        .collect::<anyhow::Result<_>>()?;
+    let workers = worker_rows(pin_dir, &vip_ids)?;
     match args.output {
         OutputFormat::Json => {
             let global = counters::to_json(&global);
@@ -57,26 +66,61 @@ pub fn stats(args: &PinnedArgs) -> anyhow::Result<()> {
         }
         OutputFormat::Table => {
             print!("{}", counters::render_table(&global));
-            for (title, rows) in [("VIP", &vips), ("WORKER", &workers)] {
-                let cells: Vec<Vec<String>> = rows
-                    .iter()
-                    .map(|r| {
-                        vec![
-                            r.name.clone(),
-                            r.packets.to_string(),
-                            r.bytes.to_string(),
-                            r.new_flows.to_string(),
-                        ]
-                    })
-                    .collect();
-                print!(
-                    "\n{}",
-                    table::render(&[title, "PACKETS", "BYTES", "NEW_FLOWS"], &cells)
-                );
-            }
+            let vip_cells: Vec<Vec<String>> = vips.iter().map(traffic_cells).collect();
+            print!(
+                "\n{}",
+                table::render(&["VIP", "PACKETS", "BYTES", "NEW_FLOWS"], &vip_cells)
+            );
+            let worker_cells: Vec<Vec<String>> = workers
+                .iter()
+                .map(|w| {
+                    let mut cells = vec![w.vip.clone().unwrap_or_else(|| "-".into())];
+                    cells.extend(traffic_cells(&w.traffic));
+                    cells
+                })
+                .collect();
+            print!(
+                "\n{}",
+                table::render(
+                    &["VIP", "WORKER", "PACKETS", "BYTES", "NEW_FLOWS"],
+                    &worker_cells
+                )
+            );
         }
     }
     Ok(())
+}
+
+fn traffic_cells(row: &TrafficRow) -> Vec<String> {
+    vec![
+        row.name.clone(),
+        row.packets.to_string(),
+        row.bytes.to_string(),
+        row.new_flows.to_string(),
+    ]
+}
+
+/// Every worker slot in use with its VIP, ordered by VIP, then worker.
+fn worker_rows(pin_dir: &Path, vip_ids: &[(Vip, u32)]) -> anyhow::Result<Vec<WorkerRow>> {
+    let vips: std::collections::HashMap<u32, Vip> =
+        vip_ids.iter().map(|(vip, id)| (*id, *vip)).collect();
+    let mut rows: Vec<(Option<Vip>, IpAddr, WorkerRow)> = backend_entries(pin_dir)?
+        .into_iter()
+        .filter_map(|(id, backend)| {
+            let addr = addr_from_bytes(backend.addr, backend.family)?;
+            Some((id, addr, vips.get(&backend.vip_id).copied()))
+        })
+        .map(|(id, addr, vip)| {
+            let traffic = traffic_row(pin_dir, map_names::BACKEND_STATS, id, addr.to_string())?;
+            let row = WorkerRow {
+                vip: vip.map(|v| v.to_string()),
+                traffic,
+            };
+            Ok((vip, addr, row))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    rows.sort_by_key(|(vip, addr, _)| (vip.is_none(), *vip, *addr));
+    Ok(rows.into_iter().map(|(_, _, row)| row).collect())
 }
 
 fn traffic_row(pin_dir: &Path, map: &str, id: u32, name: String) -> anyhow::Result<TrafficRow> {

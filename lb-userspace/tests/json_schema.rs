@@ -140,13 +140,16 @@ fn every_listing_command_prints_the_documented_json() {
         .unwrap()
         .values()
         .all(Value::is_u64));
-    each(
-        "`lb stats -o json`: `vips` and `workers` entries",
-        &stats["vips"],
-    );
-    each(
-        "`lb stats -o json`: `vips` and `workers` entries",
-        &stats["workers"],
+    each("`lb stats -o json`: `vips` entries", &stats["vips"]);
+    each("`lb stats -o json`: `workers` entries", &stats["workers"]);
+    assert!(
+        stats["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|w| w["vip"] == vip),
+        "every worker row names its VIP: {}",
+        stats["workers"]
     );
     each("`lb flows -o json`: an array of", &json(&rig, &["flows"]));
 }

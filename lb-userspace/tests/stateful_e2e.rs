@@ -366,6 +366,28 @@ fn bad_load_reports_and_bad_settings_are_refused_and_change_nothing() {
             &["vip", "add", "192.0.2.101:53/udp", "--health", "tcp"],
             "--health-port",
         ),
+        (
+            &["vip", "add", "192.0.2.101:53/udp", "--health", "dns"],
+            "--health-dns-name",
+        ),
+        (
+            &[
+                "vip",
+                "add",
+                "192.0.2.101:53/udp",
+                "--health-payload",
+                "hex:zz",
+            ],
+            "hex: takes the digits 0-9 and a-f only",
+        ),
+        (
+            &["vip", "add", "192.0.2.101:80/tcp", "--health-expect", "ok"],
+            "applies to udp health checks only",
+        ),
+        (
+            &["vip", "add", "192.0.2.101:80/tcp", "--idle-timeout", "1s"],
+            "use 2s to 168h",
+        ),
     ];
     for (args, reason) in cases {
         let output = rig.lb.cli(args).unwrap();
@@ -583,6 +605,42 @@ fn flows_of_a_worker_that_goes_down_move_to_a_healthy_one_and_undrain_restores_i
     assert_eq!(ask(), moved, "draining keeps established flows");
     rig.lb.cli_ok(&["backend", "undrain", udp, &addr]).unwrap();
     assert_eq!(state_of(&rig.lb, other), "up");
+}
+
+/// At the default interval, so that the workers' kernels, which send at
+/// most about one ICMP error a second to the balancer, answer every check.
+#[test]
+fn udp_vips_are_udp_checked_by_default_and_a_port_nobody_serves_takes_workers_down() {
+    let rig = rig(2, &[]);
+    let served = "192.0.2.100:5353/udp";
+    let unserved = "192.0.2.100:5354/udp";
+    rig.add_vip_with_workers(served, &[]).unwrap();
+    rig.add_vip_with_workers(unserved, &[]).unwrap();
+    let rows_of = |vip: &str| -> Vec<serde_json::Value> {
+        backends(&rig.lb)
+            .into_iter()
+            .filter(|row| row["vip"] == vip)
+            .collect()
+    };
+    wait_until(
+        Duration::from_secs(5),
+        "the unserved VIP's workers down",
+        || {
+            rows_of(unserved)
+                .iter()
+                .all(|row| row["state"] == "down" && row["check"]["detail"] == "port unreachable")
+        },
+    );
+    for row in rows_of(served) {
+        assert_eq!(row["state"], "up", "{row}");
+        assert_eq!(row["check"]["detail"], "answered", "{row}");
+    }
+    let vips: Vec<serde_json::Value> =
+        serde_json::from_str(&rig.lb.cli_ok(&["vip", "list", "-o", "json"]).unwrap()).unwrap();
+    for vip in &vips {
+        assert_eq!(vip["health"], "udp", "{vip}");
+        assert_eq!(vip["idle_timeout"], "1m", "{vip}");
+    }
 }
 
 #[test]

@@ -67,6 +67,7 @@ impl Controller {
                 sticky: state.options.sticky.map(duration::format),
                 sticky_prefix: state.options.prefix_for(vip),
                 health: state.options.health.kind_for(vip),
+                idle_timeout: duration::format(state.options.idle_timeout_for(vip)),
             })
             .collect()
     }
