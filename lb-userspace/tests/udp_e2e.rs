@@ -176,6 +176,7 @@ fn a_deleted_workers_flow_moves_at_once_and_does_not_come_back() {
     let (rig, _servers) = rig(3);
     rig.add_vip_with_workers(VIP_V6, &[]).unwrap();
     let vip = IpAddr::V6(VIP6);
+    wait_for_answers(&rig.client, vip);
     let first = ask_from_fixed_port(&rig.client, vip).expect("an answer");
     assert_eq!(
         ask_from_fixed_port(&rig.client, vip).as_deref(),
@@ -206,6 +207,7 @@ fn a_flow_idle_past_its_vips_timeout_is_scheduled_afresh() {
     rig.add_vip_with_workers(VIP, &["--idle-timeout", "3s"])
         .unwrap();
     let vip = IpAddr::V4(VIP4);
+    wait_for_answers(&rig.client, vip);
     let first = ask_from_fixed_port(&rig.client, vip).expect("an answer");
     let host = rig.workers.iter().find(|w| w.role == first).unwrap();
     // Draining keeps established flows but takes no new ones: the flow
