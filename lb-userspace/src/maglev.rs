@@ -190,10 +190,13 @@ mod tests {
             // Removing one: entries of the others that moved.
             let others = before.iter().filter(|s| **s != Some(gone)).count();
             let moved = before.iter().zip(&after).filter(|(b, a)| **b != Some(gone) && b != a).count();
-            prop_assert!(moved as f64 <= 0.02 * others as f64, "removal moved {moved} of {others}");
+            // Maglev moves 1-2% of the others' entries on average; small
+            // tables reach 3% (one in a few thousand inputs), a hash that
+            // is not consistent moves most of them.
+            prop_assert!(moved as f64 <= 0.05 * others as f64, "removal moved {moved} of {others}");
             // Adding it back is the same change in reverse.
             let moved_back = after.iter().zip(&before).filter(|(a, b)| **b != Some(gone) && a != b).count();
-            prop_assert!(moved_back as f64 <= 0.02 * others as f64, "addition moved {moved_back} of {others}");
+            prop_assert!(moved_back as f64 <= 0.05 * others as f64, "addition moved {moved_back} of {others}");
         }
 
         #[test]
