@@ -159,6 +159,8 @@ pub struct Controller {
     ifindex: u32,
     /// The reference to the program's link, if one could be taken.
     link: Option<LinkGuard>,
+    /// VIPs whose Maglev table the last install failed to write.
+    uninstalled: std::collections::BTreeSet<Vip>,
     attachment: Attachment,
     occupancy: Occupancy,
     /// Durations of every health check, for the metrics.
@@ -187,6 +189,7 @@ impl Controller {
             netlink,
             ifindex,
             link,
+            uninstalled: Default::default(),
             attachment: Attachment::default(),
             occupancy: Occupancy::default(),
             check_latency: prometheus_client::metrics::histogram::Histogram::new(
@@ -280,11 +283,13 @@ impl Controller {
     /// Carries out one API request; changes are saved to the state file.
     pub fn handle(&mut self, request: Request) -> Response {
         let changes = request.changes_state();
-        let result = self.apply(request).and_then(|data| {
-            if changes {
-                self.save()
-                    .context("the change is in force but was not saved")?;
-            }
+        let applied = self.apply(request);
+        // Saved even when applying failed half way (a table the kernel
+        // could not create is retried): the file always says what the
+        // controller holds, and a refused change left nothing to save.
+        let saved = if changes { self.save() } else { Ok(()) };
+        let result = applied.and_then(|data| {
+            saved.context("the change is in force but was not saved")?;
             Ok(data)
         });
         match result {
@@ -395,6 +400,7 @@ impl Controller {
     }
 
     fn add_worker(&mut self, vip: Vip, worker: IpAddr, weight: u32) -> anyhow::Result<()> {
+        check_not_own(&mut self.netlink, [worker])?;
         let id = self.desired.add_worker(&vip, worker, weight)?;
         self.start_worker(vip, worker, id)?;
         self.install(&vip)?;
@@ -499,9 +505,7 @@ impl Controller {
     }
 
     fn pin(&mut self, vip: &Vip, client: IpAddr, worker: IpAddr) -> anyhow::Result<()> {
-        let state = self.desired.vip(vip)?;
-        let client = service::mask_addr(client, state.options.prefix_for(vip));
-        self.desired.pin(vip, client, worker)?;
+        let client = self.desired.pin(vip, client, worker)?;
         let state = self.desired.vip(vip)?;
         let key = self.pin_key(state.id, client);
         let id = state.workers[&worker].id;
@@ -512,10 +516,9 @@ impl Controller {
     }
 
     fn unpin(&mut self, vip: &Vip, client: IpAddr) -> anyhow::Result<()> {
-        let state = self.desired.vip(vip)?;
-        let client = service::mask_addr(client, state.options.prefix_for(vip));
-        let key = self.pin_key(state.id, client);
-        self.desired.unpin(vip, client)?;
+        let id = self.desired.vip(vip)?.id;
+        let client = self.desired.unpin(vip, client)?;
+        let key = self.pin_key(id, client);
         self.maps.remove_pin(&key).context("removing the pin")?;
         self.install(vip)?;
         tracing::info!("unpinned client {client} of {vip}");
@@ -590,14 +593,26 @@ impl Controller {
 
     /// Rebuilds and swaps in a VIP's Maglev table from the workers that
     /// take new flows.
+    /// A table that can't be installed (the kernel refused a new map, for
+    /// instance for lack of file descriptors) is retried every tick until
+    /// it is.
     fn install(&mut self, vip: &Vip) -> anyhow::Result<()> {
         let state = self.desired.vip(vip)?;
         let live = &self.live;
         let members = state.members(|id| live.get(&id).is_some_and(Live::takes_new_flows));
-        let (size, took) = self
+        let installed = self
             .maps
-            .install_vip(vip, state, &members, self.desired.hash_seed)
-            .with_context(|| format!("installing the Maglev table of {vip}"))?;
+            .install_vip(vip, state, &members, self.desired.hash_seed);
+        let (size, took) = match installed {
+            Ok(done) => done,
+            Err(error) => {
+                self.uninstalled.insert(*vip);
+                return Err(anyhow::Error::new(error).context(format!(
+                    "installing the Maglev table of {vip} failed; the change is saved and lb retries every second"
+                )));
+            }
+        };
+        self.uninstalled.remove(vip);
         tracing::info!(
             "{vip}: Maglev table of {size} slots for {} of {} workers built in {took:?}",
             members.len(),
@@ -640,6 +655,20 @@ impl Controller {
             .collect()
     }
 
+    /// Installs again the tables whose last install failed.
+    pub(super) fn retry_installs(&mut self) {
+        let pending: Vec<Vip> = std::mem::take(&mut self.uninstalled).into_iter().collect();
+        for vip in pending {
+            if self.desired.vip(&vip).is_err() {
+                continue;
+            }
+            match self.install(&vip) {
+                Ok(()) => tracing::info!("{vip}: its Maglev table is installed now"),
+                Err(error) => tracing::debug!("{error:#}"),
+            }
+        }
+    }
+
     /// Checks, through the controller's reference to the link, that the
     /// program still runs on the interface; a removed pin is restored.
     pub(super) fn check_link(&mut self) {
@@ -672,6 +701,24 @@ impl Controller {
     pub fn pin_dir(&self) -> &std::path::Path {
         &self.instance.pin_dir
     }
+}
+
+/// Refuses workers at one of this balancer's own addresses: its packets
+/// would come back to itself.
+pub fn check_not_own(
+    netlink: &mut Netlink,
+    workers: impl IntoIterator<Item = IpAddr>,
+) -> anyhow::Result<()> {
+    let own = netlink
+        .addresses()
+        .context("reading this host's addresses")?;
+    for worker in workers {
+        // Loopback and the like get the state's more precise refusal.
+        if own.contains(&worker) && service::unicast_problem(worker).is_none() {
+            bail!("worker {worker} is an address of this balancer: a worker must be another host");
+        }
+    }
+    Ok(())
 }
 
 /// The worker's MAC: the neighbour table's; else `known` (what an adopted

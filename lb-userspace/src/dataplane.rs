@@ -697,7 +697,7 @@ pub fn has_pins(dir: &Path) -> bool {
 
 /// The lock file of pin directory `dir`: its path, escaped as systemd
 /// escapes unit names (`/sys/fs/bpf/lb` → `sys-fs-bpf-lb.lock`).
-fn lock_path(dir: &Path) -> PathBuf {
+pub fn lock_path(dir: &Path) -> PathBuf {
     let text = dir.to_string_lossy();
     let escaped: String = text
         .trim_matches('/')

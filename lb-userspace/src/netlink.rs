@@ -10,6 +10,7 @@ use netlink_packet_core::{
     NLM_F_REQUEST,
 };
 use netlink_packet_route::{
+    address::{AddressAttribute, AddressMessage},
     link::{LinkAttribute, LinkMessage, LinkXdp, XdpAttached},
     neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState},
     AddressFamily, RouteNetlinkMessage,
@@ -82,6 +83,25 @@ impl Netlink {
             }));
         let request = RouteNetlinkMessage::NewNeighbour(message);
         self.request(request, NLM_F_REPLACE | NLM_F_ACK, |_| {})
+    }
+
+    /// Every address of every interface in this network namespace.
+    pub fn addresses(&mut self) -> io::Result<Vec<IpAddr>> {
+        let mut found = Vec::new();
+        let request = RouteNetlinkMessage::GetAddress(AddressMessage::default());
+        self.request(request, NLM_F_DUMP, |answer| {
+            let RouteNetlinkMessage::NewAddress(message) = answer else {
+                return;
+            };
+            for attribute in message.attributes {
+                if let AddressAttribute::Address(addr) | AddressAttribute::Local(addr) = attribute {
+                    found.push(addr);
+                }
+            }
+        })?;
+        found.sort();
+        found.dedup();
+        Ok(found)
     }
 
     /// The XDP program interface `ifindex` runs.
@@ -238,6 +258,8 @@ mod tests {
         }
         let xdp = netlink.xdp(lo).unwrap();
         assert_eq!((xdp.program_id, xdp.mode), (0, "none"));
+        let own = netlink.addresses().unwrap();
+        assert!(own.contains(&IpAddr::from([127, 0, 0, 1])), "{own:?}");
         assert!(ifindex("no-such-dev0").is_err());
     }
 }

@@ -69,6 +69,9 @@ pub enum OptionsError {
     /// A TCP check or load probe of a UDP VIP needs a TCP port to probe.
     #[error("{0} is a UDP service: a tcp or http health check or a load probe needs --health-port (a TCP port the workers listen on)")]
     UdpCheckWithoutPort(Vip),
+    /// Port 0 reaches no service.
+    #[error("health check port 0 reaches no service: use a port from 1 to 65535")]
+    PortZero,
     /// A udp or dns check of a TCP VIP needs a UDP port to probe.
     #[error("{0} is a TCP service: a udp or dns health check needs --health-port (a UDP port the workers listen on)")]
     TcpCheckWithoutPort(Vip),
@@ -423,6 +426,7 @@ fn check_port(kind: CheckKind, vip: &Vip, port: Option<u16>) -> Result<(), Optio
         CheckKind::None => false,
     };
     match (other_transport, port, vip.proto) {
+        (_, Some(0), _) => Err(OptionsError::PortZero),
         (true, None, Protocol::Udp) => Err(OptionsError::UdpCheckWithoutPort(*vip)),
         (true, None, Protocol::Tcp) => Err(OptionsError::TcpCheckWithoutPort(*vip)),
         _ => Ok(()),

@@ -156,6 +156,15 @@ fn desired_state(args: &RunArgs) -> anyhow::Result<Desired> {
         Some(path) => Some(FileConfig::load(path)?.desired()?),
         None => None,
     };
+    if let Some(config) = &config {
+        let workers = config
+            .vips()
+            .values()
+            .flat_map(|v| v.workers.keys().copied());
+        let mut netlink =
+            crate::netlink::Netlink::open().context("opening a route netlink socket")?;
+        crate::controller::check_not_own(&mut netlink, workers)?;
+    }
     Ok(match (saved, config) {
         (Some(saved), Some(config)) => saved
             .reconciled(&config)

@@ -143,6 +143,46 @@ pub fn mask_addr(addr: IpAddr, bits: u8) -> IpAddr {
     addr_from_bytes(masked, family).unwrap_or(addr)
 }
 
+/// Why `addr` can't be a VIP or a worker, if it can't: lb sends to one
+/// host at a time, and only to one it can reach on the wire.
+pub fn unicast_problem(addr: IpAddr) -> Option<&'static str> {
+    match addr {
+        IpAddr::V4(v4) => {
+            let octets = v4.octets();
+            if octets[0] == 0 {
+                Some("is \"this network\" (0.0.0.0/8), no host")
+            } else if v4.is_loopback() {
+                Some("is a loopback address: it never leaves its own host")
+            } else if v4.is_multicast() {
+                Some("is a multicast address")
+            } else if v4.is_broadcast() {
+                Some("is the broadcast address")
+            } else if v4.is_link_local() {
+                Some("is a link-local address (169.254.0.0/16)")
+            } else if octets[0] >= 240 {
+                Some("is reserved (240.0.0.0/4)")
+            } else {
+                None
+            }
+        }
+        IpAddr::V6(v6) => {
+            if v6.is_unspecified() {
+                Some("is the unspecified address ::")
+            } else if v6.is_loopback() {
+                Some("is the loopback address ::1: it never leaves its own host")
+            } else if v6.is_multicast() {
+                Some("is a multicast address")
+            } else if v6.to_ipv4_mapped().is_some() {
+                Some("is an IPv4-mapped IPv6 address: write the IPv4 address")
+            } else if v6.segments()[0] & 0xffc0 == 0xfe80 {
+                Some("is a link-local address (fe80::/10)")
+            } else {
+                None
+            }
+        }
+    }
+}
+
 /// Parses a worker address.
 pub fn parse_worker(text: &str) -> Result<IpAddr, ParseError> {
     text.parse()

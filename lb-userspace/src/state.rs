@@ -94,13 +94,32 @@ pub enum StateError {
     #[error("id {0} is out of range")]
     IdOutOfRange(u32),
     /// No such pin.
-    #[error("client {client} is not pinned on {vip}")]
+    #[error(
+        "client {client} is not pinned on {vip} (pins are kept per /{prefix}: none holds {masked})"
+    )]
     UnknownPin {
         /// The VIP.
         vip: Vip,
-        /// The client.
+        /// The client, as given.
         client: IpAddr,
+        /// The VIP's sticky prefix length.
+        prefix: u8,
+        /// The client masked to it.
+        masked: IpAddr,
     },
+    /// An address lb can't send a VIP's traffic to, or serve as a VIP.
+    #[error("{what} {addr} {problem}")]
+    NotUnicast {
+        /// "VIP" or "worker".
+        what: &'static str,
+        /// The address.
+        addr: IpAddr,
+        /// What is wrong with it.
+        problem: &'static str,
+    },
+    /// A worker at the VIP's own address.
+    #[error("worker {0} is the VIP's own address: a worker must be another host that holds the VIP on its loopback")]
+    WorkerIsVip(IpAddr),
 }
 
 /// One worker of a VIP.
@@ -313,6 +332,13 @@ impl Desired {
         if self.vips.contains_key(&vip) {
             return Err(StateError::VipExists(vip));
         }
+        if let Some(problem) = crate::service::unicast_problem(vip.addr) {
+            return Err(StateError::NotUnicast {
+                what: "VIP",
+                addr: vip.addr,
+                problem,
+            });
+        }
         check_options(&vip, &options)?;
         let id = self.vip_ids.take().ok_or(StateError::TooManyVips)?;
         Ok(self.vips.entry(vip).or_insert(VipState {
@@ -348,6 +374,16 @@ impl Desired {
     /// Adds a worker to a VIP; returns its backend id.
     pub fn add_worker(&mut self, vip: &Vip, addr: IpAddr, weight: u32) -> Result<u32, StateError> {
         check_weight(weight)?;
+        if let Some(problem) = crate::service::unicast_problem(addr) {
+            return Err(StateError::NotUnicast {
+                what: "worker",
+                addr,
+                problem,
+            });
+        }
+        if addr == vip.addr {
+            return Err(StateError::WorkerIsVip(addr));
+        }
         if vip.addr.is_ipv4() != addr.is_ipv4() {
             return Err(StateError::FamilyMismatch {
                 vip: *vip,
@@ -409,9 +445,9 @@ impl Desired {
         Ok(worker.id)
     }
 
-    /// Pins `client` (already masked to the VIP's sticky prefix) to a
-    /// worker of the VIP.
-    pub fn pin(&mut self, vip: &Vip, client: IpAddr, worker: IpAddr) -> Result<(), StateError> {
+    /// Pins `client`'s sticky prefix (the VIP's) to a worker; returns
+    /// the masked client the pin is kept under.
+    pub fn pin(&mut self, vip: &Vip, client: IpAddr, worker: IpAddr) -> Result<IpAddr, StateError> {
         if vip.addr.is_ipv4() != client.is_ipv4() {
             return Err(StateError::ClientFamilyMismatch { vip: *vip, client });
         }
@@ -423,18 +459,26 @@ impl Desired {
                 worker,
             });
         }
-        state.pins.insert(client, worker);
-        Ok(())
+        let masked = crate::service::mask_addr(client, state.options.prefix_for(vip));
+        state.pins.insert(masked, worker);
+        Ok(masked)
     }
 
-    /// Removes a pin.
-    pub fn unpin(&mut self, vip: &Vip, client: IpAddr) -> Result<(), StateError> {
+    /// Removes the pin of `client`'s sticky prefix; returns the pinned
+    /// (masked) client.
+    pub fn unpin(&mut self, vip: &Vip, client: IpAddr) -> Result<IpAddr, StateError> {
         let state = self.vips.get_mut(vip).ok_or(StateError::UnknownVip(*vip))?;
-        state
-            .pins
-            .remove(&client)
-            .map(drop)
-            .ok_or(StateError::UnknownPin { vip: *vip, client })
+        let prefix = state.options.prefix_for(vip);
+        let masked = crate::service::mask_addr(client, prefix);
+        match state.pins.remove(&masked) {
+            Some(_) => Ok(masked),
+            None => Err(StateError::UnknownPin {
+                vip: *vip,
+                client,
+                prefix,
+                masked,
+            }),
+        }
     }
 
     /// Removes a worker from a VIP; returns its backend id.
@@ -480,6 +524,86 @@ mod tests {
 
     fn vip(text: &str) -> Vip {
         text.parse().unwrap()
+    }
+
+    #[test]
+    fn addresses_that_are_no_single_host_are_refused_as_vips_and_workers() {
+        let mut state = Desired::new(7);
+        for bad in [
+            "0.0.0.0:80/tcp",
+            "127.0.0.1:80/tcp",
+            "224.0.0.1:80/tcp",
+            "255.255.255.255:80/tcp",
+            "[::1]:80/tcp",
+            "[::ffff:192.0.2.100]:80/tcp",
+            "[ff02::1]:53/udp",
+        ] {
+            let error = state.add_vip(vip(bad), VipOptions::default()).unwrap_err();
+            assert!(
+                matches!(error, StateError::NotUnicast { .. }),
+                "{bad}: {error}"
+            );
+        }
+        let v4 = vip("192.0.2.100:80/tcp");
+        state.add_vip(v4, VipOptions::default()).unwrap();
+        for bad in [
+            "0.0.0.0",
+            "127.0.0.1",
+            "239.1.2.3",
+            "255.255.255.255",
+            "169.254.1.1",
+        ] {
+            let error = state
+                .add_worker(&v4, bad.parse().unwrap(), 100)
+                .unwrap_err();
+            assert!(
+                error.to_string().starts_with(&format!("worker {bad} ")),
+                "{error}"
+            );
+        }
+        let error = state
+            .add_worker(&v4, "192.0.2.100".parse().unwrap(), 100)
+            .unwrap_err();
+        assert_eq!(
+            error,
+            StateError::WorkerIsVip("192.0.2.100".parse().unwrap())
+        );
+        assert!(state.vip(&v4).unwrap().workers.is_empty());
+    }
+
+    #[test]
+    fn pin_errors_name_the_client_as_given() {
+        let mut state = Desired::new(7);
+        let v6 = vip("[2001:db8::100]:80/tcp");
+        let options = VipOptions {
+            sticky_prefix: Some(64),
+            ..Default::default()
+        };
+        state.add_vip(v6, options).unwrap();
+        state
+            .add_worker(&v6, "2001:db8::11".parse().unwrap(), 100)
+            .unwrap();
+        let client: IpAddr = "2001:db8::5".parse().unwrap();
+        let error = state
+            .pin(&v6, client, "2001:db8::99".parse().unwrap())
+            .unwrap_err();
+        assert!(
+            error.to_string().contains("cannot pin 2001:db8::5 to"),
+            "{error}"
+        );
+        let error = state.unpin(&v6, client).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "client 2001:db8::5 is not pinned on [2001:db8::100]:80/tcp (pins are kept per /64: none holds 2001:db8::)"
+        );
+        let masked = state
+            .pin(&v6, client, "2001:db8::11".parse().unwrap())
+            .unwrap();
+        assert_eq!(masked, "2001:db8::".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            state.unpin(&v6, "2001:db8::77".parse().unwrap()).unwrap(),
+            masked
+        );
     }
 
     #[test]

@@ -655,6 +655,7 @@ impl Drop for Testbed {
         self.programs.clear();
         for dir in &self.cleanup_dirs {
             let _ = fs::remove_dir_all(dir);
+            let _ = fs::remove_file(crate::dataplane::lock_path(dir));
         }
         for host in &self.hosts {
             let _ = ip(&["netns", "del", &host.netns]);

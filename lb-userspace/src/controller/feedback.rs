@@ -153,6 +153,7 @@ impl Controller {
         }
         self.refresh_neighbours();
         self.check_link();
+        self.retry_installs();
     }
 
     /// Records how many sticky sessions the table holds.
