@@ -123,7 +123,13 @@ impl Rig {
     /// state file, once the previous one was stopped or killed.
     pub fn start_lb(&mut self, lb_args: &[&str]) -> anyhow::Result<()> {
         let exe = self.lb.exe().to_owned();
-        self.lb = LbProcess::start(&exe, &mut self.bed, &self.balancer, "lb", lb_args)?;
+        self.start_lb_from(&exe, lb_args)
+    }
+
+    /// Starts another `lb` binary (`exe`) the same way: an upgrade or a
+    /// downgrade.
+    pub fn start_lb_from(&mut self, exe: &Path, lb_args: &[&str]) -> anyhow::Result<()> {
+        self.lb = LbProcess::start(exe, &mut self.bed, &self.balancer, "lb", lb_args)?;
         Ok(())
     }
 

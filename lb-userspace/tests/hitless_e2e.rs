@@ -282,6 +282,41 @@ fn an_upgrade_to_a_different_program_under_load_fails_nothing_and_keeps_flows() 
     );
 }
 
+/// An older build of lb (`cargo xtask upgrade-check` builds one and
+/// names it here).
+const UPGRADE_FROM: &str = "LB_UPGRADE_FROM";
+
+#[test]
+#[ignore = "needs an older lb binary: cargo xtask upgrade-check"]
+fn an_upgrade_from_an_older_lb_binary_under_load_fails_nothing() {
+    let old = std::env::var(UPGRADE_FROM).expect("LB_UPGRADE_FROM names the older lb");
+    let mut rig = Rig::new(old.as_ref(), 3, &[]).unwrap();
+    rig.add_vip_with_workers(VIP, &[]).unwrap();
+    let load = Load::start(&rig.client);
+    std::thread::sleep(Duration::from_millis(500));
+    let program_before = program_id(&rig);
+    let flows_before = flows(&rig);
+
+    rig.lb.stop().unwrap();
+    // --force: across a layout change the maps start afresh, and the same
+    // Maglev tables send established connections where they were.
+    rig.start_lb_from(LB.as_ref(), &["--force"]).unwrap();
+    let takeover = rig.lb.takeover_line.clone();
+    println!("upgrade from {old}: {}", takeover.trim());
+    assert!(
+        takeover.contains(&format!("program {program_before} replaced")),
+        "{takeover}"
+    );
+    std::thread::sleep(Duration::from_millis(1000));
+    let (total, failures) = load.finish();
+    assert_no_failures(total, &failures);
+    if takeover.contains("adopted") {
+        assert!(flows_before.is_subset(&flows(&rig)), "flows lost");
+    }
+    let vips = json(&rig.lb.cli_ok(&["vip", "list", "-o", "json"]).unwrap());
+    assert_eq!(vips[0]["workers"], 3, "{vips}");
+}
+
 #[test]
 fn a_damaged_state_file_is_refused_by_name_and_left_untouched() {
     let mut rig = Rig::new(LB.as_ref(), 2, &[]).unwrap();

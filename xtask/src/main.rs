@@ -44,6 +44,13 @@ enum Task {
         #[arg(long, default_value_t = 600)]
         seconds: u64,
     },
+    /// Build lb as of an older commit and upgrade from it to this tree's lb
+    /// under load, on real namespaces: no request may fail (needs root).
+    UpgradeCheck {
+        /// The commit to upgrade from.
+        #[arg(long, default_value = "HEAD~1")]
+        from: String,
+    },
     /// Measure lb against floors and references; writes docs/BENCHMARKS.md (needs root).
     Bench {
         /// A short run that checks the bench works; rough figures.
@@ -117,6 +124,10 @@ fn run(task: Task) -> anyhow::Result<()> {
             }
             status(&mut bench)
         }
+        Task::UpgradeCheck { from } => {
+            setup::setup()?;
+            upgrade_check(&from)
+        }
         Task::Demo => {
             setup::setup()?;
             cargo(&build_args(false))?;
@@ -172,6 +183,66 @@ fn dist() -> anyhow::Result<()> {
     status(Command::new(&lb).arg("man").arg("--out-dir").arg(&man))?;
     println!("dist: wrote target/dist/man/lb.1 and a page per command");
     Ok(())
+}
+
+/// Builds `lb` as of commit `from` in a worktree of its own (sharing the
+/// already built dependencies), then runs the upgrade test with it.
+fn upgrade_check(from: &str) -> anyhow::Result<()> {
+    let root = workspace_root();
+    let tree = root.join("target/upgrade-from/tree");
+    let target = root.join("target/upgrade-from/target");
+    let git = |args: &[&str]| status(Command::new("git").args(args).current_dir(&root));
+    let _ = std::fs::remove_dir_all(&tree);
+    git(&["worktree", "prune"])?;
+    git(&["worktree", "add", "--detach", &tree.to_string_lossy(), from])?;
+    let built = build_in(&tree, &target, &root);
+    git(&["worktree", "remove", "--force", &tree.to_string_lossy()])?;
+    built?;
+    let old = target.join("debug/lb");
+    println!("upgrade-check: upgrading from {from} ({})", old.display());
+    cargo(&["build".into(), "--package".into(), "lb-userspace".into()])?;
+    let cargo_bin = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    status(
+        Command::new(cargo_bin)
+            .args([
+                "test",
+                "--package",
+                "lb-userspace",
+                "--test",
+                "hitless_e2e",
+                "an_upgrade_from_an_older_lb_binary",
+                "--",
+                "--ignored",
+                "--nocapture",
+            ])
+            .env("LB_UPGRADE_FROM", &old)
+            .current_dir(&root),
+    )
+}
+
+/// Builds `lb` in `tree` into `target`, seeded with hard links to this
+/// tree's dependency builds so that only lb's own crates compile.
+fn build_in(
+    tree: &std::path::Path,
+    target: &std::path::Path,
+    root: &std::path::Path,
+) -> anyhow::Result<()> {
+    if !target.exists() && root.join("target/debug").exists() {
+        std::fs::create_dir_all(target)?;
+        // Hard links: cargo only adds files next to the fresh ones.
+        let _ = Command::new("cp")
+            .args(["-al"])
+            .arg(root.join("target/debug"))
+            .arg(target)
+            .status();
+    }
+    let cargo_bin = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    status(
+        Command::new(cargo_bin)
+            .args(["build", "--package", "lb-userspace", "--bin", "lb"])
+            .env("CARGO_TARGET_DIR", target)
+            .current_dir(tree),
+    )
 }
 
 fn capture_git_head() -> anyhow::Result<String> {
