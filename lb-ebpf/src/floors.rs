@@ -2,6 +2,10 @@
 //! measured against. Built like lb (same toolchain, same frame access).
 #![no_std]
 #![no_main]
+#![expect(
+    clippy::needless_borrows_for_generic_args,
+    reason = "aya-ebpf's map methods take `impl Borrow<K>`: a reference spares a copy of the key on the 512-byte BPF stack"
+)]
 
 #[path = "frame.rs"]
 mod frame;

@@ -1,6 +1,10 @@
 //! lb's XDP data plane: parse → VIP lookup → flow table → Maglev → L2 DSR.
 #![no_std]
 #![no_main]
+#![expect(
+    clippy::needless_borrows_for_generic_args,
+    reason = "aya-ebpf's map methods take `impl Borrow<K>`: a reference spares a copy of the key on the 512-byte BPF stack"
+)]
 
 mod frame;
 mod icmp;
@@ -19,22 +23,14 @@ use lb_common::{
 
 use crate::{frame::XdpFrame, maps::*};
 
-/// Set by the loader to build a program that differs from the default one
-/// without changing what it does (upgrade tests swap such a program in).
-#[unsafe(no_mangle)]
-static LB_VARIANT: u32 = 0;
-
 /// The balancer: forwards packets for VIPs to their workers, passes
 /// everything else to the kernel untouched.
 #[xdp]
 pub fn lb_xdp(ctx: XdpContext) -> u32 {
     let frame = XdpFrame::new(&ctx);
+    // Slot 0 of a per-CPU array always exists; the verifier needs the check.
     let Some(counters) = LB_COUNTERS.get_ptr_mut(0) else {
-        // Never taken (slot 0 of a per-CPU array always exists); reading the
-        // variant here keeps it in the object at no per-packet cost.
-        // SAFETY: a plain read of a read-only global.
-        let variant = unsafe { core::ptr::read_volatile(&LB_VARIANT) };
-        return xdp_action::XDP_PASS | (variant & 0);
+        return xdp_action::XDP_PASS;
     };
     // SAFETY: per-CPU slot: nothing else touches it during this run.
     let counters = unsafe { &mut *counters };

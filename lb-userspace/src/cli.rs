@@ -124,9 +124,6 @@ pub struct RunArgs {
     /// tracing filter such as `lb_userspace=debug`); overrides RUST_LOG.
     #[arg(long)]
     pub log_level: Option<String>,
-    /// For upgrade tests: load a program that differs from this build's.
-    #[arg(long, hide = true, default_value_t = 0)]
-    pub program_variant: u32,
 }
 
 /// Arguments of `lb detach`.

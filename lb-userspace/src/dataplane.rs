@@ -28,9 +28,6 @@ const BPFFS_MOUNT: &str = "/sys/fs/bpf";
 pub const LINK_PIN: &str = "link";
 /// Prefix of the directory that marks the layout of the pinned maps.
 const LAYOUT_MARK: &str = "layout-";
-/// Name of the read-only global a test build sets to load a program that
-/// differs from the default one.
-const VARIANT_GLOBAL: &str = "LB_VARIANT";
 
 /// Default capacity of the flow table.
 pub const DEFAULT_MAX_FLOWS: u32 = 1_000_000;
@@ -204,9 +201,6 @@ pub struct AttachOptions {
     pub max_flows: u32,
     /// Replace pinned maps of another layout (losing the flow table).
     pub force: bool,
-    /// Value of the program's `LB_VARIANT` global: tests load a program
-    /// that differs from the default build by setting it.
-    pub variant: u32,
 }
 
 /// What `Dataplane::attach` found on the interface.
@@ -538,9 +532,6 @@ fn load(options: &AttachOptions) -> Result<Ebpf, DataplaneError> {
     loader.map_max_entries(map_names::FLOWS, options.max_flows);
     for &name in map_names::ALL {
         loader.map_pin_path(name, options.pin_dir.join(name));
-    }
-    if options.variant != 0 {
-        loader.override_global(VARIANT_GLOBAL, &options.variant, true);
     }
     loader
         .load(object::LB_XDP)

@@ -62,7 +62,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         pin_dir: args.pin_dir,
         max_flows: args.max_flows,
         force: args.force,
-        variant: args.program_variant,
     };
     let mut dataplane = Dataplane::attach(options)?;
     let maps = ControlMaps::take(dataplane.ebpf_mut()).context("opening the data plane's maps")?;

@@ -79,17 +79,29 @@ fn nightly_llvm_major() -> anyhow::Result<u32> {
     Ok(major)
 }
 
+/// The nightly's `rust-src` (to build core for the BPF target) and
+/// `clippy` (to lint the eBPF crate for that target).
 fn rust_src() -> anyhow::Result<()> {
     let installed = capture(
         "rustup",
         &["component", "list", "--toolchain", "nightly", "--installed"],
     )?;
-    if installed.lines().any(|l| l.starts_with("rust-src")) {
-        step("rust-src for nightly", "present");
-        return Ok(());
+    for component in ["rust-src", "clippy"] {
+        let what = format!("{component} for nightly");
+        if installed.lines().any(|l| l.starts_with(component)) {
+            step(&what, "present");
+            continue;
+        }
+        step(&what, "installing");
+        run(Command::new("rustup").args([
+            "component",
+            "add",
+            component,
+            "--toolchain",
+            "nightly",
+        ]))?;
     }
-    step("rust-src for nightly", "installing");
-    run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+    Ok(())
 }
 
 fn deb_installed(package: &str) -> bool {
