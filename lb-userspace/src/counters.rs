@@ -37,22 +37,3 @@ pub fn render_table(counters: &GlobalCounters) -> String {
         .map(|(name, value)| format!("{name:<width$}  {value}\n"))
         .collect()
 }
-
-/// The counters as one JSON object, `{"name": value, ...}`.
-pub fn to_json(counters: &GlobalCounters) -> serde_json::Value {
-    let map: serde_json::Map<String, serde_json::Value> = GlobalCounters::NAMES
-        .iter()
-        .zip(counters.values())
-        .map(|(name, value)| (name.to_string(), value.into()))
-        .collect();
-    serde_json::Value::Object(map)
-}
-
-/// Reads back what [`to_json`] made.
-pub fn from_json(value: &serde_json::Value) -> Option<GlobalCounters> {
-    let mut values = [0u64; GlobalCounters::NAMES.len()];
-    for (slot, name) in values.iter_mut().zip(GlobalCounters::NAMES) {
-        *slot = value.get(name)?.as_u64()?;
-    }
-    Some(GlobalCounters::from_values(values))
-}

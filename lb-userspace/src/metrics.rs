@@ -144,19 +144,7 @@ fn global(registry: &mut Registry, pin_dir: &Path) -> anyhow::Result<()> {
         "lb_packet_class_packets",
         "Frames by class (one class per frame)",
     );
-    for class in [
-        "non_ip",
-        "malformed",
-        "ipv4_tcp",
-        "ipv4_udp",
-        "ipv4_icmp",
-        "ipv4_fragment",
-        "ipv4_other",
-        "ipv6_tcp",
-        "ipv6_udp",
-        "ipv6_icmp",
-        "ipv6_other",
-    ] {
+    for class in GlobalCounters::CLASSES {
         classes
             .get_or_create(&labels(&[("class", class)]))
             .inc_by(value(class));

@@ -60,7 +60,7 @@ pub fn stats(args: &PinnedArgs) -> anyhow::Result<()> {
     let workers = worker_rows(pin_dir, &vip_ids)?;
     match args.output {
         OutputFormat::Json => {
-            let global = counters::to_json(&global);
+            let global = serde_json::to_value(global)?;
             let doc = serde_json::json!({ "global": global, "vips": vips, "workers": workers });
             println!("{doc}");
         }
