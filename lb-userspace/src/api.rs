@@ -19,8 +19,21 @@ use crate::{
 
 /// Largest request the controller reads.
 pub const MAX_REQUEST_BYTES: u64 = 64 * 1024;
-/// How long either side waits for the other.
+/// How long the CLI waits for the controller, and the controller for a
+/// client to take its answer.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the controller waits for a request once it took a connection.
+/// The CLI sends its request as it connects, so it is there already; a
+/// peer that sends nothing frees its slot this soon.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+/// What the CLI says when the controller hung up without a whole answer.
+const CLOSED: &str =
+    "the controller closed the connection without answering (did it stop or crash? see its log)";
+
+/// The refusal of a request over [`MAX_REQUEST_BYTES`].
+pub fn too_large() -> String {
+    format!("request too large (over {} KiB)", MAX_REQUEST_BYTES / 1024)
+}
 
 /// What the CLI asks the controller.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -286,6 +299,11 @@ pub struct Status {
 
 /// Sends `request` to the controller at `socket` and returns its data.
 pub fn call(socket: &Path, request: &Request) -> anyhow::Result<serde_json::Value> {
+    let mut line = serde_json::to_string(request)?;
+    line.push('\n');
+    if line.len() as u64 > MAX_REQUEST_BYTES {
+        bail!("{}", too_large());
+    }
     let mut stream = UnixStream::connect(socket).with_context(|| {
         format!(
             "no lb controller answers on {}; start one with `sudo lb run --iface <dev>` (or pass its --socket; the socket is root-only)",
@@ -294,13 +312,14 @@ pub fn call(socket: &Path, request: &Request) -> anyhow::Result<serde_json::Valu
     })?;
     stream.set_read_timeout(Some(IO_TIMEOUT))?;
     stream.set_write_timeout(Some(IO_TIMEOUT))?;
-    let mut line = serde_json::to_string(request)?;
-    line.push('\n');
-    stream.write_all(line.as_bytes())?;
+    stream.write_all(line.as_bytes()).map_err(lost)?;
     let mut answer = String::new();
     BufReader::new(stream)
         .read_line(&mut answer)
-        .context("the controller did not answer")?;
+        .map_err(lost)?;
+    if !answer.ends_with('\n') {
+        bail!(CLOSED);
+    }
     let response: Response = serde_json::from_str(&answer)
         .with_context(|| format!("garbled answer from the controller: {answer:?}"))?;
     if !response.ok {
@@ -312,4 +331,79 @@ pub fn call(socket: &Path, request: &Request) -> anyhow::Result<serde_json::Valu
         );
     }
     Ok(response.data)
+}
+
+/// Why talking to the controller failed, in the CLI's words.
+fn lost(error: std::io::Error) -> anyhow::Error {
+    use std::io::ErrorKind;
+    match error.kind() {
+        ErrorKind::WouldBlock | ErrorKind::TimedOut => anyhow::anyhow!(
+            "the controller did not answer within {}: it may be busy with other connections or stuck; see its log",
+            crate::duration::format(IO_TIMEOUT)
+        ),
+        ErrorKind::BrokenPipe | ErrorKind::ConnectionReset | ErrorKind::UnexpectedEof => {
+            anyhow::anyhow!(CLOSED)
+        }
+        _ => anyhow::Error::new(error).context("talking to the controller"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{io::Read as _, os::unix::net::UnixListener, path::PathBuf};
+
+    use super::*;
+
+    /// A socket path of its own for each test, removed on drop.
+    struct Socket(PathBuf);
+
+    impl Socket {
+        fn new(name: &str) -> Self {
+            let path =
+                std::env::temp_dir().join(format!("lb-api-{}-{name}.sock", std::process::id()));
+            let _ = std::fs::remove_file(&path);
+            Self(path)
+        }
+    }
+
+    impl Drop for Socket {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
+    /// A controller that reads the request line, writes `answer` and hangs up.
+    fn dying_controller(socket: &Socket, answer: &'static [u8]) -> std::thread::JoinHandle<()> {
+        let listener = UnixListener::bind(&socket.0).unwrap();
+        std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            let mut byte = [0];
+            while stream.read_exact(&mut byte).is_ok() && byte[0] != b'\n' {}
+            stream.write_all(answer).unwrap();
+        })
+    }
+
+    #[test]
+    fn a_controller_that_hangs_up_without_a_whole_answer_is_reported_as_such() {
+        for (name, answer) in [("silent", &b""[..]), ("cut", b"{\"ok\":tr")] {
+            let socket = Socket::new(name);
+            let controller = dying_controller(&socket, answer);
+            let error = call(&socket.0, &Request::Status).unwrap_err();
+            assert_eq!(error.to_string(), CLOSED, "{name}");
+            controller.join().unwrap();
+        }
+    }
+
+    #[test]
+    fn a_request_over_the_limit_is_refused_before_it_is_sent() {
+        let mut options = VipOptions::default();
+        options.health.path = format!("/{}", "a".repeat(MAX_REQUEST_BYTES as usize));
+        let request = Request::VipAdd {
+            vip: "192.0.2.100:80/tcp".parse().unwrap(),
+            options,
+        };
+        let socket = Socket::new("large");
+        let error = call(&socket.0, &request).unwrap_err();
+        assert_eq!(error.to_string(), "request too large (over 64 KiB)");
+    }
 }

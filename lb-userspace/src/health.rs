@@ -189,10 +189,10 @@ async fn tcp(addr: SocketAddr, timeout: Duration) -> (bool, String) {
 }
 
 async fn http_check(addr: SocketAddr, path: &str, timeout: Duration) -> (bool, String) {
-    match http::get(addr, path, &addr.to_string(), timeout).await {
-        Ok(response) => (
-            (200..300).contains(&response.status),
-            format!("HTTP {}", response.status),
+    match http::get(addr, path, timeout).await {
+        Ok(page) => (
+            (200..300).contains(&page.status),
+            format!("HTTP {}", page.status),
         ),
         Err(error) => (false, error.to_string()),
     }
@@ -309,13 +309,13 @@ fn socket_error(error: &io::Error) -> String {
 
 /// Fetches a load figure: the body of `GET path`, a number from 0 to 1.
 pub async fn probe_load(addr: SocketAddr, path: &str, timeout: Duration) -> Result<f64, String> {
-    let response = http::get(addr, path, &addr.to_string(), timeout)
+    let page = http::get(addr, path, timeout)
         .await
         .map_err(|e| e.to_string())?;
-    if !(200..300).contains(&response.status) {
-        return Err(format!("load probe answered HTTP {}", response.status));
+    if !(200..300).contains(&page.status) {
+        return Err(format!("load probe answered HTTP {}", page.status));
     }
-    let text = String::from_utf8_lossy(&response.body);
+    let text = String::from_utf8_lossy(&page.body);
     let load: f64 = text
         .trim()
         .parse()

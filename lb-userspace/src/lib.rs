@@ -18,6 +18,7 @@ pub mod frames;
 pub mod health;
 pub mod http;
 pub mod iface;
+pub mod listen;
 pub mod load;
 pub mod logging;
 pub mod maglev;

@@ -15,14 +15,16 @@ use std::{
 };
 
 use anyhow::{bail, Context as _};
+use hyper::{body::Bytes, header::AUTHORIZATION, Method, Request, StatusCode};
 use lb_common::balancer::{LOAD_SCALE, LOAD_UNKNOWN};
 use serde::{Deserialize, Serialize};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
-use crate::{http, service::Vip};
+use crate::{
+    http::{self, Answer},
+    service::Vip,
+};
 
-/// How long a reporting worker may take to send its request.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// Shortest token accepted, so it can't be guessed.
 const MIN_TOKEN_LEN: usize = 16;
 
@@ -54,13 +56,13 @@ pub enum LoadError {
 }
 
 impl LoadError {
-    fn status(&self) -> u16 {
+    fn status(&self) -> StatusCode {
         match self {
-            Self::OutOfRange(_) => 422,
-            Self::Malformed(_) => 400,
-            Self::Unauthorised => 401,
-            Self::WrongSource { .. } => 403,
-            Self::Refused(_) => 404,
+            Self::OutOfRange(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::Malformed(_) => StatusCode::BAD_REQUEST,
+            Self::Unauthorised => StatusCode::UNAUTHORIZED,
+            Self::WrongSource { .. } => StatusCode::FORBIDDEN,
+            Self::Refused(_) => StatusCode::NOT_FOUND,
         }
     }
 }
@@ -166,15 +168,17 @@ pub fn read_token(path: &Path) -> anyhow::Result<String> {
 }
 
 /// Checks a request's credentials and source, then parses its report.
-pub fn authorise(request: &http::Request, from: IpAddr, token: &str) -> Result<Report, LoadError> {
+pub fn authorise(request: &Request<Bytes>, from: IpAddr, token: &str) -> Result<Report, LoadError> {
     let presented = request
-        .header("authorization")
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .ok_or(LoadError::Unauthorised)?;
     if !constant_time_eq(presented.trim().as_bytes(), token.as_bytes()) {
         return Err(LoadError::Unauthorised);
     }
-    let report = parse_report(&request.body)?;
+    let report = parse_report(request.body())?;
     let from = from.to_canonical();
     if report.worker != from {
         return Err(LoadError::WrongSource {
@@ -189,53 +193,42 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Serves `POST /load` until the task is dropped; `accept` applies a
-/// report or says why not.
-pub async fn serve<F>(listener: TcpListener, token: String, accept: F)
+/// Serves `POST /load` until the task is dropped, at most `cap`
+/// connections at once; `accept` applies a report or says why not.
+pub async fn serve<F>(listener: TcpListener, cap: usize, token: String, accept: F)
 where
     F: Fn(Report) -> Result<(), String> + Send + Sync + 'static,
 {
     let token = Arc::new(token);
     let accept = Arc::new(accept);
-    loop {
-        let Ok((stream, from)) = listener.accept().await else {
-            continue;
-        };
-        let (token, accept) = (token.clone(), accept.clone());
-        tokio::spawn(async move { answer(stream, from, &token, accept.as_ref()).await });
-    }
-}
-
-async fn answer<F>(mut stream: TcpStream, from: SocketAddr, token: &str, accept: &F)
-where
-    F: Fn(Report) -> Result<(), String>,
-{
-    let (status, body) = match http::read_request(&mut stream, REQUEST_TIMEOUT).await {
-        Err(error) => (error.status(), error.to_string()),
-        Ok(request) if request.path != "/load" => (404, "only /load is served here".into()),
-        Ok(request) if request.method != "POST" => (405, "use POST /load".into()),
-        Ok(request) => match handle(&request, from.ip(), token, accept) {
-            Ok(()) => (204, String::new()),
-            Err(error) => (error.status(), error.to_string()),
+    http::serve(
+        listener,
+        "load report endpoint",
+        cap,
+        move |request, from: SocketAddr| {
+            let (token, accept) = (token.clone(), accept.clone());
+            async move { answer(&request, from.ip(), &token, accept.as_ref()) }
         },
-    };
-    if status != 204 {
-        tracing::debug!("load report from {from} refused: {body}");
-    }
-    let _ = http::write_response(&mut stream, status, "text/plain", body.as_bytes()).await;
+    )
+    .await;
 }
 
-fn handle<F>(
-    request: &http::Request,
-    from: IpAddr,
-    token: &str,
-    accept: &F,
-) -> Result<(), LoadError>
+fn answer<F>(request: &Request<Bytes>, from: IpAddr, token: &str, accept: &F) -> Answer
 where
     F: Fn(Report) -> Result<(), String>,
 {
-    let report = authorise(request, from, token)?;
-    accept(report).map_err(LoadError::Refused)
+    if request.uri().path() != "/load" {
+        return Answer::text(StatusCode::NOT_FOUND, "only /load is served here");
+    }
+    if request.method() != Method::POST {
+        return Answer::text(StatusCode::METHOD_NOT_ALLOWED, "use POST /load");
+    }
+    match authorise(request, from, token)
+        .and_then(|report| accept(report).map_err(LoadError::Refused))
+    {
+        Ok(()) => Answer::text(StatusCode::NO_CONTENT, ""),
+        Err(error) => Answer::text(error.status(), error.to_string()),
+    }
 }
 
 #[cfg(test)]
@@ -244,15 +237,12 @@ mod tests {
 
     const TOKEN: &str = "0123456789abcdef0123";
 
-    fn request(auth: Option<&str>, body: &str) -> http::Request {
-        http::Request {
-            method: "POST".into(),
-            path: "/load".into(),
-            headers: auth
-                .map(|a| vec![("Authorization".to_owned(), a.to_owned())])
-                .unwrap_or_default(),
-            body: body.as_bytes().to_vec(),
+    fn request(auth: Option<&str>, body: &str) -> Request<Bytes> {
+        let mut request = Request::post("/load");
+        if let Some(auth) = auth {
+            request = request.header(AUTHORIZATION, auth);
         }
+        request.body(Bytes::from(body.to_owned())).unwrap()
     }
 
     const GOOD: &str = r#"{"vip":"192.0.2.100:80/tcp","worker":"192.0.2.11","load":0.73}"#;
@@ -324,7 +314,7 @@ mod tests {
         ];
         for (request, from, status) in cases {
             let error = authorise(&request, from, TOKEN).unwrap_err();
-            assert_eq!(error.status(), status, "{request:?}: {error}");
+            assert_eq!(error.status().as_u16(), status, "{request:?}: {error}");
         }
     }
 
@@ -345,5 +335,63 @@ mod tests {
         assert_eq!(scaled(None), LOAD_UNKNOWN);
         assert!(scaled_flows(10, 200) < scaled_flows(10, 100));
         assert!(scaled_flows(u64::MAX, 1) < LOAD_UNKNOWN);
+    }
+
+    /// POSTs `body` to `path` with `auth`; the status and body answered.
+    async fn post(
+        addr: std::net::SocketAddr,
+        method: &str,
+        path: &str,
+        auth: &str,
+        body: &str,
+    ) -> (u16, String) {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: lb\r\n{auth}Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).await.unwrap();
+        let status = answer[9..12].parse().unwrap();
+        let text = answer.split_once("\r\n\r\n").unwrap().1.to_owned();
+        (status, text)
+    }
+
+    #[tokio::test]
+    async fn the_endpoint_answers_each_report_with_its_status_and_why() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(serve(listener, 4, TOKEN.into(), |report| {
+            match report.vip.to_string().as_str() {
+                "127.0.0.1:80/tcp" => Ok(()),
+                vip => Err(format!("no VIP {vip}")),
+            }
+        }));
+        let bearer = format!("Authorization: Bearer {TOKEN}\r\n");
+        let good = r#"{"vip":"127.0.0.1:80/tcp","worker":"127.0.0.1","load":0.5}"#;
+        let elsewhere = good.replace(":80/", ":81/");
+        let cases = [
+            ("POST", "/load", bearer.as_str(), good, 204, ""),
+            ("GET", "/load", &bearer, good, 405, "use POST /load"),
+            ("POST", "/", &bearer, good, 404, "only /load is served here"),
+            (
+                "POST",
+                "/load",
+                "",
+                good,
+                401,
+                "unauthorised: send the token from --load-token-file as `Authorization: Bearer <token>`",
+            ),
+            ("POST", "/load", &bearer, &elsewhere, 404, "no VIP 127.0.0.1:81/tcp"),
+        ];
+        for (method, path, auth, body, status, text) in cases {
+            assert_eq!(
+                post(addr, method, path, auth, body).await,
+                (status, text.to_owned()),
+                "{method} {path} {auth} {body}"
+            );
+        }
     }
 }

@@ -2,63 +2,66 @@
 //! the text exposition format. Figures are read at each scrape: counters
 //! from the pinned maps, worker state from the controller.
 
-use std::{path::Path, sync::Arc, time::Duration};
+use std::{path::Path, sync::Arc};
 
 use anyhow::Context as _;
+use hyper::{body::Bytes, Method, Request, StatusCode};
 use lb_common::{balancer::TrafficCounters, counters::GlobalCounters, map_names};
 use prometheus_client::{
     encoding::text::encode,
     metrics::{counter::Counter, family::Family, gauge::Gauge},
     registry::Registry,
 };
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
-use crate::{api::WorkerState, controller::MetricsSnapshot, counters, http, maps};
+use crate::{
+    api::WorkerState,
+    controller::MetricsSnapshot,
+    counters,
+    http::{self, Answer},
+    maps,
+};
 
 type Labels = Vec<(String, String)>;
 type Counters = Family<Labels, Counter>;
 type Gauges = Family<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>;
 
-/// Serves `/metrics` until dropped; `snapshot` gives the controller's
-/// figures (it runs on a blocking thread).
-pub async fn serve<F>(listener: TcpListener, snapshot: F)
+/// Serves `/metrics` until dropped, at most `cap` connections at once;
+/// `snapshot` gives the controller's figures (it runs on a blocking
+/// thread).
+pub async fn serve<F>(listener: TcpListener, cap: usize, snapshot: F)
 where
     F: Fn() -> MetricsSnapshot + Send + Sync + 'static,
 {
     let snapshot = Arc::new(snapshot);
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
-        };
-        tokio::spawn(answer(stream, snapshot.clone()));
-    }
+    http::serve(listener, "metrics endpoint", cap, move |request, _| {
+        answer(request, snapshot.clone())
+    })
+    .await;
 }
 
-async fn answer<F>(mut stream: TcpStream, snapshot: Arc<F>)
+async fn answer<F>(request: Request<Bytes>, snapshot: Arc<F>) -> Answer
 where
     F: Fn() -> MetricsSnapshot + Send + Sync + 'static,
 {
-    let (status, content_type, body) =
-        match http::read_request(&mut stream, Duration::from_secs(5)).await {
-            Err(error) => (error.status(), "text/plain", error.to_string()),
-            Ok(request) if request.path != "/metrics" => (404, "text/plain", "see /metrics".into()),
-            Ok(request) if request.method != "GET" => (405, "text/plain", "use GET".into()),
-            Ok(_) => {
-                let rendered = tokio::task::spawn_blocking(move || render(&snapshot()))
-                    .await
-                    .map_err(anyhow::Error::from)
-                    .and_then(|r| r);
-                match rendered {
-                    Ok(text) => (
-                        200,
-                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                        text,
-                    ),
-                    Err(error) => (500, "text/plain", format!("{error:#}")),
-                }
-            }
-        };
-    let _ = http::write_response(&mut stream, status, content_type, body.as_bytes()).await;
+    if request.uri().path() != "/metrics" {
+        return Answer::text(StatusCode::NOT_FOUND, "see /metrics");
+    }
+    if request.method() != Method::GET {
+        return Answer::text(StatusCode::METHOD_NOT_ALLOWED, "use GET");
+    }
+    let rendered = tokio::task::spawn_blocking(move || render(&snapshot()))
+        .await
+        .map_err(anyhow::Error::from)
+        .and_then(|r| r);
+    match rendered {
+        Ok(body) => Answer {
+            status: StatusCode::OK,
+            content_type: "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            body,
+        },
+        Err(error) => Answer::text(StatusCode::INTERNAL_SERVER_ERROR, format!("{error:#}")),
+    }
 }
 
 fn labels(pairs: &[(&str, &str)]) -> Labels {

@@ -285,7 +285,7 @@ impl VipOptions {
             return Err(OptionsError::LoadTtl(duration::format(load_ttl)));
         }
         if let Some(path) = &self.load.probe {
-            crate::http::check_path(path).map_err(|_| OptionsError::Path(path.clone()))?;
+            check_path(path)?;
             if vip.proto == Protocol::Udp && self.health.port.is_none() {
                 return Err(OptionsError::UdpCheckWithoutPort(*vip));
             }
@@ -328,8 +328,7 @@ impl HealthOptions {
             CheckKind::None => Check::None,
             CheckKind::Tcp => Check::Tcp,
             CheckKind::Http => {
-                crate::http::check_path(&self.path)
-                    .map_err(|_| OptionsError::Path(self.path.clone()))?;
+                check_path(&self.path)?;
                 Check::Http {
                     path: self.path.clone(),
                 }
@@ -414,6 +413,17 @@ impl HealthOptions {
             return Err(OptionsError::Count("fall"));
         }
         self.check_for(vip).map(drop)
+    }
+}
+
+/// Checks that an HTTP path (a health check's or a load probe's) can go in
+/// a request line as it is: it starts with `/` and holds only printable
+/// ASCII without spaces.
+fn check_path(path: &str) -> Result<(), OptionsError> {
+    if path.starts_with('/') && path.bytes().all(|b| b.is_ascii_graphic()) {
+        Ok(())
+    } else {
+        Err(OptionsError::Path(path.to_owned()))
     }
 }
 
@@ -612,5 +622,18 @@ mod tests {
             ..Default::default()
         };
         assert!(udp_tcp_check.validate(&vip("192.0.2.100:53/udp")).is_err());
+    }
+
+    #[test]
+    fn http_paths_are_plain_absolute_paths() {
+        for path in ["/", "/health", "/a/b?c=d&e=%20"] {
+            assert!(check_path(path).is_ok(), "{path}");
+        }
+        for path in ["", "health", "/a b", "/a\tb", "/a\r\n", "/é", "*"] {
+            assert!(
+                matches!(check_path(path), Err(OptionsError::Path(_))),
+                "{path}"
+            );
+        }
     }
 }

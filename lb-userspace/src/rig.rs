@@ -133,6 +133,20 @@ impl Rig {
         Ok(())
     }
 
+    /// As [`Rig::start_lb`], under an open-file limit of `nofile`.
+    pub fn start_lb_limited(&mut self, lb_args: &[&str], nofile: u64) -> anyhow::Result<()> {
+        let exe = self.lb.exe().to_owned();
+        self.lb = LbProcess::start_limited(
+            &exe,
+            &mut self.bed,
+            &self.balancer,
+            "lb",
+            lb_args,
+            Some(nofile),
+        )?;
+        Ok(())
+    }
+
     /// Kills worker `index`'s nginx, as a crash would.
     pub fn stop_worker(&mut self, index: usize) {
         self.servers[index] = None;

@@ -9,20 +9,21 @@ use std::{
 
 use anyhow::{bail, Context as _};
 use tokio::{
-    io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
-    net::{UnixListener, UnixStream},
+    io::{AsyncBufReadExt as _, AsyncRead, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
+    net::{TcpListener, TcpSocket, UnixListener, UnixStream},
     signal::unix::{signal, SignalKind},
     sync::mpsc,
 };
 
 use crate::{
     activity,
-    api::{Request, Response, IO_TIMEOUT, MAX_REQUEST_BYTES},
+    api::{self, Request, Response, IO_TIMEOUT, MAX_REQUEST_BYTES, REQUEST_TIMEOUT},
     cli::RunArgs,
     config::FileConfig,
     controller::{Controller, Instance},
     dataplane::{AttachOptions, Dataplane, Takeover},
     health::{self, Supervisor},
+    listen::{Caps, Gate},
     load,
     maps::ControlMaps,
     sessions,
@@ -38,6 +39,9 @@ const SESSION_EXPIRY_TICKS: u64 = 10;
 /// A flow-table scan may take at most this share of the time (a huge
 /// table is scanned less often rather than hogging a core).
 const SCAN_DUTY: u32 = 10;
+/// Connections the kernel holds for a TCP listener that is at its cap:
+/// they wait there, at no descriptor's cost, rather than being refused.
+const TCP_BACKLOG: u32 = 1024;
 
 type Shared<T> = Arc<Mutex<T>>;
 
@@ -46,13 +50,12 @@ type Shared<T> = Arc<Mutex<T>>;
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     // Everything that can be refused is checked before touching the NIC.
     let desired = desired_state(&args)?;
-    let load_endpoint = load_endpoint(&args).await?;
+    let caps = Caps::for_this_process();
+    let load_endpoint = load_endpoint(&args)?;
     let metrics_endpoint = match args.metrics {
-        Some(addr) => Some(
-            tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("binding the metrics endpoint {addr}"))?,
-        ),
+        Some(addr) => {
+            Some(bind_tcp(addr).with_context(|| format!("binding the metrics endpoint {addr}"))?)
+        }
         None => None,
     };
     claim_socket(&args.socket)?;
@@ -95,7 +98,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     if let Some((reports, token)) = load_endpoint {
         let addr = reports.local_addr()?;
         let controller = controller.clone();
-        tokio::spawn(load::serve(reports, token, move |report| {
+        tokio::spawn(load::serve(reports, caps.load, token, move |report| {
             tokio::task::block_in_place(|| lock(&controller).push_load(report))
         }));
         say(&format!("lb: accepting load reports on http://{addr}/load"));
@@ -103,12 +106,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     if let Some(listener) = metrics_endpoint {
         let addr = listener.local_addr()?;
         let controller = controller.clone();
-        tokio::spawn(crate::metrics::serve(listener, move || {
+        tokio::spawn(crate::metrics::serve(listener, caps.metrics, move || {
             lock(&controller).metrics_snapshot()
         }));
         say(&format!("lb: serving metrics on http://{addr}/metrics"));
     }
-    let served = serve(listener, controller, signals).await;
+    serve(listener, caps.admin, controller, signals).await;
     let _ = std::fs::remove_file(&args.socket);
     if args.detach_on_exit {
         dataplane.detach();
@@ -121,7 +124,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             options.pin_dir.display()
         ));
     }
-    served
+    Ok(())
 }
 
 /// `lb detach`: removes a stopped instance's link and pins.
@@ -191,9 +194,7 @@ fn takeover_line(takeover: Takeover, state_file: &Path) -> String {
 }
 
 /// The load report endpoint's socket and token, when asked for.
-async fn load_endpoint(
-    args: &RunArgs,
-) -> anyhow::Result<Option<(tokio::net::TcpListener, String)>> {
+fn load_endpoint(args: &RunArgs) -> anyhow::Result<Option<(TcpListener, String)>> {
     let Some(addr) = args.load_listen else {
         return Ok(None);
     };
@@ -201,10 +202,21 @@ async fn load_endpoint(
         bail!("--load-listen needs --load-token-file: workers must authenticate their reports");
     };
     let token = load::read_token(path)?;
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("binding the load report endpoint {addr}"))?;
+    let listener =
+        bind_tcp(addr).with_context(|| format!("binding the load report endpoint {addr}"))?;
     Ok(Some((listener, token)))
+}
+
+/// A TCP listener with room for [`TCP_BACKLOG`] waiting connections.
+fn bind_tcp(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(TCP_BACKLOG)
 }
 
 /// SIGINT and SIGTERM, caught from before lb says it attached (a signal
@@ -223,11 +235,14 @@ impl StopSignals {
     }
 }
 
+/// Serves the admin socket, health reports and housekeeping until SIGINT
+/// or SIGTERM.
 async fn serve(
     listener: UnixListener,
+    cap: usize,
     controller: Shared<Controller>,
     signals: StopSignals,
-) -> anyhow::Result<()> {
+) {
     let StopSignals {
         mut interrupt,
         mut terminate,
@@ -236,22 +251,37 @@ async fn serve(
     let supervisor = Arc::new(Mutex::new(Supervisor::new(report_tx)));
     reconcile(&controller, &supervisor);
     let housekeeping = tokio::spawn(housekeeping(controller.clone(), supervisor.clone()));
-    let result = loop {
+    let admin = tokio::spawn(admin(listener, cap, controller.clone(), supervisor));
+    loop {
         tokio::select! {
-            _ = interrupt.recv() => break Ok(()),
-            _ = terminate.recv() => break Ok(()),
+            _ = interrupt.recv() => break,
+            _ = terminate.recv() => break,
             Some(report) = reports.recv() => {
                 let controller = controller.clone();
                 tokio::task::spawn_blocking(move || lock(&controller).record_check(report));
             }
-            accepted = listener.accept() => {
-                let (stream, _) = accepted.context("accepting on the admin socket")?;
-                tokio::spawn(answer(stream, controller.clone(), supervisor.clone()));
-            }
         }
-    };
+    }
+    admin.abort();
     housekeeping.abort();
-    result
+}
+
+/// Answers admin requests, at most `cap` connections at once.
+async fn admin(
+    listener: UnixListener,
+    cap: usize,
+    controller: Shared<Controller>,
+    supervisor: Shared<Supervisor>,
+) {
+    let mut gate = Gate::new("admin socket", cap);
+    loop {
+        let ((stream, _), slot) = gate.next(|| listener.accept()).await;
+        let (controller, supervisor) = (controller.clone(), supervisor.clone());
+        tokio::spawn(async move {
+            answer(stream, controller, supervisor).await;
+            drop(slot);
+        });
+    }
 }
 
 /// Points the health checkers at the workers the controller has now.
@@ -313,27 +343,38 @@ async fn answer(
     supervisor: Shared<Supervisor>,
 ) {
     let (read, mut write) = stream.into_split();
-    let mut line = String::new();
-    let mut reader = BufReader::new(read.take(MAX_REQUEST_BYTES));
-    let read = tokio::time::timeout(IO_TIMEOUT, reader.read_line(&mut line)).await;
-    let response = match read {
-        Ok(Ok(_)) => match serde_json::from_str::<Request>(&line) {
-            Ok(request) => {
-                let c = controller.clone();
-                let response = tokio::task::spawn_blocking(move || lock(&c).handle(request))
-                    .await
-                    .unwrap_or_else(|e| refusal(format!("the controller failed: {e}")));
-                reconcile(&controller, &supervisor);
-                response
-            }
-            Err(error) => refusal(format!("bad request: {error}")),
-        },
-        Ok(Err(error)) => refusal(format!("reading the request: {error}")),
-        Err(_) => refusal("timed out waiting for the request".into()),
+    let response = match read_request(read).await {
+        Ok(request) => {
+            let c = controller.clone();
+            let response = tokio::task::spawn_blocking(move || lock(&c).handle(request))
+                .await
+                .unwrap_or_else(|e| refusal(format!("the controller failed: {e}")));
+            reconcile(&controller, &supervisor);
+            response
+        }
+        Err(error) => refusal(error),
     };
     if let Ok(mut text) = serde_json::to_string(&response) {
         text.push('\n');
         let _ = tokio::time::timeout(IO_TIMEOUT, write.write_all(text.as_bytes())).await;
+    }
+}
+
+/// Reads one request: a JSON line of at most [`MAX_REQUEST_BYTES`] within
+/// [`REQUEST_TIMEOUT`]; or why not, as the answer should say it.
+async fn read_request(read: impl AsyncRead + Unpin) -> Result<Request, String> {
+    let mut line = String::new();
+    // One byte over the limit tells a request that is too large from one
+    // that fits exactly.
+    let mut reader = BufReader::new(read.take(MAX_REQUEST_BYTES + 1));
+    match tokio::time::timeout(REQUEST_TIMEOUT, reader.read_line(&mut line)).await {
+        Err(_) => Err(format!(
+            "timed out waiting for the request: send it within {} of connecting",
+            crate::duration::format(REQUEST_TIMEOUT)
+        )),
+        Ok(Err(error)) => Err(format!("reading the request: {error}")),
+        Ok(Ok(_)) if line.len() as u64 > MAX_REQUEST_BYTES => Err(api::too_large()),
+        Ok(Ok(_)) => serde_json::from_str(&line).map_err(|error| format!("bad request: {error}")),
     }
 }
 
@@ -413,4 +454,39 @@ fn say(line: &str) {
     use std::io::Write as _;
     let mut stdout = std::io::stdout().lock();
     let _ = writeln!(stdout, "{line}").and_then(|()| stdout.flush());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn requests_are_read_whole_or_refused_with_why() {
+        let status = read_request(&b"{\"cmd\":\"status\"}\n"[..]).await;
+        assert_eq!(status, Ok(Request::Status));
+        // Exactly the limit, newline included, is still a request.
+        let mut exact = "{\"cmd\":\"status\"}".to_owned();
+        exact.push_str(&" ".repeat(MAX_REQUEST_BYTES as usize - exact.len() - 1));
+        exact.push('\n');
+        assert_eq!(read_request(exact.as_bytes()).await, Ok(Request::Status));
+        let over = format!(" {exact}");
+        assert_eq!(read_request(over.as_bytes()).await, Err(api::too_large()));
+        let huge = vec![b'{'; 200_000];
+        assert_eq!(
+            read_request(&huge[..]).await,
+            Err("request too large (over 64 KiB)".to_owned())
+        );
+        let garbage = read_request(&b"{\"cmd\":\"reboot\"}\n"[..]).await;
+        assert!(garbage.unwrap_err().starts_with("bad request: "));
+    }
+
+    #[tokio::test]
+    async fn a_client_that_sends_nothing_is_refused_after_the_request_timeout() {
+        let (_client, server) = tokio::io::duplex(64);
+        let error = read_request(server).await.unwrap_err();
+        assert_eq!(
+            error,
+            "timed out waiting for the request: send it within 2s of connecting"
+        );
+    }
 }

@@ -220,6 +220,19 @@ impl LbProcess {
         name: &str,
         extra: &[&str],
     ) -> anyhow::Result<Self> {
+        Self::start_limited(exe, bed, host, name, extra, None)
+    }
+
+    /// As [`LbProcess::start`], with the open-file limit (soft and hard)
+    /// set to `nofile` when given, as a service manager would.
+    pub fn start_limited(
+        exe: &Path,
+        bed: &mut Testbed,
+        host: &Host,
+        name: &str,
+        extra: &[&str],
+        nofile: Option<u64>,
+    ) -> anyhow::Result<Self> {
         let pin_dir = bed.pin_dir(name);
         let socket = bed.socket(name);
         let state_file = socket.with_extension("json");
@@ -238,6 +251,9 @@ impl LbProcess {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log);
+        if let Some(nofile) = nofile {
+            limit_open_files(&mut cmd, nofile);
+        }
         let mut process = Process::spawn(&mut cmd, &format!("lb run in {}", host.netns))?;
         let stdout = process
             .child()
@@ -343,6 +359,28 @@ impl LbProcess {
         self.output.read_to_string(&mut rest)?;
         ensure!(status.success(), "lb run exited with {status}: {rest}");
         Ok(rest)
+    }
+}
+
+/// Makes `cmd` start with at most `nofile` open files, soft and hard
+/// limit alike (nsenter keeps them across its exec of the program).
+fn limit_open_files(cmd: &mut Command, nofile: u64) {
+    use std::os::unix::process::CommandExt as _;
+    let limit = libc::rlimit {
+        rlim_cur: nofile,
+        rlim_max: nofile,
+    };
+    // SAFETY: the closure runs in the child between fork and exec, where
+    // only async-signal-safe calls are allowed: setrlimit is one, and it
+    // allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raw const limit) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
     }
 }
 

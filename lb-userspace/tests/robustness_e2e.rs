@@ -1,11 +1,12 @@
 //! Hostile input around the data plane and the controller: an admin
 //! socket in a directory others can write, clients that send garbage or
-//! hang, and a flood of new flows from random source ports while
-//! established connections carry on. Needs root.
+//! hang, more connections than the controller may open files, and a flood
+//! of new flows from random source ports while established connections
+//! carry on. Needs root.
 
 use std::{
     io::{Read as _, Write as _},
-    net::{IpAddr, Ipv4Addr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream},
     os::{
         fd::{AsRawFd as _, FromRawFd as _},
         unix::fs::PermissionsExt as _,
@@ -15,7 +16,7 @@ use std::{
 
 use lb_userspace::{
     frames::{tcp, Packet},
-    rig::{KeepAlive, Rig, VIP4},
+    rig::{wait_until, KeepAlive, Rig, VIP4},
     testbed::{enter_netns, Host},
 };
 
@@ -86,6 +87,166 @@ fn clients_that_send_garbage_or_hang_do_not_stall_the_controller() {
         answer.starts_with("{\"ok\":false"),
         "garbage is refused: {answer}"
     );
+}
+
+/// The open-file limit the controller runs under in the tests below: the
+/// soft limit systemd gives a unit that sets none.
+const NOFILE: u64 = 1024;
+/// Where the balancer serves metrics and takes load reports.
+const METRICS: &str = "192.0.2.2:9469";
+const LOAD: &str = "192.0.2.2:9470";
+
+/// Raises this test process's own open-file limit, so that it can hold
+/// more connections than the controller may.
+fn allow_many_open_files() {
+    let limit = lb_userspace::listen::raise_descriptor_limit().unwrap();
+    assert!(
+        limit > 2 * NOFILE,
+        "the test needs {} open files, may have {limit}",
+        2 * NOFILE
+    );
+}
+
+/// Opens `count` connections from `host`, alternately to each of `targets`;
+/// every other pair sends the start of a request head and stalls. Returns
+/// those that connected.
+fn slowloris(host: &Host, targets: [SocketAddr; 2], count: usize) -> Vec<TcpStream> {
+    host.within(move || {
+        (0..count)
+            .filter_map(|i| {
+                let mut stream =
+                    TcpStream::connect_timeout(&targets[i % 2], Duration::from_secs(2)).ok()?;
+                if i % 4 < 2 {
+                    let _ = stream.write_all(b"POST /load HTTP/1.1\r\nHost: lb\r\n");
+                }
+                Some(stream)
+            })
+            .collect()
+    })
+    .unwrap()
+}
+
+/// `GET /metrics` over a new connection; the status line, if any.
+fn scrape(rig: &Rig) -> Option<String> {
+    rig.balancer
+        .within(|| {
+            let mut stream =
+                TcpStream::connect_timeout(&METRICS.parse().unwrap(), Duration::from_secs(2))
+                    .ok()?;
+            stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+            stream
+                .write_all(b"GET /metrics HTTP/1.1\r\nHost: lb\r\n\r\n")
+                .ok()?;
+            let mut answer = String::new();
+            stream.read_to_string(&mut answer).ok()?;
+            answer.lines().next().map(str::to_owned)
+        })
+        .unwrap()
+}
+
+/// A 0600 load token file, removed on drop.
+struct TokenFile(std::path::PathBuf);
+
+impl TokenFile {
+    fn new() -> Self {
+        let path = std::env::temp_dir().join(format!("lbt-{}-robust-token", std::process::id()));
+        std::fs::write(&path, "0123456789abcdef0123").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        Self(path)
+    }
+}
+
+impl Drop for TokenFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+#[test]
+fn a_slowloris_of_more_connections_than_the_open_file_limit_stops_nothing() {
+    allow_many_open_files();
+    let token = TokenFile::new();
+    let token_path = token.0.to_string_lossy().into_owned();
+    let args = [
+        "--metrics",
+        METRICS,
+        "--load-listen",
+        LOAD,
+        "--load-token-file",
+        &token_path,
+    ];
+    let mut rig = Rig::new(LB.as_ref(), 3, &args).unwrap();
+    rig.lb.stop().unwrap();
+    rig.start_lb_limited(&args, NOFILE).unwrap();
+    rig.lb.cli_ok(&["vip", "add", VIP]).unwrap();
+    for worker in &rig.workers[..2] {
+        rig.lb
+            .cli_ok(&["backend", "add", VIP, &worker.ipv4.to_string()])
+            .unwrap();
+    }
+
+    let count = NOFILE as usize + 100;
+    let targets = [METRICS.parse().unwrap(), LOAD.parse().unwrap()];
+    let held = slowloris(&rig.client, targets, count);
+    assert!(
+        held.len() > NOFILE as usize,
+        "only {} of {count} connections opened",
+        held.len()
+    );
+    rig.lb.cli_ok(&["status"]).unwrap();
+    let w3 = rig.workers[2].ipv4.to_string();
+    rig.lb.cli_ok(&["backend", "add", VIP, &w3]).unwrap();
+    let answers = rig.spread(IpAddr::V4(VIP4), 30).unwrap();
+    assert_eq!(answers.values().sum::<usize>(), 30, "{answers:?}");
+    rig.lb.cli_ok(&["status"]).unwrap();
+
+    drop(held);
+    wait_until(Duration::from_secs(60), "metrics served again", || {
+        scrape(&rig).is_some_and(|status| status.starts_with("HTTP/1.1 200"))
+    });
+    let log = rig.lb.log();
+    assert!(
+        !log.contains("Too many open files"),
+        "the caps kept the controller within its limit:\n{log}"
+    );
+    rig.lb.stop().unwrap();
+}
+
+#[test]
+fn a_thousand_held_admin_connections_stop_nothing() {
+    allow_many_open_files();
+    let mut rig = Rig::new(LB.as_ref(), 2, &[]).unwrap();
+    rig.lb.stop().unwrap();
+    rig.start_lb_limited(&[], NOFILE).unwrap();
+    rig.add_vip_with_workers(VIP, &[]).unwrap();
+    let socket = rig.lb.state_file().with_extension("sock");
+    let held: Vec<std::os::unix::net::UnixStream> = (0..1000)
+        .map(|_| std::os::unix::net::UnixStream::connect(&socket).unwrap())
+        .collect();
+    let answers = rig.spread(IpAddr::V4(VIP4), 20).unwrap();
+    assert_eq!(answers.values().sum::<usize>(), 20, "{answers:?}");
+    // `lb status` waits behind the held connections for a slot; each of
+    // them is refused once it has sent nothing for 2 s.
+    let mut refusals = Vec::new();
+    wait_until(Duration::from_secs(120), "lb status answering", || {
+        let output = rig.lb.cli(&["status"]).unwrap();
+        if !output.status.success() {
+            refusals.push(String::from_utf8_lossy(&output.stderr).trim().to_owned());
+        }
+        output.status.success()
+    });
+    println!(
+        "lb status answered after {} tries: {refusals:?}",
+        refusals.len() + 1
+    );
+    drop(held);
+    rig.lb.cli_ok(&["backend", "list"]).unwrap();
+    let log = rig.lb.log();
+    assert!(
+        !log.contains("Too many open files"),
+        "the cap kept the controller within its limit:\n{log}"
+    );
+    rig.lb.stop().unwrap();
 }
 
 /// Sends `count` SYNs from random 203.0.113.0/24 addresses and ports to
