@@ -321,6 +321,10 @@ fn graceful_removals_survive_a_kill_9_of_the_controller() {
     assert!(!saved.contains("remove_by"), "{saved}");
 }
 
+/// CLI arguments, an environment variable to set, and what the output
+/// must contain.
+type CliCase<'a> = (Vec<&'a str>, Option<(&'a str, &'a str)>, &'a str);
+
 #[test]
 fn every_command_finds_its_instance_by_name_socket_or_pin_dir_before_or_after_it() {
     let (mut bed, host) = bed();
@@ -332,7 +336,7 @@ fn every_command_finds_its_instance_by_name_socket_or_pin_dir_before_or_after_it
         text(&paths.socket),
         text(&paths.pin_dir),
     );
-    let cases: [(Vec<&str>, Option<(&str, &str)>, &str); 10] = [
+    let cases: [CliCase; 10] = [
         (vec!["--socket", &socket, "vip", "list"], None, VIP),
         (vec!["vip", "list", "--socket", &socket], None, VIP),
         (vec!["vip", "list"], Some(("LB_SOCKET", &socket)), VIP),
