@@ -269,6 +269,8 @@ pub struct SessionRow {
 /// `lb status`.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Status {
+    /// The instance's name.
+    pub name: String,
     /// Interface the program is attached to.
     pub iface: String,
     /// native or generic.
@@ -306,7 +308,7 @@ pub fn call(socket: &Path, request: &Request) -> anyhow::Result<serde_json::Valu
     }
     let mut stream = UnixStream::connect(socket).with_context(|| {
         format!(
-            "no lb controller answers on {}; start one with `sudo lb run --iface <dev>` (or pass its --socket; the socket is root-only)",
+            "no lb controller answers on {}; start one with `sudo lb run --iface <dev>` (or pass its --name or --socket; the socket is root-only)",
             socket.display()
         )
     })?;

@@ -9,23 +9,54 @@ use crate::{
     dataplane::{AttachMode, DEFAULT_MAX_FLOWS},
     dns::{DnsName, DnsRcode, DnsType},
     duration::parse_clap as duration,
+    instance::{Name, Paths, DEFAULT_NAME},
     options::{CheckKind, HealthOptions, LoadOptions, LoadSignal, Scheduler, VipOptions},
 };
-
-/// Default directory for pinned maps.
-pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/lb";
-/// Default path of the saved desired state.
-pub const DEFAULT_STATE_FILE: &str = "/var/lib/lb/state.json";
-/// Default path of the controller's admin socket.
-pub const DEFAULT_SOCKET: &str = "/run/lb/lb.sock";
 
 /// lb: a stateful L4 load balancer in XDP.
 #[derive(Debug, Parser)]
 #[command(name = "lb", version, about)]
 pub struct Cli {
+    /// Which instance.
+    #[command(flatten)]
+    pub instance: InstanceArgs,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+}
+
+impl Cli {
+    /// Where the instance the command is for keeps its things.
+    pub fn paths(&self) -> Paths {
+        let state_file = match &self.command {
+            Command::Run(args) => args.state_file.clone(),
+            _ => None,
+        };
+        Paths::new(
+            self.instance.name.clone(),
+            self.instance.pin_dir.clone(),
+            self.instance.socket.clone(),
+            state_file,
+        )
+    }
+}
+
+/// Which instance a command is for: every command takes these, before or
+/// after the subcommand.
+#[derive(Debug, clap::Args)]
+pub struct InstanceArgs {
+    /// The instance: its pin directory (/sys/fs/bpf/NAME), admin socket
+    /// (/run/lb/NAME.sock) and state file (/var/lib/lb/NAME.json) derive
+    /// from this name (1-32 of a-z, 0-9, _ and -).
+    #[arg(long, global = true, env = "LB_NAME", default_value = DEFAULT_NAME)]
+    pub name: Name,
+    /// The instance's pin directory on a BPF filesystem, instead of
+    /// /sys/fs/bpf/NAME.
+    #[arg(long, global = true, env = "LB_PIN_DIR")]
+    pub pin_dir: Option<PathBuf>,
+    /// The instance's admin socket, instead of /run/lb/NAME.sock.
+    #[arg(long, global = true, env = "LB_SOCKET")]
+    pub socket: Option<PathBuf>,
 }
 
 /// `lb` subcommands.
@@ -37,7 +68,7 @@ pub enum Command {
     Run(RunArgs),
     /// Remove lb from an interface: detach the program and delete its pins
     /// (flows and sessions go). The controller must be stopped.
-    Detach(DetachArgs),
+    Detach,
     /// Manage virtual services.
     #[command(subcommand)]
     Vip(VipCommand),
@@ -84,12 +115,6 @@ pub struct RunArgs {
     /// for drivers without XDP support.
     #[arg(long, value_enum, default_value_t = XdpModeArg::Native)]
     pub xdp_mode: XdpModeArg,
-    /// Directory on a BPF filesystem for this instance's pinned maps.
-    #[arg(long, default_value = DEFAULT_PIN_DIR)]
-    pub pin_dir: PathBuf,
-    /// The admin socket the CLI talks to.
-    #[arg(long, default_value = DEFAULT_SOCKET)]
-    pub socket: PathBuf,
     /// TOML file of VIPs and workers applied at start.
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -108,10 +133,11 @@ pub struct RunArgs {
     /// `--metrics` alone listens on 127.0.0.1:9469).
     #[arg(long, num_args = 0..=1, default_missing_value = "127.0.0.1:9469")]
     pub metrics: Option<SocketAddr>,
-    /// Where the desired state (VIPs, workers, weights, drains, pins) is
-    /// saved after every change and restored from at start.
-    #[arg(long, default_value = DEFAULT_STATE_FILE)]
-    pub state_file: PathBuf,
+    /// Where the desired state (VIPs, workers, weights, drains, pins,
+    /// graceful removals) is saved after every change and restored from at
+    /// start, instead of /var/lib/lb/NAME.json.
+    #[arg(long)]
+    pub state_file: Option<PathBuf>,
     /// Take over maps pinned by an lb of another layout: fresh maps, so
     /// established connections are scheduled afresh.
     #[arg(long)]
@@ -126,20 +152,9 @@ pub struct RunArgs {
     pub log_level: Option<String>,
 }
 
-/// Arguments of `lb detach`.
-#[derive(Debug, clap::Args)]
-pub struct DetachArgs {
-    /// The pin directory of the instance to remove.
-    #[arg(long, default_value = DEFAULT_PIN_DIR)]
-    pub pin_dir: PathBuf,
-}
-
-/// Where the controller listens, and how to print.
+/// How to print what the controller answers.
 #[derive(Debug, clap::Args)]
 pub struct ClientArgs {
-    /// The controller's admin socket.
-    #[arg(long, default_value = DEFAULT_SOCKET)]
-    pub socket: PathBuf,
     /// Output format.
     #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
     pub output: OutputFormat,
@@ -413,12 +428,9 @@ impl From<VipOptionArgs> for VipOptions {
     }
 }
 
-/// Reading an instance's pinned maps.
+/// How to print what an instance's pinned maps hold.
 #[derive(Debug, clap::Args)]
 pub struct PinnedArgs {
-    /// The pin directory of the instance to read.
-    #[arg(long, default_value = DEFAULT_PIN_DIR)]
-    pub pin_dir: PathBuf,
     /// Output format.
     #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
     pub output: OutputFormat,
@@ -427,12 +439,6 @@ pub struct PinnedArgs {
 /// Arguments of `lb top`.
 #[derive(Debug, clap::Args)]
 pub struct TopArgs {
-    /// The pin directory of the instance to watch.
-    #[arg(long, default_value = DEFAULT_PIN_DIR)]
-    pub pin_dir: PathBuf,
-    /// Its controller's admin socket (for state and load).
-    #[arg(long, default_value = DEFAULT_SOCKET)]
-    pub socket: PathBuf,
     /// Time between refreshes.
     #[arg(long, value_parser = duration, default_value = "1s")]
     pub interval: Duration,

@@ -1,6 +1,8 @@
 //! `lb vip`, `lb backend`, `lb sessions`, `lb status`: the CLI side of the
 //! admin API.
 
+use std::path::Path;
+
 use anyhow::Context as _;
 
 use crate::{
@@ -16,33 +18,29 @@ fn vip(text: &str) -> anyhow::Result<Vip> {
 }
 
 /// Runs `lb vip …`.
-pub fn vip_command(command: VipCommand) -> anyhow::Result<()> {
+pub fn vip_command(command: VipCommand, socket: &Path) -> anyhow::Result<()> {
     match command {
         VipCommand::Add {
-            vip: v,
-            options,
-            client,
+            vip: v, options, ..
         } => {
             let request = Request::VipAdd {
                 vip: vip(&v)?,
                 options: options.into(),
             };
-            send(&client, &request)
+            send(socket, &request)
         }
         VipCommand::Set {
-            vip: v,
-            options,
-            client,
+            vip: v, options, ..
         } => {
             let request = Request::VipSet {
                 vip: vip(&v)?,
                 options: options.into(),
             };
-            send(&client, &request)
+            send(socket, &request)
         }
-        VipCommand::Del { vip: v, client } => send(&client, &Request::VipDel { vip: vip(&v)? }),
+        VipCommand::Del { vip: v, .. } => send(socket, &Request::VipDel { vip: vip(&v)? }),
         VipCommand::List { client } => {
-            let rows: Vec<VipRow> = fetch(&client, &Request::VipList)?;
+            let rows: Vec<VipRow> = fetch(socket, &Request::VipList)?;
             table::print(
                 client.output,
                 &rows,
@@ -78,27 +76,27 @@ pub fn vip_command(command: VipCommand) -> anyhow::Result<()> {
 }
 
 /// Runs `lb backend …`.
-pub fn backend_command(command: BackendCommand) -> anyhow::Result<()> {
+pub fn backend_command(command: BackendCommand, socket: &Path) -> anyhow::Result<()> {
     match command {
         BackendCommand::Add {
             vip: v,
             worker,
             weight,
-            client,
+            ..
         } => {
             let request = Request::BackendAdd {
                 vip: vip(&v)?,
                 worker: parse_worker(&worker)?,
                 weight,
             };
-            send(&client, &request)
+            send(socket, &request)
         }
         BackendCommand::Del {
             vip: v,
             worker,
             graceful,
             timeout,
-            client,
+            ..
         } => {
             let request = Request::BackendDel {
                 vip: vip(&v)?,
@@ -106,7 +104,7 @@ pub fn backend_command(command: BackendCommand) -> anyhow::Result<()> {
                 graceful,
                 timeout,
             };
-            let answer = api::call(&client.socket, &request)?;
+            let answer = api::call(socket, &request)?;
             if graceful {
                 println!(
                     "draining {worker}: removed once its flows end ({} at the last count), at most {} from now",
@@ -121,7 +119,7 @@ pub fn backend_command(command: BackendCommand) -> anyhow::Result<()> {
             worker,
             weight,
             load,
-            client,
+            ..
         } => {
             let request = Request::BackendSet {
                 vip: vip(&v)?,
@@ -129,21 +127,13 @@ pub fn backend_command(command: BackendCommand) -> anyhow::Result<()> {
                 weight,
                 load,
             };
-            send(&client, &request)
+            send(socket, &request)
         }
-        BackendCommand::Drain {
-            vip: v,
-            worker,
-            client,
-        } => drain(&client, &v, &worker, true),
-        BackendCommand::Undrain {
-            vip: v,
-            worker,
-            client,
-        } => drain(&client, &v, &worker, false),
+        BackendCommand::Drain { vip: v, worker, .. } => drain(socket, &v, &worker, true),
+        BackendCommand::Undrain { vip: v, worker, .. } => drain(socket, &v, &worker, false),
         BackendCommand::List { vip: v, client } => {
             let only = v.as_deref().map(vip).transpose()?;
-            let rows: Vec<BackendRow> = fetch(&client, &Request::BackendList { vip: only })?;
+            let rows: Vec<BackendRow> = fetch(socket, &Request::BackendList { vip: only })?;
             table::print(
                 client.output,
                 &rows,
@@ -180,21 +170,21 @@ fn backend_cells(r: &BackendRow) -> Vec<String> {
     ]
 }
 
-fn drain(client: &ClientArgs, v: &str, worker: &str, drain: bool) -> anyhow::Result<()> {
+fn drain(socket: &Path, v: &str, worker: &str, drain: bool) -> anyhow::Result<()> {
     let request = Request::BackendDrain {
         vip: vip(v)?,
         worker: parse_worker(worker)?,
         drain,
     };
-    send(client, &request)
+    send(socket, &request)
 }
 
 /// Runs `lb sessions …`.
-pub fn sessions_command(command: SessionsCommand) -> anyhow::Result<()> {
+pub fn sessions_command(command: SessionsCommand, socket: &Path) -> anyhow::Result<()> {
     match command {
         SessionsCommand::List { vip: v, client } => {
             let only = v.as_deref().map(vip).transpose()?;
-            let rows: Vec<SessionRow> = fetch(&client, &Request::SessionsList { vip: only })?;
+            let rows: Vec<SessionRow> = fetch(socket, &Request::SessionsList { vip: only })?;
             table::print(
                 client.output,
                 &rows,
@@ -213,16 +203,12 @@ pub fn sessions_command(command: SessionsCommand) -> anyhow::Result<()> {
                 },
             )
         }
-        SessionsCommand::Flush {
-            vip: v,
-            worker,
-            client,
-        } => {
+        SessionsCommand::Flush { vip: v, worker, .. } => {
             let request = Request::SessionsFlush {
                 vip: v.as_deref().map(vip).transpose()?,
                 worker: worker.as_deref().map(parse_worker).transpose()?,
             };
-            let answer = api::call(&client.socket, &request)?;
+            let answer = api::call(socket, &request)?;
             println!("flushed {} sessions", answer["flushed"]);
             Ok(())
         }
@@ -230,32 +216,32 @@ pub fn sessions_command(command: SessionsCommand) -> anyhow::Result<()> {
             vip: v,
             client_addr,
             worker,
-            client,
+            ..
         } => {
             let request = Request::SessionsPin {
                 vip: vip(&v)?,
                 client: parse_worker(&client_addr)?,
                 worker: parse_worker(&worker)?,
             };
-            send(&client, &request)
+            send(socket, &request)
         }
         SessionsCommand::Unpin {
             vip: v,
             client_addr,
-            client,
+            ..
         } => {
             let request = Request::SessionsUnpin {
                 vip: vip(&v)?,
                 client: parse_worker(&client_addr)?,
             };
-            send(&client, &request)
+            send(socket, &request)
         }
     }
 }
 
 /// Runs `lb status`.
-pub fn status(client: &ClientArgs) -> anyhow::Result<()> {
-    let status: Status = fetch(client, &Request::Status)?;
+pub fn status(client: &ClientArgs, socket: &Path) -> anyhow::Result<()> {
+    let status: Status = fetch(socket, &Request::Status)?;
     match client.output {
         OutputFormat::Json => println!("{}", serde_json::to_string(&status)?),
         OutputFormat::Table => {
@@ -280,15 +266,12 @@ fn json_word(value: &impl serde::Serialize) -> String {
         .unwrap_or_default()
 }
 
-fn send(client: &ClientArgs, request: &Request) -> anyhow::Result<()> {
-    api::call(&client.socket, request).map(drop)
+fn send(socket: &Path, request: &Request) -> anyhow::Result<()> {
+    api::call(socket, request).map(drop)
 }
 
-fn fetch<T: serde::de::DeserializeOwned>(
-    client: &ClientArgs,
-    request: &Request,
-) -> anyhow::Result<T> {
-    let data = api::call(&client.socket, request)?;
+fn fetch<T: serde::de::DeserializeOwned>(socket: &Path, request: &Request) -> anyhow::Result<T> {
+    let data = api::call(socket, request)?;
     serde_json::from_value(data)
         .context("unexpected answer from the controller (is it the same lb version?)")
 }

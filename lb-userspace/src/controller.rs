@@ -31,8 +31,8 @@ use crate::{
     options::{CheckKind, VipOptions},
     service::{self, Vip},
     sessions,
-    state::Desired,
-    state_file,
+    state::{self, Desired},
+    state_file::StateFile,
 };
 
 /// How long adding a worker waits for its MAC address to resolve.
@@ -47,6 +47,8 @@ pub const DEFAULT_GRACE: Duration = Duration::from_secs(300);
 /// Static facts about the instance, for `lb status`.
 #[derive(Clone, Debug)]
 pub struct Instance {
+    /// The instance's name.
+    pub name: String,
     /// Interface.
     pub iface: String,
     /// native or generic.
@@ -99,8 +101,6 @@ struct Live {
     written_load: u32,
     /// Active flows at the last flow-table scan.
     flows: u64,
-    /// Deadline of a graceful removal.
-    removing: Option<Instant>,
 }
 
 impl Live {
@@ -119,7 +119,6 @@ impl Live {
             load: None,
             written_load: LOAD_UNKNOWN,
             flows: 0,
-            removing: None,
         }
     }
 
@@ -152,7 +151,7 @@ pub struct Controller {
     maps: ControlMaps,
     instance: Instance,
     live: HashMap<u32, Live>,
-    state_file: Option<PathBuf>,
+    state_file: Option<StateFile>,
     /// Route netlink, for the interface's neighbour table.
     netlink: Netlink,
     /// The interface's index.
@@ -175,7 +174,7 @@ impl Controller {
         desired: Desired,
         maps: ControlMaps,
         instance: Instance,
-        state_file: Option<PathBuf>,
+        state_file: Option<StateFile>,
         link: Option<LinkGuard>,
     ) -> anyhow::Result<Self> {
         let ifindex = netlink::ifindex(&instance.iface)?;
@@ -274,8 +273,8 @@ impl Controller {
 
     /// Writes the desired state to the state file, if there is one.
     fn save(&self) -> anyhow::Result<()> {
-        if let Some(path) = &self.state_file {
-            state_file::save(path, &self.desired)?;
+        if let Some(file) = &self.state_file {
+            file.save(&self.desired)?;
         }
         Ok(())
     }
@@ -446,17 +445,14 @@ impl Controller {
         timeout: Duration,
     ) -> anyhow::Result<serde_json::Value> {
         let id = self.set_drain(vip, worker, true)?;
-        let live = self
-            .live
-            .get_mut(&id)
-            .context("worker without live state")?;
-        live.removing = Some(Instant::now() + timeout);
+        let deadline = state::deadline_after(std::time::SystemTime::now(), timeout);
+        self.desired.remove_by(vip, worker, deadline)?;
+        let flows = self.live.get(&id).map_or(0, |l| l.flows);
         tracing::info!(
-            "removing worker {worker} from {vip} once its {} flows end (at most {})",
-            live.flows,
+            "removing worker {worker} from {vip} once its {flows} flows end (at most {})",
             duration::format(timeout)
         );
-        Ok(serde_json::json!({ "flows": live.flows, "timeout": duration::format(timeout) }))
+        Ok(serde_json::json!({ "flows": flows, "timeout": duration::format(timeout) }))
     }
 
     fn set(
@@ -486,11 +482,6 @@ impl Controller {
 
     fn set_drain(&mut self, vip: &Vip, worker: IpAddr, drain: bool) -> anyhow::Result<u32> {
         let id = self.desired.set_drain(vip, worker, drain)?;
-        if !drain {
-            if let Some(live) = self.live.get_mut(&id) {
-                live.removing = None;
-            }
-        }
         self.write_worker(id)?;
         self.install(vip)?;
         tracing::info!(

@@ -17,7 +17,13 @@ use aya::{
 };
 use lb_common::{map_names, program_names, LAYOUT_VERSION};
 
-use crate::{iface, netlink::Netlink, object, privileges};
+use crate::{
+    iface,
+    netlink::Netlink,
+    object,
+    private::{self, Exposure},
+    privileges,
+};
 
 /// Magic number of a BPF filesystem in `statfs`.
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
@@ -28,6 +34,9 @@ const BPFFS_MOUNT: &str = "/sys/fs/bpf";
 pub const LINK_PIN: &str = "link";
 /// Prefix of the directory that marks the layout of the pinned maps.
 const LAYOUT_MARK: &str = "layout-";
+/// Prefix of the directory that marks the name of the instance pinned
+/// there.
+const NAME_MARK: &str = "name-";
 
 /// Default capacity of the flow table.
 pub const DEFAULT_MAX_FLOWS: u32 = 1_000_000;
@@ -80,6 +89,16 @@ pub enum DataplaneError {
     /// Another controller manages the pin directory.
     #[error("another `lb run` manages {0}; stop it first, or pass another --pin-dir")]
     PinDirInUse(PathBuf),
+    /// The pin directory is marked with another instance's name.
+    #[error("the pin directory {dir} belongs to lb instance `{found}`, not `{name}`: pass --name {found} to manage that instance, or another --pin-dir for this one")]
+    OtherInstance {
+        /// The pin directory.
+        dir: PathBuf,
+        /// The name it is marked with.
+        found: String,
+        /// This instance's name.
+        name: String,
+    },
     /// The pinned maps have another layout than this binary's.
     #[error("the maps pinned under {dir} have layout {found}, this lb has layout {LAYOUT_VERSION}: the flow table can't be carried over, so established connections would be scheduled afresh; the running program keeps forwarding until you run again with --force")]
     LayoutMismatch {
@@ -191,6 +210,8 @@ pub enum DataplaneError {
 /// What to attach where.
 #[derive(Clone, Debug)]
 pub struct AttachOptions {
+    /// The instance's name, marked on the pin directory.
+    pub name: String,
     /// Interface name in the current network namespace.
     pub iface: String,
     /// Native or generic XDP.
@@ -269,6 +290,7 @@ impl Dataplane {
         let dir = options.pin_dir.clone();
         prepare_pin_dir(&dir)?;
         let lock = lock_pin_dir(&dir)?;
+        check_name(&dir, &options.name)?;
         let plan = plan(&dir, &options, if_index)?;
         if plan.replace_maps {
             remove_pins(&dir);
@@ -290,6 +312,7 @@ impl Dataplane {
             }
         };
         mark_layout(&dir)?;
+        mark(&dir, &format!("{NAME_MARK}{}", options.name))?;
         let link = LinkGuard::open(&dir.join(LINK_PIN), if_index, program_id);
         if let Err(error) = &link {
             tracing::warn!("holding the link pinned under {}: {error}", dir.display());
@@ -648,13 +671,45 @@ fn layout_mark() -> String {
 /// Marks the pinned maps as this binary's layout (a directory on bpffs,
 /// visible with `ls`).
 fn mark_layout(dir: &Path) -> Result<(), DataplaneError> {
-    match fs::create_dir(dir.join(layout_mark())) {
+    mark(dir, &layout_mark())
+}
+
+/// Creates the marker directory `mark` in the pin directory.
+fn mark(dir: &Path, mark: &str) -> Result<(), DataplaneError> {
+    match fs::create_dir(dir.join(mark)) {
         Err(e) if e.kind() != io::ErrorKind::AlreadyExists => Err(DataplaneError::PinDir {
             path: dir.to_owned(),
             source: e,
         }),
         _ => Ok(()),
     }
+}
+
+/// Refuses a pin directory marked with another instance's name (one
+/// marked with none was pinned before instances had names: it is adopted).
+fn check_name(dir: &Path, name: &str) -> Result<(), DataplaneError> {
+    let other = marks(dir, NAME_MARK).find(|found| found != name);
+    match other {
+        Some(found) => Err(DataplaneError::OtherInstance {
+            dir: dir.to_owned(),
+            found,
+            name: name.to_owned(),
+        }),
+        None => Ok(()),
+    }
+}
+
+/// What follows `prefix` in the names of the pin directory's entries that
+/// start with it.
+fn marks<'a>(dir: &Path, prefix: &'a str) -> impl Iterator<Item = String> + 'a {
+    fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(move |e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.strip_prefix(prefix).map(str::to_owned)
+        })
 }
 
 /// Removes the map pins and layout marks (not the link).
@@ -670,10 +725,13 @@ fn remove_pins(dir: &Path) {
 }
 
 /// Removes every pin of an instance: the link (which detaches the program
-/// once no process holds it), the maps and its lock file.
+/// once no process holds it), the maps, its marks and its lock file.
 pub fn detach_pins(dir: &Path) {
     remove_pins(dir);
     let _ = fs::remove_file(dir.join(LINK_PIN));
+    for name in marks(dir, NAME_MARK).collect::<Vec<_>>() {
+        let _ = fs::remove_dir(dir.join(format!("{NAME_MARK}{name}")));
+    }
     let _ = fs::remove_dir(dir);
     let _ = fs::remove_file(lock_path(dir));
 }
@@ -711,7 +769,7 @@ fn lock_pin_dir(dir: &Path) -> Result<fs::File, DataplaneError> {
         path: lock_dir.to_owned(),
         source,
     };
-    private_dir(lock_dir).map_err(lock_error)?;
+    private::create_dir(lock_dir).map_err(lock_error)?;
     check_private(lock_dir)?;
     let file = fs::OpenOptions::new()
         .create(true)
@@ -738,45 +796,19 @@ pub fn pin_dir_locked(dir: &Path) -> bool {
     unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) != 0 }
 }
 
-/// Creates `dir` and its missing parents, each readable by root alone.
-fn private_dir(dir: &Path) -> io::Result<()> {
-    use std::os::unix::fs::DirBuilderExt as _;
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-}
-
 /// Refuses a directory that another user owns or may write: they could
 /// remove or replace what lb keeps there.
 pub fn check_private(dir: &Path) -> Result<(), DataplaneError> {
-    use std::os::unix::fs::MetadataExt as _;
-    let unsafe_dir = |problem: String| DataplaneError::Unsafe {
-        path: dir.to_owned(),
-        problem,
-    };
-    let meta = fs::symlink_metadata(dir).map_err(|source| DataplaneError::PinDir {
-        path: dir.to_owned(),
-        source,
-    })?;
-    if meta.file_type().is_symlink() {
-        return Err(unsafe_dir("is a symbolic link".into()));
-    }
-    // SAFETY: geteuid has no preconditions.
-    let me = unsafe { libc::geteuid() };
-    if meta.uid() != me {
-        return Err(unsafe_dir(format!(
-            "belongs to uid {}, not to lb's uid {me}",
-            meta.uid()
-        )));
-    }
-    if meta.mode() & 0o022 != 0 {
-        return Err(unsafe_dir(format!(
-            "may be written by other users (mode {:o})",
-            meta.mode() & 0o7777
-        )));
-    }
-    Ok(())
+    private::check(dir).map_err(|exposure| match exposure {
+        Exposure::Inspect(source) => DataplaneError::PinDir {
+            path: dir.to_owned(),
+            source,
+        },
+        problem => DataplaneError::Unsafe {
+            path: dir.to_owned(),
+            problem: problem.to_string(),
+        },
+    })
 }
 
 /// Creates the pin directory, readable by root alone (mounting the BPF
@@ -789,7 +821,7 @@ fn prepare_pin_dir(dir: &Path) -> Result<(), DataplaneError> {
     if dir.starts_with(BPFFS_MOUNT) {
         mount_bpffs().map_err(pin_dir_error)?;
     }
-    private_dir(dir).map_err(pin_dir_error)?;
+    private::create_dir(dir).map_err(pin_dir_error)?;
     if !on_bpffs(dir).map_err(pin_dir_error)? {
         return Err(DataplaneError::NotBpffs(dir.to_owned()));
     }

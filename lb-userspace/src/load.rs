@@ -144,14 +144,28 @@ pub fn parse_report(body: &[u8]) -> Result<Report, LoadError> {
 /// Reads the report token: at least 16 characters, in a file only its
 /// owner can read.
 pub fn read_token(path: &Path) -> anyhow::Result<String> {
-    use std::os::unix::fs::PermissionsExt as _;
+    use std::os::unix::fs::MetadataExt as _;
     let meta = std::fs::metadata(path)
         .with_context(|| format!("reading load token file {}", path.display()))?;
-    if meta.permissions().mode() & 0o077 != 0 {
+    let me = crate::private::euid();
+    let problem = if meta.uid() != me {
+        // Its owner could change the token, or read it whatever its mode.
+        Some(format!(
+            "belongs to uid {}, not to lb's uid {me}",
+            meta.uid()
+        ))
+    } else if meta.mode() & 0o077 != 0 {
+        Some(format!(
+            "is open to other users (mode {:o})",
+            meta.mode() & 0o777
+        ))
+    } else {
+        None
+    };
+    if let Some(problem) = problem {
         bail!(
-            "load token file {} is readable by others: `chmod 600 {}`",
-            path.display(),
-            path.display()
+            "load token file {path} {problem}: `chown root: {path}; chmod 600 {path}`",
+            path = path.display()
         );
     }
     let token = std::fs::read_to_string(path)
@@ -236,6 +250,30 @@ mod tests {
     use super::*;
 
     const TOKEN: &str = "0123456789abcdef0123";
+
+    #[test]
+    fn token_files_must_be_lb_s_alone() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let path = std::env::temp_dir().join(format!("lb-token-test-{}", std::process::id()));
+        std::fs::write(&path, format!("{TOKEN}\n")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let error = read_token(&path).unwrap_err().to_string();
+        assert!(
+            error.contains("mode 640") && error.contains("chmod 600"),
+            "{error}"
+        );
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(read_token(&path).unwrap(), TOKEN);
+        if crate::private::euid() == 0 {
+            std::os::unix::fs::chown(&path, Some(65534), None).unwrap();
+            let error = read_token(&path).unwrap_err().to_string();
+            assert!(
+                error.contains("belongs to uid 65534") && error.contains("chown root:"),
+                "{error}"
+            );
+        }
+        std::fs::remove_file(&path).unwrap();
+    }
 
     fn request(auth: Option<&str>, body: &str) -> Request<Bytes> {
         let mut request = Request::post("/load");

@@ -8,16 +8,18 @@ fn main() {
         _ => None,
     };
     lb_userspace::logging::init(level);
+    let paths = cli.paths();
+    let (socket, pin_dir) = (paths.socket.as_path(), paths.pin_dir.as_path());
     let result = match cli.command {
-        Command::Run(args) => tokio_main(lb_userspace::run::run(args)),
-        Command::Detach(args) => lb_userspace::run::detach(&args),
-        Command::Vip(command) => lb_userspace::client::vip_command(command),
-        Command::Backend(command) => lb_userspace::client::backend_command(command),
-        Command::Sessions(command) => lb_userspace::client::sessions_command(command),
-        Command::Status(args) => lb_userspace::client::status(&args),
-        Command::Stats(args) => lb_userspace::stats::stats(&args),
-        Command::Flows(args) => lb_userspace::stats::flows(&args),
-        Command::Top(args) => lb_userspace::top::top(&args),
+        Command::Run(args) => tokio_main(lb_userspace::run::run(args, paths.clone())),
+        Command::Detach => lb_userspace::run::detach(pin_dir),
+        Command::Vip(command) => lb_userspace::client::vip_command(command, socket),
+        Command::Backend(command) => lb_userspace::client::backend_command(command, socket),
+        Command::Sessions(command) => lb_userspace::client::sessions_command(command, socket),
+        Command::Status(args) => lb_userspace::client::status(&args, socket),
+        Command::Stats(args) => lb_userspace::stats::stats(&args, pin_dir),
+        Command::Flows(args) => lb_userspace::stats::flows(&args, pin_dir),
+        Command::Top(args) => lb_userspace::top::top(&args, &paths),
         Command::Demo => lb_userspace::demo::demo(),
         Command::Completions { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();

@@ -21,14 +21,15 @@ use crate::{
     cli::RunArgs,
     config::FileConfig,
     controller::{Controller, Instance},
-    dataplane::{AttachOptions, Dataplane, Takeover},
+    dataplane::{AttachOptions, Dataplane, DataplaneError, Takeover},
     health::{self, Supervisor},
+    instance::Paths,
     listen::{Caps, Gate},
     load,
     maps::ControlMaps,
     sessions,
     state::Desired,
-    state_file,
+    state_file::StateFile,
 };
 
 /// How often the controller scans flows, expires load reports and
@@ -47,9 +48,13 @@ type Shared<T> = Arc<Mutex<T>>;
 
 /// Attaches the data plane, serves the admin API and holds both until
 /// SIGINT or SIGTERM.
-pub async fn run(args: RunArgs) -> anyhow::Result<()> {
-    // Everything that can be refused is checked before touching the NIC.
-    let desired = desired_state(&args)?;
+pub async fn run(args: RunArgs, paths: Paths) -> anyhow::Result<()> {
+    // Everything that can be refused is checked before touching the NIC,
+    // and what needs no file before the state file.
+    preflight(&args.iface)?;
+    claim_socket(&paths.socket)?;
+    let (state_file, saved) = StateFile::open(&paths, &args.iface)?;
+    let desired = desired_state(saved, args.config.as_deref())?;
     let caps = Caps::for_this_process();
     let load_endpoint = load_endpoint(&args)?;
     let metrics_endpoint = match args.metrics {
@@ -58,11 +63,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
         None => None,
     };
-    claim_socket(&args.socket)?;
     let options = AttachOptions {
+        name: paths.name.to_string(),
         iface: args.iface,
         mode: args.xdp_mode.into(),
-        pin_dir: args.pin_dir,
+        pin_dir: paths.pin_dir.clone(),
         max_flows: args.max_flows,
         force: args.force,
     };
@@ -70,6 +75,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let maps = ControlMaps::take(dataplane.ebpf_mut()).context("opening the data plane's maps")?;
     let options = dataplane.options().clone();
     let instance = Instance {
+        name: paths.name.to_string(),
         iface: options.iface.clone(),
         xdp_mode: options.mode.name().into(),
         program_id: dataplane.program_id(),
@@ -77,11 +83,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         max_flows: options.max_flows,
         load_listen: args.load_listen.map(|a| a.to_string()),
     };
-    let state_file = Some(args.state_file.clone());
+    let state_path = state_file.path().to_owned();
     let link = dataplane.take_link();
-    let controller = Controller::start(desired, maps, instance, state_file, link)?;
+    let controller = Controller::start(desired, maps, instance, Some(state_file), link)?;
     let controller = Arc::new(Mutex::new(controller));
-    let listener = bind_socket(&args.socket)?;
+    let listener = bind_socket(&paths.socket)?;
     let signals = StopSignals::install()?;
     say(&format!(
         "lb: attached XDP program {} (id {}) to {} in {} mode; maps pinned under {}; admin socket {}",
@@ -90,9 +96,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         options.iface,
         options.mode.name(),
         options.pin_dir.display(),
-        args.socket.display()
+        paths.socket.display()
     ));
-    let takeover = takeover_line(dataplane.takeover(), &args.state_file);
+    let takeover = takeover_line(dataplane.takeover(), &state_path);
     tracing::info!("{}", takeover.trim_start_matches("lb: "));
     say(&takeover);
     if let Some((reports, token)) = load_endpoint {
@@ -112,7 +118,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         say(&format!("lb: serving metrics on http://{addr}/metrics"));
     }
     serve(listener, caps.admin, controller, signals).await;
-    let _ = std::fs::remove_file(&args.socket);
+    let _ = std::fs::remove_file(&paths.socket);
     if args.detach_on_exit {
         dataplane.detach();
         say(&format!("lb: detached from {}", options.iface));
@@ -128,8 +134,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 }
 
 /// `lb detach`: removes a stopped instance's link and pins.
-pub fn detach(args: &crate::cli::DetachArgs) -> anyhow::Result<()> {
-    let dir = &args.pin_dir;
+pub fn detach(dir: &Path) -> anyhow::Result<()> {
     if !crate::dataplane::has_pins(dir) {
         bail!(
             "no lb instance is pinned under {}; `ls /sys/fs/bpf` shows what is",
@@ -150,11 +155,22 @@ pub fn detach(args: &crate::cli::DetachArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Refuses what `Dataplane::attach` would, before lb touches any file: a
+/// missing interface, missing privileges.
+fn preflight(iface: &str) -> Result<(), DataplaneError> {
+    if crate::iface::index_of(iface).is_none() {
+        return Err(DataplaneError::NoSuchInterface(iface.to_owned()));
+    }
+    if !crate::privileges::can_manage_xdp() {
+        return Err(DataplaneError::NotPermitted);
+    }
+    Ok(())
+}
+
 /// The state to start from: the saved state, changed to match --config
 /// when one is given (the config file wins; ids of what both have stay).
-fn desired_state(args: &RunArgs) -> anyhow::Result<Desired> {
-    let saved = state_file::load(&args.state_file)?;
-    let config = match &args.config {
+fn desired_state(saved: Option<Desired>, config: Option<&Path>) -> anyhow::Result<Desired> {
+    let config = match config {
         Some(path) => Some(FileConfig::load(path)?.desired()?),
         None => None,
     };
@@ -394,7 +410,7 @@ fn claim_socket(path: &Path) -> anyhow::Result<()> {
     }
     if std::os::unix::net::UnixStream::connect(path).is_ok() {
         bail!(
-            "another lb controller is running on {}; stop it or pass another --socket (and --pin-dir)",
+            "another lb controller is running on {}; stop it, or give this instance its own --name (or --socket and --pin-dir)",
             path.display()
         );
     }

@@ -4,6 +4,7 @@
 use std::{
     collections::{BTreeMap, VecDeque},
     net::IpAddr,
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use lb_common::balancer::{MAX_BACKENDS, MAX_TABLE_SIZE, MAX_VIPS};
@@ -131,6 +132,33 @@ pub struct Worker {
     pub weight: u32,
     /// Draining: no new flows or sessions, existing flows continue.
     pub drain: bool,
+    /// Being removed gracefully (draining): removed once its flows end,
+    /// or at this time (Unix seconds) at the latest. Wall-clock time, so
+    /// that it survives a restart of the controller.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remove_by: Option<u64>,
+}
+
+impl Worker {
+    /// Whether its graceful removal's deadline has come at `now`.
+    pub fn removal_due(&self, now: SystemTime) -> bool {
+        self.remove_by
+            .is_some_and(|deadline| unix_seconds(now) >= deadline)
+    }
+}
+
+/// The deadline, in Unix seconds, `timeout` after `now`, rounded up to a
+/// whole second (never early).
+pub fn deadline_after(now: SystemTime, timeout: Duration) -> u64 {
+    let at = now + timeout;
+    let since = at.duration_since(UNIX_EPOCH).unwrap_or_default();
+    since.as_secs() + u64::from(since.subsec_nanos() > 0)
+}
+
+fn unix_seconds(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
 }
 
 /// One VIP.
@@ -404,6 +432,7 @@ impl Desired {
                 id,
                 weight,
                 drain: false,
+                remove_by: None,
             },
         );
         Ok(id)
@@ -438,10 +467,23 @@ impl Desired {
         Ok(())
     }
 
-    /// Starts or stops draining a worker; returns its id.
+    /// Starts or stops draining a worker; returns its id. Stopping also
+    /// calls off its graceful removal.
     pub fn set_drain(&mut self, vip: &Vip, addr: IpAddr, drain: bool) -> Result<u32, StateError> {
         let worker = self.worker_mut(vip, addr)?;
         worker.drain = drain;
+        if !drain {
+            worker.remove_by = None;
+        }
+        Ok(worker.id)
+    }
+
+    /// Drains a worker, to be removed once its flows end or at `deadline`
+    /// (Unix seconds) at the latest; returns its id.
+    pub fn remove_by(&mut self, vip: &Vip, addr: IpAddr, deadline: u64) -> Result<u32, StateError> {
+        let worker = self.worker_mut(vip, addr)?;
+        worker.drain = true;
+        worker.remove_by = Some(deadline);
         Ok(worker.id)
     }
 
@@ -674,6 +716,35 @@ mod tests {
         ];
         assert_eq!(errors.len(), 11);
         assert_eq!(format!("{:?}", state.vips()), before);
+    }
+
+    #[test]
+    fn a_graceful_removal_has_a_wall_clock_deadline_that_undrain_calls_off() {
+        use std::time::{Duration, UNIX_EPOCH};
+        let now = UNIX_EPOCH + Duration::from_millis(1_000_500);
+        assert_eq!(deadline_after(now, Duration::from_secs(20)), 1_021);
+        assert_eq!(deadline_after(now, Duration::from_millis(500)), 1_001);
+        let mut state = Desired::new(0);
+        let v = vip("192.0.2.100:80/tcp");
+        let w: IpAddr = "192.0.2.11".parse().unwrap();
+        state.add_vip(v, VipOptions::default()).unwrap();
+        state.add_worker(&v, w, 1).unwrap();
+        state.remove_by(&v, w, 1_021).unwrap();
+        let worker = state.worker(&v, w).unwrap();
+        assert!(worker.drain);
+        assert!(!worker.removal_due(UNIX_EPOCH + Duration::from_secs(1_020)));
+        assert!(worker.removal_due(UNIX_EPOCH + Duration::from_secs(1_021)));
+        let mut config = Desired::new(0);
+        config.add_vip(v, VipOptions::default()).unwrap();
+        config.add_worker(&v, w, 1).unwrap();
+        let reconciled = state.reconciled(&config).unwrap();
+        assert_eq!(
+            reconciled.worker(&v, w).unwrap().remove_by,
+            None,
+            "a config that has the worker serving wins"
+        );
+        state.set_drain(&v, w, false).unwrap();
+        assert_eq!(state.worker(&v, w).unwrap().remove_by, None);
     }
 
     #[test]

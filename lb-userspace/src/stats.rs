@@ -43,14 +43,13 @@ struct WorkerRow {
 
 fn no_instance(pin_dir: &Path) -> String {
     format!(
-        "no lb maps pinned under {}; is `lb run` attached with this --pin-dir (and are you root)?",
+        "no lb maps pinned under {}; is `lb run` attached with this --name or --pin-dir (and are you root)?",
         pin_dir.display()
     )
 }
 
 /// Prints global, per-VIP and per-worker counters.
-pub fn stats(args: &PinnedArgs) -> anyhow::Result<()> {
-    let pin_dir = &args.pin_dir;
+pub fn stats(args: &PinnedArgs, pin_dir: &Path) -> anyhow::Result<()> {
     let global = counters::read_pinned(pin_dir).with_context(|| no_instance(pin_dir))?;
     let vip_ids = vip_ids(pin_dir)?;
     let vips: Vec<TrafficRow> = vip_ids
@@ -188,8 +187,7 @@ struct FlowRow {
 }
 
 /// Prints the flow table.
-pub fn flows(args: &FlowsArgs) -> anyhow::Result<()> {
-    let pin_dir = &args.pinned.pin_dir;
+pub fn flows(args: &FlowsArgs, pin_dir: &Path) -> anyhow::Result<()> {
     let only: Option<Vip> = args.vip.as_deref().map(str::parse).transpose()?;
     let flows: HashMap<MapData, FlowKey, FlowValue> = maps::open_pinned(pin_dir, map_names::FLOWS)
         .with_context(|| no_instance(pin_dir))?

@@ -11,6 +11,7 @@
 //! anywhere else.
 
 use std::{
+    ffi::OsString,
     fs,
     io::{Read as _, Write as _},
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream},
@@ -25,7 +26,10 @@ use anyhow::{bail, ensure, Context as _};
 use aya::{programs::Xdp, Ebpf, EbpfLoader};
 use lb_common::program_names;
 
-use crate::object;
+use crate::{
+    instance::{self, Paths, DEFAULT_NAME},
+    object,
+};
 
 const NETNS_DIR: &str = "/run/netns";
 const NAME_PREFIX: &str = "lbt";
@@ -195,14 +199,26 @@ impl Drop for Process {
     }
 }
 
+/// How to start one `lb run`: its paths, the CLI arguments that select
+/// it, the `lb run` arguments that give them, and its log file.
+struct Launch {
+    paths: Paths,
+    select: Vec<OsString>,
+    run_args: Vec<OsString>,
+    log: PathBuf,
+}
+
 /// An `lb run` started in a testbed host, with its own pin directory and
 /// admin socket.
 pub struct LbProcess {
     process: Process,
     output: std::io::BufReader<std::process::ChildStdout>,
     exe: PathBuf,
-    pin_dir: PathBuf,
-    socket: PathBuf,
+    paths: Paths,
+    /// What tells the CLI which instance: `--name`, or `--socket` and
+    /// `--pin-dir`.
+    select: Vec<OsString>,
+    log: PathBuf,
     /// The line `lb run` printed once it had attached.
     pub attached_line: String,
     /// The line after it: what it found on the interface.
@@ -233,24 +249,76 @@ impl LbProcess {
         extra: &[&str],
         nofile: Option<u64>,
     ) -> anyhow::Result<Self> {
-        let pin_dir = bed.pin_dir(name);
         let socket = bed.socket(name);
-        let state_file = socket.with_extension("json");
-        let log = fs::OpenOptions::new()
+        let paths = Paths::new(
+            DEFAULT_NAME.parse()?,
+            Some(bed.pin_dir(name)),
+            Some(socket.clone()),
+            Some(socket.with_extension("json")),
+        );
+        let select: Vec<OsString> = vec![
+            "--socket".into(),
+            paths.socket.clone().into(),
+            "--pin-dir".into(),
+            paths.pin_dir.clone().into(),
+        ];
+        let mut run_args = select.clone();
+        run_args.extend(["--state-file".into(), paths.state_file.clone().into()]);
+        let launch = Launch {
+            paths,
+            select,
+            run_args,
+            log: socket.with_extension("log"),
+        };
+        Self::spawn(exe, host, launch, extra, nofile)
+    }
+
+    /// Starts `exe run --iface eth0 --name NAME` in `host`, NAME unique to
+    /// the testbed and `role`, so that its pin directory, socket and state
+    /// file are the ones lb derives from the name (removed with the
+    /// testbed); the CLI finds it by `--name` too.
+    pub fn start_named(
+        exe: &Path,
+        bed: &mut Testbed,
+        host: &Host,
+        role: &str,
+        extra: &[&str],
+    ) -> anyhow::Result<Self> {
+        let paths = bed.instance(role)?;
+        let select: Vec<OsString> = vec!["--name".into(), paths.name.to_string().into()];
+        let launch = Launch {
+            paths,
+            run_args: select.clone(),
+            select,
+            log: bed.socket(role).with_extension("log"),
+        };
+        Self::spawn(exe, host, launch, extra, None)
+    }
+
+    fn spawn(
+        exe: &Path,
+        host: &Host,
+        launch: Launch,
+        extra: &[&str],
+        nofile: Option<u64>,
+    ) -> anyhow::Result<Self> {
+        let Launch {
+            paths,
+            select,
+            run_args,
+            log,
+        } = launch;
+        let log_file = fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(socket.with_extension("log"))?;
+            .open(&log)?;
         let mut cmd = host.command(exe);
-        cmd.args(["run", "--iface", HOST_IFACE, "--pin-dir"])
-            .arg(&pin_dir)
-            .arg("--socket")
-            .arg(&socket)
-            .arg("--state-file")
-            .arg(&state_file)
+        cmd.args(["run", "--iface", HOST_IFACE])
+            .args(&run_args)
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(log);
+            .stderr(log_file);
         if let Some(nofile) = nofile {
             limit_open_files(&mut cmd, nofile);
         }
@@ -265,7 +333,7 @@ impl LbProcess {
         std::io::BufRead::read_line(&mut output, &mut attached_line)?;
         if !attached_line.contains("attached") {
             let _ = process.wait_timeout(Duration::from_secs(5));
-            let log = fs::read_to_string(socket.with_extension("log")).unwrap_or_default();
+            let log = fs::read_to_string(&log).unwrap_or_default();
             let last = log.lines().last().unwrap_or_default();
             bail!(
                 "lb run in {} did not attach (it printed {attached_line:?}): {last}",
@@ -278,8 +346,9 @@ impl LbProcess {
             process,
             output,
             exe: exe.to_owned(),
-            pin_dir,
-            socket,
+            paths,
+            select,
+            log,
             attached_line,
             takeover_line,
         })
@@ -292,29 +361,29 @@ impl LbProcess {
 
     /// What `lb run` logged (standard error), across restarts.
     pub fn log(&self) -> String {
-        fs::read_to_string(self.socket.with_extension("log")).unwrap_or_default()
+        fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// This instance's state file.
     pub fn state_file(&self) -> PathBuf {
-        self.socket.with_extension("json")
+        self.paths.state_file.clone()
     }
 
     /// This instance's pin directory.
     pub fn pin_dir(&self) -> &Path {
-        &self.pin_dir
+        &self.paths.pin_dir
     }
 
-    /// Runs an `lb` CLI command against this instance (`--pin-dir` is
-    /// appended for `stats` and `flows`, `--socket` for the others).
+    /// This instance's name, pin directory, socket and state file.
+    pub fn paths(&self) -> &Paths {
+        &self.paths
+    }
+
+    /// Runs an `lb` CLI command against this instance (with `--name`, or
+    /// `--socket` and `--pin-dir`, appended).
     pub fn cli(&self, args: &[&str]) -> anyhow::Result<std::process::Output> {
         let mut cmd = Command::new(&self.exe);
-        cmd.args(args);
-        if matches!(args.first(), Some(&"stats" | &"flows")) {
-            cmd.arg("--pin-dir").arg(&self.pin_dir);
-        } else {
-            cmd.arg("--socket").arg(&self.socket);
-        }
+        cmd.args(args).args(&self.select);
         cmd.output().context("running lb")
     }
 
@@ -391,6 +460,9 @@ pub struct Testbed {
     hosts: Vec<Host>,
     /// Pin directories and socket directories, removed on drop.
     cleanup_dirs: Vec<PathBuf>,
+    /// Sockets and state files of instances with derived paths, removed on
+    /// drop.
+    cleanup_files: Vec<PathBuf>,
     programs: Vec<Ebpf>,
 }
 
@@ -413,6 +485,7 @@ impl Testbed {
             switch: switch.clone(),
             hosts: Vec::new(),
             cleanup_dirs: Vec::new(),
+            cleanup_files: Vec::new(),
             programs: Vec::new(),
         };
         ip(&["netns", "add", &switch])?;
@@ -588,6 +661,23 @@ impl Testbed {
         dir
     }
 
+    /// The paths lb derives for an instance named after this testbed and
+    /// `role` (its pin directory is [`Testbed::pin_dir`]`(role)`); they
+    /// are removed with the testbed.
+    pub fn instance(&mut self, role: &str) -> anyhow::Result<Paths> {
+        let pin_dir = self.pin_dir(role);
+        let name = pin_dir.file_name().unwrap_or_default().to_string_lossy();
+        let paths = Paths::new(name.parse()?, None, None, None);
+        ensure!(paths.pin_dir == pin_dir, "{role}: pins elsewhere");
+        let lock = PathBuf::from(format!("{}.lock", paths.state_file.display()));
+        for file in [paths.socket.clone(), paths.state_file.clone(), lock] {
+            if !self.cleanup_files.contains(&file) {
+                self.cleanup_files.push(file);
+            }
+        }
+        Ok(paths)
+    }
+
     /// A fresh admin socket path for one lb instance, removed with the
     /// testbed.
     pub fn socket(&mut self, name: &str) -> PathBuf {
@@ -695,6 +785,9 @@ impl Drop for Testbed {
             let _ = fs::remove_dir_all(dir);
             let _ = fs::remove_file(crate::dataplane::lock_path(dir));
         }
+        for file in &self.cleanup_files {
+            let _ = fs::remove_file(file);
+        }
         for host in &self.hosts {
             let _ = ip(&["netns", "del", &host.netns]);
             let _ = fs::remove_dir_all(self.nginx_dir(host));
@@ -786,10 +879,16 @@ fn output_of(cmd: &mut Command) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
-/// Deletes namespaces and pin directories left by testbeds of processes
-/// that no longer exist.
+/// Deletes namespaces, pin directories, sockets and state files left by
+/// testbeds of processes that no longer exist.
 fn remove_stale_rigs() {
-    for (dir, is_netns) in [(NETNS_DIR, true), ("/sys/fs/bpf", false)] {
+    let places = [
+        (NETNS_DIR, true),
+        (instance::PIN_ROOT, false),
+        (instance::SOCKET_DIR, false),
+        (instance::STATE_DIR, false),
+    ];
+    for (dir, is_netns) in places {
         let Ok(entries) = fs::read_dir(dir) else {
             continue;
         };
@@ -807,8 +906,10 @@ fn remove_stale_rigs() {
             }
             if is_netns {
                 let _ = ip(&["netns", "del", &name]);
-            } else {
+            } else if entry.path().is_dir() {
                 let _ = fs::remove_dir_all(entry.path());
+            } else {
+                let _ = fs::remove_file(entry.path());
             }
         }
     }

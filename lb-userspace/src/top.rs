@@ -18,6 +18,7 @@ use lb_common::{balancer::TrafficCounters, map_names};
 use crate::{
     api::{self, BackendRow, Request, VipRow},
     cli::TopArgs,
+    instance::Paths,
     maps,
 };
 
@@ -25,12 +26,12 @@ use crate::{
 type Sample = HashMap<String, (TrafficCounters, Instant)>;
 
 /// Runs the view until q, Ctrl-C or end of input.
-pub fn top(args: &TopArgs) -> anyhow::Result<()> {
+pub fn top(args: &TopArgs, instance: &Paths) -> anyhow::Result<()> {
     let _raw = RawMode::enable();
     let mut previous: Sample = HashMap::new();
     let mut out = std::io::stdout();
     loop {
-        let screen = render(args, &mut previous)?;
+        let screen = render(instance, &mut previous)?;
         write!(out, "\x1b[H\x1b[2J{screen}")?;
         out.flush()?;
         if quit_requested(args.interval)? {
@@ -85,7 +86,7 @@ struct WorkerLine {
 
 /// What to show: from the controller when it answers (with state, load
 /// and active flows), else from the pinned maps alone.
-fn listing(args: &TopArgs) -> anyhow::Result<(Vec<VipLines>, &'static str)> {
+fn listing(args: &Paths) -> anyhow::Result<(Vec<VipLines>, &'static str)> {
     let vips: Option<Vec<VipRow>> = controller(&args.socket, &Request::VipList);
     let workers: Option<Vec<BackendRow>> =
         controller(&args.socket, &Request::BackendList { vip: None });
@@ -151,7 +152,7 @@ fn flags_state(flags: u8) -> &'static str {
     }
 }
 
-fn render(args: &TopArgs, previous: &mut Sample) -> anyhow::Result<String> {
+fn render(args: &Paths, previous: &mut Sample) -> anyhow::Result<String> {
     let pin_dir = &args.pin_dir;
     let (vips, note) = listing(args)?;
     let mut text = format!(

@@ -5,7 +5,7 @@
 use std::{
     collections::{BTreeSet, HashMap},
     net::IpAddr,
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use super::{Controller, Live, Reach, UNRESOLVED_GRACE};
@@ -123,14 +123,15 @@ impl Controller {
             }
             self.occupancy.flow_entries = scan.entries;
         }
-        let flows = scan.map(|s| s.active);
-        let now = Instant::now();
+        let scanned = scan.is_some();
+        let now = SystemTime::now();
         let done: Vec<(Vip, IpAddr)> = self
             .live
             .values()
             .filter(|l| {
-                l.removing
-                    .is_some_and(|deadline| now >= deadline || (flows.is_some() && l.flows == 0))
+                self.desired.worker(&l.vip, l.addr).is_ok_and(|w| {
+                    w.remove_by.is_some() && (w.removal_due(now) || (scanned && l.flows == 0))
+                })
             })
             .map(|l| (l.vip, l.addr))
             .collect();

@@ -14,6 +14,7 @@ use crate::{
     neighbour,
     service::{self, Vip},
     sessions,
+    state::Worker,
 };
 
 /// What the metrics endpoint reports from the controller's side.
@@ -93,7 +94,7 @@ impl Controller {
                         worker: *addr,
                         id: w.id,
                         weight: w.weight,
-                        state: worker_state(live, w.drain),
+                        state: worker_state(live, w),
                         reason: match live.reach {
                             Reach::Unreachable(reason) => Some(reason.to_owned()),
                             _ => None,
@@ -169,6 +170,7 @@ impl Controller {
 
     pub(super) fn status(&self) -> Status {
         Status {
+            name: self.instance.name.clone(),
             iface: self.instance.iface.clone(),
             xdp_mode: self.instance.xdp_mode.clone(),
             program_id: self.instance.program_id,
@@ -194,14 +196,14 @@ impl Controller {
     }
 }
 
-fn worker_state(live: &Live, drain: bool) -> WorkerState {
-    if live.removing.is_some() {
+fn worker_state(live: &Live, worker: &Worker) -> WorkerState {
+    if worker.remove_by.is_some() {
         WorkerState::Removing
     } else if live.health.state() == HealthState::Down {
         WorkerState::Down
     } else if matches!(live.reach, Reach::Unreachable(_)) {
         WorkerState::Unreachable
-    } else if drain {
+    } else if worker.drain {
         WorkerState::Draining
     } else {
         WorkerState::Up
