@@ -53,7 +53,10 @@ fn role_of(answer: &str) -> String {
 /// (one dig process reading a batch) and returns how many each worker
 /// answered and how many got no answer.
 fn ask(client: &Host, vip: IpAddr, count: usize) -> (HashMap<String, usize>, usize) {
-    let batch = std::env::temp_dir().join(format!("lbt-{}-dig-batch", std::process::id()));
+    // Tests run in parallel threads of one process: one file each call.
+    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let batch = std::env::temp_dir().join(format!("lbt-{}-dig-{call}", std::process::id()));
     let line = format!("@{vip} who.test A\n");
     std::fs::write(&batch, line.repeat(count)).unwrap();
     let output = client
