@@ -13,7 +13,6 @@
 
 pub mod balancer;
 pub mod counters;
-pub mod floors;
 pub mod icmp;
 pub mod packet;
 

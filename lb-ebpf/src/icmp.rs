@@ -13,8 +13,9 @@ use lb_common::{
     packet::{IpPacket, IpVersion, Ipv4Header, Ipv6Header},
 };
 
+use lb_ebpf::frame::XdpFrame;
+
 use crate::{
-    frame::XdpFrame,
     maps::{LB_BACKENDS, LB_VIPS, LB_VIP_ADDRS},
     schedule,
 };

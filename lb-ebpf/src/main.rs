@@ -6,7 +6,6 @@
     reason = "aya-ebpf's map methods take `impl Borrow<K>`: a reference spares a copy of the key on the 512-byte BPF stack"
 )]
 
-mod frame;
 mod icmp;
 mod maps;
 mod schedule;
@@ -21,7 +20,9 @@ use lb_common::{
     },
 };
 
-use crate::{frame::XdpFrame, maps::*};
+use lb_ebpf::frame::XdpFrame;
+
+use crate::maps::*;
 
 /// The balancer: forwards packets for VIPs to their workers, passes
 /// everything else to the kernel untouched.

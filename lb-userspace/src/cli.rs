@@ -88,9 +88,6 @@ pub enum Command {
     /// A live view: per-VIP and per-worker rates, state and load,
     /// refreshed every second; q or Ctrl-C quits.
     Top(TopArgs),
-    /// Build a sandbox in network namespaces, balance traffic in it, print
-    /// what lb did, and tear everything down.
-    Demo,
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions {
         /// The shell.

@@ -1,7 +1,4 @@
-//! The XDP objects built from lb-ebpf, embedded in the binary.
+//! The XDP object built from lb-ebpf, embedded in the binary.
 
 /// The balancer object: the `lb_xdp` and `lb_pass` programs and their maps.
 pub static LB_XDP: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-xdp"));
-
-/// The floor programs `cargo xtask bench` measures lb against.
-pub static LB_FLOORS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-floors"));

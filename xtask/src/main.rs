@@ -24,9 +24,11 @@ enum Task {
         #[arg(long)]
         release: bool,
     },
-    /// Run every test: unit, property and end-to-end (needs root).
+    /// Run every test of every crate: unit, property and end-to-end (the
+    /// end-to-end ones need root).
     Test {
-        /// Extra arguments for `cargo test`, e.g. a test name filter.
+        /// Extra arguments for `cargo test`, e.g. a test name filter or
+        /// `-p lb-testing --test NAME`.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
@@ -74,17 +76,15 @@ fn run(task: Task) -> anyhow::Result<()> {
         Task::Setup => setup::setup(),
         Task::Build { release } => {
             setup::setup()?;
-            cargo(&build_args(release))
+            cargo(&build_args(release, &[LB]))
         }
         Task::Test { args } => {
             setup::setup()?;
-            let mut test_args = vec!["test".to_owned()];
-            test_args.extend(args);
-            cargo(&test_args)
+            test(args)
         }
         Task::Dist => {
             setup::setup()?;
-            cargo(&build_args(true))?;
+            cargo(&build_args(true, &[LB]))?;
             dist()
         }
         Task::Fuzz {
@@ -92,9 +92,7 @@ fn run(task: Task) -> anyhow::Result<()> {
             seconds,
         } => {
             setup::setup()?;
-            let mut args = build_args(true);
-            args.extend(["--bin".into(), "lb-fuzz".into()]);
-            cargo(&args)?;
+            cargo(&build_args(true, &[("lb-testing", "lb-fuzz")]))?;
             status(
                 Command::new(workspace_root().join("target/release/lb-fuzz"))
                     .arg("--iterations")
@@ -106,14 +104,7 @@ fn run(task: Task) -> anyhow::Result<()> {
         Task::Bench { quick, out } => {
             setup::setup()?;
             setup::bench_packages()?;
-            let mut args = build_args(true);
-            args.extend([
-                "--bin".into(),
-                "lb".into(),
-                "--bin".into(),
-                "lb-bench".into(),
-            ]);
-            cargo(&args)?;
+            cargo(&build_args(true, &[LB, ("lb-bench", "lb-bench")]))?;
             let mut bench = Command::new(workspace_root().join("target/release/lb-bench"));
             bench.arg("--out").arg(&out).current_dir(workspace_root());
             if quick {
@@ -130,23 +121,53 @@ fn run(task: Task) -> anyhow::Result<()> {
         }
         Task::Demo => {
             setup::setup()?;
-            cargo(&build_args(false))?;
-            let lb = workspace_root().join("target/debug/lb");
-            status(Command::new(lb).arg("demo"))
+            cargo(&build_args(false, &[LB, ("lb-testing", "lb-demo")]))?;
+            status(&mut Command::new(
+                workspace_root().join("target/debug/lb-demo"),
+            ))
         }
     }
 }
 
-fn build_args(release: bool) -> Vec<String> {
-    let mut args = vec![
-        "build".to_owned(),
-        "--package".into(),
-        "lb-userspace".into(),
-    ];
+/// The product's binary, as (package, binary).
+const LB: (&str, &str) = ("lb-userspace", "lb");
+
+/// The eBPF crates: built for bpfel-unknown-none by build scripts, never
+/// for the host.
+const EBPF_PACKAGES: [&str; 2] = ["lb-ebpf", "floors-ebpf"];
+
+/// `cargo build` of the given (package, binary) pairs.
+fn build_args(release: bool, binaries: &[(&str, &str)]) -> Vec<String> {
+    let mut args = vec!["build".to_owned()];
+    for (package, binary) in binaries {
+        args.extend(["--package".into(), (*package).into()]);
+        args.extend(["--bin".into(), (*binary).into()]);
+    }
     if release {
         args.push("--release".into());
     }
     args
+}
+
+/// Builds `lb` (the end-to-end tests run it, and cargo builds a binary
+/// only for its own package's tests), then tests every host crate of the
+/// workspace, or the packages `args` name.
+fn test(args: Vec<String>) -> anyhow::Result<()> {
+    let release = args.iter().any(|arg| arg == "--release" || arg == "-r");
+    cargo(&build_args(release, &[LB]))?;
+    let mut test_args = vec!["test".to_owned()];
+    let names_packages = args
+        .iter()
+        .take_while(|arg| *arg != "--")
+        .any(|arg| arg.starts_with("-p") || arg.starts_with("--package"));
+    if !names_packages {
+        test_args.push("--workspace".into());
+        for package in EBPF_PACKAGES {
+            test_args.extend(["--exclude".into(), package.into()]);
+        }
+    }
+    test_args.extend(args);
+    cargo(&test_args)
 }
 
 fn cargo(args: &[String]) -> anyhow::Result<()> {
@@ -200,14 +221,14 @@ fn upgrade_check(from: &str) -> anyhow::Result<()> {
     built?;
     let old = target.join("debug/lb");
     println!("upgrade-check: upgrading from {from} ({})", old.display());
-    cargo(&["build".into(), "--package".into(), "lb-userspace".into()])?;
+    cargo(&build_args(false, &[LB]))?;
     let cargo_bin = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     status(
         Command::new(cargo_bin)
             .args([
                 "test",
                 "--package",
-                "lb-userspace",
+                "lb-testing",
                 "--test",
                 "hitless_e2e",
                 "an_upgrade_from_an_older_lb_binary",

@@ -1,0 +1,119 @@
+//! Floor programs for `cargo xtask bench`: what lb's per-packet cost is
+//! measured against. Built like lb (same toolchain, same frame access:
+//! lb-ebpf's `XdpFrame`).
+#![no_std]
+#![no_main]
+#![expect(
+    clippy::needless_borrows_for_generic_args,
+    reason = "aya-ebpf's map methods take `impl Borrow<K>`: a reference spares a copy of the key on the 512-byte BPF stack"
+)]
+
+use aya_ebpf::{
+    bindings::xdp_action,
+    btf_maps::{Array, LruHashMap},
+    macros::{btf_map, xdp},
+    programs::XdpContext,
+};
+use floors_common::{ForwardTarget, FLOOR_FLOWS_CAPACITY};
+use lb_common::{
+    balancer::{FlowKey, FlowValue, FAMILY_V4},
+    packet::{Frame as _, Ipv4Header, TcpHeader, ETH_HLEN, ETH_P_IP, IPPROTO_TCP},
+};
+use lb_ebpf::frame::XdpFrame;
+
+#[btf_map]
+static FLOOR_FLOWS: LruHashMap<FlowKey, FlowValue, { FLOOR_FLOWS_CAPACITY as usize }> =
+    LruHashMap::new();
+
+#[btf_map]
+static FLOOR_TARGET: Array<ForwardTarget, 1> = Array::new();
+
+#[xdp]
+pub fn floor_drop(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_DROP
+}
+
+#[xdp]
+pub fn floor_tx(ctx: XdpContext) -> u32 {
+    let frame = XdpFrame::new(&ctx);
+    if tcp_key(&frame).is_none() {
+        return xdp_action::XDP_PASS;
+    }
+    swap_macs(&frame, None)
+}
+
+#[xdp]
+pub fn floor_lru(ctx: XdpContext) -> u32 {
+    let frame = XdpFrame::new(&ctx);
+    let Some(key) = tcp_key(&frame) else {
+        return xdp_action::XDP_PASS;
+    };
+    // SAFETY: only tested for presence.
+    if unsafe { FLOOR_FLOWS.get(&key) }.is_none() {
+        return xdp_action::XDP_PASS;
+    }
+    swap_macs(&frame, None)
+}
+
+#[xdp]
+pub fn floor_forward(ctx: XdpContext) -> u32 {
+    let frame = XdpFrame::new(&ctx);
+    let Some(target) = FLOOR_TARGET.get(0) else {
+        return xdp_action::XDP_PASS;
+    };
+    let is_ipv4 = frame
+        .get::<[u8; 2]>(12)
+        .is_some_and(|t| u16::from_be_bytes(*t) == ETH_P_IP);
+    let Some(ip) = frame.get::<Ipv4Header>(ETH_HLEN).filter(|_| is_ipv4) else {
+        return xdp_action::XDP_PASS;
+    };
+    if ip.dst != target.vip {
+        return xdp_action::XDP_PASS;
+    }
+    swap_macs(&frame, Some(target.mac))
+}
+
+/// The 5-tuple of an Ethernet/IPv4/TCP frame.
+#[inline(always)]
+fn tcp_key(frame: &XdpFrame) -> Option<FlowKey> {
+    let ethertype = frame.get::<[u8; 2]>(12)?;
+    if u16::from_be_bytes(*ethertype) != ETH_P_IP {
+        return None;
+    }
+    let ip = frame.get::<Ipv4Header>(ETH_HLEN)?;
+    if ip.proto != IPPROTO_TCP {
+        return None;
+    }
+    let ihl = usize::from(ip.version_ihl & 0x0f) * 4;
+    let tcp = frame.get::<TcpHeader>(ETH_HLEN + ihl)?;
+    let mut key = FlowKey {
+        proto: IPPROTO_TCP,
+        family: FAMILY_V4,
+        sport: u16::from_ne_bytes(tcp.sport),
+        dport: u16::from_ne_bytes(tcp.dport),
+        ..FlowKey::default()
+    };
+    key.src[..4].copy_from_slice(&ip.src);
+    key.dst[..4].copy_from_slice(&ip.dst);
+    Some(key)
+}
+
+/// Readdresses the frame (see `XdpFrame::readdress`) and sends it out.
+#[inline(always)]
+fn swap_macs(frame: &XdpFrame, to: Option<[u8; 6]>) -> u32 {
+    if frame.readdress(to) {
+        xdp_action::XDP_TX
+    } else {
+        xdp_action::XDP_PASS
+    }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,53 @@
+//! `lb-bench`: what `cargo xtask bench` runs (as root).
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::Parser;
+use lb_bench::{self as bench, report, Plan};
+
+/// Measures lb against floors and references; writes docs/BENCHMARKS.md.
+#[derive(Parser)]
+#[command(name = "lb-bench")]
+struct Args {
+    /// A short run that checks the bench works (CI); rough figures.
+    #[arg(long)]
+    quick: bool,
+    /// Where to write the report.
+    #[arg(long, default_value = "docs/BENCHMARKS.md")]
+    out: PathBuf,
+    /// The `lb` binary for the parts that run it (default: next to this one).
+    #[arg(long)]
+    lb: Option<PathBuf>,
+}
+
+fn main() {
+    if let Err(error) = run(Args::parse()) {
+        eprintln!("lb-bench: error: {error:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    let lb = match args.lb {
+        Some(lb) => lb,
+        None => std::env::current_exe()?
+            .parent()
+            .context("lb-bench has no directory")?
+            .join("lb"),
+    };
+    anyhow::ensure!(
+        lb.is_file(),
+        "no lb binary at {}; build it or pass --lb",
+        lb.display()
+    );
+    let plan = Plan::new(args.quick, lb);
+    let results = bench::measure(&plan)?;
+    let text = report::render(&plan, &results);
+    if let Some(dir) = args.out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&args.out, &text).with_context(|| format!("writing {}", args.out.display()))?;
+    print!("{text}");
+    Ok(())
+}

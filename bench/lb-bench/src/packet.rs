@@ -1,0 +1,241 @@
+//! Per-packet cost: lb's program on each packet class next to the floor
+//! programs, all through BPF_PROG_TEST_RUN, interleaved.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use aya::maps::HashMap as BpfHashMap;
+use floors_common::{map_names as floor_maps, program_names as floor};
+use lb_common::{
+    balancer::{FlowKey, FlowValue, FAMILY_V4},
+    packet::IPPROTO_TCP,
+    program_names,
+};
+use lb_testing::{
+    frames::{tcp, Packet},
+    testrun::{configure, Loaded},
+};
+use lb_userspace::{dataplane::DEFAULT_MAX_FLOWS, service::Vip};
+
+use super::{samples::Samples, Plan};
+use crate::floors;
+
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+const XDP_TX: u32 = 3;
+
+/// Workers per VIP in the per-packet configuration.
+pub const WORKERS: u32 = 100;
+
+/// One measured packet class or floor.
+pub struct Row {
+    /// What was measured.
+    pub name: &'static str,
+    /// Mean run time of single runs, one sample per round (ns).
+    pub single: Samples,
+    /// Mean run time of `repeat`-runs, where the output is idempotent (ns).
+    pub repeated: Option<Samples>,
+}
+
+/// Where a case's frames come from.
+enum Frames {
+    /// The same frame every run.
+    Fixed(Vec<u8>),
+    /// A packet with these TCP flags of a new connection every run.
+    NewFlows { next: u32, flags: u8 },
+}
+
+impl Frames {
+    fn next(&mut self) -> Vec<u8> {
+        match self {
+            Self::Fixed(frame) => frame.clone(),
+            Self::NewFlows { next, flags } => {
+                *next += 1;
+                let [_, hi, lo_a, lo_b] = next.to_be_bytes();
+                let src = IpAddr::V4(Ipv4Addr::new(198, 51, 100, hi));
+                let sport = u16::from_be_bytes([lo_a, lo_b]);
+                Packet::tcp(src, sport, vip4(), 80, *flags).build()
+            }
+        }
+    }
+}
+
+struct Case {
+    name: &'static str,
+    on_lb: bool,
+    program: &'static str,
+    frames: Frames,
+    verdict: u32,
+    repeatable: bool,
+}
+
+fn vip4() -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(192, 0, 2, 100))
+}
+
+fn vip6() -> IpAddr {
+    IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x100))
+}
+
+fn client4() -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(203, 0, 113, 7))
+}
+
+/// The VIPs of the configuration: IPv4 TCP, IPv6 TCP, IPv4 UDP.
+pub fn vips() -> [Vip; 3] {
+    [
+        "192.0.2.100:80/tcp".parse().expect("valid"),
+        "[2001:db8::100]:80/tcp".parse().expect("valid"),
+        "192.0.2.100:53/udp".parse().expect("valid"),
+    ]
+}
+
+/// Worker `n` of VIP `index`.
+pub fn worker_addr(index: usize, n: u32) -> IpAddr {
+    if index == 1 {
+        IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, n as u16 + 1))
+    } else {
+        IpAddr::V4(Ipv4Addr::new(198, 51, 100, n as u8 + 1))
+    }
+}
+
+fn established() -> [(&'static str, Packet); 3] {
+    let client6 = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 2, 0, 0, 0, 0, 7));
+    [
+        (
+            "lb: IPv4 TCP, established flow",
+            Packet::tcp(client4(), 40000, vip4(), 80, tcp::ACK),
+        ),
+        (
+            "lb: IPv6 TCP, established flow",
+            Packet::tcp(client6, 40000, vip6(), 80, tcp::ACK),
+        ),
+        (
+            "lb: IPv4 UDP, established flow",
+            Packet::udp(client4(), 40000, vip4(), 53),
+        ),
+    ]
+}
+
+fn cases() -> Vec<Case> {
+    let tcp4 = established()[0].1.build();
+    let floor_case = |name, program, verdict| Case {
+        name,
+        on_lb: false,
+        program,
+        frames: Frames::Fixed(tcp4.clone()),
+        verdict,
+        repeatable: true,
+    };
+    let mut cases = vec![
+        floor_case("floor: XDP_DROP", floor::DROP, XDP_DROP),
+        floor_case("floor: parse + MAC swap + XDP_TX", floor::TX, XDP_TX),
+        floor_case("floor: + 1 LRU hit (1M entries)", floor::LRU, XDP_TX),
+        Case {
+            name: "lb: IPv4 TCP, new flow (SYN)",
+            on_lb: true,
+            program: program_names::BALANCER,
+            frames: Frames::NewFlows {
+                next: 0,
+                flags: tcp::SYN,
+            },
+            verdict: XDP_TX,
+            repeatable: false,
+        },
+        Case {
+            name: "lb: IPv4 TCP, RST of no flow (scheduled, not recorded)",
+            on_lb: true,
+            program: program_names::BALANCER,
+            frames: Frames::NewFlows {
+                next: 1 << 23,
+                flags: tcp::RST,
+            },
+            verdict: XDP_TX,
+            repeatable: true,
+        },
+    ];
+    for (name, packet) in established() {
+        cases.push(Case {
+            name,
+            on_lb: true,
+            program: program_names::BALANCER,
+            frames: Frames::Fixed(packet.build()),
+            verdict: XDP_TX,
+            repeatable: true,
+        });
+    }
+    let other = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 2));
+    cases.push(Case {
+        name: "lb: IPv4 TCP, not for a VIP",
+        on_lb: true,
+        program: program_names::BALANCER,
+        frames: Frames::Fixed(Packet::tcp(client4(), 40000, other, 22, tcp::ACK).build()),
+        verdict: XDP_PASS,
+        repeatable: true,
+    });
+    cases
+}
+
+/// Measures every class and floor; rows in the order of [`cases`].
+pub fn run(plan: &Plan) -> anyhow::Result<Vec<Row>> {
+    let mut lb = Loaded::lb(DEFAULT_MAX_FLOWS)?;
+    let _config = configure(&mut lb, &vips(), WORKERS, worker_addr)?;
+    let mut floors = floors::load()?;
+    prepare_floor_lru(&mut floors)?;
+    for (_, packet) in established() {
+        // The first packet records the flow; the rest hit it.
+        let (verdict, _) = lb.run(program_names::BALANCER, &packet.build(), 1)?;
+        anyhow::ensure!(verdict == XDP_TX, "lb did not forward {packet:?}");
+    }
+    let mut cases = cases();
+    let mut rows: Vec<Row> = cases
+        .iter()
+        .map(|c| Row {
+            name: c.name,
+            single: Samples::default(),
+            repeated: c.repeatable.then(Samples::default),
+        })
+        .collect();
+    for _ in 0..plan.rounds {
+        for (case, row) in cases.iter_mut().zip(&mut rows) {
+            let target = if case.on_lb { &lb } else { &floors };
+            row.single.push(single_runs(target, case, plan.singles)?);
+            if let Some(repeated) = &mut row.repeated {
+                let frame = case.frames.next();
+                repeated.push(target.run(case.program, &frame, plan.repeat)?.1);
+            }
+        }
+    }
+    Ok(rows)
+}
+
+/// The mean kernel-reported time of `count` single runs.
+fn single_runs(target: &Loaded, case: &mut Case, count: u32) -> anyhow::Result<f64> {
+    let mut total = 0.0;
+    for _ in 0..count {
+        let (verdict, ns) = target.run(case.program, &case.frames.next(), 1)?;
+        anyhow::ensure!(
+            verdict == case.verdict,
+            "{}: verdict {verdict}, expected {}",
+            case.name,
+            case.verdict
+        );
+        total += ns;
+    }
+    Ok(total / f64::from(count))
+}
+
+/// Puts the floor frame's 5-tuple in the floor's LRU hash.
+fn prepare_floor_lru(floors: &mut Loaded) -> anyhow::Result<()> {
+    let mut map: BpfHashMap<_, FlowKey, FlowValue> = floors.flows(floor_maps::FLOWS)?;
+    let mut key = FlowKey {
+        proto: IPPROTO_TCP,
+        family: FAMILY_V4,
+        sport: 40000u16.to_be(),
+        dport: 80u16.to_be(),
+        ..FlowKey::default()
+    };
+    key.src[..4].copy_from_slice(&[203, 0, 113, 7]);
+    key.dst[..4].copy_from_slice(&[192, 0, 2, 100]);
+    map.insert(key, FlowValue::default(), 0)?;
+    Ok(())
+}

@@ -1,0 +1,54 @@
+//! lb's test rigs and harnesses, kept out of the product: network namespace
+//! testbeds ([`testbed`]) and the ready-made L2 DSR sandbox on them
+//! ([`rig`]), test frames ([`frames`]), test runs of lb's program with
+//! BPF_PROG_TEST_RUN ([`testrun`]) and the packet fuzzer ([`packet_fuzz`]).
+//! The end-to-end tests in `tests/`, `lb-demo`, `lb-fuzz` and the benchmarks
+//! are built on them.
+
+use std::sync::OnceLock;
+
+use anyhow::Context as _;
+
+pub mod frames;
+pub mod packet_fuzz;
+pub mod rig;
+pub mod testbed;
+pub mod testrun;
+
+/// The `lb` binary the tests and the demo run: `$LB_EXE` if set, else the
+/// `lb` in the running executable's directory or the one above it (a test
+/// binary lives in `target/<profile>/deps/`, `lb` in `target/<profile>/`).
+/// Cargo builds `lb` only for its own package, so `cargo xtask test` builds
+/// it before the tests; anyone running them with cargo directly builds it
+/// first too (`cargo build -p lb-userspace --bin lb`). Panics if there is
+/// none.
+pub fn lb_exe() -> &'static str {
+    static LB: OnceLock<String> = OnceLock::new();
+    LB.get_or_init(|| find_lb().unwrap_or_else(|error| panic!("{error:#}")))
+}
+
+fn find_lb() -> anyhow::Result<String> {
+    let found = match std::env::var_os("LB_EXE") {
+        Some(path) => path.into(),
+        None => {
+            let exe = std::env::current_exe().context("locating this executable")?;
+            exe.ancestors()
+                .skip(1)
+                .take(2)
+                .map(|dir| dir.join("lb"))
+                .find(|candidate| candidate.is_file())
+                .with_context(|| {
+                    format!(
+                        "no lb binary next to {} or one directory up: build it first \
+                         (cargo build -p lb-userspace --bin lb; cargo xtask test does) \
+                         or set LB_EXE",
+                        exe.display()
+                    )
+                })?
+        }
+    };
+    found
+        .into_os_string()
+        .into_string()
+        .map_err(|path| anyhow::anyhow!("the lb binary's path is not UTF-8: {path:?}"))
+}

@@ -1,0 +1,177 @@
+//! Loading lb's program (or another object's, such as the benchmarks'
+//! floors) without attaching it, giving lb a real configuration, and
+//! running programs with BPF_PROG_TEST_RUN: the harness of the packet
+//! tests, the fuzzer and the benchmarks.
+
+use std::net::IpAddr;
+
+use anyhow::Context as _;
+use aya::{
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray},
+    programs::{TestRun as _, TestRunOptions, Xdp},
+    Ebpf, EbpfLoader,
+};
+use lb_common::{
+    balancer::{FlowKey, FlowValue, LOAD_UNKNOWN},
+    counters::GlobalCounters,
+    map_names, program_names,
+};
+
+use lb_userspace::{
+    maps::{ControlMaps, WorkerEntry},
+    object,
+    options::VipOptions,
+    service::Vip,
+    state::{Desired, DEFAULT_WEIGHT},
+};
+
+/// A loaded object whose programs can be test-run.
+pub struct Loaded {
+    ebpf: Ebpf,
+}
+
+impl Loaded {
+    /// lb's object with a flow table of `max_flows`, `lb_xdp` loaded.
+    pub fn lb(max_flows: u32) -> anyhow::Result<Self> {
+        let ebpf = EbpfLoader::new()
+            .map_max_entries(map_names::FLOWS, max_flows)
+            .load(object::LB_XDP)
+            .context("loading lb's object")?;
+        Self::with_programs(ebpf, &[program_names::BALANCER])
+    }
+
+    /// `ebpf` as `EbpfLoader` left it (maps created), with its programs
+    /// `names` loaded (verified) for test runs.
+    pub fn with_programs(ebpf: Ebpf, names: &[&str]) -> anyhow::Result<Self> {
+        let mut loaded = Self { ebpf };
+        for name in names {
+            loaded.load_program(name)?;
+        }
+        Ok(loaded)
+    }
+
+    fn load_program(&mut self, name: &str) -> anyhow::Result<()> {
+        let program: &mut Xdp = self
+            .ebpf
+            .program_mut(name)
+            .with_context(|| format!("no program {name}"))?
+            .try_into()?;
+        program
+            .load()
+            .with_context(|| format!("the verifier rejected {name}"))
+    }
+
+    /// The underlying object, for its maps.
+    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
+    }
+
+    /// The object's program `name`, for attaching (the floor forwarder).
+    pub fn program_mut(&mut self, name: &str) -> anyhow::Result<&mut Xdp> {
+        Ok(self
+            .ebpf
+            .program_mut(name)
+            .with_context(|| format!("no program {name}"))?
+            .try_into()?)
+    }
+
+    /// Runs `program` once on `frame`; returns its verdict and the frame
+    /// it left.
+    pub fn run_frame(&self, program: &str, frame: &[u8]) -> anyhow::Result<(u32, Vec<u8>)> {
+        let (result, mut out) = self.test_run(program, frame, 1)?;
+        out.truncate(result.data_size_out as usize);
+        Ok((result.return_value, out))
+    }
+
+    fn test_run(
+        &self,
+        program: &str,
+        frame: &[u8],
+        repeat: u32,
+    ) -> anyhow::Result<(aya::programs::TestRunResult, Vec<u8>)> {
+        let xdp: &Xdp = self
+            .ebpf
+            .program(program)
+            .with_context(|| format!("no program {program}"))?
+            .try_into()?;
+        let mut out = vec![0u8; frame.len() + 256];
+        let result = xdp
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                repeat,
+                ..TestRunOptions::new()
+            })
+            .with_context(|| format!("test-running {program}"))?;
+        Ok((result, out))
+    }
+
+    /// lb's global counters, summed over CPUs.
+    pub fn counters(&self) -> anyhow::Result<GlobalCounters> {
+        let map: PerCpuArray<&MapData, GlobalCounters> = self
+            .ebpf
+            .map(map_names::COUNTERS)
+            .context("no counters map")?
+            .try_into()?;
+        let mut total = GlobalCounters::default();
+        for copy in map.get(&0, 0)?.iter() {
+            total.accumulate(copy);
+        }
+        Ok(total)
+    }
+
+    /// Runs `program` on `frame` `repeat` times; returns its verdict and
+    /// the kernel's mean run time in nanoseconds.
+    pub fn run(&self, program: &str, frame: &[u8], repeat: u32) -> anyhow::Result<(u32, f64)> {
+        let (result, _) = self.test_run(program, frame, repeat)?;
+        Ok((result.return_value, result.duration.as_nanos() as f64))
+    }
+
+    /// A handle on the object's flow-table map `name` (lb's or the floor's).
+    pub fn flows(&mut self, name: &str) -> anyhow::Result<BpfHashMap<MapData, FlowKey, FlowValue>> {
+        let map = self
+            .ebpf
+            .take_map(name)
+            .with_context(|| format!("no map {name}"))?;
+        Ok(map.try_into()?)
+    }
+}
+
+/// The MAC test configurations give worker `id`.
+pub fn worker_mac(id: u32) -> [u8; 6] {
+    let [_, _, hi, lo] = id.to_be_bytes();
+    [0x02, 0xbe, 0, 0, hi, lo]
+}
+
+/// Gives lb's maps `vips`, each with `workers` workers whose addresses
+/// `worker_addr(vip index, n)` makes, every MAC resolved; returns the
+/// desired state written.
+pub fn configure(
+    loaded: &mut Loaded,
+    vips: &[Vip],
+    workers: u32,
+    worker_addr: impl Fn(usize, u32) -> IpAddr,
+) -> anyhow::Result<(Desired, ControlMaps)> {
+    let mut maps = ControlMaps::take(loaded.ebpf_mut())?;
+    let mut desired = Desired::new(7);
+    maps.write_config(desired.hash_seed)?;
+    for (index, vip) in vips.iter().enumerate() {
+        desired.add_vip(*vip, VipOptions::default())?;
+        for n in 0..workers {
+            let addr = worker_addr(index, n);
+            let id = desired.add_worker(vip, addr, DEFAULT_WEIGHT)?;
+            let entry = WorkerEntry {
+                addr,
+                mac: Some(worker_mac(id)),
+                vip_id: desired.vip(vip)?.id,
+                state_flags: 0,
+                generation: 1,
+            };
+            maps.write_backend(id, &entry)?;
+            maps.write_load(id, LOAD_UNKNOWN)?;
+        }
+        let state = desired.vip(vip)?;
+        maps.install_vip(vip, state, &state.members(|_| true), desired.hash_seed)?;
+    }
+    Ok((desired, maps))
+}

@@ -1,0 +1,155 @@
+//! The JSON output of every listing command against docs/JSON.md: the
+//! test reads the document's tables, so the two can't drift. Needs root.
+
+use std::collections::BTreeMap;
+
+use lb_testing::{
+    lb_exe,
+    rig::{Rig, VIP4},
+    testbed::http_get,
+};
+use serde_json::Value;
+
+const DOC: &str = include_str!("../../docs/JSON.md");
+
+/// The documented fields of each `## heading`: name → type.
+fn schema() -> BTreeMap<String, BTreeMap<String, String>> {
+    let mut tables = BTreeMap::new();
+    let mut current = None;
+    for line in DOC.lines() {
+        if let Some(heading) = line.strip_prefix("## ") {
+            current = Some(heading.to_owned());
+            continue;
+        }
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        if cells.len() < 4 || cells[1] == "field" || cells[1].starts_with("---") {
+            continue;
+        }
+        if let Some(heading) = &current {
+            tables
+                .entry(heading.clone())
+                .or_insert_with(BTreeMap::new)
+                .insert(cells[1].to_owned(), cells[2].to_owned());
+        }
+    }
+    tables
+}
+
+fn type_ok(value: &Value, documented: &str) -> bool {
+    documented.split(" or ").any(|t| match t {
+        "string" => value.is_string(),
+        "integer" => value.is_u64() || value.is_i64(),
+        "number" => value.is_number(),
+        "boolean" => value.is_boolean(),
+        "object" => value.is_object(),
+        "array" => value.is_array(),
+        "null" => value.is_null(),
+        other => panic!("unknown type {other} in docs/JSON.md"),
+    })
+}
+
+/// Checks `object` has exactly the fields of table `heading`.
+fn check(schema: &BTreeMap<String, BTreeMap<String, String>>, heading: &str, object: &Value) {
+    let fields = schema
+        .get(heading)
+        .unwrap_or_else(|| panic!("docs/JSON.md has no section {heading:?}"));
+    let object = object
+        .as_object()
+        .unwrap_or_else(|| panic!("{heading}: not an object: {object}"));
+    let keys: Vec<&String> = object.keys().collect();
+    let documented: Vec<&String> = fields.keys().collect();
+    assert_eq!(
+        keys.iter()
+            .copied()
+            .collect::<std::collections::BTreeSet<_>>(),
+        documented.iter().copied().collect(),
+        "{heading}: fields"
+    );
+    for (name, documented) in fields {
+        assert!(
+            type_ok(&object[name], documented),
+            "{heading}: {name} is {} not {documented}",
+            object[name]
+        );
+    }
+}
+
+fn json(rig: &Rig, args: &[&str]) -> Value {
+    let mut args = args.to_vec();
+    args.extend(["-o", "json"]);
+    serde_json::from_str(&rig.lb.cli_ok(&args).unwrap()).unwrap()
+}
+
+#[test]
+fn every_listing_command_prints_the_documented_json() {
+    let schema = schema();
+    let rig = Rig::new(lb_exe().as_ref(), 2, &[]).unwrap();
+    let vip = "192.0.2.100:80/tcp";
+    rig.add_vip_with_workers(vip, &["--sticky", "60s"]).unwrap();
+    let w1 = rig.workers[0].ipv4.to_string();
+    rig.lb
+        .cli_ok(&["sessions", "pin", vip, "198.51.100.9", &w1])
+        .unwrap();
+    rig.lb
+        .cli_ok(&["backend", "set", vip, &w1, "--load", "0.5"])
+        .unwrap();
+    let target = std::net::SocketAddr::new(VIP4.into(), 80);
+    rig.client
+        .within(move || http_get(target, std::time::Duration::from_secs(5)))
+        .unwrap()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1200));
+
+    let each = |heading: &str, value: &Value| {
+        let items = value
+            .as_array()
+            .unwrap_or_else(|| panic!("{heading}: not an array"));
+        assert!(!items.is_empty(), "{heading}: nothing listed to check");
+        for item in items {
+            check(&schema, heading, item);
+        }
+    };
+    each(
+        "`lb vip list -o json`: an array of",
+        &json(&rig, &["vip", "list"]),
+    );
+    let backends = json(&rig, &["backend", "list"]);
+    each("`lb backend list -o json`: an array of", &backends);
+    for backend in backends.as_array().unwrap() {
+        if !backend["check"].is_null() {
+            check(
+                &schema,
+                "`lb backend list -o json`: `check`",
+                &backend["check"],
+            );
+        }
+    }
+    each(
+        "`lb sessions list -o json`: an array of",
+        &json(&rig, &["sessions", "list"]),
+    );
+    check(
+        &schema,
+        "`lb status -o json`: an object",
+        &json(&rig, &["status"]),
+    );
+    let stats = json(&rig, &["stats"]);
+    check(&schema, "`lb stats -o json`: an object", &stats);
+    assert!(stats["global"]
+        .as_object()
+        .unwrap()
+        .values()
+        .all(Value::is_u64));
+    each("`lb stats -o json`: `vips` entries", &stats["vips"]);
+    each("`lb stats -o json`: `workers` entries", &stats["workers"]);
+    assert!(
+        stats["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|w| w["vip"] == vip),
+        "every worker row names its VIP: {}",
+        stats["workers"]
+    );
+    each("`lb flows -o json`: an array of", &json(&rig, &["flows"]));
+}

@@ -1,0 +1,121 @@
+//! The Prometheus endpoint, scraped during a real run: its counts match
+//! the traffic sent. Needs root.
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{IpAddr, SocketAddr, TcpStream, UdpSocket},
+    time::Duration,
+};
+
+use lb_testing::{
+    lb_exe,
+    rig::{Rig, UDP_PORT, VIP4},
+    testbed::http_get,
+};
+
+const TCP_VIP: &str = "192.0.2.100:80/tcp";
+const UDP_VIP: &str = "192.0.2.100:5353/udp";
+
+fn scrape(rig: &Rig) -> String {
+    rig.balancer
+        .within(|| {
+            let mut stream = TcpStream::connect("192.0.2.2:9469").unwrap();
+            stream
+                .write_all(b"GET /metrics HTTP/1.1\r\nHost: lb\r\n\r\n")
+                .unwrap();
+            let mut text = String::new();
+            stream.read_to_string(&mut text).unwrap();
+            text
+        })
+        .unwrap()
+}
+
+/// The value of the sample `name{labels}` in an exposition.
+fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in:\n{text}"))
+}
+
+#[test]
+fn scraped_metrics_match_the_traffic_sent() {
+    let rig = Rig::new(lb_exe().as_ref(), 2, &["--metrics", "192.0.2.2:9469"]).unwrap();
+    rig.add_vip_with_workers(TCP_VIP, &[]).unwrap();
+    rig.add_vip_with_workers(UDP_VIP, &[]).unwrap();
+    let before = scrape(&rig);
+    assert!(before.starts_with("HTTP/1.1 200"), "{before}");
+
+    let target = SocketAddr::new(IpAddr::V4(VIP4), 80);
+    rig.client
+        .within(move || {
+            for _ in 0..30 {
+                http_get(target, Duration::from_secs(5)).unwrap();
+            }
+        })
+        .unwrap();
+    let udp = SocketAddr::new(IpAddr::V4(VIP4), UDP_PORT);
+    rig.client
+        .within(move || {
+            for _ in 0..20 {
+                let socket = UdpSocket::bind("0.0.0.0:0").unwrap();
+                socket
+                    .set_read_timeout(Some(Duration::from_secs(5)))
+                    .unwrap();
+                for _ in 0..5 {
+                    socket.send_to(b"who", udp).unwrap();
+                    let mut buf = [0u8; 64];
+                    socket.recv_from(&mut buf).unwrap();
+                }
+            }
+        })
+        .unwrap();
+
+    let text = scrape(&rig);
+    let udp_vip = format!("{{vip=\"{UDP_VIP}\"}}");
+    let tcp_vip = format!("{{vip=\"{TCP_VIP}\"}}");
+    assert_eq!(
+        sample(&text, &format!("lb_vip_packets_total{udp_vip}")),
+        100.0
+    );
+    assert_eq!(
+        sample(&text, &format!("lb_vip_new_flows_total{udp_vip}")),
+        20.0
+    );
+    assert_eq!(
+        sample(&text, &format!("lb_vip_new_flows_total{tcp_vip}")),
+        30.0
+    );
+    let stats = rig.lb.stats_json().unwrap();
+    let tcp_packets = stats["vips"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == TCP_VIP)
+        .unwrap()["packets"]
+        .as_f64()
+        .unwrap();
+    assert_eq!(
+        sample(&text, &format!("lb_vip_packets_total{tcp_vip}")),
+        tcp_packets
+    );
+    let global = rig.lb.stats().unwrap();
+    assert_eq!(
+        sample(&text, "lb_forwarded_packets_total"),
+        global.forwarded as f64
+    );
+    for worker in &rig.workers {
+        let labels = format!("{{vip=\"{TCP_VIP}\",worker=\"{}\"}}", worker.ipv4);
+        assert_eq!(sample(&text, &format!("lb_worker_up{labels}")), 1.0);
+        assert_eq!(sample(&text, &format!("lb_worker_weight{labels}")), 100.0);
+    }
+    assert!(text.contains("# TYPE lb_dropped_packets counter"), "{text}");
+    assert!(
+        sample(&text, "lb_health_check_duration_seconds_count") >= 2.0,
+        "every worker was checked at least once"
+    );
+    assert!(
+        text.trim_end().ends_with("# EOF"),
+        "OpenMetrics ends with # EOF"
+    );
+}

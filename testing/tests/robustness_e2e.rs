@@ -1,0 +1,355 @@
+//! Hostile input around the data plane and the controller: an admin
+//! socket in a directory others can write, clients that send garbage or
+//! hang, more connections than the controller may open files, and a flood
+//! of new flows from random source ports while established connections
+//! carry on. Needs root.
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream},
+    os::{
+        fd::{AsRawFd as _, FromRawFd as _},
+        unix::fs::PermissionsExt as _,
+    },
+    time::{Duration, Instant},
+};
+
+use lb_testing::{
+    frames::{tcp, Packet},
+    lb_exe,
+    rig::{wait_until, KeepAlive, Rig, VIP4},
+    testbed::{enter_netns, Host},
+};
+
+const VIP: &str = "192.0.2.100:80/tcp";
+
+#[test]
+fn an_admin_socket_in_a_directory_others_can_write_is_refused() {
+    let mut rig = Rig::new(lb_exe().as_ref(), 1, &[]).unwrap();
+    rig.lb.stop().unwrap();
+    let dir = std::env::temp_dir().join(format!("lbt-{}-open-dir", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let socket = dir.join("lb.sock");
+    let pin_dir = rig.bed.pin_dir("open");
+    let state = dir.join("state.json");
+    let mut cmd = rig.balancer.command(lb_exe());
+    cmd.args(["run", "--iface", "eth0", "--pin-dir"])
+        .arg(&pin_dir)
+        .arg("--socket")
+        .arg(&socket)
+        .arg("--state-file")
+        .arg(&state)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let mut lb = lb_testing::testbed::Process::spawn(&mut cmd, "lb run").unwrap();
+    let status = lb.wait_timeout(Duration::from_secs(10)).unwrap();
+    let mut stderr = String::new();
+    lb.child()
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(!status.success());
+    assert!(stderr.contains("writable by others"), "{stderr}");
+    assert!(
+        !pin_dir.join("link").exists(),
+        "refused before touching the NIC"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn clients_that_send_garbage_or_hang_do_not_stall_the_controller() {
+    let rig = Rig::new(lb_exe().as_ref(), 1, &[]).unwrap();
+    let socket = rig.lb.state_file().with_extension("sock");
+    let mut hanging: Vec<std::os::unix::net::UnixStream> = (0..20)
+        .map(|_| std::os::unix::net::UnixStream::connect(&socket).unwrap())
+        .collect();
+    for stream in hanging.iter_mut().take(10) {
+        stream.write_all(&[0xff; 1000]).unwrap();
+        stream.write_all(b"\n").unwrap();
+    }
+    let mut huge = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+    let _ = huge.write_all(&vec![b'{'; 200_000]);
+    let started = Instant::now();
+    rig.lb.cli_ok(&["vip", "add", VIP]).unwrap();
+    rig.lb.cli_ok(&["status"]).unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "the controller stalled for {:?}",
+        started.elapsed()
+    );
+    let mut answer = String::new();
+    hanging[0].read_to_string(&mut answer).unwrap();
+    assert!(
+        answer.starts_with("{\"ok\":false"),
+        "garbage is refused: {answer}"
+    );
+}
+
+/// The open-file limit the controller runs under in the tests below: the
+/// soft limit systemd gives a unit that sets none.
+const NOFILE: u64 = 1024;
+/// Where the balancer serves metrics and takes load reports.
+const METRICS: &str = "192.0.2.2:9469";
+const LOAD: &str = "192.0.2.2:9470";
+
+/// Raises this test process's own open-file limit, so that it can hold
+/// more connections than the controller may.
+fn allow_many_open_files() {
+    let limit = lb_userspace::listen::raise_descriptor_limit().unwrap();
+    assert!(
+        limit > 2 * NOFILE,
+        "the test needs {} open files, may have {limit}",
+        2 * NOFILE
+    );
+}
+
+/// Opens `count` connections from `host`, alternately to each of `targets`;
+/// every other pair sends the start of a request head and stalls. Returns
+/// those that connected.
+fn slowloris(host: &Host, targets: [SocketAddr; 2], count: usize) -> Vec<TcpStream> {
+    host.within(move || {
+        (0..count)
+            .filter_map(|i| {
+                let mut stream =
+                    TcpStream::connect_timeout(&targets[i % 2], Duration::from_secs(2)).ok()?;
+                if i % 4 < 2 {
+                    let _ = stream.write_all(b"POST /load HTTP/1.1\r\nHost: lb\r\n");
+                }
+                Some(stream)
+            })
+            .collect()
+    })
+    .unwrap()
+}
+
+/// `GET /metrics` over a new connection; the status line, if any.
+fn scrape(rig: &Rig) -> Option<String> {
+    rig.balancer
+        .within(|| {
+            let mut stream =
+                TcpStream::connect_timeout(&METRICS.parse().unwrap(), Duration::from_secs(2))
+                    .ok()?;
+            stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+            stream
+                .write_all(b"GET /metrics HTTP/1.1\r\nHost: lb\r\n\r\n")
+                .ok()?;
+            let mut answer = String::new();
+            stream.read_to_string(&mut answer).ok()?;
+            answer.lines().next().map(str::to_owned)
+        })
+        .unwrap()
+}
+
+/// A 0600 load token file, removed on drop.
+struct TokenFile(std::path::PathBuf);
+
+impl TokenFile {
+    fn new() -> Self {
+        let path = std::env::temp_dir().join(format!("lbt-{}-robust-token", std::process::id()));
+        std::fs::write(&path, "0123456789abcdef0123").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        Self(path)
+    }
+}
+
+impl Drop for TokenFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+#[test]
+fn a_slowloris_of_more_connections_than_the_open_file_limit_stops_nothing() {
+    allow_many_open_files();
+    let token = TokenFile::new();
+    let token_path = token.0.to_string_lossy().into_owned();
+    let args = [
+        "--metrics",
+        METRICS,
+        "--load-listen",
+        LOAD,
+        "--load-token-file",
+        &token_path,
+    ];
+    let mut rig = Rig::new(lb_exe().as_ref(), 3, &args).unwrap();
+    rig.lb.stop().unwrap();
+    rig.start_lb_limited(&args, NOFILE).unwrap();
+    rig.lb.cli_ok(&["vip", "add", VIP]).unwrap();
+    for worker in &rig.workers[..2] {
+        rig.lb
+            .cli_ok(&["backend", "add", VIP, &worker.ipv4.to_string()])
+            .unwrap();
+    }
+
+    let count = NOFILE as usize + 100;
+    let targets = [METRICS.parse().unwrap(), LOAD.parse().unwrap()];
+    let held = slowloris(&rig.client, targets, count);
+    assert!(
+        held.len() > NOFILE as usize,
+        "only {} of {count} connections opened",
+        held.len()
+    );
+    rig.lb.cli_ok(&["status"]).unwrap();
+    let w3 = rig.workers[2].ipv4.to_string();
+    rig.lb.cli_ok(&["backend", "add", VIP, &w3]).unwrap();
+    let answers = rig.spread(IpAddr::V4(VIP4), 30).unwrap();
+    assert_eq!(answers.values().sum::<usize>(), 30, "{answers:?}");
+    rig.lb.cli_ok(&["status"]).unwrap();
+
+    drop(held);
+    wait_until(Duration::from_secs(60), "metrics served again", || {
+        scrape(&rig).is_some_and(|status| status.starts_with("HTTP/1.1 200"))
+    });
+    let log = rig.lb.log();
+    assert!(
+        !log.contains("Too many open files"),
+        "the caps kept the controller within its limit:\n{log}"
+    );
+    rig.lb.stop().unwrap();
+}
+
+#[test]
+fn a_thousand_held_admin_connections_stop_nothing() {
+    allow_many_open_files();
+    let mut rig = Rig::new(lb_exe().as_ref(), 2, &[]).unwrap();
+    rig.lb.stop().unwrap();
+    rig.start_lb_limited(&[], NOFILE).unwrap();
+    rig.add_vip_with_workers(VIP, &[]).unwrap();
+    let socket = rig.lb.state_file().with_extension("sock");
+    let held: Vec<std::os::unix::net::UnixStream> = (0..1000)
+        .map(|_| std::os::unix::net::UnixStream::connect(&socket).unwrap())
+        .collect();
+    let answers = rig.spread(IpAddr::V4(VIP4), 20).unwrap();
+    assert_eq!(answers.values().sum::<usize>(), 20, "{answers:?}");
+    // `lb status` waits behind the held connections for a slot; each of
+    // them is refused once it has sent nothing for 2 s.
+    let mut refusals = Vec::new();
+    wait_until(Duration::from_secs(120), "lb status answering", || {
+        let output = rig.lb.cli(&["status"]).unwrap();
+        if !output.status.success() {
+            refusals.push(String::from_utf8_lossy(&output.stderr).trim().to_owned());
+        }
+        output.status.success()
+    });
+    println!(
+        "lb status answered after {} tries: {refusals:?}",
+        refusals.len() + 1
+    );
+    drop(held);
+    rig.lb.cli_ok(&["backend", "list"]).unwrap();
+    let log = rig.lb.log();
+    assert!(
+        !log.contains("Too many open files"),
+        "the cap kept the controller within its limit:\n{log}"
+    );
+    rig.lb.stop().unwrap();
+}
+
+/// Sends `count` SYNs from random 203.0.113.0/24 addresses and ports to
+/// the VIP, as raw frames from `host`'s eth0 to `lb_mac`.
+fn syn_flood(host: &Host, lb_mac: [u8; 6], count: u32) -> std::thread::JoinHandle<u32> {
+    let netns = host.netns_path();
+    std::thread::spawn(move || {
+        enter_netns(&netns).unwrap();
+        // SAFETY: plain socket calls on a descriptor we own.
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_PACKET,
+                libc::SOCK_RAW,
+                i32::from((libc::ETH_P_ALL as u16).to_be()),
+            )
+        };
+        assert!(
+            fd >= 0,
+            "AF_PACKET socket: {}",
+            std::io::Error::last_os_error()
+        );
+        // SAFETY: a fresh descriptor nothing else owns.
+        let socket = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+        let index = unsafe { libc::if_nametoindex(c"eth0".as_ptr()) };
+        let mut address: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        address.sll_family = libc::AF_PACKET as u16;
+        address.sll_ifindex = index as i32;
+        address.sll_halen = 6;
+        address.sll_addr[..6].copy_from_slice(&lb_mac);
+        let mut random = 0x2545_f491_4f6c_dd1du64;
+        let mut sent = 0;
+        let started = Instant::now();
+        for _ in 0..count {
+            if started.elapsed() > Duration::from_secs(30) {
+                break;
+            }
+            random ^= random << 13;
+            random ^= random >> 7;
+            random ^= random << 17;
+            let src = IpAddr::V4(Ipv4Addr::new(203, 0, 113, random as u8));
+            let sport = (random >> 8) as u16 | 1024;
+            let mut packet = Packet::tcp(src, sport, IpAddr::V4(VIP4), 80, tcp::SYN);
+            packet.dst_mac = lb_mac;
+            let frame = packet.build();
+            // SAFETY: frame and address outlive the call.
+            let n = unsafe {
+                libc::sendto(
+                    socket.as_raw_fd(),
+                    frame.as_ptr().cast(),
+                    frame.len(),
+                    0,
+                    (&raw const address).cast(),
+                    std::mem::size_of::<libc::sockaddr_ll>() as u32,
+                )
+            };
+            if n > 0 {
+                sent += 1;
+            }
+        }
+        sent
+    })
+}
+
+#[test]
+fn established_connections_survive_a_flood_of_new_flows_that_churns_the_table() {
+    let rig = Rig::new(lb_exe().as_ref(), 3, &["--max-flows", "4096"]).unwrap();
+    rig.add_vip_with_workers(VIP, &[]).unwrap();
+    let target = SocketAddr::new(IpAddr::V4(VIP4), 80);
+    let mut conns: Vec<(KeepAlive, String)> = (0..30)
+        .map(|_| {
+            let mut conn = KeepAlive::open(&rig.client, target).unwrap();
+            let worker = conn.get().unwrap();
+            (conn, worker)
+        })
+        .collect();
+    let link: serde_json::Value = serde_json::from_str(
+        &rig.balancer
+            .run("ip", &["-j", "link", "show", "eth0"])
+            .unwrap(),
+    )
+    .unwrap();
+    let lb_mac = lb_userspace::neighbour::parse_mac(link[0]["address"].as_str().unwrap()).unwrap();
+    let flood = syn_flood(&rig.client, lb_mac, 100_000);
+    let mut failures = 0;
+    while !flood.is_finished() {
+        for (stream, worker) in &mut conns {
+            if stream.get().ok().as_ref() != Some(worker) {
+                failures += 1;
+            }
+        }
+    }
+    let sent = flood.join().unwrap();
+    for (stream, worker) in &mut conns {
+        assert_eq!(&stream.get().unwrap(), worker, "after the flood");
+    }
+    assert_eq!(failures, 0, "established requests failed during the flood");
+    let stats = rig.lb.stats().unwrap();
+    println!("{sent} SYNs sent; {} packets forwarded", stats.forwarded);
+    assert!(sent >= 50_000, "only {sent} SYNs sent");
+    let flows: serde_json::Value =
+        serde_json::from_str(&rig.lb.cli_ok(&["flows", "-o", "json"]).unwrap()).unwrap();
+    assert!(
+        flows.as_array().unwrap().len() <= 4096,
+        "the flow table stays within its capacity"
+    );
+}
