@@ -5,7 +5,7 @@
 //! The end-to-end tests in `tests/`, `lb-demo`, `lb-fuzz` and the benchmarks
 //! are built on them.
 
-use std::sync::OnceLock;
+use std::{io::Write as _, sync::OnceLock};
 
 use anyhow::Context as _;
 
@@ -51,4 +51,35 @@ fn find_lb() -> anyhow::Result<String> {
         .into_os_string()
         .into_string()
         .map_err(|path| anyhow::anyhow!("the lb binary's path is not UTF-8: {path:?}"))
+}
+
+/// Whether this process may build rigs and load XDP programs. If it may
+/// not, says so for the calling test (named after its thread, as the test
+/// harness names them), so that a non-root `cargo test` lists what it
+/// skipped.
+pub fn has_root() -> bool {
+    if lb_userspace::privileges::can_manage_xdp() {
+        return true;
+    }
+    let thread = std::thread::current();
+    let test = thread.name().unwrap_or("test");
+    // Written to stderr directly: the harness captures print! and eprint!
+    // of passing tests, and this line is for the person running them.
+    let _ = writeln!(
+        std::io::stderr(),
+        "{test}: skipped: needs root (CAP_BPF, CAP_NET_ADMIN): run cargo xtask test as root"
+    );
+    false
+}
+
+/// Returns from the calling test, saying it was skipped, unless the
+/// process may build rigs and load XDP programs ([`has_root`]). The first
+/// line of every test that needs root.
+#[macro_export]
+macro_rules! needs_root {
+    () => {
+        if !$crate::has_root() {
+            return;
+        }
+    };
 }

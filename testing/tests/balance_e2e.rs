@@ -31,6 +31,7 @@ fn assert_even(counts: &BTreeMap<String, usize>, total: usize, workers: usize) {
 
 #[test]
 fn http_over_ipv4_spreads_evenly_over_three_workers() {
+    lb_testing::needs_root!();
     let rig = rig(3);
     rig.add_vip_with_workers("192.0.2.100:80/tcp", &[]).unwrap();
     let counts = rig.spread(VIP4.into(), 300).unwrap();
@@ -58,6 +59,7 @@ fn http_over_ipv4_spreads_evenly_over_three_workers() {
 
 #[test]
 fn http_over_ipv6_spreads_evenly_over_three_workers() {
+    lb_testing::needs_root!();
     let rig = rig(3);
     rig.add_vip_with_workers("[2001:db8::100]:80/tcp", &[])
         .unwrap();
@@ -67,6 +69,7 @@ fn http_over_ipv6_spreads_evenly_over_three_workers() {
 
 #[test]
 fn a_udp_flow_sticks_to_one_worker_and_source_ports_spread() {
+    lb_testing::needs_root!();
     let rig = rig(3);
     rig.add_vip_with_workers("192.0.2.100:5353/udp", &[])
         .unwrap();
@@ -104,6 +107,7 @@ fn a_udp_flow_sticks_to_one_worker_and_source_ports_spread() {
 
 #[test]
 fn established_connections_survive_worker_changes_and_removed_workers_get_nothing_more() {
+    lb_testing::needs_root!();
     let rig = rig(4);
     let vip = "192.0.2.100:80/tcp";
     rig.lb.cli_ok(&["vip", "add", vip]).unwrap();
@@ -167,6 +171,7 @@ fn established_connections_survive_worker_changes_and_removed_workers_get_nothin
 
 #[test]
 fn traffic_to_the_balancer_itself_is_untouched() {
+    lb_testing::needs_root!();
     let rig = rig(1);
     rig.add_vip_with_workers("192.0.2.100:80/tcp", &[]).unwrap();
     let own = SocketAddr::new(IpAddr::V4(rig.balancer.ipv4), 8080);
@@ -201,6 +206,7 @@ fn traffic_to_the_balancer_itself_is_untouched() {
 
 #[test]
 fn two_instances_with_their_own_pins_and_sockets_keep_apart() {
+    lb_testing::needs_root!();
     let mut rig = rig(2);
     let second = rig
         .bed
@@ -243,6 +249,7 @@ fn two_instances_with_their_own_pins_and_sockets_keep_apart() {
 
 #[test]
 fn bad_cli_input_fails_with_one_line_and_changes_nothing() {
+    lb_testing::needs_root!();
     let rig = rig(1);
     rig.add_vip_with_workers("192.0.2.100:80/tcp", &[]).unwrap();
     let before = desired_state(&rig.lb);

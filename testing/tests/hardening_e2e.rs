@@ -61,6 +61,7 @@ fn answers(rig: &Rig, count: usize) -> usize {
 
 #[test]
 fn another_user_can_neither_plant_lock_nor_empty_the_pin_directory() {
+    lb_testing::needs_root!();
     let mut rig = Rig::new(Path::new(lb_exe()), 2, &[]).unwrap();
     rig.add_vip_with_workers(VIP, &[]).unwrap();
     let pin_dir = rig.lb.pin_dir().to_owned();
@@ -139,6 +140,7 @@ fn same_instance(rig: &Rig, extra: &[&str]) -> Vec<String> {
 
 #[test]
 fn adoption_refuses_another_mode_or_size_unless_forced() {
+    lb_testing::needs_root!();
     let mut rig = Rig::new(Path::new(lb_exe()), 2, &["--max-flows", "1000"]).unwrap();
     rig.add_vip_with_workers(VIP, &[]).unwrap();
     rig.lb.stop().unwrap();
@@ -186,6 +188,7 @@ fn adoption_refuses_another_mode_or_size_unless_forced() {
 
 #[test]
 fn a_pin_directory_of_another_interface_a_busy_interface_and_a_huge_table_are_refused() {
+    lb_testing::needs_root!();
     let mut rig = Rig::new(Path::new(lb_exe()), 1, &[]).unwrap();
     rig.add_vip_with_workers(VIP, &[]).unwrap();
     // The same pin directory, from a host whose eth0 is another interface.
@@ -265,6 +268,7 @@ fn a_pin_directory_of_another_interface_a_busy_interface_and_a_huge_table_are_re
 
 #[test]
 fn addresses_that_are_no_single_host_and_port_zero_are_refused() {
+    lb_testing::needs_root!();
     let rig = Rig::new(Path::new(lb_exe()), 1, &[]).unwrap();
     rig.add_vip_with_workers(VIP, &[]).unwrap();
     let before = (

@@ -145,6 +145,7 @@ fn assert_no_failures(total: usize, failures: &[String]) {
 
 #[test]
 fn kill_9_of_the_controller_under_load_fails_nothing_and_a_new_one_adopts() {
+    lb_testing::needs_root!();
     let mut rig = Rig::new(lb_exe().as_ref(), 3, &[]).unwrap();
     rig.add_vip_with_workers(VIP, &["--sticky", "60s"]).unwrap();
     let download = Download::start(&rig.client, vip_addr());
@@ -217,6 +218,7 @@ fn write_config(path: &std::path::Path, rig: &Rig, workers: usize) {
 
 #[test]
 fn a_restart_with_a_worker_added_to_the_config_fails_nothing() {
+    lb_testing::needs_root!();
     let config = std::env::temp_dir().join(format!("lbt-{}-restart.toml", std::process::id()));
     let mut rig = Rig::new(lb_exe().as_ref(), 3, &[]).unwrap();
     write_config(&config, &rig, 2);
@@ -255,6 +257,7 @@ const UPGRADE_FROM: &str = "LB_UPGRADE_FROM";
 #[test]
 #[ignore = "needs an older lb binary: cargo xtask upgrade-check"]
 fn an_upgrade_from_an_older_lb_binary_under_load_fails_nothing() {
+    lb_testing::needs_root!();
     let old = std::env::var(UPGRADE_FROM).expect("LB_UPGRADE_FROM names the older lb");
     let mut rig = Rig::new(old.as_ref(), 3, &[]).unwrap();
     rig.add_vip_with_workers(VIP, &[]).unwrap();
@@ -295,6 +298,7 @@ fn an_upgrade_from_an_older_lb_binary_under_load_fails_nothing() {
 
 #[test]
 fn a_damaged_state_file_is_refused_by_name_and_left_untouched() {
+    lb_testing::needs_root!();
     let mut rig = Rig::new(lb_exe().as_ref(), 2, &[]).unwrap();
     rig.add_vip_with_workers(VIP, &[]).unwrap();
     rig.lb.stop().unwrap();
@@ -322,6 +326,7 @@ fn a_damaged_state_file_is_refused_by_name_and_left_untouched() {
 
 #[test]
 fn killing_the_controller_while_it_saves_never_leaves_a_partial_state_file() {
+    lb_testing::needs_root!();
     let mut rig = Rig::new(lb_exe().as_ref(), 2, &[]).unwrap();
     rig.add_vip_with_workers(VIP, &[]).unwrap();
     let w1 = rig.workers[0].ipv4.to_string();
@@ -376,6 +381,7 @@ fn socket_of(rig: &Rig) -> std::path::PathBuf {
 
 #[test]
 fn another_layout_is_refused_until_forced_and_the_old_program_keeps_forwarding() {
+    lb_testing::needs_root!();
     let mut rig = Rig::new(lb_exe().as_ref(), 2, &[]).unwrap();
     rig.add_vip_with_workers(VIP, &[]).unwrap();
     rig.lb.kill().unwrap();
@@ -413,6 +419,7 @@ fn another_layout_is_refused_until_forced_and_the_old_program_keeps_forwarding()
 
 #[test]
 fn lb_detach_removes_a_stopped_instance_and_refuses_a_running_one() {
+    lb_testing::needs_root!();
     let mut rig = Rig::new(lb_exe().as_ref(), 1, &[]).unwrap();
     rig.add_vip_with_workers(VIP, &[]).unwrap();
     let pin_dir = rig.lb.pin_dir().to_string_lossy().into_owned();
@@ -449,6 +456,7 @@ fn lb_detach_removes_a_stopped_instance_and_refuses_a_running_one() {
 
 #[test]
 fn two_instances_behind_ecmp_pick_the_same_workers_so_connections_survive_losing_one() {
+    lb_testing::needs_root!();
     let config = std::env::temp_dir().join(format!("lbt-{}-ecmp.toml", std::process::id()));
     let backends: Vec<String> = (11..=13)
         .map(|n| format!("{{ address = \"192.0.2.{n}\" }}"))
@@ -550,6 +558,7 @@ fn two_instances_behind_ecmp_pick_the_same_workers_so_connections_survive_losing
 
 #[test]
 fn maps_left_by_a_start_that_failed_before_attaching_are_replaced_not_refused() {
+    lb_testing::needs_root!();
     // Regression: a verifier rejection or a failed native attach left maps
     // pinned without a link, and every later start refused them as
     // "layout unknown" although no program used them.

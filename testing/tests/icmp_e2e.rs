@@ -11,6 +11,7 @@ use lb_testing::rig::{v6, Download, Rig, VIP4, VIP6};
 
 #[test]
 fn ping_to_a_vip_is_answered_by_lb_over_ipv4_and_ipv6() {
+    lb_testing::needs_root!();
     let rig = Rig::new(lb_exe().as_ref(), 1, &[]).unwrap();
     rig.add_vip_with_workers("192.0.2.100:80/tcp", &[]).unwrap();
     rig.add_vip_with_workers("[2001:db8::100]:80/tcp", &[])
@@ -28,6 +29,7 @@ fn ping_to_a_vip_is_answered_by_lb_over_ipv4_and_ipv6() {
 
 #[test]
 fn path_mtu_discovery_works_through_lb_for_a_client_behind_a_small_mtu() {
+    lb_testing::needs_root!();
     let mut rig = Rig::new(lb_exe().as_ref(), 1, &[]).unwrap();
     rig.add_vip_with_workers("192.0.2.100:80/tcp", &[]).unwrap();
     let router = rig

@@ -82,6 +82,7 @@ fn vips(lb: &LbProcess) -> Vec<String> {
 
 #[test]
 fn two_named_instances_with_derived_paths_keep_apart_across_restarts() {
+    lb_testing::needs_root!();
     let mut rig = named_rig(2);
     let second = rig
         .bed
@@ -148,6 +149,7 @@ fn two_named_instances_with_derived_paths_keep_apart_across_restarts() {
 
 #[test]
 fn a_second_controller_on_a_locked_state_file_is_refused_with_one_line() {
+    lb_testing::needs_root!();
     let (mut bed, host) = bed();
     let a = LbProcess::start_named(lb_exe().as_ref(), &mut bed, &host, "a", &[]).unwrap();
     let b = bed.instance("b").unwrap();
@@ -184,6 +186,7 @@ fn a_second_controller_on_a_locked_state_file_is_refused_with_one_line() {
 
 #[test]
 fn a_state_file_or_pin_dir_of_another_instance_or_interface_is_refused_and_left_alone() {
+    lb_testing::needs_root!();
     let (mut bed, host) = bed();
     let elsewhere = bed
         .add_host("lb2", Ipv4Addr::new(192, 0, 2, 3), v6(3))
@@ -260,6 +263,7 @@ fn state_of(lb: &LbProcess, worker: &Host) -> String {
 
 #[test]
 fn graceful_removals_survive_a_kill_9_of_the_controller() {
+    lb_testing::needs_root!();
     let mut rig = Rig::new(lb_exe().as_ref(), 2, &[]).unwrap();
     rig.add_vip_with_workers(VIP, &[]).unwrap();
     let target = SocketAddr::new(IpAddr::V4(VIP4), 80);
@@ -327,6 +331,7 @@ type CliCase<'a> = (Vec<&'a str>, Option<(&'a str, &'a str)>, &'a str);
 
 #[test]
 fn every_command_finds_its_instance_by_name_socket_or_pin_dir_before_or_after_it() {
+    lb_testing::needs_root!();
     let (mut bed, host) = bed();
     let a = LbProcess::start_named(lb_exe().as_ref(), &mut bed, &host, "a", &[]).unwrap();
     a.cli_ok(&["vip", "add", VIP]).unwrap();
@@ -384,6 +389,7 @@ fn every_command_finds_its_instance_by_name_socket_or_pin_dir_before_or_after_it
 
 #[test]
 fn the_state_directory_is_private_and_a_token_file_of_another_user_is_refused() {
+    lb_testing::needs_root!();
     let (mut bed, host) = bed();
     let dir = std::env::temp_dir().join(format!("lbt-{}-modes", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

@@ -82,6 +82,7 @@ fn json(rig: &Rig, args: &[&str]) -> Value {
 
 #[test]
 fn every_listing_command_prints_the_documented_json() {
+    lb_testing::needs_root!();
     let schema = schema();
     let rig = Rig::new(lb_exe().as_ref(), 2, &[]).unwrap();
     let vip = "192.0.2.100:80/tcp";

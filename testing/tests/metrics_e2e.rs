@@ -40,6 +40,7 @@ fn sample(text: &str, series: &str) -> f64 {
 
 #[test]
 fn scraped_metrics_match_the_traffic_sent() {
+    lb_testing::needs_root!();
     let rig = Rig::new(lb_exe().as_ref(), 2, &["--metrics", "192.0.2.2:9469"]).unwrap();
     rig.add_vip_with_workers(TCP_VIP, &[]).unwrap();
     rig.add_vip_with_workers(UDP_VIP, &[]).unwrap();

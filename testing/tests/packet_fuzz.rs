@@ -7,6 +7,7 @@ use lb_testing::packet_fuzz::Target;
 
 #[test]
 fn two_hundred_thousand_random_and_mutated_frames_keep_every_invariant() {
+    lb_testing::needs_root!();
     let target = Target::new().unwrap();
     let report = target
         .run(0x5eed_1b5e_ed00_0001, 200_000, Duration::from_secs(120))

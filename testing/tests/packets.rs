@@ -185,6 +185,7 @@ fn passed(name: &'static str, frame: Vec<u8>, class: &'static str) -> Case {
 
 #[test]
 fn every_packet_class_gets_its_verdict_its_exact_frame_and_its_counters() {
+    lb_testing::needs_root!();
     let suite = Suite::new();
     let forward = |name, packet: Packet, class, counters| Case {
         name,
@@ -317,6 +318,7 @@ fn every_packet_class_gets_its_verdict_its_exact_frame_and_its_counters() {
 
 #[test]
 fn packets_lb_does_not_balance_pass_untouched_or_drop_with_a_reason() {
+    lb_testing::needs_root!();
     let suite = Suite::new();
     let mut cases = Vec::new();
     cases.push(passed(
@@ -380,6 +382,7 @@ fn packets_lb_does_not_balance_pass_untouched_or_drop_with_a_reason() {
 
 #[test]
 fn truncated_and_bogus_headers_pass_as_malformed() {
+    lb_testing::needs_root!();
     let suite = Suite::new();
     let tcp4 = Packet::tcp(client4(), 40000, vip4(), 80, tcp::SYN).build();
     let tcp6 = Packet::tcp(client6(), 40000, vip6(), 80, tcp::SYN).build();
@@ -440,6 +443,7 @@ fn check_runt(suite: &Suite, case: &Case) {
 
 #[test]
 fn ip_lengths_beyond_the_frame_or_short_of_the_headers_pass_as_malformed() {
+    lb_testing::needs_root!();
     // Balanced, they would hand a worker a cut packet or ports read beyond
     // the packet; passed, the local stack discards them.
     let suite = Suite::new();
@@ -554,6 +558,7 @@ fn echo_reply(request: &Packet) -> Vec<u8> {
 
 #[test]
 fn icmp_echo_to_a_vip_is_answered_and_errors_about_a_flow_reach_its_worker() {
+    lb_testing::needs_root!();
     let suite = Suite::new();
     for (client, vip) in [(client4(), vip4()), (client6(), vip6())] {
         let request = echo(client, vip);
@@ -614,6 +619,7 @@ fn icmp_echo_to_a_vip_is_answered_and_errors_about_a_flow_reach_its_worker() {
 
 #[test]
 fn flows_recorded_for_a_replaced_worker_or_idle_past_the_timeout_are_scheduled_afresh() {
+    lb_testing::needs_root!();
     let mut suite = Suite::new();
     let mut flows = suite.lb.flows(lb_common::map_names::FLOWS).unwrap();
     let syn = Packet::tcp(client4(), 41000, vip4(), 80, tcp::SYN);

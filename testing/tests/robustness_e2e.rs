@@ -25,6 +25,7 @@ const VIP: &str = "192.0.2.100:80/tcp";
 
 #[test]
 fn an_admin_socket_in_a_directory_others_can_write_is_refused() {
+    lb_testing::needs_root!();
     let mut rig = Rig::new(lb_exe().as_ref(), 1, &[]).unwrap();
     rig.lb.stop().unwrap();
     let dir = std::env::temp_dir().join(format!("lbt-{}-open-dir", std::process::id()));
@@ -62,6 +63,7 @@ fn an_admin_socket_in_a_directory_others_can_write_is_refused() {
 
 #[test]
 fn clients_that_send_garbage_or_hang_do_not_stall_the_controller() {
+    lb_testing::needs_root!();
     let rig = Rig::new(lb_exe().as_ref(), 1, &[]).unwrap();
     let socket = rig.lb.state_file().with_extension("sock");
     let mut hanging: Vec<std::os::unix::net::UnixStream> = (0..20)
@@ -164,6 +166,7 @@ impl Drop for TokenFile {
 
 #[test]
 fn a_slowloris_of_more_connections_than_the_open_file_limit_stops_nothing() {
+    lb_testing::needs_root!();
     allow_many_open_files();
     let token = TokenFile::new();
     let token_path = token.0.to_string_lossy().into_owned();
@@ -214,6 +217,7 @@ fn a_slowloris_of_more_connections_than_the_open_file_limit_stops_nothing() {
 
 #[test]
 fn a_thousand_held_admin_connections_stop_nothing() {
+    lb_testing::needs_root!();
     allow_many_open_files();
     let mut rig = Rig::new(lb_exe().as_ref(), 2, &[]).unwrap();
     rig.lb.stop().unwrap();
@@ -312,6 +316,7 @@ fn syn_flood(host: &Host, lb_mac: [u8; 6], count: u32) -> std::thread::JoinHandl
 
 #[test]
 fn established_connections_survive_a_flood_of_new_flows_that_churns_the_table() {
+    lb_testing::needs_root!();
     let rig = Rig::new(lb_exe().as_ref(), 3, &["--max-flows", "4096"]).unwrap();
     rig.add_vip_with_workers(VIP, &[]).unwrap();
     let target = SocketAddr::new(IpAddr::V4(VIP4), 80);

@@ -153,6 +153,7 @@ fn drain(socket: &UdpSocket) -> u64 {
 
 #[test]
 fn counts_ipv4_ipv6_tcp_udp_and_passes_everything() {
+    lb_testing::needs_root!();
     let mut bed = Testbed::new().unwrap();
     let client = bed
         .add_host(

@@ -76,6 +76,7 @@ fn request_loop(
 
 #[test]
 fn a_dead_worker_is_routed_around_within_the_detection_time_and_comes_back() {
+    lb_testing::needs_root!();
     let mut rig = rig(3, &[]);
     rig.add_vip_with_workers(VIP, FAST_CHECKS).unwrap();
     assert_eq!(rig.spread(vip_addr(), 60).unwrap().len(), 3);
@@ -126,6 +127,7 @@ fn a_dead_worker_is_routed_around_within_the_detection_time_and_comes_back() {
 
 #[test]
 fn draining_lets_a_download_finish_and_graceful_removal_waits_for_it() {
+    lb_testing::needs_root!();
     let rig = rig(3, &[]);
     rig.add_vip_with_workers(VIP, &[]).unwrap();
     let download = Download::start(&rig.client, vip_addr());
@@ -173,6 +175,7 @@ fn draining_lets_a_download_finish_and_graceful_removal_waits_for_it() {
 
 #[test]
 fn weights_100_100_200_give_the_third_worker_half_of_new_connections() {
+    lb_testing::needs_root!();
     let rig = rig(3, &[]);
     rig.add_vip_with_workers(VIP, &[]).unwrap();
     let third = rig.workers[2].ipv4.to_string();
@@ -261,6 +264,7 @@ mod tempfile_guard {
 
 #[test]
 fn least_load_spreads_evenly_at_equal_load_and_avoids_a_loaded_worker() {
+    lb_testing::needs_root!();
     let (rig, _token) = rig_with_load_reports(3);
     rig.add_vip_with_workers(VIP, &["--scheduler", "least-load", "--load-ttl", "60s"])
         .unwrap();
@@ -294,6 +298,7 @@ fn least_load_spreads_evenly_at_equal_load_and_avoids_a_loaded_worker() {
 
 #[test]
 fn bad_load_reports_and_bad_settings_are_refused_and_change_nothing() {
+    lb_testing::needs_root!();
     let (rig, _token) = rig_with_load_reports(2);
     rig.add_vip_with_workers(VIP, &["--scheduler", "least-load"])
         .unwrap();
@@ -416,6 +421,7 @@ fn only_worker(counts: &BTreeMap<String, usize>) -> String {
 
 #[test]
 fn sticky_sessions_follow_the_client_prefix_until_ttl_flush_pin_or_failure() {
+    lb_testing::needs_root!();
     let mut rig = rig(3, &[]);
     let mut args = vec!["--sticky", "2s", "--sticky-prefix", "24"];
     args.extend_from_slice(FAST_CHECKS);
@@ -483,6 +489,7 @@ fn sticky_sessions_follow_the_client_prefix_until_ttl_flush_pin_or_failure() {
 
 #[test]
 fn least_load_on_active_flows_avoids_the_worker_holding_connections() {
+    lb_testing::needs_root!();
     let rig = rig(3, &[]);
     rig.add_vip_with_workers(
         VIP,
@@ -527,6 +534,7 @@ fn least_load_on_active_flows_avoids_the_worker_holding_connections() {
 
 #[test]
 fn probed_loads_steer_new_flows_and_expire_to_unknown() {
+    lb_testing::needs_root!();
     let rig = rig(3, &[]);
     let args = [
         "--scheduler",
@@ -570,6 +578,7 @@ fn probed_loads_steer_new_flows_and_expire_to_unknown() {
 
 #[test]
 fn flows_of_a_worker_that_goes_down_move_to_a_healthy_one_and_undrain_restores_it() {
+    lb_testing::needs_root!();
     let mut rig = rig(3, &[]);
     let udp = "192.0.2.100:5353/udp";
     let mut args = vec!["--health", "tcp", "--health-port", "80"];
@@ -611,6 +620,7 @@ fn flows_of_a_worker_that_goes_down_move_to_a_healthy_one_and_undrain_restores_i
 /// most about one ICMP error a second to the balancer, answer every check.
 #[test]
 fn udp_vips_are_udp_checked_by_default_and_a_port_nobody_serves_takes_workers_down() {
+    lb_testing::needs_root!();
     let rig = rig(2, &[]);
     let served = "192.0.2.100:5353/udp";
     let unserved = "192.0.2.100:5354/udp";
@@ -645,6 +655,7 @@ fn udp_vips_are_udp_checked_by_default_and_a_port_nobody_serves_takes_workers_do
 
 #[test]
 fn vip_set_changes_settings_in_place_keeping_workers_and_established_flows() {
+    lb_testing::needs_root!();
     let rig = rig(3, &[]);
     rig.add_vip_with_workers(VIP, &[]).unwrap();
     assert_eq!(

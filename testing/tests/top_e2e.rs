@@ -64,6 +64,7 @@ fn run_top(rig: &Rig) -> String {
 
 #[test]
 fn lb_top_shows_the_vips_refreshes_and_quits_on_q_with_or_without_controller() {
+    lb_testing::needs_root!();
     let mut rig = Rig::new(lb_exe().as_ref(), 2, &[]).unwrap();
     rig.add_vip_with_workers(VIP, &[]).unwrap();
     for last in [run_top(&rig), {

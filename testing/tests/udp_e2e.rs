@@ -121,6 +121,7 @@ fn state_of(rig: &Rig, worker: &str) -> String {
 
 #[test]
 fn default_checks_route_around_a_stopped_service_and_a_dead_host() {
+    lb_testing::needs_root!();
     let (rig, mut servers) = rig(3);
     rig.add_vip_with_workers(VIP, &[]).unwrap();
     let vips: Vec<serde_json::Value> =
@@ -176,6 +177,7 @@ fn default_checks_route_around_a_stopped_service_and_a_dead_host() {
 
 #[test]
 fn a_deleted_workers_flow_moves_at_once_and_does_not_come_back() {
+    lb_testing::needs_root!();
     let (rig, _servers) = rig(3);
     rig.add_vip_with_workers(VIP_V6, &[]).unwrap();
     let vip = IpAddr::V6(VIP6);
@@ -206,6 +208,7 @@ fn a_deleted_workers_flow_moves_at_once_and_does_not_come_back() {
 
 #[test]
 fn a_flow_idle_past_its_vips_timeout_is_scheduled_afresh() {
+    lb_testing::needs_root!();
     let (rig, _servers) = rig(2);
     rig.add_vip_with_workers(VIP, &["--idle-timeout", "3s"])
         .unwrap();
@@ -235,6 +238,7 @@ fn a_flow_idle_past_its_vips_timeout_is_scheduled_afresh() {
 
 #[test]
 fn a_worker_that_never_resolves_is_unreachable_and_loses_nothing() {
+    lb_testing::needs_root!();
     let (rig, _servers) = rig(2);
     rig.add_vip_with_workers(VIP_V6, &[]).unwrap();
     wait_for_answers(&rig.client, IpAddr::V6(VIP6));
