@@ -16,6 +16,7 @@ use lb_common::{
 use lb_ebpf::frame::XdpFrame;
 
 use crate::{
+    flow,
     maps::{LB_BACKENDS, LB_VIPS, LB_VIP_ADDRS},
     schedule,
 };
@@ -58,7 +59,7 @@ pub fn handle(
 /// the scheduler picks (the same one, unless the workers changed since).
 #[inline(always)]
 fn worker_of(embedded: &EmbeddedFlow, family: u8) -> Option<[u8; 6]> {
-    let flow = schedule::Flow {
+    let flow = flow::Flow {
         key: FlowKey {
             src: embedded.client,
             dst: embedded.vip,
@@ -71,7 +72,7 @@ fn worker_of(embedded: &EmbeddedFlow, family: u8) -> Option<[u8; 6]> {
         tcp_flags: 0,
         is_tcp: false,
     };
-    let backend_id = match schedule::recorded_worker(&flow.key) {
+    let backend_id = match flow::recorded_worker(&flow.key) {
         Some(id) => id,
         None => {
             let vip_key = VipKey {

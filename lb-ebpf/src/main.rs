@@ -1,4 +1,6 @@
-//! lb's XDP data plane: parse → VIP lookup → flow table → Maglev → L2 DSR.
+//! lb's XDP data plane: parse → VIP lookup → flow table (`flow`) →
+//! scheduling (`schedule`: pins, sticky sessions, Maglev, least-load) →
+//! transmit (`transmit`: L2 DSR).
 #![no_std]
 #![no_main]
 #![expect(
@@ -6,13 +8,15 @@
     reason = "aya-ebpf's map methods take `impl Borrow<K>`: a reference spares a copy of the key on the 512-byte BPF stack"
 )]
 
+mod flow;
 mod icmp;
 mod maps;
 mod schedule;
+mod transmit;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use lb_common::{
-    balancer::{vip_filter_bit, TrafficCounters, VipKey, BACKEND_MAC_KNOWN, FAMILY_V4, FAMILY_V6},
+    balancer::{vip_filter_bit, VipKey, FAMILY_V4, FAMILY_V6},
     counters::GlobalCounters,
     packet::{
         self, Frame as _, IpPacket, IpVersion, Parsed, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP,
@@ -76,11 +80,11 @@ fn balance(
     if !maybe_vip(ip) {
         return None;
     }
-    let flow = schedule::Flow::of(ip, family);
+    let flow = flow::Flow::of(ip, family);
     let established = if flow.is_syn() {
         None
     } else {
-        schedule::established(&flow, counters)
+        flow::established(&flow, counters)
     };
     let decision = match established {
         Some(decision) => decision,
@@ -100,24 +104,7 @@ fn balance(
             decision
         }
     };
-    let backend = &decision.backend;
-    if backend.flags & BACKEND_MAC_KNOWN == 0 {
-        counters.drop_no_neighbour += 1;
-        return Some(xdp_action::XDP_DROP);
-    }
-    // L2 DSR: to the worker's MAC, from ours.
-    if !frame.readdress(Some(backend.mac)) {
-        return None;
-    }
-    count_traffic(&LB_VIP_STATS, decision.vip_id, len, decision.new_flow);
-    count_traffic(
-        &LB_BACKEND_STATS,
-        decision.backend_id,
-        len,
-        decision.new_flow,
-    );
-    counters.forwarded += 1;
-    Some(xdp_action::XDP_TX)
+    transmit::to_worker(frame, &decision, len, counters)
 }
 
 /// Whether the VIP filter has the packet's destination's bit: if not, it
@@ -128,22 +115,6 @@ fn maybe_vip(ip: &IpPacket) -> bool {
     LB_VIP_FILTER
         .get(bit >> 6)
         .is_some_and(|word| word & (1u64 << (bit & 63)) != 0)
-}
-
-#[inline(always)]
-fn count_traffic<const N: usize>(
-    map: &aya_ebpf::btf_maps::PerCpuArray<TrafficCounters, N>,
-    index: u32,
-    len: u64,
-    new_flow: bool,
-) {
-    if let Some(stats) = map.get_ptr_mut(index) {
-        // SAFETY: per-CPU slot.
-        let stats = unsafe { &mut *stats };
-        stats.packets += 1;
-        stats.bytes += len;
-        stats.new_flows += u64::from(new_flow);
-    }
 }
 
 /// Passes everything; test rigs attach it to veth peers that must accept
