@@ -99,6 +99,8 @@ pub async fn run(args: RunArgs, paths: Paths) -> anyhow::Result<()> {
         paths.socket.display()
     ));
     let takeover = takeover_line(dataplane.takeover(), &state_path);
+    // Shared with the metrics endpoint, which reads the program's stats.
+    let dataplane = Arc::new(Mutex::new(dataplane));
     tracing::info!("{}", takeover.trim_start_matches("lb: "));
     say(&takeover);
     if let Some((reports, token)) = load_endpoint {
@@ -112,15 +114,18 @@ pub async fn run(args: RunArgs, paths: Paths) -> anyhow::Result<()> {
     if let Some(listener) = metrics_endpoint {
         let addr = listener.local_addr()?;
         let controller = controller.clone();
+        let dataplane = dataplane.clone();
         tokio::spawn(crate::metrics::serve(listener, caps.metrics, move || {
-            lock(&controller).metrics_snapshot()
+            let mut snapshot = lock(&controller).metrics_snapshot();
+            snapshot.program = lock(&dataplane).program_stats();
+            snapshot
         }));
         say(&format!("lb: serving metrics on http://{addr}/metrics"));
     }
     serve(listener, caps.admin, controller, signals).await;
     let _ = std::fs::remove_file(&paths.socket);
     if args.detach_on_exit {
-        dataplane.detach();
+        lock(&dataplane).detach();
         say(&format!("lb: detached from {}", options.iface));
     } else {
         say(&format!(
