@@ -102,6 +102,10 @@ pub enum Command {
         /// Write lb.1, lb-run.1, lb-vip-add.1, … here instead.
         #[arg(long)]
         out_dir: Option<PathBuf>,
+        /// Print a Markdown reference of every command instead (docs/cli.md,
+        /// which `cargo xtask docs` writes).
+        #[arg(long, hide = true, conflicts_with = "out_dir")]
+        markdown: bool,
     },
 }
 

@@ -32,6 +32,7 @@ pub mod options;
 pub mod packet_fuzz;
 pub mod private;
 pub mod privileges;
+pub mod reference;
 pub mod rig;
 pub mod run;
 pub mod service;

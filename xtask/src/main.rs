@@ -1,5 +1,6 @@
 //! `cargo xtask`: the one entry point a newcomer needs.
 
+mod docs;
 mod setup;
 
 use std::{path::PathBuf, process::Command};
@@ -59,6 +60,13 @@ enum Task {
         /// Where to write the report.
         #[arg(long, default_value = "docs/BENCHMARKS.md")]
         out: String,
+    },
+    /// Write docs/cli.md from `lb man --markdown`, then check every
+    /// relative link in README.md and docs/.
+    Docs {
+        /// Write nothing: fail if docs/cli.md is stale (and on broken links).
+        #[arg(long)]
+        check: bool,
     },
 }
 
@@ -127,6 +135,10 @@ fn run(task: Task) -> anyhow::Result<()> {
         Task::UpgradeCheck { from } => {
             setup::setup()?;
             upgrade_check(&from)
+        }
+        Task::Docs { check } => {
+            setup::setup()?;
+            docs::docs(check)
         }
         Task::Demo => {
             setup::setup()?;
