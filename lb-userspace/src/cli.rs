@@ -142,8 +142,9 @@ pub struct RunArgs {
     /// start, instead of /var/lib/lb/NAME.json.
     #[arg(long)]
     pub state_file: Option<PathBuf>,
-    /// Take over maps pinned by an lb of another layout: fresh maps, so
-    /// established connections are scheduled afresh.
+    /// Apply what was asked over what is pinned: another map layout or
+    /// --max-flows (fresh maps: established connections are scheduled
+    /// afresh), another --xdp-mode (attached again after a short pause).
     #[arg(long)]
     pub force: bool,
     /// Detach the program and remove the pins when the controller stops
