@@ -827,3 +827,35 @@ fn resolve(
     }
     mac
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pending(vip: &str, changes: bool) -> Pending {
+        Pending {
+            result: Ok(serde_json::Value::Null),
+            touched: [vip.parse().unwrap()].into(),
+            changes,
+            unresolved: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn an_answer_reports_its_own_vips_install_failure_then_a_failed_save() {
+        let mut flushed = Flushed::default();
+        let other: Vip = "192.0.2.101:80/tcp".parse().unwrap();
+        flushed.failed.insert(other, "no room".into());
+        assert!(pending("192.0.2.100:80/tcp", true).finish(&flushed).ok);
+        assert_eq!(
+            pending("192.0.2.101:80/tcp", true).finish(&flushed).error,
+            Some("no room".into())
+        );
+        flushed.unsaved = Some("disk full".into());
+        assert_eq!(
+            pending("192.0.2.100:80/tcp", true).finish(&flushed).error,
+            Some("the change is in force but was not saved: disk full".into())
+        );
+        assert!(pending("192.0.2.100:80/tcp", false).finish(&flushed).ok);
+    }
+}

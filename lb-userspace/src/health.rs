@@ -650,4 +650,35 @@ mod tests {
             (false, "port unreachable".into())
         );
     }
+
+    #[tokio::test]
+    async fn one_checker_serves_every_vip_that_checks_the_same_worker_alike() {
+        let (sender, mut reports) = tokio::sync::mpsc::unbounded_channel();
+        let sink: Sink = std::sync::Arc::new(move |report| sender.send(report).is_ok());
+        let mut supervisor = Supervisor::new(sink);
+        let for_vip = |n: u16, check: Check| Target {
+            vip: format!("192.0.2.100:{n}/tcp").parse().unwrap(),
+            id: u32::from(n),
+            ..target(check, 9)
+        };
+        let mut targets: Vec<Target> = (1..=500).map(|n| for_vip(n, Check::Tcp)).collect();
+        supervisor.reconcile(targets.clone());
+        assert_eq!(supervisor.checkers(), 1);
+        let report = reports.recv().await.unwrap();
+        assert_eq!(report.serves.len(), 500);
+
+        // Another check of the same address is a checker of its own; a
+        // VIP gone is no longer reported for.
+        targets.pop();
+        targets.push(for_vip(501, Check::None));
+        supervisor.reconcile(targets);
+        assert_eq!(supervisor.checkers(), 2);
+        let served: Vec<usize> = [reports.recv().await.unwrap(), reports.recv().await.unwrap()]
+            .iter()
+            .map(|r| r.serves.len())
+            .collect();
+        assert!(served.contains(&499), "{served:?}");
+        supervisor.reconcile(Vec::new());
+        assert_eq!(supervisor.checkers(), 0);
+    }
 }
