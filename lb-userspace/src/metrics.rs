@@ -32,7 +32,7 @@ type Gauges = Family<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>;
 /// thread).
 pub async fn serve<F>(listener: TcpListener, cap: usize, snapshot: F)
 where
-    F: Fn() -> MetricsSnapshot + Send + Sync + 'static,
+    F: Fn() -> anyhow::Result<MetricsSnapshot> + Send + Sync + 'static,
 {
     let snapshot = Arc::new(snapshot);
     http::serve(listener, "metrics endpoint", cap, move |request, _| {
@@ -43,7 +43,7 @@ where
 
 async fn answer<F>(request: Request<Bytes>, snapshot: Arc<F>) -> Answer
 where
-    F: Fn() -> MetricsSnapshot + Send + Sync + 'static,
+    F: Fn() -> anyhow::Result<MetricsSnapshot> + Send + Sync + 'static,
 {
     if request.uri().path() != "/metrics" {
         return Answer::text(StatusCode::NOT_FOUND, "see /metrics");
@@ -51,7 +51,7 @@ where
     if request.method() != Method::GET {
         return Answer::text(StatusCode::METHOD_NOT_ALLOWED, "use GET");
     }
-    let rendered = tokio::task::spawn_blocking(move || render(&snapshot()))
+    let rendered = tokio::task::spawn_blocking(move || snapshot().and_then(|s| render(&s)))
         .await
         .map_err(anyhow::Error::from)
         .and_then(|r| r);
