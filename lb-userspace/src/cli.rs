@@ -99,6 +99,10 @@ pub enum Command {
         /// Write lb.1, lb-run.1, lb-vip-add.1, … here instead.
         #[arg(long)]
         out_dir: Option<PathBuf>,
+        /// Print a Markdown reference of every command instead (docs/cli.md,
+        /// which `cargo xtask docs` writes).
+        #[arg(long, hide = true, conflicts_with = "out_dir")]
+        markdown: bool,
     },
 }
 
@@ -135,8 +139,9 @@ pub struct RunArgs {
     /// start, instead of /var/lib/lb/NAME.json.
     #[arg(long)]
     pub state_file: Option<PathBuf>,
-    /// Take over maps pinned by an lb of another layout: fresh maps, so
-    /// established connections are scheduled afresh.
+    /// Apply what was asked over what is pinned: another map layout or
+    /// --max-flows (fresh maps: established connections are scheduled
+    /// afresh), another --xdp-mode (attached again after a short pause).
     #[arg(long)]
     pub force: bool,
     /// Detach the program and remove the pins when the controller stops

@@ -3,7 +3,7 @@
 //! in the maps the data plane reads.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeSet, HashMap},
     net::IpAddr,
     path::PathBuf,
     time::{Duration, Instant},
@@ -14,6 +14,7 @@ use lb_common::balancer::{
     StickyKey, BACKEND_DOWN, BACKEND_DRAINING, BACKEND_UNREACHABLE, LOAD_UNKNOWN,
 };
 
+pub mod actor;
 mod feedback;
 mod listing;
 
@@ -35,8 +36,6 @@ use crate::{
     state_file::StateFile,
 };
 
-/// How long adding a worker waits for its MAC address to resolve.
-const RESOLVE_WAIT: Duration = Duration::from_millis(500);
 /// How long a worker whose MAC was known may stay unresolved before it
 /// counts as unreachable: longer than the kernel's three one-second
 /// solicitations.
@@ -159,11 +158,70 @@ pub struct Controller {
     /// The reference to the program's link, if one could be taken.
     link: Option<LinkGuard>,
     /// VIPs whose Maglev table the last install failed to write.
-    uninstalled: std::collections::BTreeSet<Vip>,
+    uninstalled: BTreeSet<Vip>,
     attachment: Attachment,
     occupancy: Occupancy,
     /// Durations of every health check, for the metrics.
     check_latency: prometheus_client::metrics::histogram::Histogram,
+    /// VIPs whose Maglev table must be rebuilt at the end of the batch.
+    dirty: BTreeSet<Vip>,
+    /// VIPs the admin request being handled marked dirty.
+    touched: BTreeSet<Vip>,
+    /// The desired state changed since the state file was written.
+    unsaved: bool,
+    /// Workers added since the last look whose MAC is not known yet: the
+    /// neighbour table is worth reading again soon.
+    unresolved_added: Vec<u32>,
+}
+
+/// An admin request carried out up to the end of its batch: its answer
+/// depends on the installs and the save that end does.
+pub struct Pending {
+    result: anyhow::Result<serde_json::Value>,
+    touched: BTreeSet<Vip>,
+    changes: bool,
+    /// Workers it added whose MAC is not known yet.
+    pub(super) unresolved: Vec<u32>,
+}
+
+/// What the end of a batch did.
+#[derive(Debug, Default)]
+pub struct Flushed {
+    /// Why each VIP whose table could not be installed failed.
+    failed: HashMap<Vip, String>,
+    /// Why the state file could not be written, if it could not.
+    unsaved: Option<String>,
+}
+
+impl Pending {
+    /// The answer, once the batch is flushed: the request's own error
+    /// first, then its VIPs' install failures, then a failed save.
+    pub fn finish(self, flushed: &Flushed) -> Response {
+        let install = self.touched.iter().find_map(|v| flushed.failed.get(v));
+        let result =
+            self.result.and_then(|data| {
+                if let Some(error) = install {
+                    bail!("{error}");
+                }
+                match (&flushed.unsaved, self.changes) {
+                    (Some(error), true) => Err(anyhow::anyhow!("{error}")
+                        .context("the change is in force but was not saved")),
+                    _ => Ok(data),
+                }
+            });
+        match result {
+            Ok(data) => Response {
+                ok: true,
+                error: None,
+                data,
+            },
+            Err(error) => Response {
+                ok: false,
+                error: Some(format!("{error:#}")),
+                data: serde_json::Value::Null,
+            },
+        }
+    }
 }
 
 impl Controller {
@@ -194,6 +252,10 @@ impl Controller {
             check_latency: prometheus_client::metrics::histogram::Histogram::new(
                 prometheus_client::metrics::histogram::exponential_buckets(0.000_1, 4.0, 8),
             ),
+            dirty: BTreeSet::new(),
+            touched: BTreeSet::new(),
+            unsaved: false,
+            unresolved_added: Vec::new(),
         };
         controller
             .maps
@@ -215,6 +277,8 @@ impl Controller {
             }
             controller.install(vip)?;
         }
+        controller.dirty.clear();
+        controller.touched.clear();
         controller.remove_stale()?;
         controller
             .maps
@@ -236,6 +300,7 @@ impl Controller {
         let mac = resolve(&mut self.netlink, self.ifindex, addr, pinned_mac);
         let live = Live::new(vip, addr, mac, generation);
         if let Reach::Unreachable(reason) = live.reach {
+            self.unresolved_added.push(id);
             tracing::warn!(
                 "worker {addr} of {vip} is unreachable ({reason}): not scheduled until it resolves"
             );
@@ -279,30 +344,68 @@ impl Controller {
         Ok(())
     }
 
-    /// Carries out one API request; changes are saved to the state file.
-    pub fn handle(&mut self, request: Request) -> Response {
+    /// Carries out one API request up to the end of the batch: the
+    /// tables it changes are installed and the state saved by [`Self::flush`].
+    pub fn handle(&mut self, request: Request) -> Pending {
         let changes = request.changes_state();
-        let applied = self.apply(request);
+        self.touched.clear();
+        let before = self.unresolved_added.len();
+        let result = self.apply(request);
         // Saved even when applying failed half way (a table the kernel
         // could not create is retried): the file always says what the
         // controller holds, and a refused change left nothing to save.
-        let saved = if changes { self.save() } else { Ok(()) };
-        let result = applied.and_then(|data| {
-            saved.context("the change is in force but was not saved")?;
-            Ok(data)
-        });
-        match result {
-            Ok(data) => Response {
-                ok: true,
-                error: None,
-                data,
-            },
-            Err(error) => Response {
-                ok: false,
-                error: Some(format!("{error:#}")),
-                data: serde_json::Value::Null,
-            },
+        self.unsaved |= changes;
+        Pending {
+            result,
+            touched: std::mem::take(&mut self.touched),
+            changes,
+            unresolved: self.unresolved_added[before..].to_vec(),
         }
+    }
+
+    /// Whether the batch has work left for [`Self::flush`].
+    pub fn is_dirty(&self) -> bool {
+        !self.dirty.is_empty() || self.unsaved
+    }
+
+    /// Ends a batch: installs each VIP whose table changed once, and saves
+    /// the state once if it changed.
+    pub fn flush(&mut self) -> Flushed {
+        let mut flushed = Flushed::default();
+        for vip in std::mem::take(&mut self.dirty) {
+            if self.desired.vip(&vip).is_err() {
+                continue;
+            }
+            if let Err(error) = self.install(&vip) {
+                tracing::error!("{error:#}");
+                flushed.failed.insert(vip, format!("{error:#}"));
+            }
+        }
+        if std::mem::take(&mut self.unsaved) {
+            if let Err(error) = self.save() {
+                tracing::error!("saving the state: {error:#}");
+                flushed.unsaved = Some(format!("{error:#}"));
+            }
+        }
+        flushed
+    }
+
+    /// Whether a worker was added since the last call whose MAC was not
+    /// known yet.
+    pub fn take_unresolved_added(&mut self) -> bool {
+        !std::mem::take(&mut self.unresolved_added).is_empty()
+    }
+
+    /// Whether worker `id` is past resolving: its MAC is known, or it is
+    /// gone.
+    pub fn resolved(&self, id: u32) -> bool {
+        self.live.get(&id).is_none_or(|l| l.mac.is_some())
+    }
+
+    /// Has `vip`'s Maglev table rebuilt at the end of the batch.
+    fn reschedule(&mut self, vip: &Vip) {
+        self.dirty.insert(*vip);
+        self.touched.insert(*vip);
     }
 
     fn apply(&mut self, request: Request) -> anyhow::Result<serde_json::Value> {
@@ -358,7 +461,7 @@ impl Controller {
 
     fn add_vip(&mut self, vip: Vip, options: VipOptions) -> anyhow::Result<()> {
         self.desired.add_vip(vip, options)?;
-        self.install(&vip)?;
+        self.reschedule(&vip);
         tracing::info!("added VIP {vip}");
         Ok(())
     }
@@ -376,7 +479,7 @@ impl Controller {
         for id in state.workers.values().map(|w| w.id).collect::<Vec<_>>() {
             self.sync_load(id)?;
         }
-        self.install(vip)?;
+        self.reschedule(vip);
         tracing::info!("changed the settings of VIP {vip}");
         Ok(())
     }
@@ -402,7 +505,7 @@ impl Controller {
         check_not_own(&mut self.netlink, [worker])?;
         let id = self.desired.add_worker(&vip, worker, weight)?;
         self.start_worker(vip, worker, id)?;
-        self.install(&vip)?;
+        self.reschedule(&vip);
         tracing::info!("added worker {worker} to {vip} (weight {weight})");
         Ok(())
     }
@@ -425,7 +528,7 @@ impl Controller {
         }
         self.forget(id)?;
         self.flush_where(|_, session| session.backend_id == id)?;
-        self.install(vip)?;
+        self.reschedule(vip);
         tracing::info!("removed worker {worker} from {vip}");
         Ok(())
     }
@@ -471,7 +574,7 @@ impl Controller {
         }
         if let Some(weight) = weight {
             self.desired.set_weight(vip, worker, weight)?;
-            self.install(vip)?;
+            self.reschedule(vip);
             tracing::info!("worker {worker} of {vip}: weight {weight}");
         }
         if let Some(load) = load {
@@ -483,7 +586,7 @@ impl Controller {
     fn set_drain(&mut self, vip: &Vip, worker: IpAddr, drain: bool) -> anyhow::Result<u32> {
         let id = self.desired.set_drain(vip, worker, drain)?;
         self.write_worker(id)?;
-        self.install(vip)?;
+        self.reschedule(vip);
         tracing::info!(
             "worker {worker} of {vip}: {}",
             if drain {
@@ -501,7 +604,7 @@ impl Controller {
         let key = self.pin_key(state.id, client);
         let id = state.workers[&worker].id;
         self.maps.write_pin(key, id).context("writing the pin")?;
-        self.install(vip)?;
+        self.reschedule(vip);
         tracing::info!("pinned client {client} of {vip} to {worker}");
         Ok(())
     }
@@ -511,7 +614,7 @@ impl Controller {
         let client = self.desired.unpin(vip, client)?;
         let key = self.pin_key(id, client);
         self.maps.remove_pin(&key).context("removing the pin")?;
-        self.install(vip)?;
+        self.reschedule(vip);
         tracing::info!("unpinned client {client} of {vip}");
         Ok(())
     }
@@ -646,18 +749,11 @@ impl Controller {
             .collect()
     }
 
-    /// Installs again the tables whose last install failed.
+    /// Has the tables whose last install failed installed again at the end
+    /// of the batch.
     pub(super) fn retry_installs(&mut self) {
-        let pending: Vec<Vip> = std::mem::take(&mut self.uninstalled).into_iter().collect();
-        for vip in pending {
-            if self.desired.vip(&vip).is_err() {
-                continue;
-            }
-            match self.install(&vip) {
-                Ok(()) => tracing::info!("{vip}: its Maglev table is installed now"),
-                Err(error) => tracing::debug!("{error:#}"),
-            }
-        }
+        let pending = std::mem::take(&mut self.uninstalled);
+        self.dirty.extend(pending);
     }
 
     /// Checks, through the controller's reference to the link, that the
@@ -713,27 +809,53 @@ pub fn check_not_own(
 }
 
 /// The worker's MAC: the neighbour table's; else `known` (what an adopted
-/// data plane had); else solicited, waiting briefly.
+/// data plane had); else `None` after asking the kernel to resolve it (the
+/// controller reads the table again shortly, rather than wait here).
 fn resolve(
     netlink: &mut Netlink,
     ifindex: u32,
     addr: IpAddr,
     known: Option<[u8; 6]>,
 ) -> Option<[u8; 6]> {
-    let lookup = |netlink: &mut Netlink| match netlink.neighbours(ifindex).ok()?.get(&addr) {
+    let found = match netlink.neighbours(ifindex).ok()?.get(&addr) {
         Some(neighbour::Entry::Resolved { mac, .. }) => Some(*mac),
         _ => None,
     };
-    if let Some(mac) = lookup(netlink).or(known) {
-        return Some(mac);
+    let mac = found.or(known);
+    if mac.is_none() {
+        neighbour::solicit(addr);
     }
-    neighbour::solicit(addr);
-    let deadline = Instant::now() + RESOLVE_WAIT;
-    while Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(25));
-        if let Some(mac) = lookup(netlink) {
-            return Some(mac);
+    mac
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pending(vip: &str, changes: bool) -> Pending {
+        Pending {
+            result: Ok(serde_json::Value::Null),
+            touched: [vip.parse().unwrap()].into(),
+            changes,
+            unresolved: Vec::new(),
         }
     }
-    None
+
+    #[test]
+    fn an_answer_reports_its_own_vips_install_failure_then_a_failed_save() {
+        let mut flushed = Flushed::default();
+        let other: Vip = "192.0.2.101:80/tcp".parse().unwrap();
+        flushed.failed.insert(other, "no room".into());
+        assert!(pending("192.0.2.100:80/tcp", true).finish(&flushed).ok);
+        assert_eq!(
+            pending("192.0.2.101:80/tcp", true).finish(&flushed).error,
+            Some("no room".into())
+        );
+        flushed.unsaved = Some("disk full".into());
+        assert_eq!(
+            pending("192.0.2.100:80/tcp", true).finish(&flushed).error,
+            Some("the change is in force but was not saved: disk full".into())
+        );
+        assert!(pending("192.0.2.100:80/tcp", false).finish(&flushed).ok);
+    }
 }

@@ -224,6 +224,15 @@ pub struct AttachOptions {
     pub force: bool,
 }
 
+/// The kernel's statistics of lb's program.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProgramStats {
+    /// Runs of the program.
+    pub runs: u64,
+    /// Time spent in it.
+    pub time: std::time::Duration,
+}
+
 /// What `Dataplane::attach` found on the interface.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Takeover {
@@ -334,10 +343,21 @@ impl Dataplane {
 
     /// Detaches the program and removes every pin: forwarding stops and
     /// the maps (flows, sessions) go.
-    pub fn detach(mut self) {
+    pub fn detach(&mut self) {
         // Our own reference would keep the program attached.
         self.link = None;
         detach_pins(&self.options.pin_dir);
+    }
+
+    /// How often the program ran and for how long, as the kernel counts
+    /// it while `kernel.bpf_stats_enabled` is on (read through the loaded
+    /// program, so CAP_BPF is enough, unlike a lookup by id).
+    pub fn program_stats(&self) -> Option<ProgramStats> {
+        let info = self.ebpf.program(program_names::BALANCER)?.info().ok()?;
+        Some(ProgramStats {
+            runs: info.run_count(),
+            time: info.run_time(),
+        })
     }
 
     /// The kernel's id of the attached program (as `bpftool prog` shows it).

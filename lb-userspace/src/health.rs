@@ -1,6 +1,8 @@
-//! Health checks: one task per checked worker, each on its own timer so a
-//! slow worker never delays the others, reporting to the controller over a
-//! channel; and the rise/fall state machine the controller keeps per worker.
+//! Health checks: one task per distinct check (worker address, port and
+//! settings), shared by every VIP whose workers need it, each on its own
+//! timer so a slow worker never delays the others, reporting to the
+//! controller once per round; and the rise/fall state machine the
+//! controller keeps per worker.
 
 use std::{
     collections::HashMap,
@@ -11,7 +13,7 @@ use std::{
 };
 
 use serde::{Deserialize, Serialize};
-use tokio::{net::UdpSocket, sync::mpsc, task::JoinHandle};
+use tokio::{net::UdpSocket, sync::watch, task::JoinHandle};
 
 use crate::{
     datagram::{self, Datagram},
@@ -126,7 +128,7 @@ pub enum Check {
     Dns(dns::Query),
 }
 
-/// What one checker task does, and for whom.
+/// What a worker entry needs checked, and for whom.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Target {
     /// The VIP.
@@ -150,17 +152,22 @@ pub struct Target {
 /// One round of a checker task.
 #[derive(Clone, Debug)]
 pub struct Report {
-    /// Who was checked.
-    pub vip: Vip,
-    /// The worker.
+    /// The worker checked.
     pub worker: IpAddr,
-    /// Its backend id.
-    pub id: u32,
+    /// The worker entries (VIP, backend id) the check stands for; reports
+    /// for a replaced worker are ignored.
+    pub serves: Vec<(Vip, u32)>,
     /// The health check's result (`None` when only load is probed).
     pub outcome: Option<Outcome>,
     /// The load probe's result.
     pub load: Option<Result<f64, String>>,
 }
+
+/// The worker entries (VIP, backend id) one check stands for.
+type Served = Vec<(Vip, u32)>;
+
+/// Where checkers send their reports; `false` once nobody listens.
+pub type Sink = std::sync::Arc<dyn Fn(Report) -> bool + Send + Sync>;
 
 /// Runs one check.
 pub async fn check(target: &Target) -> Outcome {
@@ -324,7 +331,7 @@ pub async fn probe_load(addr: SocketAddr, path: &str, timeout: Duration) -> Resu
     Ok(load)
 }
 
-async fn run(target: Target, reports: mpsc::UnboundedSender<Report>) {
+async fn run(target: Target, serves: watch::Receiver<Vec<(Vip, u32)>>, reports: Sink) {
     let mut ticks = tokio::time::interval(target.interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -341,57 +348,123 @@ async fn run(target: Target, reports: mpsc::UnboundedSender<Report>) {
             None => None,
         };
         let report = Report {
-            vip: target.vip,
             worker: target.worker,
-            id: target.id,
+            serves: serves.borrow().clone(),
             outcome,
             load,
         };
-        if reports.send(report).is_err() {
+        if !reports(report) {
             return;
         }
     }
 }
 
-/// Keeps exactly one checker task per target.
+/// What makes two targets one check: everything but whom it is for.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct Key {
+    worker: IpAddr,
+    port: u16,
+    interval: Duration,
+    timeout: Duration,
+    load_probe: Option<String>,
+}
+
+impl Key {
+    fn of(target: &Target) -> Self {
+        Self {
+            worker: target.worker,
+            port: target.port,
+            interval: target.interval,
+            timeout: target.timeout,
+            load_probe: target.load_probe.clone(),
+        }
+    }
+}
+
+/// A running checker and the worker entries it reports for.
+struct Checker {
+    check: Check,
+    serves: watch::Sender<Vec<(Vip, u32)>>,
+    task: JoinHandle<()>,
+}
+
+/// Keeps exactly one checker task per distinct check.
 pub struct Supervisor {
-    tasks: HashMap<u32, (Target, JoinHandle<()>)>,
-    reports: mpsc::UnboundedSender<Report>,
+    /// By key, then by check (checks are few per key, and not hashable).
+    checkers: HashMap<Key, Vec<Checker>>,
+    reports: Sink,
 }
 
 impl Supervisor {
-    /// A supervisor whose tasks report on `reports`.
-    pub fn new(reports: mpsc::UnboundedSender<Report>) -> Self {
+    /// A supervisor whose tasks report to `reports`.
+    pub fn new(reports: Sink) -> Self {
         Self {
-            tasks: HashMap::new(),
+            checkers: HashMap::new(),
             reports,
         }
     }
 
-    /// Starts tasks for new or changed targets and stops the rest. Must be
-    /// called within the tokio runtime.
+    /// Starts tasks for new checks, tells running ones whom they serve now,
+    /// and stops the rest. Must be called within the tokio runtime.
     pub fn reconcile(&mut self, targets: Vec<Target>) {
-        let mut wanted: HashMap<u32, Target> = targets.into_iter().map(|t| (t.id, t)).collect();
-        self.tasks.retain(|id, (target, task)| {
-            let keep = wanted.get(id) == Some(target);
-            if keep {
-                wanted.remove(id);
-            } else {
-                task.abort();
+        let mut wanted: HashMap<Key, Vec<(Target, Served)>> = HashMap::new();
+        for target in targets {
+            let group = wanted.entry(Key::of(&target)).or_default();
+            match group.iter_mut().find(|(t, _)| t.check == target.check) {
+                Some((_, serves)) => serves.push((target.vip, target.id)),
+                None => {
+                    let serves = vec![(target.vip, target.id)];
+                    group.push((target, serves));
+                }
             }
-            keep
-        });
-        for (id, target) in wanted {
-            let task = tokio::spawn(run(target.clone(), self.reports.clone()));
-            self.tasks.insert(id, (target, task));
         }
+        let mut running = std::mem::take(&mut self.checkers);
+        for (key, group) in wanted {
+            let mut old = running.remove(&key).unwrap_or_default();
+            let mut kept = Vec::new();
+            for (target, mut serves) in group {
+                serves.sort();
+                let checker = match old.iter().position(|c| c.check == target.check) {
+                    Some(at) => {
+                        let checker = old.swap_remove(at);
+                        checker.serves.send_if_modified(|now| {
+                            let changed = *now != serves;
+                            *now = serves;
+                            changed
+                        });
+                        checker
+                    }
+                    None => self.start(target, serves),
+                };
+                kept.push(checker);
+            }
+            old.iter().for_each(|c| c.task.abort());
+            self.checkers.insert(key, kept);
+        }
+        running.values().flatten().for_each(|c| c.task.abort());
+    }
+
+    fn start(&self, target: Target, serves: Vec<(Vip, u32)>) -> Checker {
+        let (serves, receiver) = watch::channel(serves);
+        let check = target.check.clone();
+        let task = tokio::spawn(run(target, receiver, self.reports.clone()));
+        Checker {
+            check,
+            serves,
+            task,
+        }
+    }
+
+    /// How many checker tasks run.
+    pub fn checkers(&self) -> usize {
+        self.checkers.values().map(Vec::len).sum()
     }
 }
 
 impl Drop for Supervisor {
     fn drop(&mut self) {
-        for (_, task) in self.tasks.values() {
-            task.abort();
+        for checker in self.checkers.values().flatten() {
+            checker.task.abort();
         }
     }
 }
@@ -576,5 +649,36 @@ mod tests {
             verdict(dns("NOERROR"), port).await,
             (false, "port unreachable".into())
         );
+    }
+
+    #[tokio::test]
+    async fn one_checker_serves_every_vip_that_checks_the_same_worker_alike() {
+        let (sender, mut reports) = tokio::sync::mpsc::unbounded_channel();
+        let sink: Sink = std::sync::Arc::new(move |report| sender.send(report).is_ok());
+        let mut supervisor = Supervisor::new(sink);
+        let for_vip = |n: u16, check: Check| Target {
+            vip: format!("192.0.2.100:{n}/tcp").parse().unwrap(),
+            id: u32::from(n),
+            ..target(check, 9)
+        };
+        let mut targets: Vec<Target> = (1..=500).map(|n| for_vip(n, Check::Tcp)).collect();
+        supervisor.reconcile(targets.clone());
+        assert_eq!(supervisor.checkers(), 1);
+        let report = reports.recv().await.unwrap();
+        assert_eq!(report.serves.len(), 500);
+
+        // Another check of the same address is a checker of its own; a
+        // VIP gone is no longer reported for.
+        targets.pop();
+        targets.push(for_vip(501, Check::None));
+        supervisor.reconcile(targets);
+        assert_eq!(supervisor.checkers(), 2);
+        let served: Vec<usize> = [reports.recv().await.unwrap(), reports.recv().await.unwrap()]
+            .iter()
+            .map(|r| r.serves.len())
+            .collect();
+        assert!(served.contains(&499), "{served:?}");
+        supervisor.reconcile(Vec::new());
+        assert_eq!(supervisor.checkers(), 0);
     }
 }

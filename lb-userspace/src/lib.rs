@@ -28,6 +28,7 @@ pub mod object;
 pub mod options;
 pub mod private;
 pub mod privileges;
+pub mod reference;
 pub mod run;
 pub mod service;
 pub mod sessions;

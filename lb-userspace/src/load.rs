@@ -209,9 +209,10 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 /// Serves `POST /load` until the task is dropped, at most `cap`
 /// connections at once; `accept` applies a report or says why not.
-pub async fn serve<F>(listener: TcpListener, cap: usize, token: String, accept: F)
+pub async fn serve<F, A>(listener: TcpListener, cap: usize, token: String, accept: F)
 where
-    F: Fn(Report) -> Result<(), String> + Send + Sync + 'static,
+    F: Fn(Report) -> A + Send + Sync + 'static,
+    A: std::future::Future<Output = Result<(), String>> + Send,
 {
     let token = Arc::new(token);
     let accept = Arc::new(accept);
@@ -221,15 +222,16 @@ where
         cap,
         move |request, from: SocketAddr| {
             let (token, accept) = (token.clone(), accept.clone());
-            async move { answer(&request, from.ip(), &token, accept.as_ref()) }
+            async move { answer(&request, from.ip(), &token, accept.as_ref()).await }
         },
     )
     .await;
 }
 
-fn answer<F>(request: &Request<Bytes>, from: IpAddr, token: &str, accept: &F) -> Answer
+async fn answer<F, A>(request: &Request<Bytes>, from: IpAddr, token: &str, accept: &F) -> Answer
 where
-    F: Fn(Report) -> Result<(), String>,
+    F: Fn(Report) -> A,
+    A: std::future::Future<Output = Result<(), String>>,
 {
     if request.uri().path() != "/load" {
         return Answer::text(StatusCode::NOT_FOUND, "only /load is served here");
@@ -237,9 +239,11 @@ where
     if request.method() != Method::POST {
         return Answer::text(StatusCode::METHOD_NOT_ALLOWED, "use POST /load");
     }
-    match authorise(request, from, token)
-        .and_then(|report| accept(report).map_err(LoadError::Refused))
-    {
+    let accepted = match authorise(request, from, token) {
+        Ok(report) => accept(report).await.map_err(LoadError::Refused),
+        Err(error) => Err(error),
+    };
+    match accepted {
         Ok(()) => Answer::text(StatusCode::NO_CONTENT, ""),
         Err(error) => Answer::text(error.status(), error.to_string()),
     }
@@ -402,10 +406,11 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(serve(listener, 4, TOKEN.into(), |report| {
-            match report.vip.to_string().as_str() {
+            let verdict = match report.vip.to_string().as_str() {
                 "127.0.0.1:80/tcp" => Ok(()),
                 vip => Err(format!("no VIP {vip}")),
-            }
+            };
+            std::future::ready(verdict)
         }));
         let bearer = format!("Authorization: Bearer {TOKEN}\r\n");
         let good = r#"{"vip":"127.0.0.1:80/tcp","worker":"127.0.0.1","load":0.5}"#;

@@ -25,9 +25,13 @@ fn main() {
             clap_complete::generate(shell, &mut command, "lb", &mut std::io::stdout());
             Ok(())
         }
-        Command::Man { out_dir } => {
+        Command::Man { out_dir, markdown } => {
             let command = <Cli as clap::CommandFactory>::command();
             match out_dir {
+                _ if markdown => {
+                    print!("{}", lb_userspace::reference::markdown(command));
+                    Ok(())
+                }
                 Some(dir) => clap_mangen::generate_to(command, dir),
                 None => clap_mangen::Man::new(command).render(&mut std::io::stdout()),
             }

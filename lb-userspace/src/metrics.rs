@@ -18,6 +18,7 @@ use crate::{
     api::WorkerState,
     controller::MetricsSnapshot,
     counters,
+    dataplane::ProgramStats,
     http::{self, Answer},
     maps,
 };
@@ -31,7 +32,7 @@ type Gauges = Family<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>;
 /// thread).
 pub async fn serve<F>(listener: TcpListener, cap: usize, snapshot: F)
 where
-    F: Fn() -> MetricsSnapshot + Send + Sync + 'static,
+    F: Fn() -> anyhow::Result<MetricsSnapshot> + Send + Sync + 'static,
 {
     let snapshot = Arc::new(snapshot);
     http::serve(listener, "metrics endpoint", cap, move |request, _| {
@@ -42,7 +43,7 @@ where
 
 async fn answer<F>(request: Request<Bytes>, snapshot: Arc<F>) -> Answer
 where
-    F: Fn() -> MetricsSnapshot + Send + Sync + 'static,
+    F: Fn() -> anyhow::Result<MetricsSnapshot> + Send + Sync + 'static,
 {
     if request.uri().path() != "/metrics" {
         return Answer::text(StatusCode::NOT_FOUND, "see /metrics");
@@ -50,7 +51,7 @@ where
     if request.method() != Method::GET {
         return Answer::text(StatusCode::METHOD_NOT_ALLOWED, "use GET");
     }
-    let rendered = tokio::task::spawn_blocking(move || render(&snapshot()))
+    let rendered = tokio::task::spawn_blocking(move || snapshot().and_then(|s| render(&s)))
         .await
         .map_err(anyhow::Error::from)
         .and_then(|r| r);
@@ -103,7 +104,7 @@ pub fn render(snapshot: &MetricsSnapshot) -> anyhow::Result<String> {
         "How long health checks took, every check of every worker",
         snapshot.check_latency.clone(),
     );
-    program(&mut registry, snapshot.program_id);
+    program(&mut registry, snapshot.program);
     let mut text = String::new();
     encode(&mut text, &registry).context("encoding metrics")?;
     Ok(text)
@@ -349,36 +350,22 @@ fn tables(registry: &mut Registry, snapshot: &MetricsSnapshot) {
     );
 }
 
-/// The program's run time, when `kernel.bpf_stats_enabled` is on.
-fn program(registry: &mut Registry, id: u32) {
-    let enabled = std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled")
-        .is_ok_and(|v| v.trim() == "1");
-    if !enabled {
-        return;
-    }
-    let Ok(output) = std::process::Command::new("bpftool")
-        .args(["prog", "show", "id", &id.to_string(), "-j"])
-        .output()
-    else {
+/// The program's runs and run time, once the kernel has counted any
+/// (only while `kernel.bpf_stats_enabled` is on, or a BPF_ENABLE_STATS
+/// descriptor is held: no figure rather than a false zero).
+fn program(registry: &mut Registry, stats: Option<ProgramStats>) {
+    let Some(stats) = stats.filter(|s| s.runs > 0) else {
         return;
     };
-    let Ok(info) = serde_json::from_slice::<serde_json::Value>(&output.stdout) else {
-        return;
-    };
-    // bpftool answers {"error": …} when it may not read the program (it
-    // needs CAP_SYS_ADMIN): no figure then, rather than a false zero.
-    if info.get("run_cnt").is_none() {
-        return;
-    }
     let runs: Counter = Counter::default();
-    runs.inc_by(info["run_cnt"].as_u64().unwrap_or(0));
+    runs.inc_by(stats.runs);
     registry.register(
         "lb_program_runs",
         "Runs of the XDP program (kernel.bpf_stats_enabled)",
         runs,
     );
     let time: Counter<f64, std::sync::atomic::AtomicU64> = Counter::default();
-    time.inc_by(info["run_time_ns"].as_f64().unwrap_or(0.0) / 1e9);
+    time.inc_by(stats.time.as_secs_f64());
     registry.register(
         "lb_program_run_time_seconds",
         "Time spent in the XDP program (kernel.bpf_stats_enabled)",

@@ -12,7 +12,7 @@ use tokio::{
     io::{AsyncBufReadExt as _, AsyncRead, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
     net::{TcpListener, TcpSocket, UnixListener, UnixStream},
     signal::unix::{signal, SignalKind},
-    sync::mpsc,
+    sync::watch,
 };
 
 use crate::{
@@ -20,7 +20,10 @@ use crate::{
     api::{self, Request, Response, IO_TIMEOUT, MAX_REQUEST_BYTES, REQUEST_TIMEOUT},
     cli::RunArgs,
     config::FileConfig,
-    controller::{Controller, Instance},
+    controller::{
+        actor::{self, Handle, Message},
+        Controller, Instance,
+    },
     dataplane::{AttachOptions, Dataplane, DataplaneError, Takeover},
     health::{self, Supervisor},
     instance::Paths,
@@ -43,8 +46,6 @@ const SCAN_DUTY: u32 = 10;
 /// Connections the kernel holds for a TCP listener that is at its cap:
 /// they wait there, at no descriptor's cost, rather than being refused.
 const TCP_BACKLOG: u32 = 1024;
-
-type Shared<T> = Arc<Mutex<T>>;
 
 /// Attaches the data plane, serves the admin API and holds both until
 /// SIGINT or SIGTERM.
@@ -86,7 +87,9 @@ pub async fn run(args: RunArgs, paths: Paths) -> anyhow::Result<()> {
     let state_path = state_file.path().to_owned();
     let link = dataplane.take_link();
     let controller = Controller::start(desired, maps, instance, Some(state_file), link)?;
-    let controller = Arc::new(Mutex::new(controller));
+    let pin_dir = controller.pin_dir().to_owned();
+    let (controller, published, actor) =
+        actor::spawn(controller).context("starting the controller thread")?;
     let listener = bind_socket(&paths.socket)?;
     let signals = StopSignals::install()?;
     say(&format!(
@@ -99,28 +102,55 @@ pub async fn run(args: RunArgs, paths: Paths) -> anyhow::Result<()> {
         paths.socket.display()
     ));
     let takeover = takeover_line(dataplane.takeover(), &state_path);
+    // Shared with the metrics endpoint, which reads the program's stats.
+    let dataplane = Arc::new(Mutex::new(dataplane));
     tracing::info!("{}", takeover.trim_start_matches("lb: "));
     say(&takeover);
     if let Some((reports, token)) = load_endpoint {
         let addr = reports.local_addr()?;
         let controller = controller.clone();
         tokio::spawn(load::serve(reports, caps.load, token, move |report| {
-            tokio::task::block_in_place(|| lock(&controller).push_load(report))
+            let controller = controller.clone();
+            async move {
+                controller
+                    .push_load(report)
+                    .await
+                    .unwrap_or_else(|stopped| Err(stopped.to_string()))
+            }
         }));
         say(&format!("lb: accepting load reports on http://{addr}/load"));
     }
     if let Some(listener) = metrics_endpoint {
         let addr = listener.local_addr()?;
         let controller = controller.clone();
+        let dataplane = dataplane.clone();
+        // Called off the runtime, in a blocking task.
         tokio::spawn(crate::metrics::serve(listener, caps.metrics, move || {
-            lock(&controller).metrics_snapshot()
+            let mut snapshot = controller.metrics_blocking()?;
+            snapshot.program = lock(&dataplane).program_stats();
+            Ok(snapshot)
         }));
         say(&format!("lb: serving metrics on http://{addr}/metrics"));
     }
-    serve(listener, caps.admin, controller, signals).await;
+    let housekeeping = housekeeping(controller.clone(), published.sticky_ttls, pin_dir)?;
+    serve(
+        listener,
+        caps.admin,
+        controller.clone(),
+        published.targets,
+        signals,
+    )
+    .await;
     let _ = std::fs::remove_file(&paths.socket);
+    // The controller (and the link it holds) is dropped before detaching.
+    let _ = controller.send(Message::Stop);
+    let _ = tokio::task::spawn_blocking(move || {
+        let _ = actor.join();
+        drop(housekeeping);
+    })
+    .await;
     if args.detach_on_exit {
-        dataplane.detach();
+        lock(&dataplane).detach();
         say(&format!("lb: detached from {}", options.iface));
     } else {
         say(&format!(
@@ -251,98 +281,104 @@ impl StopSignals {
     }
 }
 
-/// Serves the admin socket, health reports and housekeeping until SIGINT
-/// or SIGTERM.
+/// Serves the admin socket and runs the health checkers until SIGINT or
+/// SIGTERM.
 async fn serve(
     listener: UnixListener,
     cap: usize,
-    controller: Shared<Controller>,
+    controller: Handle,
+    targets: watch::Receiver<Vec<health::Target>>,
     signals: StopSignals,
 ) {
     let StopSignals {
         mut interrupt,
         mut terminate,
     } = signals;
-    let (report_tx, mut reports) = mpsc::unbounded_channel();
-    let supervisor = Arc::new(Mutex::new(Supervisor::new(report_tx)));
-    reconcile(&controller, &supervisor);
-    let housekeeping = tokio::spawn(housekeeping(controller.clone(), supervisor.clone()));
-    let admin = tokio::spawn(admin(listener, cap, controller.clone(), supervisor));
-    loop {
-        tokio::select! {
-            _ = interrupt.recv() => break,
-            _ = terminate.recv() => break,
-            Some(report) = reports.recv() => {
-                let controller = controller.clone();
-                tokio::task::spawn_blocking(move || lock(&controller).record_check(report));
-            }
-        }
+    let checks = tokio::spawn(supervise(targets, controller.check_sink()));
+    let admin = tokio::spawn(admin(listener, cap, controller));
+    tokio::select! {
+        _ = interrupt.recv() => {}
+        _ = terminate.recv() => {}
     }
     admin.abort();
-    housekeeping.abort();
+    checks.abort();
+}
+
+/// Keeps the health checkers pointed at the workers the controller has.
+async fn supervise(mut targets: watch::Receiver<Vec<health::Target>>, sink: health::Sink) {
+    let mut supervisor = Supervisor::new(sink);
+    loop {
+        let now = targets.borrow_and_update().clone();
+        supervisor.reconcile(now);
+        if targets.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 /// Answers admin requests, at most `cap` connections at once.
-async fn admin(
-    listener: UnixListener,
-    cap: usize,
-    controller: Shared<Controller>,
-    supervisor: Shared<Supervisor>,
-) {
+async fn admin(listener: UnixListener, cap: usize, controller: Handle) {
     let mut gate = Gate::new("admin socket", cap);
     loop {
         let ((stream, _), slot) = gate.next(|| listener.accept()).await;
-        let (controller, supervisor) = (controller.clone(), supervisor.clone());
+        let controller = controller.clone();
         tokio::spawn(async move {
-            answer(stream, controller, supervisor).await;
+            answer(stream, controller).await;
             drop(slot);
         });
     }
 }
 
-/// Points the health checkers at the workers the controller has now.
-fn reconcile(controller: &Mutex<Controller>, supervisor: &Mutex<Supervisor>) {
-    let targets: Vec<health::Target> = lock(controller).check_targets();
-    lock(supervisor).reconcile(targets);
+/// Once a tick, on its own thread (a scan of a large flow table takes a
+/// while, and must hold up neither the runtime nor the controller): scans
+/// the flow table (paced), expires sticky sessions now and then, and
+/// hands the results to the controller, which acts on what it learnt.
+fn housekeeping(
+    controller: Handle,
+    ttls: watch::Receiver<std::collections::HashMap<u32, Duration>>,
+    dir: PathBuf,
+) -> anyhow::Result<std::thread::JoinHandle<()>> {
+    let work = move || {
+        let mut next_scan = Instant::now();
+        for round in 1u64.. {
+            std::thread::sleep(TICK);
+            let started = Instant::now();
+            let scan = (started >= next_scan)
+                .then(|| activity::count(&dir))
+                .and_then(|r| {
+                    r.inspect_err(|e| tracing::warn!("scanning flows: {e}"))
+                        .ok()
+                });
+            if scan.is_some() {
+                next_scan = Instant::now() + started.elapsed() * SCAN_DUTY;
+            }
+            let sessions = (round % SESSION_EXPIRY_TICKS == 0)
+                .then(|| expire_sessions(&dir, &ttls.borrow()))
+                .flatten();
+            if controller.send(Message::Tick { scan, sessions }).is_err() {
+                return;
+            }
+        }
+    };
+    std::thread::Builder::new()
+        .name("lb-housekeeping".into())
+        .spawn(work)
+        .context("starting the housekeeping thread")
 }
 
-/// Once a tick: scans the flow table (paced), expires sticky sessions now
-/// and then, and lets the controller act on what it learnt.
-async fn housekeeping(controller: Shared<Controller>, supervisor: Shared<Supervisor>) {
-    let pin_dir: PathBuf = lock(&controller).pin_dir().to_owned();
-    let mut ticks = tokio::time::interval(TICK);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut next_scan = Instant::now();
-    for round in 1u64.. {
-        ticks.tick().await;
-        let (c, dir) = (controller.clone(), pin_dir.clone());
-        let scan_due = Instant::now() >= next_scan;
-        let work = tokio::task::spawn_blocking(move || {
-            let started = Instant::now();
-            let flows = scan_due.then(|| activity::count(&dir)).and_then(|r| {
-                r.inspect_err(|e| tracing::warn!("scanning flows: {e}"))
-                    .ok()
-            });
-            let took = started.elapsed();
-            if round % SESSION_EXPIRY_TICKS == 0 {
-                let ttls = lock(&c).sticky_ttls();
-                match sessions::expire(&dir, &ttls, activity::monotonic_ns()) {
-                    Ok((removed, remaining)) => {
-                        if removed > 0 {
-                            tracing::debug!("expired {removed} sticky sessions");
-                        }
-                        lock(&c).set_session_count(remaining as u64);
-                    }
-                    Err(e) => tracing::warn!("expiring sticky sessions: {e}"),
-                }
+/// Removes expired sticky sessions; how many remain.
+fn expire_sessions(dir: &Path, ttls: &std::collections::HashMap<u32, Duration>) -> Option<u64> {
+    match sessions::expire(dir, ttls, activity::monotonic_ns()) {
+        Ok((removed, remaining)) => {
+            if removed > 0 {
+                tracing::debug!("expired {removed} sticky sessions");
             }
-            lock(&c).tick(flows);
-            took
-        });
-        if let Ok(took) = work.await {
-            next_scan = Instant::now() + took * SCAN_DUTY;
+            Some(remaining as u64)
         }
-        reconcile(&controller, &supervisor);
+        Err(e) => {
+            tracing::warn!("expiring sticky sessions: {e}");
+            None
+        }
     }
 }
 
@@ -353,21 +389,13 @@ fn lock<T>(shared: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// Reads one request (size- and time-limited), carries it out, answers.
-async fn answer(
-    stream: UnixStream,
-    controller: Shared<Controller>,
-    supervisor: Shared<Supervisor>,
-) {
+async fn answer(stream: UnixStream, controller: Handle) {
     let (read, mut write) = stream.into_split();
     let response = match read_request(read).await {
-        Ok(request) => {
-            let c = controller.clone();
-            let response = tokio::task::spawn_blocking(move || lock(&c).handle(request))
-                .await
-                .unwrap_or_else(|e| refusal(format!("the controller failed: {e}")));
-            reconcile(&controller, &supervisor);
-            response
-        }
+        Ok(request) => controller
+            .request(request)
+            .await
+            .unwrap_or_else(|e| refusal(format!("the controller failed: {e}"))),
         Err(error) => refusal(error),
     };
     if let Ok(mut text) = serde_json::to_string(&response) {

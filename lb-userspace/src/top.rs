@@ -7,12 +7,18 @@
 use std::{
     collections::HashMap,
     io::Write as _,
-    os::fd::AsRawFd as _,
     path::Path,
     time::{Duration, Instant},
 };
 
 use anyhow::Context as _;
+use crossterm::{
+    cursor::{Hide, MoveTo, Show},
+    event::{self, Event, KeyCode, KeyModifiers},
+    execute, queue,
+    style::Print,
+    terminal::{self, Clear, ClearType},
+};
 use lb_common::{balancer::TrafficCounters, map_names};
 
 use crate::{
@@ -25,46 +31,39 @@ use crate::{
 /// One row's traffic now and a moment ago.
 type Sample = HashMap<String, (TrafficCounters, Instant)>;
 
-/// Runs the view until q, Ctrl-C or end of input.
+/// Runs the view until q or Ctrl-C.
 pub fn top(args: &TopArgs, instance: &Paths) -> anyhow::Result<()> {
-    let _raw = RawMode::enable();
+    let _terminal = Terminal::enter()?;
     let mut previous: Sample = HashMap::new();
     let mut out = std::io::stdout();
     loop {
         let screen = render(instance, &mut previous)?;
-        write!(out, "\x1b[H\x1b[2J{screen}")?;
+        queue!(out, MoveTo(0, 0), Clear(ClearType::All))?;
+        // Raw mode turns off the terminal's newline translation.
+        for line in screen.lines() {
+            queue!(out, Print(line), Print("\r\n"))?;
+        }
         out.flush()?;
         if quit_requested(args.interval)? {
-            writeln!(out)?;
             return Ok(());
         }
     }
 }
 
-/// Waits up to `interval` for a key; true on q, Ctrl-C or end of input.
+/// Waits up to `interval` for a key; true on q or Ctrl-C.
 fn quit_requested(interval: Duration) -> anyhow::Result<bool> {
-    let stdin = std::io::stdin();
-    let mut poll = libc::pollfd {
-        fd: stdin.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
     let deadline = Instant::now() + interval;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
+        if left.is_zero() || !event::poll(left)? {
             return Ok(false);
         }
-        // SAFETY: one valid pollfd.
-        let ready = unsafe { libc::poll(&mut poll, 1, left.as_millis() as i32) };
-        if ready <= 0 {
-            continue;
-        }
-        let mut byte = [0u8; 1];
-        // SAFETY: reading one byte into a valid buffer.
-        let n = unsafe { libc::read(poll.fd, byte.as_mut_ptr().cast(), 1) };
-        if n <= 0 || matches!(byte[0], b'q' | b'Q' | 3) {
-            return Ok(true);
+        if let Event::Key(key) = event::read()? {
+            let ctrl_c =
+                key.code == KeyCode::Char('c') && key.modifiers.contains(KeyModifiers::CONTROL);
+            if ctrl_c || matches!(key.code, KeyCode::Char('q' | 'Q') | KeyCode::Esc) {
+                return Ok(true);
+            }
         }
     }
 }
@@ -245,35 +244,21 @@ fn controller<T: serde::de::DeserializeOwned>(socket: &Path, request: &Request) 
     serde_json::from_value(data).ok()
 }
 
-/// The terminal in raw mode (no echo, keys one at a time, Ctrl-C as a
-/// key) while it lives, restored on drop; nothing when stdin is no
-/// terminal.
-struct RawMode(Option<libc::termios>);
+/// The terminal in raw mode with the cursor hidden while it lives,
+/// restored on drop (also when the view fails).
+struct Terminal;
 
-impl RawMode {
-    fn enable() -> Self {
-        let fd = std::io::stdin().as_raw_fd();
-        // SAFETY: termios is plain data; tcgetattr fills it or fails.
-        let mut saved: libc::termios = unsafe { std::mem::zeroed() };
-        if unsafe { libc::tcgetattr(fd, &mut saved) } != 0 {
-            return Self(None);
-        }
-        let mut raw = saved;
-        raw.c_lflag &= !(libc::ICANON | libc::ECHO | libc::ISIG);
-        // SAFETY: a valid termios for our own terminal.
-        unsafe { libc::tcsetattr(fd, libc::TCSANOW, &raw) };
-        print!("\x1b[?25l");
-        Self(Some(saved))
+impl Terminal {
+    fn enter() -> anyhow::Result<Self> {
+        terminal::enable_raw_mode().context("lb top needs a terminal")?;
+        execute!(std::io::stdout(), Hide)?;
+        Ok(Self)
     }
 }
 
-impl Drop for RawMode {
+impl Drop for Terminal {
     fn drop(&mut self) {
-        if let Some(saved) = &self.0 {
-            // SAFETY: restoring what tcgetattr gave us.
-            unsafe { libc::tcsetattr(std::io::stdin().as_raw_fd(), libc::TCSANOW, saved) };
-            print!("\x1b[?25h");
-            let _ = std::io::stdout().flush();
-        }
+        let _ = execute!(std::io::stdout(), Show, Print("\r\n"));
+        let _ = terminal::disable_raw_mode();
     }
 }

@@ -120,3 +120,27 @@ fn scraped_metrics_match_the_traffic_sent() {
         "OpenMetrics ends with # EOF"
     );
 }
+
+#[test]
+fn program_runs_are_read_from_the_kernel_while_it_counts_them() {
+    lb_testing::needs_root!();
+    let rig = Rig::new(lb_exe().as_ref(), 1, &["--metrics", "192.0.2.2:9469"]).unwrap();
+    rig.add_vip_with_workers(TCP_VIP, &[]).unwrap();
+    // The kernel counts program runs while someone holds this descriptor.
+    let _counting = aya::sys::enable_stats(aya::sys::Stats::RunTime).unwrap();
+    let target = SocketAddr::new(IpAddr::V4(VIP4), 80);
+    rig.client
+        .within(move || {
+            for _ in 0..10 {
+                http_get(target, Duration::from_secs(5)).unwrap();
+            }
+        })
+        .unwrap();
+    let text = scrape(&rig);
+    // At least the 10 SYNs and their ACKs ran the program.
+    assert!(sample(&text, "lb_program_runs_total") >= 20.0, "{text}");
+    assert!(
+        sample(&text, "lb_program_run_time_seconds_total") > 0.0,
+        "{text}"
+    );
+}

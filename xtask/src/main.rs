@@ -1,5 +1,6 @@
 //! `cargo xtask`: the one entry point a newcomer needs.
 
+mod docs;
 mod setup;
 
 use std::{path::PathBuf, process::Command};
@@ -62,6 +63,13 @@ enum Task {
         #[arg(long, default_value = "docs/BENCHMARKS.md")]
         out: String,
     },
+    /// Write docs/cli.md from `lb man --markdown`, then check every
+    /// relative link in README.md and docs/.
+    Docs {
+        /// Write nothing: fail if docs/cli.md is stale (and on broken links).
+        #[arg(long)]
+        check: bool,
+    },
 }
 
 fn main() {
@@ -118,6 +126,10 @@ fn run(task: Task) -> anyhow::Result<()> {
         Task::UpgradeCheck { from } => {
             setup::setup()?;
             upgrade_check(&from)
+        }
+        Task::Docs { check } => {
+            setup::setup()?;
+            docs::docs(check)
         }
         Task::Demo => {
             setup::setup()?;

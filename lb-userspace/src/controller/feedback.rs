@@ -18,33 +18,45 @@ use crate::{
 };
 
 impl Controller {
-    /// Applies one health checker report.
+    /// Applies one round of a shared checker to every worker entry it
+    /// serves.
     pub fn record_check(&mut self, report: health::Report) {
+        if let Some(outcome) = &report.outcome {
+            self.check_latency.observe(outcome.took.as_secs_f64());
+        }
+        for &(vip, id) in &report.serves {
+            self.record_check_of(vip, id, &report);
+        }
+    }
+
+    fn record_check_of(&mut self, vip: Vip, id: u32, report: &health::Report) {
+        let worker = report.worker;
         let current = self
             .live
-            .get(&report.id)
-            .is_some_and(|l| l.vip == report.vip && l.addr == report.worker);
+            .get(&id)
+            .is_some_and(|l| l.vip == vip && l.addr == worker);
         if !current {
             return;
         }
-        if let Some(Ok(load)) = report.load {
-            self.record_load(report.id, load, Source::Probe);
-            if let Err(error) = self.sync_load(report.id) {
-                tracing::error!("writing a load figure: {error:#}");
+        match &report.load {
+            Some(Ok(load)) => {
+                self.record_load(id, *load, Source::Probe);
+                if let Err(error) = self.sync_load(id) {
+                    tracing::error!("writing a load figure: {error:#}");
+                }
             }
-        } else if let Some(Err(error)) = &report.load {
-            tracing::debug!("load probe of {} failed: {error}", report.worker);
+            Some(Err(error)) => tracing::debug!("load probe of {worker} failed: {error}"),
+            None => {}
         }
-        let Ok(state) = self.desired.vip(&report.vip) else {
+        let Ok(state) = self.desired.vip(&vip) else {
             return;
         };
         let (rise, fall) = (state.options.health.rise, state.options.health.fall);
-        let Some(outcome) = report.outcome else {
+        let Some(outcome) = report.outcome.clone() else {
             return;
         };
-        self.check_latency.observe(outcome.took.as_secs_f64());
         let detail = outcome.detail.clone();
-        let Some(live) = self.live.get_mut(&report.id) else {
+        let Some(live) = self.live.get_mut(&id) else {
             return;
         };
         let Some(now_state) = live.health.record(outcome, Instant::now(), rise, fall) else {
@@ -52,17 +64,13 @@ impl Controller {
         };
         match now_state {
             HealthState::Down => tracing::warn!(
-                "worker {} of {} is down ({detail}): its flows move to healthy workers",
-                report.worker,
-                report.vip
+                "worker {worker} of {vip} is down ({detail}): its flows move to healthy workers"
             ),
-            HealthState::Up => tracing::info!("worker {} of {} is up", report.worker, report.vip),
+            HealthState::Up => tracing::info!("worker {worker} of {vip} is up"),
         }
-        let applied = self
-            .write_worker(report.id)
-            .and_then(|()| self.install(&report.vip));
-        if let Err(error) = applied {
-            tracing::error!("applying the health of {}: {error:#}", report.worker);
+        match self.write_worker(id) {
+            Ok(()) => self.reschedule(&vip),
+            Err(error) => tracing::error!("applying the health of {worker}: {error:#}"),
         }
     }
 
@@ -135,15 +143,10 @@ impl Controller {
             })
             .map(|l| (l.vip, l.addr))
             .collect();
-        let removed_any = !done.is_empty();
+        self.unsaved |= !done.is_empty();
         for (vip, worker) in done {
             if let Err(error) = self.remove_worker(&vip, worker) {
                 tracing::error!("removing drained worker {worker} of {vip}: {error:#}");
-            }
-        }
-        if removed_any {
-            if let Err(error) = self.save() {
-                tracing::error!("saving the state: {error:#}");
             }
         }
         let ids: Vec<u32> = self.live.keys().copied().collect();
@@ -152,7 +155,7 @@ impl Controller {
                 tracing::error!("writing a load figure: {error:#}");
             }
         }
-        self.refresh_neighbours();
+        self.refresh_neighbours(true);
         self.check_link();
         self.retry_installs();
     }
@@ -173,10 +176,12 @@ impl Controller {
 
     /// Re-reads every worker's neighbour entry: writes MACs that changed,
     /// takes workers whose host stopped answering out of scheduling and
-    /// brings back those that answer again, and has the kernel re-probe
-    /// entries not confirmed lately (nothing else would: the data plane's
-    /// packets bypass the kernel).
-    pub(super) fn refresh_neighbours(&mut self) {
+    /// brings back those that answer again; with `nudge`, also has the
+    /// kernel re-probe entries not confirmed lately (nothing else would:
+    /// the data plane's packets bypass the kernel) and solicit unresolved
+    /// ones. Between ticks it runs without `nudge`, to pick up new workers'
+    /// MACs soon after they resolve.
+    pub fn refresh_neighbours(&mut self, nudge: bool) {
         let table = match self.netlink.neighbours(self.ifindex) {
             Ok(table) => table,
             Err(error) => {
@@ -218,6 +223,10 @@ impl Controller {
                 reschedule.insert(live.vip);
             }
         }
+        if !nudge {
+            probe.clear();
+            solicit.clear();
+        }
         for addr in probe {
             if let Err(error) = self.netlink.probe_neighbour(self.ifindex, addr) {
                 tracing::debug!("asking the kernel to probe {addr}: {error}");
@@ -230,9 +239,7 @@ impl Controller {
             }
         }
         for vip in reschedule {
-            if let Err(error) = self.install(&vip) {
-                tracing::error!("rescheduling {vip} after a neighbour change: {error:#}");
-            }
+            self.reschedule(&vip);
         }
     }
 }

@@ -35,6 +35,8 @@ pub struct MetricsSnapshot {
     pub check_latency: prometheus_client::metrics::histogram::Histogram,
     /// Whether the program still runs, and how often its pin was restored.
     pub attachment: super::Attachment,
+    /// The kernel's statistics of the program, where the caller has them.
+    pub program: Option<crate::dataplane::ProgramStats>,
 }
 
 impl Controller {
@@ -49,6 +51,7 @@ impl Controller {
             max_flows: self.instance.max_flows,
             check_latency: self.check_latency.clone(),
             attachment: self.attachment.clone(),
+            program: None,
         }
     }
 
