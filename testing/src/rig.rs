@@ -97,6 +97,27 @@ impl Rig {
         add_client(&mut self.bed, role, ipv4, ipv6)
     }
 
+    /// Adds another balancer host `role` for an lb of its own: it takes
+    /// XDP_TX frames, the client routes `vip` through it, and every worker
+    /// holds `vip` on its loopback.
+    pub fn add_balancer(
+        &mut self,
+        role: &str,
+        ipv4: Ipv4Addr,
+        ipv6: Ipv6Addr,
+        vip: Ipv4Addr,
+    ) -> anyhow::Result<Host> {
+        let host = self.bed.add_host(role, ipv4, ipv6)?;
+        self.bed.accept_xdp_tx_from(role)?;
+        let route = format!("{vip}/32");
+        self.client
+            .run("ip", &["route", "add", &route, "via", &ipv4.to_string()])?;
+        for worker in &self.workers {
+            worker.run("ip", &["addr", "add", &route, "dev", "lo"])?;
+        }
+        Ok(host)
+    }
+
     /// Adds `vip` with every worker (IPv4 or IPv6 addresses to match);
     /// `vip_args` go to `lb vip add`.
     pub fn add_vip_with_workers(&self, vip: &str, vip_args: &[&str]) -> anyhow::Result<()> {

@@ -53,6 +53,33 @@ pub struct Host {
 }
 
 impl Host {
+    /// Runs `exe run ARGS` here, which is expected to refuse to start
+    /// within `limit`; returns whether it exited successfully and what it
+    /// printed on stderr.
+    pub fn run_lb_expecting_refusal(
+        &self,
+        exe: &Path,
+        args: &[&str],
+        limit: Duration,
+    ) -> anyhow::Result<(bool, String)> {
+        let mut cmd = self.command(exe);
+        cmd.arg("run")
+            .args(args)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut lb = Process::spawn(&mut cmd, "lb run")?;
+        let status = lb.wait_timeout(limit)?;
+        let mut stderr = String::new();
+        lb.child()
+            .stderr
+            .take()
+            .context("lb run has no stderr")?
+            .read_to_string(&mut stderr)?;
+        Ok((status.success(), stderr))
+    }
+
     /// Path of the namespace file, for setns and `nsenter --net=`.
     pub fn netns_path(&self) -> PathBuf {
         Path::new(NETNS_DIR).join(&self.netns)

@@ -209,21 +209,14 @@ fn two_instances_with_their_own_pins_and_sockets_keep_apart() {
     lb_testing::needs_root!();
     let mut rig = rig(2);
     let second = rig
-        .bed
-        .add_host("lb2", Ipv4Addr::new(192, 0, 2, 3), v6(3))
-        .unwrap();
-    rig.bed.accept_xdp_tx_from("lb2").unwrap();
-    let mut lb2 = LbProcess::start(lb_exe().as_ref(), &mut rig.bed, &second, "lb2", &[]).unwrap();
-    rig.client
-        .run(
-            "ip",
-            &["route", "add", "192.0.2.101/32", "via", "192.0.2.3"],
+        .add_balancer(
+            "lb2",
+            Ipv4Addr::new(192, 0, 2, 3),
+            v6(3),
+            Ipv4Addr::new(192, 0, 2, 101),
         )
         .unwrap();
-    for w in &rig.workers {
-        w.run("ip", &["addr", "add", "192.0.2.101/32", "dev", "lo"])
-            .unwrap();
-    }
+    let mut lb2 = LbProcess::start(lb_exe().as_ref(), &mut rig.bed, &second, "lb2", &[]).unwrap();
     rig.add_vip_with_workers("192.0.2.100:80/tcp", &[]).unwrap();
     lb2.cli_ok(&["vip", "add", "192.0.2.101:80/tcp"]).unwrap();
     lb2.cli_ok(&[

@@ -15,24 +15,17 @@ use std::{
 use lb_testing::{
     lb_exe,
     rig::{wait_until, Rig, VIP4},
-    testbed::{Host, LbProcess, Process},
+    testbed::{Host, LbProcess},
 };
 
 const VIP: &str = "192.0.2.100:80/tcp";
 
 /// `lb run` in `host` with `args`, expected to fail: its one-line error.
 fn refused_run(host: &Host, args: &[&str]) -> String {
-    let mut cmd = host.command(lb_exe());
-    cmd.arg("run")
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    let mut process = Process::spawn(&mut cmd, "lb run").unwrap();
-    let status = process.wait_timeout(Duration::from_secs(20)).unwrap();
-    assert!(!status.success(), "lb run {args:?} was accepted");
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(process.child().stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    let (started, stderr) = host
+        .run_lb_expecting_refusal(lb_exe().as_ref(), args, Duration::from_secs(20))
+        .unwrap();
+    assert!(!started, "lb run {args:?} was accepted");
     let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
     assert_eq!(lines.len(), 1, "not one line: {stderr}");
     lines[0].to_owned()

@@ -8,18 +8,17 @@
 //! the machine's default instance.
 
 use std::{
-    io::Read as _,
     net::{IpAddr, Ipv4Addr, SocketAddr},
     os::unix::fs::{MetadataExt as _, PermissionsExt as _},
     path::Path,
-    process::{Command, Stdio},
+    process::Command,
     time::Duration,
 };
 
 use lb_testing::{
     lb_exe,
     rig::{v6, wait_until, KeepAlive, Rig, VIP4},
-    testbed::{Host, LbProcess, Process, Testbed},
+    testbed::{Host, LbProcess, Testbed},
 };
 
 const VIP: &str = "192.0.2.100:80/tcp";
@@ -47,23 +46,10 @@ fn bed() -> (Testbed, Host) {
 /// Runs `lb run ARGS` in `host`, which must refuse to start; returns the
 /// one line it printed.
 fn refused_run(host: &Host, args: &[&str]) -> String {
-    let mut cmd = host.command(lb_exe());
-    cmd.arg("run")
-        .args(args)
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    let mut lb = Process::spawn(&mut cmd, "lb run").unwrap();
-    let status = lb.wait_timeout(Duration::from_secs(15)).unwrap();
-    let mut stderr = String::new();
-    lb.child()
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
+    let (started, stderr) = host
+        .run_lb_expecting_refusal(lb_exe().as_ref(), args, Duration::from_secs(15))
         .unwrap();
-    assert!(!status.success(), "lb run {args:?} started: {stderr}");
+    assert!(!started, "lb run {args:?} started: {stderr}");
     assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr:?}");
     stderr
 }
@@ -85,21 +71,14 @@ fn two_named_instances_with_derived_paths_keep_apart_across_restarts() {
     lb_testing::needs_root!();
     let mut rig = named_rig(2);
     let second = rig
-        .bed
-        .add_host("lb2", Ipv4Addr::new(192, 0, 2, 3), v6(3))
-        .unwrap();
-    rig.bed.accept_xdp_tx_from("lb2").unwrap();
-    let mut b = LbProcess::start_named(lb_exe().as_ref(), &mut rig.bed, &second, "b", &[]).unwrap();
-    rig.client
-        .run(
-            "ip",
-            &["route", "add", "192.0.2.101/32", "via", "192.0.2.3"],
+        .add_balancer(
+            "lb2",
+            Ipv4Addr::new(192, 0, 2, 3),
+            v6(3),
+            Ipv4Addr::new(192, 0, 2, 101),
         )
         .unwrap();
-    for w in &rig.workers {
-        w.run("ip", &["addr", "add", "192.0.2.101/32", "dev", "lo"])
-            .unwrap();
-    }
+    let mut b = LbProcess::start_named(lb_exe().as_ref(), &mut rig.bed, &second, "b", &[]).unwrap();
     rig.add_vip_with_workers(VIP, &[]).unwrap();
     b.cli_ok(&["vip", "add", "192.0.2.101:80/tcp"]).unwrap();
     let w2 = rig.workers[1].ipv4.to_string();

@@ -34,25 +34,23 @@ fn an_admin_socket_in_a_directory_others_can_write_is_refused() {
     let socket = dir.join("lb.sock");
     let pin_dir = rig.bed.pin_dir("open");
     let state = dir.join("state.json");
-    let mut cmd = rig.balancer.command(lb_exe());
-    cmd.args(["run", "--iface", "eth0", "--pin-dir"])
-        .arg(&pin_dir)
-        .arg("--socket")
-        .arg(&socket)
-        .arg("--state-file")
-        .arg(&state)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped());
-    let mut lb = lb_testing::testbed::Process::spawn(&mut cmd, "lb run").unwrap();
-    let status = lb.wait_timeout(Duration::from_secs(10)).unwrap();
-    let mut stderr = String::new();
-    lb.child()
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
+    let args = [
+        "--iface",
+        "eth0",
+        "--pin-dir",
+        &pin_dir.to_string_lossy(),
+        "--socket",
+        &socket.to_string_lossy(),
+        "--state-file",
+        &state.to_string_lossy(),
+    ]
+    .map(str::to_owned);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (started, stderr) = rig
+        .balancer
+        .run_lb_expecting_refusal(lb_exe().as_ref(), &args, Duration::from_secs(10))
         .unwrap();
-    assert!(!status.success());
+    assert!(!started);
     assert!(stderr.contains("writable by others"), "{stderr}");
     assert!(
         !pin_dir.join("link").exists(),
