@@ -3,6 +3,7 @@
 //! interleaved rounds (A B A B …) and is quoted as a ratio to a reference
 //! from the same rounds, because this kind of machine is shared and noisy.
 
+pub mod admin;
 pub mod control;
 pub mod e2e;
 pub mod floors;
@@ -28,6 +29,13 @@ pub struct Plan {
     pub control_trials: u32,
     /// Length of each end-to-end load run.
     pub e2e_seconds: u32,
+    /// Calls of each admin command with the controller idle.
+    pub admin_calls: u32,
+    /// Unresolvable workers the admin section adds.
+    pub admin_workers: u32,
+    /// How long the admin section times commands while their checks time
+    /// out.
+    pub admin_timeout_seconds: u32,
     /// The short smoke-test version.
     pub quick: bool,
     /// The `lb` binary the end-to-end parts run.
@@ -45,6 +53,9 @@ impl Plan {
                 scale_sizes: vec![1_000, 100_000],
                 control_trials: 1,
                 e2e_seconds: 1,
+                admin_calls: 30,
+                admin_workers: 50,
+                admin_timeout_seconds: 2,
                 quick,
                 lb,
             }
@@ -56,6 +67,9 @@ impl Plan {
                 scale_sizes: vec![1_000, 100_000, 1_000_000, 10_000_000],
                 control_trials: 5,
                 e2e_seconds: 5,
+                admin_calls: 200,
+                admin_workers: 1000,
+                admin_timeout_seconds: 10,
                 quick,
                 lb,
             }
@@ -75,6 +89,8 @@ pub struct Results {
     pub add_to_first_packet: samples::Samples,
     /// Worker death to removal (ms).
     pub death_to_removal: samples::Samples,
+    /// Admin command latency, idle and under controller load.
+    pub admin: admin::Latency,
     /// End to end, every mode under every load.
     pub e2e: Vec<e2e::Cell>,
 }
@@ -89,6 +105,8 @@ pub fn measure(plan: &Plan) -> anyhow::Result<Results> {
     let maglev = control::maglev_builds(plan);
     let add_to_first_packet = control::add_to_first_packet(plan, &plan.lb)?;
     let death_to_removal = control::death_to_removal(plan, &plan.lb)?;
+    eprintln!("bench: admin latency under load");
+    let admin = admin::run(plan)?;
     eprintln!("bench: end to end");
     let stats = e2e::BpfStats::enable()?;
     let e2e = e2e::run(plan)?;
@@ -99,6 +117,7 @@ pub fn measure(plan: &Plan) -> anyhow::Result<Results> {
         maglev,
         add_to_first_packet,
         death_to_removal,
+        admin,
         e2e,
     })
 }

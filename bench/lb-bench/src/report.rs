@@ -3,6 +3,7 @@
 use std::fmt::Write as _;
 
 use super::{
+    admin::{Latency, Phase, COMMANDS},
     e2e::{Cell, Load, Mode, LOADS, MODES},
     packet::Row as PacketRow,
     samples::Samples,
@@ -85,6 +86,7 @@ pub fn render(plan: &Plan, results: &Results) -> String {
     out += &per_packet(plan, &results.packet);
     out += &scale(plan, results);
     out += &control(results);
+    out += &admin(plan, &results.admin);
     out += &end_to_end(plan, &results.e2e);
     out
 }
@@ -333,6 +335,103 @@ fn targets(results: &Results) -> String {
         "| `lb backend add` → first forwarded packet < 50 ms | {ms:.1} ms | {} |",
         verdict(ms < 50.0)
     );
+    let worst = admin_ratios(&results.admin)
+        .into_iter()
+        .map(|(_, ratio)| ratio)
+        .fold(f64::NAN, f64::max);
+    let _ = writeln!(
+        out,
+        "| admin p99 under load ≤ {ADMIN_GOAL} × idle p99 (worst phase and command) | {worst:.2} | {} |",
+        verdict(worst <= ADMIN_GOAL)
+    );
+    out
+}
+
+/// The goal of issue 14: admin p99 under load within 3 × the idle p99.
+const ADMIN_GOAL: f64 = 3.0;
+
+fn thousands(n: u32) -> String {
+    match n {
+        1000.. => format!("{},{:03}", n / 1000, n % 1000),
+        _ => n.to_string(),
+    }
+}
+
+fn phase_label(plan: &Plan, phase: Phase) -> String {
+    let workers = thousands(plan.admin_workers);
+    match phase {
+        Phase::Idle => "idle".into(),
+        Phase::Adding => format!("adding {workers} unresolvable workers"),
+        Phase::TimingOut => format!("{workers} checks timing out"),
+    }
+}
+
+/// p99 of each row over the idle p99 of the same command.
+fn admin_ratios(admin: &Latency) -> Vec<(&super::admin::Row, f64)> {
+    let idle = |command: &str| {
+        admin
+            .rows
+            .iter()
+            .find(|r| r.phase == Phase::Idle && r.command == command)
+            .map_or(f64::NAN, |r| r.ms.percentile(99.0))
+    };
+    admin
+        .rows
+        .iter()
+        .map(|r| (r, r.ms.percentile(99.0) / idle(r.command)))
+        .collect()
+}
+
+fn counted(counts: &std::collections::BTreeMap<String, usize>) -> String {
+    counts
+        .iter()
+        .map(|(what, n)| format!("{n} `{what}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn admin(plan: &Plan, admin: &Latency) -> String {
+    let mut out = format!(
+        "\n## Admin latency under load\n\n\
+         On the rig, lb with one TCP VIP ([2001:db8::100]:80, checks tcp, 1s interval, 500ms \
+         timeout) and one real worker. Each figure is one whole CLI run ({}), timed as an \
+         operator waits for it: process start, the admin socket round trip, output. The commands \
+         alternate. Idle: {} calls each. Adding: a thread runs `lb backend add` for {} workers \
+         that no host has (2001:db8::1:1 on, on the balancer's /64, so the kernel tries \
+         neighbour discovery for each), one after another, while the commands are timed until \
+         the adds finish; each add took {:.0} ms at the median, {:.0} ms at p99. \
+         Timing out: the next {} s, with every one of those workers checked \
+         each second. At the end their last checks said: {}; their states: {}. \
+         `lb backend list` prints every worker, 1 in the idle phase and up to {} later, so part \
+         of its ratio is output size. The goal: p99 within {ADMIN_GOAL} × the idle p99.\n\n\
+         | phase | command | p50 ms | p99 ms | calls | p99 / idle p99 | ≤ {ADMIN_GOAL} × |\n\
+         |---|---|---|---|---|---|---|\n",
+        COMMANDS.map(|(name, _)| name).join(", "),
+        plan.admin_calls,
+        thousands(plan.admin_workers),
+        admin.adds.median(),
+        admin.adds.percentile(99.0),
+        plan.admin_timeout_seconds,
+        counted(&admin.checks),
+        counted(&admin.states),
+        thousands(plan.admin_workers + 1),
+    );
+    for (row, ratio) in admin_ratios(admin) {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {:.1} | {:.1} | {} | {ratio:.2} | {} |",
+            phase_label(plan, row.phase),
+            row.command,
+            row.ms.percentile(50.0),
+            row.ms.percentile(99.0),
+            row.ms.len(),
+            if row.phase == Phase::Idle {
+                "–"
+            } else {
+                verdict(ratio <= ADMIN_GOAL)
+            }
+        );
+    }
     out
 }
 

@@ -1,4 +1,4 @@
-//! Figures of repeated measurements: median, min, max.
+//! Figures of repeated measurements: median, min, max, percentiles.
 
 /// Measurements of one quantity, in one unit.
 #[derive(Clone, Debug, Default)]
@@ -45,6 +45,17 @@ impl Samples {
         }
     }
 
+    /// The nearest-rank `q`-th percentile (`q` in 0 to 100): the smallest
+    /// value that at least `q`% of the measurements do not exceed.
+    pub fn percentile(&self, q: f64) -> f64 {
+        let values = self.sorted();
+        let rank = (q / 100.0 * values.len() as f64).ceil() as usize;
+        values
+            .get(rank.clamp(1, values.len().max(1)) - 1)
+            .copied()
+            .unwrap_or(f64::NAN)
+    }
+
     /// The smallest.
     pub fn min(&self) -> f64 {
         self.sorted().first().copied().unwrap_or(f64::NAN)
@@ -73,5 +84,15 @@ mod tests {
         let even: Samples = [4.0, 1.0, 3.0, 2.0].into_iter().collect();
         assert_eq!(even.median(), 2.5);
         assert!(Samples::default().median().is_nan());
+    }
+
+    #[test]
+    fn nearest_rank_percentiles() {
+        let hundred: Samples = (1..=100).rev().map(f64::from).collect();
+        assert_eq!(hundred.percentile(50.0), 50.0);
+        assert_eq!(hundred.percentile(99.0), 99.0);
+        let thirty: Samples = (1..=30).map(f64::from).collect();
+        assert_eq!(thirty.percentile(99.0), 30.0);
+        assert!(Samples::default().percentile(99.0).is_nan());
     }
 }
