@@ -25,6 +25,8 @@ pub const IPPROTO_ICMPV6: u8 = 58;
 const IPV4_MIN_HLEN: usize = 20;
 const IPV6_HLEN: usize = 40;
 const TCP_MIN_HLEN: usize = 20;
+/// ICMP and ICMPv6 headers: type, code, checksum and four more bytes.
+const ICMP_HLEN: usize = 8;
 /// Fragment offset bits of the IPv4 flags/offset field.
 const IPV4_OFFSET_MASK: u16 = 0x1fff;
 
@@ -348,9 +350,23 @@ fn parse_l4<F: Frame + ?Sized>(frame: &F, mut packet: IpPacket, end: usize) -> P
             packet.sport = u16::from_ne_bytes(udp.sport);
             packet.dport = u16::from_ne_bytes(udp.dport);
         }
+        // lb answers echoes and forwards errors: their 8-byte header must
+        // lie within the IP packet, not in the frame's padding.
+        IPPROTO_ICMP | IPPROTO_ICMPV6 if is_icmp(&packet) && l4 + ICMP_HLEN > end => {
+            return Parsed::Malformed;
+        }
         _ => {}
     }
     Parsed::Ip(packet)
+}
+
+/// Whether the packet's transport is ICMP of its IP version.
+#[inline(always)]
+fn is_icmp(packet: &IpPacket) -> bool {
+    match packet.version {
+        IpVersion::V4 => packet.proto == IPPROTO_ICMP,
+        IpVersion::V6 => packet.proto == IPPROTO_ICMPV6,
+    }
 }
 
 #[inline(always)]

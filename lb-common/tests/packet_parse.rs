@@ -1,7 +1,9 @@
 //! Host tests of the header parser the XDP program runs.
 
 use lb_common::counters::GlobalCounters;
-use lb_common::packet::{parse, IpVersion, Parsed, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP};
+use lb_common::packet::{
+    parse, IpVersion, Parsed, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP,
+};
 
 const MACS: [u8; 12] = [2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2];
 
@@ -174,12 +176,12 @@ fn each_frame_counts_in_exactly_one_class() {
         ether(0x0806, &[0; 28]),
         ipv4(IPPROTO_TCP, 0, &[], &tcp(1, 2, 0x02)),
         ipv4(IPPROTO_UDP, 0, &[], &udp(1, 2)),
-        ipv4(IPPROTO_ICMP, 0, &[], &[8, 0, 0, 0]),
+        ipv4(IPPROTO_ICMP, 0, &[], &[8, 0, 0, 0, 0, 1, 0, 1]),
         ipv4(IPPROTO_TCP, 100, &[], &[0; 8]),
         ipv4(47, 0, &[], &[0; 8]),
         ipv6(IPPROTO_TCP, &tcp(1, 2, 0x02)),
         ipv6(IPPROTO_UDP, &udp(1, 2)),
-        ipv6(58, &[135, 0, 0, 0]),
+        ipv6(58, &[135, 0, 0, 0, 0, 0, 0, 0]),
         ipv6(47, &[0; 8]),
         ipv4(IPPROTO_TCP, 0, &[], &[0; 4]),
     ];
@@ -320,6 +322,26 @@ fn ipv4_total_length_shorter_than_the_headers_is_malformed() {
 }
 
 #[test]
+fn the_icmp_header_must_lie_within_the_ip_packet() {
+    // An echo request: type 8, code 0, checksum, id and sequence.
+    let echo = [8u8, 0, 0, 0, 0, 1, 0, 1];
+    let frame = ipv4(IPPROTO_ICMP, 0, &[], &echo);
+    assert!(matches!(parse(&frame[..]), Parsed::Ip(_)));
+    // Only the IP header counted: the echo sits in what would be padding.
+    assert_eq!(
+        parse(&with_ip_len(frame.clone(), 20)[..]),
+        Parsed::Malformed
+    );
+    assert_eq!(parse(&with_ip_len(frame, 27)[..]), Parsed::Malformed);
+    let frame = ipv6(IPPROTO_ICMPV6, &[128, 0, 0, 0, 0, 1, 0, 1]);
+    assert!(matches!(parse(&frame[..]), Parsed::Ip(_)));
+    assert_eq!(parse(&with_ip_len(frame, 4)[..]), Parsed::Malformed);
+    // Protocol 58 means nothing under IPv4: no ICMP header is asked for.
+    let frame = with_ip_len(ipv4(IPPROTO_ICMPV6, 0, &[], &[0; 8]), 20);
+    assert!(matches!(parse(&frame[..]), Parsed::Ip(_)));
+}
+
+#[test]
 fn tcp_options_must_end_within_the_ip_packet() {
     // Data offset 6: four option bytes, present in the frame but beyond
     // the total length.
@@ -347,7 +369,7 @@ fn ipv6_payload_length_beyond_the_frame_is_malformed() {
     for frame in [
         ipv6(IPPROTO_TCP, &tcp(1, 2, 0x02)),
         ipv6(IPPROTO_UDP, &udp(1, 2)),
-        ipv6(58, &[135, 0, 0, 0]),
+        ipv6(58, &[135, 0, 0, 0, 0, 0, 0, 0]),
         ipv6(44, &later),
     ] {
         let len = (frame.len() - 54) as u16;
@@ -387,7 +409,7 @@ fn padded_frames_parse_like_unpadded_ones() {
     let frames = [
         ipv4(IPPROTO_TCP, 0, &[], &tcp(40000, 80, 0x02)),
         ipv4(IPPROTO_UDP, 0, &[1, 1, 1, 0], &udp(5353, 53)),
-        ipv4(IPPROTO_ICMP, 0, &[], &[8, 0, 0, 0]),
+        ipv4(IPPROTO_ICMP, 0, &[], &[8, 0, 0, 0, 0, 1, 0, 1]),
         ipv4(IPPROTO_TCP, 185, &[], &[0xaa; 8]),
         ipv6(IPPROTO_TCP, &tcp(40000, 80, 0x02)),
         ipv6(IPPROTO_UDP, &udp(1234, 53)),
