@@ -8,10 +8,14 @@ pub const FAMILY_V4: u8 = 4;
 /// `family` of IPv6 keys and workers.
 pub const FAMILY_V6: u8 = 6;
 
-/// How many VIPs one instance can hold (size of the per-VIP maps).
-pub const MAX_VIPS: u32 = 1024;
-/// How many workers one instance can hold across all VIPs.
-pub const MAX_BACKENDS: u32 = 4096;
+/// How many VIPs an instance holds unless `lb run --max-vips` says
+/// otherwise: the per-VIP maps' size in the object, which the loader
+/// changes.
+pub const DEFAULT_MAX_VIPS: u32 = 1024;
+/// How many workers (across all VIPs) an instance holds unless
+/// `lb run --max-workers` says otherwise: the per-worker maps' size in the
+/// object, which the loader changes.
+pub const DEFAULT_MAX_WORKERS: u32 = 4096;
 /// Largest Maglev table a VIP may have.
 pub const MAX_TABLE_SIZE: u32 = 1_048_573;
 /// Maglev slot value meaning "no worker".

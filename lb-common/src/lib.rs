@@ -18,7 +18,7 @@ pub mod packet;
 
 /// Version of every layout in this crate. A binary refuses to reuse maps
 /// pinned by a binary with another version.
-pub const LAYOUT_VERSION: u32 = 5;
+pub const LAYOUT_VERSION: u32 = 6;
 
 /// Names of the maps in the XDP object, which are also their pin names.
 pub mod map_names {
@@ -72,6 +72,13 @@ pub mod map_names {
         VIP_TAGS,
         VIP_ADDRS,
     ];
+
+    /// The maps with an entry per VIP id (or VIP address), sized by
+    /// `lb run --max-vips`.
+    pub const PER_VIP: &[&str] = &[VIPS, MAGLEV, VIP_STATS, VIP_TAGS, VIP_ADDRS];
+
+    /// The maps with an entry per worker id, sized by `lb run --max-workers`.
+    pub const PER_WORKER: &[&str] = &[BACKENDS, BACKEND_STATS, LOAD];
 }
 
 /// Names of the programs in the XDP objects.

@@ -2,26 +2,31 @@
 //! `map_names`; sizes marked "set by the controller" are overridden at load.
 
 use aya_ebpf::{
-    bindings::BPF_F_INNER_MAP,
+    bindings::{BPF_F_INNER_MAP, BPF_F_MMAPABLE},
     btf_maps::{Array, ArrayOfMaps, HashMap, LruHashMap, PerCpuArray},
     macros::btf_map,
 };
 use lb_common::{
     balancer::{
         Backend, Config, FlowKey, FlowValue, StickyKey, StickyValue, TrafficCounters, VipAddrKey,
-        VipInfo, VipKey, VipTag, MAX_BACKENDS, MAX_PINS, MAX_STICKY, MAX_VIPS, VIP_FILTER_WORDS,
+        VipInfo, VipKey, VipTag, DEFAULT_MAX_VIPS, DEFAULT_MAX_WORKERS, MAX_PINS, MAX_STICKY,
+        VIP_FILTER_WORDS,
     },
     counters::GlobalCounters,
 };
 
-const VIPS: usize = MAX_VIPS as usize;
-const BACKENDS: usize = MAX_BACKENDS as usize;
+// The per-VIP and per-worker maps' sizes are set by the controller
+// (`--max-vips`, `--max-workers`); these are the defaults.
+const VIPS: usize = DEFAULT_MAX_VIPS as usize;
+const BACKENDS: usize = DEFAULT_MAX_WORKERS as usize;
 const STICKY: usize = MAX_STICKY as usize;
 const PINS: usize = MAX_PINS as usize;
 
 /// A VIP's Maglev table: slot → worker id. Inner maps of different sizes
-/// need BPF_F_INNER_MAP; the controller creates them with the same flag.
-pub type MaglevTable = Array<u32, 1, { BPF_F_INNER_MAP as usize }>;
+/// need BPF_F_INNER_MAP; BPF_F_MMAPABLE lets the controller write a whole
+/// table with one copy. It creates them with the same flags, as the kernel
+/// requires of every inner map.
+pub type MaglevTable = Array<u32, 1, { (BPF_F_INNER_MAP | BPF_F_MMAPABLE) as usize }>;
 
 #[btf_map]
 pub static LB_COUNTERS: PerCpuArray<GlobalCounters, 1> = PerCpuArray::new();

@@ -285,6 +285,10 @@ pub struct Status {
     pub pin_dir: String,
     /// Capacity of the flow table.
     pub max_flows: u32,
+    /// How many VIPs the instance can hold.
+    pub max_vips: u32,
+    /// How many workers it can hold across its VIPs.
+    pub max_workers: u32,
     /// Seed of the flow hash.
     pub hash_seed: u32,
     /// Number of VIPs.

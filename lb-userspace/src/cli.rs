@@ -3,10 +3,11 @@
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Parser, Subcommand, ValueEnum};
+use lb_common::balancer::{DEFAULT_MAX_VIPS, DEFAULT_MAX_WORKERS};
 
 use crate::{
     datagram::Datagram,
-    dataplane::{AttachMode, DEFAULT_MAX_FLOWS},
+    dataplane::{AttachMode, DEFAULT_MAX_FLOWS, LIMIT_VIPS, LIMIT_WORKERS},
     dns::{DnsName, DnsRcode, DnsType},
     duration::parse_clap as duration,
     instance::{Name, Paths, DEFAULT_NAME},
@@ -122,6 +123,13 @@ pub struct RunArgs {
     /// Capacity of the flow table (connections tracked at once).
     #[arg(long, default_value_t = DEFAULT_MAX_FLOWS, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_flows: u32,
+    /// How many VIPs the instance can hold (size of the per-VIP maps).
+    #[arg(long, default_value_t = DEFAULT_MAX_VIPS, value_parser = clap::value_parser!(u32).range(1..=i64::from(LIMIT_VIPS)))]
+    pub max_vips: u32,
+    /// How many workers the instance can hold across all its VIPs (size of
+    /// the per-worker maps; a worker on two VIPs counts twice).
+    #[arg(long, default_value_t = DEFAULT_MAX_WORKERS, value_parser = clap::value_parser!(u32).range(1..=i64::from(LIMIT_WORKERS)))]
+    pub max_workers: u32,
     /// Accept worker load reports (`POST /load`) on this address, e.g.
     /// 192.0.2.2:9470. Off unless given; needs --load-token-file.
     #[arg(long)]

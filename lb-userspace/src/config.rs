@@ -28,7 +28,7 @@ use serde::Deserialize;
 use crate::{
     options::{HealthOptions, LoadOptions, Scheduler, VipOptions},
     service::Vip,
-    state::{Desired, DEFAULT_WEIGHT},
+    state::{Desired, Limits, DEFAULT_WEIGHT},
 };
 
 /// The file as written.
@@ -139,9 +139,10 @@ impl FileConfig {
         })
     }
 
-    /// The desired state this configuration describes, validated whole.
+    /// The desired state this configuration describes, validated whole;
+    /// it has no limits until [`Desired::within`] gives it some.
     pub fn desired(&self) -> anyhow::Result<Desired> {
-        let mut desired = Desired::new(self.hash_seed);
+        let mut desired = Desired::limited(self.hash_seed, Limits::NONE);
         for vip in &self.vip {
             let options = vip.options();
             let prefix = options.prefix_for(&vip.address);

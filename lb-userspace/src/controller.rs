@@ -58,6 +58,8 @@ pub struct Instance {
     pub pin_dir: PathBuf,
     /// Flow table capacity.
     pub max_flows: u32,
+    /// VIPs and workers the maps hold.
+    pub limits: crate::state::Limits,
     /// Load report endpoint, if enabled.
     pub load_listen: Option<String>,
 }
@@ -169,8 +171,8 @@ pub struct Controller {
     touched: BTreeSet<Vip>,
     /// The desired state changed since the state file was written.
     unsaved: bool,
-    /// Workers added since the last look whose MAC is not known yet: the
-    /// neighbour table is worth reading again soon.
+    /// Workers the admin request being handled added whose MAC is not
+    /// known yet.
     unresolved_added: Vec<u32>,
 }
 
@@ -282,8 +284,9 @@ impl Controller {
         controller.remove_stale()?;
         controller
             .maps
-            .refresh_filter()
-            .context("writing the VIP filter")?;
+            .commit()
+            .map_err(|(_, error)| error)
+            .context("installing the VIPs' Maglev tables")?;
         controller.save()?;
         Ok(controller)
     }
@@ -349,7 +352,7 @@ impl Controller {
     pub fn handle(&mut self, request: Request) -> Pending {
         let changes = request.changes_state();
         self.touched.clear();
-        let before = self.unresolved_added.len();
+        self.unresolved_added.clear();
         let result = self.apply(request);
         // Saved even when applying failed half way (a table the kernel
         // could not create is retried): the file always says what the
@@ -359,7 +362,7 @@ impl Controller {
             result,
             touched: std::mem::take(&mut self.touched),
             changes,
-            unresolved: self.unresolved_added[before..].to_vec(),
+            unresolved: std::mem::take(&mut self.unresolved_added),
         }
     }
 
@@ -381,6 +384,16 @@ impl Controller {
                 flushed.failed.insert(vip, format!("{error:#}"));
             }
         }
+        if let Err((vips, error)) = self.maps.commit() {
+            tracing::error!("installing the tables of new VIPs: {error}");
+            for vip in vips {
+                self.uninstalled.insert(vip);
+                flushed.failed.insert(
+                    vip,
+                    format!("installing its Maglev table failed ({error}); the change is saved and lb retries every second"),
+                );
+            }
+        }
         if std::mem::take(&mut self.unsaved) {
             if let Err(error) = self.save() {
                 tracing::error!("saving the state: {error:#}");
@@ -390,10 +403,9 @@ impl Controller {
         flushed
     }
 
-    /// Whether a worker was added since the last call whose MAC was not
-    /// known yet.
-    pub fn take_unresolved_added(&mut self) -> bool {
-        !std::mem::take(&mut self.unresolved_added).is_empty()
+    /// The interface whose neighbours the controller follows.
+    pub fn ifindex(&self) -> u32 {
+        self.ifindex
     }
 
     /// Whether worker `id` is past resolving: its MAC is known, or it is
@@ -810,7 +822,8 @@ pub fn check_not_own(
 
 /// The worker's MAC: the neighbour table's; else `known` (what an adopted
 /// data plane had); else `None` after asking the kernel to resolve it (the
-/// controller reads the table again shortly, rather than wait here).
+/// kernel's notice of the answer makes the controller read the table
+/// again, rather than wait here).
 fn resolve(
     netlink: &mut Netlink,
     ifindex: u32,

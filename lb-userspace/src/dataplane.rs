@@ -23,6 +23,7 @@ use crate::{
     object,
     private::{self, Exposure},
     privileges,
+    state::Limits,
 };
 
 /// Magic number of a BPF filesystem in `statfs`.
@@ -43,6 +44,11 @@ pub const DEFAULT_MAX_FLOWS: u32 = 1_000_000;
 /// Largest flow table the kernel accepts: its hash tables round the
 /// bucket count up to a power of two and refuse more than 2^31.
 pub const MAX_FLOWS: u32 = 1 << 31;
+/// Most VIPs `--max-vips` allows.
+pub const LIMIT_VIPS: u32 = 65_536;
+/// Most workers `--max-workers` allows: their per-CPU counters take 24
+/// bytes per CPU each, 400 MB at this many on 64 CPUs.
+pub const LIMIT_WORKERS: u32 = 262_144;
 /// Where controllers keep the lock files of the pin directories they
 /// manage (bpffs holds no plain files, and a lock on the directory itself
 /// could be taken by anyone who may open it).
@@ -220,6 +226,8 @@ pub struct AttachOptions {
     pub pin_dir: PathBuf,
     /// Capacity of the flow table (when it is created).
     pub max_flows: u32,
+    /// Size of the per-VIP and per-worker maps (when they are created).
+    pub limits: Limits,
     /// Replace pinned maps of another layout (losing the flow table).
     pub force: bool,
 }
@@ -425,14 +433,22 @@ fn plan(dir: &Path, options: &AttachOptions, if_index: u32) -> Result<Plan, Data
             "forwarding pauses while the program is attached again; flows are kept",
         );
     }
-    let capacity = pinned_flow_capacity(dir);
-    if !replace_maps && capacity.is_some_and(|c| c != options.max_flows) {
+    let sizes = [
+        ("--max-flows", map_names::FLOWS, options.max_flows),
+        ("--max-vips", map_names::VIPS, options.limits.vips),
+        ("--max-workers", map_names::BACKENDS, options.limits.workers),
+    ];
+    for (what, map, asked) in sizes {
+        let pinned = pinned_capacity(dir, map);
+        if replace_maps || pinned.is_none_or(|c| c == asked) {
+            continue;
+        }
         if !options.force {
             return mismatch(
-                "--max-flows",
-                capacity.unwrap_or_default().to_string(),
-                options.max_flows.to_string(),
-                "a new flow table: established connections are scheduled afresh",
+                what,
+                pinned.unwrap_or_default().to_string(),
+                asked.to_string(),
+                "new maps: established connections are scheduled afresh",
             );
         }
         replace_maps = true;
@@ -459,9 +475,9 @@ fn pinned_program(path: &Path) -> Result<u32, DataplaneError> {
         .program_id())
 }
 
-/// The capacity of the flow table pinned under `dir`, if there is one.
-fn pinned_flow_capacity(dir: &Path) -> Option<u32> {
-    let map = MapData::from_pin(dir.join(map_names::FLOWS)).ok()?;
+/// The capacity of map `name` pinned under `dir`, if there is one.
+fn pinned_capacity(dir: &Path, name: &str) -> Option<u32> {
+    let map = MapData::from_pin(dir.join(name)).ok()?;
     Some(map.info().ok()?.max_entries())
 }
 
@@ -573,6 +589,12 @@ fn verify_error(error: ProgramError) -> DataplaneError {
 fn load(options: &AttachOptions) -> Result<Ebpf, DataplaneError> {
     let mut loader = EbpfLoader::new();
     loader.map_max_entries(map_names::FLOWS, options.max_flows);
+    for &name in map_names::PER_VIP {
+        loader.map_max_entries(name, options.limits.vips);
+    }
+    for &name in map_names::PER_WORKER {
+        loader.map_max_entries(name, options.limits.workers);
+    }
     for &name in map_names::ALL {
         loader.map_pin_path(name, options.pin_dir.join(name));
     }

@@ -1,7 +1,12 @@
 //! Typed handles on the data plane's maps, for the controller (which owns
 //! the writable ones) and for readers of the pinned maps.
 
-use std::{net::IpAddr, path::Path, time::Duration, time::Instant};
+use std::{
+    net::IpAddr,
+    os::fd::{AsFd as _, AsRawFd as _, BorrowedFd, OwnedFd},
+    path::Path,
+    time::{Duration, Instant},
+};
 
 use aya::maps::{Array, ArrayOfMaps, HashMap, Map, MapData, MapError, PerCpuArray};
 use lb_common::{
@@ -30,16 +35,17 @@ pub struct WorkerEntry {
     pub generation: u32,
 }
 
-/// Flag inner maps need so that VIPs can have tables of different sizes.
-const BPF_F_INNER_MAP: u32 = 1 << 12;
-
-type MaglevTable = Array<MapData, u32>;
+/// Flags of every Maglev table, as the data plane's template has them:
+/// BPF_F_INNER_MAP so that VIPs can have tables of different sizes, and
+/// BPF_F_MMAPABLE so that a table is written with one copy rather than a
+/// system call per slot (500 VIPs × 16,381 slots is 8 million calls).
+const MAGLEV_FLAGS: u32 = (1 << 12) | (1 << 10);
 
 /// The maps the controller writes.
 pub struct ControlMaps {
     vips: HashMap<MapData, VipKey, VipInfo>,
     backends: Array<MapData, Backend>,
-    maglev: ArrayOfMaps<MapData, MaglevTable>,
+    maglev: ArrayOfMaps<MapData, MapData>,
     config: Array<MapData, Config>,
     load: Array<MapData, u32>,
     pins: HashMap<MapData, StickyKey, u32>,
@@ -48,6 +54,10 @@ pub struct ControlMaps {
     vip_addrs: HashMap<MapData, VipAddrKey, u8>,
     /// What `vip_filter` holds, to write only the words that change.
     filter_words: Vec<u64>,
+    /// The Maglev map's own descriptor, for swapping tables in batches.
+    maglev_fd: OwnedFd,
+    /// First tables of VIPs, waiting for [`ControlMaps::commit`].
+    new_tables: Vec<(Vip, VipInfo, MapData)>,
 }
 
 fn take(ebpf: &mut aya::Ebpf, name: &str) -> Map {
@@ -58,10 +68,27 @@ fn take(ebpf: &mut aya::Ebpf, name: &str) -> Map {
 impl ControlMaps {
     /// Takes the writable maps out of a loaded object.
     pub fn take(ebpf: &mut aya::Ebpf) -> Result<Self, MapError> {
+        let maglev = take(ebpf, map_names::MAGLEV);
+        let Map::ArrayOfMaps(outer) = &maglev else {
+            panic!(
+                "the embedded object's {} is an array of maps",
+                map_names::MAGLEV
+            );
+        };
+        let maglev_fd = outer
+            .fd()
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|io_error| {
+                MapError::SyscallError(aya::sys::SyscallError {
+                    call: "dup",
+                    io_error,
+                })
+            })?;
         Ok(Self {
             vips: take(ebpf, map_names::VIPS).try_into()?,
             backends: take(ebpf, map_names::BACKENDS).try_into()?,
-            maglev: take(ebpf, map_names::MAGLEV).try_into()?,
+            maglev: maglev.try_into()?,
             config: take(ebpf, map_names::CONFIG).try_into()?,
             load: take(ebpf, map_names::LOAD).try_into()?,
             pins: take(ebpf, map_names::PINS).try_into()?,
@@ -71,14 +98,16 @@ impl ControlMaps {
             // Unknown (an adopted map may hold anything): the first
             // refresh writes every word.
             filter_words: vec![u64::MAX; VIP_FILTER_WORDS as usize],
+            maglev_fd,
+            new_tables: Vec::new(),
         })
     }
 
     /// Rewrites the VIP filter words that differ from what the VIP map
-    /// holds now. A bit is set before its VIP's entry is reachable and
+    /// holds now. A bit is set just after its VIP's entry is written and
     /// cleared after it is gone: a missing bit only ever sends a packet to
     /// the kernel, never misforwards it.
-    pub fn refresh_filter(&mut self) -> Result<(), MapError> {
+    fn refresh_filter(&mut self) -> Result<(), MapError> {
         let keys = self.vip_keys();
         self.refresh_addresses(&keys)?;
         let mut words = vec![0u64; VIP_FILTER_WORDS as usize];
@@ -191,9 +220,12 @@ impl ControlMaps {
         }
     }
 
-    /// Builds the VIP's Maglev table into a fresh inner map and swaps it in,
-    /// then (re)writes the VIP entry. Returns the table size and how long
-    /// the build took.
+    /// Builds the VIP's Maglev table and writes it over the one installed
+    /// if that has the same size, else into a fresh inner map swapped in;
+    /// then (re)writes the VIP entry. A new VIP's table and entry wait for
+    /// [`Self::commit`]. Returns the table size and how long
+    /// the build took. The VIP filter is left to [`Self::commit`], once for
+    /// every VIP a round installs.
     pub fn install_vip(
         &mut self,
         vip: &Vip,
@@ -205,10 +237,7 @@ impl ControlMaps {
         let started = Instant::now();
         let table = maglev::build(members, size, seed);
         let built = started.elapsed();
-        let mut inner = MaglevTable::create(size, BPF_F_INNER_MAP)?;
-        for (slot, backend) in table.iter().enumerate() {
-            inner.set(slot as u32, backend.unwrap_or(NO_BACKEND), 0)?;
-        }
+        let slots: Vec<u32> = table.iter().map(|b| b.unwrap_or(NO_BACKEND)).collect();
         let options = &state.options;
         let mut flags = 0;
         if options.sticky.is_some() {
@@ -233,20 +262,72 @@ impl ControlMaps {
             idle_timeout_s: options.idle_timeout_for(vip).as_secs() as u32,
         };
         self.vip_tags.set(state.id, tag, 0)?;
-        let previous = self.vips.get(&vip.key(), 0).ok();
+        // Replacing an inner map makes the kernel wait for an RCU grace
+        // period (milliseconds: seconds for hundreds of VIPs); rewriting
+        // one of the same size does not.
+        let current = self.maglev.get(&state.id, 0).ok();
+        if let Some(table) = current.filter(|t| table_fits(t, size)) {
+            write_slots(&table, &slots)?;
+            self.vips.insert(vip.key(), info, 0)?;
+            return Ok((size, built));
+        }
+        let inner = maglev_table(&slots)?;
+        let Ok(previous) = self.vips.get(&vip.key(), 0) else {
+            self.new_tables.push((*vip, info, inner));
+            return Ok((size, built));
+        };
         // A packet indexes with the size it read from the VIP entry: grow
         // the table before the entry, shrink it after, so the index always
         // lies inside whichever table the packet finds.
-        let growing = previous.is_none_or(|p| p.table_size <= size);
-        if growing {
+        if previous.table_size <= size {
             self.maglev.set(state.id, &inner, 0)?;
             self.vips.insert(vip.key(), info, 0)?;
         } else {
             self.vips.insert(vip.key(), info, 0)?;
             self.maglev.set(state.id, &inner, 0)?;
         }
-        self.refresh_filter()?;
         Ok((size, built))
+    }
+
+    /// Ends a round of [`Self::install_vip`]: swaps in the tables of new
+    /// VIPs with one system call and writes their entries (the kernel
+    /// waits out an RCU grace period once for the batch instead of once
+    /// per VIP: seconds at a start with hundreds), then refreshes the VIP
+    /// filter. On failure, the VIPs left uninstalled.
+    pub fn commit(&mut self) -> Result<(), (Vec<Vip>, MapError)> {
+        self.commit_new_tables()?;
+        self.refresh_filter().map_err(|error| (Vec::new(), error))
+    }
+
+    fn commit_new_tables(&mut self) -> Result<(), (Vec<Vip>, MapError)> {
+        let batch = std::mem::take(&mut self.new_tables);
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<u32> = batch.iter().map(|(_, info, _)| info.id).collect();
+        let fds: Vec<u32> = batch
+            .iter()
+            .map(|(_, _, table)| table.fd().as_fd().as_raw_fd() as u32)
+            .collect();
+        let all = |error| (batch.iter().map(|(vip, _, _)| *vip).collect(), error);
+        if let Err(io_error) = update_batch(self.maglev_fd.as_fd(), &ids, &fds) {
+            return Err(all(MapError::SyscallError(aya::sys::SyscallError {
+                call: "bpf_map_update_batch",
+                io_error,
+            })));
+        }
+        let mut failed = Vec::new();
+        let mut last = None;
+        for (vip, info, _) in &batch {
+            if let Err(error) = self.vips.insert(vip.key(), info, 0) {
+                failed.push(*vip);
+                last = Some(error);
+            }
+        }
+        match last {
+            None => Ok(()),
+            Some(error) => Err((failed, error)),
+        }
     }
 
     /// Stops balancing a VIP: its packets pass to the kernel again.
@@ -301,4 +382,107 @@ pub fn traffic(pin_dir: &Path, name: &str, index: u32) -> Result<TrafficCounters
         total.accumulate(copy);
     }
     Ok(total)
+}
+
+/// A new Maglev table holding `slots`.
+fn maglev_table(slots: &[u32]) -> Result<MapData, MapError> {
+    let obj = aya_obj::Map::new_from_params(
+        aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_ARRAY as u32,
+        size_of::<u32>() as u32,
+        size_of::<u32>() as u32,
+        slots.len() as u32,
+        MAGLEV_FLAGS,
+    );
+    let table = MapData::create(obj, "lb_maglev", None)?;
+    write_slots(&table, slots)?;
+    Ok(table)
+}
+
+/// Sets `keys[i]` to `values[i]` in the map `map` with one system call.
+fn update_batch(map: BorrowedFd<'_>, keys: &[u32], values: &[u32]) -> std::io::Result<()> {
+    use aya_obj::generated::{bpf_attr, bpf_cmd};
+    // SAFETY: bpf_attr is plain data, all zeroes is its empty value.
+    let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
+    // SAFETY: the batch member is the one BPF_MAP_UPDATE_BATCH reads.
+    let batch = unsafe { &mut attr.batch };
+    batch.keys = keys.as_ptr() as u64;
+    batch.values = values.as_ptr() as u64;
+    batch.count = keys.len().min(values.len()) as u32;
+    batch.map_fd = map.as_raw_fd() as u32;
+    // SAFETY: the attribute points at `keys` and `values`, which outlive
+    // the call; the kernel reads `count` of each.
+    let result = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            bpf_cmd::BPF_MAP_UPDATE_BATCH as libc::c_long,
+            &raw mut attr,
+            size_of::<bpf_attr>(),
+        )
+    };
+    if result < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Whether `table` is a Maglev table of `size` slots that can be written
+/// through a shared mapping.
+fn table_fits(table: &MapData, size: u32) -> bool {
+    table
+        .info()
+        .is_ok_and(|i| i.max_entries() == size && i.map_flags() == MAGLEV_FLAGS)
+}
+
+/// Writes `slots` over a Maglev table of as many slots through a shared
+/// mapping: one copy instead of a system call per slot. A packet reading
+/// the table meanwhile finds each slot old or new, a worker either way.
+fn write_slots(table: &MapData, slots: &[u32]) -> Result<(), MapError> {
+    // The kernel stores array values 8 bytes apart, whatever their size.
+    let padded: Vec<u32> = slots.iter().flat_map(|&slot| [slot, 0]).collect();
+    let bytes = std::mem::size_of_val(padded.as_slice());
+    let fd = table.fd().as_fd().as_raw_fd();
+    let failed = |call: &'static str| {
+        MapError::SyscallError(aya::sys::SyscallError {
+            call,
+            io_error: std::io::Error::last_os_error(),
+        })
+    };
+    // SAFETY: a fresh shared mapping of the map's own fd, no larger than
+    // its values (the caller checked the size); it is gone before return.
+    unsafe {
+        let at = libc::mmap(
+            std::ptr::null_mut(),
+            bytes,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            fd,
+            0,
+        );
+        if at == libc::MAP_FAILED {
+            return Err(failed("mmap"));
+        }
+        std::ptr::copy_nonoverlapping(padded.as_ptr(), at.cast::<u32>(), padded.len());
+        if libc::munmap(at, bytes) != 0 {
+            return Err(failed("munmap"));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_maglev_table_holds_its_slots() {
+        if !crate::privileges::can_manage_xdp() {
+            eprintln!("skipped: creating a BPF map needs root (CAP_BPF)");
+            return;
+        }
+        let slots = [5, 6, 7, 8, 9, 10, u32::MAX];
+        let array: aya::maps::Array<aya::maps::MapData, u32> =
+            aya::maps::Map::Array(super::maglev_table(&slots).unwrap())
+                .try_into()
+                .unwrap();
+        let read: Vec<u32> = (0..7).map(|i| array.get(&i, 0).unwrap()).collect();
+        assert_eq!(read, slots);
+    }
 }

@@ -1,7 +1,8 @@
-//! A route netlink socket (rtnetlink) in the controller's network
-//! namespace: neighbours (worker MACs and reachability) and links (what
-//! XDP program an interface runs). Blocking, one request at a time: the
-//! kernel answers at once, and callers run off the async runtime.
+//! Route netlink (rtnetlink) in the controller's network namespace:
+//! neighbours (worker MACs and reachability), links (what XDP program an
+//! interface runs) and addresses, and the kernel's notices of neighbour
+//! changes. Blocking, one request at a time: the kernel answers at once,
+//! and callers run off the async runtime.
 
 use std::{collections::HashMap, io, net::IpAddr};
 
@@ -21,6 +22,8 @@ use crate::neighbour::Entry;
 
 /// Cache ages come in clock ticks of USER_HZ, 100 on every Linux port.
 const USER_HZ: u32 = 100;
+/// The multicast group of neighbour changes (RTNLGRP_NEIGH).
+const GROUP_NEIGHBOURS: u32 = 3;
 
 /// The XDP program an interface runs, as the kernel reports it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -183,6 +186,60 @@ impl Netlink {
             }
         }
     }
+}
+
+/// A socket that hears of every change to the neighbour table.
+pub struct NeighbourEvents {
+    socket: Socket,
+}
+
+impl NeighbourEvents {
+    /// Subscribes to neighbour changes in the caller's network namespace.
+    pub fn open() -> io::Result<Self> {
+        let mut socket = Socket::new(NETLINK_ROUTE)?;
+        socket.bind_auto()?;
+        socket.add_membership(GROUP_NEIGHBOURS)?;
+        Ok(Self { socket })
+    }
+
+    /// Blocks until the kernel reports a change to a neighbour of
+    /// interface `ifindex`. Notices lost to a full receive buffer count
+    /// as a change, since any of them may have been one.
+    pub fn changed(&self, ifindex: u32) -> io::Result<()> {
+        loop {
+            let data = match self.socket.recv_from_full() {
+                Ok((data, _)) => data,
+                Err(error) if error.raw_os_error() == Some(libc::ENOBUFS) => return Ok(()),
+                Err(error) => return Err(error),
+            };
+            if touches(&data, ifindex) {
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// Whether a datagram of notices holds one about a neighbour of `ifindex`.
+fn touches(data: &[u8], ifindex: u32) -> bool {
+    let mut offset = 0;
+    while offset < data.len() {
+        let Ok(notice) = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&data[offset..]) else {
+            return true;
+        };
+        if notice.header.length == 0 {
+            break;
+        }
+        offset += notice.header.length as usize;
+        if let NetlinkPayload::InnerMessage(
+            RouteNetlinkMessage::NewNeighbour(message) | RouteNetlinkMessage::DelNeighbour(message),
+        ) = notice.payload
+        {
+            if message.header.ifindex == ifindex {
+                return true;
+            }
+        }
+    }
+    false
 }
 
 fn mode_name(attached: &XdpAttached) -> &'static str {

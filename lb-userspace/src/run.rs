@@ -31,7 +31,7 @@ use crate::{
     load,
     maps::ControlMaps,
     sessions,
-    state::Desired,
+    state::{Desired, Limits},
     state_file::StateFile,
 };
 
@@ -55,7 +55,13 @@ pub async fn run(args: RunArgs, paths: Paths) -> anyhow::Result<()> {
     preflight(&args.iface)?;
     claim_socket(&paths.socket)?;
     let (state_file, saved) = StateFile::open(&paths, &args.iface)?;
-    let desired = desired_state(saved, args.config.as_deref())?;
+    let limits = Limits {
+        vips: args.max_vips,
+        workers: args.max_workers,
+    };
+    let desired = desired_state(saved, args.config.as_deref())?
+        .within(limits)
+        .context("the saved state and --config don't fit the limits")?;
     let caps = Caps::for_this_process();
     let load_endpoint = load_endpoint(&args)?;
     let metrics_endpoint = match args.metrics {
@@ -70,6 +76,7 @@ pub async fn run(args: RunArgs, paths: Paths) -> anyhow::Result<()> {
         mode: args.xdp_mode.into(),
         pin_dir: paths.pin_dir.clone(),
         max_flows: args.max_flows,
+        limits,
         force: args.force,
     };
     let mut dataplane = Dataplane::attach(options)?;
@@ -82,6 +89,7 @@ pub async fn run(args: RunArgs, paths: Paths) -> anyhow::Result<()> {
         program_id: dataplane.program_id(),
         pin_dir: options.pin_dir.clone(),
         max_flows: options.max_flows,
+        limits,
         load_listen: args.load_listen.map(|a| a.to_string()),
     };
     let state_path = state_file.path().to_owned();

@@ -7,7 +7,7 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use lb_common::balancer::{MAX_BACKENDS, MAX_TABLE_SIZE, MAX_VIPS};
+use lb_common::balancer::{DEFAULT_MAX_VIPS, DEFAULT_MAX_WORKERS, MAX_TABLE_SIZE};
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -59,11 +59,11 @@ pub enum StateError {
     #[error("table size {0} must be a prime from 7 to {MAX_TABLE_SIZE} (e.g. 16381 or 65537)")]
     BadTableSize(u32),
     /// VIP limit reached.
-    #[error("lb holds at most {MAX_VIPS} VIPs")]
-    TooManyVips,
+    #[error("this instance holds at most {0} VIPs (`lb run --max-vips`)")]
+    TooManyVips(u32),
     /// Worker limit reached.
-    #[error("lb holds at most {MAX_BACKENDS} workers across all VIPs")]
-    TooManyBackends,
+    #[error("this instance holds at most {0} workers across all VIPs (`lb run --max-workers`)")]
+    TooManyBackends(u32),
     /// A VIP setting out of range.
     #[error(transparent)]
     Options(#[from] OptionsError),
@@ -91,8 +91,9 @@ pub enum StateError {
     /// Two VIPs or two workers share an id (a damaged state file).
     #[error("id {0} is used twice")]
     DuplicateId(u32),
-    /// An id beyond the maps' size (a damaged state file).
-    #[error("id {0} is out of range")]
+    /// An id beyond the maps' size (a damaged state file, or limits
+    /// lowered below the ids in use).
+    #[error("id {0} is beyond the limits this instance runs with (`lb run --max-vips`, `--max-workers`)")]
     IdOutOfRange(u32),
     /// No such pin.
     #[error(
@@ -247,6 +248,34 @@ impl Ids {
     }
 }
 
+/// How many VIPs and workers an instance holds: the size of its per-VIP
+/// and per-worker maps, so ids stay below them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// VIPs.
+    pub vips: u32,
+    /// Workers across all VIPs.
+    pub workers: u32,
+}
+
+impl Limits {
+    /// No limit but the ids' range: for a state read before the limits
+    /// it must fit are applied with [`Desired::within`].
+    pub const NONE: Self = Self {
+        vips: u32::MAX,
+        workers: u32::MAX,
+    };
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            vips: DEFAULT_MAX_VIPS,
+            workers: DEFAULT_MAX_WORKERS,
+        }
+    }
+}
+
 /// Everything the controller wants the data plane to do.
 #[derive(Clone, Debug)]
 pub struct Desired {
@@ -258,21 +287,47 @@ pub struct Desired {
 }
 
 impl Desired {
-    /// An empty state with the given seed.
+    /// An empty state with the given seed and the default limits.
     pub fn new(hash_seed: u32) -> Self {
+        Self::limited(hash_seed, Limits::default())
+    }
+
+    /// An empty state with the given seed and limits.
+    pub fn limited(hash_seed: u32, limits: Limits) -> Self {
         Self {
             hash_seed,
             vips: BTreeMap::new(),
-            vip_ids: Ids::new(MAX_VIPS),
-            backend_ids: Ids::new(MAX_BACKENDS),
+            vip_ids: Ids::new(limits.vips),
+            backend_ids: Ids::new(limits.workers),
         }
     }
 
     /// A saved state, checked whole: what `add_vip`, `add_worker` and
-    /// `pin` would have refused is refused, and ids must be unique.
+    /// `pin` would have refused is refused, and ids must be unique. It has
+    /// no limits until [`Self::within`] gives it some.
     pub fn restore(hash_seed: u32, vips: BTreeMap<Vip, VipState>) -> Result<Self, StateError> {
+        Self::restore_within(hash_seed, vips, Limits::NONE)
+    }
+
+    /// This state under `limits`, if it fits them.
+    pub fn within(self, limits: Limits) -> Result<Self, StateError> {
+        let workers: usize = self.vips.values().map(|v| v.workers.len()).sum();
+        if self.vips.len() > limits.vips as usize {
+            return Err(StateError::TooManyVips(limits.vips));
+        }
+        if workers > limits.workers as usize {
+            return Err(StateError::TooManyBackends(limits.workers));
+        }
+        Self::restore_within(self.hash_seed, self.vips, limits)
+    }
+
+    fn restore_within(
+        hash_seed: u32,
+        vips: BTreeMap<Vip, VipState>,
+        limits: Limits,
+    ) -> Result<Self, StateError> {
         for (vip, state) in &vips {
-            let mut check = Self::new(hash_seed);
+            let mut check = Self::limited(hash_seed, Limits::NONE);
             check.add_vip(*vip, state.options.clone())?;
             for (addr, worker) in &state.workers {
                 check.add_worker(vip, *addr, worker.weight)?;
@@ -288,8 +343,8 @@ impl Desired {
             .collect();
         Ok(Self {
             hash_seed,
-            vip_ids: Ids::with_used(MAX_VIPS, &vip_ids)?,
-            backend_ids: Ids::with_used(MAX_BACKENDS, &backend_ids)?,
+            vip_ids: Ids::with_used(limits.vips, &vip_ids)?,
+            backend_ids: Ids::with_used(limits.workers, &backend_ids)?,
             vips,
         })
     }
@@ -368,7 +423,10 @@ impl Desired {
             });
         }
         check_options(&vip, &options)?;
-        let id = self.vip_ids.take().ok_or(StateError::TooManyVips)?;
+        let id = self
+            .vip_ids
+            .take()
+            .ok_or(StateError::TooManyVips(self.vip_ids.limit))?;
         Ok(self.vips.entry(vip).or_insert(VipState {
             id,
             options,
@@ -425,7 +483,10 @@ impl Desired {
                 worker: addr,
             });
         }
-        let id = self.backend_ids.take().ok_or(StateError::TooManyBackends)?;
+        let id = self
+            .backend_ids
+            .take()
+            .ok_or(StateError::TooManyBackends(self.backend_ids.limit))?;
         state.workers.insert(
             addr,
             Worker {
@@ -745,6 +806,55 @@ mod tests {
         );
         state.set_drain(&v, w, false).unwrap();
         assert_eq!(state.worker(&v, w).unwrap().remove_by, None);
+    }
+
+    #[test]
+    fn limits_bound_what_a_state_holds_and_keep_its_ids() {
+        let mut state = Desired::limited(0, Limits::NONE);
+        for last in [100, 101, 102] {
+            let v = vip(&format!("192.0.2.{last}:80/tcp"));
+            state.add_vip(v, VipOptions::default()).unwrap();
+            state
+                .add_worker(&v, "192.0.2.11".parse().unwrap(), 1)
+                .unwrap();
+        }
+        let too_few_vips = Limits {
+            vips: 2,
+            workers: 8,
+        };
+        assert!(matches!(
+            state.clone().within(too_few_vips),
+            Err(StateError::TooManyVips(2))
+        ));
+        let too_few_workers = Limits {
+            vips: 8,
+            workers: 2,
+        };
+        assert!(matches!(
+            state.clone().within(too_few_workers),
+            Err(StateError::TooManyBackends(2))
+        ));
+        let exact = Limits {
+            vips: 3,
+            workers: 3,
+        };
+        let mut bounded = state.clone().within(exact).unwrap();
+        let v = vip("192.0.2.100:80/tcp");
+        assert_eq!(
+            bounded
+                .worker(&v, "192.0.2.11".parse().unwrap())
+                .unwrap()
+                .id,
+            state.worker(&v, "192.0.2.11".parse().unwrap()).unwrap().id
+        );
+        assert!(matches!(
+            bounded.add_worker(&v, "192.0.2.12".parse().unwrap(), 1),
+            Err(StateError::TooManyBackends(3))
+        ));
+        assert!(matches!(
+            bounded.add_vip(vip("192.0.2.103:80/tcp"), VipOptions::default()),
+            Err(StateError::TooManyVips(3))
+        ));
     }
 
     #[test]

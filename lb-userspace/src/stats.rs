@@ -6,9 +6,7 @@ use std::{net::IpAddr, path::Path};
 use anyhow::Context as _;
 use aya::maps::{Array, HashMap, MapData};
 use lb_common::{
-    balancer::{
-        Backend, FlowKey, FlowValue, TrafficCounters, VipInfo, VipKey, BACKEND_VALID, MAX_BACKENDS,
-    },
+    balancer::{Backend, FlowKey, FlowValue, TrafficCounters, VipInfo, VipKey, BACKEND_VALID},
     map_names,
 };
 use serde::Serialize;
@@ -163,7 +161,7 @@ pub fn backend_entries(pin_dir: &Path) -> anyhow::Result<Vec<(u32, Backend)>> {
     let array: Array<MapData, Backend> = maps::open_pinned(pin_dir, map_names::BACKENDS)
         .with_context(|| no_instance(pin_dir))?
         .try_into()?;
-    Ok((0..MAX_BACKENDS)
+    Ok((0..array.len())
         .filter_map(|id| {
             let backend = array.get(&id, 0).ok()?;
             (backend.flags & BACKEND_VALID != 0).then_some((id, backend))

@@ -91,6 +91,7 @@ impl Target {
         let empty: Vip = EMPTY_VIP.parse().expect("valid");
         desired.add_vip(empty, Default::default())?;
         maps.install_vip(&empty, desired.vip(&empty)?, &[], desired.hash_seed)?;
+        maps.commit().map_err(|(_, error)| error)?;
         let workers = (0..12).map(worker_mac).collect();
         let vips: HashSet<([u8; 16], u16, u8)> = vips
             .iter()

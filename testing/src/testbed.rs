@@ -381,6 +381,11 @@ impl LbProcess {
         })
     }
 
+    /// The process id of `lb run`.
+    pub fn pid(&self) -> u32 {
+        self.process.id()
+    }
+
     /// The `lb` binary it runs.
     pub fn exe(&self) -> &Path {
         &self.exe

@@ -173,5 +173,6 @@ pub fn configure(
         let state = desired.vip(vip)?;
         maps.install_vip(vip, state, &state.members(|_| true), desired.hash_seed)?;
     }
+    maps.commit().map_err(|(_, error)| error)?;
     Ok((desired, maps))
 }

@@ -179,6 +179,69 @@ fn adoption_refuses_another_mode_or_size_unless_forced() {
     assert_eq!(answers(&rig, 10), 10);
 }
 
+/// The error line of a CLI command expected to fail.
+fn refused_cli(lb: &LbProcess, args: &[&str]) -> String {
+    let output = lb.cli(args).unwrap();
+    assert!(!output.status.success(), "lb {args:?} was accepted");
+    String::from_utf8_lossy(&output.stderr).trim().to_owned()
+}
+
+#[test]
+fn limits_are_set_at_start_enforced_and_kept_on_adoption() {
+    lb_testing::needs_root!();
+    let limits = ["--max-vips", "2", "--max-workers", "3"];
+    let mut rig = Rig::new(Path::new(lb_exe()), 2, &limits).unwrap();
+    rig.add_vip_with_workers(VIP, &[]).unwrap();
+    let other = "192.0.2.101:80/tcp";
+    let worker = rig.addr_for(other, &rig.workers[0]);
+    rig.lb.cli_ok(&["vip", "add", other]).unwrap();
+    rig.lb.cli_ok(&["backend", "add", other, &worker]).unwrap();
+    let status_now = status(&rig.lb);
+    assert_eq!(
+        (
+            status_now["max_vips"].as_u64(),
+            status_now["max_workers"].as_u64()
+        ),
+        (Some(2), Some(3))
+    );
+    let second = rig.addr_for(other, &rig.workers[1]);
+    let error = refused_cli(&rig.lb, &["backend", "add", other, &second]);
+    assert!(error.contains("at most 3 workers"), "{error}");
+    let error = refused_cli(&rig.lb, &["vip", "add", "192.0.2.102:80/tcp"]);
+    assert!(error.contains("at most 2 VIPs"), "{error}");
+    assert_eq!(answers(&rig, 10), 10);
+    rig.lb.stop().unwrap();
+
+    let args = |extra: &[&str]| same_instance(&rig, extra);
+    let refuse = |extra: &[&str]| {
+        let args = args(extra);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        refused_run(&rig.balancer, &args)
+    };
+    let error = refuse(&["--max-vips", "1", "--max-workers", "3"]);
+    assert!(error.contains("at most 1 VIPs"), "{error}");
+    let error = refuse(&["--max-vips", "2", "--max-workers", "8"]);
+    assert!(error.contains("--max-workers 3, not 8"), "{error}");
+    assert_eq!(
+        answers(&rig, 10),
+        10,
+        "a refused start disturbed forwarding"
+    );
+
+    rig.start_lb(&["--max-vips", "4", "--max-workers", "8", "--force"])
+        .unwrap();
+    let status_now = status(&rig.lb);
+    assert_eq!(
+        (
+            status_now["max_vips"].as_u64(),
+            status_now["max_workers"].as_u64()
+        ),
+        (Some(4), Some(8))
+    );
+    rig.lb.cli_ok(&["backend", "add", other, &second]).unwrap();
+    assert_eq!(answers(&rig, 10), 10);
+}
+
 #[test]
 fn a_pin_directory_of_another_interface_a_busy_interface_and_a_huge_table_are_refused() {
     lb_testing::needs_root!();

@@ -57,6 +57,7 @@ impl Suite {
         let state = desired.vip(&empty).unwrap();
         maps.install_vip(&empty, state, &[], desired.hash_seed)
             .unwrap();
+        maps.commit().unwrap();
         Self {
             lb,
             desired,

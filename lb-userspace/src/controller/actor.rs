@@ -7,12 +7,18 @@
 //!
 //! The channel is std's rather than tokio's: sending never blocks (it is
 //! unbounded) so async code may send, and `recv_timeout` lets the thread
-//! keep its own short timer for reading the neighbour table again soon
-//! after a worker is added whose MAC is not known yet.
+//! release answers held for a new worker's MAC on time. A second thread
+//! listens for the kernel's notices of neighbour changes and tells the
+//! controller to read the table again, so a worker resolves, or its host
+//! fails, the moment the kernel knows.
 
 use std::{
     collections::HashMap,
-    sync::mpsc::{self, Receiver, RecvTimeoutError, Sender},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        mpsc::{self, Receiver, RecvTimeoutError, Sender},
+        Arc,
+    },
     thread::JoinHandle,
     time::{Duration, Instant},
 };
@@ -24,19 +30,13 @@ use crate::{
     activity::Scan,
     api::{Request, Response},
     health, load,
+    netlink::NeighbourEvents,
 };
 
-/// How often the neighbour table is read again while new workers resolve:
-/// a host on the link answers ARP or neighbour discovery within a
-/// millisecond or so.
-const RESOLVE_POLL: Duration = Duration::from_millis(20);
 /// How long the answer to adding a worker waits for its MAC (other
 /// messages are handled meanwhile): a worker that resolves by then is
 /// scheduled when the command returns, as users and scripts expect.
 const RESOLVE_WAIT: Duration = Duration::from_millis(500);
-/// For how long after adding an unresolved worker the table is read at
-/// [`RESOLVE_POLL`]; after that the once-a-second tick takes over.
-const RESOLVE_WINDOW: Duration = Duration::from_secs(1);
 /// At most this many messages make one batch, so a flood of reports can't
 /// hold back the answers to admin requests for long.
 const MAX_BATCH: usize = 4096;
@@ -59,6 +59,8 @@ pub enum Message {
         /// Sessions left after expiry.
         sessions: Option<u64>,
     },
+    /// The kernel changed a neighbour of the interface: read the table.
+    Neighbours,
     /// Stop and hand the controller back.
     Stop,
 }
@@ -124,6 +126,8 @@ pub fn spawn(
     let (sender, receiver) = mpsc::channel();
     let (targets, targets_rx) = watch::channel(controller.check_targets());
     let (ttls, ttls_rx) = watch::channel(controller.sticky_ttls());
+    let noticed = Arc::new(AtomicBool::new(false));
+    listen_to_neighbours(controller.ifindex(), sender.clone(), noticed.clone())?;
     let actor = Actor {
         controller,
         receiver,
@@ -131,8 +135,7 @@ pub fn spawn(
         ttls,
         pending: Vec::new(),
         parked: Vec::new(),
-        next_resolve: None,
-        resolve_until: Instant::now(),
+        noticed,
     };
     let thread = std::thread::Builder::new()
         .name("lb-controller".into())
@@ -144,6 +147,30 @@ pub fn spawn(
     Ok((Handle { sender }, published, thread))
 }
 
+/// Starts the thread that turns the kernel's neighbour notices into
+/// [`Message::Neighbours`]: at most one waits in the channel at a time
+/// (`noticed`), however many notices a storm brings. It ends when the
+/// controller thread has.
+fn listen_to_neighbours(
+    ifindex: u32,
+    sender: Sender<Message>,
+    noticed: Arc<AtomicBool>,
+) -> std::io::Result<()> {
+    let events = NeighbourEvents::open()?;
+    std::thread::Builder::new()
+        .name("lb-neighbours".into())
+        .spawn(move || loop {
+            if let Err(error) = events.changed(ifindex) {
+                tracing::warn!("listening for neighbour changes: {error}; reading the table once a second instead");
+                return;
+            }
+            if !noticed.swap(true, Ordering::AcqRel) && sender.send(Message::Neighbours).is_err() {
+                return;
+            }
+        })?;
+    Ok(())
+}
+
 struct Actor {
     controller: Controller,
     receiver: Receiver<Message>,
@@ -153,10 +180,8 @@ struct Actor {
     pending: Vec<(Pending, oneshot::Sender<Response>)>,
     /// Answers held until the workers their requests added resolve.
     parked: Vec<Parked>,
-    /// When the neighbour table is read next, between ticks.
-    next_resolve: Option<Instant>,
-    /// Until when it is read at [`RESOLVE_POLL`].
-    resolve_until: Instant,
+    /// A [`Message::Neighbours`] is on its way.
+    noticed: Arc<AtomicBool>,
 }
 
 /// An answer held until its request's new workers resolve, or until
@@ -171,7 +196,7 @@ struct Parked {
 /// What waiting for the next message ended with.
 enum Wait {
     Message(Message),
-    /// The resolve timer went off.
+    /// A held answer's time is up.
     Timer,
     /// Every sender is gone.
     Gone,
@@ -179,7 +204,6 @@ enum Wait {
 
 impl Actor {
     fn run(mut self) -> Controller {
-        self.note_unresolved();
         loop {
             let first = match self.wait() {
                 Wait::Message(message) => Some(message),
@@ -193,7 +217,6 @@ impl Actor {
                     Err(_) => break,
                 }
             }
-            self.resolve_if_due();
             for message in batch {
                 if !self.take(message) {
                     self.finish_batch();
@@ -204,9 +227,9 @@ impl Actor {
         }
     }
 
-    /// Waits for a message, or for the resolve timer when it runs.
+    /// Waits for a message, or until the first held answer is due.
     fn wait(&self) -> Wait {
-        let Some(at) = self.next_resolve else {
+        let Some(at) = self.parked.iter().map(|p| p.until).min() else {
             return self.receiver.recv().map_or(Wait::Gone, Wait::Message);
         };
         match self
@@ -217,17 +240,6 @@ impl Actor {
             Err(RecvTimeoutError::Timeout) => Wait::Timer,
             Err(RecvTimeoutError::Disconnected) => Wait::Gone,
         }
-    }
-
-    /// Reads the neighbour table when the resolve timer is due, and sets
-    /// it again while new workers may still resolve.
-    fn resolve_if_due(&mut self) {
-        let now = Instant::now();
-        if self.next_resolve.is_none_or(|at| now < at) {
-            return;
-        }
-        self.controller.refresh_neighbours(false);
-        self.next_resolve = (now < self.resolve_until).then(|| now + RESOLVE_POLL);
     }
 
     /// Handles one message; `false` for [`Message::Stop`].
@@ -258,6 +270,10 @@ impl Actor {
                 }
                 self.controller.tick(scan);
             }
+            Message::Neighbours => {
+                self.noticed.store(false, Ordering::Release);
+                self.controller.refresh_neighbours(false);
+            }
             Message::Stop => return false,
         }
         true
@@ -266,7 +282,6 @@ impl Actor {
     /// Installs and saves what the batch changed, answers its admin
     /// requests, and publishes what changed for the checkers and expiry.
     fn finish_batch(&mut self) {
-        self.note_unresolved();
         if !self.controller.is_dirty() && self.pending.is_empty() {
             self.release_parked();
             return;
@@ -305,17 +320,6 @@ impl Actor {
         self.parked = held;
         for parked in done {
             let _ = parked.reply.send(parked.response);
-        }
-    }
-
-    /// Starts reading the neighbour table often when a worker was added
-    /// whose MAC is not known yet.
-    fn note_unresolved(&mut self) {
-        if self.controller.take_unresolved_added() {
-            let now = Instant::now();
-            self.resolve_until = now + RESOLVE_WINDOW;
-            let soon = now + RESOLVE_POLL;
-            self.next_resolve = Some(self.next_resolve.map_or(soon, |at| at.min(soon)));
         }
     }
 }

@@ -181,6 +181,8 @@ impl Controller {
             detached_because: self.attachment.lost.clone(),
             pin_dir: self.instance.pin_dir.display().to_string(),
             max_flows: self.instance.max_flows,
+            max_vips: self.instance.limits.vips,
+            max_workers: self.instance.limits.workers,
             hash_seed: self.desired.hash_seed,
             vips: self.desired.vips().len(),
             workers: self.desired.vips().values().map(|v| v.workers.len()).sum(),
