@@ -6,6 +6,7 @@
 pub mod admin;
 pub mod control;
 pub mod e2e;
+pub mod fleet;
 pub mod floors;
 pub mod packet;
 pub mod report;
@@ -36,6 +37,10 @@ pub struct Plan {
     /// How long the admin section times commands while their checks time
     /// out.
     pub admin_timeout_seconds: u32,
+    /// Fleets of the fleet section: (VIPs, worker entries).
+    pub fleets: Vec<(u32, u32)>,
+    /// How long the fleet section measures steady-state CPU.
+    pub fleet_idle_seconds: u32,
     /// The short smoke-test version.
     pub quick: bool,
     /// The `lb` binary the end-to-end parts run.
@@ -56,6 +61,8 @@ impl Plan {
                 admin_calls: 30,
                 admin_workers: 50,
                 admin_timeout_seconds: 2,
+                fleets: vec![(20, 200)],
+                fleet_idle_seconds: 2,
                 quick,
                 lb,
             }
@@ -70,6 +77,8 @@ impl Plan {
                 admin_calls: 200,
                 admin_workers: 1000,
                 admin_timeout_seconds: 10,
+                fleets: vec![(500, 4096), (500, 10_000)],
+                fleet_idle_seconds: 10,
                 quick,
                 lb,
             }
@@ -91,6 +100,8 @@ pub struct Results {
     pub death_to_removal: samples::Samples,
     /// Admin command latency, idle and under controller load.
     pub admin: admin::Latency,
+    /// Fleets at the limits, a host dying.
+    pub fleets: Vec<fleet::Fleet>,
     /// End to end, every mode under every load.
     pub e2e: Vec<e2e::Cell>,
 }
@@ -107,6 +118,7 @@ pub fn measure(plan: &Plan) -> anyhow::Result<Results> {
     let death_to_removal = control::death_to_removal(plan, &plan.lb)?;
     eprintln!("bench: admin latency under load");
     let admin = admin::run(plan)?;
+    let fleets = fleets(plan)?;
     eprintln!("bench: end to end");
     let stats = e2e::BpfStats::enable()?;
     let e2e = e2e::run(plan)?;
@@ -118,6 +130,18 @@ pub fn measure(plan: &Plan) -> anyhow::Result<Results> {
         add_to_first_packet,
         death_to_removal,
         admin,
+        fleets,
         e2e,
     })
+}
+
+/// The fleet section: every fleet of the plan.
+pub fn fleets(plan: &Plan) -> anyhow::Result<Vec<fleet::Fleet>> {
+    plan.fleets
+        .iter()
+        .map(|&(vips, entries)| {
+            eprintln!("bench: fleet of {vips} VIPs, {entries} worker entries");
+            fleet::run(plan, vips, entries)
+        })
+        .collect()
 }

@@ -19,6 +19,19 @@ struct Args {
     /// The `lb` binary for the parts that run it (default: next to this one).
     #[arg(long)]
     lb: Option<PathBuf>,
+    /// Measure one section only and print it (the report file is left
+    /// alone): for working on that section.
+    #[arg(long, value_enum)]
+    only: Option<Section>,
+}
+
+/// The sections `--only` can run.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Section {
+    /// Admin latency under controller load.
+    Admin,
+    /// Fleets at the limits, a host dying.
+    Fleet,
 }
 
 fn main() {
@@ -42,6 +55,14 @@ fn run(args: Args) -> anyhow::Result<()> {
         lb.display()
     );
     let plan = Plan::new(args.quick, lb);
+    if let Some(section) = args.only {
+        let text = match section {
+            Section::Admin => report::admin(&plan, &bench::admin::run(&plan)?),
+            Section::Fleet => report::fleet(&bench::fleets(&plan)?),
+        };
+        print!("{text}");
+        return Ok(());
+    }
     let results = bench::measure(&plan)?;
     let text = report::render(&plan, &results);
     if let Some(dir) = args.out.parent().filter(|d| !d.as_os_str().is_empty()) {

@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 use super::{
     admin::{Latency, Phase, COMMANDS},
     e2e::{Cell, Load, Mode, LOADS, MODES},
+    fleet::Fleet,
     packet::Row as PacketRow,
     samples::Samples,
     Plan, Results,
@@ -87,6 +88,7 @@ pub fn render(plan: &Plan, results: &Results) -> String {
     out += &scale(plan, results);
     out += &control(results);
     out += &admin(plan, &results.admin);
+    out += &fleet(&results.fleets);
     out += &end_to_end(plan, &results.e2e);
     out
 }
@@ -344,6 +346,118 @@ fn targets(results: &Results) -> String {
         "| admin p99 under load ≤ {ADMIN_GOAL} × idle p99 (worst phase and command) | {worst:.2} | {} |",
         verdict(worst <= ADMIN_GOAL)
     );
+    for fleet in &results.fleets {
+        for (name, value, met) in fleet_goals(fleet) {
+            let _ = writeln!(
+                out,
+                "| {}: {name} | {value} | {} |",
+                fleet_name(fleet),
+                verdict(met)
+            );
+        }
+    }
+    out
+}
+
+fn fleet_name(fleet: &Fleet) -> String {
+    format!(
+        "{} VIPs × {} workers",
+        thousands(fleet.vips),
+        thousands(fleet.entries)
+    )
+}
+
+/// Issue 14's goals for a fleet: (goal, measured, met).
+fn fleet_goals(fleet: &Fleet) -> Vec<(&'static str, String, bool)> {
+    let storm_ratio = fleet.admin_storm.percentile(99.0) / fleet.admin_idle.percentile(99.0);
+    let recovery = fleet.recovered_ms - fleet.first_down_ms;
+    vec![
+        (
+            "start serves every VIP ≤ 2 s",
+            format!("{:.2} s", fleet.start_ms / 1e3),
+            fleet.start_ms <= 2000.0,
+        ),
+        (
+            "restart answers ≤ 2 s, no connection failed",
+            format!(
+                "{:.2} s, {} of {} failed",
+                fleet.restart_ms / 1e3,
+                fleet.restart_failed,
+                fleet.restart_tried
+            ),
+            fleet.restart_ms <= 2000.0 && fleet.restart_failed == 0,
+        ),
+        (
+            "steady state ≤ 5% of a core",
+            format!("{:.1}%", fleet.idle_cpu),
+            fleet.idle_cpu <= 5.0,
+        ),
+        (
+            "steady state ≤ 100 MB",
+            format!("{:.0} MB", fleet.idle_rss_mb),
+            fleet.idle_rss_mb <= 100.0,
+        ),
+        (
+            "new connections succeed ≤ detection + 1 s after a host dies",
+            format!("detection + {:.2} s", recovery / 1e3),
+            recovery <= 1000.0,
+        ),
+        (
+            "admin p99 during the storm ≤ 3 × idle p99",
+            format!("{storm_ratio:.2}"),
+            storm_ratio <= ADMIN_GOAL,
+        ),
+        (
+            "memory back to baseline after the storm (≤ 1.1 ×)",
+            format!("{:.0} MB", fleet.after_rss_mb),
+            fleet.after_rss_mb <= fleet.idle_rss_mb * 1.1,
+        ),
+    ]
+}
+
+/// The fleet section.
+pub fn fleet(fleets: &[Fleet]) -> String {
+    let mut out = String::from(
+        "\n## A fleet at the limits\n\n\
+         On the rig, lb started with `--config` holding every VIP (port 80, default checks: tcp, \
+         1s interval, 500ms timeout, fall 2) and `--max-vips`/`--max-workers` set to the fleet's \
+         size. The workers are addresses on two hosts: host A carries about 85% of all worker \
+         entries (each of its addresses serves every VIP), host B the rest, with one address on \
+         every VIP. Every VIP uses the same checks, so the controller runs one checker per \
+         address. *Start*: `lb run` to a new connection to every VIP answering. *Steady*: CPU \
+         and resident memory of `lb run`. *Host A dies*: its link goes down while two threads \
+         open new connections to the VIPs in turn (250 ms connect timeout) and another times \
+         `lb status -o json`; *detection* is the first of its entries marked down in the pinned \
+         worker map (the checks' verdict), *all down* the last; *recovered* is when the run of \
+         new connections that all succeeded began. Then the host comes back, and after 10 s \
+         memory is measured again. *Restart*: `lb run` stopped and started again under new \
+         connections.\n\n\
+         | fleet | checkers | start s | CPU % | RSS MB | threads | detection s | all down s | recovered s | failed / tried | all up again s | status p99 idle / storm ms | RSS after MB | restart s |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+    );
+    for f in fleets {
+        let _ = writeln!(
+            out,
+            "| {} ({} on host A) | {} | {:.2} | {:.1} | {:.0} | {} | {:.2} | {:.2} | {:.2} | {} / {} | {:.2} | {:.1} / {:.1} | {:.0} | {:.2} |",
+            fleet_name(f),
+            thousands(f.dying_entries),
+            f.addresses,
+            f.start_ms / 1e3,
+            f.idle_cpu,
+            f.idle_rss_mb,
+            f.threads,
+            f.first_down_ms / 1e3,
+            f.all_down_ms / 1e3,
+            f.recovered_ms / 1e3,
+            f.failed,
+            f.tried,
+            f.all_up_ms / 1e3,
+            f.admin_idle.percentile(99.0),
+            f.admin_storm.percentile(99.0),
+            f.after_rss_mb,
+            f.restart_ms / 1e3,
+        );
+    }
     out
 }
 
@@ -390,7 +504,8 @@ fn counted(counts: &std::collections::BTreeMap<String, usize>) -> String {
         .join(", ")
 }
 
-fn admin(plan: &Plan, admin: &Latency) -> String {
+/// The admin-latency section.
+pub fn admin(plan: &Plan, admin: &Latency) -> String {
     let mut out = format!(
         "\n## Admin latency under load\n\n\
          On the rig, lb with one TCP VIP ([2001:db8::100]:80, checks tcp, 1s interval, 500ms \
