@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use lb_testing::{
     lb_exe,
-    rig::{Rig, VIP4},
+    rig::{wait_until, Rig, VIP4},
     testbed::http_get,
 };
 use serde_json::Value;
@@ -99,7 +99,18 @@ fn every_listing_command_prints_the_documented_json() {
         .within(move || http_get(target, std::time::Duration::from_secs(5)))
         .unwrap()
         .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(1200));
+    wait_until(
+        std::time::Duration::from_secs(10),
+        "every worker's first check",
+        || {
+            let backends = json(&rig, &["backend", "list"]);
+            backends
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|w| !w["check"].is_null())
+        },
+    );
 
     let each = |heading: &str, value: &Value| {
         let items = value

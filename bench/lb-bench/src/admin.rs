@@ -54,6 +54,19 @@ pub enum Phase {
     Adding,
     /// Checking every unresolvable worker; every check times out.
     TimingOut,
+    /// Holding every worker, its checks turned off: the baseline of
+    /// [`Phase::TimingOut`], whose listings are as long.
+    IdleFull,
+}
+
+impl Phase {
+    /// The idle phase this one is compared with.
+    pub fn baseline(self) -> Self {
+        match self {
+            Self::TimingOut => Self::IdleFull,
+            _ => Self::Idle,
+        }
+    }
 }
 
 impl fmt::Display for Phase {
@@ -62,6 +75,7 @@ impl fmt::Display for Phase {
             Self::Idle => "idle",
             Self::Adding => "adding unresolvable workers",
             Self::TimingOut => "their checks timing out",
+            Self::IdleFull => "idle with every worker, checks off",
         })
     }
 }
@@ -120,6 +134,12 @@ pub fn run(plan: &Plan) -> anyhow::Result<Latency> {
         measure(&rig.lb, u32::MAX, seconds, || true)?,
     );
     let (checks, states) = outcome(&rig.lb)?;
+    eprintln!("bench:   idle with every worker");
+    rig.lb.cli_ok(&["vip", "set", VIP, "--health", "none"])?;
+    record(
+        Phase::IdleFull,
+        measure(&rig.lb, plan.admin_calls, Duration::from_secs(120), || true)?,
+    );
     Ok(Latency {
         rows,
         checks,

@@ -477,22 +477,29 @@ fn phase_label(plan: &Plan, phase: Phase) -> String {
         Phase::Idle => "idle".into(),
         Phase::Adding => format!("adding {workers} unresolvable workers"),
         Phase::TimingOut => format!("{workers} checks timing out"),
+        Phase::IdleFull => format!("idle with those {workers} workers, checks off"),
     }
 }
 
-/// p99 of each row over the idle p99 of the same command.
+/// p99 of each row over the p99 of the same command in its baseline
+/// phase.
 fn admin_ratios(admin: &Latency) -> Vec<(&super::admin::Row, f64)> {
-    let idle = |command: &str| {
+    let idle = |phase: Phase, command: &str| {
         admin
             .rows
             .iter()
-            .find(|r| r.phase == Phase::Idle && r.command == command)
+            .find(|r| r.phase == phase && r.command == command)
             .map_or(f64::NAN, |r| r.ms.percentile(99.0))
     };
     admin
         .rows
         .iter()
-        .map(|r| (r, r.ms.percentile(99.0) / idle(r.command)))
+        .map(|r| {
+            (
+                r,
+                r.ms.percentile(99.0) / idle(r.phase.baseline(), r.command),
+            )
+        })
         .collect()
 }
 
@@ -517,8 +524,10 @@ pub fn admin(plan: &Plan, admin: &Latency) -> String {
          the adds finish; each add took {:.0} ms at the median, {:.0} ms at p99. \
          Timing out: the next {} s, with every one of those workers checked \
          each second. At the end their last checks said: {}; their states: {}. \
-         `lb backend list` prints every worker, 1 in the idle phase and up to {} later, so part \
-         of its ratio is output size. The goal: p99 within {ADMIN_GOAL} × the idle p99.\n\n\
+         `lb backend list` prints every worker, 1 in the idle phase and {} later: the timing-out \
+         phase is compared with a last idle phase that holds every worker with its checks turned \
+         off (`lb vip set --health none`), so that a ratio measures waiting, not output size; the \
+         adding phase with the first. The goal: p99 within {ADMIN_GOAL} × the idle p99.\n\n\
          | phase | command | p50 ms | p99 ms | calls | p99 / idle p99 | ≤ {ADMIN_GOAL} × |\n\
          |---|---|---|---|---|---|---|\n",
         COMMANDS.map(|(name, _)| name).join(", "),
@@ -540,7 +549,7 @@ pub fn admin(plan: &Plan, admin: &Latency) -> String {
             row.ms.percentile(50.0),
             row.ms.percentile(99.0),
             row.ms.len(),
-            if row.phase == Phase::Idle {
+            if matches!(row.phase, Phase::Idle | Phase::IdleFull) {
                 "–"
             } else {
                 verdict(ratio <= ADMIN_GOAL)
