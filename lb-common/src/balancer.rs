@@ -148,7 +148,9 @@ pub struct VipInfo {
 pub struct Backend {
     /// The worker's address.
     pub addr: [u8; 16],
-    /// The worker's MAC address, valid with [`BACKEND_MAC_KNOWN`].
+    /// The next hop's MAC address, valid with [`BACKEND_MAC_KNOWN`]: the
+    /// worker's own for DSR, the router's toward it for IPIP and GUE (or
+    /// the worker's, when it is on this link).
     pub mac: [u8; 6],
     /// [`FAMILY_V4`] or [`FAMILY_V6`].
     pub family: u8,
@@ -163,7 +165,78 @@ pub struct Backend {
     /// worker (which carry its generation) never follow the slot's next
     /// worker.
     pub generation: u32,
+    /// How its packets travel: [`FORWARD_DSR`], [`FORWARD_IPIP`] or
+    /// [`FORWARD_GUE`] (its VIP's method).
+    pub forward: u8,
+    /// Always zero.
+    pub pad: u8,
+    /// GUE destination port, network byte order (with [`FORWARD_GUE`]).
+    pub gue_port: u16,
+    /// The largest IP packet the way to the worker carries (the
+    /// interface's or the tunnel MTU): an encapsulated packet beyond it is
+    /// answered with "fragmentation needed" / "packet too big".
+    pub mtu: u16,
+    /// Always zero.
+    pub pad2: u16,
+    /// Outer source address of encapsulated packets, of the worker's
+    /// family.
+    pub tunnel_source: [u8; 16],
 }
+
+/// `Backend::forward`: L2 direct server return (the frame readdressed to
+/// the worker's MAC on this link).
+pub const FORWARD_DSR: u8 = 0;
+/// `Backend::forward`: the packet inside an outer IPv4 or IPv6 header
+/// (IPIP, IP6IP6, or across families) to the worker's address.
+pub const FORWARD_IPIP: u8 = 1;
+/// `Backend::forward`: the packet inside outer IP and UDP headers to the
+/// worker's GUE port (GUE variant 1: the inner IP packet follows UDP).
+pub const FORWARD_GUE: u8 = 2;
+
+/// What the balancer hands its tunnel program (`lb_tunnel`, reached by a
+/// tail call with a stack of its own) in a per-CPU slot: which packet of
+/// which flow goes to which worker.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TunnelJob {
+    /// The flow the packet belongs to (the embedded one, for an ICMP
+    /// error).
+    pub key: FlowKey,
+    /// The worker's id.
+    pub backend_id: u32,
+    /// Its VIP's id.
+    pub vip_id: u32,
+    /// The frame's length as it arrived, for the traffic counters.
+    pub len: u64,
+    /// [`JOB_FLOW`], [`JOB_NEW_FLOW`] or [`JOB_ICMP_ERROR`].
+    pub kind: u8,
+    /// Always zero.
+    pub pad: [u8; 7],
+}
+
+/// `TunnelJob::kind`: a packet of an established flow.
+pub const JOB_FLOW: u8 = 0;
+/// `TunnelJob::kind`: the first packet of a flow.
+pub const JOB_NEW_FLOW: u8 = 1;
+/// `TunnelJob::kind`: an ICMP error about a flow (never answered with
+/// another ICMP error).
+pub const JOB_ICMP_ERROR: u8 = 2;
+
+/// Per-CPU budget of "fragmentation needed" / "packet too big" answers: a
+/// token bucket refilled as time passes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IcmpBudget {
+    /// Answers that may be sent now.
+    pub tokens: u64,
+    /// When tokens were last added (coarse monotonic clock, ns).
+    pub refilled_ns: u64,
+}
+
+/// Most answers one CPU sends in a burst.
+pub const ICMP_BURST: u64 = 50;
+/// One more answer per this many nanoseconds (100 a second per CPU).
+pub const ICMP_TOKEN_NS: u64 = 10_000_000;
 
 impl Backend {
     /// Whether a new flow of VIP `vip_id` may go to this worker.
@@ -386,13 +459,17 @@ mod pod {
     unsafe impl aya::Pod for StickyValue {}
     unsafe impl aya::Pod for Config {}
     unsafe impl aya::Pod for VipTag {}
+    unsafe impl aya::Pod for IcmpBudget {}
+    unsafe impl aya::Pod for TunnelJob {}
     unsafe impl aya::Pod for TrafficCounters {}
 }
 
 const _: () = {
     assert!(core::mem::size_of::<VipKey>() == 20);
     assert!(core::mem::size_of::<VipInfo>() == 20);
-    assert!(core::mem::size_of::<Backend>() == 32);
+    assert!(core::mem::size_of::<Backend>() == 56);
+    assert!(core::mem::size_of::<IcmpBudget>() == 16);
+    assert!(core::mem::size_of::<TunnelJob>() == 64);
     assert!(core::mem::size_of::<FlowKey>() == 40);
     assert!(core::mem::size_of::<FlowValue>() == 40);
     assert!(core::mem::size_of::<StickyKey>() == 20);

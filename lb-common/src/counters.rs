@@ -106,6 +106,9 @@ counters! {
             /// Dropped: the worker's MAC address is not resolved yet (the
             /// controller resolves it; clients retransmit).
             drop_no_neighbour,
+            /// Dropped: for an IPIP or GUE worker, with no tunnel program
+            /// loaded to encapsulate it.
+            drop_no_tunnel,
             /// New flows the flow table refused to record.
             flow_insert_failed,
             /// Established flows moved off a worker that went down, became
@@ -121,6 +124,12 @@ counters! {
             icmp_echo_replies,
             /// ICMP errors about a balanced flow, sent on to its worker.
             icmp_errors_forwarded,
+            /// Packets too big for the tunnel to their worker, answered with
+            /// "fragmentation needed" (IPv4) or "packet too big" (IPv6).
+            too_big_answered,
+            /// Packets too big for the tunnel, dropped unanswered: IPv4
+            /// without DF or with IP options, or over the answers' rate limit.
+            too_big_dropped,
         }
     }
 }

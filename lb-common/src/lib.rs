@@ -13,12 +13,13 @@
 
 pub mod balancer;
 pub mod counters;
+pub mod encap;
 pub mod icmp;
 pub mod packet;
 
 /// Version of every layout in this crate. A binary refuses to reuse maps
 /// pinned by a binary with another version.
-pub const LAYOUT_VERSION: u32 = 6;
+pub const LAYOUT_VERSION: u32 = 7;
 
 /// Names of the maps in the XDP object, which are also their pin names.
 pub mod map_names {
@@ -55,6 +56,17 @@ pub mod map_names {
     /// Hash [`crate::balancer::VipAddrKey`] → `u8`: the VIP addresses.
     pub const VIP_ADDRS: &str = "LB_VIP_ADDRS";
 
+    /// Per-CPU array of one [`crate::balancer::IcmpBudget`]: the rate
+    /// limit of "too big" answers.
+    pub const ICMP_BUDGET: &str = "LB_ICMP_BUDGET";
+
+    /// Per-CPU array of one [`crate::balancer::TunnelJob`]: what the
+    /// balancer hands its tunnel program.
+    pub const TUNNEL_JOB: &str = "LB_TUNNEL_JOB";
+    /// Program array of one: the tunnel program (`lb_tunnel`), which the
+    /// balancer tail-calls for IPIP and GUE.
+    pub const TUNNEL_PROG: &str = "LB_TUNNEL_PROG";
+
     /// Every map, each pinned under the instance's pin directory.
     pub const ALL: &[&str] = &[
         COUNTERS,
@@ -71,6 +83,9 @@ pub mod map_names {
         VIP_FILTER,
         VIP_TAGS,
         VIP_ADDRS,
+        ICMP_BUDGET,
+        TUNNEL_JOB,
+        TUNNEL_PROG,
     ];
 
     /// The maps with an entry per VIP id (or VIP address), sized by
@@ -85,6 +100,9 @@ pub mod map_names {
 pub mod program_names {
     /// The balancer itself.
     pub const BALANCER: &str = "lb_xdp";
+    /// The balancer's second half for IPIP and GUE: encapsulation and
+    /// "too big" answers, reached by a tail call.
+    pub const TUNNEL: &str = "lb_tunnel";
     /// A program that passes every packet; test rigs put it on the peers of
     /// veths that receive XDP_TX frames.
     pub const PASS: &str = "lb_pass";

@@ -20,8 +20,9 @@ const TCP_ACK: u8 = 0x10;
 pub struct Decision {
     /// The worker's id.
     pub backend_id: u32,
-    /// The worker.
-    pub backend: Backend,
+    /// The worker, as its slot holds it (a reference, not a copy: the
+    /// balancer's stack is 512 bytes; the controller replaces slots whole).
+    pub backend: &'static Backend,
     /// The VIP's id.
     pub vip_id: u32,
     /// Whether this packet opened a flow.
@@ -87,7 +88,7 @@ pub fn established(flow: &Flow, counters: &mut GlobalCounters) -> Option<Decisio
         return None;
     }
     let backend_id = value.backend_id;
-    let backend = *LB_BACKENDS.get(backend_id)?;
+    let backend = LB_BACKENDS.get(backend_id)?;
     if !backend.keeps_flows(vip_id, value.backend_generation) {
         counters.flow_rescheduled += 1;
         return None;

@@ -1,11 +1,12 @@
 //! ICMP to VIP addresses: echo requests are answered here (the VIP lives
 //! on the workers' loopbacks, so nobody else would), errors about a
-//! balanced flow go to the flow's worker (Path MTU discovery needs the
-//! "fragmentation needed" / "packet too big" to reach the sender).
+//! balanced flow go to the flow's worker by its VIP's method (Path MTU
+//! discovery needs the "fragmentation needed" / "packet too big" to reach
+//! the sender).
 
-use aya_ebpf::bindings::xdp_action;
+use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use lb_common::{
-    balancer::{FlowKey, VipAddrKey, VipKey, BACKEND_MAC_KNOWN},
+    balancer::{Backend, FlowKey, VipAddrKey, VipKey},
     counters::GlobalCounters,
     icmp::{
         checksum_update, classify, EmbeddedFlow, IcmpMessage, ICMPV6_ECHO_REPLY, ICMP_ECHO_REPLY,
@@ -18,12 +19,13 @@ use lb_ebpf::frame::XdpFrame;
 use crate::{
     flow,
     maps::{LB_BACKENDS, LB_VIPS, LB_VIP_ADDRS},
-    schedule,
+    schedule, transmit,
 };
 
 /// Handles an ICMP packet; `None` passes it to the kernel.
 #[inline(always)]
 pub fn handle(
+    ctx: &XdpContext,
     frame: &XdpFrame,
     ip: &IpPacket,
     family: u8,
@@ -43,22 +45,18 @@ pub fn handle(
             Some(xdp_action::XDP_TX)
         }
         IcmpMessage::Error(embedded) => {
-            let worker = worker_of(&embedded, family)?;
-            if !frame.readdress(Some(worker)) {
-                return None;
-            }
-            counters.icmp_errors_forwarded += 1;
-            Some(xdp_action::XDP_TX)
+            let (key, backend_id, backend) = worker_of(&embedded, family)?;
+            transmit::error_to_worker(ctx, frame, &key, backend_id, backend, counters)
         }
         IcmpMessage::Other => None,
     }
 }
 
-/// The MAC of the worker that owns the flow the error is about: the one
-/// its flow entry names or, when the flow table has forgotten it, the one
-/// the scheduler picks (the same one, unless the workers changed since).
+/// The flow the error is about and the worker that owns it: the one its
+/// flow entry names or, when the flow table has forgotten it, the one the
+/// scheduler picks (the same one, unless the workers changed since).
 #[inline(always)]
-fn worker_of(embedded: &EmbeddedFlow, family: u8) -> Option<[u8; 6]> {
+fn worker_of(embedded: &EmbeddedFlow, family: u8) -> Option<(FlowKey, u32, &'static Backend)> {
     let flow = flow::Flow {
         key: FlowKey {
             src: embedded.client,
@@ -86,8 +84,7 @@ fn worker_of(embedded: &EmbeddedFlow, family: u8) -> Option<[u8; 6]> {
             schedule::schedule(&flow.key, &vip)?
         }
     };
-    let backend = LB_BACKENDS.get(backend_id)?;
-    (backend.flags & BACKEND_MAC_KNOWN != 0).then_some(backend.mac)
+    Some((flow.key, backend_id, LB_BACKENDS.get(backend_id)?))
 }
 
 /// Turns an echo request into its reply in place: addresses swapped (no

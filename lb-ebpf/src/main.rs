@@ -1,6 +1,7 @@
 //! lb's XDP data plane: parse → VIP lookup → flow table (`flow`) →
 //! scheduling (`schedule`: pins, sticky sessions, Maglev, least-load) →
-//! transmit (`transmit`: L2 DSR).
+//! transmit (`transmit`: L2 DSR, or IPIP/GUE encapsulation, with `pmtu`
+//! answering what a tunnel can't carry); ICMP in `icmp`.
 #![no_std]
 #![no_main]
 #![expect(
@@ -11,6 +12,7 @@
 mod flow;
 mod icmp;
 mod maps;
+mod pmtu;
 mod schedule;
 mod transmit;
 
@@ -43,7 +45,7 @@ pub fn lb_xdp(ctx: XdpContext) -> u32 {
     let len = frame.len() as u64;
     counters.count(&parsed, len);
     let action = match parsed {
-        Parsed::Ip(ip) => balance(&frame, &ip, len, counters),
+        Parsed::Ip(ip) => balance(&ctx, &frame, &ip, len, counters),
         Parsed::NotIp | Parsed::Malformed => None,
     };
     action.unwrap_or_else(|| {
@@ -55,6 +57,7 @@ pub fn lb_xdp(ctx: XdpContext) -> u32 {
 /// Forwards `ip` if it is for a VIP; `None` means "not ours, pass it".
 #[inline(always)]
 fn balance(
+    ctx: &XdpContext,
     frame: &XdpFrame,
     ip: &IpPacket,
     len: u64,
@@ -72,7 +75,7 @@ fn balance(
         IpVersion::V6 => ip.proto == IPPROTO_ICMPV6,
     };
     if is_icmp {
-        return icmp::handle(frame, ip, family, counters);
+        return icmp::handle(ctx, frame, ip, family, counters);
     }
     if ip.proto != IPPROTO_TCP && ip.proto != IPPROTO_UDP {
         return None;
@@ -104,7 +107,7 @@ fn balance(
             decision
         }
     };
-    transmit::to_worker(frame, &decision, len, counters)
+    transmit::to_worker(ctx, frame, &decision, &flow.key, len, counters)
 }
 
 /// Whether the VIP filter has the packet's destination's bit: if not, it
@@ -115,6 +118,12 @@ fn maybe_vip(ip: &IpPacket) -> bool {
     LB_VIP_FILTER
         .get(bit >> 6)
         .is_some_and(|word| word & (1u64 << (bit & 63)) != 0)
+}
+
+/// The balancer's second half for IPIP and GUE, reached by a tail call.
+#[xdp]
+pub fn lb_tunnel(ctx: XdpContext) -> u32 {
+    transmit::tunnel(&ctx)
 }
 
 /// Passes everything; test rigs attach it to veth peers that must accept

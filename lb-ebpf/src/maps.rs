@@ -3,14 +3,14 @@
 
 use aya_ebpf::{
     bindings::{BPF_F_INNER_MAP, BPF_F_MMAPABLE},
-    btf_maps::{Array, ArrayOfMaps, HashMap, LruHashMap, PerCpuArray},
+    btf_maps::{Array, ArrayOfMaps, HashMap, LruHashMap, PerCpuArray, ProgramArray},
     macros::btf_map,
 };
 use lb_common::{
     balancer::{
-        Backend, Config, FlowKey, FlowValue, StickyKey, StickyValue, TrafficCounters, VipAddrKey,
-        VipInfo, VipKey, VipTag, DEFAULT_MAX_VIPS, DEFAULT_MAX_WORKERS, MAX_PINS, MAX_STICKY,
-        VIP_FILTER_WORDS,
+        Backend, Config, FlowKey, FlowValue, IcmpBudget, StickyKey, StickyValue, TrafficCounters,
+        TunnelJob, VipAddrKey, VipInfo, VipKey, VipTag, DEFAULT_MAX_VIPS, DEFAULT_MAX_WORKERS,
+        MAX_PINS, MAX_STICKY, VIP_FILTER_WORDS,
     },
     counters::GlobalCounters,
 };
@@ -77,3 +77,15 @@ pub static LB_VIP_TAGS: Array<VipTag, VIPS> = Array::new();
 /// The VIP addresses (for ICMP), written by the controller.
 #[btf_map]
 pub static LB_VIP_ADDRS: HashMap<VipAddrKey, u8, VIPS> = HashMap::new();
+
+/// Per-CPU budget of "too big" answers, the data plane's own.
+#[btf_map]
+pub static LB_ICMP_BUDGET: PerCpuArray<IcmpBudget, 1> = PerCpuArray::new();
+
+/// What the balancer hands the tunnel program, per CPU.
+#[btf_map]
+pub static LB_TUNNEL_JOB: PerCpuArray<TunnelJob, 1> = PerCpuArray::new();
+
+/// The tunnel program, set by the controller when it loads the object.
+#[btf_map]
+pub static LB_TUNNEL_PROG: ProgramArray<1> = ProgramArray::new();

@@ -21,8 +21,8 @@ use crate::{
 #[inline(always)]
 pub fn new_flow(flow: &Flow, vip: &VipInfo, counters: &mut GlobalCounters) -> Option<Decision> {
     let backend_id = choose(&flow.key, vip, counters)?;
-    let backend = *LB_BACKENDS.get(backend_id)?;
-    flow::record(flow, vip, backend_id, &backend, counters);
+    let backend = LB_BACKENDS.get(backend_id)?;
+    flow::record(flow, vip, backend_id, backend, counters);
     Some(Decision {
         backend_id,
         backend,

@@ -1,47 +1,322 @@
 //! Sending a balanced packet on to its worker, counted per VIP and per
-//! worker. Today that is L2 direct server return; encapsulation for
-//! workers beyond this network (L3) goes here.
+//! worker: L2 direct server return (the frame readdressed), or L3 in an
+//! outer IPv4/IPv6 header (IPIP) or outer IP and UDP headers (GUE) to the
+//! next hop toward the worker.
+//!
+//! L3 runs in a program of its own, `lb_tunnel`, which the balancer
+//! tail-calls with the job in a per-CPU slot: a tail call starts with a
+//! fresh 512-byte stack, and the balancer's own leaves too little for
+//! building headers and "too big" answers (`pmtu`).
 
-use aya_ebpf::{bindings::xdp_action, btf_maps::PerCpuArray};
+use aya_ebpf::{
+    bindings::xdp_action, btf_maps::PerCpuArray, helpers::bpf_xdp_adjust_head, programs::XdpContext,
+};
 use lb_common::{
-    balancer::{TrafficCounters, BACKEND_MAC_KNOWN},
+    balancer::{
+        Backend, FlowKey, TrafficCounters, TunnelJob, BACKEND_MAC_KNOWN, FAMILY_V6, FORWARD_DSR,
+        FORWARD_GUE, JOB_FLOW, JOB_ICMP_ERROR, JOB_NEW_FLOW,
+    },
     counters::GlobalCounters,
+    encap::{
+        flow_label_hash, gue_source_port, gue_udp_header, ipv4_header, ipv6_class, ipv6_fixed,
+        IPPROTO_IPIP, IPPROTO_IPV6, IPV4_HLEN, IPV6_HLEN, UDP_HLEN,
+    },
+    packet::{Frame as _, Ipv4Header, Ipv6Header, ETH_HLEN, ETH_P_IP, ETH_P_IPV6, IPPROTO_UDP},
 };
 use lb_ebpf::frame::XdpFrame;
 
 use crate::{
     flow::Decision,
-    maps::{LB_BACKEND_STATS, LB_VIP_STATS},
+    maps::{
+        LB_BACKENDS, LB_BACKEND_STATS, LB_COUNTERS, LB_TUNNEL_JOB, LB_TUNNEL_PROG, LB_VIP_STATS,
+    },
+    pmtu,
 };
 
-/// Sends the frame to the worker `decision` names: XDP_TX, or XDP_DROP
-/// while the worker's MAC is unknown; `None` (pass) if the frame is too
-/// short to readdress.
+/// Sends a balanced packet of flow `key` to the worker `decision` names
+/// and counts it; `None` (pass) if the frame is too short to rewrite.
 #[inline(always)]
 pub fn to_worker(
+    ctx: &XdpContext,
     frame: &XdpFrame,
     decision: &Decision,
+    key: &FlowKey,
     len: u64,
     counters: &mut GlobalCounters,
 ) -> Option<u32> {
-    let backend = &decision.backend;
+    let backend = decision.backend;
     if backend.flags & BACKEND_MAC_KNOWN == 0 {
         counters.drop_no_neighbour += 1;
         return Some(xdp_action::XDP_DROP);
+    }
+    if backend.forward != FORWARD_DSR {
+        let job = TunnelJob {
+            key: *key,
+            backend_id: decision.backend_id,
+            vip_id: decision.vip_id,
+            len,
+            kind: if decision.new_flow {
+                JOB_NEW_FLOW
+            } else {
+                JOB_FLOW
+            },
+            pad: [0; 7],
+        };
+        return Some(to_tunnel(ctx, &job, counters));
     }
     // L2 DSR: to the worker's MAC, from ours.
     if !frame.readdress(Some(backend.mac)) {
         return None;
     }
-    count_traffic(&LB_VIP_STATS, decision.vip_id, len, decision.new_flow);
-    count_traffic(
-        &LB_BACKEND_STATS,
-        decision.backend_id,
-        len,
-        decision.new_flow,
-    );
+    count_forwarded(decision.vip_id, decision.backend_id, len, decision.new_flow);
     counters.forwarded += 1;
     Some(xdp_action::XDP_TX)
+}
+
+/// Sends an ICMP error about flow `key` to `backend` (id `backend_id`) by
+/// its VIP's method; `None` (pass) if the frame is too short to rewrite.
+#[inline(always)]
+pub fn error_to_worker(
+    ctx: &XdpContext,
+    frame: &XdpFrame,
+    key: &FlowKey,
+    backend_id: u32,
+    backend: &Backend,
+    counters: &mut GlobalCounters,
+) -> Option<u32> {
+    if backend.flags & BACKEND_MAC_KNOWN == 0 {
+        counters.drop_no_neighbour += 1;
+        return Some(xdp_action::XDP_DROP);
+    }
+    if backend.forward != FORWARD_DSR {
+        let job = TunnelJob {
+            key: *key,
+            backend_id,
+            vip_id: backend.vip_id,
+            len: 0,
+            kind: JOB_ICMP_ERROR,
+            pad: [0; 7],
+        };
+        return Some(to_tunnel(ctx, &job, counters));
+    }
+    if !frame.readdress(Some(backend.mac)) {
+        return None;
+    }
+    counters.icmp_errors_forwarded += 1;
+    Some(xdp_action::XDP_TX)
+}
+
+/// Hands `job` to the tunnel program. A tail call does not return when it
+/// works; when it doesn't (no tunnel program loaded), the packet is
+/// dropped and counted.
+#[inline(always)]
+fn to_tunnel(ctx: &XdpContext, job: &TunnelJob, counters: &mut GlobalCounters) -> u32 {
+    if let Some(slot) = LB_TUNNEL_JOB.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot: nothing else touches it during this run.
+        unsafe { *slot = *job };
+        // SAFETY: the context is the program's own.
+        unsafe { LB_TUNNEL_PROG.tail_call(ctx, 0) };
+    }
+    counters.drop_no_tunnel += 1;
+    xdp_action::XDP_DROP
+}
+
+/// The tunnel program's work: the job the balancer left, encapsulated, or
+/// answered when too big, and counted.
+#[inline(always)]
+pub fn tunnel(ctx: &XdpContext) -> u32 {
+    // Slot 0 of a per-CPU array always exists; the verifier needs the check.
+    let (Some(job), Some(counters)) = (LB_TUNNEL_JOB.get(0), LB_COUNTERS.get_ptr_mut(0)) else {
+        return xdp_action::XDP_DROP;
+    };
+    let job = *job;
+    // SAFETY: per-CPU slot: nothing else touches it during this run.
+    let counters = unsafe { &mut *counters };
+    let Some(backend) = LB_BACKENDS.get(job.backend_id) else {
+        return xdp_action::XDP_DROP;
+    };
+    match encapsulate(ctx, backend, &job.key) {
+        Encapsulated::Yes if job.kind == JOB_ICMP_ERROR => {
+            counters.icmp_errors_forwarded += 1;
+            xdp_action::XDP_TX
+        }
+        Encapsulated::Yes => {
+            count_forwarded(
+                job.vip_id,
+                job.backend_id,
+                job.len,
+                job.kind == JOB_NEW_FLOW,
+            );
+            counters.forwarded += 1;
+            xdp_action::XDP_TX
+        }
+        // Never an ICMP error about an ICMP error.
+        Encapsulated::TooBig if job.kind == JOB_ICMP_ERROR => {
+            counters.too_big_dropped += 1;
+            xdp_action::XDP_DROP
+        }
+        Encapsulated::TooBig => {
+            let path = pmtu::Path {
+                mtu: backend.mtu,
+                overhead: overhead(backend) as u16,
+            };
+            pmtu::answer(ctx, &job.key, &path, counters)
+        }
+        Encapsulated::TooShort => xdp_action::XDP_DROP,
+    }
+}
+
+/// What [`encapsulate`] did.
+enum Encapsulated {
+    /// The frame is the encapsulated packet.
+    Yes,
+    /// The packet is too big for the tunnel; the frame is unchanged.
+    TooBig,
+    /// The frame could not be rewritten.
+    TooShort,
+}
+
+/// The bytes `backend`'s method puts in front of a packet.
+#[inline(always)]
+fn overhead(backend: &Backend) -> usize {
+    let ip = if backend.family == FAMILY_V6 {
+        IPV6_HLEN
+    } else {
+        IPV4_HLEN
+    };
+    if backend.forward == FORWARD_GUE {
+        ip + UDP_HLEN
+    } else {
+        ip
+    }
+}
+
+/// Puts the frame's packet inside the outer headers of `backend`'s method.
+#[inline(always)]
+fn encapsulate(ctx: &XdpContext, backend: &Backend, key: &FlowKey) -> Encapsulated {
+    let frame = XdpFrame::new(ctx);
+    let overhead = overhead(backend);
+    let Some(inner_len) = frame.len().checked_sub(ETH_HLEN) else {
+        return Encapsulated::TooShort;
+    };
+    if inner_len + overhead > usize::from(backend.mtu) {
+        return Encapsulated::TooBig;
+    }
+    let Some(inner) = Inner::of(&frame, key) else {
+        return Encapsulated::TooShort;
+    };
+    // SAFETY: the context is the program's own; every pointer into the
+    // frame is taken afresh below.
+    if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(overhead as i32)) } != 0 {
+        return Encapsulated::TooShort;
+    }
+    match write_outer(ctx, backend, key, &inner, inner_len) {
+        Some(()) => Encapsulated::Yes,
+        None => Encapsulated::TooShort,
+    }
+}
+
+/// Writes the outer headers in front of the inner packet (`inner_len`
+/// bytes), in the room made for them.
+#[inline(always)]
+fn write_outer(
+    ctx: &XdpContext,
+    backend: &Backend,
+    key: &FlowKey,
+    inner: &Inner,
+    inner_len: usize,
+) -> Option<()> {
+    let gue = backend.forward == FORWARD_GUE;
+    let outer_v6 = backend.family == FAMILY_V6;
+    let frame = XdpFrame::new(ctx);
+    let hash = flow_label_hash(&key.src, key.sport, key.dport);
+    let ethertype = if outer_v6 { ETH_P_IPV6 } else { ETH_P_IP };
+    write(&frame, 0, backend.mac)?;
+    write(&frame, 6, inner.our_mac)?;
+    write(&frame, 12, ethertype.to_be_bytes())?;
+    let payload = inner_len as u16 + if gue { UDP_HLEN as u16 } else { 0 };
+    let proto = if gue { IPPROTO_UDP } else { inner.proto };
+    let ip_len = if outer_v6 {
+        write(
+            &frame,
+            ETH_HLEN,
+            ipv6_fixed(proto, inner.class, hash, payload),
+        )?;
+        write(&frame, ETH_HLEN + 8, backend.tunnel_source)?;
+        write(&frame, ETH_HLEN + 24, backend.addr)?;
+        IPV6_HLEN
+    } else {
+        let header = ipv4_header(
+            v4(&backend.tunnel_source),
+            v4(&backend.addr),
+            proto,
+            inner.class,
+            payload,
+        );
+        write(&frame, ETH_HLEN, header)?;
+        IPV4_HLEN
+    };
+    if gue {
+        let udp = gue_udp_header(gue_source_port(hash), backend.gue_port, inner_len as u16);
+        write(&frame, ETH_HLEN + ip_len, udp)?;
+    }
+    Some(())
+}
+
+/// What the outer headers take from the frame before they are prepended.
+struct Inner {
+    /// This interface's MAC (the frame's destination).
+    our_mac: [u8; 6],
+    /// IPIP protocol number of the inner packet (4 or 41).
+    proto: u8,
+    /// Its DSCP and ECN, copied to the outer header (RFC 6040 normal mode).
+    class: u8,
+}
+
+impl Inner {
+    #[inline(always)]
+    fn of(frame: &XdpFrame, key: &FlowKey) -> Option<Self> {
+        let our_mac = frame.ptr_mut::<[u8; 6]>(0)?;
+        // SAFETY: ptr_mut checked the bytes against data_end.
+        let our_mac = unsafe { core::ptr::read_unaligned(our_mac) };
+        let (proto, class) = if key.family == FAMILY_V6 {
+            // SAFETY: as above; headers are byte arrays (alignment 1).
+            let header = unsafe { &*frame.ptr_mut::<Ipv6Header>(ETH_HLEN)? };
+            (IPPROTO_IPV6, ipv6_class(header.version_class_flow))
+        } else {
+            // SAFETY: as above.
+            let header = unsafe { &*frame.ptr_mut::<Ipv4Header>(ETH_HLEN)? };
+            (IPPROTO_IPIP, header.tos)
+        };
+        Some(Self {
+            our_mac,
+            proto,
+            class,
+        })
+    }
+}
+
+/// The first four bytes of an address field (an IPv4 address).
+#[inline(always)]
+fn v4(addr: &[u8; 16]) -> [u8; 4] {
+    [addr[0], addr[1], addr[2], addr[3]]
+}
+
+/// Writes `value` at `offset` of the frame; `None` if it doesn't fit.
+#[inline(always)]
+pub fn write<T>(frame: &XdpFrame, offset: usize, value: T) -> Option<()> {
+    let at = frame.ptr_mut::<T>(offset)?;
+    // SAFETY: ptr_mut checked the range against data_end; T is a header
+    // of byte arrays, so any address suits it.
+    unsafe { core::ptr::write_unaligned(at, value) };
+    Some(())
+}
+
+/// Counts a forwarded packet for its VIP and its worker.
+#[inline(always)]
+fn count_forwarded(vip_id: u32, backend_id: u32, len: u64, new_flow: bool) {
+    count_traffic(&LB_VIP_STATS, vip_id, len, new_flow);
+    count_traffic(&LB_BACKEND_STATS, backend_id, len, new_flow);
 }
 
 /// Counts the packet in slot `index` (a VIP's or a worker's id) of `map`.

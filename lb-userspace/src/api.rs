@@ -13,7 +13,7 @@ use anyhow::{bail, Context as _};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    options::{CheckKind, Scheduler, VipOptions},
+    options::{CheckKind, Forward, Scheduler, VipOptions},
     service::Vip,
 };
 
@@ -183,6 +183,10 @@ pub struct VipRow {
     pub serving: usize,
     /// New-flow scheduler.
     pub scheduler: Scheduler,
+    /// How packets reach the workers.
+    pub forward: Forward,
+    /// The workers' GUE port, with `forward` gue.
+    pub gue_port: Option<u16>,
     /// Sticky-session lifetime, if sticky.
     pub sticky: Option<String>,
     /// Sticky prefix length.

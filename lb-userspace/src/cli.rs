@@ -1,6 +1,10 @@
 //! The `lb` command line.
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+    time::Duration,
+};
 
 use clap::{Parser, Subcommand, ValueEnum};
 use lb_common::balancer::{DEFAULT_MAX_VIPS, DEFAULT_MAX_WORKERS};
@@ -11,7 +15,7 @@ use crate::{
     dns::{DnsName, DnsRcode, DnsType},
     duration::parse_clap as duration,
     instance::{Name, Paths, DEFAULT_NAME},
-    options::{CheckKind, HealthOptions, LoadOptions, LoadSignal, Scheduler, VipOptions},
+    options::{CheckKind, Forward, HealthOptions, LoadOptions, LoadSignal, Scheduler, VipOptions},
 };
 
 /// lb: a stateful L4 load balancer in XDP.
@@ -130,6 +134,16 @@ pub struct RunArgs {
     /// the per-worker maps; a worker on two VIPs counts twice).
     #[arg(long, default_value_t = DEFAULT_MAX_WORKERS, value_parser = clap::value_parser!(u32).range(1..=i64::from(LIMIT_WORKERS)))]
     pub max_workers: u32,
+    /// Outer source address of IPIP and GUE packets, one per family
+    /// (repeat for the other); default: the interface's primary address of
+    /// the worker's family.
+    #[arg(long, value_name = "ADDR")]
+    pub tunnel_source: Vec<IpAddr>,
+    /// Largest IP packet, tunnel headers included, that IPIP and GUE send
+    /// (default: the interface's MTU); clients get "fragmentation needed" /
+    /// "packet too big" for what doesn't fit.
+    #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u16).range(1280..))]
+    pub tunnel_mtu: Option<u16>,
     /// Accept worker load reports (`POST /load`) on this address, e.g.
     /// 192.0.2.2:9470. Off unless given; needs --load-token-file.
     #[arg(long)]
@@ -213,7 +227,9 @@ pub enum BackendCommand {
     Add {
         /// The VIP.
         vip: String,
-        /// The worker's address (same family as the VIP; same L2 segment for DSR).
+        /// The worker's address (for DSR: the VIP's family, on the
+        /// balancer's link; for ipip and gue: either family, anywhere
+        /// routed).
         worker: String,
         /// Relative share of new flows (1-65535).
         #[arg(long, default_value_t = crate::state::DEFAULT_WEIGHT)]
@@ -394,6 +410,14 @@ pub struct VipOptionArgs {
     /// NXDOMAIN, …
     #[arg(long, value_name = "RCODE")]
     pub health_dns_rcode: Option<DnsRcode>,
+    /// How packets reach the workers: dsr (same link), ipip (IPIP, IP6IP6
+    /// or across families) or gue (IP in UDP); ipip and gue reach workers
+    /// anywhere the balancer's routes reach, which run `lb decap attach`.
+    #[arg(long, value_enum, default_value_t = Forward::Dsr)]
+    pub forward: Forward,
+    /// Workers' GUE port, with --forward gue [default: 6080].
+    #[arg(long)]
+    pub gue_port: Option<u16>,
     /// Load figure of the least-load scheduler: reported, or the worker's
     /// active flows per weight.
     #[arg(long, value_enum, default_value_t = LoadSignal::Reported)]
@@ -412,6 +436,8 @@ impl From<VipOptionArgs> for VipOptions {
         Self {
             table_size: args.table_size,
             scheduler: args.scheduler,
+            forward: args.forward,
+            gue_port: args.gue_port,
             sticky: args.sticky,
             sticky_prefix: args.sticky_prefix,
             idle_timeout: args.idle_timeout,

@@ -51,6 +51,7 @@ pub fn vip_command(command: VipCommand, socket: &Path) -> anyhow::Result<()> {
                     "WORKERS",
                     "SERVING",
                     "SCHEDULER",
+                    "FORWARD",
                     "STICKY",
                     "HEALTH",
                     "IDLE",
@@ -63,6 +64,10 @@ pub fn vip_command(command: VipCommand, socket: &Path) -> anyhow::Result<()> {
                         r.workers.to_string(),
                         r.serving.to_string(),
                         json_word(&r.scheduler),
+                        match r.gue_port {
+                            Some(port) => format!("gue :{port}"),
+                            None => json_word(&r.forward),
+                        },
                         r.sticky
                             .as_ref()
                             .map_or_else(|| "-".into(), |t| format!("{t} /{}", r.sticky_prefix)),
@@ -259,7 +264,7 @@ pub fn status(client: &ClientArgs, socket: &Path) -> anyhow::Result<()> {
 }
 
 /// The serde name of a unit variant ("least-load", "draining").
-fn json_word(value: &impl serde::Serialize) -> String {
+pub(crate) fn json_word(value: &impl serde::Serialize) -> String {
     serde_json::to_value(value)
         .ok()
         .and_then(|v| v.as_str().map(str::to_owned))

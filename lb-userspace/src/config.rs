@@ -7,6 +7,8 @@
 //! address = "192.0.2.100:80/tcp"
 //! table_size = 16381                 # optional prime
 //! scheduler = "least-load"           # or "maglev" (default)
+//! forward = "ipip"                   # or "gue", "dsr" (default)
+//! gue_port = 6080                    # with forward = "gue"
 //! sticky = "300s"                    # optional sticky sessions
 //! sticky_prefix = 24                 # optional, default the whole address
 //! idle_timeout = "10m"               # optional, default 300s for TCP, 60s for UDP
@@ -26,7 +28,7 @@ use anyhow::Context as _;
 use serde::Deserialize;
 
 use crate::{
-    options::{HealthOptions, LoadOptions, Scheduler, VipOptions},
+    options::{Forward, HealthOptions, LoadOptions, Scheduler, VipOptions},
     service::Vip,
     state::{Desired, Limits, DEFAULT_WEIGHT},
 };
@@ -54,6 +56,11 @@ pub struct VipConfig {
     /// New-flow scheduler.
     #[serde(default)]
     pub scheduler: Scheduler,
+    /// How packets reach the workers.
+    #[serde(default)]
+    pub forward: Forward,
+    /// The workers' GUE port.
+    pub gue_port: Option<u16>,
     /// Sticky-session lifetime.
     #[serde(default, with = "crate::duration::serde_str_opt")]
     pub sticky: Option<std::time::Duration>,
@@ -81,6 +88,8 @@ impl VipConfig {
         VipOptions {
             table_size: self.table_size,
             scheduler: self.scheduler,
+            forward: self.forward,
+            gue_port: self.gue_port,
             sticky: self.sticky,
             sticky_prefix: self.sticky_prefix,
             idle_timeout: self.idle_timeout,

@@ -60,6 +60,8 @@ pub struct Instance {
     pub max_flows: u32,
     /// VIPs and workers the maps hold.
     pub limits: crate::state::Limits,
+    /// Outer sources and MTU of IPIP and GUE.
+    pub tunnels: crate::tunnel::Tunnels,
     /// Load report endpoint, if enabled.
     pub load_listen: Option<String>,
 }
@@ -92,6 +94,10 @@ enum Reach {
 struct Live {
     vip: Vip,
     addr: IpAddr,
+    /// Where its frames go: the address whose neighbour entry holds the
+    /// MAC they are sent to (the worker's own on this link, else the
+    /// router's toward it).
+    hop: Hop,
     mac: Option<[u8; 6]>,
     /// The slot generation written for it (flows and sessions record it).
     generation: u32,
@@ -104,15 +110,36 @@ struct Live {
     flows: u64,
 }
 
+/// The first hop toward a worker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Hop {
+    /// This address on the interface's link: the worker, or a router.
+    Via(IpAddr),
+    /// None: no route through the interface, or no tunnel source of the
+    /// worker's family. Not scheduled, for this reason.
+    Missing(&'static str),
+}
+
+impl Hop {
+    fn addr(self) -> Option<IpAddr> {
+        match self {
+            Self::Via(addr) => Some(addr),
+            Self::Missing(_) => None,
+        }
+    }
+}
+
 impl Live {
-    fn new(vip: Vip, addr: IpAddr, mac: Option<[u8; 6]>, generation: u32) -> Self {
-        let reach = match mac {
-            Some(_) => Reach::Reachable,
-            None => Reach::Unreachable(unresolved_reason(addr)),
+    fn new(vip: Vip, addr: IpAddr, hop: Hop, mac: Option<[u8; 6]>, generation: u32) -> Self {
+        let reach = match (hop, mac) {
+            (Hop::Missing(reason), _) => Reach::Unreachable(reason),
+            (Hop::Via(_), Some(_)) => Reach::Reachable,
+            (Hop::Via(at), None) => Reach::Unreachable(unresolved_reason(addr, at)),
         };
         Self {
             vip,
             addr,
+            hop,
             mac,
             generation,
             reach,
@@ -129,13 +156,20 @@ impl Live {
     }
 }
 
-/// Why a worker whose address never resolved is unreachable.
-fn unresolved_reason(addr: IpAddr) -> &'static str {
-    match addr {
-        IpAddr::V4(_) => "no ARP reply",
-        IpAddr::V6(_) => "no neighbour advertisement",
+/// Why a worker at `addr` whose hop `hop` never resolved is unreachable.
+fn unresolved_reason(addr: IpAddr, hop: IpAddr) -> &'static str {
+    match (hop, hop == addr) {
+        (IpAddr::V4(_), true) => "no ARP reply",
+        (IpAddr::V6(_), true) => "no neighbour advertisement",
+        (IpAddr::V4(_), false) => "no ARP reply from its router",
+        (IpAddr::V6(_), false) => "no neighbour advertisement from its router",
     }
 }
+
+/// Why an L3 worker has no hop.
+const NO_ROUTE: &str = "no route through the interface";
+const NO_SOURCE_V4: &str = "no IPv4 tunnel source (lb run --tunnel-source)";
+const NO_SOURCE_V6: &str = "no IPv6 tunnel source (lb run --tunnel-source)";
 
 /// How full the flow and session tables were at their last scans.
 #[derive(Clone, Copy, Debug, Default)]
@@ -300,8 +334,12 @@ impl Controller {
             .maps
             .generation_for(id, addr)
             .context("reading the worker's slot")?;
-        let mac = resolve(&mut self.netlink, self.ifindex, addr, pinned_mac);
-        let live = Live::new(vip, addr, mac, generation);
+        let hop = self.hop_for(&vip, addr);
+        let mac = match hop {
+            Hop::Via(at) => resolve(&mut self.netlink, self.ifindex, at, pinned_mac),
+            Hop::Missing(_) => None,
+        };
+        let live = Live::new(vip, addr, hop, mac, generation);
         if let Reach::Unreachable(reason) = live.reach {
             self.unresolved_added.push(id);
             tracing::warn!(
@@ -313,6 +351,36 @@ impl Controller {
             .write_load(id, LOAD_UNKNOWN)
             .context("writing the worker's load")?;
         self.write_worker(id)
+    }
+
+    /// The first hop toward worker `addr` of `vip`: the worker itself for
+    /// DSR; for IPIP and GUE the router its route goes through, or itself
+    /// when on the link.
+    fn hop_for(&mut self, vip: &Vip, addr: IpAddr) -> Hop {
+        let l3 = self
+            .desired
+            .vip(vip)
+            .is_ok_and(|state| state.options.forward.is_l3());
+        if !l3 {
+            return Hop::Via(addr);
+        }
+        if self.instance.tunnels.source_for(addr).is_none() {
+            return Hop::Missing(if addr.is_ipv4() {
+                NO_SOURCE_V4
+            } else {
+                NO_SOURCE_V6
+            });
+        }
+        match self.netlink.route_to(addr) {
+            Ok(Some(route)) if route.ifindex == self.ifindex => {
+                Hop::Via(route.gateway.unwrap_or(addr))
+            }
+            Ok(_) => Hop::Missing(NO_ROUTE),
+            Err(error) => {
+                tracing::warn!("looking up the route to {addr}: {error}");
+                Hop::Missing(NO_ROUTE)
+            }
+        }
     }
 
     /// Removes VIPs and pins the maps hold but the desired state doesn't
@@ -472,6 +540,7 @@ impl Controller {
     }
 
     fn add_vip(&mut self, vip: Vip, options: VipOptions) -> anyhow::Result<()> {
+        self.check_tunnel(&options, None)?;
         self.desired.add_vip(vip, options)?;
         self.reschedule(&vip);
         tracing::info!("added VIP {vip}");
@@ -483,13 +552,19 @@ impl Controller {
     fn set_vip(&mut self, vip: &Vip, options: VipOptions) -> anyhow::Result<()> {
         let old = self.desired.vip(vip)?;
         let (id, old_prefix) = (old.id, old.options.prefix_for(vip));
+        for worker in old.workers.keys() {
+            self.check_tunnel(&options, Some(*worker))?;
+        }
         self.desired.set_options(vip, options)?;
         let state = self.desired.vip(vip)?;
         if state.options.prefix_for(vip) != old_prefix {
             self.flush_where(|key, _| key.vip_id == id)?;
         }
-        for id in state.workers.values().map(|w| w.id).collect::<Vec<_>>() {
+        let workers: Vec<(IpAddr, u32)> = state.workers.iter().map(|(a, w)| (*a, w.id)).collect();
+        for (addr, id) in workers {
             self.sync_load(id)?;
+            self.rehop(id, *vip, addr);
+            self.write_worker(id)?;
         }
         self.reschedule(vip);
         tracing::info!("changed the settings of VIP {vip}");
@@ -513,8 +588,60 @@ impl Controller {
         Ok(())
     }
 
+    /// Refuses IPIP or GUE toward `worker` (or at all, without one) when
+    /// there is no tunnel source of its family.
+    fn check_tunnel(&self, options: &VipOptions, worker: Option<IpAddr>) -> anyhow::Result<()> {
+        if !options.forward.is_l3() {
+            return Ok(());
+        }
+        let tunnels = &self.instance.tunnels;
+        let missing = match worker {
+            Some(addr) => tunnels.source_for(addr).is_none(),
+            None => tunnels.v4.is_none() && tunnels.v6.is_none(),
+        };
+        if missing {
+            let family = match worker {
+                Some(IpAddr::V4(_)) => "IPv4 ",
+                Some(IpAddr::V6(_)) => "IPv6 ",
+                None => "",
+            };
+            bail!(
+                "--forward {} needs an outer source address: {} has no {family}address; give lb run --tunnel-source",
+                crate::client::json_word(&options.forward),
+                self.instance.iface
+            );
+        }
+        Ok(())
+    }
+
+    /// Looks up the first hop toward worker `id` again: after its VIP's
+    /// method or the routes changed. A worker whose hop moved resolves the
+    /// new one's MAC afresh, keeping the old meanwhile.
+    fn rehop(&mut self, id: u32, vip: Vip, addr: IpAddr) {
+        let hop = self.hop_for(&vip, addr);
+        let Some(live) = self.live.get_mut(&id) else {
+            return;
+        };
+        if live.hop == hop {
+            return;
+        }
+        tracing::info!(
+            "worker {addr} of {vip}: {}",
+            match hop {
+                Hop::Via(at) if at == addr => "reached on this link".to_owned(),
+                Hop::Via(at) => format!("reached through {at}"),
+                Hop::Missing(reason) => reason.to_owned(),
+            }
+        );
+        live.hop = hop;
+        if let Hop::Missing(reason) = hop {
+            live.reach = Reach::Unreachable(reason);
+        }
+    }
+
     fn add_worker(&mut self, vip: Vip, worker: IpAddr, weight: u32) -> anyhow::Result<()> {
         check_not_own(&mut self.netlink, [worker])?;
+        self.check_tunnel(&self.desired.vip(&vip)?.options.clone(), Some(worker))?;
         let id = self.desired.add_worker(&vip, worker, weight)?;
         self.start_worker(vip, worker, id)?;
         self.reschedule(&vip);
@@ -685,12 +812,17 @@ impl Controller {
         if matches!(live.reach, Reach::Unreachable(_)) {
             state_flags |= BACKEND_UNREACHABLE;
         }
+        let options = &vip_state.options;
         let entry = WorkerEntry {
             addr: live.addr,
             mac: live.mac,
             vip_id: vip_state.id,
             state_flags,
             generation: live.generation,
+            forward: options.forward.code(),
+            gue_port: options.gue_port(),
+            mtu: self.instance.tunnels.mtu,
+            tunnel_source: self.instance.tunnels.source_for(live.addr),
         };
         self.maps
             .write_backend(id, &entry)

@@ -7,7 +7,7 @@ use std::{
 };
 
 use aya::{
-    maps::MapData,
+    maps::{MapData, ProgramArray},
     programs::{
         links::{FdLink, LinkError, PinnedLink},
         xdp::XdpLink,
@@ -488,6 +488,7 @@ fn load_and_attach(
     plan: &Plan,
 ) -> Result<(Ebpf, u32, Takeover), DataplaneError> {
     let mut ebpf = load(options)?;
+    load_tunnel(&mut ebpf)?;
     let program: &mut Xdp = balancer(&mut ebpf)?;
     program.load().map_err(verify_error)?;
     let program_id = program.info().map_err(verify_error)?.id();
@@ -571,6 +572,29 @@ impl LinkGuard {
             Err(error) => LinkCheck::Lost(format!("the interface can't be read: {error}")),
         }
     }
+}
+
+/// Loads the tunnel program (IPIP and GUE) and puts it where the
+/// balancer's tail call finds it, in place of an adopted one's.
+pub fn load_tunnel(ebpf: &mut Ebpf) -> Result<(), DataplaneError> {
+    let tunnel: &mut Xdp = ebpf
+        .program_mut(program_names::TUNNEL)
+        .expect("the embedded object defines the tunnel program")
+        .try_into()
+        .map_err(verify_error)?;
+    tunnel.load().map_err(verify_error)?;
+    let fd = tunnel
+        .fd()
+        .and_then(|fd| fd.try_clone().map_err(ProgramError::from))
+        .map_err(verify_error)?;
+    let map = ebpf
+        .map_mut(map_names::TUNNEL_PROG)
+        .expect("the embedded object defines the tunnel program array");
+    let mut array: ProgramArray<&mut MapData> = ProgramArray::try_from(map)
+        .map_err(|e| DataplaneError::Load(Box::new(EbpfError::MapError(e))))?;
+    array
+        .set(0, &fd, 0)
+        .map_err(|e| DataplaneError::Load(Box::new(EbpfError::MapError(e))))
 }
 
 fn balancer(ebpf: &mut Ebpf) -> Result<&mut Xdp, DataplaneError> {

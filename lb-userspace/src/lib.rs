@@ -37,3 +37,4 @@ pub mod state_file;
 pub mod stats;
 pub mod table;
 pub mod top;
+pub mod tunnel;

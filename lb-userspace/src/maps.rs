@@ -33,6 +33,14 @@ pub struct WorkerEntry {
     pub state_flags: u8,
     /// The slot's generation for this worker ([`ControlMaps::generation_for`]).
     pub generation: u32,
+    /// How its packets travel (`FORWARD_*`).
+    pub forward: u8,
+    /// Its GUE port (host order).
+    pub gue_port: u16,
+    /// The largest IP packet its tunnel carries.
+    pub mtu: u16,
+    /// Outer source of its tunnel, when its family has one.
+    pub tunnel_source: Option<IpAddr>,
 }
 
 /// Flags of every Maglev table, as the data plane's template has them:
@@ -149,6 +157,14 @@ impl ControlMaps {
             flags: BACKEND_VALID | mac_flag | worker.state_flags,
             vip_id: worker.vip_id,
             generation: worker.generation,
+            forward: worker.forward,
+            pad: 0,
+            gue_port: worker.gue_port.to_be(),
+            mtu: worker.mtu,
+            pad2: 0,
+            tunnel_source: worker
+                .tunnel_source
+                .map_or([0; 16], |source| service::addr_bytes(source).0),
         };
         self.backends.set(id, backend, 0)
     }

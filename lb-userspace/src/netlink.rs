@@ -1,8 +1,9 @@
 //! Route netlink (rtnetlink) in the controller's network namespace:
-//! neighbours (worker MACs and reachability), links (what XDP program an
-//! interface runs) and addresses, and the kernel's notices of neighbour
-//! changes. Blocking, one request at a time: the kernel answers at once,
-//! and callers run off the async runtime.
+//! neighbours (worker and next-hop MACs and reachability), routes (the
+//! next hop toward an L3 worker), links (what XDP program an interface
+//! runs, its MTU) and addresses, and the kernel's notices of neighbour
+//! and route changes. Blocking, one request at a time: the kernel answers
+//! at once, and callers run off the async runtime.
 
 use std::{collections::HashMap, io, net::IpAddr};
 
@@ -14,6 +15,7 @@ use netlink_packet_route::{
     address::{AddressAttribute, AddressMessage},
     link::{LinkAttribute, LinkMessage, LinkXdp, XdpAttached},
     neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState},
+    route::{RouteAddress, RouteAttribute, RouteMessage, RouteType, RouteVia},
     AddressFamily, RouteNetlinkMessage,
 };
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
@@ -24,6 +26,18 @@ use crate::neighbour::Entry;
 const USER_HZ: u32 = 100;
 /// The multicast group of neighbour changes (RTNLGRP_NEIGH).
 const GROUP_NEIGHBOURS: u32 = 3;
+/// The multicast groups of IPv4 and IPv6 route changes
+/// (RTNLGRP_IPV4_ROUTE, RTNLGRP_IPV6_ROUTE).
+const GROUPS_ROUTES: [u32; 2] = [7, 11];
+
+/// Where the kernel would send a packet for an address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Route {
+    /// The interface it leaves by.
+    pub ifindex: u32,
+    /// The router it goes to; `None` when the address is on that link.
+    pub gateway: Option<IpAddr>,
+}
 
 /// The XDP program an interface runs, as the kernel reports it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -72,10 +86,7 @@ impl Netlink {
     /// Needs an entry with a link-layer address.
     pub fn probe_neighbour(&mut self, ifindex: u32, addr: IpAddr) -> io::Result<()> {
         let mut message = NeighbourMessage::default();
-        message.header.family = match addr {
-            IpAddr::V4(_) => AddressFamily::Inet,
-            IpAddr::V6(_) => AddressFamily::Inet6,
-        };
+        message.header.family = family(addr);
         message.header.ifindex = ifindex;
         message.header.state = NeighbourState::Probe;
         message
@@ -86,6 +97,70 @@ impl Netlink {
             }));
         let request = RouteNetlinkMessage::NewNeighbour(message);
         self.request(request, NLM_F_REPLACE | NLM_F_ACK, |_| {})
+    }
+
+    /// The route the kernel takes to `addr`; `None` when it has none
+    /// (unreachable, blackhole, prohibited, or local).
+    pub fn route_to(&mut self, addr: IpAddr) -> io::Result<Option<Route>> {
+        let mut message = RouteMessage::default();
+        message.header.address_family = family(addr);
+        message.header.destination_prefix_length = if addr.is_ipv4() { 32 } else { 128 };
+        message
+            .attributes
+            .push(RouteAttribute::Destination(RouteAddress::from(addr)));
+        let mut found = None;
+        let answer = self.request(RouteNetlinkMessage::GetRoute(message), 0, |answer| {
+            if let RouteNetlinkMessage::NewRoute(route) = answer {
+                found = route_of(&route);
+            }
+        });
+        match answer {
+            Ok(()) => Ok(found),
+            // What `ip route get` reports as "Network is unreachable" and
+            // the like: no route.
+            Err(error)
+                if matches!(
+                    error.raw_os_error(),
+                    Some(libc::ENETUNREACH | libc::EHOSTUNREACH | libc::EACCES | libc::EINVAL)
+                ) =>
+            {
+                Ok(None)
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    /// The MTU of interface `ifindex`.
+    pub fn mtu(&mut self, ifindex: u32) -> io::Result<u32> {
+        let mut mtu = None;
+        self.get_link(ifindex, |attribute| {
+            if let LinkAttribute::Mtu(value) = attribute {
+                mtu = Some(*value);
+            }
+        })?;
+        mtu.ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "the link has no MTU"))
+    }
+
+    /// The addresses of interface `ifindex` of global scope, primary first
+    /// within each family, as the kernel lists them.
+    pub fn interface_addresses(&mut self, ifindex: u32) -> io::Result<Vec<IpAddr>> {
+        let mut found = Vec::new();
+        let request = RouteNetlinkMessage::GetAddress(AddressMessage::default());
+        self.request(request, NLM_F_DUMP, |answer| {
+            let RouteNetlinkMessage::NewAddress(message) = answer else {
+                return;
+            };
+            // Scope 0 is "universe" (global): no link-local or host addresses.
+            if message.header.index != ifindex || u8::from(message.header.scope) != 0 {
+                return;
+            }
+            for attribute in message.attributes {
+                if let AddressAttribute::Address(addr) = attribute {
+                    found.push(addr);
+                }
+            }
+        })?;
+        Ok(found)
     }
 
     /// Every address of every interface in this network namespace.
@@ -109,30 +184,34 @@ impl Netlink {
 
     /// The XDP program interface `ifindex` runs.
     pub fn xdp(&mut self, ifindex: u32) -> io::Result<XdpState> {
-        let mut message = LinkMessage::default();
-        message.header.index = ifindex;
         let mut state = XdpState {
             program_id: 0,
             mode: "none",
         };
-        self.request(RouteNetlinkMessage::GetLink(message), 0, |answer| {
-            let RouteNetlinkMessage::NewLink(link) = answer else {
+        self.get_link(ifindex, |attribute| {
+            let LinkAttribute::Xdp(xdp) = attribute else {
                 return;
             };
-            for attribute in &link.attributes {
-                let LinkAttribute::Xdp(xdp) = attribute else {
-                    continue;
-                };
-                for item in xdp {
-                    match item {
-                        LinkXdp::ProgId(id) => state.program_id = *id,
-                        LinkXdp::Attached(attached) => state.mode = mode_name(attached),
-                        _ => {}
-                    }
+            for item in xdp {
+                match item {
+                    LinkXdp::ProgId(id) => state.program_id = *id,
+                    LinkXdp::Attached(attached) => state.mode = mode_name(attached),
+                    _ => {}
                 }
             }
         })?;
         Ok(state)
+    }
+
+    /// Hands each attribute of link `ifindex` to `each`.
+    fn get_link(&mut self, ifindex: u32, mut each: impl FnMut(&LinkAttribute)) -> io::Result<()> {
+        let mut message = LinkMessage::default();
+        message.header.index = ifindex;
+        self.request(RouteNetlinkMessage::GetLink(message), 0, |answer| {
+            if let RouteNetlinkMessage::NewLink(link) = answer {
+                link.attributes.iter().for_each(&mut each);
+            }
+        })
     }
 
     /// Sends one request and reads its answers up to the end of the dump,
@@ -188,58 +267,113 @@ impl Netlink {
     }
 }
 
-/// A socket that hears of every change to the neighbour table.
-pub struct NeighbourEvents {
+/// What changed, as the kernel's notices tell.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Changes {
+    /// A neighbour of the interface.
+    pub neighbours: bool,
+    /// Some route (any may change the way to an L3 worker).
+    pub routes: bool,
+}
+
+/// A socket that hears of every change to the neighbour table and to the
+/// routes.
+pub struct ChangeNotices {
     socket: Socket,
 }
 
-impl NeighbourEvents {
-    /// Subscribes to neighbour changes in the caller's network namespace.
+impl ChangeNotices {
+    /// Subscribes to neighbour and route changes in the caller's network
+    /// namespace.
     pub fn open() -> io::Result<Self> {
         let mut socket = Socket::new(NETLINK_ROUTE)?;
         socket.bind_auto()?;
         socket.add_membership(GROUP_NEIGHBOURS)?;
+        for group in GROUPS_ROUTES {
+            socket.add_membership(group)?;
+        }
         Ok(Self { socket })
     }
 
     /// Blocks until the kernel reports a change to a neighbour of
-    /// interface `ifindex`. Notices lost to a full receive buffer count
-    /// as a change, since any of them may have been one.
-    pub fn changed(&self, ifindex: u32) -> io::Result<()> {
+    /// interface `ifindex` or to a route. Notices lost to a full receive
+    /// buffer count as both, since any of them may have been either.
+    pub fn next(&self, ifindex: u32) -> io::Result<Changes> {
         loop {
             let data = match self.socket.recv_from_full() {
                 Ok((data, _)) => data,
-                Err(error) if error.raw_os_error() == Some(libc::ENOBUFS) => return Ok(()),
+                Err(error) if error.raw_os_error() == Some(libc::ENOBUFS) => {
+                    return Ok(Changes {
+                        neighbours: true,
+                        routes: true,
+                    })
+                }
                 Err(error) => return Err(error),
             };
-            if touches(&data, ifindex) {
-                return Ok(());
+            let changes = changes_in(&data, ifindex);
+            if changes != Changes::default() {
+                return Ok(changes);
             }
         }
     }
 }
 
-/// Whether a datagram of notices holds one about a neighbour of `ifindex`.
-fn touches(data: &[u8], ifindex: u32) -> bool {
+/// What a datagram of notices says changed.
+fn changes_in(data: &[u8], ifindex: u32) -> Changes {
+    let mut changes = Changes::default();
     let mut offset = 0;
     while offset < data.len() {
         let Ok(notice) = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&data[offset..]) else {
-            return true;
+            return Changes {
+                neighbours: true,
+                routes: true,
+            };
         };
         if notice.header.length == 0 {
             break;
         }
         offset += notice.header.length as usize;
-        if let NetlinkPayload::InnerMessage(
-            RouteNetlinkMessage::NewNeighbour(message) | RouteNetlinkMessage::DelNeighbour(message),
-        ) = notice.payload
-        {
-            if message.header.ifindex == ifindex {
-                return true;
-            }
+        match notice.payload {
+            NetlinkPayload::InnerMessage(
+                RouteNetlinkMessage::NewNeighbour(message)
+                | RouteNetlinkMessage::DelNeighbour(message),
+            ) => changes.neighbours |= message.header.ifindex == ifindex,
+            NetlinkPayload::InnerMessage(
+                RouteNetlinkMessage::NewRoute(_) | RouteNetlinkMessage::DelRoute(_),
+            ) => changes.routes = true,
+            _ => {}
         }
     }
-    false
+    changes
+}
+
+fn family(addr: IpAddr) -> AddressFamily {
+    match addr {
+        IpAddr::V4(_) => AddressFamily::Inet,
+        IpAddr::V6(_) => AddressFamily::Inet6,
+    }
+}
+
+/// The interface and gateway of a unicast route.
+fn route_of(route: &RouteMessage) -> Option<Route> {
+    if route.header.kind != RouteType::Unicast {
+        return None;
+    }
+    let mut found = Route {
+        ifindex: 0,
+        gateway: None,
+    };
+    for attribute in &route.attributes {
+        match attribute {
+            RouteAttribute::Oif(index) => found.ifindex = *index,
+            RouteAttribute::Gateway(RouteAddress::Inet(v4))
+            | RouteAttribute::Via(RouteVia::Inet(v4)) => found.gateway = Some(IpAddr::V4(*v4)),
+            RouteAttribute::Gateway(RouteAddress::Inet6(v6))
+            | RouteAttribute::Via(RouteVia::Inet6(v6)) => found.gateway = Some(IpAddr::V6(*v6)),
+            _ => {}
+        }
+    }
+    (found.ifindex != 0).then_some(found)
 }
 
 fn mode_name(attached: &XdpAttached) -> &'static str {

@@ -3,7 +3,10 @@
 
 use std::{fmt, time::Duration};
 
-use lb_common::balancer::{SCHED_LEAST_LOAD, SCHED_MAGLEV};
+use lb_common::{
+    balancer::{FORWARD_DSR, FORWARD_GUE, FORWARD_IPIP, SCHED_LEAST_LOAD, SCHED_MAGLEV},
+    encap::DEFAULT_GUE_PORT,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -94,6 +97,12 @@ pub enum OptionsError {
     /// Load TTL out of range.
     #[error("load TTL {0} is out of range: use 1s to 1h")]
     LoadTtl(String),
+    /// GUE port zero.
+    #[error("--gue-port must be 1 to 65535")]
+    GuePort,
+    /// A GUE port for another method.
+    #[error("--gue-port is for --forward gue only")]
+    GuePortUnused,
 }
 
 /// How new flows are spread over a VIP's workers.
@@ -114,6 +123,38 @@ impl Scheduler {
             Self::Maglev => SCHED_MAGLEV,
             Self::LeastLoad => SCHED_LEAST_LOAD,
         }
+    }
+}
+
+/// How packets reach a VIP's workers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Forward {
+    /// L2 direct server return: the frame readdressed to the worker, which
+    /// must share the balancer's link.
+    #[default]
+    Dsr,
+    /// The packet inside an outer IPv4 or IPv6 header (IPIP, IP6IP6, or
+    /// across families) to a worker anywhere the balancer's routes reach.
+    Ipip,
+    /// The packet inside outer IP and UDP headers to the worker's GUE port.
+    Gue,
+}
+
+impl Forward {
+    /// The data plane's code for it.
+    pub fn code(self) -> u8 {
+        match self {
+            Self::Dsr => FORWARD_DSR,
+            Self::Ipip => FORWARD_IPIP,
+            Self::Gue => FORWARD_GUE,
+        }
+    }
+
+    /// Whether workers are reached by their routes rather than on this
+    /// link.
+    pub fn is_l3(self) -> bool {
+        self != Self::Dsr
     }
 }
 
@@ -255,6 +296,11 @@ pub struct VipOptions {
     pub health: HealthOptions,
     /// Load signal.
     pub load: LoadOptions,
+    /// How packets reach the workers.
+    pub forward: Forward,
+    /// GUE destination port (with `forward = gue`; default
+    /// [`DEFAULT_GUE_PORT`]).
+    pub gue_port: Option<u16>,
 }
 
 const MAX_STICKY: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -290,7 +336,17 @@ impl VipOptions {
                 return Err(OptionsError::UdpCheckWithoutPort(*vip));
             }
         }
+        match (self.forward, self.gue_port) {
+            (_, Some(0)) => return Err(OptionsError::GuePort),
+            (Forward::Dsr | Forward::Ipip, Some(_)) => return Err(OptionsError::GuePortUnused),
+            _ => {}
+        }
         self.health.validate(vip)
+    }
+
+    /// The GUE port in force (meaningful with `forward = gue`).
+    pub fn gue_port(&self) -> u16 {
+        self.gue_port.unwrap_or(DEFAULT_GUE_PORT)
     }
 
     /// The idle timeout in force for `vip`.

@@ -30,9 +30,11 @@ use crate::{
     listen::{Caps, Gate},
     load,
     maps::ControlMaps,
+    netlink::Netlink,
     sessions,
     state::{Desired, Limits},
     state_file::StateFile,
+    tunnel::Tunnels,
 };
 
 /// How often the controller scans flows, expires load reports and
@@ -70,6 +72,7 @@ pub async fn run(args: RunArgs, paths: Paths) -> anyhow::Result<()> {
         }
         None => None,
     };
+    let tunnels = tunnels(&args)?;
     let options = AttachOptions {
         name: paths.name.to_string(),
         iface: args.iface,
@@ -90,6 +93,7 @@ pub async fn run(args: RunArgs, paths: Paths) -> anyhow::Result<()> {
         pin_dir: options.pin_dir.clone(),
         max_flows: options.max_flows,
         limits,
+        tunnels,
         load_listen: args.load_listen.map(|a| a.to_string()),
     };
     let state_path = state_file.path().to_owned();
@@ -217,8 +221,7 @@ fn desired_state(saved: Option<Desired>, config: Option<&Path>) -> anyhow::Resul
             .vips()
             .values()
             .flat_map(|v| v.workers.keys().copied());
-        let mut netlink =
-            crate::netlink::Netlink::open().context("opening a route netlink socket")?;
+        let mut netlink = Netlink::open().context("opening a route netlink socket")?;
         crate::controller::check_not_own(&mut netlink, workers)?;
     }
     Ok(match (saved, config) {
@@ -245,6 +248,19 @@ fn takeover_line(takeover: Takeover, state_file: &Path) -> String {
             "lb: attached again in the XDP mode asked for (--force): program {previous_program} replaced after a short pause; maps, flows and sessions kept; state from {state}"
         ),
     }
+}
+
+/// The outer sources and MTU of IPIP and GUE on `--iface`.
+fn tunnels(args: &RunArgs) -> anyhow::Result<Tunnels> {
+    let mut netlink = Netlink::open().context("opening a route netlink socket")?;
+    let ifindex = crate::netlink::ifindex(&args.iface)?;
+    Ok(Tunnels::new(
+        &mut netlink,
+        &args.iface,
+        ifindex,
+        &args.tunnel_source,
+        args.tunnel_mtu,
+    )?)
 }
 
 /// The load report endpoint's socket and token, when asked for.

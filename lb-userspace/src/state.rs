@@ -45,7 +45,7 @@ pub enum StateError {
         worker: IpAddr,
     },
     /// IPv4 worker for an IPv6 VIP or the other way round.
-    #[error("worker {worker} and VIP {vip} are of different IP families; L2 DSR needs the worker in the VIP's family")]
+    #[error("worker {worker} and VIP {vip} are of different IP families; L2 DSR needs the worker in the VIP's family (--forward ipip or gue carry either)")]
     FamilyMismatch {
         /// The VIP.
         vip: Vip,
@@ -443,6 +443,15 @@ impl Desired {
         if !state.pins.is_empty() && options.prefix_for(vip) != state.options.prefix_for(vip) {
             return Err(StateError::PinsBlockPrefix(*vip));
         }
+        if !options.forward.is_l3() {
+            if let Some(&worker) = state
+                .workers
+                .keys()
+                .find(|w| w.is_ipv4() != vip.addr.is_ipv4())
+            {
+                return Err(StateError::FamilyMismatch { vip: *vip, worker });
+            }
+        }
         state.options = options;
         Ok(())
     }
@@ -470,13 +479,13 @@ impl Desired {
         if addr == vip.addr {
             return Err(StateError::WorkerIsVip(addr));
         }
-        if vip.addr.is_ipv4() != addr.is_ipv4() {
+        let state = self.vips.get_mut(vip).ok_or(StateError::UnknownVip(*vip))?;
+        if vip.addr.is_ipv4() != addr.is_ipv4() && !state.options.forward.is_l3() {
             return Err(StateError::FamilyMismatch {
                 vip: *vip,
                 worker: addr,
             });
         }
-        let state = self.vips.get_mut(vip).ok_or(StateError::UnknownVip(*vip))?;
         if state.workers.contains_key(&addr) {
             return Err(StateError::DuplicateWorker {
                 vip: *vip,

@@ -4,7 +4,11 @@
 
 use std::net::IpAddr;
 
-use lb_common::packet::{ETH_P_IP, ETH_P_IPV6, IPPROTO_TCP, IPPROTO_UDP};
+use lb_common::{
+    balancer::FlowKey,
+    packet::{ETH_P_IP, ETH_P_IPV6, IPPROTO_TCP, IPPROTO_UDP},
+};
+use lb_userspace::service::addr_bytes;
 
 /// TCP flag bits.
 pub mod tcp {
@@ -269,6 +273,26 @@ impl Packet {
             bytes[2..4].copy_from_slice(&check.to_be_bytes());
         }
         bytes
+    }
+}
+
+/// The flow-table key of `packet`'s flow.
+pub fn flow_key(packet: &Packet) -> FlowKey {
+    let (sport, dport, proto) = match packet.transport {
+        Transport::Tcp { sport, dport, .. } => (sport, dport, 6),
+        Transport::Udp { sport, dport } => (sport, dport, 17),
+        _ => panic!("no ports"),
+    };
+    let (src, family) = addr_bytes(packet.src);
+    let (dst, _) = addr_bytes(packet.dst);
+    FlowKey {
+        src,
+        dst,
+        sport: sport.to_be(),
+        dport: dport.to_be(),
+        proto,
+        family,
+        pad: [0; 2],
     }
 }
 

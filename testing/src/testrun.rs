@@ -31,12 +31,14 @@ pub struct Loaded {
 }
 
 impl Loaded {
-    /// lb's object with a flow table of `max_flows`, `lb_xdp` loaded.
+    /// lb's object with a flow table of `max_flows`, `lb_xdp` loaded and
+    /// its tunnel program in place.
     pub fn lb(max_flows: u32) -> anyhow::Result<Self> {
-        let ebpf = EbpfLoader::new()
+        let mut ebpf = EbpfLoader::new()
             .map_max_entries(map_names::FLOWS, max_flows)
             .load(object::LB_XDP)
             .context("loading lb's object")?;
+        lb_userspace::dataplane::load_tunnel(&mut ebpf)?;
         Self::with_programs(ebpf, &[program_names::BALANCER])
     }
 
@@ -143,6 +145,11 @@ pub fn worker_mac(id: u32) -> [u8; 6] {
     [0x02, 0xbe, 0, 0, hi, lo]
 }
 
+/// The outer sources of IPIP and GUE in test configurations.
+pub const TUNNEL_SOURCES: [&str; 2] = ["192.0.2.2", "2001:db8::2"];
+/// The MTU of test configurations' tunnels.
+pub const TUNNEL_MTU: u16 = 1500;
+
 /// Gives lb's maps `vips`, each with `workers` workers whose addresses
 /// `worker_addr(vip index, n)` makes, every MAC resolved; returns the
 /// desired state written.
@@ -152,20 +159,41 @@ pub fn configure(
     workers: u32,
     worker_addr: impl Fn(usize, u32) -> IpAddr,
 ) -> anyhow::Result<(Desired, ControlMaps)> {
+    configure_with(loaded, vips, workers, worker_addr, |_| {
+        VipOptions::default()
+    })
+}
+
+/// As [`configure`], with VIP `i`'s settings `options(i)`: its forwarding
+/// method, for one; tunnels start at [`TUNNEL_SOURCES`] with an MTU of
+/// [`TUNNEL_MTU`].
+pub fn configure_with(
+    loaded: &mut Loaded,
+    vips: &[Vip],
+    workers: u32,
+    worker_addr: impl Fn(usize, u32) -> IpAddr,
+    options: impl Fn(usize) -> VipOptions,
+) -> anyhow::Result<(Desired, ControlMaps)> {
     let mut maps = ControlMaps::take(loaded.ebpf_mut())?;
     let mut desired = Desired::new(7);
     maps.write_config(desired.hash_seed)?;
     for (index, vip) in vips.iter().enumerate() {
-        desired.add_vip(*vip, VipOptions::default())?;
+        let options = options(index);
+        desired.add_vip(*vip, options.clone())?;
         for n in 0..workers {
             let addr = worker_addr(index, n);
             let id = desired.add_worker(vip, addr, DEFAULT_WEIGHT)?;
+            let source = TUNNEL_SOURCES[usize::from(addr.is_ipv6())];
             let entry = WorkerEntry {
                 addr,
                 mac: Some(worker_mac(id)),
                 vip_id: desired.vip(vip)?.id,
                 state_flags: 0,
                 generation: 1,
+                forward: options.forward.code(),
+                gue_port: options.gue_port(),
+                mtu: TUNNEL_MTU,
+                tunnel_source: Some(source.parse()?),
             };
             maps.write_backend(id, &entry)?;
             maps.write_load(id, LOAD_UNKNOWN)?;

@@ -5,16 +5,12 @@
 
 use std::net::IpAddr;
 
-use lb_common::{balancer::FlowKey, counters::GlobalCounters, program_names::BALANCER};
+use lb_common::{counters::GlobalCounters, program_names::BALANCER};
 use lb_testing::{
-    frames::{tcp, Fragment, Packet, Transport, LB_MAC},
+    frames::{flow_key, tcp, Fragment, Packet, Transport, LB_MAC},
     testrun::{configure, worker_mac, Loaded},
 };
-use lb_userspace::{
-    maglev,
-    service::{addr_bytes, Vip},
-    state::Desired,
-};
+use lb_userspace::{maglev, service::Vip, state::Desired};
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
@@ -102,26 +98,6 @@ impl Suite {
         wanted.extend_from_slice(case.counters);
         wanted.sort();
         assert_eq!(moved, wanted, "{}: counters", case.name);
-    }
-}
-
-/// The flow-table key of `packet`'s flow.
-fn flow_key(packet: &Packet) -> FlowKey {
-    let (sport, dport, proto) = match packet.transport {
-        Transport::Tcp { sport, dport, .. } => (sport, dport, 6),
-        Transport::Udp { sport, dport } => (sport, dport, 17),
-        _ => panic!("no ports"),
-    };
-    let (src, family) = addr_bytes(packet.src);
-    let (dst, _) = addr_bytes(packet.dst);
-    FlowKey {
-        src,
-        dst,
-        sport: sport.to_be(),
-        dport: dport.to_be(),
-        proto,
-        family,
-        pad: [0; 2],
     }
 }
 

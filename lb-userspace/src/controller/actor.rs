@@ -8,9 +8,9 @@
 //! The channel is std's rather than tokio's: sending never blocks (it is
 //! unbounded) so async code may send, and `recv_timeout` lets the thread
 //! release answers held for a new worker's MAC on time. A second thread
-//! listens for the kernel's notices of neighbour changes and tells the
-//! controller to read the table again, so a worker resolves, or its host
-//! fails, the moment the kernel knows.
+//! listens for the kernel's notices of neighbour and route changes and
+//! tells the controller to look again, so a worker resolves, its host
+//! fails, or the way to it changes the moment the kernel knows.
 
 use std::{
     collections::HashMap,
@@ -30,13 +30,15 @@ use crate::{
     activity::Scan,
     api::{Request, Response},
     health, load,
-    netlink::NeighbourEvents,
+    netlink::{ChangeNotices, Changes},
 };
 
 /// How long the answer to adding a worker waits for its MAC (other
 /// messages are handled meanwhile): a worker that resolves by then is
 /// scheduled when the command returns, as users and scripts expect.
 const RESOLVE_WAIT: Duration = Duration::from_millis(500);
+/// Shortest time between two rounds of notices handed to the controller.
+const NOTICE_PAUSE: Duration = Duration::from_millis(20);
 /// At most this many messages make one batch, so a flood of reports can't
 /// hold back the answers to admin requests for long.
 const MAX_BATCH: usize = 4096;
@@ -61,6 +63,8 @@ pub enum Message {
     },
     /// The kernel changed a neighbour of the interface: read the table.
     Neighbours,
+    /// The kernel changed a route: look up the next hops of L3 workers.
+    Routes,
     /// Stop and hand the controller back.
     Stop,
 }
@@ -126,8 +130,8 @@ pub fn spawn(
     let (sender, receiver) = mpsc::channel();
     let (targets, targets_rx) = watch::channel(controller.check_targets());
     let (ttls, ttls_rx) = watch::channel(controller.sticky_ttls());
-    let noticed = Arc::new(AtomicBool::new(false));
-    listen_to_neighbours(controller.ifindex(), sender.clone(), noticed.clone())?;
+    let noticed = Noticed::default();
+    listen_to_changes(controller.ifindex(), sender.clone(), noticed.clone())?;
     let actor = Actor {
         controller,
         receiver,
@@ -147,28 +151,54 @@ pub fn spawn(
     Ok((Handle { sender }, published, thread))
 }
 
-/// Starts the thread that turns the kernel's neighbour notices into
-/// [`Message::Neighbours`]: at most one waits in the channel at a time
-/// (`noticed`), however many notices a storm brings. It ends when the
+/// Notices on their way to the controller thread: at most one message of
+/// each kind waits in the channel, however many notices a storm brings.
+#[derive(Clone, Default)]
+struct Noticed {
+    neighbours: Arc<AtomicBool>,
+    routes: Arc<AtomicBool>,
+}
+
+/// Starts the thread that turns the kernel's notices into
+/// [`Message::Neighbours`] and [`Message::Routes`]. It ends when the
 /// controller thread has.
-fn listen_to_neighbours(
+fn listen_to_changes(
     ifindex: u32,
     sender: Sender<Message>,
-    noticed: Arc<AtomicBool>,
+    noticed: Noticed,
 ) -> std::io::Result<()> {
-    let events = NeighbourEvents::open()?;
+    let notices = ChangeNotices::open()?;
     std::thread::Builder::new()
-        .name("lb-neighbours".into())
+        .name("lb-notices".into())
         .spawn(move || loop {
-            if let Err(error) = events.changed(ifindex) {
-                tracing::warn!("listening for neighbour changes: {error}; reading the table once a second instead");
+            let changes = match notices.next(ifindex) {
+                Ok(changes) => changes,
+                Err(error) => {
+                    tracing::warn!("listening for neighbour and route changes: {error}; reading the neighbour table once a second instead");
+                    return;
+                }
+            };
+            if !tell(&sender, &noticed, changes) {
                 return;
             }
-            if !noticed.swap(true, Ordering::AcqRel) && sender.send(Message::Neighbours).is_err() {
-                return;
-            }
+            // Each notice costs the controller a read of the neighbour
+            // table: in a storm (a thousand workers resolving or failing
+            // at once) reading it at most this often leaves it time for
+            // everything else. Notices meanwhile wait in the socket.
+            std::thread::sleep(NOTICE_PAUSE);
         })?;
     Ok(())
+}
+
+/// Sends what changed unless it is on its way already; false once the
+/// controller thread is gone.
+fn tell(sender: &Sender<Message>, noticed: &Noticed, changes: Changes) -> bool {
+    let Changes { neighbours, routes } = changes;
+    let send = |changed: bool, flag: &AtomicBool, message: Message| {
+        !changed || flag.swap(true, Ordering::AcqRel) || sender.send(message).is_ok()
+    };
+    send(routes, &noticed.routes, Message::Routes)
+        && send(neighbours, &noticed.neighbours, Message::Neighbours)
 }
 
 struct Actor {
@@ -180,8 +210,8 @@ struct Actor {
     pending: Vec<(Pending, oneshot::Sender<Response>)>,
     /// Answers held until the workers their requests added resolve.
     parked: Vec<Parked>,
-    /// A [`Message::Neighbours`] is on its way.
-    noticed: Arc<AtomicBool>,
+    /// Which notices are on their way.
+    noticed: Noticed,
 }
 
 /// An answer held until its request's new workers resolve, or until
@@ -271,8 +301,12 @@ impl Actor {
                 self.controller.tick(scan);
             }
             Message::Neighbours => {
-                self.noticed.store(false, Ordering::Release);
+                self.noticed.neighbours.store(false, Ordering::Release);
                 self.controller.refresh_neighbours(false);
+            }
+            Message::Routes => {
+                self.noticed.routes.store(false, Ordering::Release);
+                self.controller.refresh_routes();
             }
             Message::Stop => return false,
         }

@@ -174,13 +174,45 @@ impl Controller {
             .collect()
     }
 
-    /// Re-reads every worker's neighbour entry: writes MACs that changed,
+    /// Looks up the first hop of every IPIP and GUE worker again (a route
+    /// changed), then their neighbours.
+    pub fn refresh_routes(&mut self) {
+        let l3: Vec<(u32, Vip, IpAddr)> = self
+            .live
+            .iter()
+            .filter(|(_, l)| {
+                self.desired
+                    .vip(&l.vip)
+                    .is_ok_and(|s| s.options.forward.is_l3())
+            })
+            .map(|(id, l)| (*id, l.vip, l.addr))
+            .collect();
+        let mut moved = Vec::new();
+        for (id, vip, addr) in l3 {
+            let before = self.live.get(&id).map(|l| l.hop);
+            self.rehop(id, vip, addr);
+            if self.live.get(&id).map(|l| l.hop) != before {
+                moved.push((id, vip));
+            }
+        }
+        for (id, vip) in &moved {
+            if let Err(error) = self.write_worker(*id) {
+                tracing::warn!("updating a worker's route: {error:#}");
+            }
+            self.reschedule(vip);
+        }
+        if !moved.is_empty() {
+            self.refresh_neighbours(true);
+        }
+    }
+
+    /// Re-reads every worker's (or its router's) neighbour entry: writes MACs that changed,
     /// takes workers whose host stopped answering out of scheduling and
     /// brings back those that answer again; with `nudge`, also has the
     /// kernel re-probe entries not confirmed lately (nothing else would:
     /// the data plane's packets bypass the kernel) and solicit unresolved
-    /// ones. Between ticks it runs without `nudge`, to pick up new workers'
-    /// MACs soon after they resolve.
+    /// ones. Between ticks it runs without `nudge`, when the kernel reports a
+    /// neighbour change.
     pub fn refresh_neighbours(&mut self, nudge: bool) {
         let table = match self.netlink.neighbours(self.ifindex) {
             Ok(table) => table,
@@ -195,7 +227,10 @@ impl Controller {
         let mut probe = BTreeSet::new();
         let mut solicit = BTreeSet::new();
         for (id, live) in self.live.iter_mut() {
-            let entry = table.get(&live.addr).copied();
+            let Some(hop) = live.hop.addr() else {
+                continue;
+            };
+            let entry = table.get(&hop).copied();
             match entry {
                 Some(Entry::Resolved {
                     confirmed_ms,
@@ -203,14 +238,14 @@ impl Controller {
                     probing: false,
                     ..
                 }) if confirmed_ms > PROBE_AFTER_MS => {
-                    probe.insert(live.addr);
+                    probe.insert(hop);
                 }
                 Some(Entry::Resolved { .. }) => {}
                 _ => {
-                    solicit.insert(live.addr);
+                    solicit.insert(hop);
                 }
             }
-            let (reach, mac) = next_reach(live, entry, now);
+            let (reach, mac) = next_reach(live, hop, entry, now);
             let was_schedulable = live.takes_new_flows();
             let changed = reach != live.reach || mac != live.mac;
             log_reach(live, reach);
@@ -250,8 +285,13 @@ impl Controller {
 const PROBE_AFTER_MS: u32 = 3_000;
 
 /// A worker's reachability and MAC after its neighbour entry read `entry`.
-fn next_reach(live: &Live, entry: Option<Entry>, now: Instant) -> (Reach, Option<[u8; 6]>) {
-    let family_reason = super::unresolved_reason(live.addr);
+fn next_reach(
+    live: &Live,
+    hop: IpAddr,
+    entry: Option<Entry>,
+    now: Instant,
+) -> (Reach, Option<[u8; 6]>) {
+    let family_reason = super::unresolved_reason(live.addr, hop);
     match entry {
         Some(Entry::Resolved { mac, .. }) => (Reach::Reachable, Some(mac)),
         Some(Entry::Failed) => (Reach::Unreachable(family_reason), live.mac),

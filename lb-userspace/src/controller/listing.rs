@@ -12,6 +12,7 @@ use crate::{
     duration,
     health::HealthState,
     neighbour,
+    options::Forward,
     service::{self, Vip},
     sessions,
     state::Worker,
@@ -68,6 +69,8 @@ impl Controller {
                     .members(|id| self.live.get(&id).is_some_and(Live::takes_new_flows))
                     .len(),
                 scheduler: state.options.scheduler,
+                forward: state.options.forward,
+                gue_port: (state.options.forward == Forward::Gue).then(|| state.options.gue_port()),
                 sticky: state.options.sticky.map(duration::format),
                 sticky_prefix: state.options.prefix_for(vip),
                 health: state.options.health.kind_for(vip),
