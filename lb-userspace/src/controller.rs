@@ -642,6 +642,12 @@ impl Controller {
     fn add_worker(&mut self, vip: Vip, worker: IpAddr, weight: u32) -> anyhow::Result<()> {
         check_not_own(&mut self.netlink, [worker])?;
         self.check_tunnel(&self.desired.vip(&vip)?.options.clone(), Some(worker))?;
+        if self.hop_for(&vip, worker) == Hop::Missing(NO_ROUTE) {
+            bail!(
+                "no route to {worker} through {}: lb could not send it anything (add a route, or check the address)",
+                self.instance.iface
+            );
+        }
         let id = self.desired.add_worker(&vip, worker, weight)?;
         self.start_worker(vip, worker, id)?;
         self.reschedule(&vip);

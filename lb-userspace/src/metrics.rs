@@ -165,6 +165,8 @@ fn global(registry: &mut Registry, pin_dir: &Path) -> anyhow::Result<()> {
     for (reason, name) in [
         ("no_backend", "drop_no_backend"),
         ("no_neighbour", "drop_no_neighbour"),
+        ("no_tunnel", "drop_no_tunnel"),
+        ("too_big", "too_big_dropped"),
     ] {
         dropped
             .get_or_create(&labels(&[("reason", reason)]))
@@ -187,6 +189,7 @@ fn global(registry: &mut Registry, pin_dir: &Path) -> anyhow::Result<()> {
     for (action, name) in [
         ("echo_reply", "icmp_echo_replies"),
         ("error_forwarded", "icmp_errors_forwarded"),
+        ("too_big_sent", "too_big_answered"),
     ] {
         icmp.get_or_create(&labels(&[("action", action)]))
             .inc_by(value(name));

@@ -296,6 +296,23 @@ pub fn flow_key(packet: &Packet) -> FlowKey {
     }
 }
 
+/// An ICMP error from a router about `about` (a packet a worker sent).
+pub fn error_about(router: IpAddr, about: &Packet) -> Packet {
+    let (kind, code, rest) = if router.is_ipv4() {
+        (3, 4, [0, 0, 0x05, 0x00]) // fragmentation needed, MTU 1280
+    } else {
+        (2, 0, [0, 0, 0x05, 0x00]) // packet too big, MTU 1280
+    };
+    let mut packet = Packet::new(router, about.src, Transport::Icmp { kind, code, rest });
+    let embedded = about.build();
+    packet.payload = embedded[14..]
+        .iter()
+        .copied()
+        .take(if router.is_ipv4() { 28 } else { 48 })
+        .collect();
+    packet
+}
+
 /// The Internet checksum of `header` (an IPv4 header with its checksum
 /// field zero, or an ICMP message).
 pub fn ipv4_checksum(header: &[u8]) -> u16 {

@@ -7,7 +7,10 @@
 //!   calls malformed is passed (counted `malformed`);
 //! - a forwarded frame parses (with the shared parser) as TCP or UDP to a
 //!   configured VIP, and comes back as the input with only the MACs
-//!   changed: destination a worker's, source the old destination;
+//!   changed (destination a worker's, source the old destination) or, for
+//!   an IPIP or GUE VIP, as the input's IP packet unchanged behind a new
+//!   Ethernet header and exactly the method's outer headers, addressed to
+//!   one of the VIP's workers;
 //! - a transmitted frame's IP length field (IPv4 total length, IPv6
 //!   payload length) is neither beyond the frame nor short of the headers
 //!   lb read;
@@ -16,7 +19,7 @@
 //!   and exactly one outcome counter, the one that matches the verdict.
 
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     net::IpAddr,
     time::{Duration, Instant},
 };
@@ -29,11 +32,16 @@ use lb_common::{
     program_names::BALANCER,
 };
 
-use lb_userspace::{maps::ControlMaps, service::Vip, state::Desired};
+use lb_userspace::{
+    maps::ControlMaps,
+    options::{Forward, VipOptions},
+    service::Vip,
+    state::Desired,
+};
 
 use crate::{
     frames::{tcp, Fragment, Packet, Transport},
-    testrun::{configure, worker_mac, Loaded},
+    testrun::{configure_with, worker_mac, Loaded},
 };
 
 const XDP_DROP: u32 = 1;
@@ -55,10 +63,15 @@ pub struct Report {
     pub seed: u64,
 }
 
+/// A VIP as the data plane keys it: address, port, protocol.
+type VipId = ([u8; 16], u16, u8);
+
 /// The data plane under fuzzing, with its configuration.
 pub struct Target {
     lb: Loaded,
-    vips: HashSet<([u8; 16], u16, u8)>,
+    vips: HashSet<VipId>,
+    /// The IPIP and GUE VIPs, with their method and worker addresses.
+    tunnelled: HashMap<VipId, (Forward, HashSet<IpAddr>)>,
     vip_addrs: HashSet<[u8; 16]>,
     workers: HashSet<[u8; 6]>,
     seeds: Vec<Vec<u8>>,
@@ -67,33 +80,61 @@ pub struct Target {
 
 const EMPTY_VIP: &str = "192.0.2.101:80/tcp";
 
-const VIPS: [&str; 4] = [
+const VIPS: [&str; 6] = [
     "192.0.2.100:80/tcp",
     "192.0.2.100:53/udp",
     "[2001:db8::100]:80/tcp",
     "[2001:db8::100]:53/udp",
+    "192.0.2.102:80/tcp",
+    "[2001:db8::102]:53/udp",
 ];
+
+/// The methods of [`VIPS`]: DSR but for an IPIP VIP served by IPv6
+/// workers and a GUE VIP served by IPv4 ones.
+fn method(index: usize) -> Forward {
+    match index {
+        4 => Forward::Ipip,
+        5 => Forward::Gue,
+        _ => Forward::Dsr,
+    }
+}
+
+/// Worker `n` of VIP `index`.
+fn worker_addr(index: usize, n: u32) -> IpAddr {
+    let text = match index {
+        0 | 1 | 5 => format!("198.51.100.{}", 10 + n + 10 * index as u32),
+        _ => format!("2001:db8:1::{}", 10 + n + 10 * index as u32),
+    };
+    text.parse().expect("valid")
+}
 
 impl Target {
     /// lb with the packet tests' configuration.
     pub fn new() -> anyhow::Result<Self> {
         let mut lb = Loaded::lb(65_536)?;
         let vips: Vec<Vip> = VIPS.iter().map(|v| v.parse().expect("valid")).collect();
-        let (mut desired, mut maps) = configure(&mut lb, &vips, 3, |index, n| {
-            let text = if index < 2 {
-                format!("198.51.100.{}", 10 + n)
-            } else {
-                format!("2001:db8:1::{}", 10 + n)
-            };
-            text.parse().expect("valid")
-        })?;
+        let (mut desired, mut maps) =
+            configure_with(&mut lb, &vips, 3, worker_addr, |index| VipOptions {
+                forward: method(index),
+                ..VipOptions::default()
+            })?;
+        let tunnelled = vips
+            .iter()
+            .enumerate()
+            .filter(|(index, _)| method(*index) != Forward::Dsr)
+            .map(|(index, vip)| {
+                let key = vip.key();
+                let workers = (0..3).map(|n| worker_addr(index, n)).collect();
+                ((key.addr, key.port, key.proto), (method(index), workers))
+            })
+            .collect();
         // A VIP without workers: its packets are dropped.
         let empty: Vip = EMPTY_VIP.parse().expect("valid");
         desired.add_vip(empty, Default::default())?;
         maps.install_vip(&empty, desired.vip(&empty)?, &[], desired.hash_seed)?;
         maps.commit().map_err(|(_, error)| error)?;
-        let workers = (0..12).map(worker_mac).collect();
-        let vips: HashSet<([u8; 16], u16, u8)> = vips
+        let workers = (0..18).map(worker_mac).collect();
+        let vips: HashSet<VipId> = vips
             .iter()
             .chain([&empty])
             .map(|v| {
@@ -106,6 +147,7 @@ impl Target {
             lb,
             vip_addrs,
             vips,
+            tunnelled,
             workers,
             seeds: seeds(),
             _state: (desired, maps),
@@ -221,6 +263,9 @@ impl Target {
     }
 
     fn check_forwarded(&self, frame: &[u8], output: &[u8]) -> anyhow::Result<()> {
+        if let Some((forward, workers)) = self.vip_of(frame).and_then(|k| self.tunnelled.get(&k)) {
+            return check_encapsulated(frame, output, *forward, workers, &self.workers);
+        }
         if output.len() != frame.len() || output[12..] != frame[12..] {
             bail!("a forwarded frame changed beyond its MACs");
         }
@@ -234,6 +279,18 @@ impl Target {
         Ok(())
     }
 
+    /// The VIP key of a packet for a VIP, or of the flow an ICMP error is
+    /// about.
+    fn vip_of(&self, frame: &[u8]) -> Option<VipId> {
+        let Parsed::Ip(ip) = parse(frame) else {
+            return None;
+        };
+        match classify(frame, &ip) {
+            IcmpMessage::Error(e) => Some((e.vip, e.vip_port, e.proto)),
+            _ => Some((ip.dst, ip.dport, ip.proto)),
+        }
+    }
+
     /// Whether the shared parser sees TCP or UDP to a configured VIP.
     fn is_vip_packet(&self, frame: &[u8]) -> bool {
         match parse(frame) {
@@ -245,6 +302,53 @@ impl Target {
             Parsed::NotIp | Parsed::Malformed => false,
         }
     }
+}
+
+/// An encapsulated frame: a new Ethernet header (to a worker's MAC, from
+/// the old destination), the method's outer headers to one of the VIP's
+/// `workers`, then the input's IP packet byte for byte.
+fn check_encapsulated(
+    frame: &[u8],
+    output: &[u8],
+    forward: Forward,
+    workers: &HashSet<IpAddr>,
+    macs: &HashSet<[u8; 6]>,
+) -> anyhow::Result<()> {
+    let to: [u8; 6] = output[0..6].try_into().expect("six bytes");
+    if !macs.contains(&to) || output[6..12] != frame[0..6] {
+        bail!("an encapsulated frame is not from the old destination to a worker");
+    }
+    let inner_v6 = frame[12..14] == [0x86, 0xdd];
+    let (worker, outer, proto_at): (IpAddr, usize, usize) = match (output[12], output[13]) {
+        (0x08, 0x00) => {
+            let dst: [u8; 4] = output[30..34].try_into().expect("four bytes");
+            if crate::frames::ipv4_checksum(&output[14..34]) != 0 || output[14] != 0x45 {
+                bail!("the outer IPv4 header is not a valid 20-byte one");
+            }
+            (IpAddr::from(dst), 20, 23)
+        }
+        (0x86, 0xdd) => {
+            let dst: [u8; 16] = output[38..54].try_into().expect("sixteen bytes");
+            (IpAddr::from(dst), 40, 20)
+        }
+        _ => bail!("an encapsulated frame that is neither IPv4 nor IPv6"),
+    };
+    if !workers.contains(&worker) {
+        bail!("encapsulated to {worker}, not one of the VIP's workers");
+    }
+    let udp = if forward == Forward::Gue { 8 } else { 0 };
+    let proto = match (forward, inner_v6) {
+        (Forward::Gue, _) => IPPROTO_UDP,
+        (_, false) => 4,
+        (_, true) => 41,
+    };
+    if output[proto_at] != proto {
+        bail!("outer protocol {} for {forward:?}", output[proto_at]);
+    }
+    if output.len() != frame.len() + outer + udp || output[14 + outer + udp..] != frame[14..] {
+        bail!("the inner packet is not the input's, whole and unchanged");
+    }
+    Ok(())
 }
 
 /// The IP length field of a transmitted frame, read from its bytes, must
@@ -294,10 +398,17 @@ fn check_counters(
     let outcomes = [
         (
             XDP_TX,
-            delta(|c| c.forwarded + c.icmp_echo_replies + c.icmp_errors_forwarded),
+            delta(|c| {
+                c.forwarded + c.icmp_echo_replies + c.icmp_errors_forwarded + c.too_big_answered
+            }),
         ),
         (XDP_PASS, delta(|c| c.pass_not_vip)),
-        (XDP_DROP, delta(|c| c.drop_no_backend + c.drop_no_neighbour)),
+        (
+            XDP_DROP,
+            delta(|c| {
+                c.drop_no_backend + c.drop_no_neighbour + c.drop_no_tunnel + c.too_big_dropped
+            }),
+        ),
     ];
     for (outcome, moved) in outcomes {
         let expected = u64::from(outcome == verdict);
@@ -354,6 +465,9 @@ fn seeds() -> Vec<Vec<u8>> {
         Packet::udp(c6, 5000, v6, 53),
         Packet::tcp(c4, 40000, ip("192.0.2.2"), 22, tcp::ACK),
         Packet::tcp(c4, 40000, ip("192.0.2.101"), 80, tcp::SYN),
+        Packet::tcp(c4, 40000, ip("192.0.2.102"), 80, tcp::SYN),
+        Packet::tcp(c4, 40000, ip("192.0.2.102"), 80, tcp::ACK),
+        Packet::udp(c6, 5000, ip("2001:db8::102"), 53),
         Packet::new(
             c4,
             v4,

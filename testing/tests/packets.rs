@@ -7,7 +7,7 @@ use std::net::IpAddr;
 
 use lb_common::{counters::GlobalCounters, program_names::BALANCER};
 use lb_testing::{
-    frames::{flow_key, tcp, Fragment, Packet, Transport, LB_MAC},
+    frames::{error_about, flow_key, tcp, Fragment, Packet, Transport, LB_MAC},
     testrun::{configure, worker_mac, Loaded},
 };
 use lb_userspace::{maglev, service::Vip, state::Desired};
@@ -494,23 +494,6 @@ fn echo(src: IpAddr, dst: IpAddr) -> Packet {
             rest: [0x12, 0x34, 0, 1],
         },
     )
-}
-
-/// An ICMP error from a router about `about` (a packet a worker sent).
-fn error_about(router: IpAddr, about: &Packet) -> Packet {
-    let (kind, code, rest) = if router.is_ipv4() {
-        (3, 4, [0, 0, 0x05, 0x00]) // fragmentation needed, MTU 1280
-    } else {
-        (2, 0, [0, 0, 0x05, 0x00]) // packet too big, MTU 1280
-    };
-    let mut packet = Packet::new(router, about.src, Transport::Icmp { kind, code, rest });
-    let embedded = about.build();
-    packet.payload = embedded[14..]
-        .iter()
-        .copied()
-        .take(if router.is_ipv4() { 28 } else { 48 })
-        .collect();
-    packet
 }
 
 /// The reply lb must make of `request`: MACs and addresses swapped, type

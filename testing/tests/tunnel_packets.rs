@@ -9,7 +9,7 @@ use std::net::IpAddr;
 
 use lb_common::{counters::GlobalCounters, program_names::BALANCER};
 use lb_testing::{
-    frames::{flow_key, ipv4_checksum, tcp, Fragment, Packet, CLIENT_MAC, LB_MAC},
+    frames::{error_about, flow_key, ipv4_checksum, tcp, Fragment, Packet, CLIENT_MAC, LB_MAC},
     testrun::{configure_with, worker_mac, Loaded, TUNNEL_MTU, TUNNEL_SOURCES},
 };
 use lb_userspace::{
@@ -280,6 +280,32 @@ fn too_big_for_the_tunnel_is_answered_so_path_mtu_discovery_works() {
     assert_eq!(verdict, XDP_TX);
     assert_eq!(output, packet_too_big(&frame, TUNNEL_MTU - 48));
     assert!(moved.contains(&("too_big_answered", 1)), "{moved:?}");
+}
+
+#[test]
+fn icmp_errors_about_a_flow_reach_its_worker_inside_the_tunnel() {
+    lb_testing::needs_root!();
+    let suite = Suite::new();
+    for (vip, forward, _) in [VIPS[0], VIPS[1], VIPS[2]] {
+        let client = packet_for(vip, 40200, tcp::ACK);
+        let reply = Packet::tcp(client.dst, 80, client.src, 40200, tcp::ACK);
+        let router = if client.src.is_ipv4() {
+            ip("198.51.100.1")
+        } else {
+            ip("2001:db8:2::1")
+        };
+        let frame = error_about(router, &reply).build();
+        let (id, worker) = suite.worker(&client);
+        let (verdict, output, moved) = suite.run(&frame);
+        assert_eq!(verdict, XDP_TX, "{vip}: verdict");
+        let (_, label) = hash_fields(&output, worker, forward);
+        let expected = encapsulated(&frame, worker, worker_mac(id), forward, 0, label);
+        assert_eq!(output, expected, "{vip}: output frame");
+        assert!(
+            moved.contains(&("icmp_errors_forwarded", 1)),
+            "{vip}: {moved:?}"
+        );
+    }
 }
 
 /// ICMP "fragmentation needed" for the IPv4 `frame`: from the VIP to the

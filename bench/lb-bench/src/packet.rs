@@ -12,9 +12,13 @@ use lb_common::{
 };
 use lb_testing::{
     frames::{tcp, Packet},
-    testrun::{configure, Loaded},
+    testrun::{configure_with, Loaded},
 };
-use lb_userspace::{dataplane::DEFAULT_MAX_FLOWS, service::Vip};
+use lb_userspace::{
+    dataplane::DEFAULT_MAX_FLOWS,
+    options::{Forward, VipOptions},
+    service::Vip,
+};
 
 use super::{samples::Samples, Plan};
 use crate::floors;
@@ -80,13 +84,29 @@ fn client4() -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(203, 0, 113, 7))
 }
 
-/// The VIPs of the configuration: IPv4 TCP, IPv6 TCP, IPv4 UDP.
-pub fn vips() -> [Vip; 3] {
+/// The VIPs of the configuration: IPv4 TCP, IPv6 TCP, IPv4 UDP by DSR,
+/// then IPv4 TCP by IPIP and by GUE.
+pub fn vips() -> [Vip; 5] {
     [
         "192.0.2.100:80/tcp".parse().expect("valid"),
         "[2001:db8::100]:80/tcp".parse().expect("valid"),
         "192.0.2.100:53/udp".parse().expect("valid"),
+        "192.0.2.101:80/tcp".parse().expect("valid"),
+        "192.0.2.102:80/tcp".parse().expect("valid"),
     ]
+}
+
+/// The settings of VIP `index` of [`vips`]: its forwarding method.
+pub fn vip_options(index: usize) -> VipOptions {
+    let forward = match index {
+        3 => Forward::Ipip,
+        4 => Forward::Gue,
+        _ => Forward::Dsr,
+    };
+    VipOptions {
+        forward,
+        ..VipOptions::default()
+    }
 }
 
 /// Worker `n` of VIP `index`.
@@ -98,8 +118,10 @@ pub fn worker_addr(index: usize, n: u32) -> IpAddr {
     }
 }
 
-fn established() -> [(&'static str, Packet); 3] {
+fn established() -> [(&'static str, Packet); 5] {
     let client6 = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 2, 0, 0, 0, 0, 7));
+    let ipip = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 101));
+    let gue = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 102));
     [
         (
             "lb: IPv4 TCP, established flow",
@@ -112,6 +134,14 @@ fn established() -> [(&'static str, Packet); 3] {
         (
             "lb: IPv4 UDP, established flow",
             Packet::udp(client4(), 40000, vip4(), 53),
+        ),
+        (
+            "lb IPIP: IPv4 TCP, established flow",
+            Packet::tcp(client4(), 40000, ipip, 80, tcp::ACK),
+        ),
+        (
+            "lb GUE: IPv4 TCP, established flow",
+            Packet::tcp(client4(), 40000, gue, 80, tcp::ACK),
         ),
     ]
 }
@@ -178,7 +208,7 @@ fn cases() -> Vec<Case> {
 /// Measures every class and floor; rows in the order of [`cases`].
 pub fn run(plan: &Plan) -> anyhow::Result<Vec<Row>> {
     let mut lb = Loaded::lb(DEFAULT_MAX_FLOWS)?;
-    let _config = configure(&mut lb, &vips(), WORKERS, worker_addr)?;
+    let _config = configure_with(&mut lb, &vips(), WORKERS, worker_addr, vip_options)?;
     let mut floors = floors::load()?;
     prepare_floor_lru(&mut floors)?;
     for (_, packet) in established() {

@@ -292,6 +292,11 @@ fn targets(results: &Results) -> String {
             ratio(est6, est4),
             1.15,
         ),
+        (
+            "established IPIP ≤ 1.15 × established DSR (IPv4 TCP)",
+            ratio(&find(rows, "lb IPIP: IPv4 TCP, established").single, est4),
+            1.15,
+        ),
     ];
     let mut out = String::from("\n## Targets\n\n| target | measured | |\n|---|---|---|\n");
     for (name, value, limit) in checks {
