@@ -50,19 +50,13 @@ pub fn to_worker(
         return Some(xdp_action::XDP_DROP);
     }
     if backend.forward != FORWARD_DSR {
-        let job = TunnelJob {
-            key: *key,
-            backend_id: decision.backend_id,
-            vip_id: decision.vip_id,
-            len,
-            kind: if decision.new_flow {
-                JOB_NEW_FLOW
-            } else {
-                JOB_FLOW
-            },
-            pad: [0; 7],
+        let kind = if decision.new_flow {
+            JOB_NEW_FLOW
+        } else {
+            JOB_FLOW
         };
-        return Some(to_tunnel(ctx, &job, counters));
+        let job = (decision.backend_id, decision.vip_id, len, kind);
+        return Some(to_tunnel(ctx, key, job, counters));
     }
     // L2 DSR: to the worker's MAC, from ours.
     if !frame.readdress(Some(backend.mac)) {
@@ -89,15 +83,8 @@ pub fn error_to_worker(
         return Some(xdp_action::XDP_DROP);
     }
     if backend.forward != FORWARD_DSR {
-        let job = TunnelJob {
-            key: *key,
-            backend_id,
-            vip_id: backend.vip_id,
-            len: 0,
-            kind: JOB_ICMP_ERROR,
-            pad: [0; 7],
-        };
-        return Some(to_tunnel(ctx, &job, counters));
+        let job = (backend_id, backend.vip_id, 0, JOB_ICMP_ERROR);
+        return Some(to_tunnel(ctx, key, job, counters));
     }
     if !frame.readdress(Some(backend.mac)) {
         return None;
@@ -109,11 +96,20 @@ pub fn error_to_worker(
 /// Hands `job` to the tunnel program. A tail call does not return when it
 /// works; when it doesn't (no tunnel program loaded), the packet is
 /// dropped and counted.
+/// `job` is (worker id, VIP id, frame length, kind), written straight into
+/// the slot: a whole `TunnelJob` built first would cost a copy.
 #[inline(always)]
-fn to_tunnel(ctx: &XdpContext, job: &TunnelJob, counters: &mut GlobalCounters) -> u32 {
+fn to_tunnel(
+    ctx: &XdpContext,
+    key: &FlowKey,
+    job: (u32, u32, u64, u8),
+    counters: &mut GlobalCounters,
+) -> u32 {
     if let Some(slot) = LB_TUNNEL_JOB.get_ptr_mut(0) {
         // SAFETY: per-CPU slot: nothing else touches it during this run.
-        unsafe { *slot = *job };
+        let slot: &mut TunnelJob = unsafe { &mut *slot };
+        slot.key = *key;
+        (slot.backend_id, slot.vip_id, slot.len, slot.kind) = job;
         // SAFETY: the context is the program's own.
         unsafe { LB_TUNNEL_PROG.tail_call(ctx, 0) };
     }
@@ -129,7 +125,6 @@ pub fn tunnel(ctx: &XdpContext) -> u32 {
     let (Some(job), Some(counters)) = (LB_TUNNEL_JOB.get(0), LB_COUNTERS.get_ptr_mut(0)) else {
         return xdp_action::XDP_DROP;
     };
-    let job = *job;
     // SAFETY: per-CPU slot: nothing else touches it during this run.
     let counters = unsafe { &mut *counters };
     let Some(backend) = LB_BACKENDS.get(job.backend_id) else {

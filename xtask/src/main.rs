@@ -34,7 +34,12 @@ enum Task {
         args: Vec<String>,
     },
     /// Run lb on a sandbox of network namespaces and show what it does (needs root).
-    Demo,
+    Demo {
+        /// How lb reaches the workers: dsr (on its link), or ipip or gue
+        /// (behind a router, each running `lb decap`).
+        #[arg(long, default_value = "dsr")]
+        forward: String,
+    },
     /// Write shell completions and the man page to target/dist (built from
     /// the `lb` binary's own command line).
     Dist,
@@ -131,12 +136,13 @@ fn run(task: Task) -> anyhow::Result<()> {
             setup::setup()?;
             docs::docs(check)
         }
-        Task::Demo => {
+        Task::Demo { forward } => {
             setup::setup()?;
             cargo(&build_args(false, &[LB, ("lb-testing", "lb-demo")]))?;
-            status(&mut Command::new(
-                workspace_root().join("target/debug/lb-demo"),
-            ))
+            status(
+                Command::new(workspace_root().join("target/debug/lb-demo"))
+                    .args(["--forward", &forward]),
+            )
         }
     }
 }

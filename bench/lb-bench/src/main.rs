@@ -28,6 +28,8 @@ struct Args {
 /// The sections `--only` can run.
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum Section {
+    /// Per-packet cost next to the floors.
+    Packet,
     /// Admin latency under controller load.
     Admin,
     /// Fleets at the limits, a host dying.
@@ -57,6 +59,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     let plan = Plan::new(args.quick, lb);
     if let Some(section) = args.only {
         let text = match section {
+            Section::Packet => report::per_packet(&plan, &bench::packet::run(&plan)?),
             Section::Admin => report::admin(&plan, &bench::admin::run(&plan)?),
             Section::Fleet => report::fleet(&bench::fleets(&plan)?),
         };

@@ -150,7 +150,8 @@ fn end_to_end(plan: &Plan, cells: &[Cell]) -> String {
     out
 }
 
-fn per_packet(plan: &Plan, rows: &[PacketRow]) -> String {
+/// The per-packet section.
+pub fn per_packet(plan: &Plan, rows: &[PacketRow]) -> String {
     let tx = &find(rows, "floor: parse").single;
     let lru = &find(rows, "floor: + 1 LRU").single;
     let mut out = format!(

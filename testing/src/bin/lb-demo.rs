@@ -7,6 +7,10 @@
 //! records the flow and sends the frame on to that worker's MAC (L2 direct
 //! server return). Then one worker's nginx is killed: health checks take it
 //! out, traffic flows around it, and it comes back when restarted.
+//!
+//! With `--forward ipip` or `--forward gue` the workers sit on a network
+//! of their own behind a router, each running `lb decap attach`, and lb
+//! sends them each packet inside IPIP or GUE (L3 forwarding).
 
 use std::{
     collections::BTreeMap,
@@ -14,6 +18,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use lb_common::encap::DEFAULT_GUE_PORT;
 use lb_testing::{
     lb_exe,
     rig::{Rig, VIP4},
@@ -25,27 +30,52 @@ const REQUESTS: usize = 60;
 const CHECKS: &[&str] = &["--health-interval", "500ms", "--health-timeout", "200ms"];
 
 fn main() {
-    if let Err(error) = demo() {
+    let forward = match std::env::args().skip(1).collect::<Vec<_>>().as_slice() {
+        [] => "dsr".to_owned(),
+        [flag, method]
+            if flag == "--forward" && ["dsr", "ipip", "gue"].contains(&method.as_str()) =>
+        {
+            method.clone()
+        }
+        _ => {
+            eprintln!("lb-demo: usage: lb-demo [--forward dsr|ipip|gue]");
+            std::process::exit(2);
+        }
+    };
+    if let Err(error) = demo(&forward) {
         eprintln!("lb-demo: error: {error:#}");
         std::process::exit(1);
     }
 }
 
 /// Builds the sandbox, runs lb in it, sends traffic and prints the result.
-fn demo() -> anyhow::Result<()> {
-    let mut rig = Rig::new(lb_exe().as_ref(), 3, &["--detach-on-exit"])?;
+fn demo(forward: &str) -> anyhow::Result<()> {
+    let exe = lb_exe();
+    let mut rig = if forward == "dsr" {
+        Rig::new(exe.as_ref(), 3, &["--detach-on-exit"])?
+    } else {
+        Rig::behind_router(exe.as_ref(), 3, DEFAULT_GUE_PORT, &["--detach-on-exit"])?
+    };
     println!(
-        "sandbox: client {}, balancer {}, workers {} (nginx, VIP on loopback)\n",
+        "sandbox: client {}, balancer {}, workers {} (nginx, VIP on loopback{})\n",
         rig.client.ipv4,
         rig.balancer.ipv4,
         rig.workers
             .iter()
             .map(|w| format!("{} {}", w.role, w.ipv4))
             .collect::<Vec<_>>()
-            .join(", ")
+            .join(", "),
+        if forward == "dsr" {
+            ""
+        } else {
+            "; behind the router 192.0.2.254, each running `lb decap attach`"
+        }
     );
     print!("{}", rig.lb.attached_line);
-    run(&rig.lb, &format!("vip add {VIP} {}", CHECKS.join(" ")))?;
+    run(
+        &rig.lb,
+        &format!("vip add {VIP} --forward {forward} {}", CHECKS.join(" ")),
+    )?;
     for w in &rig.workers {
         run(&rig.lb, &format!("backend add {VIP} {}", w.ipv4))?;
     }
