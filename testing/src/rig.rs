@@ -11,7 +11,7 @@ use std::{
     time::Duration,
 };
 
-use anyhow::Context as _;
+use anyhow::{ensure, Context as _};
 
 use crate::testbed::{http_get, Host, LbProcess, Process, Testbed};
 
@@ -39,6 +39,18 @@ pub fn wait_until(limit: std::time::Duration, what: &str, mut done: impl FnMut()
         );
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
+}
+
+/// The router of [`Rig::behind_router`], on the balancer's network.
+pub const ROUTER4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 254);
+/// Its IPv6 address there.
+pub const ROUTER6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0xfe);
+/// The switch of [`Rig::behind_router`]'s workers.
+const WORKER_SWITCH: &str = "br1";
+
+/// Address `last` of the workers' IPv6 network behind the router.
+pub fn far(last: u16) -> Ipv6Addr {
+    Ipv6Addr::new(0x2001, 0xdb8, 9, 0, 0, 0, 0, last)
 }
 
 /// The sandbox. Dropping it stops everything and removes the namespaces.
@@ -82,6 +94,113 @@ impl Rig {
             client,
             balancer,
             workers,
+            servers,
+            bed,
+        })
+    }
+
+    /// Builds a sandbox whose `workers` live on a network of their own
+    /// (203.0.113.0/24, 2001:db8:9::/64) that the balancer reaches only
+    /// through a router (192.0.2.254, 2001:db8::fe); each worker runs
+    /// `exe decap attach` for IPIP and GUE (with `gue_port`), and answers
+    /// clients straight through the router. Starts `exe run` with
+    /// `lb_args` on the balancer.
+    pub fn behind_router(
+        exe: &Path,
+        workers: u8,
+        gue_port: u16,
+        lb_args: &[&str],
+    ) -> anyhow::Result<Self> {
+        let mut bed = Testbed::new()?;
+        let balancer = bed.add_host("lb", Ipv4Addr::new(192, 0, 2, 2), v6(2))?;
+        bed.accept_xdp_tx_from("lb")?;
+        let client = add_client(&mut bed, "client", Ipv4Addr::new(192, 0, 2, 1), v6(1))?;
+        let router = bed.add_host("router", ROUTER4, ROUTER6)?;
+        bed.add_switch(WORKER_SWITCH)?;
+        bed.add_leg(
+            &router,
+            WORKER_SWITCH,
+            Ipv4Addr::new(203, 0, 113, 1),
+            far(1),
+        )?;
+        balancer.run(
+            "ip",
+            &[
+                "route",
+                "add",
+                "203.0.113.0/24",
+                "via",
+                &ROUTER4.to_string(),
+            ],
+        )?;
+        balancer.run(
+            "ip",
+            &[
+                "-6",
+                "route",
+                "add",
+                "2001:db8:9::/64",
+                "via",
+                &ROUTER6.to_string(),
+            ],
+        )?;
+        let mut hosts = Vec::new();
+        let mut servers = Vec::new();
+        for n in 1..=workers {
+            let role = format!("w{n}");
+            let worker = bed.add_host_on(
+                WORKER_SWITCH,
+                &role,
+                Ipv4Addr::new(203, 0, 113, 10 + n),
+                far(0x10 + u16::from(n)),
+            )?;
+            worker.run("ip", &["route", "add", "default", "via", "203.0.113.1"])?;
+            worker.run(
+                "ip",
+                &["-6", "route", "add", "default", "via", "2001:db8:9::1"],
+            )?;
+            worker.hold_vips_on_loopback(&[IpAddr::V4(VIP4), IpAddr::V6(VIP6)])?;
+            // The inner packet's source is the client, whose route is not
+            // the tunnel's: strict reverse-path filtering would drop it.
+            worker.run(
+                "sysctl",
+                &[
+                    "-qw",
+                    "net.ipv4.conf.all.rp_filter=0",
+                    "net.ipv4.conf.eth0.rp_filter=0",
+                ],
+            )?;
+            let pins = bed.pin_dir(&format!("decap-{role}"));
+            let port = gue_port.to_string();
+            let output = worker
+                .command(exe)
+                .args([
+                    "decap",
+                    "attach",
+                    "--iface",
+                    "eth0",
+                    "--gue-port",
+                    &port,
+                    "--pin-dir",
+                ])
+                .arg(&pins)
+                .output()?;
+            ensure!(
+                output.status.success(),
+                "lb decap attach in {}: {}",
+                worker.netns,
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
+            echo_udp(&worker)?;
+            servers.push(Some(bed.start_nginx(&worker, &worker.role)?));
+            hosts.push(worker);
+        }
+        let lb = LbProcess::start(exe, &mut bed, &balancer, "lb", lb_args)?;
+        Ok(Self {
+            lb,
+            client,
+            balancer,
+            workers: hosts,
             servers,
             bed,
         })

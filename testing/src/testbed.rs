@@ -529,10 +529,28 @@ impl Testbed {
     /// Adds a host named `role` (at most 12 characters) with the given
     /// addresses on the bridge.
     pub fn add_host(&mut self, role: &str, ipv4: Ipv4Addr, ipv6: Ipv6Addr) -> anyhow::Result<Host> {
+        self.add_host_on(BRIDGE, role, ipv4, ipv6)
+    }
+
+    /// Adds another switch, `bridge` (say `br1`): a network of its own,
+    /// which a host with legs on both (see [`Testbed::add_leg`]) routes to.
+    pub fn add_switch(&mut self, bridge: &str) -> anyhow::Result<()> {
+        ip(&["-n", &self.switch, "link", "add", bridge, "type", "bridge"])?;
+        ip(&["-n", &self.switch, "link", "set", bridge, "up"]).map(drop)
+    }
+
+    /// As [`Testbed::add_host`], on switch `bridge`.
+    pub fn add_host_on(
+        &mut self,
+        bridge: &str,
+        role: &str,
+        ipv4: Ipv4Addr,
+        ipv6: Ipv6Addr,
+    ) -> anyhow::Result<Host> {
         let peer = peer_name(role);
         let switch = self.switch.clone();
         let host = self.new_host(role, ipv4, ipv6, &peer, &switch)?;
-        ip(&["-n", &switch, "link", "set", &peer, "master", BRIDGE, "up"])?;
+        ip(&["-n", &switch, "link", "set", &peer, "master", bridge, "up"])?;
         ip(&[
             "-n",
             &host.netns,
@@ -544,6 +562,65 @@ impl Testbed {
             "nodad",
         ])?;
         Ok(host)
+    }
+
+    /// Gives `host` a second interface, `eth1`, on switch `bridge` with
+    /// `ipv4`/24 and `ipv6`/64, and has it forward between its legs: a
+    /// router.
+    pub fn add_leg(
+        &mut self,
+        host: &Host,
+        bridge: &str,
+        ipv4: Ipv4Addr,
+        ipv6: Ipv6Addr,
+    ) -> anyhow::Result<()> {
+        let peer = format!("{}-1", peer_name(&host.role));
+        let n = host.netns.as_str();
+        ip(&[
+            "link",
+            "add",
+            "eth1",
+            "netns",
+            n,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &peer,
+            "netns",
+            &self.switch,
+        ])?;
+        ip(&[
+            "-n",
+            &self.switch,
+            "link",
+            "set",
+            &peer,
+            "master",
+            bridge,
+            "up",
+        ])?;
+        ip(&["-n", n, "addr", "add", &format!("{ipv4}/24"), "dev", "eth1"])?;
+        ip(&[
+            "-n",
+            n,
+            "addr",
+            "add",
+            &format!("{ipv6}/64"),
+            "dev",
+            "eth1",
+            "nodad",
+        ])?;
+        ip(&["-n", n, "link", "set", "eth1", "up"])?;
+        host.run(
+            "sysctl",
+            &[
+                "-qw",
+                "net.ipv4.ip_forward=1",
+                "net.ipv6.conf.all.forwarding=1",
+            ],
+        )
+        .map(drop)
     }
 
     /// A new namespace for `role` whose `eth0` (up, with `ipv4`/24) is a
