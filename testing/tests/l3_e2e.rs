@@ -1,0 +1,293 @@
+//! L3 forwarding end to end: workers on a network of their own behind a
+//! router, reached by IPIP (IPv4, IPv6, and an IPv4 VIP served by IPv6
+//! workers) and GUE, each worker running `lb decap attach`; real nginx,
+//! real UDP, real uploads through Path MTU discovery. Needs root.
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    path::Path,
+    time::Duration,
+};
+
+use lb_testing::{
+    lb_exe,
+    rig::{far, wait_until, KeepAlive, Rig, TIMEOUT, UDP_PORT, VIP4, VIP6},
+};
+
+const GUE_PORT: u16 = 6080;
+
+fn rig(workers: u8) -> Rig {
+    Rig::behind_router(Path::new(lb_exe()), workers, GUE_PORT, &[]).unwrap()
+}
+
+/// Every worker of the rig serves `vip`'s traffic within ±25% of an even
+/// share over 300 new connections.
+fn assert_spread(rig: &Rig, vip: IpAddr) {
+    let spread = rig.spread(vip, 300).unwrap();
+    assert_eq!(spread.len(), rig.workers.len(), "{vip}: {spread:?}");
+    let share = 300 / rig.workers.len();
+    for (worker, count) in &spread {
+        assert!(
+            count * 4 >= share * 3 && count * 4 <= share * 5,
+            "{vip}: {worker} got {count} of 300: {spread:?}"
+        );
+    }
+}
+
+/// Adds `vip` with `args` and every worker, by address family `v6`.
+fn add(rig: &Rig, vip: &str, args: &[&str], v6: bool) {
+    let mut command = vec!["vip", "add", vip];
+    command.extend_from_slice(args);
+    rig.lb.cli_ok(&command).unwrap();
+    for worker in &rig.workers {
+        let addr = if v6 {
+            worker.ipv6.to_string()
+        } else {
+            worker.ipv4.to_string()
+        };
+        rig.lb.cli_ok(&["backend", "add", vip, &addr]).unwrap();
+    }
+}
+
+fn json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap()
+}
+
+#[test]
+fn ipip_and_gue_reach_workers_behind_a_router_over_both_families() {
+    lb_testing::needs_root!();
+    let rig = rig(2);
+    add(&rig, "192.0.2.100:80/tcp", &["--forward", "ipip"], false);
+    add(&rig, "[2001:db8::100]:80/tcp", &["--forward", "gue"], true);
+    let backends = json(&rig.lb.cli_ok(&["backend", "list", "-o", "json"]).unwrap());
+    for worker in backends.as_array().unwrap() {
+        assert_eq!(worker["state"], "up", "{worker}");
+    }
+    let vips = json(&rig.lb.cli_ok(&["vip", "list", "-o", "json"]).unwrap());
+    assert_eq!(vips[0]["forward"], "ipip", "{vips}");
+    assert_eq!(vips[1]["forward"], "gue", "{vips}");
+    assert_eq!(vips[1]["gue_port"], GUE_PORT, "{vips}");
+    assert_spread(&rig, IpAddr::V4(VIP4));
+    assert_spread(&rig, IpAddr::V6(VIP6));
+
+    // An IPv4 VIP served by IPv6 workers: IPv4 inside IPv6.
+    rig.lb
+        .cli_ok(&["vip", "del", "192.0.2.100:80/tcp"])
+        .unwrap();
+    add(&rig, "192.0.2.100:80/tcp", &["--forward", "ipip"], true);
+    assert_spread(&rig, IpAddr::V4(VIP4));
+    let stats = rig.lb.stats().unwrap();
+    assert_eq!(stats.drop_no_tunnel, 0);
+    assert!(stats.forwarded >= 900, "{stats:?}");
+}
+
+#[test]
+fn a_keep_alive_connection_and_a_udp_flow_keep_their_worker_through_changes() {
+    lb_testing::needs_root!();
+    let rig = rig(3);
+    let vip = "192.0.2.100:80/tcp";
+    let udp = format!("{VIP4}:{UDP_PORT}/udp");
+    rig.lb
+        .cli_ok(&["vip", "add", vip, "--forward", "gue"])
+        .unwrap();
+    rig.lb
+        .cli_ok(&["vip", "add", &udp, "--forward", "ipip", "--health", "none"])
+        .unwrap();
+    for worker in &rig.workers[..2] {
+        for v in [vip, udp.as_str()] {
+            rig.lb
+                .cli_ok(&["backend", "add", v, &worker.ipv4.to_string()])
+                .unwrap();
+        }
+    }
+    let target = SocketAddr::new(IpAddr::V4(VIP4), 80);
+    let (mut keep, first) = rig
+        .client
+        .within(move || {
+            let mut keep = KeepAlive::connect(target, TIMEOUT).unwrap();
+            let first = keep.get().unwrap();
+            (keep, first)
+        })
+        .unwrap();
+    let socket = rig
+        .client
+        .within(|| UdpSocket::bind(("192.0.2.1", 40555)))
+        .unwrap()
+        .unwrap();
+    socket.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let ask = |socket: &UdpSocket| {
+        socket.send_to(b"who", (VIP4, UDP_PORT)).unwrap();
+        let mut buf = [0u8; 64];
+        let (n, _) = socket.recv_from(&mut buf).unwrap();
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let udp_first = ask(&socket);
+
+    // A worker joins, another (not the one either flow is on) leaves.
+    let third = rig.workers[2].ipv4.to_string();
+    rig.lb.cli_ok(&["backend", "add", vip, &third]).unwrap();
+    rig.lb.cli_ok(&["backend", "add", &udp, &third]).unwrap();
+    let other = rig
+        .workers
+        .iter()
+        .find(|w| w.role != first && w.role != udp_first && w.ipv4.to_string() != third)
+        .map(|w| w.ipv4.to_string());
+    if let Some(other) = other {
+        rig.lb.cli_ok(&["backend", "del", vip, &other]).unwrap();
+    }
+    for _ in 0..10 {
+        assert_eq!(
+            keep.get().unwrap(),
+            first,
+            "the keep-alive connection moved"
+        );
+        assert_eq!(ask(&socket), udp_first, "the UDP flow moved");
+    }
+}
+
+/// A sink on every worker: reads a connection to the end, answers with the
+/// byte count.
+fn start_sinks(rig: &Rig, port: u16) {
+    for worker in &rig.workers {
+        let listener = worker
+            .within(move || TcpListener::bind(("0.0.0.0", port)))
+            .unwrap()
+            .unwrap();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().take(8) {
+                let Ok(mut stream) = stream else { continue };
+                let mut count = 0u64;
+                let mut buf = [0u8; 65536];
+                while let Ok(n @ 1..) = stream.read(&mut buf) {
+                    count += n as u64;
+                }
+                let _ = stream.write_all(count.to_string().as_bytes());
+            }
+        });
+    }
+}
+
+/// Sends `bytes` to `target` in full-size segments and returns what the
+/// sink counted.
+fn upload(target: SocketAddr, bytes: usize) -> u64 {
+    let mut stream = TcpStream::connect_timeout(&target, TIMEOUT).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    stream.write_all(&vec![0x5a; bytes]).unwrap();
+    stream.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    answer.parse().unwrap()
+}
+
+#[test]
+fn uploads_of_full_size_segments_complete_through_path_mtu_discovery() {
+    lb_testing::needs_root!();
+    let rig = rig(1);
+    const PORT: u16 = 9000;
+    start_sinks(&rig, PORT);
+    let worker = rig.workers[0].ipv4.to_string();
+    let worker6 = rig.workers[0].ipv6.to_string();
+    for (vip, forward, addr) in [
+        (format!("{VIP4}:{PORT}/tcp"), "ipip", worker.as_str()),
+        (format!("[{VIP6}]:{PORT}/tcp"), "ipip", worker6.as_str()),
+    ] {
+        rig.lb
+            .cli_ok(&["vip", "add", &vip, "--forward", forward])
+            .unwrap();
+        rig.lb.cli_ok(&["backend", "add", &vip, addr]).unwrap();
+    }
+    let before = rig.lb.stats().unwrap().too_big_answered;
+    for vip in [IpAddr::V4(VIP4), IpAddr::V6(VIP6)] {
+        let target = SocketAddr::new(vip, PORT);
+        let got = rig.client.within(move || upload(target, 300_000)).unwrap();
+        assert_eq!(got, 300_000, "{vip}: the upload arrived whole");
+    }
+    let answered = rig.lb.stats().unwrap().too_big_answered - before;
+    assert!(
+        answered >= 2,
+        "lb answered {answered} packets too big for the tunnel"
+    );
+}
+
+#[test]
+fn bad_l3_input_is_refused_in_one_line_and_changes_nothing() {
+    lb_testing::needs_root!();
+    let rig = rig(1);
+    let refused = |args: &[&str], wanted: &str| {
+        let output = rig.lb.cli(args).unwrap();
+        assert!(!output.status.success(), "{args:?} was accepted");
+        let error = String::from_utf8_lossy(&output.stderr);
+        let lines: Vec<&str> = error.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert!(
+            lines.iter().any(|l| l.contains(wanted)),
+            "{args:?}: {error}"
+        );
+    };
+    refused(
+        &["vip", "add", "192.0.2.100:80/tcp", "--forward", "vxlan"],
+        "vxlan",
+    );
+    refused(
+        &[
+            "vip",
+            "add",
+            "192.0.2.100:80/tcp",
+            "--forward",
+            "gue",
+            "--gue-port",
+            "0",
+        ],
+        "--gue-port must be 1 to 65535",
+    );
+    refused(
+        &["vip", "add", "192.0.2.100:80/tcp", "--gue-port", "7000"],
+        "--gue-port is for --forward gue only",
+    );
+    rig.lb
+        .cli_ok(&["vip", "add", "192.0.2.100:80/tcp", "--forward", "ipip"])
+        .unwrap();
+    // Nothing routes 198.51.100.0/24 from the balancer.
+    refused(
+        &["backend", "add", "192.0.2.100:80/tcp", "198.51.100.77"],
+        "no route to 198.51.100.77",
+    );
+    // DSR can't cross families.
+    rig.lb
+        .cli_ok(&["vip", "add", "192.0.2.101:80/tcp"])
+        .unwrap();
+    refused(
+        &[
+            "backend",
+            "add",
+            "192.0.2.101:80/tcp",
+            &far(0x11).to_string(),
+        ],
+        "different IP families",
+    );
+    let vips = json(&rig.lb.cli_ok(&["vip", "list", "-o", "json"]).unwrap());
+    assert_eq!(vips.as_array().unwrap().len(), 2, "{vips}");
+    assert_eq!(vips[0]["workers"], 0, "{vips}");
+
+    // A route that goes away takes the worker out, with its reason.
+    let worker = rig.workers[0].ipv4.to_string();
+    rig.lb
+        .cli_ok(&["backend", "add", "192.0.2.100:80/tcp", &worker])
+        .unwrap();
+    rig.balancer
+        .run("ip", &["route", "del", "203.0.113.0/24"])
+        .unwrap();
+    wait_until(
+        Duration::from_secs(10),
+        "the worker without a route is unreachable",
+        || {
+            let list = json(&rig.lb.cli_ok(&["backend", "list", "-o", "json"]).unwrap());
+            list[0]["state"] == "unreachable"
+                && list[0]["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("no route"))
+        },
+    );
+}
