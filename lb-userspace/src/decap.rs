@@ -29,6 +29,9 @@ use crate::{
 
 /// Where each interface's pins go unless `--pin-dir` says otherwise.
 pub const PIN_ROOT: &str = "/sys/fs/bpf/lb-decap";
+/// Prefix of the directory in the pin directory that names the interface
+/// (bpffs holds pins and directories only), so `stats` can say it.
+const IFACE_MARK: &str = "iface-";
 
 /// Runs `lb decap …`; `pin_dir` is the global `--pin-dir`, if given.
 pub fn command(command: DecapCommand, pin_dir: Option<&Path>) -> anyhow::Result<()> {
@@ -92,10 +95,15 @@ fn attach(iface: &str, dir: &Path, gue_port: u16) -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    let mode = attach_program(&mut ebpf, if_index, &link_path).map_err(|error| {
-        remove_pins(dir);
-        error.context(format!("attaching lb_decap to {iface}"))
-    })?;
+    let mode = attach_program(&mut ebpf, if_index, &link_path)
+        .and_then(|mode| {
+            fs::create_dir(dir.join(format!("{IFACE_MARK}{iface}")))?;
+            Ok(mode)
+        })
+        .map_err(|error| {
+            remove_pins(dir);
+            error.context(format!("attaching lb_decap to {iface}"))
+        })?;
     println!(
         "lb: decap attached to {iface} ({mode} XDP): {} local addresses, GUE port {gue_port}; pins in {}",
         addresses.len(),
@@ -195,13 +203,24 @@ fn attach_program(
     Ok(mode)
 }
 
-/// Removes the map pins and the link pin (which detaches the program), then
-/// the directory if it is left empty.
+/// Removes the map pins and the link pin (which detaches the program), the
+/// interface's name, then the directory if it is left empty.
 fn remove_pins(dir: &Path) {
     for name in map_names::ALL.iter().chain([&LINK_PIN]) {
         let _ = fs::remove_file(dir.join(name));
     }
+    if let Some(iface) = iface_of(dir) {
+        let _ = fs::remove_dir(dir.join(format!("{IFACE_MARK}{iface}")));
+    }
     let _ = fs::remove_dir(dir);
+}
+
+/// The interface the program pinned under `dir` is attached to.
+fn iface_of(dir: &Path) -> Option<String> {
+    fs::read_dir(dir).ok()?.flatten().find_map(|entry| {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        name.strip_prefix(IFACE_MARK).map(str::to_owned)
+    })
 }
 
 fn detach(dir: &Path) -> anyhow::Result<()> {
@@ -249,9 +268,7 @@ fn stats(dirs: &[PathBuf], output: OutputFormat) -> anyhow::Result<()> {
     let rows: Vec<(String, DecapCounters)> = dirs
         .iter()
         .map(|dir| {
-            let name = dir
-                .file_name()
-                .map_or_else(|| dir.display().to_string(), |n| n.to_string_lossy().into());
+            let name = iface_of(dir).unwrap_or_else(|| "?".into());
             counters(dir).map(|c| (name, c))
         })
         .collect::<anyhow::Result<_>>()?;
