@@ -51,6 +51,22 @@ pub fn command(command: DecapCommand, pin_dir: Option<&Path>) -> anyhow::Result<
     }
 }
 
+/// Refuses the pin directory of an `lb run` instance (the global --pin-dir
+/// or LB_PIN_DIR may name one): both pin a `link`, and decap would take
+/// the balancer's for its own.
+fn check_not_balancer(dir: &Path) -> anyhow::Result<()> {
+    if lb_common::map_names::ALL
+        .iter()
+        .any(|name| dir.join(name).exists())
+    {
+        bail!(
+            "{} holds an lb instance's pins; give lb decap a directory of its own (--pin-dir, or unset LB_PIN_DIR)",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
 fn dir_for(pin_dir: Option<&Path>, iface: &str) -> PathBuf {
     pin_dir.map_or_else(|| Path::new(PIN_ROOT).join(iface), Path::to_owned)
 }
@@ -81,6 +97,7 @@ fn attach(iface: &str, dir: &Path, gue_port: u16) -> anyhow::Result<()> {
     if !crate::privileges::can_manage_xdp() {
         return Err(DataplaneError::NotPermitted.into());
     }
+    check_not_balancer(dir)?;
     prepare_pin_dir(dir)?;
     let mut ebpf = load(dir)?;
     let addresses = Netlink::open()
@@ -213,6 +230,10 @@ fn remove_pins(dir: &Path) {
         let _ = fs::remove_dir(dir.join(format!("{IFACE_MARK}{iface}")));
     }
     let _ = fs::remove_dir(dir);
+    if dir.parent() == Some(Path::new(PIN_ROOT)) {
+        // Fails while another interface's pins are there, as it should.
+        let _ = fs::remove_dir(PIN_ROOT);
+    }
 }
 
 /// The interface the program pinned under `dir` is attached to.
@@ -224,6 +245,7 @@ fn iface_of(dir: &Path) -> Option<String> {
 }
 
 fn detach(dir: &Path) -> anyhow::Result<()> {
+    check_not_balancer(dir)?;
     let pinned = map_names::ALL
         .iter()
         .chain([&LINK_PIN])
