@@ -5,14 +5,14 @@
 //! Needs root.
 
 use std::{
-    net::IpAddr,
+    net::{IpAddr, UdpSocket},
     path::{Path, PathBuf},
     time::Duration,
 };
 
 use lb_testing::{
     lb_exe,
-    rig::{wait_until, Rig, VIP4, VIP6},
+    rig::{wait_until, Rig, UDP_PORT, VIP4, VIP6},
     testbed::Host,
 };
 
@@ -67,9 +67,27 @@ fn served(rig: &Rig, vip: IpAddr, n: usize) {
     assert_eq!(counts.get("w1"), Some(&n), "{vip}: {counts:?}");
 }
 
+/// A datagram to the IPv4 VIP's UDP echo from `client`: the answer, if
+/// one of a few tries gets one.
+fn udp_answer(client: &Host) -> Option<String> {
+    client
+        .within(|| {
+            let socket = UdpSocket::bind("0.0.0.0:0").ok()?;
+            socket.connect((VIP4, UDP_PORT)).ok()?;
+            socket.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+            let mut buf = [0u8; 64];
+            (0..5).find_map(|_| {
+                socket.send(b"who").ok()?;
+                let n = socket.recv(&mut buf).ok()?;
+                Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+            })
+        })
+        .unwrap()
+}
+
 /// Forwards the IPv4 and the IPv6 VIP with `method` to the worker's
-/// addresses of family `worker_v6`; checks every request is answered and
-/// counted as `counter` on the worker.
+/// addresses of family `worker_v6`, and a UDP VIP; checks every request is
+/// answered and counted as `counter` on the worker.
 fn forward_both(method: &str, worker_v6: bool, counter: &str) {
     let (rig, pins) = rig();
     let worker = &rig.workers[0];
@@ -86,6 +104,16 @@ fn forward_both(method: &str, worker_v6: bool, counter: &str) {
     }
     served(&rig, IpAddr::V4(VIP4), 20);
     served(&rig, IpAddr::V6(VIP6), 20);
+    let udp_vip = format!("{VIP4}:{UDP_PORT}/udp");
+    rig.lb
+        .cli_ok(&["vip", "add", &udp_vip, "--forward", method])
+        .unwrap();
+    rig.lb.cli_ok(&["backend", "add", &udp_vip, &addr]).unwrap();
+    assert_eq!(
+        udp_answer(&rig.client).as_deref(),
+        Some("w1"),
+        "UDP over {method}"
+    );
     let counted = counters(worker, &pins);
     // Each connection is at least a SYN, an ACK with the request and a
     // FIN from the client.
