@@ -1,5 +1,5 @@
 //! `lb decap` end to end: a balancer running `lb run` forwards real TCP
-//! (HTTP to nginx) to a worker over IPIP or GUE, in every mix of IPv4 and
+//! (HTTP to nginx) and UDP to a worker over IPIP or GUE, in every mix of IPv4 and
 //! IPv6; the worker runs `lb decap attach` (the real binary) and answers
 //! straight to the client. Bad input to `lb decap` gets one-line errors.
 //! Needs root.
