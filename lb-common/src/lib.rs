@@ -13,6 +13,7 @@
 
 pub mod balancer;
 pub mod counters;
+pub mod decap;
 pub mod encap;
 pub mod icmp;
 pub mod packet;

@@ -93,6 +93,10 @@ pub enum Command {
     /// A live view: per-VIP and per-worker rates, state and load,
     /// refreshed every second; q or Ctrl-C quits.
     Top(TopArgs),
+    /// The worker side of L3 forwarding: strip lb's IPIP and GUE headers
+    /// from packets to this host (see docs/workers.md).
+    #[command(subcommand)]
+    Decap(DecapCommand),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions {
         /// The shell.
@@ -182,6 +186,39 @@ pub struct ClientArgs {
     /// Output format.
     #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
     pub output: OutputFormat,
+}
+
+/// `lb decap …`. Pins go under /sys/fs/bpf/lb-decap/IFACE unless the
+/// global --pin-dir names another directory.
+#[derive(Debug, Subcommand)]
+pub enum DecapCommand {
+    /// Attach the decap program to an interface, or refresh its local
+    /// addresses and GUE port when it is attached: run it again after
+    /// adding addresses.
+    Attach {
+        /// Interface the tunnel packets arrive on.
+        #[arg(long)]
+        iface: String,
+        /// UDP port of GUE.
+        #[arg(long, default_value_t = lb_common::encap::DEFAULT_GUE_PORT)]
+        gue_port: u16,
+    },
+    /// Detach the decap program from an interface and remove its pins.
+    Detach {
+        /// The interface.
+        #[arg(long)]
+        iface: String,
+    },
+    /// Packets decapsulated, passed and dropped (every attached interface
+    /// unless one is named).
+    Stats {
+        /// The interface.
+        #[arg(long)]
+        iface: Option<String>,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
+        output: OutputFormat,
+    },
 }
 
 /// `lb vip …`.

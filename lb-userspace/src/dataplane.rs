@@ -879,7 +879,7 @@ pub fn check_private(dir: &Path) -> Result<(), DataplaneError> {
 
 /// Creates the pin directory, readable by root alone (mounting the BPF
 /// filesystem if needed), and refuses one another user could tamper with.
-fn prepare_pin_dir(dir: &Path) -> Result<(), DataplaneError> {
+pub fn prepare_pin_dir(dir: &Path) -> Result<(), DataplaneError> {
     let pin_dir_error = |source| DataplaneError::PinDir {
         path: dir.to_owned(),
         source,

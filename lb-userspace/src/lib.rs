@@ -10,6 +10,7 @@ pub mod controller;
 pub mod counters;
 pub mod datagram;
 pub mod dataplane;
+pub mod decap;
 pub mod dns;
 pub mod duration;
 pub mod health;

@@ -20,6 +20,9 @@ fn main() {
         Command::Stats(args) => lb_userspace::stats::stats(&args, pin_dir),
         Command::Flows(args) => lb_userspace::stats::flows(&args, pin_dir),
         Command::Top(args) => lb_userspace::top::top(&args, &paths),
+        Command::Decap(command) => {
+            lb_userspace::decap::command(command, cli.instance.pin_dir.as_deref())
+        }
         Command::Completions { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut command, "lb", &mut std::io::stdout());

@@ -165,3 +165,36 @@ fn every_listing_command_prints_the_documented_json() {
     );
     each("`lb flows -o json`: an array of", &json(&rig, &["flows"]));
 }
+
+#[test]
+fn decap_stats_prints_the_documented_json() {
+    lb_testing::needs_root!();
+    let schema = schema();
+    let mut bed = lb_testing::testbed::Testbed::new().unwrap();
+    let host = bed
+        .add_host(
+            "w",
+            "192.0.2.11".parse().unwrap(),
+            lb_testing::rig::v6(0x11),
+        )
+        .unwrap();
+    let pins = bed.pin_dir("decap");
+    let dir = pins.to_str().unwrap();
+    let lb = |args: &[&str]| host.run(lb_exe(), &[&["decap"], args].concat()).unwrap();
+    lb(&["attach", "--iface", "eth0", "--pin-dir", dir]);
+    let doc: Value = serde_json::from_str(&lb(&["stats", "--pin-dir", dir, "-o", "json"])).unwrap();
+    let entries = doc.as_array().unwrap();
+    assert_eq!(entries.len(), 1, "{doc}");
+    check(
+        &schema,
+        "`lb decap stats -o json`: an array of",
+        &entries[0],
+    );
+    check(
+        &schema,
+        "`lb decap stats -o json`: `counters`",
+        &entries[0]["counters"],
+    );
+    assert_eq!(entries[0]["iface"], "eth0");
+    lb(&["detach", "--iface", "eth0", "--pin-dir", dir]);
+}
