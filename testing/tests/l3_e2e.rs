@@ -296,3 +296,78 @@ fn bad_l3_input_is_refused_in_one_line_and_changes_nothing() {
         },
     );
 }
+
+#[test]
+fn tunnel_sources_two_of_a_family_or_not_unicast_are_refused() {
+    lb_testing::needs_root!();
+    let mut rig = rig(1);
+    rig.lb.stop().unwrap();
+    let socket = rig.lb.state_file().with_extension("sock");
+    let (pins, state) = (rig.lb.pin_dir().to_owned(), rig.lb.state_file());
+    let refused = |extra: &[&str]| {
+        let mut args = vec!["--iface", "eth0", "--pin-dir"];
+        let (pins, socket, state) = (
+            pins.to_string_lossy(),
+            socket.to_string_lossy(),
+            state.to_string_lossy(),
+        );
+        args.extend([pins.as_ref(), "--socket", socket.as_ref()]);
+        args.extend(["--state-file", state.as_ref()]);
+        args.extend_from_slice(extra);
+        let (started, stderr) = rig
+            .balancer
+            .run_lb_expecting_refusal(lb_exe().as_ref(), &args, Duration::from_secs(20))
+            .unwrap();
+        assert!(!started, "lb run {extra:?} was accepted");
+        let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert_eq!(lines.len(), 1, "not one line: {stderr}");
+        lines[0].to_owned()
+    };
+    let error = refused(&[
+        "--tunnel-source",
+        "192.0.2.2",
+        "--tunnel-source",
+        "192.0.2.3",
+    ]);
+    assert!(error.contains("both IPv4"), "{error}");
+    let error = refused(&["--tunnel-source", "224.0.0.9"]);
+    assert!(error.contains("not a unicast address"), "{error}");
+    let error = refused(&["--tunnel-mtu", "9000"]);
+    assert!(error.contains("larger than eth0's MTU"), "{error}");
+    // One of each family is fine, and what `lb run` was given.
+    rig.start_lb(&[
+        "--tunnel-source",
+        "192.0.2.2",
+        "--tunnel-source",
+        "2001:db8::2",
+    ])
+    .unwrap();
+    rig.lb
+        .cli_ok(&["vip", "add", "192.0.2.100:80/tcp", "--forward", "ipip"])
+        .unwrap();
+}
+
+#[test]
+fn an_ipip_data_plane_outlives_its_controller_and_is_adopted() {
+    lb_testing::needs_root!();
+    let mut rig = rig(2);
+    add(&rig, "192.0.2.100:80/tcp", &["--forward", "ipip"], false);
+    let target = SocketAddr::new(IpAddr::V4(VIP4), 80);
+    let mut keep = KeepAlive::open(&rig.client, target).unwrap();
+    let first = keep.get().unwrap();
+    rig.lb.stop().unwrap();
+    // The data plane keeps forwarding, the tunnel program included.
+    assert_spread(&rig, IpAddr::V4(VIP4));
+    rig.start_lb(&[]).unwrap();
+    assert!(
+        rig.lb.takeover_line.contains("adopted"),
+        "{}",
+        rig.lb.takeover_line
+    );
+    assert_eq!(
+        keep.get().unwrap(),
+        first,
+        "the keep-alive connection moved"
+    );
+    assert_spread(&rig, IpAddr::V4(VIP4));
+}

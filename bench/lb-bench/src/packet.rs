@@ -44,20 +44,21 @@ pub struct Row {
 enum Frames {
     /// The same frame every run.
     Fixed(Vec<u8>),
-    /// A packet with these TCP flags of a new connection every run.
-    NewFlows { next: u32, flags: u8 },
+    /// A packet with these TCP flags of a new connection to `vip`:80
+    /// every run.
+    NewFlows { next: u32, flags: u8, vip: IpAddr },
 }
 
 impl Frames {
     fn next(&mut self) -> Vec<u8> {
         match self {
             Self::Fixed(frame) => frame.clone(),
-            Self::NewFlows { next, flags } => {
+            Self::NewFlows { next, flags, vip } => {
                 *next += 1;
                 let [_, hi, lo_a, lo_b] = next.to_be_bytes();
                 let src = IpAddr::V4(Ipv4Addr::new(198, 51, 100, hi));
                 let sport = u16::from_be_bytes([lo_a, lo_b]);
-                Packet::tcp(src, sport, vip4(), 80, *flags).build()
+                Packet::tcp(src, sport, *vip, 80, *flags).build()
             }
         }
     }
@@ -167,6 +168,19 @@ fn cases() -> Vec<Case> {
             frames: Frames::NewFlows {
                 next: 0,
                 flags: tcp::SYN,
+                vip: vip4(),
+            },
+            verdict: XDP_TX,
+            repeatable: false,
+        },
+        Case {
+            name: "lb IPIP: IPv4 TCP, new flow (SYN)",
+            on_lb: true,
+            program: program_names::BALANCER,
+            frames: Frames::NewFlows {
+                next: 1 << 22,
+                flags: tcp::SYN,
+                vip: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 101)),
             },
             verdict: XDP_TX,
             repeatable: false,
@@ -178,6 +192,7 @@ fn cases() -> Vec<Case> {
             frames: Frames::NewFlows {
                 next: 1 << 23,
                 flags: tcp::RST,
+                vip: vip4(),
             },
             verdict: XDP_TX,
             repeatable: true,
