@@ -355,6 +355,7 @@ fn targets(results: &Results) -> String {
     );
     let worst = admin_ratios(&results.admin)
         .into_iter()
+        .filter(|(row, _)| !matches!(row.phase, Phase::Idle | Phase::IdleFull))
         .map(|(_, ratio)| ratio)
         .fold(f64::NAN, f64::max);
     let _ = writeln!(
