@@ -364,6 +364,11 @@ impl Controller {
         if !l3 {
             return Hop::Via(addr);
         }
+        self.l3_hop(addr)
+    }
+
+    /// The first hop toward an IPIP or GUE worker at `addr`.
+    fn l3_hop(&mut self, addr: IpAddr) -> Hop {
         if self.instance.tunnels.source_for(addr).is_none() {
             return Hop::Missing(if addr.is_ipv4() {
                 NO_SOURCE_V4
@@ -619,11 +624,17 @@ impl Controller {
     /// new one's MAC afresh, keeping the old meanwhile.
     fn rehop(&mut self, id: u32, vip: Vip, addr: IpAddr) {
         let hop = self.hop_for(&vip, addr);
+        self.set_hop(id, vip, addr, hop);
+    }
+
+    /// Gives worker `id` (`addr` of `vip`) first hop `hop`; whether it
+    /// changed.
+    fn set_hop(&mut self, id: u32, vip: Vip, addr: IpAddr, hop: Hop) -> bool {
         let Some(live) = self.live.get_mut(&id) else {
-            return;
+            return false;
         };
         if live.hop == hop {
-            return;
+            return false;
         }
         tracing::info!(
             "worker {addr} of {vip}: {}",
@@ -637,6 +648,7 @@ impl Controller {
         if let Hop::Missing(reason) = hop {
             live.reach = Reach::Unreachable(reason);
         }
+        true
     }
 
     fn add_worker(&mut self, vip: Vip, worker: IpAddr, weight: u32) -> anyhow::Result<()> {

@@ -371,3 +371,43 @@ fn an_ipip_data_plane_outlives_its_controller_and_is_adopted() {
     );
     assert_spread(&rig, IpAddr::V4(VIP4));
 }
+
+#[test]
+fn sticky_sessions_and_least_load_work_through_the_tunnels() {
+    lb_testing::needs_root!();
+    let rig = rig(2);
+    let sticky = "192.0.2.100:80/tcp";
+    add(
+        &rig,
+        sticky,
+        &["--forward", "gue", "--sticky", "60s"],
+        false,
+    );
+    let spread = rig.spread(IpAddr::V4(VIP4), 20).unwrap();
+    assert_eq!(spread.len(), 1, "a sticky client moved: {spread:?}");
+
+    let least = "[2001:db8::100]:80/tcp";
+    add(
+        &rig,
+        least,
+        &["--forward", "ipip", "--scheduler", "least-load"],
+        true,
+    );
+    let (busy, idle) = (
+        rig.workers[0].ipv6.to_string(),
+        rig.workers[1].ipv6.to_string(),
+    );
+    rig.lb
+        .cli_ok(&["backend", "set", least, &busy, "--load", "1"])
+        .unwrap();
+    rig.lb
+        .cli_ok(&["backend", "set", least, &idle, "--load", "0"])
+        .unwrap();
+    let spread = rig.spread(IpAddr::V6(VIP6), 200).unwrap();
+    let to_idle = spread.get(&rig.workers[1].role).copied().unwrap_or(0);
+    // Two choices: the idle worker wins unless both picks are the busy one.
+    assert!(
+        to_idle >= 120,
+        "{to_idle} of 200 to the idle worker: {spread:?}"
+    );
+}

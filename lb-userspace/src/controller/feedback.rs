@@ -175,7 +175,8 @@ impl Controller {
     }
 
     /// Looks up the first hop of every IPIP and GUE worker again (a route
-    /// changed), then their neighbours.
+    /// changed), once per address however many VIPs it serves, then their
+    /// neighbours.
     pub fn refresh_routes(&mut self) {
         let l3: Vec<(u32, Vip, IpAddr)> = self
             .live
@@ -187,11 +188,11 @@ impl Controller {
             })
             .map(|(id, l)| (*id, l.vip, l.addr))
             .collect();
+        let mut hops = HashMap::new();
         let mut moved = Vec::new();
         for (id, vip, addr) in l3 {
-            let before = self.live.get(&id).map(|l| l.hop);
-            self.rehop(id, vip, addr);
-            if self.live.get(&id).map(|l| l.hop) != before {
+            let hop = *hops.entry(addr).or_insert_with(|| self.l3_hop(addr));
+            if self.set_hop(id, vip, addr, hop) {
                 moved.push((id, vip));
             }
         }
@@ -206,13 +207,13 @@ impl Controller {
         }
     }
 
-    /// Re-reads every worker's (or its router's) neighbour entry: writes MACs that changed,
-    /// takes workers whose host stopped answering out of scheduling and
-    /// brings back those that answer again; with `nudge`, also has the
-    /// kernel re-probe entries not confirmed lately (nothing else would:
-    /// the data plane's packets bypass the kernel) and solicit unresolved
-    /// ones. Between ticks it runs without `nudge`, when the kernel reports a
-    /// neighbour change.
+    /// Re-reads every worker's (or its router's) neighbour entry: writes
+    /// MACs that changed, takes workers whose host stopped answering out of
+    /// scheduling and brings back those that answer again; with `nudge`,
+    /// also has the kernel re-probe entries not confirmed lately (nothing
+    /// else would: the data plane's packets bypass the kernel) and solicit
+    /// unresolved ones. Between ticks it runs without `nudge`, when the
+    /// kernel reports a neighbour change.
     pub fn refresh_neighbours(&mut self, nudge: bool) {
         let table = match self.netlink.neighbours(self.ifindex) {
             Ok(table) => table,
