@@ -329,12 +329,23 @@ impl Controller {
     /// comes from the neighbour table or, when adopting, from the entry the
     /// previous controller wrote, so forwarding never pauses.
     fn start_worker(&mut self, vip: Vip, addr: IpAddr, id: u32) -> anyhow::Result<()> {
+        let hop = self.hop_for(&vip, addr);
+        self.start_worker_via(vip, addr, id, hop)
+    }
+
+    /// As [`Self::start_worker`], with the first hop already looked up.
+    fn start_worker_via(
+        &mut self,
+        vip: Vip,
+        addr: IpAddr,
+        id: u32,
+        hop: Hop,
+    ) -> anyhow::Result<()> {
         let pinned_mac = self.maps.known_mac(id, addr);
         let generation = self
             .maps
             .generation_for(id, addr)
             .context("reading the worker's slot")?;
-        let hop = self.hop_for(&vip, addr);
         let mac = match hop {
             Hop::Via(at) => resolve(&mut self.netlink, self.ifindex, at, pinned_mac),
             Hop::Missing(_) => None,
@@ -654,14 +665,15 @@ impl Controller {
     fn add_worker(&mut self, vip: Vip, worker: IpAddr, weight: u32) -> anyhow::Result<()> {
         check_not_own(&mut self.netlink, [worker])?;
         self.check_tunnel(&self.desired.vip(&vip)?.options.clone(), Some(worker))?;
-        if self.hop_for(&vip, worker) == Hop::Missing(NO_ROUTE) {
+        let hop = self.hop_for(&vip, worker);
+        if hop == Hop::Missing(NO_ROUTE) {
             bail!(
                 "no route to {worker} through {}: lb could not send it anything (add a route, or check the address)",
                 self.instance.iface
             );
         }
         let id = self.desired.add_worker(&vip, worker, weight)?;
-        self.start_worker(vip, worker, id)?;
+        self.start_worker_via(vip, worker, id, hop)?;
         self.reschedule(&vip);
         tracing::info!("added worker {worker} to {vip} (weight {weight})");
         Ok(())

@@ -145,18 +145,14 @@ impl Netlink {
     /// within each family, as the kernel lists them.
     pub fn interface_addresses(&mut self, ifindex: u32) -> io::Result<Vec<IpAddr>> {
         let mut found = Vec::new();
-        let request = RouteNetlinkMessage::GetAddress(AddressMessage::default());
-        self.request(request, NLM_F_DUMP, |answer| {
-            let RouteNetlinkMessage::NewAddress(message) = answer else {
-                return;
-            };
+        self.each_address(|message| {
             // Scope 0 is "universe" (global): no link-local or host addresses.
             if message.header.index != ifindex || u8::from(message.header.scope) != 0 {
                 return;
             }
-            for attribute in message.attributes {
+            for attribute in &message.attributes {
                 if let AddressAttribute::Address(addr) = attribute {
-                    found.push(addr);
+                    found.push(*addr);
                 }
             }
         })?;
@@ -166,20 +162,26 @@ impl Netlink {
     /// Every address of every interface in this network namespace.
     pub fn addresses(&mut self) -> io::Result<Vec<IpAddr>> {
         let mut found = Vec::new();
-        let request = RouteNetlinkMessage::GetAddress(AddressMessage::default());
-        self.request(request, NLM_F_DUMP, |answer| {
-            let RouteNetlinkMessage::NewAddress(message) = answer else {
-                return;
-            };
-            for attribute in message.attributes {
+        self.each_address(|message| {
+            for attribute in &message.attributes {
                 if let AddressAttribute::Address(addr) | AddressAttribute::Local(addr) = attribute {
-                    found.push(addr);
+                    found.push(*addr);
                 }
             }
         })?;
         found.sort();
         found.dedup();
         Ok(found)
+    }
+
+    /// Hands each address message of a dump of every address to `each`.
+    fn each_address(&mut self, mut each: impl FnMut(&AddressMessage)) -> io::Result<()> {
+        let request = RouteNetlinkMessage::GetAddress(AddressMessage::default());
+        self.request(request, NLM_F_DUMP, |answer| {
+            if let RouteNetlinkMessage::NewAddress(message) = answer {
+                each(&message);
+            }
+        })
     }
 
     /// The XDP program interface `ifindex` runs.
