@@ -204,3 +204,16 @@ pub fn configure_with(
     maps.commit().map_err(|(_, error)| error)?;
     Ok((desired, maps))
 }
+
+/// The counters that moved from `before` to `after`, by name and by how
+/// much, sorted by name.
+pub fn counter_deltas(before: &GlobalCounters, after: &GlobalCounters) -> Vec<(&'static str, u64)> {
+    let mut moved: Vec<(&str, u64)> = GlobalCounters::NAMES
+        .iter()
+        .zip(before.values().iter().zip(after.values()))
+        .filter(|(_, (b, a))| a != *b)
+        .map(|(name, (b, a))| (*name, a - b))
+        .collect();
+    moved.sort();
+    moved
+}

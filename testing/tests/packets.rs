@@ -5,10 +5,10 @@
 
 use std::net::IpAddr;
 
-use lb_common::{counters::GlobalCounters, program_names::BALANCER};
+use lb_common::program_names::BALANCER;
 use lb_testing::{
     frames::{error_about, flow_key, tcp, Fragment, Packet, Transport, LB_MAC},
-    testrun::{configure, worker_mac, Loaded},
+    testrun::{configure, counter_deltas, worker_mac, Loaded},
 };
 use lb_userspace::{maglev, service::Vip, state::Desired};
 
@@ -89,7 +89,7 @@ impl Suite {
             None => case.frame.clone(),
         };
         assert_eq!(output, expected, "{}: output frame", case.name);
-        let moved = deltas(&before, &after);
+        let moved = counter_deltas(&before, &after);
         let mut wanted: Vec<(&str, u64)> = vec![
             ("packets", 1),
             ("bytes", case.frame.len() as u64),
@@ -108,17 +108,6 @@ fn forwarded(frame: &[u8], worker: [u8; 6]) -> Vec<u8> {
     out[0..6].copy_from_slice(&worker);
     out[6..12].copy_from_slice(&LB_MAC);
     out
-}
-
-fn deltas(before: &GlobalCounters, after: &GlobalCounters) -> Vec<(&'static str, u64)> {
-    let mut moved: Vec<(&str, u64)> = GlobalCounters::NAMES
-        .iter()
-        .zip(before.values().iter().zip(after.values()))
-        .filter(|(_, (b, a))| a != *b)
-        .map(|(name, (b, a))| (*name, a - b))
-        .collect();
-    moved.sort();
-    moved
 }
 
 struct Case {

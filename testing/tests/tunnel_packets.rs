@@ -7,10 +7,10 @@
 
 use std::net::IpAddr;
 
-use lb_common::{counters::GlobalCounters, program_names::BALANCER};
+use lb_common::program_names::BALANCER;
 use lb_testing::{
     frames::{error_about, flow_key, ipv4_checksum, tcp, Fragment, Packet, CLIENT_MAC, LB_MAC},
-    testrun::{configure_with, worker_mac, Loaded, TUNNEL_MTU, TUNNEL_SOURCES},
+    testrun::{configure_with, counter_deltas, worker_mac, Loaded, TUNNEL_MTU, TUNNEL_SOURCES},
 };
 use lb_userspace::{
     maglev,
@@ -97,19 +97,8 @@ impl Suite {
         let before = self.lb.counters().unwrap();
         let (verdict, output) = self.lb.run_frame(BALANCER, frame).unwrap();
         let after = self.lb.counters().unwrap();
-        (verdict, output, deltas(&before, &after))
+        (verdict, output, counter_deltas(&before, &after))
     }
-}
-
-fn deltas(before: &GlobalCounters, after: &GlobalCounters) -> Vec<(&'static str, u64)> {
-    let mut moved: Vec<(&str, u64)> = GlobalCounters::NAMES
-        .iter()
-        .zip(before.values().iter().zip(after.values()))
-        .filter(|(_, (b, a))| a != *b)
-        .map(|(name, (b, a))| (*name, a - b))
-        .collect();
-    moved.sort();
-    moved
 }
 
 /// What lb must send for `frame` (whose inner packet is `frame[14..]`)
