@@ -141,6 +141,27 @@ pub enum Request {
         /// The client.
         client: IpAddr,
     },
+    /// Take VIP addresses out of the routers' tables (all when none is
+    /// named): their host routes leave the announce table.
+    AnnounceWithdraw {
+        /// The addresses.
+        #[serde(default)]
+        addresses: Vec<IpAddr>,
+        /// VIPs, each standing for its address.
+        #[serde(default)]
+        vips: Vec<Vip>,
+    },
+    /// Announce withdrawn VIP addresses again (all when none is named).
+    AnnounceRestore {
+        /// The addresses.
+        #[serde(default)]
+        addresses: Vec<IpAddr>,
+        /// VIPs, each standing for its address.
+        #[serde(default)]
+        vips: Vec<Vip>,
+    },
+    /// List the VIP addresses and whether each is announced.
+    AnnounceList,
     /// Describe the instance.
     Status,
 }
@@ -150,7 +171,11 @@ impl Request {
     pub fn changes_state(&self) -> bool {
         !matches!(
             self,
-            Self::VipList | Self::BackendList { .. } | Self::SessionsList { .. } | Self::Status
+            Self::VipList
+                | Self::BackendList { .. }
+                | Self::SessionsList { .. }
+                | Self::AnnounceList
+                | Self::Status
         )
     }
 }
@@ -270,6 +295,19 @@ pub struct SessionRow {
     pub idle_ms: Option<u64>,
 }
 
+/// A row of `lb announce list`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AnnounceRow {
+    /// The VIP address.
+    pub address: IpAddr,
+    /// Whether its host route is in the announce table.
+    pub announced: bool,
+    /// Why it is not, when it is not.
+    pub reason: Option<String>,
+    /// The VIPs on the address.
+    pub vips: Vec<Vip>,
+}
+
 /// `lb status`.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Status {
@@ -305,6 +343,12 @@ pub struct Status {
     pub workers_unreachable: usize,
     /// Where workers push load reports, if anywhere.
     pub load_listen: Option<String>,
+    /// The routing table of VIP announcements, if they are on.
+    pub announce_table: Option<u32>,
+    /// VIP addresses announced.
+    pub announced: usize,
+    /// VIP addresses not announced (withdrawn, no worker, not attached).
+    pub not_announced: usize,
 }
 
 /// Sends `request` to the controller at `socket` and returns its data.

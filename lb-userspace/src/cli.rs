@@ -83,6 +83,10 @@ pub enum Command {
     /// Sticky sessions and pinned clients.
     #[command(subcommand)]
     Sessions(SessionsCommand),
+    /// VIP announcements to the routers (`lb run --announce-table`):
+    /// withdraw an address for maintenance, restore it, list them.
+    #[command(subcommand)]
+    Announce(AnnounceCommand),
     /// Describe the running instance.
     Status(ClientArgs),
     /// Packet counters: global, per VIP, per worker (read from the pinned
@@ -170,6 +174,12 @@ pub struct RunArgs {
     /// afresh), another --xdp-mode (attached again after a short pause).
     #[arg(long)]
     pub force: bool,
+    /// Announce each VIP address lb can serve as a host route (/32, /128,
+    /// `dev lo`, `proto 250`) in this kernel routing table, for a routing
+    /// daemon (BIRD, FRR) to learn and announce to the routers; see
+    /// docs/scale-out.md. Off unless given.
+    #[arg(long, value_name = "TABLE", value_parser = crate::announce::parse_table)]
+    pub announce_table: Option<u32>,
     /// Detach the program and remove the pins when the controller stops
     /// (by default the data plane keeps forwarding without it).
     #[arg(long)]
@@ -327,6 +337,34 @@ pub enum BackendCommand {
     List {
         /// Only this VIP's workers.
         vip: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+/// `lb announce …`.
+#[derive(Debug, Subcommand)]
+pub enum AnnounceCommand {
+    /// Take VIP addresses out of the announce table (all when none is
+    /// named): the routers stop sending them here, while lb keeps
+    /// forwarding what still arrives. Kept across restarts.
+    Withdraw {
+        /// A VIP address (192.0.2.100) or a VIP standing for its address
+        /// (192.0.2.100:80/tcp).
+        vip: Vec<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Announce withdrawn VIP addresses again (all when none is named), as
+    /// far as they have workers that take new flows.
+    Restore {
+        /// A VIP address or a VIP.
+        vip: Vec<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Each VIP address, whether it is announced, and why not.
+    List {
         #[command(flatten)]
         client: ClientArgs,
     },

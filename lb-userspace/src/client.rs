@@ -1,13 +1,13 @@
-//! `lb vip`, `lb backend`, `lb sessions`, `lb status`: the CLI side of the
-//! admin API.
+//! `lb vip`, `lb backend`, `lb sessions`, `lb announce`, `lb status`: the
+//! CLI side of the admin API.
 
-use std::path::Path;
+use std::{net::IpAddr, path::Path};
 
 use anyhow::Context as _;
 
 use crate::{
-    api::{self, BackendRow, Request, SessionRow, Status, VipRow},
-    cli::{BackendCommand, ClientArgs, OutputFormat, SessionsCommand, VipCommand},
+    api::{self, AnnounceRow, BackendRow, Request, SessionRow, Status, VipRow},
+    cli::{AnnounceCommand, BackendCommand, ClientArgs, OutputFormat, SessionsCommand, VipCommand},
     duration,
     service::{parse_worker, Vip},
     table,
@@ -242,6 +242,67 @@ pub fn sessions_command(command: SessionsCommand, socket: &Path) -> anyhow::Resu
             send(socket, &request)
         }
     }
+}
+
+/// Runs `lb announce …`.
+pub fn announce_command(command: AnnounceCommand, socket: &Path) -> anyhow::Result<()> {
+    let (named, client, withdraw) = match command {
+        AnnounceCommand::List { client } => {
+            let rows: Vec<AnnounceRow> = fetch(socket, &Request::AnnounceList)?;
+            return table::print(
+                client.output,
+                &rows,
+                &["ADDRESS", "ANNOUNCED", "WHY NOT", "VIPS"],
+                |r| {
+                    vec![
+                        r.address.to_string(),
+                        if r.announced { "yes" } else { "no" }.into(),
+                        r.reason.clone().unwrap_or_else(|| "-".into()),
+                        r.vips
+                            .iter()
+                            .map(Vip::to_string)
+                            .collect::<Vec<_>>()
+                            .join(" "),
+                    ]
+                },
+            );
+        }
+        AnnounceCommand::Withdraw { vip, client } => (vip, client, true),
+        AnnounceCommand::Restore { vip, client } => (vip, client, false),
+    };
+    let (addresses, vips) = addresses_and_vips(&named)?;
+    let request = if withdraw {
+        Request::AnnounceWithdraw { addresses, vips }
+    } else {
+        Request::AnnounceRestore { addresses, vips }
+    };
+    let done: Vec<IpAddr> = fetch(socket, &request)?;
+    match client.output {
+        OutputFormat::Json => println!("{}", serde_json::to_string(&done)?),
+        OutputFormat::Table => {
+            let verb = if withdraw { "withdrew" } else { "restored" };
+            for addr in done {
+                println!("{verb} {addr}");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Splits `lb announce` arguments into addresses and VIPs.
+fn addresses_and_vips(named: &[String]) -> anyhow::Result<(Vec<IpAddr>, Vec<Vip>)> {
+    let (mut addresses, mut vips) = (Vec::new(), Vec::new());
+    for text in named {
+        if let Ok(addr) = text.parse::<IpAddr>() {
+            addresses.push(addr);
+        } else {
+            let vip = text.parse::<Vip>().map_err(|error| {
+                anyhow::anyhow!("{text:?} is neither a VIP address nor a VIP ({error})")
+            })?;
+            vips.push(vip);
+        }
+    }
+    Ok((addresses, vips))
 }
 
 /// Runs `lb status`.

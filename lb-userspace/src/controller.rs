@@ -15,6 +15,7 @@ use lb_common::balancer::{
 };
 
 pub mod actor;
+mod announcing;
 mod feedback;
 mod listing;
 
@@ -64,6 +65,8 @@ pub struct Instance {
     pub tunnels: crate::tunnel::Tunnels,
     /// Load report endpoint, if enabled.
     pub load_listen: Option<String>,
+    /// Routing table of VIP announcements, if enabled.
+    pub announce_table: Option<u32>,
 }
 
 /// Whether the program still runs on the interface, as the controller
@@ -208,6 +211,8 @@ pub struct Controller {
     /// Workers the admin request being handled added whose MAC is not
     /// known yet.
     unresolved_added: Vec<u32>,
+    /// The announce table's keeper, with --announce-table.
+    announcer: Option<crate::announce::Announcer>,
 }
 
 /// An admin request carried out up to the end of its batch: its answer
@@ -273,6 +278,7 @@ impl Controller {
     ) -> anyhow::Result<Self> {
         let ifindex = netlink::ifindex(&instance.iface)?;
         let netlink = Netlink::open().context("opening a route netlink socket")?;
+        let announcer = Self::open_announcer(instance.announce_table)?;
         let mut controller = Self {
             desired,
             maps,
@@ -292,6 +298,7 @@ impl Controller {
             touched: BTreeSet::new(),
             unsaved: false,
             unresolved_added: Vec::new(),
+            announcer,
         };
         controller
             .maps
@@ -322,6 +329,7 @@ impl Controller {
             .map_err(|(_, error)| error)
             .context("installing the VIPs' Maglev tables")?;
         controller.save()?;
+        controller.announce();
         Ok(controller)
     }
 
@@ -484,6 +492,7 @@ impl Controller {
                 flushed.unsaved = Some(format!("{error:#}"));
             }
         }
+        self.announce();
         flushed
     }
 
@@ -550,6 +559,13 @@ impl Controller {
                 worker,
             } => self.pin(&vip, client, worker)?,
             Request::SessionsUnpin { vip, client } => self.unpin(&vip, client)?,
+            Request::AnnounceWithdraw { addresses, vips } => {
+                return self.set_withdrawn(addresses, &vips, true)
+            }
+            Request::AnnounceRestore { addresses, vips } => {
+                return self.set_withdrawn(addresses, &vips, false)
+            }
+            Request::AnnounceList => return Ok(serde_json::to_value(self.announce_rows()?)?),
             Request::Status => return Ok(serde_json::to_value(self.status())?),
         }
         Ok(done)

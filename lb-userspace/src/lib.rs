@@ -2,6 +2,7 @@
 //! tables, the controller and its admin API, and the command line.
 
 pub mod activity;
+pub mod announce;
 pub mod api;
 pub mod cli;
 pub mod client;

@@ -16,6 +16,7 @@ fn main() {
         Command::Vip(command) => lb_userspace::client::vip_command(command, socket),
         Command::Backend(command) => lb_userspace::client::backend_command(command, socket),
         Command::Sessions(command) => lb_userspace::client::sessions_command(command, socket),
+        Command::Announce(command) => lb_userspace::client::announce_command(command, socket),
         Command::Status(args) => lb_userspace::client::status(&args, socket),
         Command::Stats(args) => lb_userspace::stats::stats(&args, pin_dir),
         Command::Flows(args) => lb_userspace::stats::flows(&args, pin_dir),

@@ -2,6 +2,7 @@
 //! the writable ones) and for readers of the pinned maps.
 
 use std::{
+    collections::BTreeSet,
     net::IpAddr,
     os::fd::{AsFd as _, AsRawFd as _, BorrowedFd, OwnedFd},
     path::Path,
@@ -388,6 +389,18 @@ impl ControlMaps {
 /// Opens a map pinned by an lb instance.
 pub fn open_pinned(pin_dir: &Path, name: &str) -> Result<Map, MapError> {
     Map::from_map_data(MapData::from_pin(pin_dir.join(name))?)
+}
+
+/// The addresses of the VIPs an instance pinned under `pin_dir` holds.
+pub fn pinned_vip_addresses(pin_dir: &Path) -> Result<BTreeSet<IpAddr>, MapError> {
+    let vips: HashMap<MapData, VipKey, VipInfo> =
+        open_pinned(pin_dir, map_names::VIPS)?.try_into()?;
+    Ok(vips
+        .keys()
+        .filter_map(Result::ok)
+        .filter_map(|key| Vip::from_key(&key))
+        .map(|vip| vip.addr)
+        .collect())
 }
 
 /// Sums the per-CPU copies of every entry of a traffic counter array.

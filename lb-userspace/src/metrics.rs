@@ -105,6 +105,7 @@ pub fn render(snapshot: &MetricsSnapshot) -> anyhow::Result<String> {
         snapshot.check_latency.clone(),
     );
     program(&mut registry, snapshot.program);
+    announcements(&mut registry, snapshot);
     let mut text = String::new();
     encode(&mut text, &registry).context("encoding metrics")?;
     Ok(text)
@@ -351,6 +352,26 @@ fn tables(registry: &mut Registry, snapshot: &MetricsSnapshot) {
         "Times the link's pin was found removed and pinned again",
         repins,
     );
+}
+
+/// Whether each VIP address is announced, with why not (only with
+/// --announce-table).
+fn announcements(registry: &mut Registry, snapshot: &MetricsSnapshot) {
+    if snapshot.announcements.is_empty() {
+        return;
+    }
+    let announced: Gauges = family(
+        registry,
+        "lb_vip_announced",
+        "1 while the VIP address's host route is in the announce table, else 0 with the reason",
+    );
+    for row in &snapshot.announcements {
+        let address = row.address.to_string();
+        let reason = row.reason.as_deref().unwrap_or("");
+        announced
+            .get_or_create(&labels(&[("address", &address), ("reason", reason)]))
+            .set(f64::from(u8::from(row.announced)));
+    }
 }
 
 /// The program's runs and run time, once the kernel has counted any

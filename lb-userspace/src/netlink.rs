@@ -8,14 +8,16 @@
 use std::{collections::HashMap, io, net::IpAddr};
 
 use netlink_packet_core::{
-    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_DUMP, NLM_F_REPLACE,
-    NLM_F_REQUEST,
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP,
+    NLM_F_REPLACE, NLM_F_REQUEST,
 };
 use netlink_packet_route::{
     address::{AddressAttribute, AddressMessage},
     link::{LinkAttribute, LinkMessage, LinkXdp, XdpAttached},
     neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState},
-    route::{RouteAddress, RouteAttribute, RouteMessage, RouteType, RouteVia},
+    route::{
+        RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope, RouteType, RouteVia,
+    },
     AddressFamily, RouteNetlinkMessage,
 };
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
@@ -66,6 +68,14 @@ impl Netlink {
         })
     }
 
+    /// As [`Self::open`], with strict checking of requests: dumps are then
+    /// filtered in the kernel by what their header and attributes ask for.
+    pub fn open_strict() -> io::Result<Self> {
+        let netlink = Self::open()?;
+        netlink.socket.set_netlink_get_strict_chk(true)?;
+        Ok(netlink)
+    }
+
     /// The neighbour entries of interface `ifindex`, by address.
     pub fn neighbours(&mut self, ifindex: u32) -> io::Result<HashMap<IpAddr, Entry>> {
         let mut entries = HashMap::new();
@@ -104,7 +114,7 @@ impl Netlink {
     pub fn route_to(&mut self, addr: IpAddr) -> io::Result<Option<Route>> {
         let mut message = RouteMessage::default();
         message.header.address_family = family(addr);
-        message.header.destination_prefix_length = if addr.is_ipv4() { 32 } else { 128 };
+        message.header.destination_prefix_length = full_length(addr);
         message
             .attributes
             .push(RouteAttribute::Destination(RouteAddress::from(addr)));
@@ -128,6 +138,71 @@ impl Netlink {
             }
             Err(error) => Err(error),
         }
+    }
+
+    /// Puts a host route for `addr` through interface `ifindex` into
+    /// routing table `table`, marked with `protocol`; one there already is
+    /// replaced.
+    pub fn add_host_route(
+        &mut self,
+        table: u32,
+        protocol: u8,
+        addr: IpAddr,
+        ifindex: u32,
+    ) -> io::Result<()> {
+        let mut message = host_route(table, protocol, addr);
+        message.header.scope = RouteScope::Link;
+        message.header.kind = RouteType::Unicast;
+        message.attributes.push(RouteAttribute::Oif(ifindex));
+        let request = RouteNetlinkMessage::NewRoute(message);
+        self.request(request, NLM_F_CREATE | NLM_F_REPLACE | NLM_F_ACK, |_| {})
+    }
+
+    /// Removes the host route for `addr` marked with `protocol` from
+    /// table `table`; none there is no error.
+    pub fn del_host_route(&mut self, table: u32, protocol: u8, addr: IpAddr) -> io::Result<()> {
+        let mut message = host_route(table, protocol, addr);
+        message.header.scope = RouteScope::NoWhere;
+        let request = RouteNetlinkMessage::DelRoute(message);
+        match self.request(request, NLM_F_ACK, |_| {}) {
+            Err(error) if error.raw_os_error() == Some(libc::ESRCH) => Ok(()),
+            done => done,
+        }
+    }
+
+    /// The host routes marked with `protocol`, each with its table, in
+    /// table `table` or in every table, of both families. On a socket of
+    /// [`Self::open_strict`] the kernel sends only those.
+    pub fn host_routes(
+        &mut self,
+        protocol: u8,
+        table: Option<u32>,
+    ) -> io::Result<Vec<(u32, IpAddr)>> {
+        let mut found = Vec::new();
+        for family in [AddressFamily::Inet, AddressFamily::Inet6] {
+            let mut message = RouteMessage::default();
+            message.header.address_family = family;
+            message.header.protocol = RouteProtocol::from(protocol);
+            if let Some(table) = table {
+                message.header.table = u8::try_from(table).unwrap_or(RT_TABLE_COMPAT);
+                message.attributes.push(RouteAttribute::Table(table));
+            }
+            let request = RouteNetlinkMessage::GetRoute(message);
+            let dumped = self.request(request, NLM_F_DUMP, |answer| {
+                if let RouteNetlinkMessage::NewRoute(route) = answer {
+                    found.extend(
+                        host_route_of(&route, protocol)
+                            .filter(|(t, _)| table.is_none_or(|wanted| *t == wanted)),
+                    );
+                }
+            });
+            match dumped {
+                // A table that holds no route of the family does not exist.
+                Err(error) if error.raw_os_error() == Some(libc::ENOENT) => {}
+                other => other?,
+            }
+        }
+        Ok(found)
     }
 
     /// The MTU of interface `ifindex`.
@@ -274,8 +349,20 @@ impl Netlink {
 pub struct Changes {
     /// A neighbour of the interface.
     pub neighbours: bool,
-    /// Some route (any may change the way to an L3 worker).
+    /// Some route (any may change the way to an L3 worker), lb's own
+    /// excepted.
     pub routes: bool,
+    /// A route of lb's announcements (protocol [`crate::announce::PROTOCOL`]).
+    pub announced: bool,
+}
+
+impl Changes {
+    /// What notices lost to a full receive buffer may have said.
+    const ALL: Self = Self {
+        neighbours: true,
+        routes: true,
+        announced: true,
+    };
 }
 
 /// A socket that hears of every change to the neighbour table and to the
@@ -305,10 +392,7 @@ impl ChangeNotices {
             let data = match self.socket.recv_from_full() {
                 Ok((data, _)) => data,
                 Err(error) if error.raw_os_error() == Some(libc::ENOBUFS) => {
-                    return Ok(Changes {
-                        neighbours: true,
-                        routes: true,
-                    })
+                    return Ok(Changes::ALL)
                 }
                 Err(error) => return Err(error),
             };
@@ -326,10 +410,7 @@ fn changes_in(data: &[u8], ifindex: u32) -> Changes {
     let mut offset = 0;
     while offset < data.len() {
         let Ok(notice) = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&data[offset..]) else {
-            return Changes {
-                neighbours: true,
-                routes: true,
-            };
+            return Changes::ALL;
         };
         if notice.header.length == 0 {
             break;
@@ -341,8 +422,14 @@ fn changes_in(data: &[u8], ifindex: u32) -> Changes {
                 | RouteNetlinkMessage::DelNeighbour(message),
             ) => changes.neighbours |= message.header.ifindex == ifindex,
             NetlinkPayload::InnerMessage(
-                RouteNetlinkMessage::NewRoute(_) | RouteNetlinkMessage::DelRoute(_),
-            ) => changes.routes = true,
+                RouteNetlinkMessage::NewRoute(route) | RouteNetlinkMessage::DelRoute(route),
+            ) => {
+                if u8::from(route.header.protocol) == crate::announce::PROTOCOL {
+                    changes.announced = true;
+                } else {
+                    changes.routes = true;
+                }
+            }
             _ => {}
         }
     }
@@ -354,6 +441,56 @@ fn family(addr: IpAddr) -> AddressFamily {
         IpAddr::V4(_) => AddressFamily::Inet,
         IpAddr::V6(_) => AddressFamily::Inet6,
     }
+}
+
+/// The header and destination of a host route for `addr` in `table`.
+fn host_route(table: u32, protocol: u8, addr: IpAddr) -> RouteMessage {
+    let mut message = RouteMessage::default();
+    message.header.address_family = family(addr);
+    message.header.destination_prefix_length = full_length(addr);
+    // Tables past 255 only fit the attribute; the header then says
+    // "compat", as iproute2 does.
+    message.header.table = u8::try_from(table).unwrap_or(RT_TABLE_COMPAT);
+    message.header.protocol = RouteProtocol::from(protocol);
+    message
+        .attributes
+        .push(RouteAttribute::Destination(RouteAddress::from(addr)));
+    message.attributes.push(RouteAttribute::Table(table));
+    message
+}
+
+/// The table "compat": what a header says of a table past 255.
+const RT_TABLE_COMPAT: u8 = 252;
+
+fn full_length(addr: IpAddr) -> u8 {
+    if addr.is_ipv4() {
+        32
+    } else {
+        128
+    }
+}
+
+/// The table and address of a host route marked with `protocol`.
+fn host_route_of(route: &RouteMessage, protocol: u8) -> Option<(u32, IpAddr)> {
+    if u8::from(route.header.protocol) != protocol {
+        return None;
+    }
+    let mut table = u32::from(route.header.table);
+    let mut destination = None;
+    for attribute in &route.attributes {
+        match attribute {
+            RouteAttribute::Table(id) => table = *id,
+            RouteAttribute::Destination(RouteAddress::Inet(v4)) => {
+                destination = Some(IpAddr::V4(*v4));
+            }
+            RouteAttribute::Destination(RouteAddress::Inet6(v6)) => {
+                destination = Some(IpAddr::V6(*v6));
+            }
+            _ => {}
+        }
+    }
+    let addr = destination?;
+    (route.header.destination_prefix_length == full_length(addr)).then_some((table, addr))
 }
 
 /// The interface and gateway of a unicast route.

@@ -95,6 +95,7 @@ pub async fn run(args: RunArgs, paths: Paths) -> anyhow::Result<()> {
         limits,
         tunnels,
         load_listen: args.load_listen.map(|a| a.to_string()),
+        announce_table: args.announce_table,
     };
     let state_path = state_file.path().to_owned();
     let link = dataplane.take_link();
@@ -154,10 +155,17 @@ pub async fn run(args: RunArgs, paths: Paths) -> anyhow::Result<()> {
     )
     .await;
     let _ = std::fs::remove_file(&paths.socket);
-    // The controller (and the link it holds) is dropped before detaching.
+    // The controller (and the link it holds) is dropped before detaching;
+    // its announcements go first, so the routers stop sending before the
+    // program stops forwarding.
     let _ = controller.send(Message::Stop);
+    let detaching = args.detach_on_exit;
     let _ = tokio::task::spawn_blocking(move || {
-        let _ = actor.join();
+        if let Ok(mut controller) = actor.join() {
+            if detaching {
+                controller.withdraw_all();
+            }
+        }
         drop(housekeeping);
     })
     .await;
@@ -189,12 +197,32 @@ pub fn detach(dir: &Path) -> anyhow::Result<()> {
             dir.display()
         );
     }
+    withdraw_announcements(dir);
     crate::dataplane::detach_pins(dir);
     say(&format!(
         "lb: detached; removed the pins under {}",
         dir.display()
     ));
     Ok(())
+}
+
+/// Removes the host routes `lb run --announce-table` left for the VIPs
+/// pinned under `dir`, in whatever table they are. A failure is reported
+/// and the detach goes on: a program that stays because of a route would
+/// be worse than a route that stays.
+fn withdraw_announcements(dir: &Path) {
+    let withdrawn = crate::maps::pinned_vip_addresses(dir)
+        .map_err(anyhow::Error::new)
+        .and_then(|addresses| Ok(crate::announce::withdraw_everywhere(&addresses)?));
+    match withdrawn {
+        Ok(0) => {}
+        Ok(routes) => say(&format!(
+            "lb: withdrew the announcements of {routes} VIP addresses"
+        )),
+        Err(error) => eprintln!(
+            "lb: warning: could not withdraw the VIPs' announcements ({error:#}); remove lb's routes with `ip route flush table N proto 250`"
+        ),
+    }
 }
 
 /// Refuses what `Dataplane::attach` would, before lb touches any file: a

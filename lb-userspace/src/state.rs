@@ -2,7 +2,7 @@
 //! change is validated here before anything touches the maps.
 
 use std::{
-    collections::{BTreeMap, VecDeque},
+    collections::{BTreeMap, BTreeSet, VecDeque},
     net::IpAddr,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
@@ -28,6 +28,9 @@ pub enum StateError {
     /// No such VIP.
     #[error("no VIP {0}; `lb vip list` shows the VIPs")]
     UnknownVip(Vip),
+    /// No VIP on the address.
+    #[error("no VIP on {0}; `lb announce list` shows the addresses")]
+    NoVipOn(IpAddr),
     /// The worker is on the VIP already.
     #[error("worker {worker} is already on VIP {vip}; use `lb backend del` first to change it")]
     DuplicateWorker {
@@ -284,6 +287,8 @@ pub struct Desired {
     vips: BTreeMap<Vip, VipState>,
     vip_ids: Ids,
     backend_ids: Ids,
+    /// VIP addresses an operator withdrew from the routers.
+    withdrawn: BTreeSet<IpAddr>,
 }
 
 impl Desired {
@@ -299,6 +304,7 @@ impl Desired {
             vips: BTreeMap::new(),
             vip_ids: Ids::new(limits.vips),
             backend_ids: Ids::new(limits.workers),
+            withdrawn: BTreeSet::new(),
         }
     }
 
@@ -318,7 +324,10 @@ impl Desired {
         if workers > limits.workers as usize {
             return Err(StateError::TooManyBackends(limits.workers));
         }
-        Self::restore_within(self.hash_seed, self.vips, limits)
+        let withdrawn = self.withdrawn;
+        let mut limited = Self::restore_within(self.hash_seed, self.vips, limits)?;
+        limited.withdrawn = withdrawn;
+        Ok(limited)
     }
 
     fn restore_within(
@@ -346,7 +355,53 @@ impl Desired {
             vip_ids: Ids::with_used(limits.vips, &vip_ids)?,
             backend_ids: Ids::with_used(limits.workers, &backend_ids)?,
             vips,
+            withdrawn: BTreeSet::new(),
         })
+    }
+
+    /// This state with the addresses in `withdrawn` withdrawn, those of
+    /// them that still have a VIP (a saved state's).
+    pub fn with_withdrawn(mut self, withdrawn: BTreeSet<IpAddr>) -> Self {
+        let addresses = self.addresses();
+        self.withdrawn = withdrawn.intersection(&addresses).copied().collect();
+        self
+    }
+
+    /// The addresses of the VIPs.
+    pub fn addresses(&self) -> BTreeSet<IpAddr> {
+        self.vips.keys().map(|v| v.addr).collect()
+    }
+
+    /// The VIP addresses an operator withdrew.
+    pub fn withdrawn(&self) -> &BTreeSet<IpAddr> {
+        &self.withdrawn
+    }
+
+    /// Withdraws (or with `withdraw` false restores) `addresses`, every VIP
+    /// address when none are named; returns the addresses it applied to.
+    /// Refused whole when one has no VIP.
+    pub fn set_withdrawn(
+        &mut self,
+        addresses: &[IpAddr],
+        withdraw: bool,
+    ) -> Result<Vec<IpAddr>, StateError> {
+        let known = self.addresses();
+        if let Some(unknown) = addresses.iter().find(|a| !known.contains(a)) {
+            return Err(StateError::NoVipOn(*unknown));
+        }
+        let chosen: Vec<IpAddr> = if addresses.is_empty() {
+            known.into_iter().collect()
+        } else {
+            addresses.to_vec()
+        };
+        for addr in &chosen {
+            if withdraw {
+                self.withdrawn.insert(*addr);
+            } else {
+                self.withdrawn.remove(addr);
+            }
+        }
+        Ok(chosen)
     }
 
     /// This state changed to match `target` (a config file) while keeping
@@ -459,6 +514,11 @@ impl Desired {
     /// Removes a VIP and its workers; returns what it was.
     pub fn del_vip(&mut self, vip: &Vip) -> Result<VipState, StateError> {
         let state = self.vips.remove(vip).ok_or(StateError::UnknownVip(*vip))?;
+        // A withdrawal goes with the address's last VIP: a VIP added there
+        // later is announced as any new one is.
+        if !self.vips.keys().any(|v| v.addr == vip.addr) {
+            self.withdrawn.remove(&vip.addr);
+        }
         self.vip_ids.free(state.id);
         for worker in state.workers.values() {
             self.backend_ids.free(worker.id);
@@ -864,6 +924,32 @@ mod tests {
             bounded.add_vip(vip("192.0.2.103:80/tcp"), VipOptions::default()),
             Err(StateError::TooManyVips(3))
         ));
+    }
+
+    #[test]
+    fn withdrawals_name_vip_addresses_and_go_with_the_last_vip_there() {
+        let mut desired = Desired::new(1);
+        let (a, b) = (vip("192.0.2.100:80/tcp"), vip("192.0.2.100:53/udp"));
+        let c = vip("[2001:db8::100]:80/tcp");
+        for v in [a, b, c] {
+            desired.add_vip(v, VipOptions::default()).unwrap();
+        }
+        let unknown: IpAddr = "192.0.2.199".parse().unwrap();
+        assert_eq!(
+            desired.set_withdrawn(&[a.addr, unknown], true),
+            Err(StateError::NoVipOn(unknown))
+        );
+        assert!(desired.withdrawn().is_empty(), "refused whole");
+        assert_eq!(
+            desired.set_withdrawn(&[], true).unwrap(),
+            vec![a.addr, c.addr]
+        );
+        desired.set_withdrawn(&[c.addr], false).unwrap();
+        assert_eq!(desired.withdrawn(), &BTreeSet::from([a.addr]));
+        desired.del_vip(&a).unwrap();
+        assert_eq!(desired.withdrawn(), &BTreeSet::from([a.addr]), "b is left");
+        desired.del_vip(&b).unwrap();
+        assert!(desired.withdrawn().is_empty());
     }
 
     #[test]

@@ -4,9 +4,10 @@
 //! the last one was, ids included (the pinned maps refer to them).
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     fs,
     io::{self, Read as _, Seek as _, Write as _},
+    net::IpAddr,
     os::{fd::AsRawFd as _, unix::fs::OpenOptionsExt as _},
     path::{Path, PathBuf},
 };
@@ -20,9 +21,14 @@ use crate::{
     state::{Desired, StateError, VipState},
 };
 
-/// Version of the file's format: 2 records the owner and graceful
-/// removals; 1 (before instances had names) is still read.
-const FORMAT: u32 = 2;
+/// Version of the file's format: 3 records withdrawn VIP addresses, and
+/// is written only when there are some, so that an lb from before
+/// announcements can still adopt every other state (a downgrade); 2
+/// records the owner and graceful removals; 1 (before instances had names)
+/// is still read.
+const FORMAT: u32 = 3;
+/// The format of a state without withdrawals.
+const FORMAT_WITHOUT_WITHDRAWALS: u32 = 2;
 /// The oldest format this lb reads.
 const OLDEST_FORMAT: u32 = 1;
 
@@ -162,6 +168,8 @@ struct Saved {
     owner: Option<Owner>,
     hash_seed: u32,
     vips: BTreeMap<Vip, VipState>,
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    withdrawn: BTreeSet<IpAddr>,
 }
 
 /// What a state file holds.
@@ -331,7 +339,8 @@ fn parse(text: &str, path: &Path) -> Result<Loaded, StateFileError> {
         });
     }
     let desired = Desired::restore(saved.hash_seed, saved.vips)
-        .map_err(|e: StateError| damaged(e.to_string()))?;
+        .map_err(|e: StateError| damaged(e.to_string()))?
+        .with_withdrawn(saved.withdrawn);
     Ok(Loaded {
         desired,
         owner: saved.owner,
@@ -342,11 +351,17 @@ fn parse(text: &str, path: &Path) -> Result<Loaded, StateFileError> {
 /// always either the old state or the new one, whole, even if lb or the
 /// machine dies midway. Only its owner may read it (0600).
 pub fn save(path: &Path, owner: &Owner, desired: &Desired) -> Result<(), StateFileError> {
+    let withdrawn = desired.withdrawn().clone();
     let saved = Saved {
-        format: FORMAT,
+        format: if withdrawn.is_empty() {
+            FORMAT_WITHOUT_WITHDRAWALS
+        } else {
+            FORMAT
+        },
         owner: Some(owner.clone()),
         hash_seed: desired.hash_seed,
         vips: desired.vips().clone(),
+        withdrawn,
     };
     let mut text = serde_json::to_string_pretty(&saved).expect("the state serialises");
     text.push('\n');
@@ -500,6 +515,26 @@ mod tests {
             .flat_map(|v| v.workers.values().map(|w| w.id))
             .collect();
         assert!(!used.contains(&fresh), "id {fresh} handed out twice");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn withdrawals_are_saved_in_format_3_and_only_then() {
+        let dir = temp_dir("withdrawn");
+        let path = dir.join("state.json");
+        let mut desired = sample();
+        save(&path, &owner(), &desired).unwrap();
+        assert!(fs::read_to_string(&path).unwrap().contains("\"format\": 2"));
+        let addr: IpAddr = "2001:db8::100".parse().unwrap();
+        desired.set_withdrawn(&[addr], true).unwrap();
+        save(&path, &owner(), &desired).unwrap();
+        let text = fs::read_to_string(&path).unwrap();
+        assert!(text.contains("\"format\": 3"), "{text}");
+        let back = load(&path).unwrap().unwrap().desired;
+        assert_eq!(back.withdrawn(), &BTreeSet::from([addr]));
+        // Within limits (as `lb run` applies them) the withdrawal stays.
+        let back = back.within(crate::state::Limits::default()).unwrap();
+        assert_eq!(back.withdrawn(), &BTreeSet::from([addr]));
         fs::remove_dir_all(&dir).unwrap();
     }
 

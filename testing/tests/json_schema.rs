@@ -84,7 +84,7 @@ fn json(rig: &Rig, args: &[&str]) -> Value {
 fn every_listing_command_prints_the_documented_json() {
     lb_testing::needs_root!();
     let schema = schema();
-    let rig = Rig::new(lb_exe().as_ref(), 2, &[]).unwrap();
+    let rig = Rig::new(lb_exe().as_ref(), 2, &["--announce-table", "100"]).unwrap();
     let vip = "192.0.2.100:80/tcp";
     rig.add_vip_with_workers(vip, &["--sticky", "60s"]).unwrap();
     let w1 = rig.workers[0].ipv4.to_string();
@@ -144,6 +144,10 @@ fn every_listing_command_prints_the_documented_json() {
         &schema,
         "`lb status -o json`: an object",
         &json(&rig, &["status"]),
+    );
+    each(
+        "`lb announce list -o json`: an array of",
+        &json(&rig, &["announce", "list"]),
     );
     let stats = json(&rig, &["stats"]);
     check(&schema, "`lb stats -o json`: an object", &stats);

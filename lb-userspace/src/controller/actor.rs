@@ -65,6 +65,9 @@ pub enum Message {
     Neighbours,
     /// The kernel changed a route: look up the next hops of L3 workers.
     Routes,
+    /// A route of lb's announcements changed (lb's own write, or someone
+    /// else's): read the table again.
+    Announced,
     /// Stop and hand the controller back.
     Stop,
 }
@@ -157,6 +160,7 @@ pub fn spawn(
 struct Noticed {
     neighbours: Arc<AtomicBool>,
     routes: Arc<AtomicBool>,
+    announced: Arc<AtomicBool>,
 }
 
 /// Starts the thread that turns the kernel's notices into
@@ -193,12 +197,17 @@ fn listen_to_changes(
 /// Sends what changed unless it is on its way already; false once the
 /// controller thread is gone.
 fn tell(sender: &Sender<Message>, noticed: &Noticed, changes: Changes) -> bool {
-    let Changes { neighbours, routes } = changes;
+    let Changes {
+        neighbours,
+        routes,
+        announced,
+    } = changes;
     let send = |changed: bool, flag: &AtomicBool, message: Message| {
         !changed || flag.swap(true, Ordering::AcqRel) || sender.send(message).is_ok()
     };
     send(routes, &noticed.routes, Message::Routes)
         && send(neighbours, &noticed.neighbours, Message::Neighbours)
+        && send(announced, &noticed.announced, Message::Announced)
 }
 
 struct Actor {
@@ -307,6 +316,10 @@ impl Actor {
             Message::Routes => {
                 self.noticed.routes.store(false, Ordering::Release);
                 self.controller.refresh_routes();
+            }
+            Message::Announced => {
+                self.noticed.announced.store(false, Ordering::Release);
+                self.controller.recheck_announcements();
             }
             Message::Stop => return false,
         }

@@ -38,6 +38,8 @@ pub struct MetricsSnapshot {
     pub attachment: super::Attachment,
     /// The kernel's statistics of the program, where the caller has them.
     pub program: Option<crate::dataplane::ProgramStats>,
+    /// Each VIP address's announcement, with --announce-table.
+    pub announcements: Vec<crate::api::AnnounceRow>,
 }
 
 impl Controller {
@@ -53,6 +55,7 @@ impl Controller {
             check_latency: self.check_latency.clone(),
             attachment: self.attachment.clone(),
             program: None,
+            announcements: self.announcement_rows(),
         }
     }
 
@@ -175,6 +178,7 @@ impl Controller {
     }
 
     pub(super) fn status(&self) -> Status {
+        let announcements = self.announcement_rows();
         Status {
             name: self.instance.name.clone(),
             iface: self.instance.iface.clone(),
@@ -200,6 +204,9 @@ impl Controller {
                 .filter(|l| matches!(l.reach, Reach::Unreachable(_)))
                 .count(),
             load_listen: self.instance.load_listen.clone(),
+            announce_table: self.instance.announce_table,
+            announced: announcements.iter().filter(|a| a.announced).count(),
+            not_announced: announcements.iter().filter(|a| !a.announced).count(),
         }
     }
 }
