@@ -256,8 +256,10 @@ impl Backend {
     }
 }
 
-/// Key of the flow table: a connection as the client sent it.
-#[repr(C)]
+/// Key of the flow table: a connection as the client sent it. Aligned to
+/// 8 (its size is 40 either way) so that its copies and the flow hash
+/// read and write words, not bytes.
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FlowKey {
     /// Client address.

@@ -3,8 +3,8 @@
 //! to the flow's worker, so that Path MTU discovery works through lb).
 
 use crate::packet::{
-    Frame, IpPacket, IpVersion, Ipv4Header, Ipv6Header, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP,
-    IPPROTO_UDP,
+    widen, Frame, IpPacket, IpVersion, Ipv4Header, Ipv6Header, IPPROTO_ICMP, IPPROTO_ICMPV6,
+    IPPROTO_TCP, IPPROTO_UDP,
 };
 
 /// ICMP echo request.
@@ -88,10 +88,7 @@ fn embedded_v4<F: Frame + ?Sized>(frame: &F, at: usize) -> Option<EmbeddedFlow> 
     if header.version_ihl >> 4 != 4 || ihl < 20 {
         return None;
     }
-    let mut vip = [0u8; 16];
-    let mut client = [0u8; 16];
-    vip[..4].copy_from_slice(&header.src);
-    client[..4].copy_from_slice(&header.dst);
+    let (vip, client) = (widen(header.src), widen(header.dst));
     ports(frame, at + ihl, header.proto, vip, client)
 }
 

@@ -14,6 +14,11 @@ pub mod program_names {
     /// `floor_tx` plus one lookup (that hits) in a 1M-entry LRU hash keyed
     /// by the 5-tuple.
     pub const LRU: &str = "floor_lru";
+    /// `floor_tx` plus one insert of the 5-tuple into that LRU hash.
+    pub const INSERT: &str = "floor_insert";
+    /// The same insert into an LRU hash with a list per CPU
+    /// (`BPF_F_NO_COMMON_LRU`).
+    pub const INSERT_PERCPU: &str = "floor_insert_percpu";
     /// A stateless forwarder: IPv4 to the target VIP gets the target
     /// worker's MAC and goes out with XDP_TX; everything else passes.
     pub const FORWARD: &str = "floor_forward";
@@ -23,6 +28,8 @@ pub mod program_names {
 pub mod map_names {
     /// LRU hash of lb-common's `FlowKey` → `FlowValue`.
     pub const FLOWS: &str = "FLOOR_FLOWS";
+    /// The same with an LRU list per CPU.
+    pub const FLOWS_PERCPU: &str = "FLOOR_FLOWS_PERCPU";
     /// Array of one [`super::ForwardTarget`].
     pub const TARGET: &str = "FLOOR_TARGET";
 }

@@ -9,7 +9,7 @@
 )]
 
 use aya_ebpf::{
-    bindings::xdp_action,
+    bindings::{xdp_action, BPF_ANY, BPF_F_NO_COMMON_LRU},
     btf_maps::{Array, LruHashMap},
     macros::{btf_map, xdp},
     programs::XdpContext,
@@ -24,6 +24,15 @@ use lb_ebpf::frame::XdpFrame;
 #[btf_map]
 static FLOOR_FLOWS: LruHashMap<FlowKey, FlowValue, { FLOOR_FLOWS_CAPACITY as usize }> =
     LruHashMap::new();
+
+/// As `FLOOR_FLOWS`, with an LRU list per CPU (`BPF_F_NO_COMMON_LRU`).
+#[btf_map]
+static FLOOR_FLOWS_PERCPU: LruHashMap<
+    FlowKey,
+    FlowValue,
+    { FLOOR_FLOWS_CAPACITY as usize },
+    { BPF_F_NO_COMMON_LRU as usize },
+> = LruHashMap::new();
 
 #[btf_map]
 static FLOOR_TARGET: Array<ForwardTarget, 1> = Array::new();
@@ -50,6 +59,36 @@ pub fn floor_lru(ctx: XdpContext) -> u32 {
     };
     // SAFETY: only tested for presence.
     if unsafe { FLOOR_FLOWS.get(&key) }.is_none() {
+        return xdp_action::XDP_PASS;
+    }
+    swap_macs(&frame, None)
+}
+
+#[xdp]
+pub fn floor_insert(ctx: XdpContext) -> u32 {
+    insert_into(&ctx, &FLOOR_FLOWS)
+}
+
+#[xdp]
+pub fn floor_insert_percpu(ctx: XdpContext) -> u32 {
+    insert_into(&ctx, &FLOOR_FLOWS_PERCPU)
+}
+
+/// `floor_tx` plus recording the packet's 5-tuple in `flows`: what any
+/// stateful balancer does with a new flow.
+#[inline(always)]
+fn insert_into<const FLAGS: usize>(
+    ctx: &XdpContext,
+    flows: &LruHashMap<FlowKey, FlowValue, { FLOOR_FLOWS_CAPACITY as usize }, FLAGS>,
+) -> u32 {
+    let frame = XdpFrame::new(ctx);
+    let Some(key) = tcp_key(&frame) else {
+        return xdp_action::XDP_PASS;
+    };
+    if flows
+        .insert(&key, &FlowValue::default(), BPF_ANY.into())
+        .is_err()
+    {
         return xdp_action::XDP_PASS;
     }
     swap_macs(&frame, None)

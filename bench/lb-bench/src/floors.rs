@@ -17,7 +17,18 @@ pub fn load() -> anyhow::Result<Loaded> {
 pub fn load_with_flows(capacity: u32) -> anyhow::Result<Loaded> {
     let ebpf = EbpfLoader::new()
         .map_max_entries(map_names::FLOWS, capacity)
+        .map_max_entries(map_names::FLOWS_PERCPU, capacity)
         .load(LB_FLOORS)
         .context("loading the floors object")?;
-    Loaded::with_programs(ebpf, &[floor::DROP, floor::TX, floor::LRU, floor::FORWARD])
+    Loaded::with_programs(
+        ebpf,
+        &[
+            floor::DROP,
+            floor::TX,
+            floor::LRU,
+            floor::INSERT,
+            floor::INSERT_PERCPU,
+            floor::FORWARD,
+        ],
+    )
 }

@@ -5,6 +5,7 @@
 
 pub mod admin;
 pub mod control;
+pub mod cpus;
 pub mod e2e;
 pub mod fleet;
 pub mod floors;
@@ -90,6 +91,8 @@ impl Plan {
 pub struct Results {
     /// Per-packet rows.
     pub packet: Vec<packet::Row>,
+    /// New flows on one CPU and on every CPU at once.
+    pub cpus: Vec<cpus::Scaling>,
     /// Flow-table scale rows.
     pub scale: Vec<scale::Row>,
     /// Maglev builds.
@@ -110,6 +113,8 @@ pub struct Results {
 pub fn measure(plan: &Plan) -> anyhow::Result<Results> {
     eprintln!("bench: per-packet cost ({} rounds)", plan.rounds);
     let packet = packet::run(plan)?;
+    eprintln!("bench: new flows on every CPU at once");
+    let cpus = cpus::run(plan)?;
     eprintln!("bench: flow-table scale {:?}", plan.scale_sizes);
     let scale = scale::run(plan)?;
     eprintln!("bench: control plane");
@@ -125,6 +130,7 @@ pub fn measure(plan: &Plan) -> anyhow::Result<Results> {
     drop(stats);
     Ok(Results {
         packet,
+        cpus,
         scale,
         maglev,
         add_to_first_packet,

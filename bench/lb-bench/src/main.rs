@@ -30,6 +30,8 @@ struct Args {
 enum Section {
     /// Per-packet cost next to the floors.
     Packet,
+    /// New flows on one CPU and on every CPU at once.
+    Cpus,
     /// Admin latency under controller load.
     Admin,
     /// Fleets at the limits, a host dying.
@@ -60,6 +62,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     if let Some(section) = args.only {
         let text = match section {
             Section::Packet => report::per_packet(&plan, &bench::packet::run(&plan)?),
+            Section::Cpus => report::cpus(&plan, &bench::cpus::run(&plan)?),
             Section::Admin => report::admin(&plan, &bench::admin::run(&plan)?),
             Section::Fleet => report::fleet(&bench::fleets(&plan)?),
         };

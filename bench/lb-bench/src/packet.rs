@@ -162,6 +162,30 @@ fn cases() -> Vec<Case> {
         floor_case("floor: parse + MAC swap + XDP_TX", floor::TX, XDP_TX),
         floor_case("floor: + 1 LRU hit (1M entries)", floor::LRU, XDP_TX),
         Case {
+            name: "floor: + 1 LRU insert of a new flow (1M entries)",
+            on_lb: false,
+            program: floor::INSERT,
+            frames: Frames::NewFlows {
+                next: 3 << 22,
+                flags: tcp::SYN,
+                vip: vip4(),
+            },
+            verdict: XDP_TX,
+            repeatable: false,
+        },
+        Case {
+            name: "floor: + 1 LRU insert, LRU list per CPU (1M entries)",
+            on_lb: false,
+            program: floor::INSERT_PERCPU,
+            frames: Frames::NewFlows {
+                next: 3 << 22,
+                flags: tcp::SYN,
+                vip: vip4(),
+            },
+            verdict: XDP_TX,
+            repeatable: false,
+        },
+        Case {
             name: "lb: IPv4 TCP, new flow (SYN)",
             on_lb: true,
             program: program_names::BALANCER,

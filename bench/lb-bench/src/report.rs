@@ -85,6 +85,7 @@ pub fn render(plan: &Plan, results: &Results) -> String {
     }
     out += &targets(results);
     out += &per_packet(plan, &results.packet);
+    out += &cpus(plan, &results.cpus);
     out += &scale(plan, results);
     out += &control(results);
     out += &admin(plan, &results.admin);
@@ -186,6 +187,36 @@ pub fn per_packet(plan: &Plan, rows: &[PacketRow]) -> String {
             row.repeated
                 .as_ref()
                 .map_or_else(|| "–".into(), |r| format!("{:.0}", r.median()))
+        );
+    }
+    out
+}
+
+/// The CPU-scaling section.
+pub fn cpus(plan: &Plan, rows: &[crate::cpus::Scaling]) -> String {
+    let cpus = crate::cpus::cpus().map_or(0, |c| c.len());
+    let mut out = format!(
+        "\n## New flows on every CPU at once\n\n\
+         Whether recording new flows serialises CPUs. Each case runs {} single test runs of new \
+         flows (a new 5-tuple every run) on one CPU alone, then on all {} CPUs at once, one \
+         thread pinned to each; {} rounds interleave the cases and the two ways. Throughput is \
+         runs per second of kernel-reported run time (the harness in user space runs in \
+         parallel anyway); efficiency is the all-CPU throughput over {} × the one-CPU throughput, \
+         median of per-round ratios.\n\n\
+         | case | one CPU, M flows/s | all CPUs, M flows/s | efficiency | min | max |\n\
+         |---|---|---|---|---|---|\n",
+        plan.singles, cpus, plan.rounds, cpus
+    );
+    for row in rows {
+        let _ = writeln!(
+            out,
+            "| {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |",
+            row.name,
+            row.alone.median(),
+            row.together.median(),
+            row.efficiency.median(),
+            row.efficiency.min(),
+            row.efficiency.max()
         );
     }
     out
