@@ -19,6 +19,7 @@ const RUNTIME_PACKAGES: &[&str] = &[
     "systemd",
     "dnsmasq-base",
     "bind9-dnsutils",
+    "bird2",
 ];
 
 /// Debian packages only `cargo xtask bench` uses: the load generators and
