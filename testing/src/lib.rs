@@ -9,6 +9,8 @@ use std::{io::Write as _, sync::OnceLock};
 
 use anyhow::Context as _;
 
+pub mod bgp;
+pub mod bird;
 pub mod frames;
 pub mod packet_fuzz;
 pub mod rig;

@@ -1,0 +1,405 @@
+//! Balancers behind a BGP router doing ECMP, each announcing what its lb
+//! keeps in a kernel table through BIRD (issue 16's topology).
+//!
+//! ```text
+//!  client 198.51.100.1 ── router (198.51.100.254 | 192.0.2.254, BIRD)
+//!                                      │ br0, 192.0.2.0/24
+//!        lb1 192.0.2.11, lb2 .12, … (lb run + BIRD)   w1 192.0.2.21, w2 .22, … (nginx)
+//! ```
+//!
+//! The router learns the VIP from every balancer's BIRD (BGP with BFD) and
+//! installs one route with a next hop per balancer, hashed on L4 ports.
+//! Every balancer runs `lb run --config` with the same file, so all build
+//! the same Maglev table. Workers hold the VIP on loopback and answer the
+//! client through the router (DSR). BIRD runs the configs in `dist/bird/`
+//! with only their `define`s rewritten.
+
+use std::{
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    path::{Path, PathBuf},
+    process::Command,
+    sync::{
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+        Arc,
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use anyhow::{ensure, Context as _};
+
+use crate::{
+    bird::{shipped_config, Bird},
+    rig::{v6, ROUTER4, ROUTER6, TIMEOUT, VIP4},
+    testbed::{enter_netns, http_get, Host, LbProcess, Process, Testbed},
+};
+
+/// The VIP every balancer serves.
+pub const VIP: &str = "192.0.2.100:80/tcp";
+/// The kernel table lb writes and BIRD learns (`--announce-table`).
+pub const ANNOUNCE_TABLE: u32 = 100;
+/// The client, on a network of its own behind the router.
+pub const CLIENT4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
+/// The router's address on the client's network.
+const CLIENT_GATEWAY: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 254);
+/// How long BGP sessions may take to come up: BIRD waits about five
+/// seconds before it first connects.
+pub const SESSION_LIMIT: Duration = Duration::from_secs(20);
+
+/// Balancer `n`'s address (1 → 192.0.2.11).
+pub fn node_address(n: u8) -> Ipv4Addr {
+    Ipv4Addr::new(192, 0, 2, 10 + n)
+}
+
+/// Worker `n`'s address (1 → 192.0.2.21).
+pub fn worker_address(n: u8) -> Ipv4Addr {
+    Ipv4Addr::new(192, 0, 2, 20 + n)
+}
+
+/// The `lb run --config` file every balancer shares: the VIP on every
+/// worker, one hash seed, and quick health checks so that workers that
+/// stop go down within a second.
+fn lb_config(workers: u8) -> String {
+    let backends: Vec<String> = (1..=workers)
+        .map(|n| format!("{{ address = \"{}\" }}", worker_address(n)))
+        .collect();
+    format!(
+        "hash_seed = 7\n\n[[vip]]\naddress = \"{VIP}\"\n\
+         health = {{ check = \"tcp\", interval = \"200ms\", timeout = \"150ms\", rise = 1, fall = 2 }}\n\
+         backends = [{}]\n",
+        backends.join(", ")
+    )
+}
+
+/// One balancer: its host, `lb run` and BIRD.
+pub struct Node {
+    /// Its BIRD; stopped first.
+    pub bird: Bird,
+    /// `lb run` on its `eth0`.
+    pub lb: LbProcess,
+    /// The host (`lb1`, `lb2`, …).
+    pub host: Host,
+}
+
+impl Node {
+    /// Its `forwarded` counter (packets XDP sent to a worker).
+    pub fn forwarded(&self) -> anyhow::Result<u64> {
+        Ok(self.lb.stats()?.forwarded)
+    }
+
+    /// The destinations in its kernel table [`ANNOUNCE_TABLE`] with lb's
+    /// protocol number.
+    pub fn announced(&self) -> anyhow::Result<Vec<String>> {
+        let table = ANNOUNCE_TABLE.to_string();
+        let text = self.host.run(
+            "ip",
+            &["-j", "route", "show", "table", &table, "proto", "250"],
+        )?;
+        let routes: Vec<serde_json::Value> = serde_json::from_str(&text)?;
+        Ok(routes
+            .iter()
+            .filter_map(|r| r["dst"].as_str().map(str::to_owned))
+            .collect())
+    }
+
+    /// Puts the VIP's host route into [`ANNOUNCE_TABLE`] as lb does
+    /// (`dev lo`, protocol 250), or takes it out: the rig by itself, with
+    /// no lb announcing.
+    pub fn route_by_hand(&self, add: bool) -> anyhow::Result<()> {
+        let table = ANNOUNCE_TABLE.to_string();
+        let route = format!("{VIP4}/32");
+        let verb = if add { "add" } else { "del" };
+        self.host
+            .run(
+                "ip",
+                &[
+                    "route", verb, &route, "dev", "lo", "table", &table, "proto", "250",
+                ],
+            )
+            .map(drop)
+    }
+
+    /// Cuts its link as a dead machine would: its port on the switch goes
+    /// down, so nothing it sends arrives and BGP gets no word of it; only
+    /// BFD notices.
+    pub fn cut_link(&self) -> anyhow::Result<()> {
+        // The testbed names namespaces PREFIX-ROLE and the switch
+        // PREFIX-sw; the host's port there is p-ROLE.
+        let prefix = self
+            .host
+            .netns
+            .strip_suffix(&self.host.role)
+            .context("a testbed host's namespace ends in its role")?;
+        let switch = format!("{prefix}sw");
+        let port = format!("p-{}", self.host.role);
+        let output = Command::new("ip")
+            .args(["-n", &switch, "link", "set", &port, "down"])
+            .output()?;
+        ensure!(
+            output.status.success(),
+            "taking {port} down in {switch}: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+        Ok(())
+    }
+}
+
+/// The rig. Dropping it stops every daemon and removes the namespaces.
+pub struct BgpRig {
+    /// The balancers, in the order they were added (lb1, lb2, …).
+    pub nodes: Vec<Node>,
+    /// BIRD on the router.
+    pub router_bird: Bird,
+    /// The client (198.51.100.1), routed through the router.
+    pub client: Host,
+    /// The router (192.0.2.254 on the balancers' network).
+    pub router: Host,
+    /// The workers (192.0.2.21, …).
+    pub workers: Vec<Host>,
+    servers: Vec<Option<Process>>,
+    exe: PathBuf,
+    lb_args: Vec<String>,
+    /// The namespaces; dropped last.
+    pub bed: Testbed,
+}
+
+impl BgpRig {
+    /// Builds the rig with `nodes` balancers running `exe run --config
+    /// SHARED lb_args…` and `workers` workers, and waits until every
+    /// balancer's BGP session with the router is up.
+    pub fn new(exe: &Path, nodes: u8, workers: u8, lb_args: &[&str]) -> anyhow::Result<Self> {
+        let mut bed = Testbed::new()?;
+        let router = bed.add_host("router", ROUTER4, ROUTER6)?;
+        // Hash flows on their ports: one client's connections spread.
+        router.within(|| std::fs::write("/proc/sys/net/ipv4/fib_multipath_hash_policy", "1"))??;
+        let client = bed.add_host_behind("client", &router, CLIENT4, CLIENT_GATEWAY, 1500)?;
+        let mut hosts = Vec::new();
+        let mut servers = Vec::new();
+        for n in 1..=workers {
+            let worker =
+                bed.add_host(&format!("w{n}"), worker_address(n), v6(0x20 + u16::from(n)))?;
+            // DSR: answers to the client go straight to the router.
+            worker.run(
+                "ip",
+                &["route", "add", "default", "via", &ROUTER4.to_string()],
+            )?;
+            worker.hold_vips_on_loopback(&[IpAddr::V4(VIP4)])?;
+            servers.push(Some(bed.start_nginx(&worker, &worker.role)?));
+            hosts.push(worker);
+        }
+        let config = bed.socket("lb-config").with_extension("toml");
+        std::fs::write(&config, lb_config(workers))?;
+        let mut lb_args_owned = vec!["--config".to_owned(), config.display().to_string()];
+        lb_args_owned.extend(lb_args.iter().map(|a| (*a).to_owned()));
+        let router_bird = Bird::start(&router, &shipped_config("router.conf", &[])?)?;
+        let mut rig = Self {
+            nodes: Vec::new(),
+            router_bird,
+            client,
+            router,
+            workers: hosts,
+            servers,
+            exe: exe.to_owned(),
+            lb_args: lb_args_owned,
+            bed,
+        };
+        for _ in 0..nodes {
+            rig.start_node()?;
+        }
+        rig.router_bird
+            .wait_established(rig.nodes.len(), SESSION_LIMIT)?;
+        Ok(rig)
+    }
+
+    /// Adds one more balancer (the next address) and starts its lb and
+    /// BIRD; does not wait for its session.
+    pub fn start_node(&mut self) -> anyhow::Result<()> {
+        let n = u8::try_from(self.nodes.len() + 1)?;
+        let role = format!("lb{n}");
+        let address = node_address(n);
+        let address6 = v6(0x10 + u16::from(n));
+        let host = self.bed.add_host(&role, address, address6)?;
+        self.bed.accept_xdp_tx_from(&role)?;
+        let args: Vec<&str> = self.lb_args.iter().map(String::as_str).collect();
+        let lb = LbProcess::start(&self.exe, &mut self.bed, &host, &role, &args)?;
+        let table = ANNOUNCE_TABLE.to_string();
+        let config = shipped_config(
+            "balancer.conf",
+            &[
+                ("LB_ADDRESS", &address.to_string()),
+                ("LB_ADDRESS6", &address6.to_string()),
+                ("ANNOUNCE_TABLE", &table),
+            ],
+        )?;
+        let bird = Bird::start(&host, &config)?;
+        self.nodes.push(Node { bird, lb, host });
+        Ok(())
+    }
+
+    /// The next hops of the router's kernel route to the VIP (none when it
+    /// has no route).
+    pub fn next_hops(&self) -> anyhow::Result<Vec<Ipv4Addr>> {
+        let text = self
+            .router
+            .run("ip", &["-j", "route", "show", &format!("{VIP4}/32")])?;
+        let routes: Vec<serde_json::Value> = serde_json::from_str(&text)?;
+        let mut hops = Vec::new();
+        for route in &routes {
+            let gateways = match route["nexthops"].as_array() {
+                Some(nexthops) => nexthops.iter().map(|h| &h["gateway"]).collect(),
+                None => vec![&route["gateway"]],
+            };
+            for gateway in gateways.into_iter().filter_map(|g| g.as_str()) {
+                hops.push(gateway.parse()?);
+            }
+        }
+        hops.sort();
+        Ok(hops)
+    }
+
+    /// Polls the router's route every few milliseconds until its next
+    /// hops are the addresses of `nodes` (numbers, 1 = lb1); returns how
+    /// long that took, fails after `limit`.
+    pub fn wait_next_hops(&self, nodes: &[u8], limit: Duration) -> anyhow::Result<Duration> {
+        let mut want: Vec<Ipv4Addr> = nodes.iter().map(|n| node_address(*n)).collect();
+        want.sort();
+        let start = Instant::now();
+        loop {
+            let hops = self.next_hops()?;
+            if hops == want {
+                return Ok(start.elapsed());
+            }
+            ensure!(
+                start.elapsed() < limit,
+                "the router's next hops to {VIP4} are {hops:?}, not {want:?}, after {limit:?}"
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// The VIP's HTTP address.
+    pub fn target(&self) -> SocketAddr {
+        SocketAddr::new(IpAddr::V4(VIP4), 80)
+    }
+
+    /// Kills worker `index`'s nginx.
+    pub fn stop_worker(&mut self, index: usize) {
+        self.servers[index] = None;
+    }
+
+    /// Starts worker `index`'s nginx again.
+    pub fn start_worker(&mut self, index: usize) -> anyhow::Result<()> {
+        let worker = &self.workers[index];
+        self.servers[index] = Some(self.bed.start_nginx(worker, &worker.role)?);
+        Ok(())
+    }
+}
+
+/// What a [`Load`] did.
+#[derive(Debug, Default)]
+pub struct LoadReport {
+    /// Requests answered.
+    pub ok: usize,
+    /// Requests that failed (refused, reset or timed out).
+    pub failed: usize,
+    /// Answered requests that took over a second: their SYN had to be
+    /// sent again.
+    pub slow: usize,
+    /// The first few failures.
+    pub errors: Vec<String>,
+}
+
+/// A steady stream of new connections from a client to a VIP, each one
+/// HTTP request, on a few threads; bounded in count and time.
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    done: Arc<AtomicUsize>,
+    threads: Vec<JoinHandle<anyhow::Result<LoadReport>>>,
+}
+
+/// Most requests one load thread makes.
+const LOAD_MAX_REQUESTS: usize = 20_000;
+/// Longest a load runs.
+const LOAD_MAX_TIME: Duration = Duration::from_secs(60);
+/// Pause between one thread's requests: a steady rate that leaves CPU for
+/// BIRD's BFD on a small machine.
+const LOAD_PAUSE: Duration = Duration::from_millis(3);
+
+impl Load {
+    /// Starts `threads` threads in `client`'s namespace.
+    pub fn start(client: &Host, target: SocketAddr, threads: usize) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let done = Arc::new(AtomicUsize::new(0));
+        let threads = (0..threads)
+            .map(|_| {
+                let (stop, done, netns) = (stop.clone(), done.clone(), client.netns_path());
+                std::thread::spawn(move || {
+                    enter_netns(&netns)?;
+                    Ok(run_load(target, &stop, &done))
+                })
+            })
+            .collect();
+        Self {
+            stop,
+            done,
+            threads,
+        }
+    }
+
+    /// Requests finished so far, answered or not.
+    pub fn done(&self) -> usize {
+        self.done.load(Ordering::Relaxed)
+    }
+
+    /// Waits until `more` further requests have finished.
+    pub fn wait_for(&self, more: usize) {
+        let until = self.done() + more;
+        crate::rig::wait_until(Duration::from_secs(30), "load progressing", || {
+            self.done() >= until
+        });
+    }
+
+    /// Stops the threads and adds up what they did.
+    pub fn stop(self) -> anyhow::Result<LoadReport> {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut total = LoadReport::default();
+        for thread in self.threads {
+            let report = thread
+                .join()
+                .map_err(|_| anyhow::anyhow!("a load thread panicked"))??;
+            total.ok += report.ok;
+            total.failed += report.failed;
+            total.slow += report.slow;
+            total.errors.extend(report.errors);
+        }
+        total.errors.truncate(5);
+        Ok(total)
+    }
+}
+
+fn run_load(target: SocketAddr, stop: &AtomicBool, done: &AtomicUsize) -> LoadReport {
+    let mut report = LoadReport::default();
+    let start = Instant::now();
+    for _ in 0..LOAD_MAX_REQUESTS {
+        if stop.load(Ordering::Relaxed) || start.elapsed() > LOAD_MAX_TIME {
+            break;
+        }
+        let began = Instant::now();
+        match http_get(target, TIMEOUT) {
+            Ok(_) if began.elapsed() > Duration::from_secs(1) => {
+                report.ok += 1;
+                report.slow += 1;
+            }
+            Ok(_) => report.ok += 1,
+            Err(error) => {
+                report.failed += 1;
+                if report.errors.len() < 5 {
+                    report.errors.push(format!("{error:#}"));
+                }
+            }
+        }
+        done.fetch_add(1, Ordering::Relaxed);
+        std::thread::sleep(LOAD_PAUSE);
+    }
+    report
+}
