@@ -132,16 +132,39 @@ impl Node {
             .context("a testbed host's namespace ends in its role")?;
         let switch = format!("{prefix}sw");
         let port = format!("p-{}", self.host.role);
-        let output = Command::new("ip")
-            .args(["-n", &switch, "link", "set", &port, "down"])
-            .output()?;
-        ensure!(
-            output.status.success(),
-            "taking {port} down in {switch}: {}",
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
-        Ok(())
+        let link: serde_json::Value =
+            serde_json::from_str(&self.host.run("ip", &["-j", "link", "show", "eth0"])?)?;
+        let mac = link[0]["address"]
+            .as_str()
+            .context("eth0 has no MAC address")?;
+        // A port going down flushes the MAC addresses learnt on it, and
+        // the bridge would flood the router's frames for this host to
+        // every port, where the other balancers' XDP takes them (a veth
+        // has no MAC filter before XDP; a real NIC has). Pinned, the
+        // address keeps pointing at the dead port, whose frames are lost
+        // until the router stops sending them: what a dead machine gets.
+        netns_command(
+            &switch,
+            "bridge",
+            &["fdb", "replace", mac, "dev", &port, "master", "static"],
+        )?;
+        netns_command(&switch, "ip", &["link", "set", &port, "down"])
     }
+}
+
+/// Runs `program -n NETNS ARGS` (ip or bridge).
+fn netns_command(netns: &str, program: &str, args: &[&str]) -> anyhow::Result<()> {
+    let output = Command::new(program)
+        .args(["-n", netns])
+        .args(args)
+        .output()
+        .with_context(|| format!("running {program}"))?;
+    ensure!(
+        output.status.success(),
+        "{program} {args:?} in {netns}: {}",
+        String::from_utf8_lossy(&output.stderr).trim()
+    );
+    Ok(())
 }
 
 /// The rig. Dropping it stops every daemon and removes the namespaces.
