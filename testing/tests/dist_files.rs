@@ -1,10 +1,11 @@
 //! The files in dist/ work as shipped: the systemd unit passes
-//! `systemd-analyze verify`, the example config is a valid lb config, and
-//! the man page and completions come out of the binary.
+//! `systemd-analyze verify`, the example config is a valid lb config, the
+//! routing daemons' configs parse, and the man page and completions come
+//! out of the binary.
 
 use std::process::Command;
 
-use lb_testing::lb_exe;
+use lb_testing::{bird::shipped_config, lb_exe};
 
 const DIST: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../dist");
 
@@ -62,4 +63,49 @@ fn man_page_and_completions_come_out_of_the_binary() {
     for shell in ["bash", "zsh", "fish"] {
         assert!(run(&["completions", shell]).contains("backend"), "{shell}");
     }
+}
+
+#[test]
+fn the_bird_configs_parse_as_shipped_and_with_other_addresses() {
+    let balancer = [
+        ("LB_ADDRESS", "203.0.113.7"),
+        ("LB_ADDRESS6", "2001:db8:5::7"),
+        ("LB_AS", "4200000001"),
+        ("ROUTER_ADDRESS", "203.0.113.1"),
+        ("ROUTER_AS", "64512"),
+        ("ANNOUNCE_TABLE", "4000"),
+    ];
+    let router = [
+        ("ROUTER_ADDRESS", "203.0.113.1"),
+        ("ROUTER_AS", "64512"),
+        ("BALANCERS", "203.0.113.0/24"),
+        ("LB_AS", "4200000001"),
+    ];
+    let dir = std::env::temp_dir().join(format!("lb-bird-conf-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for (file, defines) in [
+        ("balancer.conf", &[][..]),
+        ("balancer.conf", &balancer[..]),
+        ("router.conf", &[][..]),
+        ("router.conf", &router[..]),
+    ] {
+        let config = shipped_config(file, defines).unwrap();
+        for (name, value) in defines {
+            assert!(config.contains(&format!("define {name} = {value};")));
+        }
+        let path = dir.join(file);
+        std::fs::write(&path, config).unwrap();
+        let output = Command::new("bird")
+            .arg("-p")
+            .arg("-c")
+            .arg(&path)
+            .output()
+            .expect("bird (cargo xtask setup installs bird2)");
+        assert!(
+            output.status.success(),
+            "bird -p -c {file} with {defines:?}: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
 }
