@@ -109,3 +109,21 @@ fn the_bird_configs_parse_as_shipped_and_with_other_addresses() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn the_frr_configs_pass_vtyshs_dry_run() {
+    for file in ["balancer.conf", "router.conf"] {
+        let output = Command::new("vtysh")
+            .arg("--dryrun")
+            .arg("-f")
+            .arg(format!("{DIST}/frr/{file}"))
+            .output()
+            .expect("vtysh (cargo xtask setup installs frr)");
+        assert!(
+            output.status.success(),
+            "vtysh --dryrun -f dist/frr/{file}: {}{}",
+            String::from_utf8_lossy(&output.stdout).trim(),
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+}

@@ -20,6 +20,8 @@ const RUNTIME_PACKAGES: &[&str] = &[
     "dnsmasq-base",
     "bind9-dnsutils",
     "bird2",
+    // vtysh, to check the shipped FRR configs; no test starts FRR.
+    "frr",
 ];
 
 /// Debian packages only `cargo xtask bench` uses: the load generators and
