@@ -155,19 +155,37 @@ impl Bird {
             .collect())
     }
 
+    /// Addresses of its BFD sessions that are Up.
+    pub fn bfd_up(&self) -> anyhow::Result<Vec<String>> {
+        Ok(self
+            .birdc(&["show", "bfd", "sessions"])?
+            .lines()
+            .filter_map(
+                |line| match line.split_whitespace().collect::<Vec<_>>()[..] {
+                    [address, _iface, "Up", ..] => Some(address.to_owned()),
+                    _ => None,
+                },
+            )
+            .collect())
+    }
+
     /// Waits up to `limit` until at least `sessions` BGP sessions are
-    /// Established (BIRD waits a few seconds before it first connects).
+    /// Established and as many BFD sessions Up. BIRD waits a few seconds
+    /// before it first connects, and BFD comes up after BGP: until it is
+    /// up, BGP would not hear of a dead peer before its hold time.
     pub fn wait_established(&self, sessions: usize, limit: Duration) -> anyhow::Result<()> {
         let deadline = Instant::now() + limit;
         loop {
-            if self.established()?.len() >= sessions {
+            if self.established()?.len() >= sessions && self.bfd_up()?.len() >= sessions {
                 return Ok(());
             }
             ensure!(
                 Instant::now() < deadline,
-                "bird in {}: fewer than {sessions} BGP sessions established after {limit:?}:\n{}",
+                "bird in {}: fewer than {sessions} BGP sessions established with BFD up after \
+                 {limit:?}:\n{}{}",
                 self.netns,
-                self.birdc(&["show", "protocols"])?
+                self.birdc(&["show", "protocols"])?,
+                self.birdc(&["show", "bfd", "sessions"])?
             );
             std::thread::sleep(Duration::from_millis(100));
         }
