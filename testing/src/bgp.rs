@@ -30,7 +30,7 @@ use anyhow::{ensure, Context as _};
 
 use crate::{
     bird::{shipped_config, Bird},
-    rig::{v6, ROUTER4, ROUTER6, TIMEOUT, VIP4},
+    rig::{v6, KeepAlive, ROUTER4, ROUTER6, TIMEOUT, VIP4},
     testbed::{enter_netns, http_get, Host, LbProcess, Process, Testbed},
 };
 
@@ -45,6 +45,8 @@ const CLIENT_GATEWAY: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 254);
 /// How long BGP sessions may take to come up: BIRD waits about five
 /// seconds before it first connects.
 pub const SESSION_LIMIT: Duration = Duration::from_secs(20);
+/// How long the router may take to follow a change BIRD hears of at once.
+pub const ROUTE_LIMIT: Duration = Duration::from_secs(5);
 
 /// Balancer `n`'s address (1 → 192.0.2.11).
 pub fn node_address(n: u8) -> Ipv4Addr {
@@ -425,4 +427,182 @@ fn run_load(target: SocketAddr, stop: &AtomicBool, done: &AtomicUsize) -> LoadRe
         std::thread::sleep(LOAD_PAUSE);
     }
     report
+}
+
+/// What a planned withdrawal did: see [`planned_withdrawal`].
+#[derive(Debug)]
+pub struct Withdrawal {
+    /// From `lb announce withdraw` to the router's route without lb1.
+    pub route_gone: Duration,
+    /// From the command to the last packet lb1 forwarded.
+    pub last_packet: Duration,
+    /// From `lb announce restore` to the router's route with lb1 again.
+    pub restored: Duration,
+    /// The new connections made meanwhile.
+    pub load: LoadReport,
+}
+
+/// Planned maintenance of lb1 in a rig of two announcing balancers, under
+/// a steady stream of new connections and with keep-alive connections
+/// (one of them through lb1): withdraw, wait until lb1 forwards nothing,
+/// restore, wait until it forwards again. Fails if a keep-alive
+/// connection breaks or changes worker, if lb1 still forwards once the
+/// router converged, or if `lb announce list` doesn't say why.
+pub fn planned_withdrawal(rig: &BgpRig) -> anyhow::Result<Withdrawal> {
+    rig.wait_next_hops(&[1, 2], SESSION_LIMIT)?;
+    let mut connections = keep_alives_through(rig, 0)?;
+    let load = Load::start(&rig.client, rig.target(), 2);
+    load.wait_for(50);
+    let (lb1, lb2) = (&rig.nodes[0], &rig.nodes[1]);
+
+    let withdrawn = Instant::now();
+    lb1.lb.cli_ok(&["announce", "withdraw"])?;
+    rig.wait_next_hops(&[2], ROUTE_LIMIT)?;
+    let route_gone = withdrawn.elapsed();
+    let last_packet = last_forwarded(lb1, withdrawn, Duration::from_secs(1), ROUTE_LIMIT * 2)?;
+    ensure!(
+        lb1.announced()?.is_empty(),
+        "lb1's table still holds the VIP"
+    );
+    let list: serde_json::Value =
+        serde_json::from_str(&lb1.lb.cli_ok(&["announce", "list", "-o", "json"])?)?;
+    ensure!(
+        list[0]["announced"] == false && list[0]["reason"].is_string(),
+        "lb announce list after the withdrawal: {list}"
+    );
+    all_answer(&mut connections)?;
+    // lb1 is out of the path: its counter stands still while the load and
+    // the keep-alive connections go on through lb2.
+    let (quiet1, busy2) = (lb1.forwarded()?, lb2.forwarded()?);
+    load.wait_for(200);
+    all_answer(&mut connections)?;
+    ensure!(lb1.forwarded()? == quiet1, "lb1 still forwards");
+    ensure!(lb2.forwarded()? > busy2, "lb2 forwards nothing");
+
+    let restoring = Instant::now();
+    lb1.lb.cli_ok(&["announce", "restore"])?;
+    rig.wait_next_hops(&[1, 2], ROUTE_LIMIT)?;
+    let restored = restoring.elapsed();
+    let again = lb1.forwarded()?;
+    while lb1.forwarded()? == again {
+        ensure!(
+            restoring.elapsed() < ROUTE_LIMIT * 2,
+            "lb1 does not forward again"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    all_answer(&mut connections)?;
+    load.wait_for(100);
+    Ok(Withdrawal {
+        route_gone,
+        last_packet,
+        restored,
+        load: load.stop()?,
+    })
+}
+
+/// What a balancer's failure did: see [`link_cut`].
+#[derive(Debug)]
+pub struct LinkCut {
+    /// From the cut to the router's route without lb1 (BFD's verdict).
+    pub detected: Duration,
+    /// Established keep-alive connections that still answered, from the
+    /// same worker, after it.
+    pub survived: usize,
+    /// The new connections made meanwhile.
+    pub load: LoadReport,
+}
+
+/// lb1 of two announcing balancers dies as the router sees it (its link
+/// is cut) under a steady stream of new connections, with `connections`
+/// established keep-alive connections talking throughout.
+pub fn link_cut(rig: &BgpRig, connections: usize) -> anyhow::Result<LinkCut> {
+    rig.wait_next_hops(&[1, 2], SESSION_LIMIT)?;
+    let mut established: Vec<(KeepAlive, String)> = (0..connections)
+        .map(|_| {
+            let mut connection = KeepAlive::open(&rig.client, rig.target())?;
+            let worker = connection.get()?;
+            Ok((connection, worker))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let load = Load::start(&rig.client, rig.target(), 2);
+    load.wait_for(50);
+
+    let cut = Instant::now();
+    rig.nodes[0].cut_link()?;
+    // The connections talk while BFD is still deciding: those through lb1
+    // retransmit until the router sends them to lb2.
+    let survivors = std::thread::spawn(move || {
+        established
+            .iter_mut()
+            .map(|(connection, worker)| connection.get().is_ok_and(|w| w == *worker))
+            .filter(|survived| *survived)
+            .count()
+    });
+    rig.wait_next_hops(&[2], ROUTE_LIMIT)?;
+    let detected = cut.elapsed();
+    let survived = survivors
+        .join()
+        .map_err(|_| anyhow::anyhow!("the connections' thread panicked"))?;
+    load.wait_for(100);
+    Ok(LinkCut {
+        detected,
+        survived,
+        load: load.stop()?,
+    })
+}
+
+/// Opens keep-alive connections to the VIP until one goes through
+/// balancer `index` (told by its forwarded counter, with no other load
+/// running), at most 16; returns them all with the worker each reached.
+pub fn keep_alives_through(rig: &BgpRig, index: usize) -> anyhow::Result<Vec<(KeepAlive, String)>> {
+    let mut connections = Vec::new();
+    for _ in 0..16 {
+        let before = rig.nodes[index].forwarded()?;
+        let mut connection = KeepAlive::open(&rig.client, rig.target())?;
+        let worker = connection.get()?;
+        let through = rig.nodes[index].forwarded()? > before;
+        connections.push((connection, worker));
+        if through {
+            return Ok(connections);
+        }
+    }
+    anyhow::bail!(
+        "16 connections and none through {}",
+        rig.nodes[index].host.role
+    )
+}
+
+/// Every connection answers again, from the same worker.
+pub fn all_answer(connections: &mut [(KeepAlive, String)]) -> anyhow::Result<()> {
+    for (connection, worker) in connections {
+        let now = connection.get()?;
+        ensure!(now == *worker, "a connection moved from {worker} to {now}");
+    }
+    Ok(())
+}
+
+/// Polls `node`'s forwarded counter until it has stood still for `quiet`;
+/// returns how long after `since` it last moved. Fails after `limit`.
+fn last_forwarded(
+    node: &Node,
+    since: Instant,
+    quiet: Duration,
+    limit: Duration,
+) -> anyhow::Result<Duration> {
+    let mut last = node.forwarded()?;
+    let mut moved = Instant::now();
+    while moved.elapsed() < quiet {
+        ensure!(
+            since.elapsed() < limit,
+            "{} still forwards {limit:?} after its withdrawal",
+            node.host.role
+        );
+        std::thread::sleep(Duration::from_millis(5));
+        let now = node.forwarded()?;
+        if now != last {
+            (last, moved) = (now, Instant::now());
+        }
+    }
+    Ok(moved.saturating_duration_since(since))
 }

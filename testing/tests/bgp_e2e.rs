@@ -6,15 +6,15 @@
 //! down move traffic without losing requests. Real BIRD, lb, nginx and
 //! TCP in network namespaces; needs root and bird2 (`cargo xtask setup`).
 
-use std::{
-    sync::Mutex,
-    time::{Duration, Instant},
-};
+use std::sync::Mutex;
 
 use lb_testing::{
-    bgp::{BgpRig, Load, Node, ANNOUNCE_TABLE, SESSION_LIMIT, VIP},
+    bgp::{
+        all_answer, keep_alives_through, link_cut, planned_withdrawal, BgpRig, Load, Node,
+        ANNOUNCE_TABLE, ROUTE_LIMIT, SESSION_LIMIT, VIP,
+    },
     lb_exe,
-    rig::{spread_from, wait_until, KeepAlive},
+    rig::{spread_from, wait_until},
 };
 
 /// One rig at a time: each runs several daemons, BFD at 100 ms and a
@@ -26,9 +26,6 @@ fn one_rig() -> std::sync::MutexGuard<'static, ()> {
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
-
-/// How long the router may take to follow a change BIRD hears of at once.
-const ROUTE_LIMIT: Duration = Duration::from_secs(5);
 
 #[test]
 fn the_shipped_bird_configs_announce_lbs_routes_from_its_table_and_only_those() {
@@ -101,66 +98,6 @@ fn announce_list(node: &Node) -> Vec<serde_json::Value> {
     serde_json::from_str(&node.lb.cli_ok(&["announce", "list", "-o", "json"]).unwrap()).unwrap()
 }
 
-fn withdraw(node: &Node) {
-    node.lb.cli_ok(&["announce", "withdraw"]).unwrap();
-}
-
-fn restore(node: &Node) {
-    node.lb.cli_ok(&["announce", "restore"]).unwrap();
-}
-
-/// Opens keep-alive connections to the VIP until one goes through
-/// balancer `index` (told by its forwarded counter, with no other load
-/// running), at most 16; returns them all with the worker each reached.
-fn keep_alives_through(rig: &BgpRig, index: usize) -> Vec<(KeepAlive, String)> {
-    let mut connections = Vec::new();
-    for _ in 0..16 {
-        let before = rig.nodes[index].forwarded().unwrap();
-        let mut connection = KeepAlive::open(&rig.client, rig.target()).unwrap();
-        let worker = connection.get().unwrap();
-        let through = rig.nodes[index].forwarded().unwrap() > before;
-        connections.push((connection, worker));
-        if through {
-            return connections;
-        }
-    }
-    panic!(
-        "16 connections and none through {}",
-        rig.nodes[index].host.role
-    );
-}
-
-/// Every connection answers again, from the same worker.
-fn all_answer(connections: &mut [(KeepAlive, String)]) {
-    for (connection, worker) in connections {
-        assert_eq!(
-            &connection.get().unwrap(),
-            worker,
-            "the connection moved worker"
-        );
-    }
-}
-
-/// Polls `node`'s forwarded counter until it has stood still for `quiet`;
-/// returns how long after `since` it last moved. Fails after `limit`.
-fn last_forwarded(node: &Node, since: Instant, quiet: Duration, limit: Duration) -> Duration {
-    let mut last = node.forwarded().unwrap();
-    let mut moved = Instant::now();
-    while moved.elapsed() < quiet {
-        assert!(
-            since.elapsed() < limit,
-            "{} still forwards {limit:?} after its withdrawal",
-            node.host.role
-        );
-        std::thread::sleep(Duration::from_millis(5));
-        let now = node.forwarded().unwrap();
-        if now != last {
-            (last, moved) = (now, Instant::now());
-        }
-    }
-    moved.saturating_duration_since(since)
-}
-
 #[test]
 fn both_balancers_announce_and_new_connections_spread_over_both() {
     lb_testing::needs_root!();
@@ -198,48 +135,19 @@ fn a_planned_withdrawal_moves_traffic_off_a_balancer_without_losing_a_request() 
     lb_testing::needs_root!();
     let _one = one_rig();
     let rig = announcing(2, 3);
-    rig.wait_next_hops(&[1, 2], SESSION_LIMIT).unwrap();
-    let mut connections = keep_alives_through(&rig, 0);
-    let load = Load::start(&rig.client, rig.target(), 2);
-    load.wait_for(50);
-    let (lb1, lb2) = (&rig.nodes[0], &rig.nodes[1]);
-
-    let withdrawn = Instant::now();
-    withdraw(lb1);
-    rig.wait_next_hops(&[2], ROUTE_LIMIT).unwrap();
-    let route_gone = withdrawn.elapsed();
-    let last_packet = last_forwarded(lb1, withdrawn, Duration::from_secs(1), ROUTE_LIMIT * 2);
-    assert!(lb1.announced().unwrap().is_empty());
-    let list = announce_list(lb1);
-    assert_eq!(list[0]["announced"], false, "{list:?}");
-    assert!(list[0]["reason"].is_string(), "{list:?}");
-    all_answer(&mut connections);
-    // lb1 is out of the path: its counter stands still while the load and
-    // the keep-alive connections go on through lb2.
-    let (quiet1, busy2) = (lb1.forwarded().unwrap(), lb2.forwarded().unwrap());
-    load.wait_for(200);
-    all_answer(&mut connections);
-    assert_eq!(lb1.forwarded().unwrap(), quiet1, "lb1 still forwards");
-    assert!(lb2.forwarded().unwrap() > busy2);
-
-    restore(lb1);
-    let back = rig.wait_next_hops(&[1, 2], ROUTE_LIMIT).unwrap();
-    let again = lb1.forwarded().unwrap();
-    wait_until(ROUTE_LIMIT, "lb1 forwarding again", || {
-        lb1.forwarded().unwrap() > again
-    });
-    all_answer(&mut connections);
-    load.wait_for(100);
-    let report = load.stop().unwrap();
+    let done = planned_withdrawal(&rig).unwrap();
     eprintln!(
-        "planned withdrawal: router route changed {route_gone:?} after `lb announce withdraw`, \
-         last packet reached the withdrawn balancer {last_packet:?} after it; restored in {back:?}; \
+        "planned withdrawal: router route changed {:?} after `lb announce withdraw`, \
+         last packet reached the withdrawn balancer {:?} after it; restored in {:?}; \
          {} requests, {} lost, {} slow",
-        report.ok + report.failed,
-        report.failed,
-        report.slow
+        done.route_gone,
+        done.last_packet,
+        done.restored,
+        done.load.ok + done.load.failed,
+        done.load.failed,
+        done.load.slow
     );
-    assert_eq!(report.failed, 0, "{report:?}");
+    assert_eq!(done.load.failed, 0, "{:?}", done.load);
 }
 
 #[test]
@@ -247,43 +155,20 @@ fn bfd_takes_a_dead_balancer_out_and_established_connections_survive() {
     lb_testing::needs_root!();
     let _one = one_rig();
     let rig = announcing(2, 3);
-    rig.wait_next_hops(&[1, 2], SESSION_LIMIT).unwrap();
-    let mut connections: Vec<(KeepAlive, String)> = (0..100)
-        .map(|_| {
-            let mut connection = KeepAlive::open(&rig.client, rig.target()).unwrap();
-            let worker = connection.get().unwrap();
-            (connection, worker)
-        })
-        .collect();
-    let load = Load::start(&rig.client, rig.target(), 2);
-    load.wait_for(50);
-
-    let cut = Instant::now();
-    rig.nodes[0].cut_link().unwrap();
-    // The connections talk while BFD is still deciding: those through lb1
-    // retransmit until the router sends them to lb2.
-    let survivors = std::thread::spawn(move || {
-        connections
-            .iter_mut()
-            .map(|(connection, worker)| connection.get().is_ok_and(|w| w == *worker))
-            .filter(|survived| *survived)
-            .count()
-    });
-    rig.wait_next_hops(&[2], ROUTE_LIMIT).unwrap();
-    let detected = cut.elapsed();
-    let survived = survivors.join().unwrap();
-    load.wait_for(100);
-    let report = load.stop().unwrap();
+    let cut = link_cut(&rig, 100).unwrap();
     eprintln!(
-        "link cut: router route changed {detected:?} after the cut; {survived} of 100 \
-         established connections survived; {} new requests, {} failed, {} slow (SYN resent)",
-        report.ok + report.failed,
-        report.failed,
-        report.slow
+        "link cut: router route changed {:?} after the cut; {} of 100 established \
+         connections survived; {} new requests, {} failed, {} slow (SYN resent)",
+        cut.detected,
+        cut.survived,
+        cut.load.ok + cut.load.failed,
+        cut.load.failed,
+        cut.load.slow
     );
     assert!(
-        survived >= 99,
-        "only {survived} of 100 connections survived"
+        cut.survived >= 99,
+        "only {} of 100 connections survived",
+        cut.survived
     );
 }
 
@@ -293,7 +178,7 @@ fn a_third_balancer_joins_under_load_without_losing_a_request() {
     let _one = one_rig();
     let mut rig = announcing(2, 3);
     rig.wait_next_hops(&[1, 2], SESSION_LIMIT).unwrap();
-    let mut connections = keep_alives_through(&rig, 0);
+    let mut connections = keep_alives_through(&rig, 0).unwrap();
     let load = Load::start(&rig.client, rig.target(), 2);
     load.wait_for(50);
 
@@ -305,7 +190,7 @@ fn a_third_balancer_joins_under_load_without_losing_a_request() {
         lb3.forwarded().unwrap() > 0
     });
     load.wait_for(100);
-    all_answer(&mut connections);
+    all_answer(&mut connections).unwrap();
     let report = load.stop().unwrap();
     assert_eq!(report.failed, 0, "{report:?}");
 }
