@@ -8,6 +8,7 @@ pub mod control;
 pub mod e2e;
 pub mod fleet;
 pub mod floors;
+pub mod latency;
 pub mod packet;
 pub mod report;
 pub mod samples;
@@ -104,6 +105,8 @@ pub struct Results {
     pub fleets: Vec<fleet::Fleet>,
     /// End to end, every mode under every load.
     pub e2e: Vec<e2e::Cell>,
+    /// Latency under constant load.
+    pub latency: latency::Latency,
 }
 
 /// Runs every section and returns the results.
@@ -123,6 +126,8 @@ pub fn measure(plan: &Plan) -> anyhow::Result<Results> {
     let stats = e2e::BpfStats::enable()?;
     let e2e = e2e::run(plan)?;
     drop(stats);
+    eprintln!("bench: latency under constant load");
+    let latency = latency::run(plan)?;
     Ok(Results {
         packet,
         scale,
@@ -132,6 +137,7 @@ pub fn measure(plan: &Plan) -> anyhow::Result<Results> {
         admin,
         fleets,
         e2e,
+        latency,
     })
 }
 
