@@ -257,6 +257,12 @@ impl Setup {
         &self.rig.client
     }
 
+    /// The hosts whose processes serve the requests: the worker and the
+    /// balancer.
+    pub fn servers(&self) -> [&Host; 2] {
+        [&self.rig.workers[0], &self.rig.balancer]
+    }
+
     /// The address the client sends a mode's requests to (port 80).
     pub fn target(mode: Mode) -> Ipv4Addr {
         match mode {

@@ -43,6 +43,10 @@ pub const MODES: [Mode; 6] = [
 pub const LOADS: [u32; 3] = [25, 50, 75];
 /// Keep-alive connections of the generator (wrk's in the maximum's run).
 pub const CONNECTIONS: usize = 16;
+/// The real-time priority (SCHED_FIFO) of the generator and the servers:
+/// other work on the machine (builds) then disturbs the figures less, as
+/// a waking generator or server need not wait out a build's time slice.
+const PRIORITY: i32 = 1;
 /// How long the generator waits for a connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// The percentiles reported.
@@ -89,6 +93,8 @@ pub struct Latency {
     pub timing: Timing,
     /// Every mode at every load.
     pub cells: Vec<Cell>,
+    /// Whether the generator and the servers ran at real-time priority.
+    pub realtime: bool,
 }
 
 impl Latency {
@@ -140,6 +146,13 @@ pub fn run(plan: &Plan) -> anyhow::Result<Latency> {
     };
     let mut setup = Setup::new(Rig::new(&plan.lb, 1, &[])?)?;
     setup.add_ipip(&plan.lb)?;
+    let realtime = match prioritise_servers(&setup) {
+        Ok(()) => true,
+        Err(error) => {
+            eprintln!("bench: warning: {error:#}; latency figures will be noisier");
+            false
+        }
+    };
     for mode in MODES {
         let target = SocketAddr::from((Setup::target(mode), 80));
         setup
@@ -162,6 +175,7 @@ pub fn run(plan: &Plan) -> anyhow::Result<Latency> {
         max_runs,
         max_seconds,
         rounds,
+        realtime,
         timing,
         cells: LOADS
             .iter()
@@ -189,17 +203,23 @@ pub fn run(plan: &Plan) -> anyhow::Result<Latency> {
             let mut direct = [f64::NAN; 3];
             for mode in MODES {
                 let target = SocketAddr::from((Setup::target(mode), 80));
-                let result = setup.client().within(|| paced(target, rate, timing))??;
+                let result = setup
+                    .client()
+                    .within(|| paced(target, rate, timing, realtime))??;
                 let cell = latency
                     .cells
                     .iter_mut()
                     .find(|c| c.mode == mode && c.load == load)
                     .expect("every cell was made");
                 eprintln!(
-                    "bench:   {mode} at {load}% ({rate:.0}/s): p99 {:.0} µs, {} unanswered, {} errors",
+                    "bench:   {mode} at {load}% ({rate:.0}/s): p50 {:.0} µs, p99 {:.0} µs, \
+                     {} unanswered, {} errors; timer late p50 {:.0} µs, p99 {:.0} µs",
+                    result.latencies.percentile(50.0),
                     result.latencies.percentile(99.0),
                     result.unanswered,
-                    result.errors
+                    result.errors,
+                    result.wake_lag.percentile(50.0),
+                    result.wake_lag.percentile(99.0),
                 );
                 let figures = PERCENTILES.map(|q| result.latencies.percentile(q));
                 if mode == Mode::Direct {
@@ -234,6 +254,9 @@ struct Run {
     unanswered: u64,
     /// Connection or HTTP errors (each loses the request it happened to).
     errors: u64,
+    /// How late the timer woke for each request it waited for (µs): the
+    /// generator's own error, printed while the bench runs.
+    wake_lag: Samples,
 }
 
 /// One connection's share of a run.
@@ -242,11 +265,30 @@ struct Share {
     latencies: Vec<f64>,
     unanswered: u64,
     errors: u64,
+    wake_lag: Vec<f64>,
+}
+
+/// Gives every process in the worker's and the balancer's namespaces
+/// (nginx, HAProxy, lb's controller, an idle iperf3) [`PRIORITY`].
+fn prioritise_servers(setup: &Setup) -> anyhow::Result<()> {
+    for host in setup.servers() {
+        let pids = std::process::Command::new("ip")
+            .args(["netns", "pids", &host.netns])
+            .output()
+            .context("running ip netns pids")?;
+        for pid in String::from_utf8_lossy(&pids.stdout).split_whitespace() {
+            prioritise(pid.parse()?)?;
+        }
+    }
+    Ok(())
 }
 
 /// Offers `rate` requests/s to `target` for the warm-up and the measured
 /// time, in the calling thread (so in its network namespace).
-fn paced(target: SocketAddr, rate: f64, timing: Timing) -> anyhow::Result<Run> {
+fn paced(target: SocketAddr, rate: f64, timing: Timing, realtime: bool) -> anyhow::Result<Run> {
+    if realtime {
+        prioritise(0)?;
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -274,6 +316,7 @@ fn paced(target: SocketAddr, rate: f64, timing: Timing) -> anyhow::Result<Run> {
             latencies: Samples::default(),
             unanswered: 0,
             errors: 0,
+            wake_lag: Samples::default(),
         };
         for task in tasks {
             let share = task.await??;
@@ -283,6 +326,10 @@ fn paced(target: SocketAddr, rate: f64, timing: Timing) -> anyhow::Result<Run> {
                 .for_each(|l| run.latencies.push(l));
             run.unanswered += share.unanswered;
             run.errors += share.errors;
+            share
+                .wake_lag
+                .into_iter()
+                .for_each(|l| run.wake_lag.push(l));
         }
         anyhow::ensure!(!run.latencies.is_empty(), "no request was recorded");
         Ok(run)
@@ -325,6 +372,7 @@ async fn connection(
         }
         if due > now_ns() {
             timer.until(due).await?;
+            share.wake_lag.push(micros(now_ns() - due));
         }
         match tokio::time::timeout_at(deadline, get(&mut sender)).await {
             Ok(Ok(())) => {
@@ -441,6 +489,19 @@ impl Timer {
     }
 }
 
+/// Sets [`PRIORITY`] on a process's main thread (the servers here run
+/// one thread), or on the calling thread for 0.
+fn prioritise(pid: libc::pid_t) -> anyhow::Result<()> {
+    let param = libc::sched_param {
+        sched_priority: PRIORITY,
+    };
+    // SAFETY: valid pointer to a sched_param.
+    if unsafe { libc::sched_setscheduler(pid, libc::SCHED_FIFO, &param) } != 0 {
+        return Err(io::Error::last_os_error()).with_context(|| format!("making {pid} SCHED_FIFO"));
+    }
+    Ok(())
+}
+
 /// CLOCK_MONOTONIC in ns (the timerfd's clock).
 fn now_ns() -> u64 {
     let mut ts = libc::timespec {
@@ -498,7 +559,7 @@ pub fn svg(latency: &Latency) -> String {
          font-family=\"sans-serif\" font-size=\"12\">\n\
          <rect width=\"800\" height=\"440\" fill=\"white\"/>\n\
          <text x=\"{LEFT}\" y=\"22\" font-size=\"14\">Latency against offered load \
-         (medians of {} rounds; solid p99, dashed p50)</text>\n",
+         (medians over rounds: {}; solid p99, dashed p50)</text>\n",
         latency.rounds
     );
     for decade in low as i32..=high as i32 {

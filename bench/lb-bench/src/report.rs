@@ -108,7 +108,7 @@ pub fn latency(latency: &latency::Latency) -> String {
          offered at a constant rate of 25%, 50% and 75% of it by the bench's own open-loop \
          generator (hyper's HTTP/1 client, one thread in the client's namespace): {CONNECTIONS} \
          keep-alive connections, each on a fixed schedule of rate / {CONNECTIONS} requests/s \
-         (staggered evenly, send times from a timerfd), one request in flight per connection. A \
+         (staggered evenly, send times from a timerfd), one request in flight per connection. {} A \
          request's latency runs from its *scheduled* send time to the end of its response, so \
          a slow response also counts against the requests queued behind it (no coordinated \
          omission, as wrk2). Each run: {:.1} s of warm-up not recorded, {:.1} s recorded, then \
@@ -125,6 +125,14 @@ pub fn latency(latency: &latency::Latency) -> String {
         latency.max_seconds,
         latency.max_runs.len(),
         latency.max_rate(),
+        if latency.realtime {
+            "The generator's thread and every process in the worker's and the balancer's \
+             namespaces run SCHED_FIFO (priority 1), so that other work on this shared machine \
+             disturbs them less (a woken server need not wait out a build's time slice)."
+        } else {
+            "(SCHED_FIFO was refused: everything runs at normal priority, and other work on the \
+             machine shows in the figures.)"
+        },
         timing.warmup.as_secs_f64(),
         timing.measured.as_secs_f64(),
         timing.drain.as_secs_f64(),
