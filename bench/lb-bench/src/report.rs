@@ -128,7 +128,9 @@ pub fn latency(latency: &latency::Latency) -> String {
         if latency.realtime {
             "The generator's thread and every process in the worker's and the balancer's \
              namespaces run SCHED_FIFO (priority 1), so that other work on this shared machine \
-             disturbs them less (a woken server need not wait out a build's time slice)."
+             disturbs them less (a woken server need not wait out a build's time slice). When \
+             they keep a CPU busy while other work waits, the kernel still gives that work up to \
+             50 ms a second (its fair server): stalls that every mode shows alike at high load."
         } else {
             "(SCHED_FIFO was refused: everything runs at normal priority, and other work on the \
              machine shows in the figures.)"
