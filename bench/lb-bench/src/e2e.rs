@@ -11,6 +11,7 @@
 use std::{
     fmt,
     net::Ipv4Addr,
+    path::Path,
     process::{Command, Stdio},
     time::Duration,
 };
@@ -41,6 +42,9 @@ pub enum Mode {
     Lb,
     /// The minimal stateless XDP forwarder, L2 DSR.
     Floor,
+    /// lb, IPIP to the worker on the same link (after
+    /// [`Setup::add_ipip`]).
+    LbIpip,
 }
 
 impl fmt::Display for Mode {
@@ -51,6 +55,7 @@ impl fmt::Display for Mode {
             Self::Haproxy => "HAProxy, TCP mode, 1 thread",
             Self::Lb => "lb, L2 DSR",
             Self::Floor => "stateless XDP forwarder, L2 DSR",
+            Self::LbIpip => "lb, IPIP",
         })
     }
 }
@@ -93,6 +98,7 @@ const NFT_VIP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 200);
 const LB_VIP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 100);
 const FLOOR_VIP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 101);
 const FLOOR_HOST: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 3);
+const LB_IPIP_VIP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 102);
 const BULK_PORT: u16 = 5201;
 
 /// One mode under one load, over the rounds.
@@ -136,7 +142,7 @@ pub fn run(plan: &Plan) -> anyhow::Result<Vec<Cell>> {
 }
 
 /// The rig with every mode ready at once.
-struct Setup {
+pub struct Setup {
     rig: Rig,
     _floor: (Loaded, Host),
     haproxy: Process,
@@ -145,7 +151,8 @@ struct Setup {
 }
 
 impl Setup {
-    fn new(mut rig: Rig) -> anyhow::Result<Self> {
+    /// Readies every mode but [`Mode::LbIpip`] on `rig` (one worker).
+    pub fn new(mut rig: Rig) -> anyhow::Result<Self> {
         let worker = rig.workers[0].clone();
         for vip in [LB_VIP, FLOOR_VIP] {
             worker.run(
@@ -200,13 +207,71 @@ impl Setup {
         })
     }
 
-    fn target(mode: Mode) -> Ipv4Addr {
+    /// Readies [`Mode::LbIpip`]: a VIP forwarded by IPIP, and `lb decap`
+    /// (the `lb` binary) on the worker, which is its own next hop on the
+    /// link. The decap program then sees every mode's packets there.
+    pub fn add_ipip(&mut self, lb: &Path) -> anyhow::Result<()> {
+        let worker = self.rig.workers[0].clone();
+        worker.run(
+            "ip",
+            &["addr", "replace", &format!("{LB_IPIP_VIP}/32"), "dev", "lo"],
+        )?;
+        let pins = self.rig.bed.pin_dir("decap-w1");
+        let output = worker
+            .command(lb)
+            .args(["decap", "attach", "--iface", "eth0", "--pin-dir"])
+            .arg(&pins)
+            .output()
+            .context("running lb decap attach")?;
+        if !output.status.success() {
+            bail!(
+                "lb decap attach: {}",
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
+        }
+        let vip = format!("{LB_IPIP_VIP}:80/tcp");
+        self.rig
+            .lb
+            .cli_ok(&["vip", "add", &vip, "--forward", "ipip"])?;
+        self.rig
+            .lb
+            .cli_ok(&["backend", "add", &vip, &WORKER.to_string()])?;
+        self.rig.client.run(
+            "ip",
+            &[
+                "route",
+                "replace",
+                &format!("{LB_IPIP_VIP}/32"),
+                "via",
+                &BALANCER.to_string(),
+            ],
+        )?;
+        self.rig.client.within(|| {
+            lb_testing::testbed::wait_for_listener((LB_IPIP_VIP, 80).into(), Duration::from_secs(5))
+        })??;
+        Ok(())
+    }
+
+    /// The client host.
+    pub fn client(&self) -> &Host {
+        &self.rig.client
+    }
+
+    /// The hosts whose processes serve the requests: the worker and the
+    /// balancer.
+    pub fn servers(&self) -> [&Host; 2] {
+        [&self.rig.workers[0], &self.rig.balancer]
+    }
+
+    /// The address the client sends a mode's requests to (port 80).
+    pub fn target(mode: Mode) -> Ipv4Addr {
         match mode {
             Mode::Direct => WORKER,
             Mode::Nftables => NFT_VIP,
             Mode::Haproxy => BALANCER,
             Mode::Lb => LB_VIP,
             Mode::Floor => FLOOR_VIP,
+            Mode::LbIpip => LB_IPIP_VIP,
         }
     }
 
@@ -241,7 +306,7 @@ impl Setup {
     /// there is no such figure (nftables runs in softirq, counted apart).
     fn balancer_cpu_ns(&self, mode: Mode) -> anyhow::Result<Option<f64>> {
         Ok(match mode {
-            Mode::Lb => Some(program_run_ns(self.lb_program)?),
+            Mode::Lb | Mode::LbIpip => Some(program_run_ns(self.lb_program)?),
             Mode::Floor => Some(program_run_ns_by_name(floor::FORWARD)?),
             Mode::Haproxy => Some(process_cpu_ns(self.haproxy_pid())?),
             Mode::Direct | Mode::Nftables => None,
@@ -352,7 +417,12 @@ fn floor_forwarder(rig: &mut Rig, worker: &Host) -> anyhow::Result<(Loaded, Host
 }
 
 /// (requests/s, requests) from wrk.
-fn wrk(client: &Host, target: Ipv4Addr, seconds: u32, close: bool) -> anyhow::Result<(f64, f64)> {
+pub fn wrk(
+    client: &Host,
+    target: Ipv4Addr,
+    seconds: u32,
+    close: bool,
+) -> anyhow::Result<(f64, f64)> {
     let mut cmd = client.command("wrk");
     cmd.args(["-t1", "-c16", &format!("-d{seconds}s"), "--timeout", "2s"]);
     if close {

@@ -9,6 +9,7 @@ pub mod cpus;
 pub mod e2e;
 pub mod fleet;
 pub mod floors;
+pub mod latency;
 pub mod packet;
 pub mod report;
 pub mod samples;
@@ -107,6 +108,8 @@ pub struct Results {
     pub fleets: Vec<fleet::Fleet>,
     /// End to end, every mode under every load.
     pub e2e: Vec<e2e::Cell>,
+    /// Latency under constant load.
+    pub latency: latency::Latency,
 }
 
 /// Runs every section and returns the results.
@@ -128,6 +131,8 @@ pub fn measure(plan: &Plan) -> anyhow::Result<Results> {
     let stats = e2e::BpfStats::enable()?;
     let e2e = e2e::run(plan)?;
     drop(stats);
+    eprintln!("bench: latency under constant load");
+    let latency = latency::run(plan)?;
     Ok(Results {
         packet,
         cpus,
@@ -138,6 +143,7 @@ pub fn measure(plan: &Plan) -> anyhow::Result<Results> {
         admin,
         fleets,
         e2e,
+        latency,
     })
 }
 

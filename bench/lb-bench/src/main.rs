@@ -1,6 +1,6 @@
 //! `lb-bench`: what `cargo xtask bench` runs (as root).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use clap::Parser;
@@ -20,7 +20,8 @@ struct Args {
     #[arg(long)]
     lb: Option<PathBuf>,
     /// Measure one section only and print it (the report file is left
-    /// alone): for working on that section.
+    /// alone; `latency` writes its plot next to it): for working on that
+    /// section.
     #[arg(long, value_enum)]
     only: Option<Section>,
 }
@@ -36,6 +37,8 @@ enum Section {
     Admin,
     /// Fleets at the limits, a host dying.
     Fleet,
+    /// Latency under constant load (also writes its plot).
+    Latency,
 }
 
 fn main() {
@@ -65,6 +68,11 @@ fn run(args: Args) -> anyhow::Result<()> {
             Section::Cpus => report::cpus(&plan, &bench::cpus::run(&plan)?),
             Section::Admin => report::admin(&plan, &bench::admin::run(&plan)?),
             Section::Fleet => report::fleet(&bench::fleets(&plan)?),
+            Section::Latency => {
+                let latency = bench::latency::run(&plan)?;
+                write_plot(&args.out, &latency)?;
+                report::latency_targets(&latency) + &report::latency(&latency)
+            }
         };
         print!("{text}");
         return Ok(());
@@ -75,6 +83,17 @@ fn run(args: Args) -> anyhow::Result<()> {
         std::fs::create_dir_all(dir)?;
     }
     std::fs::write(&args.out, &text).with_context(|| format!("writing {}", args.out.display()))?;
+    write_plot(&args.out, &results.latency)?;
     print!("{text}");
+    Ok(())
+}
+
+/// The latency plot, latency.svg next to the report `out` (the report
+/// links it by that name).
+fn write_plot(out: &Path, latency: &bench::latency::Latency) -> anyhow::Result<()> {
+    let path = out.with_file_name("latency.svg");
+    std::fs::write(&path, bench::latency::svg(latency))
+        .with_context(|| format!("writing {}", path.display()))?;
+    eprintln!("bench: wrote {}", path.display());
     Ok(())
 }

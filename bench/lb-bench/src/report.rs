@@ -6,6 +6,7 @@ use super::{
     admin::{Latency, Phase, COMMANDS},
     e2e::{Cell, Load, Mode, LOADS, MODES},
     fleet::Fleet,
+    latency::{self, CONNECTIONS, PERCENTILES},
     packet::Row as PacketRow,
     samples::Samples,
     Plan, Results,
@@ -91,7 +92,125 @@ pub fn render(plan: &Plan, results: &Results) -> String {
     out += &admin(plan, &results.admin);
     out += &fleet(&results.fleets);
     out += &end_to_end(plan, &results.e2e);
+    out += &latency(&results.latency);
     out
+}
+
+/// The latency section (its plot is [`latency::svg`], in latency.svg
+/// next to the report).
+pub fn latency(latency: &latency::Latency) -> String {
+    let timing = &latency.timing;
+    let mut out = format!(
+        "\n## Latency under constant load\n\n\
+         The end-to-end rig and modes above, plus lb by IPIP: a second VIP (`--forward ipip`) to \
+         the same worker on the same link, which runs `lb decap attach` on its eth0 throughout \
+         (so every mode's packets pass that program too). First the no-balancer keep-alive \
+         maximum: `wrk -t1 -c16` for {} s, {} runs, median {:.0} requests/s. Then HTTP GETs \
+         offered at a constant rate of 25%, 50% and 75% of it by the bench's own open-loop \
+         generator (hyper's HTTP/1 client, one thread in the client's namespace): {CONNECTIONS} \
+         keep-alive connections, each on a fixed schedule of rate / {CONNECTIONS} requests/s \
+         (staggered evenly, send times from a timerfd), one request in flight per connection. {} A \
+         request's latency runs from its *scheduled* send time to the end of its response, so \
+         a slow response also counts against the requests queued behind it (no coordinated \
+         omission, as wrk2). Each run: {:.1} s of warm-up not recorded, {:.1} s recorded, then \
+         up to {:.1} s for the last answers; requests still unanswered then count with their \
+         latency so far, so where a mode falls behind (answered < 100%) its percentiles are \
+         lower bounds. Exact (nearest-rank) percentiles of every recorded request of a run; \
+         {} rounds interleave every mode at every load (round, load, mode); figures are \
+         medians over rounds. *Added* is the mode's percentile minus the no-balancer one at the \
+         same load in the same round, median over rounds. Goals: lb's added p99 within 10% of \
+         the stateless forwarder's, and below nftables' and HAProxy's.\n\n\
+         ![p99 and p50 latency against offered load](latency.svg)\n\n\
+         | load | mode | p50 µs | p99 µs | p99.9 µs | added p50 µs | added p99 µs | added p99.9 µs | answered | errors |\n\
+         |---|---|---|---|---|---|---|---|---|---|\n",
+        latency.max_seconds,
+        latency.max_runs.len(),
+        latency.max_rate(),
+        if latency.realtime {
+            "The generator's thread and every process in the worker's and the balancer's \
+             namespaces run SCHED_FIFO (priority 1), so that other work on this shared machine \
+             disturbs them less (a woken server need not wait out a build's time slice). When \
+             they keep a CPU busy while other work waits, the kernel still gives that work up to \
+             50 ms a second (its fair server): stalls that every mode shows alike at high load."
+        } else {
+            "(SCHED_FIFO was refused: everything runs at normal priority, and other work on the \
+             machine shows in the figures.)"
+        },
+        timing.warmup.as_secs_f64(),
+        timing.measured.as_secs_f64(),
+        timing.drain.as_secs_f64(),
+        latency.rounds,
+    );
+    for load in latency::LOADS {
+        for mode in latency::MODES {
+            let cell = latency.cell(mode, load);
+            let _ = write!(out, "| {load}% ({:.0}/s) | {mode} |", latency.rate(load));
+            for samples in &cell.percentiles {
+                let _ = write!(out, " {:.0} |", samples.median());
+            }
+            for index in 0..PERCENTILES.len() {
+                let _ = write!(out, " {:+.0} |", latency.added(mode, load, index));
+            }
+            let _ = writeln!(
+                out,
+                " {:.2}% | {:.0} |",
+                cell.answered.min() * 100.0,
+                cell.errors.max()
+            );
+        }
+    }
+    out += "\n*answered*: the worst round's share; *errors*: the worst round's count.\n";
+    out
+}
+
+/// Issue 17's latency goals: (goal, measured, met). lb by DSR is judged,
+/// next to the forwarder, which also forwards by DSR.
+pub fn latency_goals(latency: &latency::Latency) -> Vec<(String, String, bool)> {
+    const P99: usize = 1;
+    let added = |mode: Mode| latency::LOADS.map(|load| latency.added(mode, load, P99));
+    let list = |values: [f64; 3]| {
+        values
+            .iter()
+            .map(|v| format!("{v:.0}"))
+            .collect::<Vec<_>>()
+            .join(" / ")
+    };
+    let loads = latency::LOADS.map(|l| format!("{l}%")).join(" / ");
+    let lb = added(Mode::Lb);
+    let floor = added(Mode::Floor);
+    let nft = added(Mode::Nftables);
+    let haproxy = added(Mode::Haproxy);
+    vec![
+        (
+            format!("latency at {loads} of max: lb's added p99 ≤ 1.1 × stateless XDP forwarder's"),
+            format!("lb {} µs, forwarder {} µs", list(lb), list(floor)),
+            lb.iter().zip(&floor).all(|(l, f)| *l <= 1.1 * f),
+        ),
+        (
+            format!("latency at {loads} of max: lb's added p99 < nftables' and HAProxy's"),
+            format!(
+                "lb {} µs, nftables {} µs, HAProxy {} µs",
+                list(lb),
+                list(nft),
+                list(haproxy)
+            ),
+            (0..lb.len()).all(|i| lb[i] < nft[i] && lb[i] < haproxy[i]),
+        ),
+    ]
+}
+
+/// The latency goals as a Targets table of their own (for `--only`).
+pub fn latency_targets(latency: &latency::Latency) -> String {
+    let mut out = String::from("\n## Targets\n\n| target | measured | |\n|---|---|---|\n");
+    out += &latency_goal_rows(latency);
+    out
+}
+
+fn latency_goal_rows(latency: &latency::Latency) -> String {
+    latency_goals(latency)
+        .into_iter()
+        .map(|(name, value, met)| format!("| {name} | {value} | {} |\n", verdict(met)))
+        .collect()
 }
 
 fn cell(cells: &[Cell], mode: Mode, load: Load) -> &Cell {
@@ -378,6 +497,7 @@ fn targets(results: &Results) -> String {
             verdict(value >= 0.95)
         );
     }
+    out += &latency_goal_rows(&results.latency);
     let ms = results.add_to_first_packet.median();
     let _ = writeln!(
         out,
