@@ -4,6 +4,7 @@
 //! from the same rounds, because this kind of machine is shared and noisy.
 
 pub mod admin;
+pub mod announce;
 pub mod control;
 pub mod cpus;
 pub mod e2e;
@@ -43,6 +44,8 @@ pub struct Plan {
     pub fleets: Vec<(u32, u32)>,
     /// How long the fleet section measures steady-state CPU.
     pub fleet_idle_seconds: u32,
+    /// Trials of each announcement scenario (a BGP rig each).
+    pub announce_trials: u32,
     /// The short smoke-test version.
     pub quick: bool,
     /// The `lb` binary the end-to-end parts run.
@@ -65,6 +68,7 @@ impl Plan {
                 admin_timeout_seconds: 2,
                 fleets: vec![(20, 200)],
                 fleet_idle_seconds: 2,
+                announce_trials: 1,
                 quick,
                 lb,
             }
@@ -81,6 +85,7 @@ impl Plan {
                 admin_timeout_seconds: 10,
                 fleets: vec![(500, 4096), (500, 10_000)],
                 fleet_idle_seconds: 10,
+                announce_trials: 5,
                 quick,
                 lb,
             }
@@ -110,6 +115,8 @@ pub struct Results {
     pub e2e: Vec<e2e::Cell>,
     /// Latency under constant load.
     pub latency: latency::Latency,
+    /// Announcements: planned withdrawals and balancer failures.
+    pub announce: announce::Announcements,
 }
 
 /// Runs every section and returns the results.
@@ -133,6 +140,8 @@ pub fn measure(plan: &Plan) -> anyhow::Result<Results> {
     drop(stats);
     eprintln!("bench: latency under constant load");
     let latency = latency::run(plan)?;
+    eprintln!("bench: announcements ({} trials of each)", plan.announce_trials);
+    let announce = announce::run(plan)?;
     Ok(Results {
         packet,
         cpus,
@@ -144,6 +153,7 @@ pub fn measure(plan: &Plan) -> anyhow::Result<Results> {
         fleets,
         e2e,
         latency,
+        announce,
     })
 }
 

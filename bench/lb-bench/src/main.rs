@@ -33,6 +33,8 @@ enum Section {
     Packet,
     /// New flows on one CPU and on every CPU at once.
     Cpus,
+    /// Announcements through BIRD: planned withdrawals, balancer failures.
+    Announce,
     /// Admin latency under controller load.
     Admin,
     /// Fleets at the limits, a host dying.
@@ -66,6 +68,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         let text = match section {
             Section::Packet => report::per_packet(&plan, &bench::packet::run(&plan)?),
             Section::Cpus => report::cpus(&plan, &bench::cpus::run(&plan)?),
+            Section::Announce => report::announcements(&plan, &bench::announce::run(&plan)?),
             Section::Admin => report::admin(&plan, &bench::admin::run(&plan)?),
             Section::Fleet => report::fleet(&bench::fleets(&plan)?),
             Section::Latency => {

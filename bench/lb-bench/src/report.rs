@@ -93,6 +93,7 @@ pub fn render(plan: &Plan, results: &Results) -> String {
     out += &fleet(&results.fleets);
     out += &end_to_end(plan, &results.e2e);
     out += &latency(&results.latency);
+    out += &announcements(plan, &results.announce);
     out
 }
 
@@ -311,6 +312,80 @@ pub fn per_packet(plan: &Plan, rows: &[PacketRow]) -> String {
     out
 }
 
+/// The announcements section.
+pub fn announcements(plan: &Plan, results: &crate::announce::Announcements) -> String {
+    let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+    let mut out = format!(
+        "\n## Announcements\n\n\
+         The rig of `bgp_e2e`: a client behind a router running BIRD 2 with ECMP (`merge paths \
+         on`, L4 hashing) and BFD (100 ms × 5), two balancers on a LAN each running `lb run \
+         --announce-table 100` and BIRD with `dist/bird/balancer.conf` as shipped, three nginx \
+         workers answering through the router (DSR). A steady stream of new connections (two \
+         threads, one request each, 3 ms apart) runs throughout. {} trials of each scenario, each \
+         on a fresh rig. **Planned withdrawal**: `lb announce withdraw` on lb1 with keep-alive \
+         connections open (one through lb1); the time until the router's kernel route has lb2 \
+         alone as next hop, until lb1's forwarded counter last moved, and from `lb announce \
+         restore` until the route has both again. **Failure**: lb1's switch port goes down (its \
+         BGP session gets no word: only BFD can tell) with {} established keep-alive connections \
+         talking; the time until the router's route has lb2 alone. A request is slow when it \
+         took over a second (its SYN was lost and resent).\n\n\
+         | scenario | measure | median | min | max |\n\
+         |---|---|---|---|---|\n",
+        plan.announce_trials,
+        crate::announce::CONNECTIONS
+    );
+    let rows: [(&str, &str, Samples); 4] = [
+        (
+            "planned withdrawal",
+            "command → router's route changed, ms",
+            results.withdrawals.iter().map(|w| ms(w.route_gone)).collect(),
+        ),
+        (
+            "planned withdrawal",
+            "command → last packet at the withdrawn balancer, ms",
+            results.withdrawals.iter().map(|w| ms(w.last_packet)).collect(),
+        ),
+        (
+            "planned withdrawal",
+            "`lb announce restore` → route back, ms",
+            results.withdrawals.iter().map(|w| ms(w.restored)).collect(),
+        ),
+        (
+            "balancer failure",
+            "link cut → router's route changed (BFD), ms",
+            results.cuts.iter().map(|c| ms(c.detected)).collect(),
+        ),
+    ];
+    for (scenario, measure, samples) in rows {
+        let _ = writeln!(
+            out,
+            "| {scenario} | {measure} | {:.1} | {:.1} | {:.1} |",
+            samples.median(),
+            samples.min(),
+            samples.max()
+        );
+    }
+    let sum = |loads: &mut dyn Iterator<Item = &lb_testing::bgp::LoadReport>| {
+        loads.fold((0, 0, 0), |(n, failed, slow), l| {
+            (n + l.ok + l.failed, failed + l.failed, slow + l.slow)
+        })
+    };
+    let (n, failed, slow) = sum(&mut results.withdrawals.iter().map(|w| &w.load));
+    let _ = writeln!(
+        out,
+        "\nPlanned withdrawals: {n} requests in all, {failed} failed, {slow} slow."
+    );
+    let (n, failed, slow) = sum(&mut results.cuts.iter().map(|c| &c.load));
+    let survived: usize = results.cuts.iter().map(|c| c.survived).sum();
+    let _ = writeln!(
+        out,
+        "Failures: {survived} of {} established connections survived; {n} new requests, \
+         {failed} failed, {slow} slow.",
+        results.cuts.len() * crate::announce::CONNECTIONS
+    );
+    out
+}
+
 /// The CPU-scaling section.
 pub fn cpus(plan: &Plan, rows: &[crate::cpus::Scaling]) -> String {
     let cpus = crate::cpus::cpus().map_or(0, |c| c.len());
@@ -446,8 +521,18 @@ fn targets(results: &Results) -> String {
             1.15,
         ),
         (
+            "IPv4 no slower than IPv6 (IPv4 / IPv6, established)",
+            ratio(est4, est6),
+            1.0,
+        ),
+        (
             "established IPIP ≤ 1.15 × established DSR (IPv4 TCP)",
             ratio(&find(rows, "lb IPIP: IPv4 TCP, established").single, est4),
+            1.15,
+        ),
+        (
+            "established GUE ≤ 1.15 × established DSR (IPv4 TCP)",
+            ratio(&find(rows, "lb GUE: IPv4 TCP, established").single, est4),
             1.15,
         ),
         (
@@ -472,6 +557,20 @@ fn targets(results: &Results) -> String {
             out,
             "| 1M flows ≤ 1.5 × 1K flows | {value:.2} | {} |",
             verdict(value <= 1.5)
+        );
+        let value = ratio(&big.cost, &big.floor);
+        let _ = writeln!(
+            out,
+            "| 1M flows ≤ 1.10 × the LRU floor at the same table size | {value:.2} | {} |",
+            verdict(value <= 1.10)
+        );
+    }
+    if let Some(row) = results.cpus.iter().find(|r| r.name.starts_with("lb:")) {
+        let value = row.efficiency.median();
+        let _ = writeln!(
+            out,
+            "| new flows on every CPU at once ≥ 0.95 × CPUs × one CPU | {value:.2} | {} |",
+            verdict(value >= 0.95)
         );
     }
     if let Some(row) = results
@@ -498,6 +597,7 @@ fn targets(results: &Results) -> String {
         );
     }
     out += &latency_goal_rows(&results.latency);
+    out += &announce_goal_rows(&results.announce);
     let ms = results.add_to_first_packet.median();
     let _ = writeln!(
         out,
@@ -525,6 +625,25 @@ fn targets(results: &Results) -> String {
         }
     }
     out
+}
+
+/// Issue 16's outcomes: no request lost to a planned withdrawal, and
+/// established connections through a failed balancer kept.
+fn announce_goal_rows(results: &crate::announce::Announcements) -> String {
+    let failed: usize = results.withdrawals.iter().map(|w| w.load.failed).sum();
+    let tried: usize = results
+        .withdrawals
+        .iter()
+        .map(|w| w.load.ok + w.load.failed)
+        .sum();
+    let survived: usize = results.cuts.iter().map(|c| c.survived).sum();
+    let open = results.cuts.len() * crate::announce::CONNECTIONS;
+    format!(
+        "| planned withdrawal through BIRD: no failed request | {failed} of {tried} failed | {} |\n\
+         | balancer failure (BFD): ≥ 99% of established connections survive | {survived} of {open} | {} |\n",
+        verdict(failed == 0 && tried > 0),
+        verdict(open > 0 && survived * 100 >= open * 99)
+    )
 }
 
 fn fleet_name(fleet: &Fleet) -> String {
