@@ -377,7 +377,7 @@ fn is_icmp(packet: &IpPacket) -> bool {
 /// the twelve bytes as bytes compiles to a call of the byte-by-byte
 /// memset the BPF target links in.
 #[inline(always)]
-pub(crate) fn widen(v4: [u8; 4]) -> [u8; 16] {
+pub fn widen(v4: [u8; 4]) -> [u8; 16] {
     let words = [u32::from_ne_bytes(v4), 0, 0, 0];
     // SAFETY: same size, and every bit pattern is a valid value of both.
     unsafe { core::mem::transmute::<[u32; 4], [u8; 16]>(words) }

@@ -19,6 +19,12 @@ pub mod program_names {
     /// The same insert into an LRU hash with a list per CPU
     /// (`BPF_F_NO_COMMON_LRU`).
     pub const INSERT_PERCPU: &str = "floor_insert_percpu";
+    /// lb's own parse and global counters, then the MAC swap and XDP_TX.
+    pub const LB_PARSE: &str = "floor_lb_parse";
+    /// `floor_lb_parse` plus lb's VIP filter (a hit).
+    pub const LB_FILTER: &str = "floor_lb_filter";
+    /// `floor_lb_filter` plus a hit in the 1M-entry LRU hash with lb's key.
+    pub const LB_FLOW: &str = "floor_lb_flow";
     /// A stateless forwarder: IPv4 to the target VIP gets the target
     /// worker's MAC and goes out with XDP_TX; everything else passes.
     pub const FORWARD: &str = "floor_forward";
@@ -30,6 +36,8 @@ pub mod map_names {
     pub const FLOWS: &str = "FLOOR_FLOWS";
     /// The same with an LRU list per CPU.
     pub const FLOWS_PERCPU: &str = "FLOOR_FLOWS_PERCPU";
+    /// A VIP filter laid out as lb's (`LB_VIP_FILTER`).
+    pub const VIP_FILTER: &str = "FLOOR_VIP_FILTER";
     /// Array of one [`super::ForwardTarget`].
     pub const TARGET: &str = "FLOOR_TARGET";
 }

@@ -10,14 +10,15 @@
 
 use aya_ebpf::{
     bindings::{xdp_action, BPF_ANY, BPF_F_NO_COMMON_LRU},
-    btf_maps::{Array, LruHashMap},
+    btf_maps::{Array, LruHashMap, PerCpuArray},
     macros::{btf_map, xdp},
     programs::XdpContext,
 };
 use floors_common::{ForwardTarget, FLOOR_FLOWS_CAPACITY};
 use lb_common::{
-    balancer::{FlowKey, FlowValue, FAMILY_V4},
-    packet::{Frame as _, Ipv4Header, TcpHeader, ETH_HLEN, ETH_P_IP, IPPROTO_TCP},
+    balancer::{vip_filter_bit, FlowKey, FlowValue, FAMILY_V4, VIP_FILTER_WORDS},
+    counters::GlobalCounters,
+    packet::{self, Frame as _, Ipv4Header, Parsed, TcpHeader, ETH_HLEN, ETH_P_IP, IPPROTO_TCP},
 };
 use lb_ebpf::frame::XdpFrame;
 
@@ -36,6 +37,14 @@ static FLOOR_FLOWS_PERCPU: LruHashMap<
 
 #[btf_map]
 static FLOOR_TARGET: Array<ForwardTarget, 1> = Array::new();
+
+/// lb's global counters, for the stage floors.
+#[btf_map]
+static FLOOR_COUNTERS: PerCpuArray<GlobalCounters, 1> = PerCpuArray::new();
+
+/// A VIP filter laid out as lb's.
+#[btf_map]
+static FLOOR_VIP_FILTER: Array<u64, { VIP_FILTER_WORDS as usize }> = Array::new();
 
 #[xdp]
 pub fn floor_drop(_ctx: XdpContext) -> u32 {
@@ -94,6 +103,73 @@ fn insert_into<const FLAGS: usize>(
     swap_macs(&frame, None)
 }
 
+/// lb's own first stages, one more per program, each then sending the
+/// frame back out: where lb's time goes before its flow table decides.
+#[xdp]
+pub fn floor_lb_parse(ctx: XdpContext) -> u32 {
+    lb_stages(&ctx, Stages::ParseAndCount)
+}
+
+#[xdp]
+pub fn floor_lb_filter(ctx: XdpContext) -> u32 {
+    lb_stages(&ctx, Stages::VipFilter)
+}
+
+#[xdp]
+pub fn floor_lb_flow(ctx: XdpContext) -> u32 {
+    lb_stages(&ctx, Stages::FlowHit)
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Stages {
+    /// `packet::parse` and `GlobalCounters::count`, as lb runs them.
+    ParseAndCount,
+    /// Then lb's VIP filter.
+    VipFilter,
+    /// Then a flow-table hit with lb's key.
+    FlowHit,
+}
+
+#[inline(always)]
+fn lb_stages(ctx: &XdpContext, upto: Stages) -> u32 {
+    let frame = XdpFrame::new(ctx);
+    let Some(counters) = FLOOR_COUNTERS.get_ptr_mut(0) else {
+        return xdp_action::XDP_PASS;
+    };
+    // SAFETY: per-CPU slot: nothing else touches it during this run.
+    let counters = unsafe { &mut *counters };
+    let parsed = packet::parse(&frame);
+    counters.count(&parsed, frame.len() as u64);
+    let Parsed::Ip(ip) = parsed else {
+        return xdp_action::XDP_PASS;
+    };
+    if upto >= Stages::VipFilter {
+        let bit = vip_filter_bit(&ip.dst, ip.dport, ip.proto);
+        let hit = FLOOR_VIP_FILTER
+            .get(bit >> 6)
+            .is_some_and(|word| word & (1u64 << (bit & 63)) != 0);
+        if !hit {
+            return xdp_action::XDP_PASS;
+        }
+    }
+    if upto >= Stages::FlowHit {
+        let key = FlowKey {
+            src: ip.src,
+            dst: ip.dst,
+            sport: ip.sport,
+            dport: ip.dport,
+            proto: ip.proto,
+            family: FAMILY_V4,
+            pad: [0; 2],
+        };
+        // SAFETY: only tested for presence.
+        if unsafe { FLOOR_FLOWS.get(&key) }.is_none() {
+            return xdp_action::XDP_PASS;
+        }
+    }
+    swap_macs(&frame, None)
+}
+
 #[xdp]
 pub fn floor_forward(ctx: XdpContext) -> u32 {
     let frame = XdpFrame::new(&ctx);
@@ -125,16 +201,17 @@ fn tcp_key(frame: &XdpFrame) -> Option<FlowKey> {
     }
     let ihl = usize::from(ip.version_ihl & 0x0f) * 4;
     let tcp = frame.get::<TcpHeader>(ETH_HLEN + ihl)?;
-    let mut key = FlowKey {
-        proto: IPPROTO_TCP,
-        family: FAMILY_V4,
+    // Built as lb builds its key: a floor that zeroes and copies bytes
+    // would be slower than lb for reasons of its own.
+    Some(FlowKey {
+        src: packet::widen(ip.src),
+        dst: packet::widen(ip.dst),
         sport: u16::from_ne_bytes(tcp.sport),
         dport: u16::from_ne_bytes(tcp.dport),
-        ..FlowKey::default()
-    };
-    key.src[..4].copy_from_slice(&ip.src);
-    key.dst[..4].copy_from_slice(&ip.dst);
-    Some(key)
+        proto: IPPROTO_TCP,
+        family: FAMILY_V4,
+        pad: [0; 2],
+    })
 }
 
 /// Readdresses the frame (see `XdpFrame::readdress`) and sends it out.

@@ -28,6 +28,9 @@ pub fn load_with_flows(capacity: u32) -> anyhow::Result<Loaded> {
             floor::LRU,
             floor::INSERT,
             floor::INSERT_PERCPU,
+            floor::LB_PARSE,
+            floor::LB_FILTER,
+            floor::LB_FLOW,
             floor::FORWARD,
         ],
     )

@@ -3,10 +3,12 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+use anyhow::Context as _;
+
 use aya::maps::HashMap as BpfHashMap;
 use floors_common::{map_names as floor_maps, program_names as floor};
 use lb_common::{
-    balancer::{FlowKey, FlowValue, FAMILY_V4},
+    balancer::{vip_filter_bit, FlowKey, FlowValue, FAMILY_V4},
     packet::IPPROTO_TCP,
     program_names,
 };
@@ -161,6 +163,17 @@ fn cases() -> Vec<Case> {
         floor_case("floor: XDP_DROP", floor::DROP, XDP_DROP),
         floor_case("floor: parse + MAC swap + XDP_TX", floor::TX, XDP_TX),
         floor_case("floor: + 1 LRU hit (1M entries)", floor::LRU, XDP_TX),
+        floor_case(
+            "stage floor: lb's parse and counters + TX",
+            floor::LB_PARSE,
+            XDP_TX,
+        ),
+        floor_case("stage floor: + lb's VIP filter", floor::LB_FILTER, XDP_TX),
+        floor_case(
+            "stage floor: + flow-table hit with lb's key (1M entries)",
+            floor::LB_FLOW,
+            XDP_TX,
+        ),
         Case {
             name: "floor: + 1 LRU insert of a new flow (1M entries)",
             on_lb: false,
@@ -250,6 +263,7 @@ pub fn run(plan: &Plan) -> anyhow::Result<Vec<Row>> {
     let _config = configure_with(&mut lb, &vips(), WORKERS, worker_addr, vip_options)?;
     let mut floors = floors::load()?;
     prepare_floor_lru(&mut floors)?;
+    prepare_floor_filter(&mut floors)?;
     for (_, packet) in established() {
         // The first packet records the flow; the rest hit it.
         let (verdict, _) = lb.run(program_names::BALANCER, &packet.build(), 1)?;
@@ -291,6 +305,20 @@ fn single_runs(target: &Loaded, case: &mut Case, count: u32) -> anyhow::Result<f
         total += ns;
     }
     Ok(total / f64::from(count))
+}
+
+/// Sets the floor frame's bit in the floors' VIP filter.
+fn prepare_floor_filter(floors: &mut Loaded) -> anyhow::Result<()> {
+    let mut filter: aya::maps::Array<_, u64> = floors
+        .ebpf_mut()
+        .map_mut(floor_maps::VIP_FILTER)
+        .context("no floor VIP filter")?
+        .try_into()?;
+    let mut vip = [0u8; 16];
+    vip[..4].copy_from_slice(&[192, 0, 2, 100]);
+    let bit = vip_filter_bit(&vip, 80u16.to_be(), IPPROTO_TCP);
+    filter.set(bit >> 6, 1u64 << (bit & 63), 0)?;
+    Ok(())
 }
 
 /// Puts the floor frame's 5-tuple in the floor's LRU hash.
