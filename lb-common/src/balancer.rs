@@ -233,6 +233,19 @@ pub struct IcmpBudget {
     pub refilled_ns: u64,
 }
 
+/// The coarse monotonic clock as one CPU last read it, with the jiffy it
+/// read it in: that clock only moves at a tick, so within one jiffy the
+/// data plane reuses the reading instead of calling the clock helper for
+/// every packet.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClockCache {
+    /// `jiffies` when `ns` was read.
+    pub jiffies: u64,
+    /// CLOCK_MONOTONIC_COARSE then, in nanoseconds.
+    pub ns: u64,
+}
+
 /// Most answers one CPU sends in a burst.
 pub const ICMP_BURST: u64 = 50;
 /// One more answer per this many nanoseconds (100 a second per CPU).
@@ -462,6 +475,7 @@ mod pod {
     unsafe impl aya::Pod for Config {}
     unsafe impl aya::Pod for VipTag {}
     unsafe impl aya::Pod for IcmpBudget {}
+    unsafe impl aya::Pod for ClockCache {}
     unsafe impl aya::Pod for TunnelJob {}
     unsafe impl aya::Pod for TrafficCounters {}
 }
@@ -471,6 +485,7 @@ const _: () = {
     assert!(core::mem::size_of::<VipInfo>() == 20);
     assert!(core::mem::size_of::<Backend>() == 56);
     assert!(core::mem::size_of::<IcmpBudget>() == 16);
+    assert!(core::mem::size_of::<ClockCache>() == 16);
     assert!(core::mem::size_of::<TunnelJob>() == 64);
     assert!(core::mem::size_of::<FlowKey>() == 40);
     assert!(core::mem::size_of::<FlowValue>() == 40);

@@ -68,6 +68,9 @@ pub mod map_names {
     /// balancer tail-calls for IPIP and GUE.
     pub const TUNNEL_PROG: &str = "LB_TUNNEL_PROG";
 
+    /// Per-CPU array of one [`crate::balancer::ClockCache`].
+    pub const CLOCK: &str = "LB_CLOCK";
+
     /// Every map, each pinned under the instance's pin directory.
     pub const ALL: &[&str] = &[
         COUNTERS,
@@ -87,6 +90,7 @@ pub mod map_names {
         ICMP_BUDGET,
         TUNNEL_JOB,
         TUNNEL_PROG,
+        CLOCK,
     ];
 
     /// The maps with an entry per VIP id (or VIP address), sized by

@@ -2,14 +2,17 @@
 //! fresh, and marked closing on FIN or RST, for the controller), and the
 //! recording of a new flow once the scheduler has chosen its worker.
 
-use aya_ebpf::{bindings::BPF_ANY, helpers::bpf_ktime_get_coarse_ns};
+use aya_ebpf::{
+    bindings::BPF_ANY,
+    helpers::{bpf_jiffies64, bpf_ktime_get_coarse_ns},
+};
 use lb_common::{
     balancer::{Backend, FlowKey, FlowValue, VipInfo, FLOW_CLOSING, FLOW_TOUCH_NS},
     counters::GlobalCounters,
     packet::{IpPacket, IPPROTO_TCP},
 };
 
-use crate::maps::{LB_BACKENDS, LB_FLOWS, LB_VIP_TAGS};
+use crate::maps::{LB_BACKENDS, LB_CLOCK, LB_FLOWS, LB_VIP_TAGS};
 
 const TCP_FIN: u8 = 0x01;
 const TCP_SYN: u8 = 0x02;
@@ -81,9 +84,8 @@ pub fn established(flow: &Flow, counters: &mut GlobalCounters) -> Option<Decisio
     if vip.tag != value.vip_tag {
         return None;
     }
-    // SAFETY: helper without arguments.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
-    if now.wrapping_sub(value.last_seen_ns) > u64::from(vip.idle_timeout_s) * 1_000_000_000 {
+    let now = coarse_now();
+    if now.saturating_sub(value.last_seen_ns) > u64::from(vip.idle_timeout_s) * 1_000_000_000 {
         counters.flow_expired += 1;
         return None;
     }
@@ -107,6 +109,31 @@ pub fn established(flow: &Flow, counters: &mut GlobalCounters) -> Option<Decisio
     })
 }
 
+/// CLOCK_MONOTONIC_COARSE, as of this jiffy. The clock helper is a call
+/// (its registers spilled around it: a sixth of an established packet's
+/// time); `jiffies` is a single load the verifier inlines, and the coarse
+/// clock only moves when it does, so each CPU reads the clock once a tick.
+/// A reading can lag the clock by one tick (the tick raises jiffies just
+/// before the clock), and another CPU's by as much: callers compare with
+/// `saturating_sub`.
+#[inline(always)]
+pub fn coarse_now() -> u64 {
+    // SAFETY: helpers without arguments.
+    let jiffies = unsafe { bpf_jiffies64() };
+    let Some(cache) = LB_CLOCK.get_ptr_mut(0) else {
+        // SAFETY: as above.
+        return unsafe { bpf_ktime_get_coarse_ns() };
+    };
+    // SAFETY: per-CPU slot: nothing else touches it during this run.
+    let cache = unsafe { &mut *cache };
+    if cache.jiffies != jiffies {
+        // SAFETY: as above.
+        cache.ns = unsafe { bpf_ktime_get_coarse_ns() };
+        cache.jiffies = jiffies;
+    }
+    cache.ns
+}
+
 /// Keeps `last_seen_ns` current to within [`FLOW_TOUCH_NS`] and marks the
 /// flow closing on FIN or RST, so the controller can tell when a draining
 /// worker's flows are over.
@@ -115,7 +142,7 @@ fn touch(flow: &mut FlowValue, now: u64, closing: bool) {
     if closing {
         flow.flags |= FLOW_CLOSING;
         flow.last_seen_ns = now;
-    } else if now.wrapping_sub(flow.last_seen_ns) > FLOW_TOUCH_NS {
+    } else if now.saturating_sub(flow.last_seen_ns) > FLOW_TOUCH_NS {
         flow.last_seen_ns = now;
     }
 }
@@ -145,9 +172,9 @@ pub fn record(
 ) {
     // A reset ends the flow it would record: don't churn the table.
     if !(flow.is_tcp && flow.tcp_flags & TCP_RST != 0) {
-        // SAFETY: helper without arguments. The coarse clock, as in
-        // `touch`, so that idle time never exceeds age.
-        let now = unsafe { bpf_ktime_get_coarse_ns() };
+        // The coarse clock, as in `touch`, so that idle time never exceeds
+        // age.
+        let now = coarse_now();
         let value = FlowValue {
             backend_id,
             vip_id: vip.id,

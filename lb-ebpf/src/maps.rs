@@ -8,9 +8,9 @@ use aya_ebpf::{
 };
 use lb_common::{
     balancer::{
-        Backend, Config, FlowKey, FlowValue, IcmpBudget, StickyKey, StickyValue, TrafficCounters,
-        TunnelJob, VipAddrKey, VipInfo, VipKey, VipTag, DEFAULT_MAX_VIPS, DEFAULT_MAX_WORKERS,
-        MAX_PINS, MAX_STICKY, VIP_FILTER_WORDS,
+        Backend, ClockCache, Config, FlowKey, FlowValue, IcmpBudget, StickyKey, StickyValue,
+        TrafficCounters, TunnelJob, VipAddrKey, VipInfo, VipKey, VipTag, DEFAULT_MAX_VIPS,
+        DEFAULT_MAX_WORKERS, MAX_PINS, MAX_STICKY, VIP_FILTER_WORDS,
     },
     counters::GlobalCounters,
 };
@@ -89,3 +89,7 @@ pub static LB_TUNNEL_JOB: PerCpuArray<TunnelJob, 1> = PerCpuArray::new();
 /// The tunnel program, set by the controller when it loads the object.
 #[btf_map]
 pub static LB_TUNNEL_PROG: ProgramArray<1> = ProgramArray::new();
+
+/// The coarse clock's last reading on each CPU (see `flow::coarse_now`).
+#[btf_map]
+pub static LB_CLOCK: PerCpuArray<ClockCache, 1> = PerCpuArray::new();

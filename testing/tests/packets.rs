@@ -608,4 +608,11 @@ fn flows_recorded_for_a_replaced_worker_or_idle_past_the_timeout_are_scheduled_a
     let expired = &[("flow_expired", 1), ("forwarded", 1)];
     suite.check(&forward("idle past its VIP's timeout", &ack, expired));
     suite.check(&forward("recorded again", &ack, HIT));
+
+    // Seen "later" than this CPU's clock reads: another CPU's reading can
+    // be a tick ahead of this one's, which is no idle time at all.
+    let mut value = flows.get(&key, 0).unwrap();
+    value.last_seen_ns += 3_600 * 1_000_000_000;
+    flows.insert(key, value, 0).unwrap();
+    suite.check(&forward("seen after this CPU's clock", &ack, HIT));
 }

@@ -140,7 +140,10 @@ pub fn measure(plan: &Plan) -> anyhow::Result<Results> {
     drop(stats);
     eprintln!("bench: latency under constant load");
     let latency = latency::run(plan)?;
-    eprintln!("bench: announcements ({} trials of each)", plan.announce_trials);
+    eprintln!(
+        "bench: announcements ({} trials of each)",
+        plan.announce_trials
+    );
     let announce = announce::run(plan)?;
     Ok(Results {
         packet,

@@ -338,12 +338,20 @@ pub fn announcements(plan: &Plan, results: &crate::announce::Announcements) -> S
         (
             "planned withdrawal",
             "command → router's route changed, ms",
-            results.withdrawals.iter().map(|w| ms(w.route_gone)).collect(),
+            results
+                .withdrawals
+                .iter()
+                .map(|w| ms(w.route_gone))
+                .collect(),
         ),
         (
             "planned withdrawal",
             "command → last packet at the withdrawn balancer, ms",
-            results.withdrawals.iter().map(|w| ms(w.last_packet)).collect(),
+            results
+                .withdrawals
+                .iter()
+                .map(|w| ms(w.last_packet))
+                .collect(),
         ),
         (
             "planned withdrawal",
