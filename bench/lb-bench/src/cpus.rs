@@ -66,7 +66,7 @@ struct Case {
 
 const CASES: [Case; 3] = [
     Case {
-        name: "floor: LRU insert, one LRU list (lb's flow table until now)",
+        name: "floor: LRU insert, one LRU list (as lb's flow table)",
         on_lb: false,
         program: floor::INSERT,
     },
@@ -108,12 +108,18 @@ pub fn run(plan: &Plan) -> anyhow::Result<Vec<Scaling>> {
     for _ in 0..plan.rounds {
         for (case, row) in CASES.iter().zip(&mut rows) {
             let target = if case.on_lb { &lb } else { &floors };
-            let alone = rates(target, case.program, &cpus[..1], plan.singles, &mut next)?;
+            // Alone on each CPU in turn: one CPU may be busier than
+            // another with interrupts or the machine's other work.
+            let mut alone = 0.0;
+            for cpu in &cpus {
+                alone += rates(target, case.program, &[*cpu], plan.singles, &mut next)?[0];
+            }
+            let alone = alone / cpus.len() as f64;
             let together = rates(target, case.program, &cpus, plan.singles, &mut next)?;
             let sum: f64 = together.iter().sum();
-            row.alone.push(alone[0] / 1e6);
+            row.alone.push(alone / 1e6);
             row.together.push(sum / 1e6);
-            row.efficiency.push(sum / (cpus.len() as f64 * alone[0]));
+            row.efficiency.push(sum / (cpus.len() as f64 * alone));
         }
     }
     Ok(rows)
@@ -171,4 +177,75 @@ fn new_flow(n: u32) -> Vec<u8> {
     let sport = u16::from_be_bytes([hi, lo]).max(1);
     let vip = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 100));
     Packet::tcp(src, sport, vip, 80, tcp::SYN).build()
+}
+
+/// docs/cpus.svg: for each case, new flows per second on one CPU and on
+/// every CPU at once, with a tick at what perfect scaling would give.
+pub fn svg(rows: &[Scaling], cpus: usize) -> String {
+    const LEFT: f64 = 70.0;
+    const BOTTOM: f64 = 300.0;
+    const HEIGHT: f64 = 240.0;
+    const GROUP: f64 = 230.0;
+    const BAR: f64 = 70.0;
+    let ideal = |row: &Scaling| row.alone.median() * cpus as f64;
+    let top = rows
+        .iter()
+        .map(|r| ideal(r).max(r.together.median()))
+        .fold(0.0, f64::max)
+        .max(0.1)
+        * 1.1;
+    let y = |rate: f64| BOTTOM - rate / top * HEIGHT;
+    let mut out = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{:.0}\" height=\"380\" \
+         font-family=\"sans-serif\" font-size=\"12\">\n\
+         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
+         <text x=\"{LEFT}\" y=\"24\" font-size=\"14\">New flows, M/s of program time: one CPU \
+         (grey), {cpus} at once (blue), {cpus} × one CPU (tick)</text>\n\
+         <line x1=\"{LEFT}\" x2=\"{LEFT}\" y1=\"{:.1}\" y2=\"{BOTTOM}\" stroke=\"black\"/>\n",
+        LEFT + GROUP * rows.len() as f64 + 20.0,
+        BOTTOM - HEIGHT
+    );
+    for step in 0..=4 {
+        let rate = top / 4.0 * f64::from(step);
+        out += &format!(
+            "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{rate:.1}</text>\n",
+            LEFT - 6.0,
+            y(rate) + 4.0
+        );
+    }
+    for (i, row) in rows.iter().enumerate() {
+        let x = LEFT + 20.0 + GROUP * i as f64;
+        for (offset, rate, colour) in [
+            (0.0, row.alone.median(), "#999999"),
+            (BAR + 10.0, row.together.median(), "#1f77b4"),
+        ] {
+            out += &format!(
+                "<rect x=\"{:.1}\" y=\"{:.1}\" width=\"{BAR}\" height=\"{:.1}\" fill=\"{colour}\"/>\n",
+                x + offset,
+                y(rate),
+                BOTTOM - y(rate)
+            );
+        }
+        let (tick_y, middle) = (y(ideal(row)), x + BAR + 5.0);
+        out += &format!(
+            "<line x1=\"{:.1}\" x2=\"{:.1}\" y1=\"{tick_y:.1}\" y2=\"{tick_y:.1}\" stroke=\"black\" stroke-width=\"2\"/>\n\
+             <text x=\"{middle:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{}</text>\n\
+             <text x=\"{middle:.1}\" y=\"{:.1}\" text-anchor=\"middle\">efficiency {:.2}</text>\n",
+            x + BAR + 10.0,
+            x + 2.0 * BAR + 10.0,
+            BOTTOM + 18.0,
+            short_name(row.name),
+            BOTTOM + 36.0,
+            row.efficiency.median()
+        );
+    }
+    out += "</svg>\n";
+    out
+}
+
+/// A case's name without its kind and its parenthesis, for the plot.
+fn short_name(name: &str) -> &str {
+    let name = name.split_once(": ").map_or(name, |(_, rest)| rest);
+    let end = name.find('(').unwrap_or(name.len());
+    name[..end].trim()
 }

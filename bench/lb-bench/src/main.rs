@@ -67,7 +67,11 @@ fn run(args: Args) -> anyhow::Result<()> {
     if let Some(section) = args.only {
         let text = match section {
             Section::Packet => report::per_packet(&plan, &bench::packet::run(&plan)?),
-            Section::Cpus => report::cpus(&plan, &bench::cpus::run(&plan)?),
+            Section::Cpus => {
+                let rows = bench::cpus::run(&plan)?;
+                write_cpus_plot(&args.out, &rows)?;
+                report::cpus(&plan, &rows)
+            }
             Section::Announce => report::announcements(&plan, &bench::announce::run(&plan)?),
             Section::Admin => report::admin(&plan, &bench::admin::run(&plan)?),
             Section::Fleet => report::fleet(&bench::fleets(&plan)?),
@@ -87,12 +91,23 @@ fn run(args: Args) -> anyhow::Result<()> {
     }
     std::fs::write(&args.out, &text).with_context(|| format!("writing {}", args.out.display()))?;
     write_plot(&args.out, &results.latency)?;
+    write_cpus_plot(&args.out, &results.cpus)?;
     print!("{text}");
     Ok(())
 }
 
 /// The latency plot, latency.svg next to the report `out` (the report
 /// links it by that name).
+/// Writes the CPU-scaling plot, cpus.svg, next to the report.
+fn write_cpus_plot(out: &Path, rows: &[bench::cpus::Scaling]) -> anyhow::Result<()> {
+    let path = out.with_file_name("cpus.svg");
+    let cpus = bench::cpus::cpus()?.len();
+    std::fs::write(&path, bench::cpus::svg(rows, cpus))
+        .with_context(|| format!("writing {}", path.display()))?;
+    eprintln!("bench: wrote {}", path.display());
+    Ok(())
+}
+
 fn write_plot(out: &Path, latency: &bench::latency::Latency) -> anyhow::Result<()> {
     let path = out.with_file_name("latency.svg");
     std::fs::write(&path, bench::latency::svg(latency))

@@ -400,11 +400,12 @@ pub fn cpus(plan: &Plan, rows: &[crate::cpus::Scaling]) -> String {
     let mut out = format!(
         "\n## New flows on every CPU at once\n\n\
          Whether recording new flows serialises CPUs. Each case runs {} single test runs of new \
-         flows (a new 5-tuple every run) on one CPU alone, then on all {} CPUs at once, one \
-         thread pinned to each; {} rounds interleave the cases and the two ways. Throughput is \
+         flows (a new 5-tuple every run) on each CPU alone in turn, then on all {} CPUs at once, \
+         one thread pinned to each; {} rounds interleave the cases and the two ways. Throughput is \
          runs per second of kernel-reported run time (the harness in user space runs in \
-         parallel anyway); efficiency is the all-CPU throughput over {} × the one-CPU throughput, \
-         median of per-round ratios.\n\n\
+         parallel anyway); efficiency is the all-CPU throughput over {} × the mean one-CPU \
+         throughput, median of per-round ratios.\n\n\
+         ![New flows on one CPU and on all](cpus.svg)\n\n\
          | case | one CPU, M flows/s | all CPUs, M flows/s | efficiency | min | max |\n\
          |---|---|---|---|---|---|\n",
         plan.singles, cpus, plan.rounds, cpus
