@@ -1,9 +1,10 @@
 //! lb's test rigs and harnesses, kept out of the product: network namespace
 //! testbeds ([`testbed`]) and the ready-made L2 DSR sandbox on them
 //! ([`rig`]), test frames ([`frames`]), test runs of lb's program with
-//! BPF_PROG_TEST_RUN ([`testrun`]) and the packet fuzzer ([`packet_fuzz`]).
-//! The end-to-end tests in `tests/`, `lb-demo`, `lb-fuzz` and the benchmarks
-//! are built on them.
+//! BPF_PROG_TEST_RUN ([`testrun`]), the packet fuzzer ([`packet_fuzz`]), and
+//! balancers behind a BGP router doing ECMP ([`bgp`]), with BIRD daemons run
+//! from the shipped configs ([`bird`]). The end-to-end tests in `tests/`,
+//! `lb-demo`, `lb-fuzz` and the benchmarks are built on them.
 
 use std::{io::Write as _, sync::OnceLock};
 

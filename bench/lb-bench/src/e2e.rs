@@ -417,12 +417,7 @@ fn floor_forwarder(rig: &mut Rig, worker: &Host) -> anyhow::Result<(Loaded, Host
 }
 
 /// (requests/s, requests) from wrk.
-pub fn wrk(
-    client: &Host,
-    target: Ipv4Addr,
-    seconds: u32,
-    close: bool,
-) -> anyhow::Result<(f64, f64)> {
+fn wrk(client: &Host, target: Ipv4Addr, seconds: u32, close: bool) -> anyhow::Result<(f64, f64)> {
     let mut cmd = client.command("wrk");
     cmd.args(["-t1", "-c16", &format!("-d{seconds}s"), "--timeout", "2s"]);
     if close {

@@ -25,7 +25,7 @@ use lb_testing::rig::Rig;
 use tokio::{io::unix::AsyncFd, net::TcpStream};
 
 use super::{
-    e2e::{self, Mode, Setup},
+    e2e::{Mode, Setup},
     samples::Samples,
     Plan,
 };
@@ -41,7 +41,7 @@ pub const MODES: [Mode; 6] = [
 ];
 /// Offered loads, percent of the no-balancer maximum.
 pub const LOADS: [u32; 3] = [25, 50, 75];
-/// Keep-alive connections of the generator (wrk's in the maximum's run).
+/// Keep-alive connections of the generator.
 pub const CONNECTIONS: usize = 16;
 /// The real-time priority (SCHED_FIFO) of the generator and the servers:
 /// other work on the machine (builds) then disturbs the figures less, as
@@ -83,7 +83,8 @@ pub struct Cell {
 
 /// What the section measured.
 pub struct Latency {
-    /// The no-balancer keep-alive maximum, per wrk run (requests/s).
+    /// The no-balancer maximum of the generator itself, its connections
+    /// sending back to back, per run (requests/s).
     pub max_runs: Samples,
     /// Length of each of those runs (s).
     pub max_seconds: u32,
@@ -98,7 +99,7 @@ pub struct Latency {
 }
 
 impl Latency {
-    /// The maximum the loads are fractions of (median of the wrk runs).
+    /// The maximum the loads are fractions of (median of the runs).
     pub fn max_rate(&self) -> f64 {
         self.max_runs.median()
     }
@@ -160,15 +161,14 @@ pub fn run(plan: &Plan) -> anyhow::Result<Latency> {
             .within(|| lb_testing::testbed::wait_for_listener(target, Duration::from_secs(5)))??;
     }
     let max_seconds = u32::try_from(timing.measured.as_secs().max(1))?;
+    // The generator's own maximum, not wrk's: a fraction of a rate the
+    // generator can't offer would measure its queue, not the balancer.
+    let direct = SocketAddr::from((Setup::target(Mode::Direct), 80));
     let max_runs = (0..rounds.min(3))
         .map(|_| {
-            e2e::wrk(
-                setup.client(),
-                Setup::target(Mode::Direct),
-                max_seconds,
-                false,
-            )
-            .map(|(rate, _)| rate)
+            setup
+                .client()
+                .within(|| closed_loop(direct, timing.measured, realtime))?
         })
         .collect::<anyhow::Result<Samples>>()?;
     let mut latency = Latency {
@@ -281,6 +281,43 @@ fn prioritise_servers(setup: &Setup) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Requests/s the generator gets through to `target` with each connection
+/// sending its next request as soon as the last is answered, for
+/// `measured`, in the calling thread (so in its network namespace).
+fn closed_loop(target: SocketAddr, measured: Duration, realtime: bool) -> anyhow::Result<f64> {
+    if realtime {
+        prioritise(0)?;
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let mut senders = Vec::with_capacity(CONNECTIONS);
+        for _ in 0..CONNECTIONS {
+            senders.push(tokio::time::timeout(CONNECT_TIMEOUT, connect(target)).await??);
+        }
+        let end = tokio::time::Instant::now() + measured;
+        let tasks: Vec<_> = senders
+            .into_iter()
+            .map(|mut sender| {
+                tokio::spawn(async move {
+                    let mut answered = 0u64;
+                    while tokio::time::Instant::now() < end {
+                        tokio::time::timeout_at(end + CONNECT_TIMEOUT, get(&mut sender)).await??;
+                        answered += 1;
+                    }
+                    anyhow::Ok(answered)
+                })
+            })
+            .collect();
+        let mut answered = 0;
+        for task in tasks {
+            answered += task.await??;
+        }
+        Ok(answered as f64 / measured.as_secs_f64())
+    })
 }
 
 /// Offers `rate` requests/s to `target` for the warm-up and the measured

@@ -149,6 +149,22 @@ fn established() -> [(&'static str, Packet); 5] {
     ]
 }
 
+/// A floor that records a new flow every run.
+fn insert_floor(name: &'static str, program: &'static str) -> Case {
+    Case {
+        name,
+        on_lb: false,
+        program,
+        frames: Frames::NewFlows {
+            next: 3 << 22,
+            flags: tcp::SYN,
+            vip: vip4(),
+        },
+        verdict: XDP_TX,
+        repeatable: false,
+    }
+}
+
 fn cases() -> Vec<Case> {
     let tcp4 = established()[0].1.build();
     let floor_case = |name, program, verdict| Case {
@@ -174,30 +190,14 @@ fn cases() -> Vec<Case> {
             floor::LB_FLOW,
             XDP_TX,
         ),
-        Case {
-            name: "floor: + 1 LRU insert of a new flow (1M entries)",
-            on_lb: false,
-            program: floor::INSERT,
-            frames: Frames::NewFlows {
-                next: 3 << 22,
-                flags: tcp::SYN,
-                vip: vip4(),
-            },
-            verdict: XDP_TX,
-            repeatable: false,
-        },
-        Case {
-            name: "floor: + 1 LRU insert, LRU list per CPU (1M entries)",
-            on_lb: false,
-            program: floor::INSERT_PERCPU,
-            frames: Frames::NewFlows {
-                next: 3 << 22,
-                flags: tcp::SYN,
-                vip: vip4(),
-            },
-            verdict: XDP_TX,
-            repeatable: false,
-        },
+        insert_floor(
+            "floor: + 1 LRU insert of a new flow (1M entries)",
+            floor::INSERT,
+        ),
+        insert_floor(
+            "floor: + 1 LRU insert, LRU list per CPU (1M entries)",
+            floor::INSERT_PERCPU,
+        ),
         Case {
             name: "lb: IPv4 TCP, new flow (SYN)",
             on_lb: true,

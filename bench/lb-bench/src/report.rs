@@ -105,10 +105,12 @@ pub fn latency(latency: &latency::Latency) -> String {
         "\n## Latency under constant load\n\n\
          The end-to-end rig and modes above, plus lb by IPIP: a second VIP (`--forward ipip`) to \
          the same worker on the same link, which runs `lb decap attach` on its eth0 throughout \
-         (so every mode's packets pass that program too). First the no-balancer keep-alive \
-         maximum: `wrk -t1 -c16` for {} s, {} runs, median {:.0} requests/s. Then HTTP GETs \
-         offered at a constant rate of 25%, 50% and 75% of it by the bench's own open-loop \
-         generator (hyper's HTTP/1 client, one thread in the client's namespace): {CONNECTIONS} \
+         (so every mode's packets pass that program too). First the no-balancer maximum of the \
+         generator below, its connections sending back to back: {} s, {} runs, median {:.0} \
+         requests/s (its own, not wrk's: a fraction of a rate the generator cannot offer would \
+         measure the generator's queue). Then HTTP GETs offered at a constant rate of 25%, 50% \
+         and 75% of it by the bench's own open-loop generator (hyper's HTTP/1 client, one \
+         thread in the client's namespace): {CONNECTIONS} \
          keep-alive connections, each on a fixed schedule of rate / {CONNECTIONS} requests/s \
          (staggered evenly, send times from a timerfd), one request in flight per connection. {} A \
          request's latency runs from its *scheduled* send time to the end of its response, so \
