@@ -144,6 +144,11 @@ pub struct Worker {
 }
 
 impl Worker {
+    /// Whether it takes new flows: not draining, and `up` by id.
+    fn takes_new_flows(&self, up: impl Fn(u32) -> bool) -> bool {
+        !self.drain && up(self.id)
+    }
+
     /// Whether its graceful removal's deadline has come at `now`.
     pub fn removal_due(&self, now: SystemTime) -> bool {
         self.remove_by
@@ -186,12 +191,18 @@ impl VipState {
             .unwrap_or_else(|| maglev::table_size_for(self.workers.len()))
     }
 
+    /// Whether a worker takes new flows: as [`Self::members`] chooses,
+    /// without building them.
+    pub fn serves(&self, up: impl Fn(u32) -> bool) -> bool {
+        self.workers.values().any(|w| w.takes_new_flows(&up))
+    }
+
     /// The workers that take new flows, as Maglev members: not draining,
     /// and `up` by id.
     pub fn members(&self, up: impl Fn(u32) -> bool) -> Vec<maglev::Member> {
         self.workers
             .iter()
-            .filter(|(_, w)| !w.drain && up(w.id))
+            .filter(|(_, w)| w.takes_new_flows(&up))
             .map(|(addr, w)| maglev::Member {
                 name: addr.to_string(),
                 weight: w.weight,

@@ -29,9 +29,8 @@ impl Controller {
     fn verdicts(&self) -> BTreeMap<IpAddr, Verdict> {
         let mut verdicts = BTreeMap::new();
         for (vip, state) in self.desired.vips() {
-            let serving = !state
-                .members(|id| self.live.get(&id).is_some_and(Live::takes_new_flows))
-                .is_empty();
+            // Every tick and every batch: no members built.
+            let serving = state.serves(|id| self.live.get(&id).is_some_and(Live::takes_new_flows));
             let verdict = verdicts.entry(vip.addr).or_insert(Verdict::NoWorker);
             if serving {
                 *verdict = Verdict::Announce;
