@@ -283,21 +283,32 @@ fn prioritise_servers(setup: &Setup) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The generator's runtime on the calling thread, which runs at real-time
+/// priority when `realtime`.
+fn generator(realtime: bool) -> anyhow::Result<tokio::runtime::Runtime> {
+    if realtime {
+        prioritise(0)?;
+    }
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}
+
+/// The generator's [`CONNECTIONS`] keep-alive connections to `target`.
+async fn connections(target: SocketAddr) -> anyhow::Result<Vec<SendRequest<Empty<Bytes>>>> {
+    let mut senders = Vec::with_capacity(CONNECTIONS);
+    for _ in 0..CONNECTIONS {
+        senders.push(tokio::time::timeout(CONNECT_TIMEOUT, connect(target)).await??);
+    }
+    Ok(senders)
+}
+
 /// Requests/s the generator gets through to `target` with each connection
 /// sending its next request as soon as the last is answered, for
 /// `measured`, in the calling thread (so in its network namespace).
 fn closed_loop(target: SocketAddr, measured: Duration, realtime: bool) -> anyhow::Result<f64> {
-    if realtime {
-        prioritise(0)?;
-    }
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(async {
-        let mut senders = Vec::with_capacity(CONNECTIONS);
-        for _ in 0..CONNECTIONS {
-            senders.push(tokio::time::timeout(CONNECT_TIMEOUT, connect(target)).await??);
-        }
+    generator(realtime)?.block_on(async {
+        let senders = connections(target).await?;
         let end = tokio::time::Instant::now() + measured;
         let tasks: Vec<_> = senders
             .into_iter()
@@ -323,17 +334,8 @@ fn closed_loop(target: SocketAddr, measured: Duration, realtime: bool) -> anyhow
 /// Offers `rate` requests/s to `target` for the warm-up and the measured
 /// time, in the calling thread (so in its network namespace).
 fn paced(target: SocketAddr, rate: f64, timing: Timing, realtime: bool) -> anyhow::Result<Run> {
-    if realtime {
-        prioritise(0)?;
-    }
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(async {
-        let mut senders = Vec::with_capacity(CONNECTIONS);
-        for _ in 0..CONNECTIONS {
-            senders.push(tokio::time::timeout(CONNECT_TIMEOUT, connect(target)).await??);
-        }
+    generator(realtime)?.block_on(async {
+        let senders = connections(target).await?;
         let start = now_ns() + 10_000_000;
         let schedule = Schedule {
             record_from: start + nanos(timing.warmup),
