@@ -210,8 +210,11 @@ pub struct TunnelJob {
     pub len: u64,
     /// [`JOB_FLOW`], [`JOB_NEW_FLOW`] or [`JOB_ICMP_ERROR`].
     pub kind: u8,
+    /// Why the worker was chosen (a [`crate::capture::reason`] code), for
+    /// a running capture.
+    pub reason: u8,
     /// Always zero.
-    pub pad: [u8; 7],
+    pub pad: [u8; 6],
 }
 
 /// `TunnelJob::kind`: a packet of an established flow.

@@ -12,6 +12,7 @@
 #![no_std]
 
 pub mod balancer;
+pub mod capture;
 pub mod counters;
 pub mod decap;
 pub mod encap;
@@ -71,6 +72,21 @@ pub mod map_names {
     /// Per-CPU array of one [`crate::balancer::ClockCache`].
     pub const CLOCK: &str = "LB_CLOCK";
 
+    /// Array of one [`crate::capture::CaptureFilter`]: what a running
+    /// `lb capture` asks for.
+    pub const CAPTURE: &str = "LB_CAPTURE";
+    /// Ring buffer of [`crate::capture::CaptureRecord`]s, each followed by
+    /// the frame's bytes.
+    pub const CAPTURE_RING: &str = "LB_CAPTURE_RING";
+    /// Per-CPU array of one [`crate::capture::CaptureCounters`].
+    pub const CAPTURE_STATS: &str = "LB_CAPTURE_STATS";
+    /// Per-CPU array of one [`crate::capture::CaptureScratch`]: the
+    /// capture program's workspace.
+    pub const CAPTURE_SCRATCH: &str = "LB_CAPTURE_SCRATCH";
+    /// Program array of one: the capture program (`lb_capture`), which the
+    /// balancer and the tunnel program tail-call while a capture runs.
+    pub const CAPTURE_PROG: &str = "LB_CAPTURE_PROG";
+
     /// Every map, each pinned under the instance's pin directory.
     pub const ALL: &[&str] = &[
         COUNTERS,
@@ -91,6 +107,11 @@ pub mod map_names {
         TUNNEL_JOB,
         TUNNEL_PROG,
         CLOCK,
+        CAPTURE,
+        CAPTURE_RING,
+        CAPTURE_STATS,
+        CAPTURE_SCRATCH,
+        CAPTURE_PROG,
     ];
 
     /// The maps with an entry per VIP id (or VIP address), sized by
@@ -111,4 +132,8 @@ pub mod program_names {
     /// A program that passes every packet; test rigs put it on the peers of
     /// veths that receive XDP_TX frames.
     pub const PASS: &str = "lb_pass";
+    /// The capture program: filters a packet's outcome and copies the
+    /// frame to the capture ring buffer, reached by a tail call while a
+    /// capture runs.
+    pub const CAPTURE: &str = "lb_capture";
 }

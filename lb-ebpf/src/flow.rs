@@ -8,6 +8,7 @@ use aya_ebpf::{
 };
 use lb_common::{
     balancer::{Backend, FlowKey, FlowValue, VipInfo, FLOW_CLOSING, FLOW_TOUCH_NS},
+    capture::reason,
     counters::GlobalCounters,
     packet::{IpPacket, IPPROTO_TCP},
 };
@@ -30,6 +31,8 @@ pub struct Decision {
     pub vip_id: u32,
     /// Whether this packet opened a flow.
     pub new_flow: bool,
+    /// Why this worker (a `capture::reason` code).
+    pub reason: u8,
 }
 
 /// A packet's flow: what the flow table and the scheduler need to know
@@ -106,6 +109,7 @@ pub fn established(flow: &Flow, counters: &mut GlobalCounters) -> Option<Decisio
         backend,
         vip_id,
         new_flow: false,
+        reason: reason::FLOW,
     })
 }
 

@@ -4,9 +4,10 @@
 //! discovery needs the "fragmentation needed" / "packet too big" to reach
 //! the sender).
 
-use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
+use aya_ebpf::programs::XdpContext;
 use lb_common::{
     balancer::{Backend, FlowKey, VipAddrKey, VipKey},
+    capture::{reason, NO_ID},
     counters::GlobalCounters,
     icmp::{
         checksum_update, classify, EmbeddedFlow, IcmpMessage, ICMPV6_ECHO_REPLY, ICMP_ECHO_REPLY,
@@ -17,6 +18,7 @@ use lb_common::{
 use lb_ebpf::frame::XdpFrame;
 
 use crate::{
+    capture::Outcome,
     flow,
     maps::{LB_BACKENDS, LB_VIPS, LB_VIP_ADDRS},
     schedule, transmit,
@@ -30,7 +32,7 @@ pub fn handle(
     ip: &IpPacket,
     family: u8,
     counters: &mut GlobalCounters,
-) -> Option<u32> {
+) -> Option<Outcome> {
     match classify(frame, ip) {
         IcmpMessage::EchoRequest => {
             let key = VipAddrKey {
@@ -42,7 +44,7 @@ pub fn handle(
             unsafe { LB_VIP_ADDRS.get(&key) }?;
             answer_echo(frame, ip)?;
             counters.icmp_echo_replies += 1;
-            Some(xdp_action::XDP_TX)
+            Some(Outcome::reply(reason::ECHO_REPLY, NO_ID))
         }
         IcmpMessage::Error(embedded) => {
             let (key, backend_id, backend) = worker_of(&embedded, family)?;

@@ -1,7 +1,8 @@
 //! lb's XDP data plane: parse → VIP lookup → flow table (`flow`) →
 //! scheduling (`schedule`: pins, sticky sessions, Maglev, least-load) →
 //! transmit (`transmit`: L2 DSR, or IPIP/GUE encapsulation, with `pmtu`
-//! answering what a tunnel can't carry); ICMP in `icmp`.
+//! answering what a tunnel can't carry); ICMP in `icmp`; every packet's
+//! outcome, and its copy while `lb capture` runs, in `capture`.
 #![no_std]
 #![no_main]
 #![expect(
@@ -9,6 +10,7 @@
     reason = "aya-ebpf's map methods take `impl Borrow<K>`: a reference spares a copy of the key on the 512-byte BPF stack"
 )]
 
+mod capture;
 mod flow;
 mod icmp;
 mod maps;
@@ -19,6 +21,7 @@ mod transmit;
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use lb_common::{
     balancer::{vip_filter_bit, VipKey, FAMILY_V4, FAMILY_V6},
+    capture::{reason, NO_ID},
     counters::GlobalCounters,
     packet::{
         self, Frame as _, IpPacket, IpVersion, Parsed, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP,
@@ -28,7 +31,7 @@ use lb_common::{
 
 use lb_ebpf::frame::XdpFrame;
 
-use crate::maps::*;
+use crate::{capture::Outcome, maps::*};
 
 /// The balancer: forwards packets for VIPs to their workers, passes
 /// everything else to the kernel untouched.
@@ -44,14 +47,29 @@ pub fn lb_xdp(ctx: XdpContext) -> u32 {
     let parsed = packet::parse(&frame);
     let len = frame.len() as u64;
     counters.count(&parsed, len);
-    let action = match parsed {
-        Parsed::Ip(ip) => balance(&ctx, &frame, &ip, len, counters),
-        Parsed::NotIp | Parsed::Malformed => None,
-    };
-    action.unwrap_or_else(|| {
-        counters.pass_not_vip += 1;
-        xdp_action::XDP_PASS
-    })
+    match parsed {
+        Parsed::Ip(ip) => {
+            let outcome = balance(&ctx, &frame, &ip, len, counters);
+            let outcome = outcome.unwrap_or_else(|| not_vip(counters));
+            capture::finish(&ctx, &outcome, &ip.src, family_of(&ip))
+        }
+        Parsed::NotIp | Parsed::Malformed => capture::finish(&ctx, &not_vip(counters), &[0; 16], 0),
+    }
+}
+
+/// Counts a packet that goes to the kernel untouched.
+#[inline(always)]
+fn not_vip(counters: &mut GlobalCounters) -> Outcome {
+    counters.pass_not_vip += 1;
+    Outcome::NOT_VIP
+}
+
+#[inline(always)]
+fn family_of(ip: &IpPacket) -> u8 {
+    match ip.version {
+        IpVersion::V4 => FAMILY_V4,
+        IpVersion::V6 => FAMILY_V6,
+    }
 }
 
 /// Forwards `ip` if it is for a VIP; `None` means "not ours, pass it".
@@ -62,14 +80,11 @@ fn balance(
     ip: &IpPacket,
     len: u64,
     counters: &mut GlobalCounters,
-) -> Option<u32> {
+) -> Option<Outcome> {
     if ip.later_fragment {
         return None;
     }
-    let family = match ip.version {
-        IpVersion::V4 => FAMILY_V4,
-        IpVersion::V6 => FAMILY_V6,
-    };
+    let family = family_of(ip);
     let is_icmp = match ip.version {
         IpVersion::V4 => ip.proto == IPPROTO_ICMP,
         IpVersion::V6 => ip.proto == IPPROTO_ICMPV6,
@@ -102,7 +117,7 @@ fn balance(
             let vip = unsafe { LB_VIPS.get(&vip_key) }.copied()?;
             let Some(decision) = schedule::new_flow(&flow, &vip, counters) else {
                 counters.drop_no_backend += 1;
-                return Some(xdp_action::XDP_DROP);
+                return Some(Outcome::drop(reason::NO_BACKEND, vip.id, NO_ID));
             };
             decision
         }
@@ -124,6 +139,13 @@ fn maybe_vip(ip: &IpPacket) -> bool {
 #[xdp]
 pub fn lb_tunnel(ctx: XdpContext) -> u32 {
     transmit::tunnel(&ctx)
+}
+
+/// Copies packets to `lb capture`'s ring buffer, reached by a tail call
+/// while a capture runs.
+#[xdp]
+pub fn lb_capture(ctx: XdpContext) -> u32 {
+    capture::run(&ctx)
 }
 
 /// Passes everything; test rigs attach it to veth peers that must accept

@@ -3,7 +3,7 @@
 
 use aya_ebpf::{
     bindings::{BPF_F_INNER_MAP, BPF_F_MMAPABLE},
-    btf_maps::{Array, ArrayOfMaps, HashMap, LruHashMap, PerCpuArray, ProgramArray},
+    btf_maps::{Array, ArrayOfMaps, HashMap, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
     macros::btf_map,
 };
 use lb_common::{
@@ -12,6 +12,7 @@ use lb_common::{
         TrafficCounters, TunnelJob, VipAddrKey, VipInfo, VipKey, VipTag, DEFAULT_MAX_VIPS,
         DEFAULT_MAX_WORKERS, MAX_PINS, MAX_STICKY, VIP_FILTER_WORDS,
     },
+    capture::{CaptureCounters, CaptureFilter, CaptureRecord, CaptureScratch, RING_BYTES},
     counters::GlobalCounters,
 };
 
@@ -93,3 +94,23 @@ pub static LB_TUNNEL_PROG: ProgramArray<1> = ProgramArray::new();
 /// The coarse clock's last reading on each CPU (see `flow::coarse_now`).
 #[btf_map]
 pub static LB_CLOCK: PerCpuArray<ClockCache, 1> = PerCpuArray::new();
+
+/// What a running `lb capture` asks for, written by it.
+#[btf_map]
+pub static LB_CAPTURE: Array<CaptureFilter, 1> = Array::new();
+
+/// Captured packets, read by `lb capture`.
+#[btf_map]
+pub static LB_CAPTURE_RING: RingBuf<CaptureRecord, { RING_BYTES as usize }> = RingBuf::new();
+
+/// Packets captured and lost, per CPU.
+#[btf_map]
+pub static LB_CAPTURE_STATS: PerCpuArray<CaptureCounters, 1> = PerCpuArray::new();
+
+/// The capture program's workspace, per CPU.
+#[btf_map]
+pub static LB_CAPTURE_SCRATCH: PerCpuArray<CaptureScratch, 1> = PerCpuArray::new();
+
+/// The capture program, set by the controller when it loads the object.
+#[btf_map]
+pub static LB_CAPTURE_PROG: ProgramArray<1> = ProgramArray::new();

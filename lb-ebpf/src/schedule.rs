@@ -8,6 +8,7 @@ use lb_common::{
         mask_prefix, FlowKey, StickyKey, StickyValue, VipInfo, LOAD_UNKNOWN, NO_BACKEND,
         SCHED_LEAST_LOAD, SECOND_CHOICE_SALT, VIP_HAS_PINS, VIP_STICKY,
     },
+    capture::reason,
     counters::GlobalCounters,
 };
 
@@ -20,7 +21,7 @@ use crate::{
 /// RST); `None` when the VIP has no usable worker.
 #[inline(always)]
 pub fn new_flow(flow: &Flow, vip: &VipInfo, counters: &mut GlobalCounters) -> Option<Decision> {
-    let backend_id = choose(&flow.key, vip, counters)?;
+    let (backend_id, reason) = choose(&flow.key, vip, counters)?;
     let backend = LB_BACKENDS.get(backend_id)?;
     flow::record(flow, vip, backend_id, backend, counters);
     Some(Decision {
@@ -28,15 +29,17 @@ pub fn new_flow(flow: &Flow, vip: &VipInfo, counters: &mut GlobalCounters) -> Op
         backend,
         vip_id: vip.id,
         new_flow: true,
+        reason,
     })
 }
 
-/// The worker for a new flow: the client's pin, its sticky session, or the
-/// scheduler's pick (which then becomes the session).
+/// The worker for a new flow, and why: the client's pin, its sticky
+/// session, or the scheduler's pick (which then becomes the session).
 #[inline(always)]
-fn choose(key: &FlowKey, vip: &VipInfo, counters: &mut GlobalCounters) -> Option<u32> {
+fn choose(key: &FlowKey, vip: &VipInfo, counters: &mut GlobalCounters) -> Option<(u32, u8)> {
+    let scheduled = |id| (id, reason::NEW_FLOW);
     if vip.flags & (VIP_STICKY | VIP_HAS_PINS) == 0 {
-        return schedule(key, vip);
+        return schedule(key, vip).map(scheduled);
     }
     let client = StickyKey {
         client: mask_prefix(&key.src, vip.sticky_prefix),
@@ -47,12 +50,12 @@ fn choose(key: &FlowKey, vip: &VipInfo, counters: &mut GlobalCounters) -> Option
         if let Some(&pinned) = unsafe { LB_PINS.get(&client) } {
             if usable(pinned, vip).is_some() {
                 counters.pin_hits += 1;
-                return Some(pinned);
+                return Some((pinned, reason::PINNED));
             }
         }
     }
     if vip.flags & VIP_STICKY == 0 {
-        return schedule(key, vip);
+        return schedule(key, vip).map(scheduled);
     }
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
@@ -65,7 +68,7 @@ fn choose(key: &FlowKey, vip: &VipInfo, counters: &mut GlobalCounters) -> Option
         if fresh && usable(backend_id, vip) == Some(session.backend_generation) {
             session.last_ns = now;
             counters.sticky_hits += 1;
-            return Some(backend_id);
+            return Some((backend_id, reason::STICKY));
         }
     }
     let backend_id = schedule(key, vip)?;
@@ -76,7 +79,7 @@ fn choose(key: &FlowKey, vip: &VipInfo, counters: &mut GlobalCounters) -> Option
     };
     // A full table evicts its least recently used session: nothing to count.
     let _ = LB_STICKY.insert(&client, &session, BPF_ANY.into());
-    Some(backend_id)
+    Some(scheduled(backend_id))
 }
 
 /// The generation of worker `id` if it can take a new flow of `vip`.

@@ -16,6 +16,7 @@ use lb_common::{
         Backend, FlowKey, TrafficCounters, TunnelJob, BACKEND_MAC_KNOWN, FAMILY_V6, FORWARD_DSR,
         FORWARD_GUE, JOB_FLOW, JOB_ICMP_ERROR, JOB_NEW_FLOW,
     },
+    capture::{reason, NO_ID},
     counters::GlobalCounters,
     encap::{
         flow_label_hash, gue_source_port, gue_udp_header, ipv4_header, ipv6_class, ipv6_fixed,
@@ -26,6 +27,7 @@ use lb_common::{
 use lb_ebpf::frame::XdpFrame;
 
 use crate::{
+    capture::{self, Outcome},
     flow::Decision,
     maps::{
         LB_BACKENDS, LB_BACKEND_STATS, LB_COUNTERS, LB_TUNNEL_JOB, LB_TUNNEL_PROG, LB_VIP_STATS,
@@ -43,11 +45,12 @@ pub fn to_worker(
     key: &FlowKey,
     len: u64,
     counters: &mut GlobalCounters,
-) -> Option<u32> {
+) -> Option<Outcome> {
     let backend = decision.backend;
+    let (vip_id, backend_id) = (decision.vip_id, decision.backend_id);
     if backend.flags & BACKEND_MAC_KNOWN == 0 {
         counters.drop_no_neighbour += 1;
-        return Some(xdp_action::XDP_DROP);
+        return Some(Outcome::drop(reason::NO_NEIGHBOUR, vip_id, backend_id));
     }
     if backend.forward != FORWARD_DSR {
         let kind = if decision.new_flow {
@@ -55,16 +58,16 @@ pub fn to_worker(
         } else {
             JOB_FLOW
         };
-        let job = (decision.backend_id, decision.vip_id, len, kind);
+        let job = (backend_id, vip_id, len, kind, decision.reason);
         return Some(to_tunnel(ctx, key, job, counters));
     }
     // L2 DSR: to the worker's MAC, from ours.
     if !frame.readdress(Some(backend.mac)) {
         return None;
     }
-    count_forwarded(decision.vip_id, decision.backend_id, len, decision.new_flow);
+    count_forwarded(vip_id, backend_id, len, decision.new_flow);
     counters.forwarded += 1;
-    Some(xdp_action::XDP_TX)
+    Some(Outcome::forward(decision.reason, vip_id, backend_id))
 }
 
 /// Sends an ICMP error about flow `key` to `backend` (id `backend_id`) by
@@ -77,48 +80,57 @@ pub fn error_to_worker(
     backend_id: u32,
     backend: &Backend,
     counters: &mut GlobalCounters,
-) -> Option<u32> {
+) -> Option<Outcome> {
+    let vip_id = backend.vip_id;
     if backend.flags & BACKEND_MAC_KNOWN == 0 {
         counters.drop_no_neighbour += 1;
-        return Some(xdp_action::XDP_DROP);
+        return Some(Outcome::drop(reason::NO_NEIGHBOUR, vip_id, backend_id));
     }
     if backend.forward != FORWARD_DSR {
-        let job = (backend_id, backend.vip_id, 0, JOB_ICMP_ERROR);
+        let job = (backend_id, vip_id, 0, JOB_ICMP_ERROR, reason::ICMP_ERROR);
         return Some(to_tunnel(ctx, key, job, counters));
     }
     if !frame.readdress(Some(backend.mac)) {
         return None;
     }
     counters.icmp_errors_forwarded += 1;
-    Some(xdp_action::XDP_TX)
+    Some(Outcome::forward(reason::ICMP_ERROR, vip_id, backend_id))
 }
 
 /// Hands `job` to the tunnel program. A tail call does not return when it
-/// works; when it doesn't (no tunnel program loaded), the packet is
-/// dropped and counted.
-/// `job` is (worker id, VIP id, frame length, kind), written straight into
-/// the slot: a whole `TunnelJob` built first would cost a copy.
+/// works (the tunnel program returns the action, and shows the packet to
+/// a running capture); when it doesn't (no tunnel program loaded), the
+/// packet is dropped and counted.
+/// `job` is (worker id, VIP id, frame length, kind, reason), written
+/// straight into the slot: a whole `TunnelJob` built first would cost a
+/// copy.
 #[inline(always)]
 fn to_tunnel(
     ctx: &XdpContext,
     key: &FlowKey,
-    job: (u32, u32, u64, u8),
+    job: (u32, u32, u64, u8, u8),
     counters: &mut GlobalCounters,
-) -> u32 {
+) -> Outcome {
     if let Some(slot) = LB_TUNNEL_JOB.get_ptr_mut(0) {
         // SAFETY: per-CPU slot: nothing else touches it during this run.
         let slot: &mut TunnelJob = unsafe { &mut *slot };
         slot.key = *key;
-        (slot.backend_id, slot.vip_id, slot.len, slot.kind) = job;
+        (
+            slot.backend_id,
+            slot.vip_id,
+            slot.len,
+            slot.kind,
+            slot.reason,
+        ) = job;
         // SAFETY: the context is the program's own.
         unsafe { LB_TUNNEL_PROG.tail_call(ctx, 0) };
     }
     counters.drop_no_tunnel += 1;
-    xdp_action::XDP_DROP
+    Outcome::drop(reason::NO_TUNNEL, job.1, job.0)
 }
 
 /// The tunnel program's work: the job the balancer left, encapsulated, or
-/// answered when too big, and counted.
+/// answered when too big, counted, and shown to a running capture.
 #[inline(always)]
 pub fn tunnel(ctx: &XdpContext) -> u32 {
     // Slot 0 of a per-CPU array always exists; the verifier needs the check.
@@ -127,37 +139,52 @@ pub fn tunnel(ctx: &XdpContext) -> u32 {
     };
     // SAFETY: per-CPU slot: nothing else touches it during this run.
     let counters = unsafe { &mut *counters };
-    let Some(backend) = LB_BACKENDS.get(job.backend_id) else {
-        return xdp_action::XDP_DROP;
+    let outcome = tunnel_job(ctx, job, counters);
+    // An ICMP error's key is the flow it is about: its sender is a router,
+    // not known here.
+    let family = if job.kind == JOB_ICMP_ERROR {
+        0
+    } else {
+        job.key.family
+    };
+    capture::finish(ctx, &outcome, &job.key.src, family)
+}
+
+/// Encapsulates or answers the packet of `job`.
+#[inline(always)]
+fn tunnel_job(ctx: &XdpContext, job: &TunnelJob, counters: &mut GlobalCounters) -> Outcome {
+    let (vip_id, backend_id) = (job.vip_id, job.backend_id);
+    let Some(backend) = LB_BACKENDS.get(backend_id) else {
+        return Outcome::drop(reason::NO_BACKEND, vip_id, NO_ID);
     };
     match encapsulate(ctx, backend, &job.key) {
         Encapsulated::Yes if job.kind == JOB_ICMP_ERROR => {
             counters.icmp_errors_forwarded += 1;
-            xdp_action::XDP_TX
+            Outcome::forward(reason::ICMP_ERROR, vip_id, backend_id)
         }
         Encapsulated::Yes => {
-            count_forwarded(
-                job.vip_id,
-                job.backend_id,
-                job.len,
-                job.kind == JOB_NEW_FLOW,
-            );
+            let new_flow = job.kind == JOB_NEW_FLOW;
+            count_forwarded(vip_id, backend_id, job.len, new_flow);
             counters.forwarded += 1;
-            xdp_action::XDP_TX
+            Outcome::forward(job.reason, vip_id, backend_id)
         }
         // Never an ICMP error about an ICMP error.
         Encapsulated::TooBig if job.kind == JOB_ICMP_ERROR => {
             counters.too_big_dropped += 1;
-            xdp_action::XDP_DROP
+            Outcome::drop(reason::TOO_BIG_DROPPED, vip_id, backend_id)
         }
         Encapsulated::TooBig => {
             let path = pmtu::Path {
                 mtu: backend.mtu,
                 overhead: overhead(backend) as u16,
             };
-            pmtu::answer(ctx, &job.key, &path, counters)
+            if pmtu::answer(ctx, &job.key, &path, counters) == xdp_action::XDP_TX {
+                Outcome::reply(reason::TOO_BIG_ANSWERED, vip_id)
+            } else {
+                Outcome::drop(reason::TOO_BIG_DROPPED, vip_id, backend_id)
+            }
         }
-        Encapsulated::TooShort => xdp_action::XDP_DROP,
+        Encapsulated::TooShort => Outcome::drop(reason::TOO_SHORT, vip_id, backend_id),
     }
 }
 

@@ -488,7 +488,7 @@ fn load_and_attach(
     plan: &Plan,
 ) -> Result<(Ebpf, u32, Takeover), DataplaneError> {
     let mut ebpf = load(options)?;
-    load_tunnel(&mut ebpf)?;
+    load_tail_calls(&mut ebpf)?;
     let program: &mut Xdp = balancer(&mut ebpf)?;
     program.load().map_err(verify_error)?;
     let program_id = program.info().map_err(verify_error)?.id();
@@ -574,22 +574,29 @@ impl LinkGuard {
     }
 }
 
-/// Loads the tunnel program (IPIP and GUE) and puts it where the
-/// balancer's tail call finds it, in place of an adopted one's.
-pub fn load_tunnel(ebpf: &mut Ebpf) -> Result<(), DataplaneError> {
-    let tunnel: &mut Xdp = ebpf
-        .program_mut(program_names::TUNNEL)
-        .expect("the embedded object defines the tunnel program")
+/// Loads the tunnel program (IPIP and GUE) and the capture program and
+/// puts them where the balancer's tail calls find them, in place of an
+/// adopted one's.
+pub fn load_tail_calls(ebpf: &mut Ebpf) -> Result<(), DataplaneError> {
+    load_into(ebpf, program_names::TUNNEL, map_names::TUNNEL_PROG)?;
+    load_into(ebpf, program_names::CAPTURE, map_names::CAPTURE_PROG)
+}
+
+/// Loads program `name` and puts it in slot 0 of program array `array`.
+fn load_into(ebpf: &mut Ebpf, name: &str, array: &str) -> Result<(), DataplaneError> {
+    let program: &mut Xdp = ebpf
+        .program_mut(name)
+        .unwrap_or_else(|| panic!("the embedded object defines program {name}"))
         .try_into()
         .map_err(verify_error)?;
-    tunnel.load().map_err(verify_error)?;
-    let fd = tunnel
+    program.load().map_err(verify_error)?;
+    let fd = program
         .fd()
         .and_then(|fd| fd.try_clone().map_err(ProgramError::from))
         .map_err(verify_error)?;
     let map = ebpf
-        .map_mut(map_names::TUNNEL_PROG)
-        .expect("the embedded object defines the tunnel program array");
+        .map_mut(array)
+        .unwrap_or_else(|| panic!("the embedded object defines program array {array}"));
     let mut array: ProgramArray<&mut MapData> = ProgramArray::try_from(map)
         .map_err(|e| DataplaneError::Load(Box::new(EbpfError::MapError(e))))?;
     array

@@ -32,13 +32,13 @@ pub struct Loaded {
 
 impl Loaded {
     /// lb's object with a flow table of `max_flows`, `lb_xdp` loaded and
-    /// its tunnel program in place.
+    /// its tunnel and capture programs in place.
     pub fn lb(max_flows: u32) -> anyhow::Result<Self> {
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(map_names::FLOWS, max_flows)
             .load(object::LB_XDP)
             .context("loading lb's object")?;
-        lb_userspace::dataplane::load_tunnel(&mut ebpf)?;
+        lb_userspace::dataplane::load_tail_calls(&mut ebpf)?;
         Self::with_programs(ebpf, &[program_names::BALANCER])
     }
 
