@@ -97,6 +97,12 @@ pub enum Command {
     /// A live view: per-VIP and per-worker rates, state and load,
     /// refreshed every second; q or Ctrl-C quits.
     Top(TopArgs),
+    /// Record what the data plane does to packets, as they leave it (after
+    /// MAC rewrite or encapsulation): pcapng for tcpdump and Wireshark with
+    /// lb's action, reason, VIP, worker and CPU in each packet's comment,
+    /// or a line per packet. Needs root, like `lb run`; one capture per
+    /// instance at a time; costs nothing when none runs.
+    Capture(CaptureArgs),
     /// The worker side of L3 forwarding: strip lb's IPIP and GUE headers
     /// from packets to this host (see docs/workers.md).
     #[command(subcommand)]
@@ -553,6 +559,51 @@ pub struct TopArgs {
     /// Time between refreshes.
     #[arg(long, value_parser = duration, default_value = "1s")]
     pub interval: Duration,
+}
+
+/// Arguments of `lb capture`.
+#[derive(Debug, clap::Args)]
+pub struct CaptureArgs {
+    /// Only packets of this VIP (ADDRESS:PORT/tcp|udp).
+    #[arg(long)]
+    pub vip: Option<String>,
+    /// Only packets lb sent to (or dropped for) this worker.
+    #[arg(long, value_name = "ADDR")]
+    pub worker: Option<IpAddr>,
+    /// Only packets sent by this client address or prefix.
+    #[arg(long, value_name = "ADDR[/PREFIX]")]
+    pub client: Option<String>,
+    /// Only packets lb handled this way (repeat, or separate with commas,
+    /// for several; default: all).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub action: Vec<CaptureAction>,
+    /// Bytes of each packet to keep (default or 0: whole frames, which XDP
+    /// holds to 4096 bytes).
+    #[arg(long, value_name = "N")]
+    pub snaplen: Option<u32>,
+    /// Stop after this many packets.
+    #[arg(short = 'c', long = "count", value_name = "COUNT", value_parser = clap::value_parser!(u64).range(1..))]
+    pub count: Option<u64>,
+    /// Stop after this long (e.g. 30s).
+    #[arg(long, value_parser = duration)]
+    pub duration: Option<Duration>,
+    /// Write pcapng to FILE, or to standard output with `-` (`lb capture
+    /// -w - | tcpdump -r -`), instead of a line per packet.
+    #[arg(short = 'w', value_name = "FILE")]
+    pub write: Option<PathBuf>,
+}
+
+/// `lb capture --action` values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum CaptureAction {
+    /// Sent on to a worker.
+    Forward,
+    /// Passed to the kernel (not for a VIP).
+    Pass,
+    /// Dropped (no worker, worker unresolved, …).
+    Drop,
+    /// Answered by lb (echo replies, "fragmentation needed").
+    Reply,
 }
 
 /// Arguments of `lb flows`.

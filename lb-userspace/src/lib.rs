@@ -4,6 +4,7 @@
 pub mod activity;
 pub mod announce;
 pub mod api;
+pub mod capture;
 pub mod cli;
 pub mod client;
 pub mod config;

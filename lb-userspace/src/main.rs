@@ -21,6 +21,7 @@ fn main() {
         Command::Stats(args) => lb_userspace::stats::stats(&args, pin_dir),
         Command::Flows(args) => lb_userspace::stats::flows(&args, pin_dir),
         Command::Top(args) => lb_userspace::top::top(&args, &paths),
+        Command::Capture(args) => lb_userspace::capture::capture(&args, pin_dir),
         Command::Decap(command) => {
             lb_userspace::decap::command(command, cli.instance.pin_dir.as_deref())
         }

@@ -20,6 +20,8 @@ const RUNTIME_PACKAGES: &[&str] = &[
     "dnsmasq-base",
     "bind9-dnsutils",
     "bird2",
+    // The real reader of `lb capture`'s pcapng files.
+    "tcpdump",
     // vtysh, to check the shipped FRR configs; no test starts FRR.
     "frr",
 ];
