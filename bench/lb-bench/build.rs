@@ -1,6 +1,8 @@
 //! Builds the floor programs (floors-ebpf) for bpfel-unknown-none and
 //! leaves the object in OUT_DIR, where `floors.rs` embeds it: the same way
-//! lb-userspace's build script builds lb's own program.
+//! lb-userspace's build script builds lb's own program. Builds lb's program
+//! once more without its capture hook, the reference for what the idle
+//! hook costs.
 
 use anyhow::{bail, Context as _};
 
@@ -15,10 +17,16 @@ fn main() -> anyhow::Result<()> {
             missing.join(" and ")
         );
     }
-    let package = aya_build::Package {
+    let floors = aya_build::Package {
         name: "floors-ebpf",
         root_dir: concat!(env!("CARGO_MANIFEST_DIR"), "/../floors-ebpf"),
         ..Default::default()
+    };
+    let lb_without_capture = aya_build::Package {
+        name: "lb-ebpf",
+        root_dir: concat!(env!("CARGO_MANIFEST_DIR"), "/../../lb-ebpf"),
+        no_default_features: true,
+        features: &[],
     };
     // aya-build watches floors-ebpf itself; the floors also build on these.
     for dir in [
@@ -30,8 +38,8 @@ fn main() -> anyhow::Result<()> {
     }
     // The nested cargo's progress lines would all surface as warnings.
     std::env::set_var("CARGO_TERM_QUIET", "true");
-    aya_build::build_ebpf([package], aya_build::Toolchain::Nightly)
-        .context("building floors-ebpf failed; `cargo xtask setup` installs the nightly toolchain pieces and bpf-linker it needs")
+    aya_build::build_ebpf([floors, lb_without_capture], aya_build::Toolchain::Nightly)
+        .context("building floors-ebpf or lb-ebpf failed; `cargo xtask setup` installs the nightly toolchain pieces and bpf-linker it needs")
 }
 
 fn which(tool: &str) -> Option<std::path::PathBuf> {

@@ -383,8 +383,9 @@ async fn admin(listener: UnixListener, cap: usize, controller: Handle) {
 
 /// Once a tick, on its own thread (a scan of a large flow table takes a
 /// while, and must hold up neither the runtime nor the controller): scans
-/// the flow table (paced), expires sticky sessions now and then, and
-/// hands the results to the controller, which acts on what it learnt.
+/// the flow table (paced), expires sticky sessions now and then, turns off
+/// a capture whose reader died, and hands the results to the controller,
+/// which acts on what it learnt.
 fn housekeeping(
     controller: Handle,
     ttls: watch::Receiver<std::collections::HashMap<u32, Duration>>,
@@ -407,6 +408,7 @@ fn housekeeping(
             let sessions = (round % SESSION_EXPIRY_TICKS == 0)
                 .then(|| expire_sessions(&dir, &ttls.borrow()))
                 .flatten();
+            clear_abandoned_capture(&dir);
             if controller.send(Message::Tick { scan, sessions }).is_err() {
                 return;
             }
@@ -416,6 +418,16 @@ fn housekeeping(
         .name("lb-housekeeping".into())
         .spawn(work)
         .context("starting the housekeeping thread")
+}
+
+/// Turns off a capture whose `lb capture` died without doing so (killed),
+/// so the data plane stops copying packets for nobody.
+fn clear_abandoned_capture(dir: &Path) {
+    match crate::capture::clear_abandoned(dir) {
+        Ok(true) => tracing::warn!("turned off a capture whose lb capture had died"),
+        Ok(false) => {}
+        Err(e) => tracing::debug!("checking for an abandoned capture: {e:#}"),
+    }
 }
 
 /// Removes expired sticky sessions; how many remain.

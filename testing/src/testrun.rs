@@ -34,9 +34,15 @@ impl Loaded {
     /// lb's object with a flow table of `max_flows`, `lb_xdp` loaded and
     /// its tunnel and capture programs in place.
     pub fn lb(max_flows: u32) -> anyhow::Result<Self> {
+        Self::lb_from(object::LB_XDP, max_flows)
+    }
+
+    /// As [`Loaded::lb`], from another build of lb's object (the
+    /// benchmark's build without the capture hook).
+    pub fn lb_from(object: &[u8], max_flows: u32) -> anyhow::Result<Self> {
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(map_names::FLOWS, max_flows)
-            .load(object::LB_XDP)
+            .load(object)
             .context("loading lb's object")?;
         lb_userspace::dataplane::load_tail_calls(&mut ebpf)?;
         Self::with_programs(ebpf, &[program_names::BALANCER])

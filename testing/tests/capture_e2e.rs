@@ -11,6 +11,7 @@ use std::{
     time::Duration,
 };
 
+use lb_common::{capture::CaptureFilter, map_names};
 use lb_testing::{
     lb_exe,
     rig::{wait_until, Rig, UDP_PORT, VIP4},
@@ -345,4 +346,30 @@ fn bad_requests_get_one_line_errors() {
     let first = start_capture(&rig, &["--duration", "30s"]);
     assert!(run(&["--duration", "1s"]).contains("another `lb capture`"));
     stop_capture(first);
+}
+
+/// Whether the data plane is asked to capture.
+fn capturing(rig: &Rig) -> bool {
+    let map = aya::maps::MapData::from_pin(rig.lb.pin_dir().join(map_names::CAPTURE)).unwrap();
+    let filter: aya::maps::Array<_, CaptureFilter> =
+        aya::maps::Array::try_from(aya::maps::Map::Array(map)).unwrap();
+    filter.get(&0, 0).unwrap().enabled != 0
+}
+
+#[test]
+fn the_controller_turns_off_a_capture_whose_reader_was_killed() {
+    lb_testing::needs_root!();
+    let rig = rig();
+    let mut capture = start_capture(&rig, &[]);
+    assert!(capturing(&rig));
+    capture.kill().unwrap();
+    capture.wait().unwrap();
+    wait_until(Duration::from_secs(10), "the capture turned off", || {
+        !capturing(&rig)
+    });
+    // A capture that ends by itself turns the data plane's copying off.
+    let capture = start_capture(&rig, &["--duration", "30s"]);
+    assert!(capturing(&rig));
+    stop_capture(capture);
+    assert!(!capturing(&rig));
 }

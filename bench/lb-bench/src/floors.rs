@@ -8,6 +8,11 @@ use lb_testing::testrun::Loaded;
 /// The floors object, built by this crate's build script.
 pub static LB_FLOORS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-floors"));
 
+/// lb's object built without the capture hook, by this crate's build
+/// script.
+pub static LB_WITHOUT_CAPTURE: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-xdp"));
+
 /// The floors object with every floor program loaded.
 pub fn load() -> anyhow::Result<Loaded> {
     load_with_flows(FLOOR_FLOWS_CAPACITY)

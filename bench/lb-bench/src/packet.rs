@@ -9,6 +9,8 @@ use aya::maps::HashMap as BpfHashMap;
 use floors_common::{map_names as floor_maps, program_names as floor};
 use lb_common::{
     balancer::{vip_filter_bit, FlowKey, FlowValue, FAMILY_V4},
+    capture::{CaptureFilter, CAPTURE_ON, FILTER_CLIENT, MAX_SNAPLEN},
+    map_names,
     packet::IPPROTO_TCP,
     program_names,
 };
@@ -66,9 +68,22 @@ impl Frames {
     }
 }
 
+/// Which loaded object a case runs on.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum On {
+    /// The floor programs.
+    Floors,
+    /// lb as it ships, no capture running.
+    Lb,
+    /// lb built without the capture hook.
+    LbWithoutHook,
+    /// lb with a capture running whose filter matches nothing here.
+    LbCapturing,
+}
+
 struct Case {
     name: &'static str,
-    on_lb: bool,
+    on: On,
     program: &'static str,
     frames: Frames,
     verdict: u32,
@@ -153,7 +168,7 @@ fn established() -> [(&'static str, Packet); 5] {
 fn insert_floor(name: &'static str, program: &'static str) -> Case {
     Case {
         name,
-        on_lb: false,
+        on: On::Floors,
         program,
         frames: Frames::NewFlows {
             next: 3 << 22,
@@ -169,7 +184,7 @@ fn cases() -> Vec<Case> {
     let tcp4 = established()[0].1.build();
     let floor_case = |name, program, verdict| Case {
         name,
-        on_lb: false,
+        on: On::Floors,
         program,
         frames: Frames::Fixed(tcp4.clone()),
         verdict,
@@ -200,7 +215,7 @@ fn cases() -> Vec<Case> {
         ),
         Case {
             name: "lb: IPv4 TCP, new flow (SYN)",
-            on_lb: true,
+            on: On::Lb,
             program: program_names::BALANCER,
             frames: Frames::NewFlows {
                 next: 0,
@@ -212,7 +227,7 @@ fn cases() -> Vec<Case> {
         },
         Case {
             name: "lb IPIP: IPv4 TCP, new flow (SYN)",
-            on_lb: true,
+            on: On::Lb,
             program: program_names::BALANCER,
             frames: Frames::NewFlows {
                 next: 1 << 22,
@@ -224,7 +239,7 @@ fn cases() -> Vec<Case> {
         },
         Case {
             name: "lb: IPv4 TCP, RST of no flow (scheduled, not recorded)",
-            on_lb: true,
+            on: On::Lb,
             program: program_names::BALANCER,
             frames: Frames::NewFlows {
                 next: 1 << 23,
@@ -238,9 +253,28 @@ fn cases() -> Vec<Case> {
     for (name, packet) in established() {
         cases.push(Case {
             name,
-            on_lb: true,
+            on: On::Lb,
             program: program_names::BALANCER,
             frames: Frames::Fixed(packet.build()),
+            verdict: XDP_TX,
+            repeatable: true,
+        });
+    }
+    for (name, on) in [
+        (
+            "lb built without the capture hook: IPv4 TCP, established flow",
+            On::LbWithoutHook,
+        ),
+        (
+            "lb, a capture running that matches nothing here: IPv4 TCP, established flow",
+            On::LbCapturing,
+        ),
+    ] {
+        cases.push(Case {
+            name,
+            on,
+            program: program_names::BALANCER,
+            frames: Frames::Fixed(tcp4.clone()),
             verdict: XDP_TX,
             repeatable: true,
         });
@@ -248,7 +282,7 @@ fn cases() -> Vec<Case> {
     let other = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 2));
     cases.push(Case {
         name: "lb: IPv4 TCP, not for a VIP",
-        on_lb: true,
+        on: On::Lb,
         program: program_names::BALANCER,
         frames: Frames::Fixed(Packet::tcp(client4(), 40000, other, 22, tcp::ACK).build()),
         verdict: XDP_PASS,
@@ -259,16 +293,16 @@ fn cases() -> Vec<Case> {
 
 /// Measures every class and floor; rows in the order of [`cases`].
 pub fn run(plan: &Plan) -> anyhow::Result<Vec<Row>> {
-    let mut lb = Loaded::lb(DEFAULT_MAX_FLOWS)?;
-    let _config = configure_with(&mut lb, &vips(), WORKERS, worker_addr, vip_options)?;
+    let lb = configured(Loaded::lb(DEFAULT_MAX_FLOWS)?)?;
+    let without_hook = configured(Loaded::lb_from(
+        floors::LB_WITHOUT_CAPTURE,
+        DEFAULT_MAX_FLOWS,
+    )?)?;
+    let mut capturing = configured(Loaded::lb(DEFAULT_MAX_FLOWS)?)?;
+    capture_nothing(&mut capturing)?;
     let mut floors = floors::load()?;
     prepare_floor_lru(&mut floors)?;
     prepare_floor_filter(&mut floors)?;
-    for (_, packet) in established() {
-        // The first packet records the flow; the rest hit it.
-        let (verdict, _) = lb.run(program_names::BALANCER, &packet.build(), 1)?;
-        anyhow::ensure!(verdict == XDP_TX, "lb did not forward {packet:?}");
-    }
     let mut cases = cases();
     let mut rows: Vec<Row> = cases
         .iter()
@@ -280,7 +314,12 @@ pub fn run(plan: &Plan) -> anyhow::Result<Vec<Row>> {
         .collect();
     for _ in 0..plan.rounds {
         for (case, row) in cases.iter_mut().zip(&mut rows) {
-            let target = if case.on_lb { &lb } else { &floors };
+            let target = match case.on {
+                On::Floors => &floors,
+                On::Lb => &lb,
+                On::LbWithoutHook => &without_hook,
+                On::LbCapturing => &capturing,
+            };
             row.single.push(single_runs(target, case, plan.singles)?);
             if let Some(repeated) = &mut row.repeated {
                 let frame = case.frames.next();
@@ -289,6 +328,43 @@ pub fn run(plan: &Plan) -> anyhow::Result<Vec<Row>> {
         }
     }
     Ok(rows)
+}
+
+/// `lb` with the benchmark's configuration and its established flows
+/// recorded.
+fn configured(mut lb: Loaded) -> anyhow::Result<Loaded> {
+    // The configuration lives in the maps; the handle is not needed after.
+    let _config = configure_with(&mut lb, &vips(), WORKERS, worker_addr, vip_options)?;
+    for (_, packet) in established() {
+        // The first packet records the flow; the rest hit it.
+        let (verdict, _) = lb.run(program_names::BALANCER, &packet.build(), 1)?;
+        anyhow::ensure!(verdict == XDP_TX, "lb did not forward {packet:?}");
+    }
+    Ok(lb)
+}
+
+/// Starts a capture on `lb` whose filter (a client no case uses) matches
+/// nothing: what every packet then pays is the hand-over and the filter.
+fn capture_nothing(lb: &mut Loaded) -> anyhow::Result<()> {
+    let mut filter: aya::maps::Array<_, CaptureFilter> = lb
+        .ebpf_mut()
+        .map_mut(map_names::CAPTURE)
+        .context("no capture map")?
+        .try_into()?;
+    let mut client = [0u8; 16];
+    client[..4].copy_from_slice(&[198, 51, 100, 250]);
+    let wanted = CaptureFilter {
+        enabled: CAPTURE_ON,
+        snaplen: MAX_SNAPLEN,
+        actions: u8::MAX,
+        flags: FILTER_CLIENT,
+        client_prefix: 32,
+        client_family: FAMILY_V4,
+        client,
+        ..CaptureFilter::default()
+    };
+    filter.set(0, wanted, 0)?;
+    Ok(())
 }
 
 /// The mean kernel-reported time of `count` single runs.
