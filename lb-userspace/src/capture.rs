@@ -58,6 +58,7 @@ pub fn capture(args: &CaptureArgs, pin_dir: &Path) -> anyhow::Result<()> {
             "lb capture needs root (CAP_BPF and CAP_NET_ADMIN), like lb run: run it with sudo"
         );
     }
+    check_kernel()?;
     let maps = CaptureMaps::open(pin_dir)?;
     let names = Names::read(pin_dir)?;
     let wanted = resolve(args, &names)?;
@@ -72,6 +73,26 @@ pub fn capture(args: &CaptureArgs, pin_dir: &Path) -> anyhow::Result<()> {
     let report = report?;
     eprintln!("{}", report.summary());
     finished
+}
+
+/// The oldest kernel whose verifier takes the capture program:
+/// `bpf_xdp_load_bytes` came in 5.18.
+const MIN_KERNEL: (u32, u32) = (5, 18);
+
+fn check_kernel() -> anyhow::Result<()> {
+    let release = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut parts = release.trim().split(['.', '-']).map(|p| p.parse::<u32>());
+    if let (Some(Ok(major)), Some(Ok(minor))) = (parts.next(), parts.next()) {
+        if (major, minor) < MIN_KERNEL {
+            anyhow::bail!(
+                "lb capture needs Linux {}.{} or newer (bpf_xdp_load_bytes); this kernel is {}",
+                MIN_KERNEL.0,
+                MIN_KERNEL.1,
+                release.trim()
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Turns the arguments into the data plane's filter: names become ids and

@@ -576,10 +576,15 @@ impl LinkGuard {
 
 /// Loads the tunnel program (IPIP and GUE) and the capture program and
 /// puts them where the balancer's tail calls find them, in place of an
-/// adopted one's.
+/// adopted one's. A kernel that refuses the capture program (before 5.18,
+/// which brought `bpf_xdp_load_bytes`) runs lb without `lb capture`: the
+/// balancer's tail call into the empty slot fails and the packet goes on.
 pub fn load_tail_calls(ebpf: &mut Ebpf) -> Result<(), DataplaneError> {
     load_into(ebpf, program_names::TUNNEL, map_names::TUNNEL_PROG)?;
-    load_into(ebpf, program_names::CAPTURE, map_names::CAPTURE_PROG)
+    if let Err(error) = load_into(ebpf, program_names::CAPTURE, map_names::CAPTURE_PROG) {
+        tracing::warn!("lb capture is unavailable on this kernel: {error}");
+    }
+    Ok(())
 }
 
 /// Loads program `name` and puts it in slot 0 of program array `array`.
