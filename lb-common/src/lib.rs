@@ -14,6 +14,7 @@
 pub mod balancer;
 pub mod counters;
 pub mod decap;
+pub mod decide;
 pub mod encap;
 pub mod icmp;
 pub mod packet;
