@@ -39,7 +39,7 @@ struct WorkerRow {
     traffic: TrafficRow,
 }
 
-fn no_instance(pin_dir: &Path) -> String {
+pub(crate) fn no_instance(pin_dir: &Path) -> String {
     format!(
         "no lb maps pinned under {}; is `lb run` attached with this --name or --pin-dir (and are you root)?",
         pin_dir.display()
