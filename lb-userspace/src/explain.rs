@@ -952,11 +952,16 @@ fn render_schedule(s: &ScheduleReport) -> Vec<(&'static str, String)> {
         )];
     }
     let mut lines = Vec::new();
+    let first_label = if s.second.is_some() {
+        "first"
+    } else {
+        "maglev"
+    };
     if let Some(first) = &s.first {
-        lines.push(("maglev", pick(first)));
+        lines.push((first_label, pick(first)));
     }
     if let Some(second) = &s.second {
-        lines.push(("second", format!("{} (least-load)", pick(second))));
+        lines.push(("second", pick(second)));
     }
     lines
 }
