@@ -608,7 +608,7 @@ impl View {
 
     fn session_report(&self, session: &StickyValue) -> SessionReport {
         let id = session.backend_id;
-        let idle = self.now_ns.wrapping_sub(session.last_ns);
+        let idle = self.now_ns.saturating_sub(session.last_ns);
         let ttl = self.info.sticky_ttl_s;
         let why_not = if self.pinned().is_some() {
             Some("the pin comes first".to_owned())
@@ -708,7 +708,6 @@ impl View {
         let workers: BTreeSet<u32> = self.slot_counts().into_keys().collect();
         let mut workers = workers.into_iter();
         match (workers.next(), workers.next()) {
-            _ if self.info.table_size == 0 => Choice::NoWorker,
             (None, _) => Choice::NoWorker,
             (Some(id), None) => Choice::Worker(
                 id,
@@ -735,7 +734,10 @@ impl View {
                 Some(b) if b.flags & BACKEND_MAC_KNOWN == 0 => Verdict {
                     action: Action::Drop,
                     worker: Some(self.name(id)),
-                    reason: format!("drop: worker's MAC unknown (chosen: {reason})"),
+                    reason: format!(
+                        "drop: worker's MAC unknown ({}, chosen by {reason})",
+                        self.name(id)
+                    ),
                 },
                 Some(_) => Verdict {
                     action: Action::Forward,
@@ -969,7 +971,6 @@ fn render_schedule(s: &ScheduleReport) -> Vec<(&'static str, String)> {
 fn render_verdict(v: &Verdict) -> String {
     match (&v.action, &v.worker) {
         (Action::Forward, Some(worker)) => format!("{worker}: {}", v.reason),
-        (Action::Drop, Some(worker)) => format!("{} ({worker})", v.reason),
         _ => v.reason.clone(),
     }
 }
