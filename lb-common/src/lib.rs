@@ -15,6 +15,7 @@ pub mod balancer;
 pub mod capture;
 pub mod counters;
 pub mod decap;
+pub mod decide;
 pub mod encap;
 pub mod icmp;
 pub mod packet;

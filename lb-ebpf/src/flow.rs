@@ -10,6 +10,7 @@ use lb_common::{
     balancer::{Backend, FlowKey, FlowValue, VipInfo, FLOW_CLOSING, FLOW_TOUCH_NS},
     capture::reason,
     counters::GlobalCounters,
+    decide,
     packet::{IpPacket, IPPROTO_TCP},
 };
 
@@ -88,7 +89,7 @@ pub fn established(flow: &Flow, counters: &mut GlobalCounters) -> Option<Decisio
         return None;
     }
     let now = coarse_now();
-    if now.saturating_sub(value.last_seen_ns) > u64::from(vip.idle_timeout_s) * 1_000_000_000 {
+    if decide::flow_expired(now, value.last_seen_ns, vip.idle_timeout_s) {
         counters.flow_expired += 1;
         return None;
     }

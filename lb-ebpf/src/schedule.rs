@@ -6,10 +6,11 @@ use aya_ebpf::{bindings::BPF_ANY, helpers::bpf_ktime_get_ns};
 use lb_common::{
     balancer::{
         mask_prefix, FlowKey, StickyKey, StickyValue, VipInfo, LOAD_UNKNOWN, NO_BACKEND,
-        SCHED_LEAST_LOAD, SECOND_CHOICE_SALT, VIP_HAS_PINS, VIP_STICKY,
+        SCHED_LEAST_LOAD, VIP_HAS_PINS, VIP_STICKY,
     },
     capture::reason,
     counters::GlobalCounters,
+    decide,
 };
 
 use crate::{
@@ -62,9 +63,8 @@ fn choose(key: &FlowKey, vip: &VipInfo, counters: &mut GlobalCounters) -> Option
     if let Some(session) = LB_STICKY.get_ptr_mut(&client) {
         // SAFETY: as for flows: the element lives for this run.
         let session = unsafe { &mut *session };
-        let ttl_ns = u64::from(vip.sticky_ttl_s) * 1_000_000_000;
         let backend_id = session.backend_id;
-        let fresh = now.wrapping_sub(session.last_ns) < ttl_ns;
+        let fresh = decide::session_fresh(now, session.last_ns, vip.sticky_ttl_s);
         if fresh && usable(backend_id, vip) == Some(session.backend_generation) {
             session.last_ns = now;
             counters.sticky_hits += 1;
@@ -99,26 +99,25 @@ pub fn schedule(key: &FlowKey, vip: &VipInfo) -> Option<u32> {
         return None;
     }
     let seed = LB_CONFIG.get(0).map_or(0, |config| config.hash_seed);
-    let first = slot(vip, key.hash(seed))?;
+    let first = slot(vip, decide::first_hash(key, seed))?;
     if vip.scheduler != SCHED_LEAST_LOAD {
         return Some(first);
     }
-    let Some(second) = slot(vip, key.hash(seed ^ SECOND_CHOICE_SALT)) else {
+    let Some(second) = slot(vip, decide::second_hash(key, seed)) else {
         return Some(first);
     };
     let first_load = LB_LOAD.get(first).copied().unwrap_or(LOAD_UNKNOWN);
     let second_load = LB_LOAD.get(second).copied().unwrap_or(LOAD_UNKNOWN);
-    // Without both figures there is nothing to compare: Maglev decides.
-    if first_load == LOAD_UNKNOWN || second_load == LOAD_UNKNOWN || first_load <= second_load {
-        return Some(first);
+    if decide::second_wins(first_load, second_load) {
+        return Some(second);
     }
-    Some(second)
+    Some(first)
 }
 
-/// The worker in slot `hash % table_size` of the VIP's Maglev table.
+/// The worker in the flow hash's slot of the VIP's Maglev table.
 #[inline(always)]
 fn slot(vip: &VipInfo, hash: u32) -> Option<u32> {
-    let index = hash % vip.table_size;
+    let index = decide::slot_index(hash, vip.table_size);
     let backend_id = *LB_MAGLEV.get_value(vip.id, &index)?;
     (backend_id != NO_BACKEND).then_some(backend_id)
 }

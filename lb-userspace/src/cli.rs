@@ -94,6 +94,11 @@ pub enum Command {
     Stats(PinnedArgs),
     /// The flow table: client → worker, with age (from the pinned maps).
     Flows(FlowsArgs),
+    /// Why a client's next packet to a VIP goes to the worker it goes to:
+    /// its flow, pin, sticky session, Maglev slot or least-load choice,
+    /// and the workers' state, read from the pinned maps (without a port:
+    /// a new connection).
+    Explain(ExplainArgs),
     /// A live view: per-VIP and per-worker rates, state and load,
     /// refreshed every second; q or Ctrl-C quits.
     Top(TopArgs),
@@ -641,4 +646,29 @@ pub enum OutputFormat {
     Table,
     /// One JSON document for programs.
     Json,
+}
+
+/// Arguments of `lb explain`.
+#[derive(Debug, clap::Args)]
+pub struct ExplainArgs {
+    /// The VIP: ADDRESS:PORT/tcp|udp (IPv6 as [ADDRESS]:PORT/tcp), or
+    /// ADDRESS:PORT with --proto.
+    pub vip: String,
+    /// The client: ADDRESS (its next new connection) or ADDRESS:PORT (the
+    /// next packet of that flow); IPv6 as [ADDRESS]:PORT.
+    pub client: String,
+    /// The VIP's protocol when the VIP has no /tcp or /udp [default: tcp].
+    #[arg(long, value_enum)]
+    pub proto: Option<ProtoArg>,
+    #[command(flatten)]
+    pub pinned: PinnedArgs,
+}
+
+/// `--proto` values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ProtoArg {
+    /// TCP.
+    Tcp,
+    /// UDP.
+    Udp,
 }

@@ -15,6 +15,7 @@ pub mod dataplane;
 pub mod decap;
 pub mod dns;
 pub mod duration;
+pub mod explain;
 pub mod health;
 pub mod http;
 pub mod iface;

@@ -20,6 +20,7 @@ fn main() {
         Command::Status(args) => lb_userspace::client::status(&args, socket),
         Command::Stats(args) => lb_userspace::stats::stats(&args, pin_dir),
         Command::Flows(args) => lb_userspace::stats::flows(&args, pin_dir),
+        Command::Explain(args) => lb_userspace::explain::explain(&args, pin_dir),
         Command::Top(args) => lb_userspace::top::top(&args, &paths),
         Command::Capture(args) => lb_userspace::capture::capture(&args, pin_dir),
         Command::Decap(command) => {

@@ -403,6 +403,14 @@ pub fn pinned_vip_addresses(pin_dir: &Path) -> Result<BTreeSet<IpAddr>, MapError
         .collect())
 }
 
+/// The Maglev table of VIP `vip_id` in an instance pinned under
+/// `pin_dir`: slot → worker id ([`NO_BACKEND`]: none).
+pub fn pinned_maglev_table(pin_dir: &Path, vip_id: u32) -> Result<Vec<u32>, MapError> {
+    let outer: ArrayOfMaps<MapData, MapData> =
+        open_pinned(pin_dir, map_names::MAGLEV)?.try_into()?;
+    read_slots(&outer.get(&vip_id, 0)?)
+}
+
 /// Sums the per-CPU copies of every entry of a traffic counter array.
 pub fn traffic(pin_dir: &Path, name: &str, index: u32) -> Result<TrafficCounters, MapError> {
     let array: PerCpuArray<MapData, TrafficCounters> = open_pinned(pin_dir, name)?.try_into()?;
@@ -498,6 +506,42 @@ fn write_slots(table: &MapData, slots: &[u32]) -> Result<(), MapError> {
     Ok(())
 }
 
+/// Reads a whole Maglev table through a shared read-only mapping: one
+/// copy instead of a system call per slot (a table has up to a million).
+fn read_slots(table: &MapData) -> Result<Vec<u32>, MapError> {
+    let size = table.info()?.max_entries() as usize;
+    // The kernel stores array values 8 bytes apart, whatever their size.
+    let bytes = size * 8;
+    let fd = table.fd().as_fd().as_raw_fd();
+    let failed = |call: &'static str| {
+        MapError::SyscallError(aya::sys::SyscallError {
+            call,
+            io_error: std::io::Error::last_os_error(),
+        })
+    };
+    let mut padded = vec![0u32; size * 2];
+    // SAFETY: a fresh shared mapping of the map's own fd, exactly as large
+    // as its values; it is gone before return.
+    unsafe {
+        let at = libc::mmap(
+            std::ptr::null_mut(),
+            bytes,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            fd,
+            0,
+        );
+        if at == libc::MAP_FAILED {
+            return Err(failed("mmap"));
+        }
+        std::ptr::copy_nonoverlapping(at.cast::<u32>(), padded.as_mut_ptr(), padded.len());
+        if libc::munmap(at, bytes) != 0 {
+            return Err(failed("munmap"));
+        }
+    }
+    Ok(padded.into_iter().step_by(2).collect())
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -507,10 +551,10 @@ mod tests {
             return;
         }
         let slots = [5, 6, 7, 8, 9, 10, u32::MAX];
+        let table = super::maglev_table(&slots).unwrap();
+        assert_eq!(super::read_slots(&table).unwrap(), slots);
         let array: aya::maps::Array<aya::maps::MapData, u32> =
-            aya::maps::Map::Array(super::maglev_table(&slots).unwrap())
-                .try_into()
-                .unwrap();
+            aya::maps::Map::Array(table).try_into().unwrap();
         let read: Vec<u32> = (0..7).map(|i| array.get(&i, 0).unwrap()).collect();
         assert_eq!(read, slots);
     }

@@ -426,6 +426,11 @@ impl KeepAlive {
         Ok(Self(BufReader::new(stream)))
     }
 
+    /// Wraps a connected stream (one bound to a chosen source port, say).
+    pub fn from_stream(stream: TcpStream) -> Self {
+        Self(BufReader::new(stream))
+    }
+
     /// Connects from `client`'s namespace, with the tests' [`TIMEOUT`].
     pub fn open(client: &Host, target: SocketAddr) -> anyhow::Result<Self> {
         Ok(client.within(move || Self::connect(target, TIMEOUT))??)

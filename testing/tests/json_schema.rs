@@ -167,7 +167,47 @@ fn every_listing_command_prints_the_documented_json() {
         "every worker row names its VIP: {}",
         stats["workers"]
     );
-    each("`lb flows -o json`: an array of", &json(&rig, &["flows"]));
+    let flows = json(&rig, &["flows"]);
+    each("`lb flows -o json`: an array of", &flows);
+    check_explain(&rig, &schema, vip, &flows);
+}
+
+/// `lb explain` of the client's flow (flow, session, Maglev pick, a SYN's
+/// verdict), of the pinned client (pin, shares), and of a least-load VIP
+/// (both candidates).
+fn check_explain(
+    rig: &Rig,
+    schema: &BTreeMap<String, BTreeMap<String, String>>,
+    vip: &str,
+    flows: &Value,
+) {
+    let object = |heading: &str, value: &Value| {
+        assert!(!value.is_null(), "{heading}: nothing to check");
+        check(schema, &format!("`lb explain -o json`: {heading}"), value);
+    };
+    let client = flows[0]["client"].as_str().unwrap();
+    let flow = json(rig, &["explain", vip, client]);
+    object("an object", &flow);
+    object("`settings`", &flow["settings"]);
+    object("`flow`", &flow["flow"]);
+    object("`session`", &flow["session"]);
+    object("`schedule`", &flow["schedule"]);
+    object("`schedule` picks", &flow["schedule"]["first"]);
+    object("`verdict` and `syn`", &flow["verdict"]);
+    object("`verdict` and `syn`", &flow["syn"]);
+    for worker in flow["workers"].as_array().unwrap() {
+        object("`workers` entries", worker);
+    }
+    let pinned = json(rig, &["explain", vip, "198.51.100.9"]);
+    object("an object", &pinned);
+    object("`pin`", &pinned["pin"]);
+
+    let least_load = "192.0.2.100:8080/tcp";
+    rig.add_vip_with_workers(least_load, &["--scheduler", "least-load"])
+        .unwrap();
+    let picks = json(rig, &["explain", least_load, "192.0.2.1:40000"]);
+    object("an object", &picks);
+    object("`schedule` picks", &picks["schedule"]["second"]);
 }
 
 #[test]
