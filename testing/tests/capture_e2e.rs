@@ -14,7 +14,7 @@ use std::{
 use lb_common::{capture::CaptureFilter, map_names};
 use lb_testing::{
     lb_exe,
-    rig::{wait_until, Rig, UDP_PORT, VIP4},
+    rig::{wait_until, Rig, UDP_PORT, VIP4, VIP6},
     testbed::Host,
 };
 use pcap_file::pcapng::{blocks::enhanced_packet::EnhancedPacketOption, Block, PcapNgReader};
@@ -83,11 +83,17 @@ fn stop_capture(mut child: Child) -> (Vec<u8>, String) {
 
 /// Sends `count` datagrams of `size` bytes from one client port to
 /// `target`, in batches, each batch waiting until lb has seen it (the
-/// veth backlog drops bursts it cannot queue).
-fn send(rig: &Rig, target: SocketAddr, count: u64, size: usize) {
+/// veth backlog drops bursts it cannot queue). Returns the socket: while
+/// it is open, the workers' answers don't make the client send "port
+/// unreachable" errors, which lb would forward (and a capture see).
+fn send(rig: &Rig, target: SocketAddr, count: u64, size: usize) -> UdpSocket {
+    let source = match target {
+        SocketAddr::V4(_) => SocketAddr::new(rig.client.ipv4.into(), 0),
+        SocketAddr::V6(_) => SocketAddr::new(rig.client.ipv6.into(), 0),
+    };
     let socket = rig
         .client
-        .within(|| UdpSocket::bind("192.0.2.1:0").unwrap())
+        .within(move || UdpSocket::bind(source).unwrap())
         .unwrap();
     let payload = vec![b'x'; size];
     let start = rig.lb.stats().unwrap().packets;
@@ -102,6 +108,7 @@ fn send(rig: &Rig, target: SocketAddr, count: u64, size: usize) {
             rig.lb.stats().unwrap().packets - start >= sent
         });
     }
+    socket
 }
 
 fn mac_of(host: &Host) -> String {
@@ -143,7 +150,7 @@ fn tcpdump_reads_exactly_the_packets_lb_forwarded_passed_and_dropped() {
     let file_arg = file.to_str().unwrap();
     let capture = start_capture(&rig, &["--client", "192.0.2.1", "-w", file_arg]);
     let before = rig.lb.stats().unwrap();
-    send(&rig, SocketAddr::new(VIP4.into(), UDP_PORT), 30, 100);
+    let _answered = send(&rig, SocketAddr::new(VIP4.into(), UDP_PORT), 30, 100);
     send(&rig, SocketAddr::new(VIP4.into(), 5354), 20, 100);
     let balancer = SocketAddr::new(rig.balancer.ipv4.into(), BALANCER_PORT);
     send(&rig, balancer, 10, 100);
@@ -228,8 +235,9 @@ fn lines_filters_and_counts_name_the_worker_and_stop_by_themselves() {
     );
     // New source ports until two packets went to w1.
     let mut child = capture;
+    let mut sockets = Vec::new();
     for _ in 0..64 {
-        send(&rig, SocketAddr::new(VIP4.into(), UDP_PORT), 1, 10);
+        sockets.push(send(&rig, SocketAddr::new(VIP4.into(), UDP_PORT), 1, 10));
         if let Ok(Some(_)) = child.try_wait() {
             break;
         }
@@ -277,13 +285,13 @@ fn a_capture_that_cannot_keep_up_loses_records_not_packets() {
     // capture is stuck writing to a pipe nobody reads yet.
     let count = 6_000;
     let before = rig.lb.stats().unwrap();
-    send(&rig, target, count, 1400);
+    let _first = send(&rig, target, count, 1400);
     let uncaptured = rig.lb.stats().unwrap().forwarded - before.forwarded;
     assert_eq!(uncaptured, count);
 
     let capture = start_capture(&rig, &["-w", "-"]);
     let before = rig.lb.stats().unwrap();
-    send(&rig, target, count, 1400);
+    let _second = send(&rig, target, count, 1400);
     let captured_run = rig.lb.stats().unwrap().forwarded - before.forwarded;
     // Forwarding is what it was without a capture.
     assert_eq!(captured_run, uncaptured);
@@ -372,4 +380,69 @@ fn the_controller_turns_off_a_capture_whose_reader_was_killed() {
     assert!(capturing(&rig));
     stop_capture(capture);
     assert!(!capturing(&rig));
+}
+
+#[test]
+fn tunnelled_packets_and_lbs_own_answers_are_captured_as_they_left() {
+    lb_testing::needs_root!();
+    let rig = Rig::behind_router(Path::new(lb_exe()), 1, 6080, &[]).unwrap();
+    let worker = &rig.workers[0];
+    let ipip = "192.0.2.100:5353/udp";
+    let gue = "[2001:db8::100]:5353/udp";
+    for (vip, forward, addr) in [
+        (ipip, "ipip", worker.ipv4.to_string()),
+        (gue, "gue", worker.ipv6.to_string()),
+    ] {
+        let add = ["vip", "add", vip, "--forward", forward, "--health", "none"];
+        rig.lb.cli_ok(&add).unwrap();
+        rig.lb.cli_ok(&["backend", "add", vip, &addr]).unwrap();
+    }
+    let file = temp_file("tunnel.pcapng");
+    let file_arg = file.to_str().unwrap();
+    let capture = start_capture(&rig, &["--action", "forward,reply", "-w", file_arg]);
+    let _ipip = send(&rig, SocketAddr::new(VIP4.into(), UDP_PORT), 3, 64);
+    let _gue = send(&rig, SocketAddr::new(VIP6.into(), UDP_PORT), 3, 64);
+    rig.client
+        .run("ping", &["-c", "1", "-W", "5", &VIP4.to_string()])
+        .unwrap();
+    let (_, stderr) = stop_capture(capture);
+    assert!(stderr.contains("7 packets captured"), "{stderr}");
+
+    let output = Command::new("tcpdump")
+        .args(["-nn", "-r", file_arg])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    // IPIP: lb's outer header to the worker, the client's packet inside.
+    let outer = format!("IP {} > {}: ", rig.balancer.ipv4, worker.ipv4);
+    let inner = format!("IP {}.", rig.client.ipv4);
+    let to_vip = format!(" > {VIP4}.{UDP_PORT}: ");
+    let encapsulated = text
+        .lines()
+        .filter(|l| l.contains(&format!("{outer}{inner}")) && l.contains(&to_vip));
+    assert_eq!(encapsulated.count(), 3, "{text}");
+    // GUE: outer IPv6 and UDP to the worker's GUE port.
+    let gue_outer = format!("IP6 {}.", rig.balancer.ipv6);
+    let to_port = format!(" > {}.6080: UDP", worker.ipv6);
+    let gue_lines = text
+        .lines()
+        .filter(|l| l.contains(&gue_outer) && l.contains(&to_port));
+    assert_eq!(gue_lines.count(), 3, "{text}");
+    // The echo reply lb sent back.
+    let reply = format!("IP {VIP4} > {}: ICMP echo reply", rig.client.ipv4);
+    assert_eq!(
+        text.lines().filter(|l| l.contains(&reply)).count(),
+        1,
+        "{text}"
+    );
+
+    let comments = comments(&std::fs::read(&file).unwrap());
+    let count = |prefix: &str| comments.iter().filter(|c| c.starts_with(prefix)).count();
+    let ipip_worker = format!("vip {ipip} worker {}", worker.ipv4);
+    assert_eq!(count(&format!("lb: forward new_flow {ipip_worker}")), 1);
+    assert_eq!(count(&format!("lb: forward flow_hits {ipip_worker}")), 2);
+    let gue_worker = format!("vip {gue} worker {}", worker.ipv6);
+    assert_eq!(count(&format!("lb: forward new_flow {gue_worker}")), 1);
+    assert_eq!(count("lb: reply icmp_echo_replies cpu "), 1);
+    std::fs::remove_file(&file).unwrap();
 }
