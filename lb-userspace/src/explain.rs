@@ -839,14 +839,8 @@ impl View {
             "removed"
         } else if backend.vip_id != self.info.id {
             "other-vip"
-        } else if flags & BACKEND_DOWN != 0 {
-            "down"
-        } else if flags & BACKEND_UNREACHABLE != 0 {
-            "unreachable"
-        } else if flags & BACKEND_DRAINING != 0 {
-            "draining"
         } else {
-            "up"
+            maps::state_word(flags)
         }
     }
 }

@@ -127,7 +127,7 @@ fn listing(args: &Paths) -> anyhow::Result<(Vec<VipLines>, &'static str)> {
                     Some(WorkerLine {
                         addr: addr.to_string(),
                         id: *worker_id,
-                        state: flags_state(b.flags).into(),
+                        state: crate::maps::state_word(b.flags).into(),
                         load: "-".into(),
                         active: "-".into(),
                     })
@@ -136,19 +136,6 @@ fn listing(args: &Paths) -> anyhow::Result<(Vec<VipLines>, &'static str)> {
         })
         .collect();
     Ok((lines, "controller not answering: from the pinned maps only"))
-}
-
-fn flags_state(flags: u8) -> &'static str {
-    use lb_common::balancer::{BACKEND_DOWN, BACKEND_DRAINING, BACKEND_UNREACHABLE};
-    if flags & BACKEND_DOWN != 0 {
-        "down"
-    } else if flags & BACKEND_UNREACHABLE != 0 {
-        "unreachable"
-    } else if flags & BACKEND_DRAINING != 0 {
-        "draining"
-    } else {
-        "up"
-    }
 }
 
 fn render(args: &Paths, previous: &mut Sample) -> anyhow::Result<String> {
