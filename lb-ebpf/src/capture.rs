@@ -16,9 +16,8 @@ use aya_ebpf::{
 use lb_common::{
     balancer::mask_prefix,
     capture::{
-        reason, CaptureFilter, CaptureJob, CaptureScratch, ACTION_DROP, ACTION_FORWARD,
-        ACTION_PASS, ACTION_REPLY, CAPTURE_ON, FILTER_CLIENT, FILTER_VIP, FILTER_WORKER,
-        MAX_SNAPLEN, NO_ID,
+        reason, CaptureFilter, CaptureScratch, ACTION_DROP, ACTION_FORWARD, ACTION_PASS,
+        ACTION_REPLY, CAPTURE_ON, FILTER_CLIENT, FILTER_VIP, FILTER_WORKER, MAX_SNAPLEN, NO_ID,
     },
 };
 
@@ -125,18 +124,29 @@ fn hand_over(ctx: &XdpContext, outcome: &Outcome, client: &[u8; 16], family: u8)
     };
     // SAFETY: per-CPU slot: nothing else touches it during this run.
     let scratch = unsafe { &mut *scratch };
-    scratch.job = CaptureJob {
-        client: *client,
-        family,
-        pad: [0; 3],
-        xdp_action: outcome.xdp_action,
-    };
+    let job = &mut scratch.job;
+    copy_address(&mut job.client, client);
+    job.family = family;
+    job.xdp_action = outcome.xdp_action;
     scratch.record.action = outcome.action;
     scratch.record.reason = outcome.reason;
     scratch.record.vip_id = outcome.vip_id;
     scratch.record.worker_id = outcome.worker_id;
     // SAFETY: the context is the program's own.
     unsafe { LB_CAPTURE_PROG.tail_call(ctx, 0) };
+}
+
+/// Copies an address by words: a byte array assignment would be a call
+/// to an out-of-line memmove.
+#[inline(always)]
+fn copy_address(to: &mut [u8; 16], from: &[u8; 16]) {
+    let from = from.as_ptr().cast::<u64>();
+    let to = to.as_mut_ptr().cast::<u64>();
+    // SAFETY: both are 16 bytes; unaligned accesses suit any address.
+    unsafe {
+        core::ptr::write_unaligned(to, core::ptr::read_unaligned(from));
+        core::ptr::write_unaligned(to.add(1), core::ptr::read_unaligned(from.add(1)));
+    }
 }
 
 /// The capture program's work: the packet recorded if the capture's

@@ -62,8 +62,9 @@ pub fn capture(args: &CaptureArgs, pin_dir: &Path) -> anyhow::Result<()> {
     let maps = CaptureMaps::open(pin_dir)?;
     let names = Names::read(pin_dir)?;
     let wanted = resolve(args, &names)?;
-    let mut output = Output::open(args.write.as_deref(), names)?;
+    // The lock first: a refused capture must not have emptied a file.
     let _lock = lock(pin_dir)?;
+    let mut output = Output::open(args.write.as_deref(), names, pin_dir)?;
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(signal, Arc::clone(&stop))?;

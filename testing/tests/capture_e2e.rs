@@ -353,6 +353,12 @@ fn bad_requests_get_one_line_errors() {
     // One capture at a time; the data plane stops copying when it ends.
     let first = start_capture(&rig, &["--duration", "30s"]);
     assert!(run(&["--duration", "1s"]).contains("another `lb capture`"));
+    // A refused capture leaves its file as it was.
+    let kept = temp_file("kept.pcapng");
+    std::fs::write(&kept, "earlier capture").unwrap();
+    assert!(run(&["-w", kept.to_str().unwrap()]).contains("another `lb capture`"));
+    assert_eq!(std::fs::read_to_string(&kept).unwrap(), "earlier capture");
+    std::fs::remove_file(&kept).unwrap();
     stop_capture(first);
 }
 

@@ -8,8 +8,8 @@ use std::{
     fs,
     io::{self, BufWriter, Write},
     net::IpAddr,
-    path::Path,
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    path::{Path, PathBuf},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use anyhow::Context as _;
@@ -76,6 +76,13 @@ impl Names {
         self.vips.get(&id)
     }
 
+    /// Whether a record names a VIP or worker this doesn't know (one
+    /// added since the capture started).
+    fn lacks(&self, record: &CaptureRecord) -> bool {
+        (record.vip_id != NO_ID && !self.vips.contains_key(&record.vip_id))
+            || (record.worker_id != NO_ID && !self.workers.contains_key(&record.worker_id))
+    }
+
     fn worker(&self, id: u32) -> Option<&Backend> {
         self.workers.get(&id)
     }
@@ -92,9 +99,15 @@ pub struct Tally {
     pub lost: u64,
 }
 
+/// How often names are read again when records name unknown ids.
+const NAMES_REFRESH: Duration = Duration::from_secs(1);
+
 /// The capture's output.
 pub struct Output {
     names: Names,
+    pin_dir: PathBuf,
+    /// When `names` were last read.
+    names_read: Instant,
     /// CLOCK_REALTIME − CLOCK_MONOTONIC: records carry monotonic time.
     epoch_offset: Duration,
     sink: Sink,
@@ -113,7 +126,7 @@ impl Output {
     /// pcapng to `path` (`-` for standard output), or lines to standard
     /// output without one. The file is created before the capture starts,
     /// so a path that can't be written costs nothing.
-    pub fn open(path: Option<&Path>, names: Names) -> anyhow::Result<Self> {
+    pub fn open(path: Option<&Path>, names: Names, pin_dir: &Path) -> anyhow::Result<Self> {
         let stdout = || -> Box<dyn Write> { Box::new(io::stdout()) };
         let sink = match path {
             None => Sink::Lines(BufWriter::new(stdout())),
@@ -135,6 +148,8 @@ impl Output {
         };
         Ok(Self {
             names,
+            pin_dir: pin_dir.to_owned(),
+            names_read: Instant::now(),
             epoch_offset: epoch_offset(),
             sink,
         })
@@ -142,6 +157,13 @@ impl Output {
 
     /// Writes one captured packet.
     pub fn write(&mut self, record: &CaptureRecord, data: &[u8]) -> anyhow::Result<()> {
+        if self.names.lacks(record) && self.names_read.elapsed() >= NAMES_REFRESH {
+            // A VIP or worker added meanwhile; if reading fails, ids do.
+            if let Ok(names) = Names::read(&self.pin_dir) {
+                self.names = names;
+            }
+            self.names_read = Instant::now();
+        }
         let when = self.epoch_offset + Duration::from_nanos(record.ts_ns);
         let meta = metadata(record, &self.names);
         match &mut self.sink {
