@@ -35,7 +35,7 @@ use lb_common::{
 
 use crate::{
     cli::{CaptureAction, CaptureArgs},
-    dataplane, maps, privileges,
+    counters, dataplane, maps, privileges,
     service::{addr_bytes, Vip},
     stats,
 };
@@ -278,11 +278,7 @@ impl CaptureMaps {
     }
 
     fn counters(&self) -> anyhow::Result<CaptureCounters> {
-        let mut total = CaptureCounters::default();
-        for cpu in self.stats.get(&0, 0)?.iter() {
-            total.accumulate(cpu);
-        }
-        Ok(total)
+        Ok(counters::sum(&self.stats, 0)?)
     }
 
     /// Discards what an earlier capture left unread.

@@ -3,15 +3,43 @@
 use std::{borrow::Borrow, path::Path};
 
 use aya::maps::{Map, MapData, MapError, PerCpuArray};
-use lb_common::{counters::GlobalCounters, map_names};
+use lb_common::{
+    balancer::TrafficCounters, capture::CaptureCounters, counters::GlobalCounters, map_names,
+};
 
-/// Sums every CPU's copy of the global counters.
-pub fn sum<T: Borrow<MapData>>(
-    array: &PerCpuArray<T, GlobalCounters>,
-) -> Result<GlobalCounters, MapError> {
-    let mut total = GlobalCounters::default();
-    for cpu_copy in array.get(&0, 0)?.iter() {
-        total.accumulate(cpu_copy);
+/// Counters the data plane keeps one copy of per CPU, which add up field
+/// by field.
+pub trait PerCpuCounters: aya::Pod + Default {
+    /// Adds another CPU's copy.
+    fn add(&mut self, other: &Self);
+}
+
+impl PerCpuCounters for GlobalCounters {
+    fn add(&mut self, other: &Self) {
+        self.accumulate(other);
+    }
+}
+
+impl PerCpuCounters for TrafficCounters {
+    fn add(&mut self, other: &Self) {
+        self.accumulate(other);
+    }
+}
+
+impl PerCpuCounters for CaptureCounters {
+    fn add(&mut self, other: &Self) {
+        self.accumulate(other);
+    }
+}
+
+/// Sums every CPU's copy of slot `index`.
+pub fn sum<T: Borrow<MapData>, C: PerCpuCounters>(
+    array: &PerCpuArray<T, C>,
+    index: u32,
+) -> Result<C, MapError> {
+    let mut total = C::default();
+    for cpu_copy in array.get(&index, 0)?.iter() {
+        total.add(cpu_copy);
     }
     Ok(total)
 }
@@ -21,7 +49,7 @@ pub fn sum<T: Borrow<MapData>>(
 pub fn read_pinned(pin_dir: &Path) -> Result<GlobalCounters, MapError> {
     let data = MapData::from_pin(pin_dir.join(map_names::COUNTERS))?;
     let array = PerCpuArray::try_from(Map::from_map_data(data)?)?;
-    sum(&array)
+    sum(&array, 0)
 }
 
 /// The counters as `name value` lines, names padded into a column.

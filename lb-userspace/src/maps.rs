@@ -429,11 +429,7 @@ pub fn pinned_maglev_table(pin_dir: &Path, vip_id: u32) -> Result<Vec<u32>, MapE
 /// Sums the per-CPU copies of every entry of a traffic counter array.
 pub fn traffic(pin_dir: &Path, name: &str, index: u32) -> Result<TrafficCounters, MapError> {
     let array: PerCpuArray<MapData, TrafficCounters> = open_pinned(pin_dir, name)?.try_into()?;
-    let mut total = TrafficCounters::default();
-    for copy in array.get(&index, 0)?.iter() {
-        total.accumulate(copy);
-    }
-    Ok(total)
+    crate::counters::sum(&array, index)
 }
 
 /// A new Maglev table holding `slots`.
