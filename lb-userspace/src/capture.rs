@@ -14,7 +14,7 @@ use std::{
     fs, io,
     net::IpAddr,
     os::fd::AsRawFd as _,
-    path::{Path, PathBuf},
+    path::Path,
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc,
@@ -200,25 +200,9 @@ fn parse_client(text: &str) -> anyhow::Result<(IpAddr, u8)> {
 /// Takes the instance's capture lock, beside the controller's lock of its
 /// pin directory: the ring buffer has one reader.
 fn lock(pin_dir: &Path) -> anyhow::Result<fs::File> {
-    let path = capture_lock_path(pin_dir);
-    fs::create_dir_all(dataplane::LOCK_DIR)
-        .with_context(|| format!("cannot create {}", dataplane::LOCK_DIR))?;
-    let file = fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .with_context(|| format!("cannot open {}", path.display()))?;
-    // SAFETY: flock on a descriptor this function owns.
-    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        anyhow::bail!("another `lb capture` runs on this instance; one capture at a time");
-    }
-    Ok(file)
-}
-
-/// The lock file of captures of the instance pinned under `pin_dir`.
-pub fn capture_lock_path(pin_dir: &Path) -> PathBuf {
-    dataplane::lock_path(pin_dir).with_extension("capture.lock")
+    dataplane::take_lock(&dataplane::capture_lock_path(pin_dir))?.ok_or_else(|| {
+        anyhow::anyhow!("another `lb capture` runs on this instance; one capture at a time")
+    })
 }
 
 /// The pinned maps a capture uses.
@@ -418,20 +402,16 @@ fn split_record(item: &[u8]) -> Option<(CaptureRecord, &[u8])> {
 /// controller calls this now and then, so the data plane does not go on
 /// copying packets for nobody. True if it turned one off.
 pub fn clear_abandoned(pin_dir: &Path) -> anyhow::Result<bool> {
-    let path = capture_lock_path(pin_dir);
-    let filter: Array<MapData, CaptureFilter> =
+    let mut filter: Array<MapData, CaptureFilter> =
         maps::open_pinned(pin_dir, map_names::CAPTURE)?.try_into()?;
     if filter.get(&0, 0)?.enabled != CAPTURE_ON {
         return Ok(false);
     }
-    let Ok(file) = fs::OpenOptions::new().write(true).open(&path) else {
+    // Held while turning it off, so no capture starting meanwhile loses
+    // its filter.
+    let Some(_lock) = dataplane::take_lock(&dataplane::capture_lock_path(pin_dir))? else {
         return Ok(false);
     };
-    // SAFETY: flock on a descriptor this function owns.
-    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        return Ok(false);
-    }
-    let mut filter = filter;
     filter.set(0, CaptureFilter::default(), 0)?;
     Ok(true)
 }

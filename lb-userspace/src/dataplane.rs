@@ -803,7 +803,7 @@ fn remove_pins(dir: &Path) {
 }
 
 /// Removes every pin of an instance: the link (which detaches the program
-/// once no process holds it), the maps, its marks and its lock file.
+/// once no process holds it), the maps, its marks and its lock files.
 pub fn detach_pins(dir: &Path) {
     remove_pins(dir);
     let _ = fs::remove_file(dir.join(LINK_PIN));
@@ -812,6 +812,7 @@ pub fn detach_pins(dir: &Path) {
     }
     let _ = fs::remove_dir(dir);
     let _ = fs::remove_file(lock_path(dir));
+    let _ = fs::remove_file(capture_lock_path(dir));
 }
 
 /// Whether anything of an instance is pinned under `dir`: a link, or maps
@@ -838,10 +839,30 @@ pub fn lock_path(dir: &Path) -> PathBuf {
     Path::new(LOCK_DIR).join(format!("{escaped}.lock"))
 }
 
-/// Takes the pin directory's lock: one controller per instance. The lock
-/// file lives in a root-only directory, so no other user can hold it.
+/// The lock file of `lb capture` on pin directory `dir`, beside the
+/// controller's: the ring buffer has one reader.
+pub fn capture_lock_path(dir: &Path) -> PathBuf {
+    lock_path(dir).with_extension("capture.lock")
+}
+
+/// Takes the pin directory's lock: one controller per instance.
 fn lock_pin_dir(dir: &Path) -> Result<fs::File, DataplaneError> {
-    use std::os::{fd::AsRawFd as _, unix::fs::OpenOptionsExt as _};
+    take_lock(&lock_path(dir))?.ok_or_else(|| DataplaneError::PinDirInUse(dir.to_owned()))
+}
+
+/// Whether a controller holds the pin directory's lock.
+pub fn pin_dir_locked(dir: &Path) -> bool {
+    let Ok(file) = fs::File::open(lock_path(dir)) else {
+        return false;
+    };
+    !try_flock(&file)
+}
+
+/// Takes lock file `path` (created if needed) in [`LOCK_DIR`]; `None`
+/// when someone else holds it. The directory is root's alone, so no
+/// other user can hold or replace a lock.
+pub fn take_lock(path: &Path) -> Result<Option<fs::File>, DataplaneError> {
+    use std::os::unix::fs::OpenOptionsExt as _;
     let lock_dir = Path::new(LOCK_DIR);
     let lock_error = |source| DataplaneError::PinDir {
         path: lock_dir.to_owned(),
@@ -855,23 +876,17 @@ fn lock_pin_dir(dir: &Path) -> Result<fs::File, DataplaneError> {
         .write(true)
         .mode(0o600)
         .custom_flags(libc::O_NOFOLLOW)
-        .open(lock_path(dir))
+        .open(path)
         .map_err(lock_error)?;
-    // SAFETY: flock on a descriptor we own.
-    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        return Err(DataplaneError::PinDirInUse(dir.to_owned()));
-    }
-    Ok(file)
+    Ok(try_flock(&file).then_some(file))
 }
 
-/// Whether a controller holds the pin directory's lock.
-pub fn pin_dir_locked(dir: &Path) -> bool {
+/// Takes an exclusive flock on `file` without waiting; the lock goes with
+/// the file.
+fn try_flock(file: &fs::File) -> bool {
     use std::os::fd::AsRawFd as _;
-    let Ok(file) = fs::File::open(lock_path(dir)) else {
-        return false;
-    };
-    // SAFETY: flock on a descriptor we own; the lock goes with the file.
-    unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) != 0 }
+    // SAFETY: flock on a descriptor the caller owns.
+    unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
 }
 
 /// Refuses a directory that another user owns or may write: they could

@@ -893,6 +893,7 @@ impl Drop for Testbed {
         for dir in &self.cleanup_dirs {
             let _ = fs::remove_dir_all(dir);
             let _ = fs::remove_file(lb_userspace::dataplane::lock_path(dir));
+            let _ = fs::remove_file(lb_userspace::dataplane::capture_lock_path(dir));
         }
         for file in &self.cleanup_files {
             let _ = fs::remove_file(file);
