@@ -36,7 +36,7 @@ use lb_common::{
 use crate::{
     cli::{CaptureAction, CaptureArgs},
     counters, dataplane, maps, privileges,
-    service::{addr_bytes, Vip},
+    service::{addr_bytes, family_word, Vip},
     stats,
 };
 
@@ -138,8 +138,8 @@ fn resolve(args: &CaptureArgs, names: &Names) -> anyhow::Result<Wanted> {
             if addr.is_ipv4() != vip.addr.is_ipv4() {
                 anyhow::bail!(
                     "--client {text} is {} but VIP {vip} is {}: it would match nothing",
-                    family_name(addr),
-                    family_name(vip.addr)
+                    family_word(addr),
+                    family_word(vip.addr)
                 );
             }
         }
@@ -153,14 +153,6 @@ fn resolve(args: &CaptureArgs, names: &Names) -> anyhow::Result<Wanted> {
         count: args.count,
         duration: args.duration,
     })
-}
-
-fn family_name(addr: IpAddr) -> &'static str {
-    if addr.is_ipv4() {
-        "IPv4"
-    } else {
-        "IPv6"
-    }
 }
 
 /// The bit of each action asked for; all of them when none is.

@@ -18,9 +18,8 @@ use aya::maps::{Array, HashMap, MapData, MapError};
 use lb_common::{
     balancer::{
         mask_prefix, Backend, Config, FlowKey, FlowValue, StickyKey, StickyValue, VipInfo, VipKey,
-        VipTag, BACKEND_DOWN, BACKEND_DRAINING, BACKEND_MAC_KNOWN, BACKEND_UNREACHABLE,
-        BACKEND_VALID, FLOW_CLOSING, LOAD_SCALE, LOAD_UNKNOWN, NO_BACKEND, SCHED_LEAST_LOAD,
-        VIP_HAS_PINS, VIP_STICKY,
+        VipTag, BACKEND_MAC_KNOWN, BACKEND_VALID, FLOW_CLOSING, LOAD_SCALE, LOAD_UNKNOWN,
+        NO_BACKEND, SCHED_LEAST_LOAD, VIP_HAS_PINS, VIP_STICKY,
     },
     decide, map_names,
 };
@@ -130,14 +129,6 @@ pub fn parse_client(text: &str) -> Result<(IpAddr, Option<u16>), ExplainError> {
         .map_err(|_| ExplainError::BadClient(text.to_owned()))
 }
 
-fn family_word(addr: IpAddr) -> &'static str {
-    if addr.is_ipv4() {
-        "IPv4"
-    } else {
-        "IPv6"
-    }
-}
-
 fn check_family(client: IpAddr, vip: &Vip) -> Result<(), ExplainError> {
     if client.is_ipv4() == vip.addr.is_ipv4() {
         return Ok(());
@@ -145,8 +136,8 @@ fn check_family(client: IpAddr, vip: &Vip) -> Result<(), ExplainError> {
     Err(ExplainError::WrongFamily {
         client,
         vip: *vip,
-        client_family: family_word(client),
-        vip_family: family_word(vip.addr),
+        client_family: service::family_word(client),
+        vip_family: service::family_word(vip.addr),
     })
 }
 
@@ -527,14 +518,11 @@ impl View {
             format!("worker slot #{id} now serves another VIP")
         } else if generation.is_some_and(|g| g != backend.generation) {
             format!("worker slot #{id} now holds another worker ({name})")
-        } else if flags & BACKEND_DOWN != 0 {
-            format!("worker {name} is down")
-        } else if flags & BACKEND_UNREACHABLE != 0 {
-            format!("worker {name} is unreachable")
-        } else if flags & BACKEND_DRAINING != 0 {
-            format!("worker {name} is draining")
         } else {
-            format!("worker {name} can't take it")
+            match maps::state_word(flags) {
+                "up" => format!("worker {name} can't take it"),
+                state => format!("worker {name} is {state}"),
+            }
         }
     }
 
@@ -984,7 +972,7 @@ fn worker_cells(w: &WorkerReport) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lb_common::balancer::{FAMILY_V4, SCHED_MAGLEV};
+    use lb_common::balancer::{BACKEND_DOWN, BACKEND_DRAINING, FAMILY_V4, SCHED_MAGLEV};
 
     const SEC: u64 = 1_000_000_000;
     const NOW: u64 = 1000 * SEC;

@@ -189,6 +189,15 @@ pub fn parse_worker(text: &str) -> Result<IpAddr, ParseError> {
         .map_err(|_| ParseError::BadAddress(text.to_owned()))
 }
 
+/// "IPv4" or "IPv6", for messages.
+pub fn family_word(addr: IpAddr) -> &'static str {
+    if addr.is_ipv4() {
+        "IPv4"
+    } else {
+        "IPv6"
+    }
+}
+
 /// An address in the data plane's 16-byte form, with its family.
 pub fn addr_bytes(addr: IpAddr) -> ([u8; 16], u8) {
     match addr {

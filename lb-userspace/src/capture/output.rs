@@ -290,17 +290,10 @@ fn iface_name(ifindex: u32) -> Option<String> {
 
 /// CLOCK_REALTIME − CLOCK_MONOTONIC now.
 fn epoch_offset() -> Duration {
-    let read = |clock| {
-        let mut ts = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: a timespec owned here.
-        unsafe { libc::clock_gettime(clock, &mut ts) };
-        Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
-    };
-    let monotonic = read(libc::CLOCK_MONOTONIC);
-    read(libc::CLOCK_REALTIME).saturating_sub(monotonic)
+    let realtime = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    realtime.saturating_sub(Duration::from_nanos(crate::activity::monotonic_ns()))
 }
 
 /// HH:MM:SS.micro (UTC), as tcpdump prints time.
