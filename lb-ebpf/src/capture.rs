@@ -136,16 +136,15 @@ fn hand_over(ctx: &XdpContext, outcome: &Outcome, client: &[u8; 16], family: u8)
     unsafe { LB_CAPTURE_PROG.tail_call(ctx, 0) };
 }
 
-/// Copies an address by words: a byte array assignment would be a call
-/// to an out-of-line memmove.
+/// Copies an address by words.
 #[inline(always)]
 fn copy_address(to: &mut [u8; 16], from: &[u8; 16]) {
-    let from = from.as_ptr().cast::<u64>();
+    let [first, second] = words(from);
     let to = to.as_mut_ptr().cast::<u64>();
-    // SAFETY: both are 16 bytes; unaligned accesses suit any address.
+    // SAFETY: 16 bytes; unaligned writes suit any address.
     unsafe {
-        core::ptr::write_unaligned(to, core::ptr::read_unaligned(from));
-        core::ptr::write_unaligned(to.add(1), core::ptr::read_unaligned(from.add(1)));
+        core::ptr::write_unaligned(to, first);
+        core::ptr::write_unaligned(to.add(1), second);
     }
 }
 
@@ -194,22 +193,25 @@ fn matches(filter: &CaptureFilter, scratch: &CaptureScratch) -> bool {
     true
 }
 
-/// Address equality by words (a byte array `==` would be a memcmp call).
+/// An address as two words: byte-array `==` and assignment would be
+/// calls to an out-of-line memcmp and memmove.
+#[inline(always)]
+fn words(addr: &[u8; 16]) -> [u64; 2] {
+    let at = addr.as_ptr().cast::<u64>();
+    // SAFETY: 16 bytes; unaligned reads suit any address.
+    unsafe {
+        [
+            core::ptr::read_unaligned(at),
+            core::ptr::read_unaligned(at.add(1)),
+        ]
+    }
+}
+
+/// Address equality by words.
 #[inline(always)]
 fn same(a: &[u8; 16], b: &[u8; 16]) -> bool {
-    let word = |x: &[u8; 16], i: usize| {
-        u64::from_ne_bytes([
-            x[i],
-            x[i + 1],
-            x[i + 2],
-            x[i + 3],
-            x[i + 4],
-            x[i + 5],
-            x[i + 6],
-            x[i + 7],
-        ])
-    };
-    word(a, 0) == word(b, 0) && word(a, 8) == word(b, 8)
+    let ([a0, a1], [b0, b1]) = (words(a), words(b));
+    a0 == b0 && a1 == b1
 }
 
 /// Copies the frame's first `snaplen` bytes after the record and sends

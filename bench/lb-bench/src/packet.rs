@@ -11,7 +11,7 @@ use lb_common::{
     balancer::{vip_filter_bit, FlowKey, FlowValue, FAMILY_V4},
     capture::{CaptureFilter, CAPTURE_ON, FILTER_CLIENT, MAX_SNAPLEN},
     map_names,
-    packet::IPPROTO_TCP,
+    packet::{widen, IPPROTO_TCP},
     program_names,
 };
 use lb_testing::{
@@ -351,8 +351,6 @@ fn capture_nothing(lb: &mut Loaded) -> anyhow::Result<()> {
         .map_mut(map_names::CAPTURE)
         .context("no capture map")?
         .try_into()?;
-    let mut client = [0u8; 16];
-    client[..4].copy_from_slice(&[198, 51, 100, 250]);
     let wanted = CaptureFilter {
         enabled: CAPTURE_ON,
         snaplen: MAX_SNAPLEN,
@@ -360,7 +358,7 @@ fn capture_nothing(lb: &mut Loaded) -> anyhow::Result<()> {
         flags: FILTER_CLIENT,
         client_prefix: 32,
         client_family: FAMILY_V4,
-        client,
+        client: widen([198, 51, 100, 250]),
         ..CaptureFilter::default()
     };
     filter.set(0, wanted, 0)?;
