@@ -14,12 +14,15 @@ use std::{
 
 use anyhow::Context as _;
 use lb_common::{
-    balancer::{Backend, FORWARD_GUE, FORWARD_IPIP},
+    balancer::{Backend, FAMILY_V4, FAMILY_V6, FORWARD_GUE, FORWARD_IPIP},
     capture::{
         reason, CaptureRecord, ACTION_DROP, ACTION_FORWARD, ACTION_PASS, MAX_SNAPLEN, NO_ID,
     },
     encap::{IPPROTO_IPIP, IPPROTO_IPV6, UDP_HLEN},
-    packet::{self, IpPacket, IpVersion, Parsed, ETH_HLEN, IPPROTO_TCP, IPPROTO_UDP},
+    packet::{
+        self, IpPacket, IpVersion, Parsed, ETH_HLEN, ETH_P_IP, ETH_P_IPV6, IPPROTO_ICMP,
+        IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP,
+    },
 };
 use pcap_file::{
     pcapng::{
@@ -360,7 +363,7 @@ fn inner(data: &[u8], outer: &IpPacket, worker: &Backend) -> Option<(&'static st
     };
     let packet = data.get(start..)?;
     let version = packet.first()? >> 4;
-    let ethertype: u16 = if version == 6 { 0x86dd } else { 0x0800 };
+    let ethertype = if version == 6 { ETH_P_IPV6 } else { ETH_P_IP };
     let mut frame = vec![0u8; ETH_HLEN - 2];
     frame.extend(ethertype.to_be_bytes());
     frame.extend(packet);
@@ -376,22 +379,12 @@ fn inner(data: &[u8], outer: &IpPacket, worker: &Backend) -> Option<(&'static st
 }
 
 fn describe(ip: &IpPacket) -> String {
-    let (src, dst) = match ip.version {
-        IpVersion::V4 => (
-            addr_from_bytes(ip.src, lb_common::balancer::FAMILY_V4),
-            addr_from_bytes(ip.dst, lb_common::balancer::FAMILY_V4),
-        ),
-        IpVersion::V6 => (
-            addr_from_bytes(ip.src, lb_common::balancer::FAMILY_V6),
-            addr_from_bytes(ip.dst, lb_common::balancer::FAMILY_V6),
-        ),
+    let (code, family) = match ip.version {
+        IpVersion::V4 => (FAMILY_V4, "IP"),
+        IpVersion::V6 => (FAMILY_V6, "IP6"),
     };
-    let family = if ip.version == IpVersion::V4 {
-        "IP"
-    } else {
-        "IP6"
-    };
-    let (Some(src), Some(dst)) = (src, dst) else {
+    let (Some(src), Some(dst)) = (addr_from_bytes(ip.src, code), addr_from_bytes(ip.dst, code))
+    else {
         return family.to_owned();
     };
     match ip.proto {
@@ -412,8 +405,8 @@ fn describe(ip: &IpPacket) -> String {
 
 fn proto_name(proto: u8) -> String {
     match proto {
-        1 => "icmp".into(),
-        58 => "icmp6".into(),
+        IPPROTO_ICMP => "icmp".into(),
+        IPPROTO_ICMPV6 => "icmp6".into(),
         IPPROTO_IPIP => "ipip".into(),
         IPPROTO_IPV6 => "ip6".into(),
         other => format!("proto {other}"),
