@@ -46,6 +46,51 @@ impl Cli {
     }
 }
 
+impl Cli {
+    /// Parses the process's arguments. Help and the version go out as clap
+    /// writes them; a mistake is one line on stderr like lb's other errors,
+    /// with clap's exit status 2.
+    pub fn parse_or_exit() -> Self {
+        Self::try_parse().unwrap_or_else(|error| {
+            use clap::error::ErrorKind;
+            if matches!(
+                error.kind(),
+                ErrorKind::DisplayHelp
+                    | ErrorKind::DisplayVersion
+                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            ) {
+                error.exit()
+            }
+            eprintln!("lb: error: {}", one_line(&error));
+            std::process::exit(error.exit_code())
+        })
+    }
+}
+
+/// Folds clap's rendering of a mistake into one line: the message with its
+/// indented continuation (missing arguments, possible values), then any tip
+/// and the usage, without the pointer to --help.
+fn one_line(error: &clap::Error) -> String {
+    let text = error.render().to_string();
+    let mut lines = text.lines();
+    let first = lines.next().unwrap_or_default();
+    let mut folded = first.trim_start_matches("error: ").to_owned();
+    let mut in_message = true;
+    for line in lines {
+        if line.trim().is_empty() {
+            in_message = false;
+        } else if !line.starts_with("For more information") {
+            folded.push_str(if in_message && line.starts_with(' ') {
+                " "
+            } else {
+                "; "
+            });
+            folded.push_str(&line.trim().replacen("Usage:", "usage:", 1));
+        }
+    }
+    folded
+}
+
 /// Which instance a command is for: every command takes these, before or
 /// after the subcommand.
 #[derive(Debug, clap::Args)]
@@ -671,4 +716,51 @@ pub enum ProtoArg {
     Tcp,
     /// UDP.
     Udp,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mistake(args: &[&str]) -> String {
+        one_line(&Cli::try_parse_from(args).unwrap_err())
+    }
+
+    #[test]
+    fn argument_mistakes_are_one_line_that_keeps_clap_s_details() {
+        for (args, expected) in [
+            (
+                &["lb", "capture", "--action", "bounce"][..],
+                "invalid value 'bounce' for '--action <ACTION>' \
+                 [possible values: forward, pass, drop, reply]",
+            ),
+            (
+                &["lb", "vip", "add"],
+                "the following required arguments were not provided: <VIP>; \
+                 usage: lb vip add <VIP>",
+            ),
+            (
+                &["lb", "vip", "add", "192.0.2.1:80/tcp", "--bogus"],
+                "unexpected argument '--bogus' found; \
+                 tip: to pass '--bogus' as a value, use '-- --bogus'; \
+                 usage: lb vip add <VIP>",
+            ),
+            (
+                &["lb", "frob"],
+                "unrecognized subcommand 'frob'; usage: lb [OPTIONS] <COMMAND>",
+            ),
+        ] {
+            assert_eq!(mistake(args), expected, "{args:?}");
+        }
+    }
+
+    #[test]
+    fn a_value_parser_s_own_message_stays_on_the_line() {
+        let folded = mistake(&["lb", "capture", "--duration", "soon"]);
+        assert!(!folded.contains('\n'), "{folded}");
+        assert!(
+            folded.starts_with("invalid value 'soon' for '--duration <DURATION>': "),
+            "{folded}"
+        );
+    }
 }

@@ -1,8 +1,7 @@
-use clap::Parser as _;
 use lb_userspace::cli::{Cli, Command};
 
 fn main() {
-    let cli = Cli::parse();
+    let cli = Cli::parse_or_exit();
     let level = match &cli.command {
         Command::Run(args) => args.log_level.as_deref(),
         _ => None,

@@ -73,6 +73,11 @@ fn unknown_xdp_mode_is_rejected() {
         .args(["run", "--iface", "lo", "--xdp-mode", "turbo"])
         .output()
         .unwrap();
-    assert!(!output.status.success());
-    assert!(String::from_utf8_lossy(&output.stderr).contains("invalid value 'turbo'"));
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with("lb: error: invalid value 'turbo'"),
+        "{stderr}"
+    );
 }
