@@ -349,6 +349,8 @@ pub struct Status {
     pub announced: usize,
     /// VIP addresses not announced (withdrawn, no worker, not attached).
     pub not_announced: usize,
+    /// Whether an `lb capture` has the data plane copying packets now.
+    pub capture_running: bool,
 }
 
 /// Sends `request` to the controller at `socket` and returns its data.

@@ -390,6 +390,28 @@ fn split_record(item: &[u8]) -> Option<(CaptureRecord, &[u8])> {
     Some((record, data))
 }
 
+/// What an instance's captures amount to, for `lb status` and the metrics.
+#[derive(Debug, Default)]
+pub struct Activity {
+    /// Whether an `lb capture` has the data plane copying packets now (each
+    /// packet then pays a tail call and the filter).
+    pub running: bool,
+    /// What every capture since the maps were created counted.
+    pub counters: CaptureCounters,
+}
+
+/// Reads [`Activity`] from the pinned maps.
+pub fn activity(pin_dir: &Path) -> anyhow::Result<Activity> {
+    let filter: Array<MapData, CaptureFilter> =
+        maps::open_pinned(pin_dir, map_names::CAPTURE)?.try_into()?;
+    let stats: PerCpuArray<MapData, CaptureCounters> =
+        maps::open_pinned(pin_dir, map_names::CAPTURE_STATS)?.try_into()?;
+    Ok(Activity {
+        running: filter.get(&0, 0)?.enabled == CAPTURE_ON,
+        counters: counters::sum(&stats, 0)?,
+    })
+}
+
 /// Turns off a capture whose reader died without doing so (killed): the
 /// controller calls this now and then, so the data plane does not go on
 /// copying packets for nobody. True if it turned one off.

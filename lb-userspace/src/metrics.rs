@@ -6,7 +6,9 @@ use std::{path::Path, sync::Arc};
 
 use anyhow::Context as _;
 use hyper::{body::Bytes, Method, Request, StatusCode};
-use lb_common::{balancer::TrafficCounters, counters::GlobalCounters, map_names};
+use lb_common::{
+    balancer::TrafficCounters, capture::CaptureCounters, counters::GlobalCounters, map_names,
+};
 use prometheus_client::{
     encoding::text::encode,
     metrics::{counter::Counter, family::Family, gauge::Gauge},
@@ -16,6 +18,7 @@ use tokio::net::TcpListener;
 
 use crate::{
     api::WorkerState,
+    capture,
     controller::MetricsSnapshot,
     counters,
     dataplane::ProgramStats,
@@ -105,6 +108,7 @@ pub fn render(snapshot: &MetricsSnapshot) -> anyhow::Result<String> {
         snapshot.check_latency.clone(),
     );
     program(&mut registry, snapshot.program);
+    capture(&mut registry, &snapshot.pin_dir);
     announcements(&mut registry, snapshot);
     let mut text = String::new();
     encode(&mut text, &registry).context("encoding metrics")?;
@@ -371,6 +375,37 @@ fn announcements(registry: &mut Registry, snapshot: &MetricsSnapshot) {
         announced
             .get_or_create(&labels(&[("address", &address), ("reason", reason)]))
             .set(f64::from(u8::from(row.announced)));
+    }
+}
+
+/// Whether a capture runs, so a forgotten one shows on a dashboard, and
+/// what captures counted (no figure if the maps can't be read: the other
+/// families still matter more).
+fn capture(registry: &mut Registry, pin_dir: &Path) {
+    let activity = match capture::activity(pin_dir) {
+        Ok(activity) => activity,
+        Err(e) => {
+            tracing::debug!("reading the capture maps: {e:#}");
+            return;
+        }
+    };
+    let running: Gauge = Gauge::default();
+    running.set(i64::from(activity.running));
+    registry.register(
+        "lb_capture_running",
+        "1 while an lb capture has the data plane copying packets, else 0",
+        running,
+    );
+    let packets: Counters = family(
+        registry,
+        "lb_capture_packets",
+        "Packets that matched a capture's filter: captured, or lost to a full ring buffer",
+    );
+    let CaptureCounters { captured, lost, .. } = activity.counters;
+    for (outcome, value) in [("captured", captured), ("lost", lost)] {
+        packets
+            .get_or_create(&labels(&[("outcome", outcome)]))
+            .inc_by(value);
     }
 }
 

@@ -24,6 +24,18 @@ pub const UDP_PORT: u16 = 5353;
 /// How long one test request may take.
 pub const TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Where the rigs' tests have `lb run` serve metrics (`--metrics`).
+pub const METRICS_ADDR: &str = "192.0.2.2:9469";
+
+/// The value of the sample `series` (`name{labels}`) in a metrics scrape.
+pub fn metric(scrape: &str, series: &str) -> f64 {
+    scrape
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in:\n{scrape}"))
+}
+
 /// `2001:db8::<last>`.
 pub fn v6(last: u16) -> Ipv6Addr {
     Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, last)
@@ -69,6 +81,18 @@ pub struct Rig {
 }
 
 impl Rig {
+    /// One scrape of the metrics endpoint of an lb started with
+    /// `--metrics` [`METRICS_ADDR`], the HTTP head included.
+    pub fn scrape_metrics(&self) -> anyhow::Result<String> {
+        self.balancer.within(|| {
+            let mut stream = TcpStream::connect(METRICS_ADDR)?;
+            stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: lb\r\n\r\n")?;
+            let mut text = String::new();
+            stream.read_to_string(&mut text)?;
+            anyhow::Ok(text)
+        })?
+    }
+
     /// Builds a sandbox with `workers` workers and starts `exe run` with
     /// `lb_args` on the balancer.
     pub fn new(exe: &Path, workers: u8, lb_args: &[&str]) -> anyhow::Result<Self> {

@@ -14,7 +14,7 @@ use std::{
 use lb_common::{capture::CaptureFilter, map_names};
 use lb_testing::{
     lb_exe,
-    rig::{wait_until, Rig, UDP_PORT, VIP4, VIP6},
+    rig::{metric, wait_until, Rig, METRICS_ADDR, UDP_PORT, VIP4, VIP6},
     testbed::Host,
 };
 use pcap_file::pcapng::{blocks::enhanced_packet::EnhancedPacketOption, Block, PcapNgReader};
@@ -25,7 +25,7 @@ const EMPTY_VIP: &str = "192.0.2.100:5354/udp";
 const BALANCER_PORT: u16 = 5399;
 
 fn rig() -> Rig {
-    let rig = Rig::new(Path::new(lb_exe()), 2, &[]).unwrap();
+    let rig = Rig::new(Path::new(lb_exe()), 2, &["--metrics", METRICS_ADDR]).unwrap();
     rig.add_vip_with_workers(VIP, &["--health", "none"])
         .unwrap();
     rig.lb.cli_ok(&["vip", "add", EMPTY_VIP]).unwrap();
@@ -305,6 +305,13 @@ fn a_capture_that_cannot_keep_up_loses_records_not_packets() {
     let written = comments(&pcapng).len() as u64;
     assert!(written > 0);
     assert!(written + lost >= count, "{written} + {lost} of {count}");
+    // The metrics count what this capture, the rig's only one, counted.
+    let scrape = rig.scrape_metrics().unwrap();
+    assert_eq!(
+        metric(&scrape, r#"lb_capture_packets_total{outcome="lost"}"#),
+        lost as f64
+    );
+    assert!(metric(&scrape, r#"lb_capture_packets_total{outcome="captured"}"#) >= written as f64);
 }
 
 #[test]
@@ -329,13 +336,12 @@ fn bad_requests_get_one_line_errors() {
     assert!(run(&["--vip", VIP, "--client", "2001:db8::1"]).contains("is IPv6 but VIP"));
     assert!(run(&["--client", "192.0.2.1/40"]).contains("--client"));
     assert!(run(&["-w", "/nonexistent/dir/x.pcapng"]).contains("cannot write"));
-    // clap's own errors name the value (and list the good ones).
-    let output = Command::new(lb_exe())
-        .args(["capture", "--action", "bounce"])
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
-    assert!(String::from_utf8_lossy(&output.stderr).contains("'bounce'"));
+    // clap's own errors name the value and list the good ones.
+    let bounce = run(&["--action", "bounce"]);
+    assert!(
+        bounce.contains("'bounce'") && bounce.contains("drop"),
+        "{bounce}"
+    );
 
     // Without privileges.
     let output = Command::new("setpriv")
@@ -362,30 +368,39 @@ fn bad_requests_get_one_line_errors() {
     stop_capture(first);
 }
 
-/// Whether the data plane is asked to capture.
-fn capturing(rig: &Rig) -> bool {
+/// Whether the data plane is asked to capture, as its map, `lb status`
+/// and the metrics say.
+fn capturing(rig: &Rig) -> [bool; 3] {
     let map = aya::maps::MapData::from_pin(rig.lb.pin_dir().join(map_names::CAPTURE)).unwrap();
     let filter: aya::maps::Array<_, CaptureFilter> =
         aya::maps::Array::try_from(aya::maps::Map::Array(map)).unwrap();
-    filter.get(&0, 0).unwrap().enabled != 0
+    let status: serde_json::Value =
+        serde_json::from_str(&rig.lb.cli_ok(&["status", "-o", "json"]).unwrap()).unwrap();
+    let running = metric(&rig.scrape_metrics().unwrap(), "lb_capture_running");
+    [
+        filter.get(&0, 0).unwrap().enabled != 0,
+        status["capture_running"].as_bool().unwrap(),
+        running == 1.0,
+    ]
 }
 
 #[test]
 fn the_controller_turns_off_a_capture_whose_reader_was_killed() {
     lb_testing::needs_root!();
     let rig = rig();
+    assert_eq!(capturing(&rig), [false; 3]);
     let mut capture = start_capture(&rig, &[]);
-    assert!(capturing(&rig));
+    assert_eq!(capturing(&rig), [true; 3]);
     capture.kill().unwrap();
     capture.wait().unwrap();
     wait_until(Duration::from_secs(10), "the capture turned off", || {
-        !capturing(&rig)
+        capturing(&rig) == [false; 3]
     });
     // A capture that ends by itself turns the data plane's copying off.
     let capture = start_capture(&rig, &["--duration", "30s"]);
-    assert!(capturing(&rig));
+    assert_eq!(capturing(&rig), [true; 3]);
     stop_capture(capture);
-    assert!(!capturing(&rig));
+    assert_eq!(capturing(&rig), [false; 3]);
 }
 
 #[test]

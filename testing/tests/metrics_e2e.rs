@@ -2,49 +2,26 @@
 //! the traffic sent. Needs root.
 
 use std::{
-    io::{Read as _, Write as _},
-    net::{IpAddr, SocketAddr, TcpStream, UdpSocket},
+    net::{IpAddr, SocketAddr, UdpSocket},
     time::Duration,
 };
 
 use lb_testing::{
     lb_exe,
-    rig::{Rig, UDP_PORT, VIP4},
+    rig::{metric, Rig, METRICS_ADDR, UDP_PORT, VIP4},
     testbed::http_get,
 };
 
 const TCP_VIP: &str = "192.0.2.100:80/tcp";
 const UDP_VIP: &str = "192.0.2.100:5353/udp";
 
-fn scrape(rig: &Rig) -> String {
-    rig.balancer
-        .within(|| {
-            let mut stream = TcpStream::connect("192.0.2.2:9469").unwrap();
-            stream
-                .write_all(b"GET /metrics HTTP/1.1\r\nHost: lb\r\n\r\n")
-                .unwrap();
-            let mut text = String::new();
-            stream.read_to_string(&mut text).unwrap();
-            text
-        })
-        .unwrap()
-}
-
-/// The value of the sample `name{labels}` in an exposition.
-fn sample(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or_else(|| panic!("no {series} in:\n{text}"))
-}
-
 #[test]
 fn scraped_metrics_match_the_traffic_sent() {
     lb_testing::needs_root!();
-    let rig = Rig::new(lb_exe().as_ref(), 2, &["--metrics", "192.0.2.2:9469"]).unwrap();
+    let rig = Rig::new(lb_exe().as_ref(), 2, &["--metrics", METRICS_ADDR]).unwrap();
     rig.add_vip_with_workers(TCP_VIP, &[]).unwrap();
     rig.add_vip_with_workers(UDP_VIP, &[]).unwrap();
-    let before = scrape(&rig);
+    let before = rig.scrape_metrics().unwrap();
     assert!(before.starts_with("HTTP/1.1 200"), "{before}");
 
     let target = SocketAddr::new(IpAddr::V4(VIP4), 80);
@@ -72,19 +49,19 @@ fn scraped_metrics_match_the_traffic_sent() {
         })
         .unwrap();
 
-    let text = scrape(&rig);
+    let text = rig.scrape_metrics().unwrap();
     let udp_vip = format!("{{vip=\"{UDP_VIP}\"}}");
     let tcp_vip = format!("{{vip=\"{TCP_VIP}\"}}");
     assert_eq!(
-        sample(&text, &format!("lb_vip_packets_total{udp_vip}")),
+        metric(&text, &format!("lb_vip_packets_total{udp_vip}")),
         100.0
     );
     assert_eq!(
-        sample(&text, &format!("lb_vip_new_flows_total{udp_vip}")),
+        metric(&text, &format!("lb_vip_new_flows_total{udp_vip}")),
         20.0
     );
     assert_eq!(
-        sample(&text, &format!("lb_vip_new_flows_total{tcp_vip}")),
+        metric(&text, &format!("lb_vip_new_flows_total{tcp_vip}")),
         30.0
     );
     let stats = rig.lb.stats_json().unwrap();
@@ -97,22 +74,22 @@ fn scraped_metrics_match_the_traffic_sent() {
         .as_f64()
         .unwrap();
     assert_eq!(
-        sample(&text, &format!("lb_vip_packets_total{tcp_vip}")),
+        metric(&text, &format!("lb_vip_packets_total{tcp_vip}")),
         tcp_packets
     );
     let global = rig.lb.stats().unwrap();
     assert_eq!(
-        sample(&text, "lb_forwarded_packets_total"),
+        metric(&text, "lb_forwarded_packets_total"),
         global.forwarded as f64
     );
     for worker in &rig.workers {
         let labels = format!("{{vip=\"{TCP_VIP}\",worker=\"{}\"}}", worker.ipv4);
-        assert_eq!(sample(&text, &format!("lb_worker_up{labels}")), 1.0);
-        assert_eq!(sample(&text, &format!("lb_worker_weight{labels}")), 100.0);
+        assert_eq!(metric(&text, &format!("lb_worker_up{labels}")), 1.0);
+        assert_eq!(metric(&text, &format!("lb_worker_weight{labels}")), 100.0);
     }
     assert!(text.contains("# TYPE lb_dropped_packets counter"), "{text}");
     assert!(
-        sample(&text, "lb_health_check_duration_seconds_count") >= 2.0,
+        metric(&text, "lb_health_check_duration_seconds_count") >= 2.0,
         "every worker was checked at least once"
     );
     assert!(
@@ -124,7 +101,7 @@ fn scraped_metrics_match_the_traffic_sent() {
 #[test]
 fn program_runs_are_read_from_the_kernel_while_it_counts_them() {
     lb_testing::needs_root!();
-    let rig = Rig::new(lb_exe().as_ref(), 1, &["--metrics", "192.0.2.2:9469"]).unwrap();
+    let rig = Rig::new(lb_exe().as_ref(), 1, &["--metrics", METRICS_ADDR]).unwrap();
     rig.add_vip_with_workers(TCP_VIP, &[]).unwrap();
     // The kernel counts program runs while someone holds this descriptor.
     let _counting = aya::sys::enable_stats(aya::sys::Stats::RunTime).unwrap();
@@ -136,11 +113,11 @@ fn program_runs_are_read_from_the_kernel_while_it_counts_them() {
             }
         })
         .unwrap();
-    let text = scrape(&rig);
+    let text = rig.scrape_metrics().unwrap();
     // At least the 10 SYNs and their ACKs ran the program.
-    assert!(sample(&text, "lb_program_runs_total") >= 20.0, "{text}");
+    assert!(metric(&text, "lb_program_runs_total") >= 20.0, "{text}");
     assert!(
-        sample(&text, "lb_program_run_time_seconds_total") > 0.0,
+        metric(&text, "lb_program_run_time_seconds_total") > 0.0,
         "{text}"
     );
 }

@@ -9,7 +9,7 @@ use super::{Controller, Live, Reach};
 use crate::{
     activity,
     api::{BackendRow, CheckRow, SessionRow, Status, VipRow, WorkerState},
-    duration,
+    capture, duration,
     health::HealthState,
     neighbour,
     options::Forward,
@@ -207,6 +207,9 @@ impl Controller {
             announce_table: self.instance.announce_table,
             announced: announcements.iter().filter(|a| a.announced).count(),
             not_announced: announcements.iter().filter(|a| !a.announced).count(),
+            capture_running: capture::activity(&self.instance.pin_dir)
+                .inspect_err(|e| tracing::debug!("reading the capture maps: {e:#}"))
+                .is_ok_and(|a| a.running),
         }
     }
 }
