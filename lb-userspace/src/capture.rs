@@ -402,23 +402,33 @@ pub struct Activity {
 
 /// Reads [`Activity`] from the pinned maps.
 pub fn activity(pin_dir: &Path) -> anyhow::Result<Activity> {
-    let filter: Array<MapData, CaptureFilter> =
-        maps::open_pinned(pin_dir, map_names::CAPTURE)?.try_into()?;
     let stats: PerCpuArray<MapData, CaptureCounters> =
         maps::open_pinned(pin_dir, map_names::CAPTURE_STATS)?.try_into()?;
     Ok(Activity {
-        running: filter.get(&0, 0)?.enabled == CAPTURE_ON,
+        running: running(pin_dir)?,
         counters: counters::sum(&stats, 0)?,
     })
+}
+
+/// Whether an `lb capture` has the data plane copying packets now.
+pub fn running(pin_dir: &Path) -> anyhow::Result<bool> {
+    is_on(&pinned_filter(pin_dir)?)
+}
+
+fn pinned_filter(pin_dir: &Path) -> anyhow::Result<Array<MapData, CaptureFilter>> {
+    Ok(maps::open_pinned(pin_dir, map_names::CAPTURE)?.try_into()?)
+}
+
+fn is_on(filter: &Array<MapData, CaptureFilter>) -> anyhow::Result<bool> {
+    Ok(filter.get(&0, 0)?.enabled == CAPTURE_ON)
 }
 
 /// Turns off a capture whose reader died without doing so (killed): the
 /// controller calls this now and then, so the data plane does not go on
 /// copying packets for nobody. True if it turned one off.
 pub fn clear_abandoned(pin_dir: &Path) -> anyhow::Result<bool> {
-    let mut filter: Array<MapData, CaptureFilter> =
-        maps::open_pinned(pin_dir, map_names::CAPTURE)?.try_into()?;
-    if filter.get(&0, 0)?.enabled != CAPTURE_ON {
+    let mut filter = pinned_filter(pin_dir)?;
+    if !is_on(&filter)? {
         return Ok(false);
     }
     // Held while turning it off, so no capture starting meanwhile loses

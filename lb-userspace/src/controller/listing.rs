@@ -207,9 +207,9 @@ impl Controller {
             announce_table: self.instance.announce_table,
             announced: announcements.iter().filter(|a| a.announced).count(),
             not_announced: announcements.iter().filter(|a| !a.announced).count(),
-            capture_running: capture::activity(&self.instance.pin_dir)
-                .inspect_err(|e| tracing::debug!("reading the capture maps: {e:#}"))
-                .is_ok_and(|a| a.running),
+            capture_running: capture::running(&self.instance.pin_dir)
+                .inspect_err(|e| tracing::debug!("reading the capture filter: {e:#}"))
+                .unwrap_or(false),
         }
     }
 }
