@@ -430,6 +430,13 @@ impl LbProcess {
         Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     }
 
+    /// `lb status -o json`, whole.
+    pub fn status_json(&self) -> anyhow::Result<serde_json::Value> {
+        Ok(serde_json::from_str(
+            &self.cli_ok(&["status", "-o", "json"])?,
+        )?)
+    }
+
     /// `lb stats -o json`, whole.
     pub fn stats_json(&self) -> anyhow::Result<serde_json::Value> {
         Ok(serde_json::from_str(

@@ -90,8 +90,7 @@ fn addresses_are_announced_while_a_worker_takes_new_flows() {
     let mut rig = rig_announcing(&[]);
     rig.add_vip_with_workers(VIP6, &[]).unwrap();
     wait_for(&rig.balancer, &[ADDR, ADDR6], "both addresses announced");
-    let status: serde_json::Value =
-        serde_json::from_str(&rig.lb.cli_ok(&["status", "-o", "json"]).unwrap()).unwrap();
+    let status = rig.lb.status_json().unwrap();
     assert_eq!(status["announce_table"], 100, "{status}");
     assert_eq!(status["announced"], 2, "{status}");
 

@@ -112,8 +112,7 @@ fn both_balancers_announce_and_new_connections_spread_over_both() {
         assert_eq!(list[0]["announced"], true);
         assert!(list[0]["reason"].is_null(), "{list:?}");
         assert_eq!(list[0]["vips"], serde_json::json!([VIP]));
-        let status: serde_json::Value =
-            serde_json::from_str(&node.lb.cli_ok(&["status", "-o", "json"]).unwrap()).unwrap();
+        let status = node.lb.status_json().unwrap();
         assert_eq!(status["announce_table"], ANNOUNCE_TABLE);
         assert_eq!(status["announced"], 1);
     }

@@ -374,8 +374,7 @@ fn capturing(rig: &Rig) -> [bool; 3] {
     let map = aya::maps::MapData::from_pin(rig.lb.pin_dir().join(map_names::CAPTURE)).unwrap();
     let filter: aya::maps::Array<_, CaptureFilter> =
         aya::maps::Array::try_from(aya::maps::Map::Array(map)).unwrap();
-    let status: serde_json::Value =
-        serde_json::from_str(&rig.lb.cli_ok(&["status", "-o", "json"]).unwrap()).unwrap();
+    let status = rig.lb.status_json().unwrap();
     let running = metric(&rig.scrape_metrics().unwrap(), "lb_capture_running");
     [
         filter.get(&0, 0).unwrap().enabled != 0,

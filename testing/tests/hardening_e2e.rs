@@ -43,10 +43,6 @@ fn as_nobody(args: &[&str]) -> bool {
         .success()
 }
 
-fn status(lb: &LbProcess) -> serde_json::Value {
-    serde_json::from_str(&lb.cli_ok(&["status", "-o", "json"]).unwrap()).unwrap()
-}
-
 fn answers(rig: &Rig, count: usize) -> usize {
     rig.spread(IpAddr::V4(VIP4), count)
         .map_or(0, |spread| spread.values().sum())
@@ -78,7 +74,7 @@ fn another_user_can_neither_plant_lock_nor_empty_the_pin_directory() {
     wait_until(Duration::from_secs(5), "the link pinned again", || {
         pin_dir.join("link").exists()
     });
-    let status = status(&rig.lb);
+    let status = rig.lb.status_json().unwrap();
     assert_eq!(status["attached"], true, "{status}");
     assert!(rig.lb.log().contains("pinned it again"), "{}", rig.lb.log());
 
@@ -159,7 +155,7 @@ fn adoption_refuses_another_mode_or_size_unless_forced() {
         "{}",
         rig.lb.takeover_line
     );
-    assert_eq!(status(&rig.lb)["max_flows"], 5000);
+    assert_eq!(rig.lb.status_json().unwrap()["max_flows"], 5000);
     assert_eq!(answers(&rig, 10), 10);
     rig.lb.stop().unwrap();
 
@@ -175,7 +171,7 @@ fn adoption_refuses_another_mode_or_size_unless_forced() {
         .run("ip", &["-d", "link", "show", "eth0"])
         .unwrap();
     assert!(link.contains("xdpgeneric"), "{link}");
-    assert_eq!(status(&rig.lb)["xdp_mode"], "generic");
+    assert_eq!(rig.lb.status_json().unwrap()["xdp_mode"], "generic");
     assert_eq!(answers(&rig, 10), 10);
 }
 
@@ -196,7 +192,7 @@ fn limits_are_set_at_start_enforced_and_kept_on_adoption() {
     let worker = rig.addr_for(other, &rig.workers[0]);
     rig.lb.cli_ok(&["vip", "add", other]).unwrap();
     rig.lb.cli_ok(&["backend", "add", other, &worker]).unwrap();
-    let status_now = status(&rig.lb);
+    let status_now = rig.lb.status_json().unwrap();
     assert_eq!(
         (
             status_now["max_vips"].as_u64(),
@@ -230,7 +226,7 @@ fn limits_are_set_at_start_enforced_and_kept_on_adoption() {
 
     rig.start_lb(&["--max-vips", "4", "--max-workers", "8", "--force"])
         .unwrap();
-    let status_now = status(&rig.lb);
+    let status_now = rig.lb.status_json().unwrap();
     assert_eq!(
         (
             status_now["max_vips"].as_u64(),

@@ -128,7 +128,7 @@ fn flows(rig: &Rig) -> std::collections::BTreeSet<String> {
 }
 
 fn program_id(rig: &Rig) -> u64 {
-    json(&rig.lb.cli_ok(&["status", "-o", "json"]).unwrap())["program_id"]
+    rig.lb.status_json().unwrap()["program_id"]
         .as_u64()
         .unwrap()
 }

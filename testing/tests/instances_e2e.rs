@@ -120,8 +120,7 @@ fn two_named_instances_with_derived_paths_keep_apart_across_restarts() {
         assert_eq!(saved["owner"]["name"], name.as_str());
         assert_eq!(saved["owner"]["iface"], "eth0");
         assert!(paths.pin_dir.join(format!("name-{name}")).is_dir());
-        let status: serde_json::Value =
-            serde_json::from_str(&lb.cli_ok(&["status", "-o", "json"]).unwrap()).unwrap();
+        let status = lb.status_json().unwrap();
         assert_eq!(status["name"], name.as_str());
     }
 }

@@ -17,7 +17,7 @@ use std::{
 use lb_testing::{
     frames::{tcp, Packet},
     lb_exe,
-    rig::{wait_until, KeepAlive, Rig, VIP4},
+    rig::{wait_until, KeepAlive, Rig, METRICS_ADDR, VIP4},
     testbed::{enter_netns, Host},
 };
 
@@ -92,8 +92,8 @@ fn clients_that_send_garbage_or_hang_do_not_stall_the_controller() {
 /// The open-file limit the controller runs under in the tests below: the
 /// soft limit systemd gives a unit that sets none.
 const NOFILE: u64 = 1024;
-/// Where the balancer serves metrics and takes load reports.
-const METRICS: &str = "192.0.2.2:9469";
+/// Where the balancer takes load reports (it serves metrics at
+/// [`METRICS_ADDR`]).
 const LOAD: &str = "192.0.2.2:9470";
 
 /// Raises this test process's own open-file limit, so that it can hold
@@ -131,7 +131,7 @@ fn scrape(rig: &Rig) -> Option<String> {
     rig.balancer
         .within(|| {
             let mut stream =
-                TcpStream::connect_timeout(&METRICS.parse().unwrap(), Duration::from_secs(2))
+                TcpStream::connect_timeout(&METRICS_ADDR.parse().unwrap(), Duration::from_secs(2))
                     .ok()?;
             stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
             stream
@@ -170,7 +170,7 @@ fn a_slowloris_of_more_connections_than_the_open_file_limit_stops_nothing() {
     let token_path = token.0.to_string_lossy().into_owned();
     let args = [
         "--metrics",
-        METRICS,
+        METRICS_ADDR,
         "--load-listen",
         LOAD,
         "--load-token-file",
@@ -187,7 +187,7 @@ fn a_slowloris_of_more_connections_than_the_open_file_limit_stops_nothing() {
     }
 
     let count = NOFILE as usize + 100;
-    let targets = [METRICS.parse().unwrap(), LOAD.parse().unwrap()];
+    let targets = [METRICS_ADDR.parse().unwrap(), LOAD.parse().unwrap()];
     let held = slowloris(&rig.client, targets, count);
     assert!(
         held.len() > NOFILE as usize,

@@ -250,8 +250,7 @@ fn a_worker_that_never_resolves_is_unreachable_and_loses_nothing() {
         .unwrap();
     assert_eq!(row["state"], "unreachable", "{row}");
     assert_eq!(row["reason"], "no neighbour advertisement", "{row}");
-    let status: serde_json::Value =
-        serde_json::from_str(&rig.lb.cli_ok(&["status", "-o", "json"]).unwrap()).unwrap();
+    let status = rig.lb.status_json().unwrap();
     assert_eq!(status["workers_unreachable"], 1, "{status}");
     assert!(rig.lb.log().contains("is unreachable"), "{}", rig.lb.log());
 
