@@ -37,6 +37,7 @@ use pcap_file::{
 };
 
 use crate::{
+    iface,
     service::{addr_from_bytes, Vip},
     stats,
 };
@@ -262,7 +263,7 @@ fn interface(
         return Ok(*id);
     }
     let id = interfaces.len() as u32;
-    let name = iface_name(ifindex).unwrap_or_else(|| format!("ifindex {ifindex}"));
+    let name = iface::name_of(ifindex).unwrap_or_else(|| format!("ifindex {ifindex}"));
     let block = InterfaceDescriptionBlock {
         linktype: DataLink::ETHERNET,
         snaplen: MAX_SNAPLEN,
@@ -278,17 +279,6 @@ fn interface(
     writer.write_pcapng_block(block).map_err(pcap_error)?;
     interfaces.insert(ifindex, id);
     Ok(id)
-}
-
-fn iface_name(ifindex: u32) -> Option<String> {
-    let mut buf = [0u8; libc::IF_NAMESIZE];
-    // SAFETY: the buffer holds IF_NAMESIZE bytes, as the call requires.
-    let name = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr().cast()) };
-    if name.is_null() {
-        return None;
-    }
-    let end = buf.iter().position(|b| *b == 0)?;
-    String::from_utf8(buf[..end].to_vec()).ok()
 }
 
 /// CLOCK_REALTIME − CLOCK_MONOTONIC now.
