@@ -16,6 +16,7 @@ use crate::{
     duration::parse_clap as duration,
     instance::{Name, Paths, DEFAULT_NAME},
     options::{CheckKind, Forward, HealthOptions, LoadOptions, LoadSignal, Scheduler, VipOptions},
+    service::Protocol,
 };
 
 /// lb: a stateful L4 load balancer in XDP.
@@ -704,18 +705,9 @@ pub struct ExplainArgs {
     pub client: String,
     /// The VIP's protocol when the VIP has no /tcp or /udp [default: tcp].
     #[arg(long, value_enum)]
-    pub proto: Option<ProtoArg>,
+    pub proto: Option<Protocol>,
     #[command(flatten)]
     pub pinned: PinnedArgs,
-}
-
-/// `--proto` values.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum ProtoArg {
-    /// TCP.
-    Tcp,
-    /// UDP.
-    Udp,
 }
 
 #[cfg(test)]

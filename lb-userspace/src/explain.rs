@@ -27,7 +27,7 @@ use serde::Serialize;
 
 use crate::{
     activity,
-    cli::{ExplainArgs, OutputFormat, ProtoArg},
+    cli::{ExplainArgs, OutputFormat},
     maps,
     service::{self, Protocol, Vip},
     stats, table,
@@ -87,25 +87,17 @@ pub fn explain(args: &ExplainArgs, pin_dir: &Path) -> anyhow::Result<()> {
 
 /// A VIP as `ADDRESS:PORT/PROTO`, or `ADDRESS:PORT` with `--proto`
 /// (default tcp).
-pub fn parse_vip(text: &str, proto: Option<ProtoArg>) -> Result<Vip, ExplainError> {
-    let word = |proto| match proto {
-        ProtoArg::Tcp => "tcp",
-        ProtoArg::Udp => "udp",
-    };
+pub fn parse_vip(text: &str, proto: Option<Protocol>) -> Result<Vip, ExplainError> {
     if !text.contains('/') {
-        let proto = word(proto.unwrap_or(ProtoArg::Tcp));
+        let proto = proto.unwrap_or(Protocol::Tcp).word();
         return Ok(format!("{text}/{proto}").parse()?);
     }
     let vip: Vip = text.parse()?;
-    let vip_proto = match vip.proto {
-        Protocol::Tcp => ProtoArg::Tcp,
-        Protocol::Udp => ProtoArg::Udp,
-    };
     match proto {
-        Some(flag) if flag != vip_proto => Err(ExplainError::ProtoDisagrees {
+        Some(flag) if flag != vip.proto => Err(ExplainError::ProtoDisagrees {
             vip: text.to_owned(),
-            vip_proto: word(vip_proto),
-            flag: word(flag),
+            vip_proto: vip.proto.word(),
+            flag: flag.word(),
         }),
         _ => Ok(vip),
     }
@@ -1040,17 +1032,17 @@ mod tests {
 
     #[test]
     fn vips_and_clients_parse_or_say_why_not() {
-        let vip = parse_vip("192.0.2.100:80", Some(ProtoArg::Udp)).unwrap();
+        let vip = parse_vip("192.0.2.100:80", Some(Protocol::Udp)).unwrap();
         assert_eq!(vip.to_string(), "192.0.2.100:80/udp");
         assert_eq!(
             parse_vip("192.0.2.100:80", None).unwrap().proto,
             Protocol::Tcp
         );
         assert!(matches!(
-            parse_vip("192.0.2.100:80/tcp", Some(ProtoArg::Udp)),
+            parse_vip("192.0.2.100:80/tcp", Some(Protocol::Udp)),
             Err(ExplainError::ProtoDisagrees { .. })
         ));
-        assert!(parse_vip("192.0.2.100:80/tcp", Some(ProtoArg::Tcp)).is_ok());
+        assert!(parse_vip("192.0.2.100:80/tcp", Some(Protocol::Tcp)).is_ok());
         assert!(parse_vip("nonsense", None).is_err());
         let v6: IpAddr = "2001:db8::1".parse().unwrap();
         assert_eq!(parse_client("2001:db8::1").unwrap(), (v6, None));

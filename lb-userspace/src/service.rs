@@ -10,7 +10,19 @@ use lb_common::{
 use serde::{Deserialize, Serialize};
 
 /// Transport protocol of a VIP.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    clap::ValueEnum,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     /// TCP.
@@ -20,6 +32,14 @@ pub enum Protocol {
 }
 
 impl Protocol {
+    /// "tcp" or "udp", as VIPs are written.
+    pub fn word(self) -> &'static str {
+        match self {
+            Self::Tcp => "tcp",
+            Self::Udp => "udp",
+        }
+    }
+
     fn number(self) -> u8 {
         match self {
             Self::Tcp => IPPROTO_TCP,
@@ -87,10 +107,7 @@ impl FromStr for Vip {
 
 impl fmt::Display for Vip {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let proto = match self.proto {
-            Protocol::Tcp => "tcp",
-            Protocol::Udp => "udp",
-        };
+        let proto = self.proto.word();
         write!(f, "{}/{proto}", SocketAddr::new(self.addr, self.port))
     }
 }
