@@ -24,6 +24,7 @@ use std::{
 
 use anyhow::Context as _;
 use aya::maps::{Array, MapData, PerCpuArray, RingBuf};
+use clap::ValueEnum as _;
 use lb_common::{
     balancer::mask_prefix,
     capture::{
@@ -157,12 +158,11 @@ fn resolve(args: &CaptureArgs, names: &Names) -> anyhow::Result<Wanted> {
 
 /// The bit of each action asked for; all of them when none is.
 fn actions_mask(actions: &[CaptureAction]) -> u8 {
-    if actions.is_empty() {
-        return [ACTION_FORWARD, ACTION_PASS, ACTION_DROP, ACTION_REPLY]
-            .iter()
-            .fold(0, |mask, action| mask | 1 << action);
-    }
-    actions.iter().fold(0, |mask, action| {
+    let chosen = match actions {
+        [] => CaptureAction::value_variants(),
+        some => some,
+    };
+    chosen.iter().fold(0, |mask, action| {
         mask | 1
             << match action {
                 CaptureAction::Forward => ACTION_FORWARD,
