@@ -502,6 +502,8 @@ pub struct Testbed {
     /// Sockets and state files of instances with derived paths, removed on
     /// drop.
     cleanup_files: Vec<PathBuf>,
+    /// BPF filesystems of the testbed's own, unmounted on drop.
+    mounts: Vec<PathBuf>,
     programs: Vec<Ebpf>,
 }
 
@@ -525,6 +527,7 @@ impl Testbed {
             hosts: Vec::new(),
             cleanup_dirs: Vec::new(),
             cleanup_files: Vec::new(),
+            mounts: Vec::new(),
             programs: Vec::new(),
         };
         ip(&["netns", "add", &switch])?;
@@ -777,6 +780,27 @@ impl Testbed {
         dir
     }
 
+    /// A BPF filesystem of this testbed's own, mounted with `mode` on a
+    /// fresh directory and unmounted with the testbed: for a test that needs
+    /// a bpffs mode other than the one the machine's happens to have (lb
+    /// mounts /sys/fs/bpf root-only when nobody has; other tools leave it
+    /// world-writable).
+    pub fn own_bpffs(&mut self, mode: &str) -> anyhow::Result<PathBuf> {
+        let dir = std::env::temp_dir().join(format!("{}-bpffs-{}", self.prefix, self.mounts.len()));
+        fs::create_dir_all(&dir)?;
+        let status = Command::new("mount")
+            .args(["-t", "bpf", "-o", &format!("mode={mode}"), "bpf"])
+            .arg(&dir)
+            .status()
+            .context("running mount")?;
+        if !status.success() {
+            let _ = fs::remove_dir(&dir);
+            bail!("mount -t bpf on {} failed with {status}", dir.display());
+        }
+        self.mounts.push(dir.clone());
+        Ok(dir)
+    }
+
     /// The paths lb derives for an instance named after this testbed and
     /// `role` (its pin directory is [`Testbed::pin_dir`]`(role)`); they
     /// are removed with the testbed.
@@ -904,6 +928,15 @@ impl Drop for Testbed {
         }
         for file in &self.cleanup_files {
             let _ = fs::remove_file(file);
+        }
+        for dir in &self.mounts {
+            // Pin directories made on it leave their locks in lb's lock
+            // directory, like those on the machine's bpffs.
+            for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
+                let _ = fs::remove_file(lb_userspace::dataplane::lock_path(&entry.path()));
+            }
+            let _ = Command::new("umount").arg(dir).status();
+            let _ = fs::remove_dir(dir);
         }
         for host in &self.hosts {
             let _ = ip(&["netns", "del", &host.netns]);

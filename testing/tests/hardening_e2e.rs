@@ -78,12 +78,15 @@ fn another_user_can_neither_plant_lock_nor_empty_the_pin_directory() {
     assert_eq!(status["attached"], true, "{status}");
     assert!(rig.lb.log().contains("pinned it again"), "{}", rig.lb.log());
 
-    // A pin directory that another user created first is refused.
-    let planted = rig.bed.pin_dir("planted");
+    // A pin directory that another user created first is refused. The
+    // user needs a bpffs where anyone may create directories: a 1777 one of
+    // the test's own, whatever mode the machine's has.
+    let open_bpffs = rig.bed.own_bpffs("1777").unwrap();
+    let planted = open_bpffs.join("planted");
     let planted_text = planted.to_string_lossy().into_owned();
     assert!(
         as_nobody(&["mkdir", "-p", &planted_text]),
-        "the bpffs here is 1777"
+        "nobody could not create {planted_text} on a 1777 bpffs"
     );
     let socket = rig.bed.socket("planted");
     let error = refused_run(

@@ -23,7 +23,7 @@ fn run_on_a_missing_interface_says_so() {
         "--iface",
         "nosuchif0",
         "--pin-dir",
-        "/sys/fs/bpf/lb-missing-if-test",
+        format!("/sys/fs/bpf/lb-missing-if-{}", std::process::id()).as_str(),
     ]));
     assert!(
         stderr.contains("no network interface named `nosuchif0`"),
@@ -50,7 +50,7 @@ fn run_without_privileges_asks_for_root() {
                 "--iface",
                 "lo",
                 "--pin-dir",
-                "/sys/fs/bpf/lb-no-privileges-test",
+                format!("/sys/fs/bpf/lb-no-privileges-{}", std::process::id()).as_str(),
             ]),
     );
     assert!(stderr.contains("needs root"), "{stderr}");
@@ -62,7 +62,7 @@ fn stats_without_a_running_instance_explains() {
     let stderr = lb_fails(Command::new(lb_exe()).args([
         "stats",
         "--pin-dir",
-        "/sys/fs/bpf/lb-nothing-here-test",
+        format!("/sys/fs/bpf/lb-nothing-here-{}", std::process::id()).as_str(),
     ]));
     assert!(stderr.contains("is `lb run` attached"), "{stderr}");
 }
