@@ -92,6 +92,24 @@ pub struct LocalAddrKey {
     pub pad: [u8; 3],
 }
 
+impl LocalAddrKey {
+    /// The key of `addr`.
+    pub fn new(addr: core::net::IpAddr) -> Self {
+        let mut key = Self::default();
+        match addr {
+            core::net::IpAddr::V4(v4) => {
+                key.addr[..4].copy_from_slice(&v4.octets());
+                key.family = FAMILY_V4;
+            }
+            core::net::IpAddr::V6(v6) => {
+                key.addr = v6.octets();
+                key.family = FAMILY_V6;
+            }
+        }
+        key
+    }
+}
+
 #[cfg(feature = "user")]
 mod pod {
     use super::*;

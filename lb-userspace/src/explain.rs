@@ -26,11 +26,12 @@ use lb_common::{
 use serde::Serialize;
 
 use crate::{
-    activity,
-    cli::{ExplainArgs, OutputFormat},
-    maps,
+    commands::cli::{ExplainArgs, OutputFormat},
+    commands::stats,
+    commands::table,
+    dataplane::activity,
+    dataplane::maps,
     service::{self, Protocol, Vip},
-    stats, table,
 };
 
 /// Why `lb explain` can't answer.

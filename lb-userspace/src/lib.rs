@@ -1,44 +1,20 @@
-//! lb's control plane: loading and attaching the XDP data plane, Maglev
-//! tables, the controller and its admin API, and the command line.
+//! lb's control plane and command line, by role: the `lb` commands
+//! ([`commands`]) over the admin API ([`admin`]) and the control plane
+//! ([`control`]), which applies what the operator asked for ([`desired`])
+//! to the data plane's maps ([`dataplane`]) with what the checks learn from
+//! workers ([`checks`]), through the kernel's interfaces ([`kernel`]) and
+//! sockets ([`net`]). Dependencies run one way, in that order: the control
+//! plane never imports a command.
 
-pub mod activity;
-pub mod announce;
-pub mod api;
-pub mod capture;
-pub mod cli;
-pub mod client;
-pub mod config;
-pub mod controller;
-pub mod counters;
-pub mod datagram;
+pub mod admin;
+pub mod checks;
+pub mod commands;
+pub(crate) mod control;
 pub mod dataplane;
-pub mod decap;
-pub mod dns;
+pub mod desired;
 pub mod duration;
-pub mod explain;
-pub mod health;
-pub mod http;
-pub mod iface;
-pub mod instance;
-pub mod listen;
-pub mod load;
+pub(crate) mod explain;
+pub mod kernel;
 pub mod logging;
-pub mod maglev;
-pub mod maps;
-pub mod metrics;
-pub mod neighbour;
-pub mod netlink;
-pub mod object;
-pub mod options;
-pub mod private;
-pub mod privileges;
-pub mod reference;
-pub mod run;
+pub mod net;
 pub mod service;
-pub mod sessions;
-pub mod state;
-pub mod state_file;
-pub mod stats;
-pub mod table;
-pub mod top;
-pub mod tunnel;

@@ -5,7 +5,10 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use lb_userspace::{api::Request, config::FileConfig, load, service, service::Vip, state_file};
+use lb_userspace::{
+    admin::protocol::Request, checks::load, desired::config::FileConfig, desired::state_file,
+    service, service::Vip,
+};
 use proptest::prelude::*;
 
 /// Text that is mostly made of the pieces these formats use.

@@ -61,7 +61,7 @@ fn find_lb() -> anyhow::Result<String> {
 /// harness names them), so that a non-root `cargo test` lists what it
 /// skipped.
 pub fn has_root() -> bool {
-    if lb_userspace::privileges::can_manage_xdp() {
+    if lb_userspace::kernel::privileges::can_manage_xdp() {
         return true;
     }
     let thread = std::thread::current();

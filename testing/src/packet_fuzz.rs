@@ -33,10 +33,10 @@ use lb_common::{
 };
 
 use lb_userspace::{
-    maps::ControlMaps,
-    options::{Forward, VipOptions},
+    dataplane::maps::ControlMaps,
+    desired::options::{Forward, VipOptions},
+    desired::state::Desired,
     service::Vip,
-    state::Desired,
 };
 
 use crate::{

@@ -27,8 +27,8 @@ use aya::{programs::Xdp, Ebpf, EbpfLoader};
 use lb_common::program_names;
 
 use lb_userspace::{
-    instance::{self, Paths, DEFAULT_NAME},
-    object,
+    dataplane::object,
+    desired::instance::{self, Paths, DEFAULT_NAME},
 };
 
 const NETNS_DIR: &str = "/run/netns";
@@ -511,7 +511,7 @@ impl Testbed {
     /// Creates an empty switch. Needs root.
     pub fn new() -> anyhow::Result<Self> {
         ensure!(
-            lb_userspace::privileges::can_manage_xdp(),
+            lb_userspace::kernel::privileges::can_manage_xdp(),
             "network namespace rigs need root (CAP_NET_ADMIN and CAP_BPF); run the tests with sudo"
         );
         remove_stale_rigs();

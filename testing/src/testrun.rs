@@ -18,11 +18,11 @@ use lb_common::{
 };
 
 use lb_userspace::{
-    maps::{ControlMaps, WorkerEntry},
-    object,
-    options::VipOptions,
+    dataplane::maps::{ControlMaps, WorkerEntry},
+    dataplane::object,
+    desired::options::VipOptions,
+    desired::state::{Desired, DEFAULT_WEIGHT},
     service::Vip,
-    state::{Desired, DEFAULT_WEIGHT},
 };
 
 /// A loaded object whose programs can be test-run.

@@ -35,7 +35,7 @@ fn ip(text: &str) -> IpAddr {
 /// GUE port.
 fn decap() -> Loaded {
     let ebpf = aya::EbpfLoader::new()
-        .load(lb_userspace::object::LB_DECAP)
+        .load(lb_userspace::dataplane::object::LB_DECAP)
         .expect("loading the decap object");
     let mut loaded = Loaded::with_programs(ebpf, &[PROGRAM]).expect("the verifier takes lb_decap");
     let ebpf = loaded.ebpf_mut();
@@ -50,7 +50,7 @@ fn decap() -> Loaded {
         HashMap::try_from(ebpf.map_mut(map_names::LOCAL_ADDRS).unwrap()).unwrap();
     for addr in WORKER {
         local
-            .insert(lb_userspace::decap::key(ip(addr)), 1, 0)
+            .insert(lb_common::decap::LocalAddrKey::new(ip(addr)), 1, 0)
             .unwrap();
     }
     loaded

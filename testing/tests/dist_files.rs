@@ -34,7 +34,8 @@ fn the_systemd_unit_passes_systemd_analyze_verify() {
 #[test]
 fn the_example_config_is_valid() {
     let config =
-        lb_userspace::config::FileConfig::load(format!("{DIST}/lb.toml").as_ref()).unwrap();
+        lb_userspace::desired::config::FileConfig::load(format!("{DIST}/lb.toml").as_ref())
+            .unwrap();
     let desired = config.desired().unwrap();
     assert_eq!(desired.vips().len(), 3);
 }

@@ -10,7 +10,7 @@ use lb_testing::{
     frames::{error_about, flow_key, tcp, Fragment, Packet, Transport, LB_MAC},
     testrun::{configure, counter_deltas, worker_mac, Loaded},
 };
-use lb_userspace::{maglev, service::Vip, state::Desired};
+use lb_userspace::{desired::maglev, desired::state::Desired, service::Vip};
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
@@ -21,7 +21,7 @@ const XDP_TX: u32 = 3;
 struct Suite {
     lb: Loaded,
     desired: Desired,
-    _maps: lb_userspace::maps::ControlMaps,
+    _maps: lb_userspace::dataplane::maps::ControlMaps,
 }
 
 fn ip(text: &str) -> IpAddr {

@@ -99,7 +99,7 @@ const LOAD: &str = "192.0.2.2:9470";
 /// Raises this test process's own open-file limit, so that it can hold
 /// more connections than the controller may.
 fn allow_many_open_files() {
-    let limit = lb_userspace::listen::raise_descriptor_limit().unwrap();
+    let limit = lb_userspace::net::listen::raise_descriptor_limit().unwrap();
     assert!(
         limit > 2 * NOFILE,
         "the test needs {} open files, may have {limit}",
@@ -331,7 +331,8 @@ fn established_connections_survive_a_flood_of_new_flows_that_churns_the_table() 
             .unwrap(),
     )
     .unwrap();
-    let lb_mac = lb_userspace::neighbour::parse_mac(link[0]["address"].as_str().unwrap()).unwrap();
+    let lb_mac =
+        lb_userspace::kernel::neighbour::parse_mac(link[0]["address"].as_str().unwrap()).unwrap();
     let flood = syn_flood(&rig.client, lb_mac, 100_000);
     let mut failures = 0;
     while !flood.is_finished() {

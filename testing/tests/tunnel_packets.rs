@@ -13,10 +13,10 @@ use lb_testing::{
     testrun::{configure_with, counter_deltas, worker_mac, Loaded, TUNNEL_MTU, TUNNEL_SOURCES},
 };
 use lb_userspace::{
-    maglev,
-    options::{Forward, VipOptions},
+    desired::maglev,
+    desired::options::{Forward, VipOptions},
+    desired::state::Desired,
     service::Vip,
-    state::Desired,
 };
 
 const XDP_DROP: u32 = 1;
@@ -40,7 +40,7 @@ const GUE_PORT: u16 = 7777;
 struct Suite {
     lb: Loaded,
     desired: Desired,
-    _maps: lb_userspace::maps::ControlMaps,
+    _maps: lb_userspace::dataplane::maps::ControlMaps,
 }
 
 impl Suite {

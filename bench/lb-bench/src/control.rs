@@ -25,8 +25,8 @@ use lb_testing::{
     testbed::{enter_netns, Host},
 };
 use lb_userspace::{
-    maglev::{self, Member},
-    maps::open_pinned,
+    dataplane::maps::open_pinned,
+    desired::maglev::{self, Member},
     service,
 };
 

@@ -394,7 +394,7 @@ fn floor_forwarder(rig: &mut Rig, worker: &Host) -> anyhow::Result<(Loaded, Host
         serde_json::from_str(&worker.run("ip", &["-j", "link", "show", "eth0"])?)?;
     let mac = link[0]["address"]
         .as_str()
-        .and_then(lb_userspace::neighbour::parse_mac)
+        .and_then(lb_userspace::kernel::neighbour::parse_mac)
         .context("the worker's MAC")?;
     let mut loaded = floors::load()?;
     let mut target: Array<_, ForwardTarget> = loaded

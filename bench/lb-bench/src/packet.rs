@@ -20,7 +20,7 @@ use lb_testing::{
 };
 use lb_userspace::{
     dataplane::DEFAULT_MAX_FLOWS,
-    options::{Forward, VipOptions},
+    desired::options::{Forward, VipOptions},
     service::Vip,
 };
 

@@ -84,7 +84,7 @@ fn instance(flows: u32) -> anyhow::Result<Instance> {
     let mut table = loaded.flows(map_names::FLOWS)?;
     let mut floor = floors::load_with_flows(capacity)?;
     let mut floor_table = floor.flows(floors_common::map_names::FLOWS)?;
-    let now = lb_userspace::activity::monotonic_ns();
+    let now = lb_userspace::dataplane::activity::monotonic_ns();
     let vip_tag = lb_common::balancer::vip_tag(&vips()[0].key());
     for i in 0..flows {
         let value = FlowValue {

@@ -1,0 +1,760 @@
+//! The `lb` command line.
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+    time::Duration,
+};
+
+use clap::{Parser, Subcommand, ValueEnum};
+use lb_common::balancer::{DEFAULT_MAX_VIPS, DEFAULT_MAX_WORKERS};
+
+use crate::{
+    checks::datagram::Datagram,
+    checks::dns::{DnsName, DnsRcode, DnsType},
+    dataplane::{AttachMode, DEFAULT_MAX_FLOWS, LIMIT_VIPS, LIMIT_WORKERS},
+    desired::instance::{Name, Paths, DEFAULT_NAME},
+    desired::options::{
+        CheckKind, Forward, HealthOptions, LoadOptions, LoadSignal, Scheduler, VipOptions,
+    },
+    duration::parse_clap as duration,
+    service::Protocol,
+};
+
+/// lb: a stateful L4 load balancer in XDP.
+#[derive(Debug, Parser)]
+#[command(name = "lb", version, about)]
+pub struct Cli {
+    /// Which instance.
+    #[command(flatten)]
+    pub instance: InstanceArgs,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+impl Cli {
+    /// Where the instance the command is for keeps its things.
+    pub fn paths(&self) -> Paths {
+        let state_file = match &self.command {
+            Command::Run(args) => args.state_file.clone(),
+            _ => None,
+        };
+        Paths::new(
+            self.instance.name.clone(),
+            self.instance.pin_dir.clone(),
+            self.instance.socket.clone(),
+            state_file,
+        )
+    }
+}
+
+impl Cli {
+    /// Parses the process's arguments. Help and the version go out as clap
+    /// writes them; a mistake is one line on stderr like lb's other errors,
+    /// with clap's exit status 2.
+    pub fn parse_or_exit() -> Self {
+        Self::try_parse().unwrap_or_else(|error| {
+            use clap::error::ErrorKind;
+            if matches!(
+                error.kind(),
+                ErrorKind::DisplayHelp
+                    | ErrorKind::DisplayVersion
+                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            ) {
+                error.exit()
+            }
+            eprintln!("lb: error: {}", one_line(&error));
+            std::process::exit(error.exit_code())
+        })
+    }
+}
+
+/// Folds clap's rendering of a mistake into one line: the message with its
+/// indented continuation (missing arguments, possible values), then any tip
+/// and the usage, without the pointer to --help.
+fn one_line(error: &clap::Error) -> String {
+    let text = error.render().to_string();
+    let mut lines = text.lines();
+    let first = lines.next().unwrap_or_default();
+    let mut folded = first.trim_start_matches("error: ").to_owned();
+    let mut in_message = true;
+    for line in lines {
+        if line.trim().is_empty() {
+            in_message = false;
+        } else if !line.starts_with("For more information") {
+            folded.push_str(if in_message && line.starts_with(' ') {
+                " "
+            } else {
+                "; "
+            });
+            folded.push_str(&line.trim().replacen("Usage:", "usage:", 1));
+        }
+    }
+    folded
+}
+
+/// Which instance a command is for: every command takes these, before or
+/// after the subcommand.
+#[derive(Debug, clap::Args)]
+pub struct InstanceArgs {
+    /// The instance: its pin directory (/sys/fs/bpf/NAME), admin socket
+    /// (/run/lb/NAME.sock) and state file (/var/lib/lb/NAME.json) derive
+    /// from this name (1-32 of a-z, 0-9, _ and -).
+    #[arg(long, global = true, env = "LB_NAME", default_value = DEFAULT_NAME)]
+    pub name: Name,
+    /// The instance's pin directory on a BPF filesystem, instead of
+    /// /sys/fs/bpf/NAME.
+    #[arg(long, global = true, env = "LB_PIN_DIR")]
+    pub pin_dir: Option<PathBuf>,
+    /// The instance's admin socket, instead of /run/lb/NAME.sock.
+    #[arg(long, global = true, env = "LB_SOCKET")]
+    pub socket: Option<PathBuf>,
+}
+
+/// `lb` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Load lb's XDP program onto an interface (or adopt the one running
+    /// there) and run the controller in the foreground until Ctrl-C or
+    /// SIGTERM; the data plane keeps forwarding after it stops.
+    Run(RunArgs),
+    /// Remove lb from an interface: detach the program and delete its pins
+    /// (flows and sessions go). The controller must be stopped.
+    Detach,
+    /// Manage virtual services.
+    #[command(subcommand)]
+    Vip(VipCommand),
+    /// Manage the workers of virtual services.
+    #[command(subcommand)]
+    Backend(BackendCommand),
+    /// Sticky sessions and pinned clients.
+    #[command(subcommand)]
+    Sessions(SessionsCommand),
+    /// VIP announcements to the routers (`lb run --announce-table`):
+    /// withdraw an address for maintenance, restore it, list them.
+    #[command(subcommand)]
+    Announce(AnnounceCommand),
+    /// Describe the running instance.
+    Status(ClientArgs),
+    /// Packet counters: global, per VIP, per worker (read from the pinned
+    /// maps, so it works while the controller is down).
+    Stats(PinnedArgs),
+    /// The flow table: client → worker, with age (from the pinned maps).
+    Flows(FlowsArgs),
+    /// Why a client's next packet to a VIP goes to the worker it goes to:
+    /// its flow, pin, sticky session, Maglev slot or least-load choice,
+    /// and the workers' state, read from the pinned maps (without a port:
+    /// a new connection).
+    Explain(ExplainArgs),
+    /// A live view: per-VIP and per-worker rates, state and load,
+    /// refreshed every second; q or Ctrl-C quits.
+    Top(TopArgs),
+    /// Record what the data plane does to packets, as they leave it (after
+    /// MAC rewrite or encapsulation): pcapng for tcpdump and Wireshark with
+    /// lb's action, reason, VIP, worker and CPU in each packet's comment,
+    /// or a line per packet. Needs root, like `lb run`; one capture per
+    /// instance at a time; costs nothing when none runs.
+    Capture(CaptureArgs),
+    /// The worker side of L3 forwarding: strip lb's IPIP and GUE headers
+    /// from packets to this host (see docs/workers.md).
+    #[command(subcommand)]
+    Decap(DecapCommand),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print lb's man page (roff), or write every command's page to a
+    /// directory.
+    Man {
+        /// Write lb.1, lb-run.1, lb-vip-add.1, … here instead.
+        #[arg(long)]
+        out_dir: Option<PathBuf>,
+        /// Print a Markdown reference of every command instead (docs/cli.md,
+        /// which `cargo xtask docs` writes).
+        #[arg(long, hide = true, conflicts_with = "out_dir")]
+        markdown: bool,
+    },
+}
+
+/// Arguments of `lb run`.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// Interface to attach to.
+    #[arg(long)]
+    pub iface: String,
+    /// native: in the driver (fast); generic: in the kernel's receive path,
+    /// for drivers without XDP support.
+    #[arg(long, value_enum, default_value_t = XdpModeArg::Native)]
+    pub xdp_mode: XdpModeArg,
+    /// TOML file of VIPs and workers applied at start.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Capacity of the flow table (connections tracked at once).
+    #[arg(long, default_value_t = DEFAULT_MAX_FLOWS, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_flows: u32,
+    /// How many VIPs the instance can hold (size of the per-VIP maps).
+    #[arg(long, default_value_t = DEFAULT_MAX_VIPS, value_parser = clap::value_parser!(u32).range(1..=i64::from(LIMIT_VIPS)))]
+    pub max_vips: u32,
+    /// How many workers the instance can hold across all its VIPs (size of
+    /// the per-worker maps; a worker on two VIPs counts twice).
+    #[arg(long, default_value_t = DEFAULT_MAX_WORKERS, value_parser = clap::value_parser!(u32).range(1..=i64::from(LIMIT_WORKERS)))]
+    pub max_workers: u32,
+    /// Outer source address of IPIP and GUE packets, one per family
+    /// (repeat for the other); default: the interface's primary address of
+    /// the worker's family.
+    #[arg(long, value_name = "ADDR")]
+    pub tunnel_source: Vec<IpAddr>,
+    /// Largest IP packet, tunnel headers included, that IPIP and GUE send
+    /// (default: the interface's MTU); clients get "fragmentation needed" /
+    /// "packet too big" for what doesn't fit.
+    #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u16).range(1280..))]
+    pub tunnel_mtu: Option<u16>,
+    /// Accept worker load reports (`POST /load`) on this address, e.g.
+    /// 192.0.2.2:9470. Off unless given; needs --load-token-file.
+    #[arg(long)]
+    pub load_listen: Option<SocketAddr>,
+    /// File holding the bearer token workers send with load reports
+    /// (at least 16 characters, mode 0600).
+    #[arg(long)]
+    pub load_token_file: Option<PathBuf>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (off unless given;
+    /// `--metrics` alone listens on 127.0.0.1:9469).
+    #[arg(long, num_args = 0..=1, default_missing_value = "127.0.0.1:9469")]
+    pub metrics: Option<SocketAddr>,
+    /// Where the desired state (VIPs, workers, weights, drains, pins,
+    /// graceful removals) is saved after every change and restored from at
+    /// start, instead of /var/lib/lb/NAME.json.
+    #[arg(long)]
+    pub state_file: Option<PathBuf>,
+    /// Apply what was asked over what is pinned: another map layout or
+    /// --max-flows (fresh maps: established connections are scheduled
+    /// afresh), another --xdp-mode (attached again after a short pause).
+    #[arg(long)]
+    pub force: bool,
+    /// Announce each VIP address lb can serve as a host route (/32, /128,
+    /// `dev lo`, `proto 250`) in this kernel routing table, for a routing
+    /// daemon (BIRD, FRR) to learn and announce to the routers; see
+    /// docs/scale-out.md. Off unless given.
+    #[arg(long, value_name = "TABLE", value_parser = crate::control::announce::parse_table)]
+    pub announce_table: Option<u32>,
+    /// Detach the program and remove the pins when the controller stops
+    /// (by default the data plane keeps forwarding without it).
+    #[arg(long)]
+    pub detach_on_exit: bool,
+    /// Log level or filter (error, warn, info, debug, trace, or a
+    /// tracing filter such as `lb_userspace=debug`); overrides RUST_LOG.
+    #[arg(long)]
+    pub log_level: Option<String>,
+}
+
+/// How to print what the controller answers.
+#[derive(Debug, clap::Args)]
+pub struct ClientArgs {
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+}
+
+/// `lb decap …`. Pins go under /sys/fs/bpf/lb-decap/IFACE unless the
+/// global --pin-dir names another directory.
+#[derive(Debug, Subcommand)]
+pub enum DecapCommand {
+    /// Attach the decap program to an interface, or refresh its local
+    /// addresses and GUE port when it is attached: run it again after
+    /// adding addresses.
+    Attach {
+        /// Interface the tunnel packets arrive on.
+        #[arg(long)]
+        iface: String,
+        /// UDP port of GUE.
+        #[arg(long, default_value_t = lb_common::encap::DEFAULT_GUE_PORT)]
+        gue_port: u16,
+    },
+    /// Detach the decap program from an interface and remove its pins.
+    Detach {
+        /// The interface.
+        #[arg(long)]
+        iface: String,
+    },
+    /// Packets decapsulated, passed and dropped (every attached interface
+    /// unless one is named).
+    Stats {
+        /// The interface.
+        #[arg(long)]
+        iface: Option<String>,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
+        output: OutputFormat,
+    },
+}
+
+/// `lb vip …`.
+#[derive(Debug, Subcommand)]
+pub enum VipCommand {
+    /// Add a VIP: ADDRESS:PORT/tcp|udp, IPv6 as [ADDRESS]:PORT/tcp.
+    Add {
+        /// The VIP.
+        vip: String,
+        #[command(flatten)]
+        options: VipOptionArgs,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Replace a VIP's settings (the flags of `vip add`; what is not given
+    /// takes its default); workers, pins and established flows stay.
+    Set {
+        /// The VIP.
+        vip: String,
+        #[command(flatten)]
+        options: VipOptionArgs,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Remove a VIP (its traffic goes to the kernel again).
+    Del {
+        /// The VIP.
+        vip: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List the VIPs.
+    List {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+/// `lb backend …`.
+#[derive(Debug, Subcommand)]
+pub enum BackendCommand {
+    /// Add a worker to a VIP.
+    Add {
+        /// The VIP.
+        vip: String,
+        /// The worker's address (for DSR: the VIP's family, on the
+        /// balancer's link; for ipip and gue: either family, anywhere
+        /// routed).
+        worker: String,
+        /// Relative share of new flows (1-65535).
+        #[arg(long, default_value_t = crate::desired::state::DEFAULT_WEIGHT)]
+        weight: u32,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Remove a worker: it gets no new flows; flows it has keep going to it.
+    Del {
+        /// The VIP.
+        vip: String,
+        /// The worker's address.
+        worker: String,
+        /// Drain first and remove the worker once its flows have ended.
+        #[arg(long)]
+        graceful: bool,
+        /// With --graceful: remove it after this long even if flows remain.
+        #[arg(long, value_parser = duration, requires = "graceful")]
+        timeout: Option<Duration>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Change a worker's weight or load figure.
+    Set {
+        /// The VIP.
+        vip: String,
+        /// The worker's address.
+        worker: String,
+        /// Relative share of new flows (1-65535).
+        #[arg(long)]
+        weight: Option<u32>,
+        /// Load as a fraction of capacity (0-1), for the least-load
+        /// scheduler; expires like any report (the VIP's load TTL).
+        #[arg(long, value_parser = load_value)]
+        load: Option<f64>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Stop new flows and sessions to a worker; established flows go on.
+    Drain {
+        /// The VIP.
+        vip: String,
+        /// The worker's address.
+        worker: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Let a drained worker take new flows again.
+    Undrain {
+        /// The VIP.
+        vip: String,
+        /// The worker's address.
+        worker: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List workers, of one VIP or all.
+    List {
+        /// Only this VIP's workers.
+        vip: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+/// `lb announce …`.
+#[derive(Debug, Subcommand)]
+pub enum AnnounceCommand {
+    /// Take VIP addresses out of the announce table (all when none is
+    /// named): the routers stop sending them here, while lb keeps
+    /// forwarding what still arrives. Kept across restarts.
+    Withdraw {
+        /// A VIP address (192.0.2.100) or a VIP standing for its address
+        /// (192.0.2.100:80/tcp).
+        vip: Vec<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Announce withdrawn VIP addresses again (all when none is named), as
+    /// far as they have workers that take new flows.
+    Restore {
+        /// A VIP address or a VIP.
+        vip: Vec<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Each VIP address, whether it is announced, and why not.
+    List {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+/// `lb sessions …`.
+#[derive(Debug, Subcommand)]
+pub enum SessionsCommand {
+    /// List sticky sessions and pins.
+    List {
+        /// Only this VIP's.
+        vip: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Forget sticky sessions (pins stay): the next connection of each
+    /// client is scheduled afresh.
+    Flush {
+        /// Only this VIP's.
+        vip: Option<String>,
+        /// Only sessions on this worker.
+        #[arg(long)]
+        worker: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Send a client's new connections (its whole sticky prefix) to one
+    /// worker while that worker is up and not draining.
+    Pin {
+        /// The VIP.
+        vip: String,
+        /// The client's address.
+        client_addr: String,
+        /// The worker.
+        worker: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Remove a pin.
+    Unpin {
+        /// The VIP.
+        vip: String,
+        /// The client's address.
+        client_addr: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+/// Parses a `--load` figure (JSON has no NaN: check before sending).
+fn load_value(text: &str) -> Result<f64, String> {
+    let load: f64 = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number"))?;
+    crate::checks::load::check_value(load).map_err(|e| e.to_string())?;
+    Ok(load)
+}
+
+/// The settings of `lb vip add`.
+#[derive(Debug, clap::Args)]
+pub struct VipOptionArgs {
+    /// Maglev table size, a prime (default: 16381, or the first prime
+    /// above 100 × workers).
+    #[arg(long)]
+    pub table_size: Option<u32>,
+    /// New-flow scheduler.
+    #[arg(long, value_enum, default_value_t = Scheduler::Maglev)]
+    pub scheduler: Scheduler,
+    /// Sticky sessions: a client's new connections go to the worker it
+    /// used last, for this long after its last new connection (e.g. 300s).
+    #[arg(long, value_parser = duration)]
+    pub sticky: Option<Duration>,
+    /// Key sessions by this client prefix length (e.g. 24 or 64).
+    #[arg(long)]
+    pub sticky_prefix: Option<u8>,
+    /// A flow idle for longer is scheduled afresh at its next packet
+    /// (2s to 168h; default 300s for TCP, 60s for UDP).
+    #[arg(long, value_parser = duration)]
+    pub idle_timeout: Option<Duration>,
+    /// Health check: tcp (default for TCP VIPs), http, udp (default for
+    /// UDP VIPs), dns, or none.
+    #[arg(long, value_enum)]
+    pub health: Option<CheckKind>,
+    /// Path of the http check.
+    #[arg(long, default_value = "/")]
+    pub health_path: String,
+    /// Port to check (default: the VIP's).
+    #[arg(long)]
+    pub health_port: Option<u16>,
+    /// Time between checks.
+    #[arg(long, value_parser = duration, default_value = "1s")]
+    pub health_interval: Duration,
+    /// Limit on one check.
+    #[arg(long, value_parser = duration, default_value = "500ms")]
+    pub health_timeout: Duration,
+    /// Passed checks in a row that bring a worker up.
+    #[arg(long, default_value_t = 2)]
+    pub rise: u32,
+    /// Failed checks in a row that take a worker down.
+    #[arg(long, default_value_t = 2)]
+    pub fall: u32,
+    /// What the udp check sends (default: an empty datagram): text, or
+    /// hex: and hex digits.
+    #[arg(long, value_name = "TEXT")]
+    pub health_payload: Option<Datagram>,
+    /// The udp check passes only on a reply that starts with this (text,
+    /// or hex: and hex digits); without it, any reply or silence passes.
+    #[arg(long, value_name = "TEXT")]
+    pub health_expect: Option<Datagram>,
+    /// The name the dns check asks for (required with --health dns).
+    #[arg(long, value_name = "NAME")]
+    pub health_dns_name: Option<DnsName>,
+    /// The record type the dns check asks for: A (default), AAAA, TXT,
+    /// SOA, NS, …
+    #[arg(long, value_name = "TYPE")]
+    pub health_dns_type: Option<DnsType>,
+    /// The response code that passes the dns check: NOERROR (default),
+    /// NXDOMAIN, …
+    #[arg(long, value_name = "RCODE")]
+    pub health_dns_rcode: Option<DnsRcode>,
+    /// How packets reach the workers: dsr (same link), ipip (IPIP, IP6IP6
+    /// or across families) or gue (IP in UDP); ipip and gue reach workers
+    /// anywhere the balancer's routes reach, which run `lb decap attach`.
+    #[arg(long, value_enum, default_value_t = Forward::Dsr)]
+    pub forward: Forward,
+    /// Workers' GUE port, with --forward gue [default: 6080].
+    #[arg(long)]
+    pub gue_port: Option<u16>,
+    /// Load figure of the least-load scheduler: reported, or the worker's
+    /// active flows per weight.
+    #[arg(long, value_enum, default_value_t = LoadSignal::Reported)]
+    pub load_signal: LoadSignal,
+    /// Path the controller GETs on each worker at each check for its load
+    /// (a number from 0 to 1).
+    #[arg(long)]
+    pub load_probe: Option<String>,
+    /// A load report older than this counts as unknown.
+    #[arg(long, value_parser = duration, default_value = "10s")]
+    pub load_ttl: Duration,
+}
+
+impl From<VipOptionArgs> for VipOptions {
+    fn from(args: VipOptionArgs) -> Self {
+        Self {
+            table_size: args.table_size,
+            scheduler: args.scheduler,
+            forward: args.forward,
+            gue_port: args.gue_port,
+            sticky: args.sticky,
+            sticky_prefix: args.sticky_prefix,
+            idle_timeout: args.idle_timeout,
+            health: HealthOptions {
+                check: args.health,
+                path: args.health_path,
+                port: args.health_port,
+                interval: args.health_interval,
+                timeout: args.health_timeout,
+                rise: args.rise,
+                fall: args.fall,
+                payload: args.health_payload,
+                expect: args.health_expect,
+                dns_name: args.health_dns_name,
+                dns_type: args.health_dns_type,
+                dns_rcode: args.health_dns_rcode,
+            },
+            load: LoadOptions {
+                signal: args.load_signal,
+                probe: args.load_probe,
+                ttl: args.load_ttl,
+            },
+        }
+    }
+}
+
+/// How to print what an instance's pinned maps hold.
+#[derive(Debug, clap::Args)]
+pub struct PinnedArgs {
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+}
+
+/// Arguments of `lb top`.
+#[derive(Debug, clap::Args)]
+pub struct TopArgs {
+    /// Time between refreshes.
+    #[arg(long, value_parser = duration, default_value = "1s")]
+    pub interval: Duration,
+}
+
+/// Arguments of `lb capture`.
+#[derive(Debug, clap::Args)]
+pub struct CaptureArgs {
+    /// Only packets of this VIP (ADDRESS:PORT/tcp|udp).
+    #[arg(long)]
+    pub vip: Option<String>,
+    /// Only packets lb sent to (or dropped for) this worker.
+    #[arg(long, value_name = "ADDR")]
+    pub worker: Option<IpAddr>,
+    /// Only packets sent by this client address or prefix.
+    #[arg(long, value_name = "ADDR[/PREFIX]")]
+    pub client: Option<String>,
+    /// Only packets lb handled this way (repeat, or separate with commas,
+    /// for several; default: all).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub action: Vec<CaptureAction>,
+    /// Bytes of each packet to keep (default or 0: whole frames, which XDP
+    /// holds to 4096 bytes).
+    #[arg(long, value_name = "N")]
+    pub snaplen: Option<u32>,
+    /// Stop after this many packets.
+    #[arg(short = 'c', long = "count", value_name = "COUNT", value_parser = clap::value_parser!(u64).range(1..))]
+    pub count: Option<u64>,
+    /// Stop after this long (e.g. 30s).
+    #[arg(long, value_parser = duration)]
+    pub duration: Option<Duration>,
+    /// Write pcapng to FILE, or to standard output with `-` (`lb capture
+    /// -w - | tcpdump -r -`), instead of a line per packet.
+    #[arg(short = 'w', value_name = "FILE")]
+    pub write: Option<PathBuf>,
+}
+
+/// `lb capture --action` values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum CaptureAction {
+    /// Sent on to a worker.
+    Forward,
+    /// Passed to the kernel (not for a VIP).
+    Pass,
+    /// Dropped (no worker, worker unresolved, …).
+    Drop,
+    /// Answered by lb (echo replies, "fragmentation needed").
+    Reply,
+}
+
+/// Arguments of `lb flows`.
+#[derive(Debug, clap::Args)]
+pub struct FlowsArgs {
+    #[command(flatten)]
+    pub pinned: PinnedArgs,
+    /// Only flows of this VIP.
+    #[arg(long)]
+    pub vip: Option<String>,
+}
+
+/// `--xdp-mode` values.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum XdpModeArg {
+    /// Native (driver) XDP.
+    Native,
+    /// Generic (skb) XDP.
+    Generic,
+}
+
+impl From<XdpModeArg> for AttachMode {
+    fn from(mode: XdpModeArg) -> Self {
+        match mode {
+            XdpModeArg::Native => AttachMode::Native,
+            XdpModeArg::Generic => AttachMode::Generic,
+        }
+    }
+}
+
+/// `-o` values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    /// Aligned columns for people.
+    Table,
+    /// One JSON document for programs.
+    Json,
+}
+
+/// Arguments of `lb explain`.
+#[derive(Debug, clap::Args)]
+pub struct ExplainArgs {
+    /// The VIP: ADDRESS:PORT/tcp|udp (IPv6 as [ADDRESS]:PORT/tcp), or
+    /// ADDRESS:PORT with --proto.
+    pub vip: String,
+    /// The client: ADDRESS (its next new connection) or ADDRESS:PORT (the
+    /// next packet of that flow); IPv6 as [ADDRESS]:PORT.
+    pub client: String,
+    /// The VIP's protocol when the VIP has no /tcp or /udp [default: tcp].
+    #[arg(long, value_enum)]
+    pub proto: Option<Protocol>,
+    #[command(flatten)]
+    pub pinned: PinnedArgs,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mistake(args: &[&str]) -> String {
+        one_line(&Cli::try_parse_from(args).unwrap_err())
+    }
+
+    #[test]
+    fn argument_mistakes_are_one_line_that_keeps_clap_s_details() {
+        for (args, expected) in [
+            (
+                &["lb", "capture", "--action", "bounce"][..],
+                "invalid value 'bounce' for '--action <ACTION>' \
+                 [possible values: forward, pass, drop, reply]",
+            ),
+            (
+                &["lb", "vip", "add"],
+                "the following required arguments were not provided: <VIP>; \
+                 usage: lb vip add <VIP>",
+            ),
+            (
+                &["lb", "vip", "add", "192.0.2.1:80/tcp", "--bogus"],
+                "unexpected argument '--bogus' found; \
+                 tip: to pass '--bogus' as a value, use '-- --bogus'; \
+                 usage: lb vip add <VIP>",
+            ),
+            (
+                &["lb", "frob"],
+                "unrecognized subcommand 'frob'; usage: lb [OPTIONS] <COMMAND>",
+            ),
+        ] {
+            assert_eq!(mistake(args), expected, "{args:?}");
+        }
+    }
+
+    #[test]
+    fn a_value_parser_s_own_message_stays_on_the_line() {
+        let folded = mistake(&["lb", "capture", "--duration", "soon"]);
+        assert!(!folded.contains('\n'), "{folded}");
+        assert!(
+            folded.starts_with("invalid value 'soon' for '--duration <DURATION>': "),
+            "{folded}"
+        );
+    }
+}

@@ -1,0 +1,1052 @@
+//! The controller: applies desired-state changes to the maps, and keeps
+//! what it learns about workers (MAC, health, load, active flows) current
+//! in the maps the data plane reads.
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    net::IpAddr,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _};
+use lb_common::balancer::{
+    StickyKey, BACKEND_DOWN, BACKEND_DRAINING, BACKEND_UNREACHABLE, LOAD_UNKNOWN,
+};
+
+pub mod actor;
+mod announcing;
+mod feedback;
+mod listing;
+
+pub use listing::MetricsSnapshot;
+
+use crate::{
+    admin::protocol::{Request, Response},
+    checks::health::{self, Health, HealthState},
+    checks::load::{self, Figure, Source},
+    dataplane::maps::{ControlMaps, WorkerEntry},
+    dataplane::sessions,
+    dataplane::{LinkCheck, LinkGuard},
+    desired::options::{CheckKind, VipOptions},
+    desired::state::{self, Desired},
+    desired::state_file::StateFile,
+    duration,
+    kernel::neighbour,
+    kernel::netlink::{self, Netlink},
+    service::{self, Vip},
+};
+
+/// How long a worker whose MAC was known may stay unresolved before it
+/// counts as unreachable: longer than the kernel's three one-second
+/// solicitations.
+const UNRESOLVED_GRACE: Duration = Duration::from_secs(4);
+/// How long `backend del --graceful` waits for flows to end by default.
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(300);
+
+/// Static facts about the instance, for `lb status`.
+#[derive(Clone, Debug)]
+pub struct Instance {
+    /// The instance's name.
+    pub name: String,
+    /// Interface.
+    pub iface: String,
+    /// native or generic.
+    pub xdp_mode: String,
+    /// Program id.
+    pub program_id: u32,
+    /// Pin directory.
+    pub pin_dir: PathBuf,
+    /// Flow table capacity.
+    pub max_flows: u32,
+    /// VIPs and workers the maps hold.
+    pub limits: crate::desired::state::Limits,
+    /// Outer sources and MTU of IPIP and GUE.
+    pub tunnels: crate::control::tunnel::Tunnels,
+    /// Load report endpoint, if enabled.
+    pub load_listen: Option<String>,
+    /// Routing table of VIP announcements, if enabled.
+    pub announce_table: Option<u32>,
+}
+
+/// Whether the program still runs on the interface, as the controller
+/// last checked through its reference to the link.
+#[derive(Clone, Debug, Default)]
+pub struct Attachment {
+    /// Why it no longer runs; `None` while it does.
+    pub lost: Option<String>,
+    /// How often the link's pin was found removed and pinned again.
+    pub repins: u64,
+}
+
+/// Whether the balancer can reach a worker's host on its link.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Reach {
+    /// Its neighbour entry holds a usable MAC address.
+    Reachable,
+    /// Unresolved since then, with a MAC from before still in use: it
+    /// stays scheduled for [`UNRESOLVED_GRACE`] (an adopted worker whose
+    /// entry the kernel forgot resolves again within that).
+    Resolving(Instant),
+    /// Not scheduled, for this reason.
+    Unreachable(&'static str),
+}
+
+/// What the controller knows about a worker beyond its desired state.
+#[derive(Debug)]
+struct Live {
+    vip: Vip,
+    addr: IpAddr,
+    /// Where its frames go: the address whose neighbour entry holds the
+    /// MAC they are sent to (the worker's own on this link, else the
+    /// router's toward it).
+    hop: Hop,
+    mac: Option<[u8; 6]>,
+    /// The slot generation written for it (flows and sessions record it).
+    generation: u32,
+    reach: Reach,
+    health: Health,
+    load: Option<Figure>,
+    /// The load figure last written to the data plane.
+    written_load: u32,
+    /// Active flows at the last flow-table scan.
+    flows: u64,
+}
+
+/// The first hop toward a worker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Hop {
+    /// This address on the interface's link: the worker, or a router.
+    Via(IpAddr),
+    /// None: no route through the interface, or no tunnel source of the
+    /// worker's family. Not scheduled, for this reason.
+    Missing(&'static str),
+}
+
+impl Hop {
+    fn addr(self) -> Option<IpAddr> {
+        match self {
+            Self::Via(addr) => Some(addr),
+            Self::Missing(_) => None,
+        }
+    }
+}
+
+impl Live {
+    fn new(vip: Vip, addr: IpAddr, hop: Hop, mac: Option<[u8; 6]>, generation: u32) -> Self {
+        let reach = match (hop, mac) {
+            (Hop::Missing(reason), _) => Reach::Unreachable(reason),
+            (Hop::Via(_), Some(_)) => Reach::Reachable,
+            (Hop::Via(at), None) => Reach::Unreachable(unresolved_reason(addr, at)),
+        };
+        Self {
+            vip,
+            addr,
+            hop,
+            mac,
+            generation,
+            reach,
+            health: Health::default(),
+            load: None,
+            written_load: LOAD_UNKNOWN,
+            flows: 0,
+        }
+    }
+
+    /// Whether new flows may go to the worker.
+    fn takes_new_flows(&self) -> bool {
+        self.health.state() == HealthState::Up && !matches!(self.reach, Reach::Unreachable(_))
+    }
+}
+
+/// Why a worker at `addr` whose hop `hop` never resolved is unreachable.
+fn unresolved_reason(addr: IpAddr, hop: IpAddr) -> &'static str {
+    match (hop, hop == addr) {
+        (IpAddr::V4(_), true) => "no ARP reply",
+        (IpAddr::V6(_), true) => "no neighbour advertisement",
+        (IpAddr::V4(_), false) => "no ARP reply from its router",
+        (IpAddr::V6(_), false) => "no neighbour advertisement from its router",
+    }
+}
+
+/// Why an L3 worker has no hop.
+const NO_ROUTE: &str = "no route through the interface";
+const NO_SOURCE_V4: &str = "no IPv4 tunnel source (lb run --tunnel-source)";
+const NO_SOURCE_V6: &str = "no IPv6 tunnel source (lb run --tunnel-source)";
+
+/// How full the flow and session tables were at their last scans.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Occupancy {
+    /// Flow table entries.
+    pub flow_entries: u64,
+    /// Sticky sessions.
+    pub sessions: u64,
+}
+
+/// Desired state plus the maps that carry it out.
+pub struct Controller {
+    desired: Desired,
+    maps: ControlMaps,
+    instance: Instance,
+    live: HashMap<u32, Live>,
+    state_file: Option<StateFile>,
+    /// Route netlink, for the interface's neighbour table.
+    netlink: Netlink,
+    /// The interface's index.
+    ifindex: u32,
+    /// The reference to the program's link, if one could be taken.
+    link: Option<LinkGuard>,
+    /// VIPs whose Maglev table the last install failed to write.
+    uninstalled: BTreeSet<Vip>,
+    attachment: Attachment,
+    occupancy: Occupancy,
+    /// Durations of every health check, for the metrics.
+    check_latency: prometheus_client::metrics::histogram::Histogram,
+    /// VIPs whose Maglev table must be rebuilt at the end of the batch.
+    dirty: BTreeSet<Vip>,
+    /// VIPs the admin request being handled marked dirty.
+    touched: BTreeSet<Vip>,
+    /// The desired state changed since the state file was written.
+    unsaved: bool,
+    /// Workers the admin request being handled added whose MAC is not
+    /// known yet.
+    unresolved_added: Vec<u32>,
+    /// The announce table's keeper, with --announce-table.
+    announcer: Option<crate::control::announce::Announcer>,
+}
+
+/// An admin request carried out up to the end of its batch: its answer
+/// depends on the installs and the save that end does.
+pub struct Pending {
+    result: anyhow::Result<serde_json::Value>,
+    touched: BTreeSet<Vip>,
+    changes: bool,
+    /// Workers it added whose MAC is not known yet.
+    pub(super) unresolved: Vec<u32>,
+}
+
+/// What the end of a batch did.
+#[derive(Debug, Default)]
+pub struct Flushed {
+    /// Why each VIP whose table could not be installed failed.
+    failed: HashMap<Vip, String>,
+    /// Why the state file could not be written, if it could not.
+    unsaved: Option<String>,
+}
+
+impl Pending {
+    /// The answer, once the batch is flushed: the request's own error
+    /// first, then its VIPs' install failures, then a failed save.
+    pub fn finish(self, flushed: &Flushed) -> Response {
+        let install = self.touched.iter().find_map(|v| flushed.failed.get(v));
+        let result =
+            self.result.and_then(|data| {
+                if let Some(error) = install {
+                    bail!("{error}");
+                }
+                match (&flushed.unsaved, self.changes) {
+                    (Some(error), true) => Err(anyhow::anyhow!("{error}")
+                        .context("the change is in force but was not saved")),
+                    _ => Ok(data),
+                }
+            });
+        match result {
+            Ok(data) => Response {
+                ok: true,
+                error: None,
+                data,
+            },
+            Err(error) => Response {
+                ok: false,
+                error: Some(format!("{error:#}")),
+                data: serde_json::Value::Null,
+            },
+        }
+    }
+}
+
+impl Controller {
+    /// Writes `desired` into the maps (ids as they are: an adopted data
+    /// plane's flows refer to them), removes what the maps hold beyond it,
+    /// and saves it.
+    pub fn start(
+        desired: Desired,
+        maps: ControlMaps,
+        instance: Instance,
+        state_file: Option<StateFile>,
+        link: Option<LinkGuard>,
+    ) -> anyhow::Result<Self> {
+        let ifindex = netlink::ifindex(&instance.iface)?;
+        let netlink = Netlink::open().context("opening a route netlink socket")?;
+        let announcer = Self::open_announcer(instance.announce_table)?;
+        let mut controller = Self {
+            desired,
+            maps,
+            instance,
+            live: HashMap::new(),
+            state_file,
+            netlink,
+            ifindex,
+            link,
+            uninstalled: Default::default(),
+            attachment: Attachment::default(),
+            occupancy: Occupancy::default(),
+            check_latency: prometheus_client::metrics::histogram::Histogram::new(
+                prometheus_client::metrics::histogram::exponential_buckets(0.000_1, 4.0, 8),
+            ),
+            dirty: BTreeSet::new(),
+            touched: BTreeSet::new(),
+            unsaved: false,
+            unresolved_added: Vec::new(),
+            announcer,
+        };
+        controller
+            .maps
+            .write_config(controller.desired.hash_seed)
+            .context("writing the data plane's config")?;
+        let vips: Vec<(Vip, crate::desired::state::VipState)> = controller
+            .desired
+            .vips()
+            .iter()
+            .map(|(v, s)| (*v, s.clone()))
+            .collect();
+        for (vip, state) in &vips {
+            for (addr, worker) in &state.workers {
+                controller.start_worker(*vip, *addr, worker.id)?;
+            }
+            for (client, worker) in &state.pins {
+                let key = controller.pin_key(state.id, *client);
+                controller.maps.write_pin(key, state.workers[worker].id)?;
+            }
+            controller.install(vip)?;
+        }
+        controller.dirty.clear();
+        controller.touched.clear();
+        controller.remove_stale()?;
+        controller
+            .maps
+            .commit()
+            .map_err(|(_, error)| error)
+            .context("installing the VIPs' Maglev tables")?;
+        controller.save()?;
+        controller.announce();
+        Ok(controller)
+    }
+
+    /// Live state and map entry for a worker of the desired state. Its MAC
+    /// comes from the neighbour table or, when adopting, from the entry the
+    /// previous controller wrote, so forwarding never pauses.
+    fn start_worker(&mut self, vip: Vip, addr: IpAddr, id: u32) -> anyhow::Result<()> {
+        let hop = self.hop_for(&vip, addr);
+        self.start_worker_via(vip, addr, id, hop)
+    }
+
+    /// As [`Self::start_worker`], with the first hop already looked up.
+    fn start_worker_via(
+        &mut self,
+        vip: Vip,
+        addr: IpAddr,
+        id: u32,
+        hop: Hop,
+    ) -> anyhow::Result<()> {
+        let pinned_mac = self.maps.known_mac(id, addr);
+        let generation = self
+            .maps
+            .generation_for(id, addr)
+            .context("reading the worker's slot")?;
+        let mac = match hop {
+            Hop::Via(at) => resolve(&mut self.netlink, self.ifindex, at, pinned_mac),
+            Hop::Missing(_) => None,
+        };
+        let live = Live::new(vip, addr, hop, mac, generation);
+        if let Reach::Unreachable(reason) = live.reach {
+            self.unresolved_added.push(id);
+            tracing::warn!(
+                "worker {addr} of {vip} is unreachable ({reason}): not scheduled until it resolves"
+            );
+        }
+        self.live.insert(id, live);
+        self.maps
+            .write_load(id, LOAD_UNKNOWN)
+            .context("writing the worker's load")?;
+        self.write_worker(id)
+    }
+
+    /// The first hop toward worker `addr` of `vip`: the worker itself for
+    /// DSR; for IPIP and GUE the router its route goes through, or itself
+    /// when on the link.
+    fn hop_for(&mut self, vip: &Vip, addr: IpAddr) -> Hop {
+        let l3 = self
+            .desired
+            .vip(vip)
+            .is_ok_and(|state| state.options.forward.is_l3());
+        if !l3 {
+            return Hop::Via(addr);
+        }
+        self.l3_hop(addr)
+    }
+
+    /// The first hop toward an IPIP or GUE worker at `addr`.
+    fn l3_hop(&mut self, addr: IpAddr) -> Hop {
+        if self.instance.tunnels.source_for(addr).is_none() {
+            return Hop::Missing(if addr.is_ipv4() {
+                NO_SOURCE_V4
+            } else {
+                NO_SOURCE_V6
+            });
+        }
+        match self.netlink.route_to(addr) {
+            Ok(Some(route)) if route.ifindex == self.ifindex => {
+                Hop::Via(route.gateway.unwrap_or(addr))
+            }
+            Ok(_) => Hop::Missing(NO_ROUTE),
+            Err(error) => {
+                tracing::warn!("looking up the route to {addr}: {error}");
+                Hop::Missing(NO_ROUTE)
+            }
+        }
+    }
+
+    /// Removes VIPs and pins the maps hold but the desired state doesn't
+    /// (left by an earlier controller whose state differed).
+    fn remove_stale(&mut self) -> anyhow::Result<()> {
+        let wanted: std::collections::HashSet<_> =
+            self.desired.vips().keys().map(Vip::key).collect();
+        for key in self.maps.vip_keys() {
+            if !wanted.contains(&key) {
+                self.maps.remove_vip_key(&key)?;
+            }
+        }
+        let pins: std::collections::HashSet<StickyKey> = self
+            .desired
+            .vips()
+            .values()
+            .flat_map(|s| s.pins.keys().map(|c| self.pin_key(s.id, *c)))
+            .collect();
+        for key in self.maps.pin_keys() {
+            if !pins.contains(&key) {
+                self.maps.remove_pin(&key)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the desired state to the state file, if there is one.
+    fn save(&self) -> anyhow::Result<()> {
+        if let Some(file) = &self.state_file {
+            file.save(&self.desired)?;
+        }
+        Ok(())
+    }
+
+    /// Carries out one API request up to the end of the batch: the
+    /// tables it changes are installed and the state saved by [`Self::flush`].
+    pub fn handle(&mut self, request: Request) -> Pending {
+        let changes = request.changes_state();
+        self.touched.clear();
+        self.unresolved_added.clear();
+        let result = self.apply(request);
+        // Saved even when applying failed half way (a table the kernel
+        // could not create is retried): the file always says what the
+        // controller holds, and a refused change left nothing to save.
+        self.unsaved |= changes;
+        Pending {
+            result,
+            touched: std::mem::take(&mut self.touched),
+            changes,
+            unresolved: std::mem::take(&mut self.unresolved_added),
+        }
+    }
+
+    /// Whether the batch has work left for [`Self::flush`].
+    pub fn is_dirty(&self) -> bool {
+        !self.dirty.is_empty() || self.unsaved
+    }
+
+    /// Ends a batch: installs each VIP whose table changed once, and saves
+    /// the state once if it changed.
+    pub fn flush(&mut self) -> Flushed {
+        let mut flushed = Flushed::default();
+        for vip in std::mem::take(&mut self.dirty) {
+            if self.desired.vip(&vip).is_err() {
+                continue;
+            }
+            if let Err(error) = self.install(&vip) {
+                tracing::error!("{error:#}");
+                flushed.failed.insert(vip, format!("{error:#}"));
+            }
+        }
+        if let Err((vips, error)) = self.maps.commit() {
+            tracing::error!("installing the tables of new VIPs: {error}");
+            for vip in vips {
+                self.uninstalled.insert(vip);
+                flushed.failed.insert(
+                    vip,
+                    format!("installing its Maglev table failed ({error}); the change is saved and lb retries every second"),
+                );
+            }
+        }
+        if std::mem::take(&mut self.unsaved) {
+            if let Err(error) = self.save() {
+                tracing::error!("saving the state: {error:#}");
+                flushed.unsaved = Some(format!("{error:#}"));
+            }
+        }
+        self.announce();
+        flushed
+    }
+
+    /// The interface whose neighbours the controller follows.
+    pub fn ifindex(&self) -> u32 {
+        self.ifindex
+    }
+
+    /// Whether worker `id` is past resolving: its MAC is known, or it is
+    /// gone.
+    pub fn resolved(&self, id: u32) -> bool {
+        self.live.get(&id).is_none_or(|l| l.mac.is_some())
+    }
+
+    /// Has `vip`'s Maglev table rebuilt at the end of the batch.
+    fn reschedule(&mut self, vip: &Vip) {
+        self.dirty.insert(*vip);
+        self.touched.insert(*vip);
+    }
+
+    fn apply(&mut self, request: Request) -> anyhow::Result<serde_json::Value> {
+        let done = serde_json::Value::Null;
+        match request {
+            Request::VipAdd { vip, options } => self.add_vip(vip, options)?,
+            Request::VipSet { vip, options } => self.set_vip(&vip, options)?,
+            Request::VipDel { vip } => self.del_vip(&vip)?,
+            Request::BackendAdd {
+                vip,
+                worker,
+                weight,
+            } => self.add_worker(vip, worker, weight)?,
+            Request::BackendDel {
+                vip,
+                worker,
+                graceful: false,
+                ..
+            } => self.remove_worker(&vip, worker)?,
+            Request::BackendDel {
+                vip,
+                worker,
+                graceful: true,
+                timeout,
+            } => return self.remove_gracefully(&vip, worker, timeout.unwrap_or(DEFAULT_GRACE)),
+            Request::BackendSet {
+                vip,
+                worker,
+                weight,
+                load,
+            } => self.set(&vip, worker, weight, load)?,
+            Request::BackendDrain { vip, worker, drain } => {
+                self.set_drain(&vip, worker, drain)?;
+            }
+            Request::VipList => return Ok(serde_json::to_value(self.vip_rows())?),
+            Request::BackendList { vip } => {
+                return Ok(serde_json::to_value(self.backend_rows(vip)?)?)
+            }
+            Request::SessionsList { vip } => {
+                return Ok(serde_json::to_value(self.session_rows(vip)?)?)
+            }
+            Request::SessionsFlush { vip, worker } => return self.flush_sessions(vip, worker),
+            Request::SessionsPin {
+                vip,
+                client,
+                worker,
+            } => self.pin(&vip, client, worker)?,
+            Request::SessionsUnpin { vip, client } => self.unpin(&vip, client)?,
+            Request::AnnounceWithdraw { addresses, vips } => {
+                return self.set_withdrawn(addresses, &vips, true)
+            }
+            Request::AnnounceRestore { addresses, vips } => {
+                return self.set_withdrawn(addresses, &vips, false)
+            }
+            Request::AnnounceList => return Ok(serde_json::to_value(self.announce_rows()?)?),
+            Request::Status => return Ok(serde_json::to_value(self.status())?),
+        }
+        Ok(done)
+    }
+
+    fn add_vip(&mut self, vip: Vip, options: VipOptions) -> anyhow::Result<()> {
+        self.check_tunnel(&options, None)?;
+        self.desired.add_vip(vip, options)?;
+        self.reschedule(&vip);
+        tracing::info!("added VIP {vip}");
+        Ok(())
+    }
+
+    /// Replaces a VIP's settings and rebuilds what depends on them; with a
+    /// new sticky prefix its sessions go (they are keyed by the old one).
+    fn set_vip(&mut self, vip: &Vip, options: VipOptions) -> anyhow::Result<()> {
+        let old = self.desired.vip(vip)?;
+        let (id, old_prefix) = (old.id, old.options.prefix_for(vip));
+        for worker in old.workers.keys() {
+            self.check_tunnel(&options, Some(*worker))?;
+        }
+        self.desired.set_options(vip, options)?;
+        let state = self.desired.vip(vip)?;
+        if state.options.prefix_for(vip) != old_prefix {
+            self.flush_where(|key, _| key.vip_id == id)?;
+        }
+        let workers: Vec<(IpAddr, u32)> = state.workers.iter().map(|(a, w)| (*a, w.id)).collect();
+        for (addr, id) in workers {
+            self.sync_load(id)?;
+            self.rehop(id, *vip, addr);
+            self.write_worker(id)?;
+        }
+        self.reschedule(vip);
+        tracing::info!("changed the settings of VIP {vip}");
+        Ok(())
+    }
+
+    fn del_vip(&mut self, vip: &Vip) -> anyhow::Result<()> {
+        let state = self.desired.vip(vip)?.clone();
+        self.maps
+            .remove_vip(vip)
+            .context("removing the VIP from the data plane")?;
+        for client in state.pins.keys() {
+            self.maps.remove_pin(&self.pin_key(state.id, *client))?;
+        }
+        for worker in state.workers.values() {
+            self.forget(worker.id)?;
+        }
+        self.desired.del_vip(vip)?;
+        self.flush_where(|key, _| key.vip_id == state.id)?;
+        tracing::info!("removed VIP {vip}");
+        Ok(())
+    }
+
+    /// Refuses IPIP or GUE toward `worker` (or at all, without one) when
+    /// there is no tunnel source of its family.
+    fn check_tunnel(&self, options: &VipOptions, worker: Option<IpAddr>) -> anyhow::Result<()> {
+        if !options.forward.is_l3() {
+            return Ok(());
+        }
+        let tunnels = &self.instance.tunnels;
+        let missing = match worker {
+            Some(addr) => tunnels.source_for(addr).is_none(),
+            None => tunnels.v4.is_none() && tunnels.v6.is_none(),
+        };
+        if missing {
+            let family = match worker {
+                Some(IpAddr::V4(_)) => "IPv4 ",
+                Some(IpAddr::V6(_)) => "IPv6 ",
+                None => "",
+            };
+            bail!(
+                "--forward {} needs an outer source address: {} has no {family}address; give lb run --tunnel-source",
+                options.forward,
+                self.instance.iface
+            );
+        }
+        Ok(())
+    }
+
+    /// Looks up the first hop toward worker `id` again: after its VIP's
+    /// method or the routes changed. A worker whose hop moved resolves the
+    /// new one's MAC afresh, keeping the old meanwhile.
+    fn rehop(&mut self, id: u32, vip: Vip, addr: IpAddr) {
+        let hop = self.hop_for(&vip, addr);
+        self.set_hop(id, vip, addr, hop);
+    }
+
+    /// Gives worker `id` (`addr` of `vip`) first hop `hop`; whether it
+    /// changed.
+    fn set_hop(&mut self, id: u32, vip: Vip, addr: IpAddr, hop: Hop) -> bool {
+        let Some(live) = self.live.get_mut(&id) else {
+            return false;
+        };
+        if live.hop == hop {
+            return false;
+        }
+        tracing::info!(
+            "worker {addr} of {vip}: {}",
+            match hop {
+                Hop::Via(at) if at == addr => "reached on this link".to_owned(),
+                Hop::Via(at) => format!("reached through {at}"),
+                Hop::Missing(reason) => reason.to_owned(),
+            }
+        );
+        live.hop = hop;
+        if let Hop::Missing(reason) = hop {
+            live.reach = Reach::Unreachable(reason);
+        }
+        true
+    }
+
+    fn add_worker(&mut self, vip: Vip, worker: IpAddr, weight: u32) -> anyhow::Result<()> {
+        check_not_own(&mut self.netlink, [worker])?;
+        self.check_tunnel(&self.desired.vip(&vip)?.options.clone(), Some(worker))?;
+        let hop = self.hop_for(&vip, worker);
+        if hop == Hop::Missing(NO_ROUTE) {
+            bail!(
+                "no route to {worker} through {}: lb could not send it anything (add a route, or check the address)",
+                self.instance.iface
+            );
+        }
+        let id = self.desired.add_worker(&vip, worker, weight)?;
+        self.start_worker_via(vip, worker, id, hop)?;
+        self.reschedule(&vip);
+        tracing::info!("added worker {worker} to {vip} (weight {weight})");
+        Ok(())
+    }
+
+    /// Removes a worker at once: nothing more goes to it. Its flows are
+    /// scheduled afresh at their next packet (its slot is emptied), its
+    /// sessions and pins go.
+    fn remove_worker(&mut self, vip: &Vip, worker: IpAddr) -> anyhow::Result<()> {
+        let state = self.desired.vip(vip)?;
+        let vip_id = state.id;
+        let pins: Vec<IpAddr> = state
+            .pins
+            .iter()
+            .filter(|(_, w)| **w == worker)
+            .map(|(c, _)| *c)
+            .collect();
+        let id = self.desired.del_worker(vip, worker)?;
+        for client in pins {
+            self.maps.remove_pin(&self.pin_key(vip_id, client))?;
+        }
+        self.forget(id)?;
+        self.flush_where(|_, session| session.backend_id == id)?;
+        self.reschedule(vip);
+        tracing::info!("removed worker {worker} from {vip}");
+        Ok(())
+    }
+
+    fn forget(&mut self, id: u32) -> anyhow::Result<()> {
+        self.live.remove(&id);
+        self.maps
+            .clear_backend(id)
+            .context("emptying the worker's slot")?;
+        Ok(self.maps.write_load(id, LOAD_UNKNOWN)?)
+    }
+
+    fn remove_gracefully(
+        &mut self,
+        vip: &Vip,
+        worker: IpAddr,
+        timeout: Duration,
+    ) -> anyhow::Result<serde_json::Value> {
+        let id = self.set_drain(vip, worker, true)?;
+        let deadline = state::deadline_after(std::time::SystemTime::now(), timeout);
+        self.desired.remove_by(vip, worker, deadline)?;
+        let flows = self.live.get(&id).map_or(0, |l| l.flows);
+        tracing::info!(
+            "removing worker {worker} from {vip} once its {flows} flows end (at most {})",
+            duration::format(timeout)
+        );
+        Ok(serde_json::json!({ "flows": flows, "timeout": duration::format(timeout) }))
+    }
+
+    fn set(
+        &mut self,
+        vip: &Vip,
+        worker: IpAddr,
+        weight: Option<u32>,
+        load: Option<f64>,
+    ) -> anyhow::Result<()> {
+        let id = self.desired.worker(vip, worker)?.id;
+        if weight.is_none() && load.is_none() {
+            bail!("nothing to set: give --weight and/or --load");
+        }
+        if let Some(load) = load {
+            load::check_value(load)?;
+        }
+        if let Some(weight) = weight {
+            self.desired.set_weight(vip, worker, weight)?;
+            self.reschedule(vip);
+            tracing::info!("worker {worker} of {vip}: weight {weight}");
+        }
+        if let Some(load) = load {
+            self.record_load(id, load, Source::Cli);
+        }
+        self.sync_load(id)
+    }
+
+    fn set_drain(&mut self, vip: &Vip, worker: IpAddr, drain: bool) -> anyhow::Result<u32> {
+        let id = self.desired.set_drain(vip, worker, drain)?;
+        self.write_worker(id)?;
+        self.reschedule(vip);
+        tracing::info!(
+            "worker {worker} of {vip}: {}",
+            if drain {
+                "draining"
+            } else {
+                "taking new flows"
+            }
+        );
+        Ok(id)
+    }
+
+    fn pin(&mut self, vip: &Vip, client: IpAddr, worker: IpAddr) -> anyhow::Result<()> {
+        let client = self.desired.pin(vip, client, worker)?;
+        let state = self.desired.vip(vip)?;
+        let key = self.pin_key(state.id, client);
+        let id = state.workers[&worker].id;
+        self.maps.write_pin(key, id).context("writing the pin")?;
+        self.reschedule(vip);
+        tracing::info!("pinned client {client} of {vip} to {worker}");
+        Ok(())
+    }
+
+    fn unpin(&mut self, vip: &Vip, client: IpAddr) -> anyhow::Result<()> {
+        let id = self.desired.vip(vip)?.id;
+        let client = self.desired.unpin(vip, client)?;
+        let key = self.pin_key(id, client);
+        self.maps.remove_pin(&key).context("removing the pin")?;
+        self.reschedule(vip);
+        tracing::info!("unpinned client {client} of {vip}");
+        Ok(())
+    }
+
+    fn pin_key(&self, vip_id: u32, client: IpAddr) -> StickyKey {
+        StickyKey {
+            client: service::addr_bytes(client).0,
+            vip_id,
+        }
+    }
+
+    fn flush_sessions(
+        &mut self,
+        vip: Option<Vip>,
+        worker: Option<IpAddr>,
+    ) -> anyhow::Result<serde_json::Value> {
+        let vip_id = vip
+            .map(|v| self.desired.vip(&v).map(|s| s.id))
+            .transpose()?;
+        let worker_ids: Option<Vec<u32>> = worker.map(|w| {
+            self.live
+                .iter()
+                .filter(|(_, l)| l.addr == w && vip.is_none_or(|v| v == l.vip))
+                .map(|(id, _)| *id)
+                .collect()
+        });
+        let removed = self.flush_where(|key, session| {
+            vip_id.is_none_or(|v| v == key.vip_id)
+                && worker_ids
+                    .as_ref()
+                    .is_none_or(|ids| ids.contains(&session.backend_id))
+        })?;
+        tracing::info!("flushed {removed} sticky sessions");
+        Ok(serde_json::json!({ "flushed": removed }))
+    }
+
+    fn flush_where(
+        &self,
+        doomed: impl Fn(&StickyKey, &lb_common::balancer::StickyValue) -> bool,
+    ) -> anyhow::Result<usize> {
+        sessions::remove_where(&self.instance.pin_dir, doomed).context("flushing sticky sessions")
+    }
+
+    /// Writes worker `id`'s entry: address, MAC, VIP, down/draining.
+    fn write_worker(&mut self, id: u32) -> anyhow::Result<()> {
+        let live = self.live.get(&id).context("worker without live state")?;
+        let vip_state = self.desired.vip(&live.vip)?;
+        let drain = vip_state.workers.get(&live.addr).is_some_and(|w| w.drain);
+        let mut state_flags = 0;
+        if live.health.state() == HealthState::Down {
+            state_flags |= BACKEND_DOWN;
+        }
+        if drain {
+            state_flags |= BACKEND_DRAINING;
+        }
+        if matches!(live.reach, Reach::Unreachable(_)) {
+            state_flags |= BACKEND_UNREACHABLE;
+        }
+        let options = &vip_state.options;
+        let entry = WorkerEntry {
+            addr: live.addr,
+            mac: live.mac,
+            vip_id: vip_state.id,
+            state_flags,
+            generation: live.generation,
+            forward: options.forward.code(),
+            gue_port: options.gue_port(),
+            mtu: self.instance.tunnels.mtu,
+            tunnel_source: self.instance.tunnels.source_for(live.addr),
+        };
+        self.maps
+            .write_backend(id, &entry)
+            .with_context(|| format!("writing worker {}", live.addr))
+    }
+
+    /// Rebuilds and swaps in a VIP's Maglev table from the workers that
+    /// take new flows.
+    /// A table that can't be installed (the kernel refused a new map, for
+    /// instance for lack of file descriptors) is retried every tick until
+    /// it is.
+    fn install(&mut self, vip: &Vip) -> anyhow::Result<()> {
+        let state = self.desired.vip(vip)?;
+        let live = &self.live;
+        let members = state.members(|id| live.get(&id).is_some_and(Live::takes_new_flows));
+        let installed = self
+            .maps
+            .install_vip(vip, state, &members, self.desired.hash_seed);
+        let (size, took) = match installed {
+            Ok(done) => done,
+            Err(error) => {
+                self.uninstalled.insert(*vip);
+                return Err(anyhow::Error::new(error).context(format!(
+                    "installing the Maglev table of {vip} failed; the change is saved and lb retries every second"
+                )));
+            }
+        };
+        self.uninstalled.remove(vip);
+        tracing::info!(
+            "{vip}: Maglev table of {size} slots for {} of {} workers built in {took:?}",
+            members.len(),
+            state.workers.len()
+        );
+        if members.is_empty() && !state.workers.is_empty() {
+            tracing::warn!("{vip}: no worker takes new flows; its new connections are dropped");
+        }
+        Ok(())
+    }
+
+    /// What the health checkers should be doing.
+    pub fn check_targets(&self) -> Vec<health::Target> {
+        self.desired
+            .vips()
+            .iter()
+            .flat_map(|(vip, state)| {
+                let options = &state.options;
+                let kind = options.health.kind_for(vip);
+                // The desired state holds validated options only, so every
+                // VIP's check builds.
+                let check = options.health.check_for(vip).ok();
+                state
+                    .workers
+                    .iter()
+                    .filter(move |_| kind != CheckKind::None || options.load.probe.is_some())
+                    .filter_map(move |(addr, worker)| {
+                        Some(health::Target {
+                            vip: *vip,
+                            worker: *addr,
+                            id: worker.id,
+                            check: check.clone()?,
+                            port: options.health.port.unwrap_or(vip.port),
+                            interval: options.health.interval,
+                            timeout: options.health.timeout,
+                            load_probe: options.load.probe.clone(),
+                        })
+                    })
+            })
+            .collect()
+    }
+
+    /// Has the tables whose last install failed installed again at the end
+    /// of the batch.
+    pub(super) fn retry_installs(&mut self) {
+        let pending = std::mem::take(&mut self.uninstalled);
+        self.dirty.extend(pending);
+    }
+
+    /// Checks, through the controller's reference to the link, that the
+    /// program still runs on the interface; a removed pin is restored.
+    pub(super) fn check_link(&mut self) {
+        let Some(link) = &mut self.link else {
+            return;
+        };
+        let iface = &self.instance.iface;
+        match link.check(&mut self.netlink) {
+            LinkCheck::Attached => self.attachment.lost = None,
+            LinkCheck::Repinned => {
+                self.attachment.repins += 1;
+                self.attachment.lost = None;
+                tracing::error!(
+                    "the pin of lb's link on {iface} under {} was removed (the program kept running: lb holds the link); pinned it again",
+                    self.instance.pin_dir.display()
+                );
+            }
+            LinkCheck::Lost(why) => {
+                if self.attachment.lost.as_ref() != Some(&why) {
+                    tracing::error!(
+                        "lb's program no longer runs on {iface}: {why}; `lb run` again attaches it"
+                    );
+                }
+                self.attachment.lost = Some(why);
+            }
+        }
+    }
+
+    /// Where the maps are pinned.
+    pub fn pin_dir(&self) -> &std::path::Path {
+        &self.instance.pin_dir
+    }
+}
+
+/// Refuses workers at one of this balancer's own addresses: its packets
+/// would come back to itself.
+pub fn check_not_own(
+    netlink: &mut Netlink,
+    workers: impl IntoIterator<Item = IpAddr>,
+) -> anyhow::Result<()> {
+    let own = netlink
+        .addresses()
+        .context("reading this host's addresses")?;
+    for worker in workers {
+        // Loopback and the like get the state's more precise refusal.
+        if own.contains(&worker) && service::unicast_problem(worker).is_none() {
+            bail!("worker {worker} is an address of this balancer: a worker must be another host");
+        }
+    }
+    Ok(())
+}
+
+/// The worker's MAC: the neighbour table's; else `known` (what an adopted
+/// data plane had); else `None` after asking the kernel to resolve it (the
+/// kernel's notice of the answer makes the controller read the table
+/// again, rather than wait here).
+fn resolve(
+    netlink: &mut Netlink,
+    ifindex: u32,
+    addr: IpAddr,
+    known: Option<[u8; 6]>,
+) -> Option<[u8; 6]> {
+    let found = match netlink.neighbours(ifindex).ok()?.get(&addr) {
+        Some(neighbour::Entry::Resolved { mac, .. }) => Some(*mac),
+        _ => None,
+    };
+    let mac = found.or(known);
+    if mac.is_none() {
+        neighbour::solicit(addr);
+    }
+    mac
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pending(vip: &str, changes: bool) -> Pending {
+        Pending {
+            result: Ok(serde_json::Value::Null),
+            touched: [vip.parse().unwrap()].into(),
+            changes,
+            unresolved: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn an_answer_reports_its_own_vips_install_failure_then_a_failed_save() {
+        let mut flushed = Flushed::default();
+        let other: Vip = "192.0.2.101:80/tcp".parse().unwrap();
+        flushed.failed.insert(other, "no room".into());
+        assert!(pending("192.0.2.100:80/tcp", true).finish(&flushed).ok);
+        assert_eq!(
+            pending("192.0.2.101:80/tcp", true).finish(&flushed).error,
+            Some("no room".into())
+        );
+        flushed.unsaved = Some("disk full".into());
+        assert_eq!(
+            pending("192.0.2.100:80/tcp", true).finish(&flushed).error,
+            Some("the change is in force but was not saved: disk full".into())
+        );
+        assert!(pending("192.0.2.100:80/tcp", false).finish(&flushed).ok);
+    }
+}

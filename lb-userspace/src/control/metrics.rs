@@ -1,0 +1,433 @@
+//! Prometheus metrics: `lb run --metrics ADDR` serves `GET /metrics` in
+//! the text exposition format. Figures are read at each scrape: counters
+//! from the pinned maps, worker state from the controller.
+
+use std::{path::Path, sync::Arc};
+
+use anyhow::Context as _;
+use hyper::{body::Bytes, Method, Request, StatusCode};
+use lb_common::{
+    balancer::TrafficCounters, capture::CaptureCounters, counters::GlobalCounters, map_names,
+};
+use prometheus_client::{
+    encoding::text::encode,
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+use tokio::net::TcpListener;
+
+use crate::{
+    admin::protocol::WorkerState,
+    control::controller::MetricsSnapshot,
+    dataplane::capture,
+    dataplane::counters,
+    dataplane::maps,
+    dataplane::ProgramStats,
+    net::http::{self, Answer},
+};
+
+type Labels = Vec<(String, String)>;
+type Counters = Family<Labels, Counter>;
+type Gauges = Family<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>;
+
+/// Serves `/metrics` until dropped, at most `cap` connections at once;
+/// `snapshot` gives the controller's figures (it runs on a blocking
+/// thread).
+pub async fn serve<F>(listener: TcpListener, cap: usize, snapshot: F)
+where
+    F: Fn() -> anyhow::Result<MetricsSnapshot> + Send + Sync + 'static,
+{
+    let snapshot = Arc::new(snapshot);
+    http::serve(listener, "metrics endpoint", cap, move |request, _| {
+        answer(request, snapshot.clone())
+    })
+    .await;
+}
+
+async fn answer<F>(request: Request<Bytes>, snapshot: Arc<F>) -> Answer
+where
+    F: Fn() -> anyhow::Result<MetricsSnapshot> + Send + Sync + 'static,
+{
+    if request.uri().path() != "/metrics" {
+        return Answer::text(StatusCode::NOT_FOUND, "see /metrics");
+    }
+    if request.method() != Method::GET {
+        return Answer::text(StatusCode::METHOD_NOT_ALLOWED, "use GET");
+    }
+    let rendered = tokio::task::spawn_blocking(move || snapshot().and_then(|s| render(&s)))
+        .await
+        .map_err(anyhow::Error::from)
+        .and_then(|r| r);
+    match rendered {
+        Ok(body) => Answer {
+            status: StatusCode::OK,
+            content_type: "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            body,
+        },
+        Err(error) => Answer::text(StatusCode::INTERNAL_SERVER_ERROR, format!("{error:#}")),
+    }
+}
+
+fn labels(pairs: &[(&str, &str)]) -> Labels {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+/// Registers a family and returns it for filling.
+fn family<
+    M: Clone
+        + prometheus_client::metrics::TypedMetric
+        + prometheus_client::encoding::EncodeMetric
+        + Default
+        + Send
+        + Sync
+        + std::fmt::Debug
+        + 'static,
+>(
+    registry: &mut Registry,
+    name: &str,
+    help: &str,
+) -> Family<Labels, M> {
+    let family = Family::<Labels, M>::default();
+    registry.register(name, help, family.clone());
+    family
+}
+
+/// The exposition text for one scrape.
+pub fn render(snapshot: &MetricsSnapshot) -> anyhow::Result<String> {
+    let mut registry = Registry::default();
+    global(&mut registry, &snapshot.pin_dir)?;
+    per_vip(&mut registry, snapshot)?;
+    per_worker(&mut registry, snapshot)?;
+    tables(&mut registry, snapshot);
+    registry.register(
+        "lb_health_check_duration_seconds",
+        "How long health checks took, every check of every worker",
+        snapshot.check_latency.clone(),
+    );
+    program(&mut registry, snapshot.program);
+    capture(&mut registry, &snapshot.pin_dir);
+    announcements(&mut registry, snapshot);
+    let mut text = String::new();
+    encode(&mut text, &registry).context("encoding metrics")?;
+    Ok(text)
+}
+
+/// What the data plane counted, by name.
+fn global(registry: &mut Registry, pin_dir: &Path) -> anyhow::Result<()> {
+    let global = counters::read_pinned(pin_dir)?;
+    let values = global.values();
+    let value = |name: &str| {
+        GlobalCounters::NAMES
+            .iter()
+            .position(|n| *n == name)
+            .map_or(0, |i| values[i])
+    };
+    let single = |registry: &mut Registry, name: &str, help: &str, v: u64| {
+        let counter: Counter = Counter::default();
+        counter.inc_by(v);
+        registry.register(name, help, counter);
+    };
+    single(
+        registry,
+        "lb_packets",
+        "Frames the XDP program ran on",
+        value("packets"),
+    );
+    single(
+        registry,
+        "lb_received_bytes",
+        "Bytes of those frames, Ethernet header included",
+        value("bytes"),
+    );
+    single(
+        registry,
+        "lb_forwarded_packets",
+        "Packets sent to a worker",
+        value("forwarded"),
+    );
+    let classes: Counters = family(
+        registry,
+        "lb_packet_class_packets",
+        "Frames by class (one class per frame)",
+    );
+    for class in GlobalCounters::CLASSES {
+        classes
+            .get_or_create(&labels(&[("class", class)]))
+            .inc_by(value(class));
+    }
+    let passed: Counters = family(
+        registry,
+        "lb_passed_packets",
+        "Packets passed to the kernel, by reason",
+    );
+    passed
+        .get_or_create(&labels(&[("reason", "not_vip")]))
+        .inc_by(value("pass_not_vip"));
+    let dropped: Counters = family(registry, "lb_dropped_packets", "Packets dropped, by reason");
+    for (reason, name) in [
+        ("no_backend", "drop_no_backend"),
+        ("no_neighbour", "drop_no_neighbour"),
+        ("no_tunnel", "drop_no_tunnel"),
+        ("too_big", "too_big_dropped"),
+    ] {
+        dropped
+            .get_or_create(&labels(&[("reason", reason)]))
+            .inc_by(value(name));
+    }
+    let flows: Counters = family(registry, "lb_flow_events", "Flow table and session events");
+    for (event, name) in [
+        ("hit", "flow_hits"),
+        ("insert_failed", "flow_insert_failed"),
+        ("rescheduled", "flow_rescheduled"),
+        ("expired", "flow_expired"),
+        ("sticky_hit", "sticky_hits"),
+        ("pin_hit", "pin_hits"),
+    ] {
+        flows
+            .get_or_create(&labels(&[("event", event)]))
+            .inc_by(value(name));
+    }
+    let icmp: Counters = family(registry, "lb_icmp_packets", "ICMP handled by lb, by action");
+    for (action, name) in [
+        ("echo_reply", "icmp_echo_replies"),
+        ("error_forwarded", "icmp_errors_forwarded"),
+        ("too_big_sent", "too_big_answered"),
+    ] {
+        icmp.get_or_create(&labels(&[("action", action)]))
+            .inc_by(value(name));
+    }
+    Ok(())
+}
+
+fn traffic(
+    registry: &mut Registry,
+    prefix: &str,
+    what: &str,
+    rows: Vec<(Labels, TrafficCounters)>,
+) {
+    let packets: Counters = family(
+        registry,
+        &format!("{prefix}_packets"),
+        &format!("Packets forwarded, per {what}"),
+    );
+    let bytes: Counters = family(
+        registry,
+        &format!("{prefix}_bytes"),
+        &format!("Bytes forwarded, per {what}"),
+    );
+    let new_flows: Counters = family(
+        registry,
+        &format!("{prefix}_new_flows"),
+        &format!("Flows started, per {what}"),
+    );
+    for (labels, t) in rows {
+        packets.get_or_create(&labels).inc_by(t.packets);
+        bytes.get_or_create(&labels).inc_by(t.bytes);
+        new_flows.get_or_create(&labels).inc_by(t.new_flows);
+    }
+}
+
+fn per_vip(registry: &mut Registry, snapshot: &MetricsSnapshot) -> anyhow::Result<()> {
+    let rows = snapshot
+        .vips
+        .iter()
+        .map(|v| {
+            let counters = maps::traffic(&snapshot.pin_dir, map_names::VIP_STATS, v.id)?;
+            Ok((labels(&[("vip", &v.vip.to_string())]), counters))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    traffic(registry, "lb_vip", "VIP", rows);
+    Ok(())
+}
+
+fn per_worker(registry: &mut Registry, snapshot: &MetricsSnapshot) -> anyhow::Result<()> {
+    let rows = snapshot
+        .workers
+        .iter()
+        .map(|w| {
+            let counters = maps::traffic(&snapshot.pin_dir, map_names::BACKEND_STATS, w.id)?;
+            let l = labels(&[
+                ("vip", &w.vip.to_string()),
+                ("worker", &w.worker.to_string()),
+            ]);
+            Ok((l, counters))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    traffic(registry, "lb_worker", "worker", rows);
+    let active: Gauges = family(
+        registry,
+        "lb_worker_active_flows",
+        "Active flows in the flow table, per worker",
+    );
+    let up: Gauges = family(
+        registry,
+        "lb_worker_up",
+        "1 when the worker takes new flows (up, not draining)",
+    );
+    let state: Gauges = family(
+        registry,
+        "lb_worker_state",
+        "1 for the worker's state: up, down, unreachable, draining or removing",
+    );
+    let weight: Gauges = family(registry, "lb_worker_weight", "The worker's weight");
+    let load: Gauges = family(
+        registry,
+        "lb_worker_load",
+        "The worker's current load report (0 to 1); absent when unknown",
+    );
+    let check: Gauges = family(
+        registry,
+        "lb_worker_check_duration_seconds",
+        "How long the worker's last health check took",
+    );
+    for w in &snapshot.workers {
+        let l = labels(&[
+            ("vip", &w.vip.to_string()),
+            ("worker", &w.worker.to_string()),
+        ]);
+        active.get_or_create(&l).set(w.flows as f64);
+        up.get_or_create(&l)
+            .set(f64::from(u8::from(w.state == WorkerState::Up)));
+        weight.get_or_create(&l).set(f64::from(w.weight));
+        for s in [
+            WorkerState::Up,
+            WorkerState::Down,
+            WorkerState::Unreachable,
+            WorkerState::Draining,
+            WorkerState::Removing,
+        ] {
+            let name = serde_json::to_value(s)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default();
+            let mut with_state = l.clone();
+            with_state.push(("state".into(), name));
+            state
+                .get_or_create(&with_state)
+                .set(f64::from(u8::from(w.state == s)));
+        }
+        if let Some(figure) = w.load {
+            load.get_or_create(&l).set(figure);
+        }
+        if let Some(c) = &w.check {
+            check.get_or_create(&l).set(c.took_ms / 1e3);
+        }
+    }
+    Ok(())
+}
+
+fn tables(registry: &mut Registry, snapshot: &MetricsSnapshot) {
+    let gauge = |registry: &mut Registry, name: &str, help: &str, value: f64| {
+        let g: Gauge<f64, std::sync::atomic::AtomicU64> = Gauge::default();
+        g.set(value);
+        registry.register(name, help, g);
+    };
+    gauge(
+        registry,
+        "lb_flow_table_entries",
+        "Flows in the flow table at the last scan",
+        snapshot.occupancy.flow_entries as f64,
+    );
+    gauge(
+        registry,
+        "lb_flow_table_capacity",
+        "Capacity of the flow table",
+        f64::from(snapshot.max_flows),
+    );
+    gauge(
+        registry,
+        "lb_sticky_sessions",
+        "Sticky sessions at the last expiry pass",
+        snapshot.occupancy.sessions as f64,
+    );
+    gauge(
+        registry,
+        "lb_program_attached",
+        "1 while lb's program runs on its interface, 0 once it was lost",
+        f64::from(u8::from(snapshot.attachment.lost.is_none())),
+    );
+    let repins: Counter = Counter::default();
+    repins.inc_by(snapshot.attachment.repins);
+    registry.register(
+        "lb_link_repins",
+        "Times the link's pin was found removed and pinned again",
+        repins,
+    );
+}
+
+/// Whether each VIP address is announced, with why not (only with
+/// --announce-table).
+fn announcements(registry: &mut Registry, snapshot: &MetricsSnapshot) {
+    if snapshot.announcements.is_empty() {
+        return;
+    }
+    let announced: Gauges = family(
+        registry,
+        "lb_vip_announced",
+        "1 while the VIP address's host route is in the announce table, else 0 with the reason",
+    );
+    for row in &snapshot.announcements {
+        let address = row.address.to_string();
+        let reason = row.reason.as_deref().unwrap_or("");
+        announced
+            .get_or_create(&labels(&[("address", &address), ("reason", reason)]))
+            .set(f64::from(u8::from(row.announced)));
+    }
+}
+
+/// Whether a capture runs, so a forgotten one shows on a dashboard, and
+/// what captures counted (no figure if the maps can't be read: the other
+/// families still matter more).
+fn capture(registry: &mut Registry, pin_dir: &Path) {
+    let activity = match capture::activity(pin_dir) {
+        Ok(activity) => activity,
+        Err(e) => {
+            tracing::debug!("reading the capture maps: {e:#}");
+            return;
+        }
+    };
+    let running: Gauge = Gauge::default();
+    running.set(i64::from(activity.running));
+    registry.register(
+        "lb_capture_running",
+        "1 while an lb capture has the data plane copying packets, else 0",
+        running,
+    );
+    let packets: Counters = family(
+        registry,
+        "lb_capture_packets",
+        "Packets that matched a capture's filter: captured, or lost to a full ring buffer",
+    );
+    let CaptureCounters { captured, lost, .. } = activity.counters;
+    for (outcome, value) in [("captured", captured), ("lost", lost)] {
+        packets
+            .get_or_create(&labels(&[("outcome", outcome)]))
+            .inc_by(value);
+    }
+}
+
+/// The program's runs and run time, once the kernel has counted any
+/// (only while `kernel.bpf_stats_enabled` is on, or a BPF_ENABLE_STATS
+/// descriptor is held: no figure rather than a false zero).
+fn program(registry: &mut Registry, stats: Option<ProgramStats>) {
+    let Some(stats) = stats.filter(|s| s.runs > 0) else {
+        return;
+    };
+    let runs: Counter = Counter::default();
+    runs.inc_by(stats.runs);
+    registry.register(
+        "lb_program_runs",
+        "Runs of the XDP program (kernel.bpf_stats_enabled)",
+        runs,
+    );
+    let time: Counter<f64, std::sync::atomic::AtomicU64> = Counter::default();
+    time.inc_by(stats.time.as_secs_f64());
+    registry.register(
+        "lb_program_run_time_seconds",
+        "Time spent in the XDP program (kernel.bpf_stats_enabled)",
+        time,
+    );
+}
