@@ -3,3 +3,4 @@
 
 pub(crate) mod client;
 pub mod protocol;
+pub(crate) mod server;

@@ -182,6 +182,17 @@ pub struct Response {
     pub data: serde_json::Value,
 }
 
+impl Response {
+    /// A refusal that says why.
+    pub fn refusal(error: String) -> Self {
+        Self {
+            ok: false,
+            error: Some(error),
+            data: serde_json::Value::Null,
+        }
+    }
+}
+
 /// A row of `lb vip list`.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct VipRow {

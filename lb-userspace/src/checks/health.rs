@@ -471,6 +471,18 @@ impl Drop for Supervisor {
     }
 }
 
+/// Keeps the health checkers pointed at the workers the controller has.
+pub async fn follow(mut targets: watch::Receiver<Vec<Target>>, sink: Sink) {
+    let mut supervisor = Supervisor::new(sink);
+    loop {
+        let now = targets.borrow_and_update().clone();
+        supervisor.reconcile(now);
+        if targets.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use hickory_proto::op::{Message, OpCode, ResponseCode};

@@ -4,5 +4,6 @@
 
 pub(crate) mod announce;
 pub(crate) mod controller;
+pub(crate) mod housekeeping;
 pub(crate) mod metrics;
 pub(crate) mod tunnel;

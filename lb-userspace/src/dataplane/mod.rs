@@ -854,13 +854,35 @@ pub fn pin_dir_locked(dir: &Path) -> bool {
     let Ok(file) = fs::File::open(lock_path(dir)) else {
         return false;
     };
-    !try_flock(&file)
+    file.try_lock().is_err()
 }
 
 /// Takes lock file `path` (created if needed) in [`LOCK_DIR`]; `None`
 /// when someone else holds it. The directory is root's alone, so no
 /// other user can hold or replace a lock.
 pub fn take_lock(path: &Path) -> Result<Option<fs::File>, DataplaneError> {
+    let file = open_lock(path)?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(fs::TryLockError::WouldBlock) => Ok(None),
+        Err(fs::TryLockError::Error(source)) => Err(DataplaneError::PinDir {
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
+/// As [`take_lock`], waiting for whoever holds it.
+fn wait_lock(path: &Path) -> Result<fs::File, DataplaneError> {
+    let file = open_lock(path)?;
+    file.lock().map_err(|source| DataplaneError::PinDir {
+        path: path.to_owned(),
+        source,
+    })?;
+    Ok(file)
+}
+
+fn open_lock(path: &Path) -> Result<fs::File, DataplaneError> {
     use std::os::unix::fs::OpenOptionsExt as _;
     let lock_dir = Path::new(LOCK_DIR);
     let lock_error = |source| DataplaneError::PinDir {
@@ -869,23 +891,14 @@ pub fn take_lock(path: &Path) -> Result<Option<fs::File>, DataplaneError> {
     };
     private::create_dir(lock_dir).map_err(lock_error)?;
     check_private(lock_dir)?;
-    let file = fs::OpenOptions::new()
+    fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .mode(0o600)
         .custom_flags(libc::O_NOFOLLOW)
         .open(path)
-        .map_err(lock_error)?;
-    Ok(try_flock(&file).then_some(file))
-}
-
-/// Takes an exclusive flock on `file` without waiting; the lock goes with
-/// the file.
-fn try_flock(file: &fs::File) -> bool {
-    use std::os::fd::AsRawFd as _;
-    // SAFETY: flock on a descriptor the caller owns.
-    unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
+        .map_err(lock_error)
 }
 
 /// Refuses a directory that another user owns or may write: they could
@@ -911,7 +924,7 @@ pub fn prepare_pin_dir(dir: &Path) -> Result<(), DataplaneError> {
         source,
     };
     if dir.starts_with(BPFFS_MOUNT) {
-        mount_bpffs().map_err(pin_dir_error)?;
+        mount_bpffs()?;
     }
     private::create_dir(dir).map_err(pin_dir_error)?;
     if !on_bpffs(dir).map_err(pin_dir_error)? {
@@ -923,10 +936,26 @@ pub fn prepare_pin_dir(dir: &Path) -> Result<(), DataplaneError> {
 /// Mounts a BPF filesystem on /sys/fs/bpf unless one is there already, as
 /// systemd does on most distributions: root's alone (bpffs's own default is
 /// 1777, which lets any user create directories lb would then use).
-fn mount_bpffs() -> io::Result<()> {
-    if on_bpffs(Path::new(BPFFS_MOUNT))? {
+fn mount_bpffs() -> Result<(), DataplaneError> {
+    let mount_point = Path::new(BPFFS_MOUNT);
+    let error = |source| DataplaneError::PinDir {
+        path: mount_point.to_owned(),
+        source,
+    };
+    if on_bpffs(mount_point).map_err(error)? {
         return Ok(());
     }
+    // Two lb starting at once on a machine without one would both mount,
+    // the second over the first, hiding the first one's pins: the check
+    // and the mount are made under a lock.
+    let _lock = wait_lock(&Path::new(LOCK_DIR).join("bpffs.lock"))?;
+    if on_bpffs(mount_point).map_err(error)? {
+        return Ok(());
+    }
+    mount_root_only_bpffs().map_err(error)
+}
+
+fn mount_root_only_bpffs() -> io::Result<()> {
     let (source, target, fstype, data) = (c"bpf", c"/sys/fs/bpf", c"bpf", c"mode=0700");
     // SAFETY: all arguments are NUL-terminated strings.
     let rc = unsafe {

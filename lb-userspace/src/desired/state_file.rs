@@ -8,7 +8,7 @@ use std::{
     fs,
     io::{self, Read as _, Seek as _, Write as _},
     net::IpAddr,
-    os::{fd::AsRawFd as _, unix::fs::OpenOptionsExt as _},
+    os::unix::fs::OpenOptionsExt as _,
     path::{Path, PathBuf},
 };
 
@@ -266,8 +266,7 @@ fn lock(path: &Path, holder: &str) -> Result<fs::File, StateFileError> {
         .custom_flags(libc::O_NOFOLLOW)
         .open(&lock_file)
         .map_err(lock_error(&lock_file))?;
-    // SAFETY: flock on a descriptor we own.
-    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+    if file.try_lock().is_err() {
         let mut recorded = String::new();
         let _ = file.read_to_string(&mut recorded);
         let recorded = recorded.trim();

@@ -14,7 +14,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::{
+    net::{TcpListener, TcpSocket},
+    sync::{OwnedSemaphorePermit, Semaphore},
+};
 
 /// Descriptors kept for the controller's own work, beyond its listeners'
 /// connections: the maps, program and link, netlink sockets, the state
@@ -228,6 +231,22 @@ fn advice(error: &io::Error) -> &'static str {
         Some(libc::ENOBUFS | libc::ENOMEM) => "; the system is short of memory",
         _ => "",
     }
+}
+
+/// Connections the kernel holds for a TCP listener that is at its cap:
+/// they wait there, at no descriptor's cost, rather than being refused.
+const TCP_BACKLOG: u32 = 1024;
+
+/// A TCP listener with room for [`TCP_BACKLOG`] waiting connections.
+pub fn bind_tcp(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(TCP_BACKLOG)
 }
 
 #[cfg(test)]
