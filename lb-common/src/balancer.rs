@@ -468,18 +468,31 @@ mod pod {
     // SAFETY: every type is repr(C) of integers and byte arrays with no
     // implicit padding (checked by the size assertions below).
     unsafe impl aya::Pod for VipKey {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for VipInfo {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for Backend {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for FlowKey {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for FlowValue {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for StickyKey {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for VipAddrKey {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for StickyValue {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for Config {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for VipTag {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for IcmpBudget {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for ClockCache {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for TunnelJob {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for TrafficCounters {}
 }
 

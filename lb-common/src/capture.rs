@@ -216,7 +216,9 @@ mod pod {
     // SAFETY: repr(C) of integers and byte arrays without implicit padding
     // (the size assertions below).
     unsafe impl aya::Pod for CaptureFilter {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for CaptureCounters {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for CaptureRecord {}
 }
 

@@ -272,7 +272,9 @@ fn syn_flood(host: &Host, lb_mac: [u8; 6], count: u32) -> std::thread::JoinHandl
         );
         // SAFETY: a fresh descriptor nothing else owns.
         let socket = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+        // SAFETY: a NUL-terminated name.
         let index = unsafe { libc::if_nametoindex(c"eth0".as_ptr()) };
+        // SAFETY: sockaddr_ll is plain data; all zeroes is a valid value.
         let mut address: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
         address.sll_family = libc::AF_PACKET as u16;
         address.sll_ifindex = index as i32;

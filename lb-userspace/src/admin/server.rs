@@ -120,8 +120,7 @@ fn check_socket_dir(dir: &Path) -> anyhow::Result<()> {
         dir
     };
     let meta = std::fs::metadata(dir).with_context(|| format!("inspecting {}", dir.display()))?;
-    // SAFETY: geteuid has no preconditions.
-    let me = unsafe { libc::geteuid() };
+    let me = crate::kernel::private::euid();
     if meta.mode() & 0o022 != 0 || meta.uid() != me {
         bail!(
             "{} is writable by others or not ours (mode {:o}, owner {}): anyone who can write there could replace lb's admin socket; pass a --socket in a directory only root can write, such as /run/lb",

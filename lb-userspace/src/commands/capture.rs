@@ -13,7 +13,7 @@ mod output;
 use std::{
     fs, io,
     net::IpAddr,
-    os::fd::AsRawFd as _,
+    os::fd::{AsFd as _, BorrowedFd},
     path::Path,
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -315,7 +315,7 @@ impl CaptureMaps {
                 return Ok(());
             }
             let wait = left.map_or(POLL, |left| left.min(POLL));
-            wait_readable(self.ring.as_raw_fd(), wait)?;
+            wait_readable(self.ring.as_fd(), wait)?;
             self.read_ready(wanted, output, report)?;
         }
     }
@@ -365,21 +365,19 @@ fn is_closed(error: &anyhow::Error) -> bool {
 }
 
 /// Waits until the ring buffer has data or `wait` passes (or a signal).
-fn wait_readable(fd: i32, wait: Duration) -> anyhow::Result<()> {
-    let mut poll = libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one pollfd, owned here.
-    let ready = unsafe { libc::poll(&mut poll, 1, wait.as_millis() as i32) };
-    if ready < 0 {
-        let error = io::Error::last_os_error();
-        if error.kind() != io::ErrorKind::Interrupted {
-            return Err(error).context("waiting for captured packets");
-        }
+fn wait_readable(fd: BorrowedFd<'_>, wait: Duration) -> anyhow::Result<()> {
+    use rustix::event::{poll, PollFd, PollFlags, Timespec};
+    let timeout = Timespec::try_from(wait).unwrap_or(Timespec {
+        tv_sec: i64::MAX,
+        tv_nsec: 0,
+    });
+    match poll(
+        &mut [PollFd::from_borrowed_fd(fd, PollFlags::IN)],
+        Some(&timeout),
+    ) {
+        Ok(_) | Err(rustix::io::Errno::INTR) => Ok(()),
+        Err(error) => Err(io::Error::from(error)).context("waiting for captured packets"),
     }
-    Ok(())
 }
 
 /// A record's header and the frame bytes behind it.

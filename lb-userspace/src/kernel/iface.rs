@@ -1,24 +1,23 @@
 //! Network interface lookup, by name and by index.
 
-use std::ffi::CString;
+use rustix::net::{
+    netdevice::{index_to_name, name_to_index},
+    socket, AddressFamily, SocketType,
+};
 
 /// The index of interface `name` in this network namespace, if it exists.
 pub fn index_of(name: &str) -> Option<u32> {
-    let c_name = CString::new(name).ok()?;
-    // SAFETY: c_name is a valid NUL-terminated string.
-    let index = unsafe { libc::if_nametoindex(c_name.as_ptr()) };
-    (index != 0).then_some(index)
+    name_to_index(any_socket()?, name).ok()
 }
 
 /// The name of interface `ifindex` in this network namespace, if it
 /// exists.
 pub fn name_of(ifindex: u32) -> Option<String> {
-    let mut buf = [0u8; libc::IF_NAMESIZE];
-    // SAFETY: the buffer holds IF_NAMESIZE bytes, as the call requires.
-    let name = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr().cast()) };
-    if name.is_null() {
-        return None;
-    }
-    let end = buf.iter().position(|b| *b == 0)?;
-    String::from_utf8(buf[..end].to_vec()).ok()
+    index_to_name(any_socket()?, ifindex).ok()
+}
+
+/// A socket in this network namespace: the interface ioctls need one, of
+/// any kind.
+fn any_socket() -> Option<rustix::fd::OwnedFd> {
+    socket(AddressFamily::INET, SocketType::DGRAM, None).ok()
 }

@@ -2,6 +2,7 @@
 //! routes, links), interface lookup, the privileges lb needs, and the
 //! directories only lb may write.
 
+pub(crate) mod bpffs;
 pub(crate) mod iface;
 pub mod neighbour;
 pub(crate) mod netlink;

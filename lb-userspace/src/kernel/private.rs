@@ -57,8 +57,7 @@ pub fn check(dir: &Path) -> Result<(), Exposure> {
 
 /// lb's effective uid.
 pub fn euid() -> u32 {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() }
+    rustix::process::geteuid().as_raw()
 }
 
 #[cfg(test)]

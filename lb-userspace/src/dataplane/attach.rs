@@ -1,0 +1,531 @@
+//! Loading lb's program and attaching it, or adopting the one an earlier
+//! lb left running: its maps reused from their pins, the new program
+//! swapped in on the pinned link.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    maps::{MapData, ProgramArray},
+    programs::{
+        links::{FdLink, LinkError, PinnedLink},
+        xdp::XdpLink,
+        ProgramError, Xdp,
+    },
+    Ebpf, EbpfError, EbpfLoader,
+};
+use lb_common::{map_names, program_names};
+
+use super::{
+    object,
+    pins::{
+        check_layout, check_name, detach_pins, lock_pin_dir, mark_layout, mark_name,
+        prepare_pin_dir, remove_pins, LINK_PIN,
+    },
+    AttachMode, DataplaneError, MAX_FLOWS,
+};
+use crate::{
+    desired::state::Limits,
+    kernel::{iface, netlink::Netlink, privileges},
+};
+
+/// What to attach where.
+#[derive(Clone, Debug)]
+pub struct AttachOptions {
+    /// The instance's name, marked on the pin directory.
+    pub name: String,
+    /// Interface name in the current network namespace.
+    pub iface: String,
+    /// Native or generic XDP.
+    pub mode: AttachMode,
+    /// Directory on a BPF filesystem for this instance's pins.
+    pub pin_dir: PathBuf,
+    /// Capacity of the flow table (when it is created).
+    pub max_flows: u32,
+    /// Size of the per-VIP and per-worker maps (when they are created).
+    pub limits: Limits,
+    /// Replace pinned maps of another layout (losing the flow table).
+    pub force: bool,
+}
+
+/// The kernel's statistics of lb's program.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProgramStats {
+    /// Runs of the program.
+    pub runs: u64,
+    /// Time spent in it.
+    pub time: std::time::Duration,
+}
+
+/// What `Dataplane::attach` found on the interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Takeover {
+    /// Nothing: the program was attached afresh.
+    Fresh,
+    /// A running lb: its maps were reused and the new program swapped in
+    /// atomically on its link.
+    Adopted {
+        /// The program that was running.
+        previous_program: u32,
+    },
+    /// A running lb with maps of another layout or size (`--force`):
+    /// fresh maps, the new program swapped in atomically.
+    Replaced {
+        /// The program that was running.
+        previous_program: u32,
+    },
+    /// A running lb in another XDP mode (`--force`): its maps kept, the
+    /// program attached afresh in the mode asked for (forwarding pauses
+    /// between the old link's removal and the new attachment).
+    Reattached {
+        /// The program that was running.
+        previous_program: u32,
+    },
+}
+
+/// lb's program attached to an interface through a pinned bpf_link, with
+/// its maps pinned: it keeps forwarding when this process exits, until
+/// [`Dataplane::detach`] (or `lb detach`) removes it.
+pub struct Dataplane {
+    ebpf: Ebpf,
+    options: AttachOptions,
+    program_id: u32,
+    takeover: Takeover,
+    link: Option<LinkGuard>,
+    /// Held for as long as this controller manages the pin directory.
+    _lock: fs::File,
+}
+
+/// What [`Dataplane::attach`] will do with what is pinned.
+struct Plan {
+    /// The program of the pinned link, if there is one.
+    previous: Option<u32>,
+    /// Unpin the maps first (another layout or size, with `--force`).
+    replace_maps: bool,
+    /// Attach afresh instead of swapping in (another XDP mode, `--force`).
+    reattach: bool,
+}
+
+impl Dataplane {
+    /// Loads the embedded object with its maps pinned (reusing maps an
+    /// earlier lb pinned) and attaches the balancer, or swaps it in on the
+    /// link an earlier lb pinned. What is pinned must be what was asked
+    /// (interface, mode, table size), or `--force` must say to apply it.
+    pub fn attach(options: AttachOptions) -> Result<Self, DataplaneError> {
+        let if_index = iface::index_of(&options.iface)
+            .ok_or_else(|| DataplaneError::NoSuchInterface(options.iface.clone()))?;
+        if !privileges::can_manage_xdp() {
+            return Err(DataplaneError::NotPermitted);
+        }
+        if options.max_flows > MAX_FLOWS {
+            return Err(DataplaneError::TableTooLarge(options.max_flows));
+        }
+        let dir = options.pin_dir.clone();
+        prepare_pin_dir(&dir)?;
+        let lock = lock_pin_dir(&dir)?;
+        check_name(&dir, &options.name)?;
+        let plan = plan(&dir, &options, if_index)?;
+        if plan.replace_maps {
+            remove_pins(&dir);
+        }
+        if plan.reattach {
+            // The old link goes with its last reference: the program stops
+            // until the new attachment below.
+            let _ = fs::remove_file(dir.join(LINK_PIN));
+        }
+        let had_maps = map_names::ALL.iter().any(|name| dir.join(name).exists());
+        let (ebpf, program_id, takeover) = match load_and_attach(&options, if_index, &plan) {
+            Ok(attached) => attached,
+            Err(error) => {
+                // Leave nothing behind that no program uses.
+                if !had_maps {
+                    remove_pins(&dir);
+                }
+                return Err(error);
+            }
+        };
+        mark_layout(&dir)?;
+        mark_name(&dir, &options.name)?;
+        let link = LinkGuard::open(&dir.join(LINK_PIN), if_index, program_id);
+        if let Err(error) = &link {
+            tracing::warn!("holding the link pinned under {}: {error}", dir.display());
+        }
+        Ok(Self {
+            ebpf,
+            options,
+            program_id,
+            takeover,
+            link: link.ok(),
+            _lock: lock,
+        })
+    }
+
+    /// What the attach found and did.
+    pub fn takeover(&self) -> Takeover {
+        self.takeover
+    }
+
+    /// Detaches the program and removes every pin: forwarding stops and
+    /// the maps (flows, sessions) go.
+    pub fn detach(&mut self) {
+        // Our own reference would keep the program attached.
+        self.link = None;
+        detach_pins(&self.options.pin_dir);
+    }
+
+    /// How often the program ran and for how long, as the kernel counts
+    /// it while `kernel.bpf_stats_enabled` is on (read through the loaded
+    /// program, so CAP_BPF is enough, unlike a lookup by id).
+    pub fn program_stats(&self) -> Option<ProgramStats> {
+        let info = self.ebpf.program(program_names::BALANCER)?.info().ok()?;
+        Some(ProgramStats {
+            runs: info.run_count(),
+            time: info.run_time(),
+        })
+    }
+
+    /// The kernel's id of the attached program (as `bpftool prog` shows it).
+    pub fn program_id(&self) -> u32 {
+        self.program_id
+    }
+
+    /// What this data plane was attached with.
+    pub fn options(&self) -> &AttachOptions {
+        &self.options
+    }
+
+    /// The loaded object, for map access.
+    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
+    }
+
+    /// The reference to the link, for the controller to watch.
+    pub fn take_link(&mut self) -> Option<LinkGuard> {
+        self.link.take()
+    }
+}
+
+/// Decides what to do with what is pinned under `dir`, refusing what does
+/// not match the options unless `--force` says to apply them.
+fn plan(dir: &Path, options: &AttachOptions, if_index: u32) -> Result<Plan, DataplaneError> {
+    let mut replace_maps = check_layout(dir, options.force)?;
+    let link_path = dir.join(LINK_PIN);
+    if !link_path.exists() {
+        return Ok(Plan {
+            previous: None,
+            replace_maps,
+            reattach: false,
+        });
+    }
+    let previous = pinned_program(&link_path)?;
+    let running = Netlink::open()
+        .and_then(|mut netlink| netlink.xdp(if_index))
+        .map_err(|source| DataplaneError::PinDir {
+            path: dir.to_owned(),
+            source,
+        })?;
+    if running.program_id != previous {
+        return Err(DataplaneError::ForeignLink {
+            dir: dir.to_owned(),
+            iface: options.iface.clone(),
+            program: previous,
+        });
+    }
+    let mismatch = |what, pinned: String, asked: String, consequence| {
+        Err(DataplaneError::Mismatch {
+            dir: dir.to_owned(),
+            what,
+            pinned,
+            asked,
+            consequence,
+        })
+    };
+    let reattach = running.mode != <&str>::from(options.mode);
+    if reattach && !options.force {
+        return mismatch(
+            "--xdp-mode",
+            running.mode.to_owned(),
+            options.mode.to_string(),
+            "forwarding pauses while the program is attached again; flows are kept",
+        );
+    }
+    let sizes = [
+        ("--max-flows", map_names::FLOWS, options.max_flows),
+        ("--max-vips", map_names::VIPS, options.limits.vips),
+        ("--max-workers", map_names::BACKENDS, options.limits.workers),
+    ];
+    for (what, map, asked) in sizes {
+        let pinned = pinned_capacity(dir, map);
+        if replace_maps || pinned.is_none_or(|c| c == asked) {
+            continue;
+        }
+        if !options.force {
+            return mismatch(
+                what,
+                pinned.unwrap_or_default().to_string(),
+                asked.to_string(),
+                "new maps: established connections are scheduled afresh",
+            );
+        }
+        replace_maps = true;
+    }
+    Ok(Plan {
+        previous: Some(previous),
+        replace_maps,
+        reattach,
+    })
+}
+
+/// The program of the link pinned at `path`.
+fn pinned_program(path: &Path) -> Result<u32, DataplaneError> {
+    let adopt_error = |source: Box<dyn std::error::Error + Send + Sync>| DataplaneError::Adopt {
+        path: path.to_owned(),
+        source,
+    };
+    let link: FdLink = PinnedLink::from_pin(path)
+        .map_err(|e| adopt_error(Box::new(e)))?
+        .into();
+    Ok(link
+        .info()
+        .map_err(|e| adopt_error(Box::new(e)))?
+        .program_id())
+}
+
+/// The capacity of map `name` pinned under `dir`, if there is one.
+fn pinned_capacity(dir: &Path, name: &str) -> Option<u32> {
+    let map = MapData::from_pin(dir.join(name)).ok()?;
+    Some(map.info().ok()?.max_entries())
+}
+
+/// Loads the object and attaches or swaps in its balancer as planned.
+fn load_and_attach(
+    options: &AttachOptions,
+    if_index: u32,
+    plan: &Plan,
+) -> Result<(Ebpf, u32, Takeover), DataplaneError> {
+    let mut ebpf = load(options)?;
+    load_tail_calls(&mut ebpf)?;
+    let program: &mut Xdp = balancer(&mut ebpf)?;
+    program.load().map_err(verify_error)?;
+    let program_id = program.info().map_err(verify_error)?.id();
+    let link_path = options.pin_dir.join(LINK_PIN);
+    let takeover = match plan.previous {
+        Some(previous_program) if !plan.reattach => {
+            swap_in(program, &link_path)?;
+            if plan.replace_maps {
+                Takeover::Replaced { previous_program }
+            } else {
+                Takeover::Adopted { previous_program }
+            }
+        }
+        previous => {
+            attach_fresh(program, if_index, options, &link_path)?;
+            match previous {
+                None => Takeover::Fresh,
+                Some(previous_program) if plan.replace_maps => {
+                    Takeover::Replaced { previous_program }
+                }
+                Some(previous_program) => Takeover::Reattached { previous_program },
+            }
+        }
+    };
+    Ok((ebpf, program_id, takeover))
+}
+
+/// A reference to lb's pinned link, held by the controller: the program
+/// stays attached even if someone removes the pin, and [`LinkGuard::check`]
+/// notices that (and pins it again) or that the interface lost it.
+pub struct LinkGuard {
+    link: Option<FdLink>,
+    path: PathBuf,
+    if_index: u32,
+    program_id: u32,
+}
+
+/// What [`LinkGuard::check`] found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LinkCheck {
+    /// Pinned, and the interface runs lb's program.
+    Attached,
+    /// The pin had been removed; it is pinned again.
+    Repinned,
+    /// The interface no longer runs lb's program: why.
+    Lost(String),
+}
+
+impl LinkGuard {
+    fn open(path: &Path, if_index: u32, program_id: u32) -> Result<Self, LinkError> {
+        let link: FdLink = PinnedLink::from_pin(path)?.into();
+        Ok(Self {
+            link: Some(link),
+            path: path.to_owned(),
+            if_index,
+            program_id,
+        })
+    }
+
+    /// Checks that the link is pinned and that the interface still runs
+    /// lb's program; pins the link again if its pin was removed.
+    pub fn check(&mut self, netlink: &mut Netlink) -> LinkCheck {
+        let mut found = LinkCheck::Attached;
+        if !self.path.exists() {
+            if let Some(link) = self.link.take() {
+                match link.pin(&self.path) {
+                    Ok(pinned) => {
+                        self.link = Some(pinned.into());
+                        found = LinkCheck::Repinned;
+                    }
+                    Err(error) => {
+                        return LinkCheck::Lost(format!("its pin could not be restored: {error}"))
+                    }
+                }
+            }
+        }
+        match netlink.xdp(self.if_index) {
+            Ok(xdp) if xdp.program_id == self.program_id => found,
+            Ok(xdp) if xdp.program_id == 0 => LinkCheck::Lost("no XDP program runs".into()),
+            Ok(xdp) => LinkCheck::Lost(format!("XDP program {} runs instead", xdp.program_id)),
+            Err(error) => LinkCheck::Lost(format!("the interface can't be read: {error}")),
+        }
+    }
+}
+
+/// Loads the tunnel program (IPIP and GUE) and the capture program and
+/// puts them where the balancer's tail calls find them, in place of an
+/// adopted one's. A kernel that refuses the capture program (before 5.18,
+/// which brought `bpf_xdp_load_bytes`) runs lb without `lb capture`: the
+/// balancer's tail call into the empty slot fails and the packet goes on.
+pub fn load_tail_calls(ebpf: &mut Ebpf) -> Result<(), DataplaneError> {
+    load_into(ebpf, program_names::TUNNEL, map_names::TUNNEL_PROG)?;
+    if let Err(error) = load_into(ebpf, program_names::CAPTURE, map_names::CAPTURE_PROG) {
+        tracing::warn!("lb capture is unavailable on this kernel: {error}");
+    }
+    Ok(())
+}
+
+/// Loads program `name` and puts it in slot 0 of program array `array`.
+fn load_into(ebpf: &mut Ebpf, name: &str, array: &str) -> Result<(), DataplaneError> {
+    let program: &mut Xdp = ebpf
+        .program_mut(name)
+        .unwrap_or_else(|| panic!("the embedded object defines program {name}"))
+        .try_into()
+        .map_err(verify_error)?;
+    program.load().map_err(verify_error)?;
+    let fd = program
+        .fd()
+        .and_then(|fd| fd.try_clone().map_err(ProgramError::from))
+        .map_err(verify_error)?;
+    let map = ebpf
+        .map_mut(array)
+        .unwrap_or_else(|| panic!("the embedded object defines program array {array}"));
+    let mut array: ProgramArray<&mut MapData> = ProgramArray::try_from(map)
+        .map_err(|e| DataplaneError::Load(Box::new(EbpfError::MapError(e))))?;
+    array
+        .set(0, &fd, 0)
+        .map_err(|e| DataplaneError::Load(Box::new(EbpfError::MapError(e))))
+}
+
+fn balancer(ebpf: &mut Ebpf) -> Result<&mut Xdp, DataplaneError> {
+    ebpf.program_mut(program_names::BALANCER)
+        .expect("the embedded object defines the balancer program")
+        .try_into()
+        .map_err(verify_error)
+}
+
+fn verify_error(error: ProgramError) -> DataplaneError {
+    DataplaneError::Verify(Box::new(error))
+}
+
+/// The object, with every map pinned under the pin directory (an existing
+/// pin is reused, so an adopting lb shares the running one's maps).
+fn load(options: &AttachOptions) -> Result<Ebpf, DataplaneError> {
+    let mut loader = EbpfLoader::new();
+    loader.map_max_entries(map_names::FLOWS, options.max_flows);
+    for &name in map_names::PER_VIP {
+        loader.map_max_entries(name, options.limits.vips);
+    }
+    for &name in map_names::PER_WORKER {
+        loader.map_max_entries(name, options.limits.workers);
+    }
+    for &name in map_names::ALL {
+        loader.map_pin_path(name, options.pin_dir.join(name));
+    }
+    loader
+        .load(object::LB_XDP)
+        .map_err(|e| DataplaneError::Load(Box::new(e)))
+}
+
+/// Swaps `program` in on the pinned link atomically; returns the id of the
+/// program it replaced.
+fn swap_in(program: &mut Xdp, link_path: &Path) -> Result<u32, DataplaneError> {
+    let adopt_error = |source: Box<dyn std::error::Error + Send + Sync>| DataplaneError::Adopt {
+        path: link_path.to_owned(),
+        source,
+    };
+    let link: FdLink = PinnedLink::from_pin(link_path)
+        .map_err(|e| adopt_error(Box::new(e)))?
+        .into();
+    let previous = link
+        .info()
+        .map_err(|e| adopt_error(Box::new(e)))?
+        .program_id();
+    let link = XdpLink::try_from(link).map_err(|e: LinkError| adopt_error(Box::new(e)))?;
+    program
+        .attach_to_link(link)
+        .map_err(|e| adopt_error(Box::new(e)))?;
+    Ok(previous)
+}
+
+/// Attaches `program` to the interface and pins the bpf_link that holds it.
+fn attach_fresh(
+    program: &mut Xdp,
+    if_index: u32,
+    options: &AttachOptions,
+    link_path: &Path,
+) -> Result<(), DataplaneError> {
+    let attach_error = |source: Box<ProgramError>| DataplaneError::Attach {
+        iface: options.iface.clone(),
+        mode: options.mode.into(),
+        hint: match options.mode {
+            AttachMode::Native => " (if the driver has no native XDP, try --xdp-mode generic)",
+            AttachMode::Generic => "",
+        },
+        source,
+    };
+    let id = program
+        .attach_to_if_index(if_index, options.mode.xdp_mode())
+        .map_err(|e| busy(if_index, options).unwrap_or_else(|| attach_error(Box::new(e))))?;
+    let link = program
+        .take_link(id)
+        .map_err(|e| attach_error(Box::new(e)))?;
+    let link: FdLink = link.try_into().map_err(|_| DataplaneError::NoBpfLink)?;
+    link.pin(link_path).map_err(|source| DataplaneError::Pin {
+        map: LINK_PIN,
+        path: options.pin_dir.clone(),
+        source,
+    })?;
+    Ok(())
+}
+
+/// The error for an interface that already runs an XDP program, if it
+/// does.
+fn busy(if_index: u32, options: &AttachOptions) -> Option<DataplaneError> {
+    let running = Netlink::open().ok()?.xdp(if_index).ok()?;
+    if running.program_id == 0 {
+        return None;
+    }
+    let name = aya::programs::loaded_programs()
+        .flatten()
+        .find(|p| p.id() == running.program_id)
+        .and_then(|p| p.name_as_str().map(str::to_owned))
+        .unwrap_or_else(|| "?".into());
+    Some(DataplaneError::Busy {
+        iface: options.iface.clone(),
+        name,
+        id: running.program_id,
+        mode: running.mode,
+        dir: options.pin_dir.clone(),
+    })
+}

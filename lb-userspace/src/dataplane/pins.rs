@@ -1,0 +1,278 @@
+//! An instance's pin directory: made root's alone (mounting the machine's
+//! bpffs if nobody has), marked with the layout and the instance's name,
+//! locked by the controller that manages it, and emptied by `lb detach`.
+
+use std::{
+    fs, io,
+    path::{Path, PathBuf},
+};
+
+use lb_common::{map_names, LAYOUT_VERSION};
+
+use super::DataplaneError;
+use crate::kernel::{
+    bpffs,
+    private::{self, Exposure},
+};
+
+/// Pin name of the bpf_link that holds the program on the interface.
+pub const LINK_PIN: &str = "link";
+/// Prefix of the directory that marks the layout of the pinned maps.
+const LAYOUT_MARK: &str = "layout-";
+/// Prefix of the directory that marks the name of the instance pinned
+/// there.
+const NAME_MARK: &str = "name-";
+
+/// Where controllers keep the lock files of the pin directories they
+/// manage (bpffs holds no plain files, and a lock on the directory itself
+/// could be taken by anyone who may open it).
+pub const LOCK_DIR: &str = "/run/lb/locks";
+
+/// Whether the pinned maps must be replaced: false when there are none or
+/// they have this binary's layout.
+pub(super) fn check_layout(dir: &Path, force: bool) -> Result<bool, DataplaneError> {
+    let pinned = map_names::ALL.iter().any(|name| dir.join(name).exists());
+    if !pinned || dir.join(layout_mark()).exists() {
+        return Ok(false);
+    }
+    if !dir.join(LINK_PIN).exists() {
+        // Maps without a link: left by a start that failed before it
+        // attached; no program uses them.
+        return Ok(true);
+    }
+    if force {
+        return Ok(true);
+    }
+    let found = fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .find_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.strip_prefix(LAYOUT_MARK).map(str::to_owned)
+        })
+        .unwrap_or_else(|| "unknown".into());
+    Err(DataplaneError::LayoutMismatch {
+        dir: dir.to_owned(),
+        found,
+    })
+}
+
+fn layout_mark() -> String {
+    format!("{LAYOUT_MARK}{LAYOUT_VERSION}")
+}
+
+/// Marks the pinned maps as this binary's layout (a directory on bpffs,
+/// visible with `ls`).
+pub(super) fn mark_layout(dir: &Path) -> Result<(), DataplaneError> {
+    mark(dir, &layout_mark())
+}
+
+/// Creates the marker directory `mark` in the pin directory.
+fn mark(dir: &Path, mark: &str) -> Result<(), DataplaneError> {
+    match fs::create_dir(dir.join(mark)) {
+        Err(e) if e.kind() != io::ErrorKind::AlreadyExists => Err(DataplaneError::PinDir {
+            path: dir.to_owned(),
+            source: e,
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Refuses a pin directory marked with another instance's name (one
+/// marked with none was pinned before instances had names: it is adopted).
+/// Marks the pin directory with the instance's name.
+pub(super) fn mark_name(dir: &Path, name: &str) -> Result<(), DataplaneError> {
+    mark(dir, &format!("{NAME_MARK}{name}"))
+}
+
+pub(super) fn check_name(dir: &Path, name: &str) -> Result<(), DataplaneError> {
+    let other = marks(dir, NAME_MARK).find(|found| found != name);
+    match other {
+        Some(found) => Err(DataplaneError::OtherInstance {
+            dir: dir.to_owned(),
+            found,
+            name: name.to_owned(),
+        }),
+        None => Ok(()),
+    }
+}
+
+/// What follows `prefix` in the names of the pin directory's entries that
+/// start with it.
+fn marks<'a>(dir: &Path, prefix: &'a str) -> impl Iterator<Item = String> + 'a {
+    fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(move |e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.strip_prefix(prefix).map(str::to_owned)
+        })
+}
+
+/// Removes the map pins and layout marks (not the link).
+pub(super) fn remove_pins(dir: &Path) {
+    for name in map_names::ALL {
+        let _ = fs::remove_file(dir.join(name));
+    }
+    for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
+        if entry.file_name().to_string_lossy().starts_with(LAYOUT_MARK) {
+            let _ = fs::remove_dir(entry.path());
+        }
+    }
+}
+
+/// Removes every pin of an instance: the link (which detaches the program
+/// once no process holds it), the maps, its marks and its lock files.
+pub fn detach_pins(dir: &Path) {
+    remove_pins(dir);
+    let _ = fs::remove_file(dir.join(LINK_PIN));
+    for name in marks(dir, NAME_MARK).collect::<Vec<_>>() {
+        let _ = fs::remove_dir(dir.join(format!("{NAME_MARK}{name}")));
+    }
+    let _ = fs::remove_dir(dir);
+    let _ = fs::remove_file(lock_path(dir));
+    let _ = fs::remove_file(capture_lock_path(dir));
+}
+
+/// Whether anything of an instance is pinned under `dir`: a link, or maps
+/// a start that failed left.
+pub fn has_pins(dir: &Path) -> bool {
+    std::iter::once(LINK_PIN)
+        .chain(map_names::ALL.iter().copied())
+        .any(|name| dir.join(name).exists())
+}
+
+/// The lock file of pin directory `dir`: its path, escaped as systemd
+/// escapes unit names (`/sys/fs/bpf/lb` → `sys-fs-bpf-lb.lock`).
+pub fn lock_path(dir: &Path) -> PathBuf {
+    let text = dir.to_string_lossy();
+    let escaped: String = text
+        .trim_matches('/')
+        .chars()
+        .map(|c| match c {
+            '/' => "-".to_owned(),
+            c if c.is_ascii_alphanumeric() || c == '_' || c == '.' => c.to_string(),
+            c => format!("\\x{:02x}", u32::from(c) & 0xff),
+        })
+        .collect();
+    Path::new(LOCK_DIR).join(format!("{escaped}.lock"))
+}
+
+/// The lock file of `lb capture` on pin directory `dir`, beside the
+/// controller's: the ring buffer has one reader.
+pub fn capture_lock_path(dir: &Path) -> PathBuf {
+    lock_path(dir).with_extension("capture.lock")
+}
+
+/// Takes the pin directory's lock: one controller per instance.
+pub(super) fn lock_pin_dir(dir: &Path) -> Result<fs::File, DataplaneError> {
+    take_lock(&lock_path(dir))?.ok_or_else(|| DataplaneError::PinDirInUse(dir.to_owned()))
+}
+
+/// Whether a controller holds the pin directory's lock.
+pub fn pin_dir_locked(dir: &Path) -> bool {
+    let Ok(file) = fs::File::open(lock_path(dir)) else {
+        return false;
+    };
+    file.try_lock().is_err()
+}
+
+/// Takes lock file `path` (created if needed) in [`LOCK_DIR`]; `None`
+/// when someone else holds it. The directory is root's alone, so no
+/// other user can hold or replace a lock.
+pub fn take_lock(path: &Path) -> Result<Option<fs::File>, DataplaneError> {
+    let file = open_lock(path)?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(fs::TryLockError::WouldBlock) => Ok(None),
+        Err(fs::TryLockError::Error(source)) => Err(DataplaneError::PinDir {
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
+/// As [`take_lock`], waiting for whoever holds it.
+fn wait_lock(path: &Path) -> Result<fs::File, DataplaneError> {
+    let file = open_lock(path)?;
+    file.lock().map_err(|source| DataplaneError::PinDir {
+        path: path.to_owned(),
+        source,
+    })?;
+    Ok(file)
+}
+
+fn open_lock(path: &Path) -> Result<fs::File, DataplaneError> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let lock_dir = Path::new(LOCK_DIR);
+    let lock_error = |source| DataplaneError::PinDir {
+        path: lock_dir.to_owned(),
+        source,
+    };
+    private::create_dir(lock_dir).map_err(lock_error)?;
+    check_private(lock_dir)?;
+    fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(lock_error)
+}
+
+/// Refuses a directory that another user owns or may write: they could
+/// remove or replace what lb keeps there.
+pub fn check_private(dir: &Path) -> Result<(), DataplaneError> {
+    private::check(dir).map_err(|exposure| match exposure {
+        Exposure::Inspect(source) => DataplaneError::PinDir {
+            path: dir.to_owned(),
+            source,
+        },
+        problem => DataplaneError::Unsafe {
+            path: dir.to_owned(),
+            problem: problem.to_string(),
+        },
+    })
+}
+
+/// Creates the pin directory, readable by root alone (mounting the BPF
+/// filesystem if needed), and refuses one another user could tamper with.
+pub fn prepare_pin_dir(dir: &Path) -> Result<(), DataplaneError> {
+    let pin_dir_error = |source| DataplaneError::PinDir {
+        path: dir.to_owned(),
+        source,
+    };
+    if dir.starts_with(bpffs::MOUNT_POINT) {
+        mount_bpffs()?;
+    }
+    private::create_dir(dir).map_err(pin_dir_error)?;
+    if !bpffs::contains(dir).map_err(pin_dir_error)? {
+        return Err(DataplaneError::NotBpffs(dir.to_owned()));
+    }
+    check_private(dir)
+}
+
+/// Mounts a BPF filesystem on /sys/fs/bpf unless one is there already, as
+/// systemd does on most distributions: root's alone (bpffs's own default is
+/// 1777, which lets any user create directories lb would then use).
+fn mount_bpffs() -> Result<(), DataplaneError> {
+    let mount_point = Path::new(bpffs::MOUNT_POINT);
+    let error = |source| DataplaneError::PinDir {
+        path: mount_point.to_owned(),
+        source,
+    };
+    if bpffs::contains(mount_point).map_err(error)? {
+        return Ok(());
+    }
+    // Two lb starting at once on a machine without one would both mount,
+    // the second over the first, hiding the first one's pins: the check
+    // and the mount are made under a lock.
+    let _lock = wait_lock(&Path::new(LOCK_DIR).join("bpffs.lock"))?;
+    if bpffs::contains(mount_point).map_err(error)? {
+        return Ok(());
+    }
+    bpffs::mount_root_only().map_err(error)
+}
