@@ -90,15 +90,15 @@ pub fn explain(args: &ExplainArgs, pin_dir: &Path) -> anyhow::Result<()> {
 /// (default tcp).
 pub fn parse_vip(text: &str, proto: Option<Protocol>) -> Result<Vip, ExplainError> {
     if !text.contains('/') {
-        let proto = proto.unwrap_or(Protocol::Tcp).word();
+        let proto = proto.unwrap_or(Protocol::Tcp);
         return Ok(format!("{text}/{proto}").parse()?);
     }
     let vip: Vip = text.parse()?;
     match proto {
         Some(flag) if flag != vip.proto => Err(ExplainError::ProtoDisagrees {
             vip: text.to_owned(),
-            vip_proto: vip.proto.word(),
-            flag: flag.word(),
+            vip_proto: vip.proto.into(),
+            flag: flag.into(),
         }),
         _ => Ok(vip),
     }

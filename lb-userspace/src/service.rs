@@ -22,8 +22,11 @@ use serde::{Deserialize, Serialize};
     Serialize,
     Deserialize,
     clap::ValueEnum,
+    strum::Display,
+    strum::IntoStaticStr,
 )]
 #[serde(rename_all = "lowercase")]
+#[strum(serialize_all = "lowercase")]
 pub enum Protocol {
     /// TCP.
     Tcp,
@@ -32,14 +35,6 @@ pub enum Protocol {
 }
 
 impl Protocol {
-    /// "tcp" or "udp", as VIPs are written.
-    pub fn word(self) -> &'static str {
-        match self {
-            Self::Tcp => "tcp",
-            Self::Udp => "udp",
-        }
-    }
-
     fn number(self) -> u8 {
         match self {
             Self::Tcp => IPPROTO_TCP,
@@ -107,8 +102,12 @@ impl FromStr for Vip {
 
 impl fmt::Display for Vip {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let proto = self.proto.word();
-        write!(f, "{}/{proto}", SocketAddr::new(self.addr, self.port))
+        write!(
+            f,
+            "{}/{}",
+            SocketAddr::new(self.addr, self.port),
+            self.proto
+        )
     }
 }
 
