@@ -284,23 +284,97 @@ pub enum Rule<S, T> {
     },
 }
 
+/// The last step of a new flow's choice. A trait, not a closure: the data
+/// plane's must inline, and stable Rust can't mark a closure
+/// `#[inline(always)]`.
+pub trait Scheduler {
+    /// What it picks.
+    type Pick;
+    /// Picks.
+    fn pick(self) -> Self::Pick;
+}
+
+/// The VIP's scheduler for flow `key` ([`schedule`]).
+pub struct ForFlow<'a, M> {
+    /// The maps.
+    pub maps: &'a M,
+    /// The flow.
+    pub key: &'a FlowKey,
+    /// Its VIP.
+    pub vip: &'a VipInfo,
+}
+
+impl<M: DecisionMaps> Scheduler for ForFlow<'_, M> {
+    type Pick = Schedule;
+
+    #[inline(always)]
+    fn pick(self) -> Schedule {
+        schedule(self.maps, self.key, self.vip)
+    }
+}
+
 /// Steps 2 to 5 for a new flow of `vip` from `src`: the client's usable
 /// pin, its fresh session on a usable worker, or what `scheduler` picks
-/// (`lb explain` without a client port passes its own).
+/// (`lb explain` without a client port brings its own).
 #[inline(always)]
-pub fn choose<'m, M: DecisionMaps, T>(
+pub fn choose<'m, M: DecisionMaps, P: Scheduler>(
     maps: &'m M,
     src: &[u8; 16],
     vip: &VipInfo,
-    scheduler: impl FnOnce() -> T,
-) -> Rule<M::Entry<'m, StickyValue>, T> {
-    let scheduled = |stale, becomes_session| Rule::Scheduled {
-        scheduled: scheduler(),
+    scheduler: P,
+) -> Rule<M::Entry<'m, StickyValue>, P::Pick> {
+    // One call of the scheduler, so that the data plane inlines it once.
+    let (stale, becomes_session) = match client_rule(maps, src, vip) {
+        ClientRule::Pinned(id) => return Rule::Pinned(id),
+        ClientRule::Sticky {
+            backend_id,
+            session,
+            now,
+        } => {
+            return Rule::Sticky {
+                backend_id,
+                session,
+                now,
+            }
+        }
+        ClientRule::Neither {
+            stale,
+            becomes_session,
+        } => (stale, becomes_session),
+    };
+    Rule::Scheduled {
+        scheduled: scheduler.pick(),
         stale,
         becomes_session,
+    }
+}
+
+/// Steps 2 and 3: what the client's own pin or session decides.
+enum ClientRule<S> {
+    Pinned(u32),
+    Sticky {
+        backend_id: u32,
+        session: S,
+        now: u64,
+    },
+    Neither {
+        stale: Option<Stale>,
+        becomes_session: Option<(StickyKey, u64)>,
+    },
+}
+
+#[inline(always)]
+fn client_rule<'m, M: DecisionMaps>(
+    maps: &'m M,
+    src: &[u8; 16],
+    vip: &VipInfo,
+) -> ClientRule<M::Entry<'m, StickyValue>> {
+    let neither = ClientRule::Neither {
+        stale: None,
+        becomes_session: None,
     };
     if vip.flags & (VIP_STICKY | VIP_HAS_PINS) == 0 {
-        return scheduled(None, None);
+        return neither;
     }
     let client = StickyKey {
         client: mask_prefix(src, vip.sticky_prefix),
@@ -309,12 +383,12 @@ pub fn choose<'m, M: DecisionMaps, T>(
     if vip.flags & VIP_HAS_PINS != 0 {
         if let Some(pinned) = maps.pin(&client) {
             if usable(maps, pinned, vip).is_some() {
-                return Rule::Pinned(pinned);
+                return ClientRule::Pinned(pinned);
             }
         }
     }
     if vip.flags & VIP_STICKY == 0 {
-        return scheduled(None, None);
+        return neither;
     }
     let now = maps.now();
     let mut stale = None;
@@ -325,14 +399,17 @@ pub fn choose<'m, M: DecisionMaps, T>(
         } else if usable(maps, backend_id, vip) != Some(session.backend_generation) {
             stale = Some(Stale::Unusable);
         } else {
-            return Rule::Sticky {
+            return ClientRule::Sticky {
                 backend_id,
                 session,
                 now,
             };
         }
     }
-    scheduled(stale, Some((client, now)))
+    ClientRule::Neither {
+        stale,
+        becomes_session: Some((client, now)),
+    }
 }
 
 /// The generation of worker `id` if it can take a new flow of `vip`.
@@ -383,7 +460,12 @@ pub fn decide<'m, M: DecisionMaps>(maps: &'m M, key: &FlowKey, syn: bool) -> Dec
     let Some(vip) = maps.vip(&vip_key) else {
         return Decided::NotVip(missed);
     };
-    let rule = choose(maps, &key.src, &vip, || schedule(maps, key, &vip));
+    let scheduler = ForFlow {
+        maps,
+        key,
+        vip: &vip,
+    };
+    let rule = choose(maps, &key.src, &vip, scheduler);
     Decided::New { missed, vip, rule }
 }
 
