@@ -133,7 +133,7 @@ pub enum Missed {
 
 /// Step 1: the flow table's worker for `key`, or why not.
 #[inline(always)]
-pub fn follow<'m, M: DecisionMaps>(
+fn follow<'m, M: DecisionMaps>(
     maps: &'m M,
     key: &FlowKey,
 ) -> Result<Followed<'m, M::Entry<'m, FlowValue>>, Missed> {
@@ -295,13 +295,10 @@ pub trait Scheduler {
 }
 
 /// The VIP's scheduler for flow `key` ([`schedule`]).
-pub struct ForFlow<'a, M> {
-    /// The maps.
-    pub maps: &'a M,
-    /// The flow.
-    pub key: &'a FlowKey,
-    /// Its VIP.
-    pub vip: &'a VipInfo,
+struct ForFlow<'a, M> {
+    maps: &'a M,
+    key: &'a FlowKey,
+    vip: &'a VipInfo,
 }
 
 impl<M: DecisionMaps> Scheduler for ForFlow<'_, M> {
@@ -414,7 +411,7 @@ fn client_rule<'m, M: DecisionMaps>(
 
 /// The generation of worker `id` if it can take a new flow of `vip`.
 #[inline(always)]
-pub fn usable<M: DecisionMaps>(maps: &M, id: u32, vip: &VipInfo) -> Option<u32> {
+fn usable<M: DecisionMaps>(maps: &M, id: u32, vip: &VipInfo) -> Option<u32> {
     let backend = maps.backend(id)?;
     backend
         .takes_new_flows(vip.id)
