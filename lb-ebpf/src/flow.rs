@@ -1,6 +1,7 @@
-//! The flow table: a packet's flow, the worker recorded for it (kept
-//! fresh, and marked closing on FIN or RST, for the controller), and the
-//! recording of a new flow once the scheduler has chosen its worker.
+//! The flow table's writes around the shared decision: a packet's flow,
+//! the entry of a followed flow kept fresh (and marked closing on FIN or
+//! RST, for the controller), and the recording of a new flow once its
+//! worker is chosen.
 
 use aya_ebpf::{
     bindings::BPF_ANY,
@@ -10,7 +11,7 @@ use lb_common::{
     balancer::{Backend, FlowKey, FlowValue, VipInfo, FLOW_CLOSING, FLOW_TOUCH_NS},
     capture::reason,
     counters::GlobalCounters,
-    decide,
+    decide::{Followed, Missed},
     packet::{IpPacket, IPPROTO_TCP},
 };
 
@@ -73,45 +74,39 @@ impl Flow {
     }
 }
 
-/// The flow's recorded worker, if the flow is still its VIP's, has not
-/// been idle past the VIP's idle timeout, and the worker may keep it; no
-/// VIP lookup needed. Otherwise the caller schedules the packet afresh,
-/// which re-records the flow.
+/// Where a flow the flow table decides goes: its entry touched, the hit
+/// counted.
 #[inline(always)]
-pub fn established(flow: &Flow, counters: &mut GlobalCounters) -> Option<Decision> {
-    let value = LB_FLOWS.get_ptr_mut(&flow.key)?;
-    // SAFETY: the kernel keeps the element alive for this run;
-    // concurrent writers only ever store whole aligned fields.
-    let value = unsafe { &mut *value };
-    let vip_id = value.vip_id;
-    let vip = LB_VIP_TAGS.get(vip_id)?;
-    if vip.tag != value.vip_tag {
-        return None;
-    }
-    let now = coarse_now();
-    if decide::flow_expired(now, value.last_seen_ns, vip.idle_timeout_s) {
-        counters.flow_expired += 1;
-        return None;
-    }
-    let backend_id = value.backend_id;
-    let backend = LB_BACKENDS.get(backend_id)?;
-    if !backend.keeps_flows(vip_id, value.backend_generation) {
-        counters.flow_rescheduled += 1;
-        return None;
-    }
+pub fn established(
+    flow: &Flow,
+    followed: Followed<'static, &mut FlowValue>,
+    counters: &mut GlobalCounters,
+) -> Decision {
     counters.flow_hits += 1;
+    let vip_id = followed.entry.vip_id;
     touch(
-        value,
-        now,
+        followed.entry,
+        followed.now,
         flow.is_tcp && flow.tcp_flags & (TCP_FIN | TCP_RST) != 0,
     );
-    Some(Decision {
-        backend_id,
-        backend,
+    Decision {
+        backend_id: followed.backend_id,
+        backend: followed.backend,
         vip_id,
         new_flow: false,
         reason: reason::FLOW,
-    })
+    }
+}
+
+/// Counts why the flow table did not decide, where that is news: an
+/// expired flow, or one whose worker can't keep it.
+#[inline(always)]
+pub fn count_missed(missed: Missed, counters: &mut GlobalCounters) {
+    match missed {
+        Missed::Expired { .. } => counters.flow_expired += 1,
+        Missed::WorkerRefuses => counters.flow_rescheduled += 1,
+        _ => {}
+    }
 }
 
 /// CLOCK_MONOTONIC_COARSE, as of this jiffy. The clock helper is a call

@@ -9,6 +9,7 @@ use lb_common::{
     balancer::{Backend, FlowKey, VipAddrKey, VipKey},
     capture::{reason, NO_ID},
     counters::GlobalCounters,
+    decide,
     icmp::{
         checksum_update, classify, EmbeddedFlow, IcmpMessage, ICMPV6_ECHO_REPLY, ICMP_ECHO_REPLY,
     },
@@ -20,8 +21,8 @@ use lb_ebpf::frame::XdpFrame;
 use crate::{
     capture::Outcome,
     flow,
-    maps::{LB_BACKENDS, LB_VIPS, LB_VIP_ADDRS},
-    schedule, transmit,
+    maps::{XdpMaps, LB_BACKENDS, LB_VIPS, LB_VIP_ADDRS},
+    transmit,
 };
 
 /// Handles an ICMP packet; `None` passes it to the kernel.
@@ -83,7 +84,7 @@ fn worker_of(embedded: &EmbeddedFlow, family: u8) -> Option<(FlowKey, u32, &'sta
             };
             // SAFETY: copied out at once.
             let vip = unsafe { LB_VIPS.get(&vip_key) }.copied()?;
-            schedule::schedule(&flow.key, &vip)?
+            decide::schedule(&XdpMaps, &flow.key, &vip).worker()?
         }
     };
     Some((flow.key, backend_id, LB_BACKENDS.get(backend_id)?))

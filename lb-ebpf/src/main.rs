@@ -1,5 +1,6 @@
-//! lb's XDP data plane: parse → VIP lookup → flow table (`flow`) →
-//! scheduling (`schedule`: pins, sticky sessions, Maglev, least-load) →
+//! lb's XDP data plane: parse → the decision shared with `lb explain`
+//! (`lb_common::decide`: flow table, VIP lookup, pins, sticky sessions,
+//! Maglev, least-load; its writes in `flow` and `schedule`) →
 //! transmit (`transmit`: L2 DSR, or IPIP/GUE encapsulation, with `pmtu`
 //! answering what a tunnel can't carry); ICMP in `icmp`; every packet's
 //! outcome, and its copy while `lb capture` runs, in `capture`.
@@ -20,9 +21,10 @@ mod transmit;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use lb_common::{
-    balancer::{vip_filter_bit, VipKey, FAMILY_V4, FAMILY_V6},
+    balancer::{vip_filter_bit, FAMILY_V4, FAMILY_V6},
     capture::{reason, NO_ID},
     counters::GlobalCounters,
+    decide::{self, Decided},
     packet::{
         self, Frame as _, IpPacket, IpVersion, Parsed, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP,
         IPPROTO_UDP,
@@ -99,27 +101,19 @@ fn balance(
         return None;
     }
     let flow = flow::Flow::of(ip, family);
-    let established = if flow.is_syn() {
-        None
-    } else {
-        flow::established(&flow, counters)
-    };
-    let decision = match established {
-        Some(decision) => decision,
-        None => {
-            let vip_key = VipKey {
-                addr: ip.dst,
-                port: ip.dport,
-                proto: ip.proto,
-                family,
-            };
-            // SAFETY: copied out at once; hash map updates replace elements whole.
-            let vip = unsafe { LB_VIPS.get(&vip_key) }.copied()?;
-            let Some(decision) = schedule::new_flow(&flow, &vip, counters) else {
+    let decision = match decide::decide(&XdpMaps, &flow.key, flow.is_syn()) {
+        Decided::Established(followed) => flow::established(&flow, followed, counters),
+        Decided::New { missed, vip, rule } => {
+            flow::count_missed(missed, counters);
+            let Some(decision) = schedule::new_flow(&flow, &vip, rule, counters) else {
                 counters.drop_no_backend += 1;
                 return Some(Outcome::drop(reason::NO_BACKEND, vip.id, NO_ID));
             };
             decision
+        }
+        Decided::NotVip(missed) => {
+            flow::count_missed(missed, counters);
+            return None;
         }
     };
     transmit::to_worker(ctx, frame, &decision, &flow.key, len, counters)

@@ -4,17 +4,21 @@
 use aya_ebpf::{
     bindings::{BPF_F_INNER_MAP, BPF_F_MMAPABLE},
     btf_maps::{Array, ArrayOfMaps, HashMap, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
+    helpers::bpf_ktime_get_ns,
     macros::btf_map,
 };
 use lb_common::{
     balancer::{
         Backend, ClockCache, Config, FlowKey, FlowValue, IcmpBudget, StickyKey, StickyValue,
         TrafficCounters, TunnelJob, VipAddrKey, VipInfo, VipKey, VipTag, DEFAULT_MAX_VIPS,
-        DEFAULT_MAX_WORKERS, MAX_PINS, MAX_STICKY, VIP_FILTER_WORDS,
+        DEFAULT_MAX_WORKERS, LOAD_UNKNOWN, MAX_PINS, MAX_STICKY, VIP_FILTER_WORDS,
     },
     capture::{CaptureCounters, CaptureFilter, CaptureRecord, CaptureScratch, RING_BYTES},
     counters::GlobalCounters,
+    decide::DecisionMaps,
 };
+
+use crate::flow;
 
 // The per-VIP and per-worker maps' sizes are set by the controller
 // (`--max-vips`, `--max-workers`); these are the defaults.
@@ -114,3 +118,76 @@ pub static LB_CAPTURE_SCRATCH: PerCpuArray<CaptureScratch, 1> = PerCpuArray::new
 /// The capture program, set by the controller when it loads the object.
 #[btf_map]
 pub static LB_CAPTURE_PROG: ProgramArray<1> = ProgramArray::new();
+
+/// The maps as the shared decision (`lb_common::decide`) reads them.
+pub struct XdpMaps;
+
+impl DecisionMaps for XdpMaps {
+    // The kernel keeps an element alive for the program's run; concurrent
+    // writers only ever store whole aligned fields.
+    type Entry<'a, T: 'a> = &'a mut T;
+
+    #[inline(always)]
+    fn flow(&self, key: &FlowKey) -> Option<&mut FlowValue> {
+        // SAFETY: see `Entry`.
+        LB_FLOWS
+            .get_ptr_mut(key)
+            .map(|value| unsafe { &mut *value })
+    }
+
+    #[inline(always)]
+    fn vip_tag(&self, vip_id: u32) -> Option<&VipTag> {
+        LB_VIP_TAGS.get(vip_id)
+    }
+
+    #[inline(always)]
+    fn vip(&self, key: &VipKey) -> Option<VipInfo> {
+        // SAFETY: copied out at once; hash map updates replace elements whole.
+        unsafe { LB_VIPS.get(key) }.copied()
+    }
+
+    #[inline(always)]
+    fn backend(&self, id: u32) -> Option<&Backend> {
+        LB_BACKENDS.get(id)
+    }
+
+    #[inline(always)]
+    fn pin(&self, client: &StickyKey) -> Option<u32> {
+        // SAFETY: copied out at once.
+        unsafe { LB_PINS.get(client) }.copied()
+    }
+
+    #[inline(always)]
+    fn session(&self, client: &StickyKey) -> Option<&mut StickyValue> {
+        // SAFETY: see `Entry`.
+        LB_STICKY
+            .get_ptr_mut(client)
+            .map(|value| unsafe { &mut *value })
+    }
+
+    #[inline(always)]
+    fn slot(&self, vip_id: u32, index: u32) -> Option<u32> {
+        LB_MAGLEV.get_value(vip_id, &index).copied()
+    }
+
+    #[inline(always)]
+    fn load(&self, id: u32) -> u32 {
+        LB_LOAD.get(id).copied().unwrap_or(LOAD_UNKNOWN)
+    }
+
+    #[inline(always)]
+    fn hash_seed(&self) -> u32 {
+        LB_CONFIG.get(0).map_or(0, |config| config.hash_seed)
+    }
+
+    #[inline(always)]
+    fn coarse_now(&self) -> u64 {
+        flow::coarse_now()
+    }
+
+    #[inline(always)]
+    fn now(&self) -> u64 {
+        // SAFETY: helper without arguments.
+        unsafe { bpf_ktime_get_ns() }
+    }
+}

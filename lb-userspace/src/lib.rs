@@ -13,7 +13,6 @@ pub(crate) mod control;
 pub mod dataplane;
 pub mod desired;
 pub mod duration;
-pub(crate) mod explain;
 pub mod kernel;
 pub mod logging;
 pub mod net;

@@ -8,6 +8,7 @@ pub(crate) mod admin;
 pub(crate) mod capture;
 pub mod cli;
 pub(crate) mod decap;
+pub(crate) mod explain;
 pub(crate) mod reference;
 pub(crate) mod run;
 pub(crate) mod stats;
@@ -28,7 +29,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Status(args) => admin::status(&args, socket),
         Command::Stats(args) => stats::stats(&args, pin_dir),
         Command::Flows(args) => stats::flows(&args, pin_dir),
-        Command::Explain(args) => crate::explain::explain(&args, pin_dir),
+        Command::Explain(args) => explain::explain(&args, pin_dir),
         Command::Top(args) => top::top(&args, &paths),
         Command::Capture(args) => capture::capture(&args, pin_dir),
         Command::Decap(command) => decap::command(command, cli.instance.pin_dir.as_deref()),

@@ -1,265 +1,23 @@
-//! `lb explain`: what the data plane would do with a client's next packet
-//! to a VIP, and why. It reads the pinned maps and takes the data plane's
-//! steps in the data plane's order (flow table, pin, sticky session,
-//! Maglev, least-load, the worker's MAC) with the decisions both share
-//! (`lb_common::decide`), so it works without a controller and names the
-//! worker the data plane would. It changes nothing: the data plane
-//! refreshes sessions and records flows as it goes, an explanation does
-//! not.
+//! What `lb explain` prints: the explanation of a snapshot's decision,
+//! step by step, as JSON (docs/JSON.md) and as text.
 
-use std::{
-    collections::{BTreeMap, BTreeSet},
-    net::{IpAddr, SocketAddr},
-    path::Path,
-};
+use std::{collections::BTreeSet, net::IpAddr, net::SocketAddr};
 
-use anyhow::Context as _;
-use aya::maps::{Array, HashMap, MapData, MapError};
 use lb_common::{
     balancer::{
-        mask_prefix, Backend, Config, FlowKey, FlowValue, StickyKey, StickyValue, VipInfo, VipKey,
-        VipTag, BACKEND_MAC_KNOWN, BACKEND_VALID, FLOW_CLOSING, LOAD_SCALE, LOAD_UNKNOWN,
-        NO_BACKEND, SCHED_LEAST_LOAD, VIP_HAS_PINS, VIP_STICKY,
+        Backend, FlowValue, StickyValue, BACKEND_MAC_KNOWN, BACKEND_VALID, FLOW_CLOSING,
+        LOAD_SCALE, LOAD_UNKNOWN, SCHED_LEAST_LOAD, VIP_HAS_PINS, VIP_STICKY,
     },
-    decide, map_names,
+    decide::{self, DecisionMaps, Missed, Rule, Schedule, Stale},
 };
 use serde::Serialize;
 
+use super::gather::{Picked, Trace, View};
 use crate::{
-    commands::cli::{ExplainArgs, OutputFormat},
-    commands::stats,
     commands::table,
-    dataplane::activity,
     dataplane::maps,
     service::{self, Protocol, Vip},
 };
-
-/// Why `lb explain` can't answer.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum ExplainError {
-    /// The VIP did not parse.
-    #[error(transparent)]
-    Vip(#[from] service::ParseError),
-    /// `--proto` says otherwise than the VIP's /tcp or /udp.
-    #[error("{vip} is {vip_proto}, but --proto says {flag}")]
-    ProtoDisagrees {
-        /// The VIP as given.
-        vip: String,
-        /// Its protocol.
-        vip_proto: &'static str,
-        /// What --proto said.
-        flag: &'static str,
-    },
-    /// The client is neither ADDRESS nor ADDRESS:PORT.
-    #[error("`{0}` is not a client ADDRESS or ADDRESS:PORT (IPv6 as [ADDRESS]:PORT)")]
-    BadClient(String),
-    /// Client port 0.
-    #[error("port 0 in `{0}`: a client port is 1 to 65535 (leave it out for a new connection)")]
-    ClientPortZero(String),
-    /// A client of the other family: it can't reach the VIP.
-    #[error("client {client} is {client_family}, but VIP {vip} is {vip_family}")]
-    WrongFamily {
-        /// The client.
-        client: IpAddr,
-        /// The VIP.
-        vip: Vip,
-        /// The client's family.
-        client_family: &'static str,
-        /// The VIP's family.
-        vip_family: &'static str,
-    },
-    /// The data plane has no such VIP.
-    #[error("no VIP {0} in this instance (see `lb vip list`)")]
-    UnknownVip(Vip),
-}
-
-/// Prints the explanation of `args` from the maps pinned under `pin_dir`.
-pub fn explain(args: &ExplainArgs, pin_dir: &Path) -> anyhow::Result<()> {
-    let vip = parse_vip(&args.vip, args.proto)?;
-    let (client, port) = parse_client(&args.client)?;
-    check_family(client, &vip)?;
-    let explanation = gather(pin_dir, vip, client, port)?.explain();
-    match args.pinned.output {
-        OutputFormat::Json => println!("{}", serde_json::to_string(&explanation)?),
-        OutputFormat::Table => print!("{}", render(&explanation)),
-    }
-    Ok(())
-}
-
-/// A VIP as `ADDRESS:PORT/PROTO`, or `ADDRESS:PORT` with `--proto`
-/// (default tcp).
-pub fn parse_vip(text: &str, proto: Option<Protocol>) -> Result<Vip, ExplainError> {
-    if !text.contains('/') {
-        let proto = proto.unwrap_or(Protocol::Tcp);
-        return Ok(format!("{text}/{proto}").parse()?);
-    }
-    let vip: Vip = text.parse()?;
-    match proto {
-        Some(flag) if flag != vip.proto => Err(ExplainError::ProtoDisagrees {
-            vip: text.to_owned(),
-            vip_proto: vip.proto.into(),
-            flag: flag.into(),
-        }),
-        _ => Ok(vip),
-    }
-}
-
-/// A client as `ADDRESS` or `ADDRESS:PORT` (`[ADDRESS]:PORT` or
-/// `[ADDRESS]` for IPv6).
-pub fn parse_client(text: &str) -> Result<(IpAddr, Option<u16>), ExplainError> {
-    if let Ok(socket) = text.parse::<SocketAddr>() {
-        if socket.port() == 0 {
-            return Err(ExplainError::ClientPortZero(text.to_owned()));
-        }
-        return Ok((socket.ip(), Some(socket.port())));
-    }
-    let bare = text
-        .strip_prefix('[')
-        .and_then(|t| t.strip_suffix(']'))
-        .unwrap_or(text);
-    bare.parse()
-        .map(|addr| (addr, None))
-        .map_err(|_| ExplainError::BadClient(text.to_owned()))
-}
-
-fn check_family(client: IpAddr, vip: &Vip) -> Result<(), ExplainError> {
-    if client.is_ipv4() == vip.addr.is_ipv4() {
-        return Ok(());
-    }
-    Err(ExplainError::WrongFamily {
-        client,
-        vip: *vip,
-        client_family: service::family_word(client),
-        vip_family: service::family_word(vip.addr),
-    })
-}
-
-/// A flow table entry, with what `LB_VIP_TAGS` holds at its VIP id.
-#[derive(Clone, Copy, Debug)]
-struct Recorded {
-    value: FlowValue,
-    /// `None` when the id is past the end of the map.
-    tag: Option<VipTag>,
-}
-
-/// What the data plane holds about one VIP and one client, read at one
-/// moment.
-#[derive(Debug)]
-struct View {
-    vip: Vip,
-    info: VipInfo,
-    idle_timeout_s: u32,
-    seed: u32,
-    /// The worker slots, by id.
-    backends: Vec<Backend>,
-    /// The load figures, by worker id.
-    loads: Vec<u32>,
-    /// The VIP's Maglev table.
-    table: Vec<u32>,
-    client: IpAddr,
-    /// The flow, when the client's port is known.
-    key: Option<FlowKey>,
-    flow: Option<Recorded>,
-    /// The client's pin (when the VIP has pins).
-    pin: Option<u32>,
-    /// The client's sticky session (when the VIP is sticky).
-    session: Option<StickyValue>,
-    /// CLOCK_MONOTONIC, ns.
-    now_ns: u64,
-}
-
-/// A map lookup's value; `None` when the key is absent.
-fn found<T>(result: Result<T, MapError>) -> Result<Option<T>, MapError> {
-    match result {
-        Ok(value) => Ok(Some(value)),
-        Err(MapError::KeyNotFound) => Ok(None),
-        Err(error) => Err(error),
-    }
-}
-
-fn open(pin_dir: &Path, name: &str) -> anyhow::Result<aya::maps::Map> {
-    maps::open_pinned(pin_dir, name).with_context(|| stats::no_instance(pin_dir))
-}
-
-/// Reads what the data plane would consult for `client` (and `port`).
-fn gather(pin_dir: &Path, vip: Vip, client: IpAddr, port: Option<u16>) -> anyhow::Result<View> {
-    let vips: HashMap<MapData, VipKey, VipInfo> = open(pin_dir, map_names::VIPS)?.try_into()?;
-    let info = found(vips.get(&vip.key(), 0))?.ok_or(ExplainError::UnknownVip(vip))?;
-    let tags: Array<MapData, VipTag> = open(pin_dir, map_names::VIP_TAGS)?.try_into()?;
-    let config: Array<MapData, Config> = open(pin_dir, map_names::CONFIG)?.try_into()?;
-    let backends: Array<MapData, Backend> = open(pin_dir, map_names::BACKENDS)?.try_into()?;
-    let loads: Array<MapData, u32> = open(pin_dir, map_names::LOAD)?.try_into()?;
-    let key = port.map(|port| flow_key(&vip, client, port));
-    let flow = match &key {
-        Some(key) => read_flow(pin_dir, key, &tags)?,
-        None => None,
-    };
-    let client_key = StickyKey {
-        client: mask_prefix(&service::addr_bytes(client).0, info.sticky_prefix),
-        vip_id: info.id,
-    };
-    let pin = if info.flags & VIP_HAS_PINS != 0 {
-        let pins: HashMap<MapData, StickyKey, u32> = open(pin_dir, map_names::PINS)?.try_into()?;
-        found(pins.get(&client_key, 0))?
-    } else {
-        None
-    };
-    let session = if info.flags & VIP_STICKY != 0 {
-        let sticky: HashMap<MapData, StickyKey, StickyValue> =
-            open(pin_dir, map_names::STICKY)?.try_into()?;
-        found(sticky.get(&client_key, 0))?
-    } else {
-        None
-    };
-    Ok(View {
-        vip,
-        info,
-        idle_timeout_s: tags.get(&info.id, 0)?.idle_timeout_s,
-        seed: config.get(&0, 0)?.hash_seed,
-        backends: backends.iter().collect::<Result<_, _>>()?,
-        loads: loads.iter().collect::<Result<_, _>>()?,
-        table: maps::pinned_maglev_table(pin_dir, info.id)
-            .context("reading the VIP's Maglev table")?,
-        client,
-        key,
-        flow,
-        pin,
-        session,
-        now_ns: activity::monotonic_ns(),
-    })
-}
-
-fn read_flow(
-    pin_dir: &Path,
-    key: &FlowKey,
-    tags: &Array<MapData, VipTag>,
-) -> anyhow::Result<Option<Recorded>> {
-    let flows: HashMap<MapData, FlowKey, FlowValue> =
-        open(pin_dir, map_names::FLOWS)?.try_into()?;
-    let Some(value) = found(flows.get(key, 0))? else {
-        return Ok(None);
-    };
-    let tag = match tags.get(&value.vip_id, 0) {
-        Ok(tag) => Some(tag),
-        Err(MapError::OutOfBounds { .. }) => None,
-        Err(error) => return Err(error.into()),
-    };
-    Ok(Some(Recorded { value, tag }))
-}
-
-/// The data plane's key of the flow from `client`:`port` to `vip`.
-fn flow_key(vip: &Vip, client: IpAddr, port: u16) -> FlowKey {
-    let vip_key = vip.key();
-    FlowKey {
-        src: service::addr_bytes(client).0,
-        dst: vip_key.addr,
-        sport: port.to_be(),
-        dport: vip_key.port,
-        proto: vip_key.proto,
-        family: vip_key.family,
-        pad: [0; 2],
-    }
-}
 
 /// What `lb explain` prints.
 #[derive(Debug, Serialize)]
@@ -423,26 +181,29 @@ fn load_fraction(load: u32) -> Option<f64> {
 }
 
 impl View {
-    fn explain(&self) -> Explanation {
-        let new_flow = self.verdict(self.choose());
-        let flow = self.flow.map(|recorded| self.flow_report(&recorded));
-        let followed = self.flow.and_then(|recorded| self.follow(&recorded).ok());
-        let (verdict, syn) = match followed {
-            Some(id) => {
+    /// The explanation of what the decision says, `trace`, about this
+    /// snapshot.
+    pub(super) fn explain(&self, trace: &Trace) -> Explanation {
+        let new_flow = self.verdict(self.rule_choice(&trace.new_flow));
+        let flow = self.flow.as_ref().zip(trace.flow.as_ref());
+        let (verdict, syn) = match trace.flow {
+            Some(Ok(id)) => {
                 let established = self.verdict(Choice::Worker(id, "established flow".into()));
                 let is_tcp = self.vip.proto == Protocol::Tcp;
                 (established, is_tcp.then_some(new_flow))
             }
-            None => (new_flow, None),
+            _ => (new_flow, None),
         };
         Explanation {
             vip: self.vip,
             client: self.client,
             client_port: self.key.map(|k| u16::from_be(k.sport)),
             settings: self.settings(),
-            flow,
-            pin: self.pin.map(|id| self.pin_report(id)),
-            session: self.session.map(|s| self.session_report(&s)),
+            flow: flow.map(|(value, step)| self.flow_report(value, step)),
+            pin: self.pin.map(|id| self.pin_report(id, &trace.new_flow)),
+            session: self
+                .session
+                .map(|s| self.session_report(&s, &trace.new_flow)),
             schedule: self.schedule_report(),
             workers: self.worker_reports(),
             verdict,
@@ -456,7 +217,7 @@ impl View {
             id: info.id,
             scheduler: self.scheduler_word(),
             table_size: info.table_size,
-            idle_timeout_secs: self.idle_timeout_s,
+            idle_timeout_secs: self.tags.get(&info.id).map_or(0, |t| t.idle_timeout_s),
             sticky_ttl_secs: (info.flags & VIP_STICKY != 0).then_some(info.sticky_ttl_s),
             sticky_prefix: info.sticky_prefix,
             has_pins: info.flags & VIP_HAS_PINS != 0,
@@ -472,29 +233,12 @@ impl View {
         }
     }
 
-    fn backend(&self, id: u32) -> Option<&Backend> {
-        self.backends.get(id as usize)
-    }
-
     /// Worker `id`'s address, or `#id` for a slot without one.
     fn name(&self, id: u32) -> String {
         self.backend(id)
             .filter(|b| b.flags & BACKEND_VALID != 0)
             .and_then(|b| service::addr_from_bytes(b.addr, b.family))
             .map_or_else(|| format!("#{id}"), |addr| addr.to_string())
-    }
-
-    fn load(&self, id: u32) -> u32 {
-        self.loads.get(id as usize).copied().unwrap_or(LOAD_UNKNOWN)
-    }
-
-    /// The data plane's `usable`: worker `id`'s generation if it takes new
-    /// flows of this VIP.
-    fn usable(&self, id: u32) -> Option<u32> {
-        let backend = self.backend(id)?;
-        backend
-            .takes_new_flows(self.info.id)
-            .then_some(backend.generation)
     }
 
     /// Why worker `id` (recorded with `generation`) can't have a flow of
@@ -519,43 +263,33 @@ impl View {
         }
     }
 
-    /// The data plane's `flow::established`: the recorded worker, or why
-    /// the packet is scheduled afresh.
-    fn follow(&self, recorded: &Recorded) -> Result<u32, String> {
-        let value = &recorded.value;
-        let Some(tag) = recorded.tag else {
-            return Err(format!("its VIP id {} is past the map", value.vip_id));
-        };
-        if tag.tag != value.vip_tag {
-            return Err("its VIP was removed or replaced since".into());
-        }
-        if decide::flow_expired(self.now_ns, value.last_seen_ns, tag.idle_timeout_s) {
-            return Err(format!(
-                "idle for {:.1}s, past the VIP's idle timeout of {}s",
+    /// Why the flow table does not decide, for flow entry `value`.
+    fn missed(&self, value: &FlowValue, missed: Missed) -> String {
+        match missed {
+            Missed::Syn => "a SYN opens a new connection".into(),
+            Missed::Absent => "no entry".into(),
+            Missed::VipPastMap => format!("its VIP id {} is past the map", value.vip_id),
+            Missed::VipReplaced => "its VIP was removed or replaced since".into(),
+            Missed::Expired { idle_timeout_s } => format!(
+                "idle for {:.1}s, past the VIP's idle timeout of {idle_timeout_s}s",
                 secs(self.now_ns.saturating_sub(value.last_seen_ns)),
-                tag.idle_timeout_s
-            ));
+            ),
+            Missed::NoWorker | Missed::WorkerRefuses => self.unusable(
+                value.backend_id,
+                value.vip_id,
+                Some(value.backend_generation),
+            ),
         }
-        let id = value.backend_id;
-        let keeps = self
-            .backend(id)
-            .is_some_and(|b| b.keeps_flows(value.vip_id, value.backend_generation));
-        if !keeps {
-            return Err(self.unusable(id, value.vip_id, Some(value.backend_generation)));
-        }
-        Ok(id)
     }
 
-    fn flow_report(&self, recorded: &Recorded) -> FlowReport {
-        let value = &recorded.value;
-        let followed = self.follow(recorded);
+    fn flow_report(&self, value: &FlowValue, step: &Result<u32, Missed>) -> FlowReport {
         FlowReport {
             worker: self.name(value.backend_id),
             age_secs: secs(self.now_ns.saturating_sub(value.created_ns)),
             idle_secs: secs(self.now_ns.saturating_sub(value.last_seen_ns)),
             closing: value.flags & FLOW_CLOSING != 0,
-            followed: followed.is_ok(),
-            why_not: followed.err(),
+            followed: step.is_ok(),
+            why_not: step.err().map(|missed| self.missed(value, missed)),
         }
     }
 
@@ -564,21 +298,8 @@ impl View {
         format!("{}/{prefix}", service::mask_addr(self.client, prefix))
     }
 
-    /// The pin, if it decides.
-    fn pinned(&self) -> Option<u32> {
-        self.pin.filter(|&id| self.usable(id).is_some())
-    }
-
-    /// The session's worker, if it decides (and no pin does).
-    fn sticky(&self) -> Option<u32> {
-        let session = self.session?;
-        let fresh = decide::session_fresh(self.now_ns, session.last_ns, self.info.sticky_ttl_s);
-        let usable = self.usable(session.backend_id) == Some(session.backend_generation);
-        (fresh && usable).then_some(session.backend_id)
-    }
-
-    fn pin_report(&self, id: u32) -> PinReport {
-        let applies = self.pinned().is_some();
+    fn pin_report(&self, id: u32, rule: &Rule<&StickyValue, Picked>) -> PinReport {
+        let applies = matches!(rule, Rule::Pinned(_));
         PinReport {
             client: self.client_prefix(),
             worker: self.name(id),
@@ -587,21 +308,27 @@ impl View {
         }
     }
 
-    fn session_report(&self, session: &StickyValue) -> SessionReport {
+    fn session_report(
+        &self,
+        session: &StickyValue,
+        rule: &Rule<&StickyValue, Picked>,
+    ) -> SessionReport {
         let id = session.backend_id;
         let idle = self.now_ns.saturating_sub(session.last_ns);
         let ttl = self.info.sticky_ttl_s;
-        let why_not = if self.pinned().is_some() {
-            Some("the pin comes first".to_owned())
-        } else if !decide::session_fresh(self.now_ns, session.last_ns, ttl) {
-            Some(format!(
+        let why_not = match rule {
+            Rule::Sticky { .. } => None,
+            Rule::Pinned(_) => Some("the pin comes first".to_owned()),
+            Rule::Scheduled {
+                stale: Some(Stale::Expired),
+                ..
+            } => Some(format!(
                 "expired: the client's last new connection was {:.1}s ago, the TTL is {ttl}s",
                 secs(idle)
-            ))
-        } else if self.sticky().is_none() {
-            Some(self.unusable(id, self.info.id, Some(session.backend_generation)))
-        } else {
-            None
+            )),
+            Rule::Scheduled { .. } => {
+                Some(self.unusable(id, self.info.id, Some(session.backend_generation)))
+            }
         };
         SessionReport {
             client: self.client_prefix(),
@@ -613,65 +340,80 @@ impl View {
         }
     }
 
-    /// The data plane's `schedule::choose` for a new flow.
-    fn choose(&self) -> Choice {
-        if let Some(id) = self.pinned() {
-            return Choice::Worker(id, "pinned".into());
+    /// A new flow's worker, and why, as the decision chose it.
+    fn rule_choice(&self, rule: &Rule<&StickyValue, Picked>) -> Choice {
+        match rule {
+            Rule::Pinned(id) => Choice::Worker(*id, "pinned".into()),
+            Rule::Sticky { backend_id, .. } => Choice::Worker(*backend_id, "sticky session".into()),
+            Rule::Scheduled {
+                scheduled,
+                becomes_session,
+                ..
+            } => match self.picked_choice(scheduled) {
+                Choice::Worker(id, reason) if becomes_session.is_some() => {
+                    Choice::Worker(id, format!("{reason}; it becomes the sticky session"))
+                }
+                other => other,
+            },
         }
-        if let Some(id) = self.sticky() {
-            return Choice::Worker(id, "sticky session".into());
+    }
+
+    fn picked_choice(&self, picked: &Picked) -> Choice {
+        match picked {
+            Picked::Flow(schedule) => self.schedule_choice(schedule),
+            Picked::NoWorker => Choice::NoWorker,
+            Picked::OnlyWorker(id) => Choice::Worker(
+                *id,
+                "every slot of the Maglev table holds this worker".into(),
+            ),
+            Picked::DependsOnPort => Choice::Undecided(format!(
+                "the client's port decides: the flow hash picks one of {} Maglev slots ({})",
+                self.info.table_size,
+                self.scheduler_word()
+            )),
         }
-        let scheduled = match &self.key {
-            Some(key) => self.schedule(key),
-            None => self.schedule_any_port(),
-        };
-        match scheduled {
-            Choice::Worker(id, reason) if self.info.flags & VIP_STICKY != 0 => {
-                Choice::Worker(id, format!("{reason}; it becomes the sticky session"))
+    }
+
+    /// The scheduler's pick, and why.
+    fn schedule_choice(&self, schedule: &Schedule) -> Choice {
+        let (first, second, first_load, second_load, second_won) = match *schedule {
+            Schedule::Empty => return Choice::NoWorker,
+            Schedule::Maglev(first) => {
+                return Choice::Worker(first.worker, format!("maglev slot {}", first.slot))
             }
-            other => other,
-        }
-    }
-
-    /// The worker in the slot `hash` picks, if any.
-    fn slot(&self, hash: u32) -> (u32, Option<u32>) {
-        let index = decide::slot_index(hash, self.info.table_size);
-        let id = self
-            .table
-            .get(index as usize)
-            .copied()
-            .filter(|&id| id != NO_BACKEND);
-        (index, id)
-    }
-
-    /// The data plane's `schedule::schedule`.
-    fn schedule(&self, key: &FlowKey) -> Choice {
-        if self.info.table_size == 0 {
-            return Choice::NoWorker;
-        }
-        let (index, Some(first)) = self.slot(decide::first_hash(key, self.seed)) else {
-            return Choice::NoWorker;
-        };
-        let maglev = format!("maglev slot {index}");
-        if self.info.scheduler != SCHED_LEAST_LOAD {
-            return Choice::Worker(first, maglev);
-        }
-        let (_, Some(second)) = self.slot(decide::second_hash(key, self.seed)) else {
-            return Choice::Worker(
+            Schedule::SecondEmpty(first) => {
+                return Choice::Worker(
+                    first.worker,
+                    format!(
+                        "maglev slot {} (the second choice's slot is empty)",
+                        first.slot
+                    ),
+                )
+            }
+            Schedule::Weighed {
                 first,
-                format!("{maglev} (the second choice's slot is empty)"),
-            );
+                second,
+                first_load,
+                second_load,
+                second_won,
+            } => (first, second, first_load, second_load, second_won),
         };
-        let (first_load, second_load) = (self.load(first), self.load(second));
         let shown = |id, load| {
             let figure = load_fraction(load).map_or("unknown".into(), |l| format!("{l:.2}"));
             format!("{} ({figure})", self.name(id))
         };
-        let (a, b) = (shown(first, first_load), shown(second, second_load));
-        if decide::second_wins(first_load, second_load) {
-            return Choice::Worker(second, format!("least-load: lower load of {b} and {a}"));
+        let (a, b) = (
+            shown(first.worker, first_load),
+            shown(second.worker, second_load),
+        );
+        if second_won {
+            return Choice::Worker(
+                second.worker,
+                format!("least-load: lower load of {b} and {a}"),
+            );
         }
-        let reason = if first == second {
+        let maglev = format!("maglev slot {}", first.slot);
+        let reason = if first.worker == second.worker {
             format!("least-load: both choices are {a}, {maglev}")
         } else if first_load == LOAD_UNKNOWN || second_load == LOAD_UNKNOWN {
             format!("least-load: no load figure to compare for {a} and {b}, so {maglev}")
@@ -680,26 +422,7 @@ impl View {
         } else {
             format!("least-load: lower load of {a} and {b}")
         };
-        Choice::Worker(first, reason)
-    }
-
-    /// The scheduler without a port: decided only when the table holds
-    /// one worker or none.
-    fn schedule_any_port(&self) -> Choice {
-        let workers: BTreeSet<u32> = self.slot_counts().into_keys().collect();
-        let mut workers = workers.into_iter();
-        match (workers.next(), workers.next()) {
-            (None, _) => Choice::NoWorker,
-            (Some(id), None) => Choice::Worker(
-                id,
-                "every slot of the Maglev table holds this worker".into(),
-            ),
-            (Some(_), Some(_)) => Choice::Undecided(format!(
-                "the client's port decides: the flow hash picks one of {} Maglev slots ({})",
-                self.info.table_size,
-                self.scheduler_word()
-            )),
-        }
+        Choice::Worker(first.worker, reason)
     }
 
     /// The data plane's last check, in `transmit`: a worker without a MAC
@@ -740,12 +463,12 @@ impl View {
     }
 
     fn pick(&self, hash: u32) -> Pick {
-        let (slot, id) = self.slot(hash);
+        let worker = decide::pick(self, &self.info, hash).map(|pick| pick.worker);
         Pick {
             hash,
-            slot,
-            worker: id.map(|id| self.name(id)),
-            load: id.and_then(|id| load_fraction(self.load(id))),
+            slot: decide::slot_index(hash, self.info.table_size),
+            worker: worker.map(|id| self.name(id)),
+            load: worker.and_then(|id| load_fraction(DecisionMaps::load(self, id))),
         }
     }
 
@@ -767,16 +490,6 @@ impl View {
         }
     }
 
-    /// Slots per worker id in the VIP's table.
-    fn slot_counts(&self) -> BTreeMap<u32, u32> {
-        let size = self.info.table_size as usize;
-        let mut counts = BTreeMap::new();
-        for &id in self.table.iter().take(size).filter(|&&id| id != NO_BACKEND) {
-            *counts.entry(id).or_default() += 1;
-        }
-        counts
-    }
-
     /// The VIP's workers, and any other worker the client's flow, pin or
     /// session names; by address.
     fn worker_reports(&self) -> Vec<WorkerReport> {
@@ -788,7 +501,7 @@ impl View {
             })
             .collect();
         ids.extend(counts.keys());
-        ids.extend(self.flow.map(|f| f.value.backend_id));
+        ids.extend(self.flow.map(|f| f.backend_id));
         ids.extend(self.pin);
         ids.extend(self.session.map(|s| s.backend_id));
         let total = counts.values().sum::<u32>().max(1);
@@ -803,7 +516,7 @@ impl View {
                     state: self.state_word(backend),
                     mac_known: backend.flags & BACKEND_MAC_KNOWN != 0,
                     takes_new_flows: backend.takes_new_flows(self.info.id),
-                    load: load_fraction(self.load(id)),
+                    load: load_fraction(DecisionMaps::load(self, id)),
                     slots,
                     share: f64::from(slots) / f64::from(total),
                 };
@@ -827,7 +540,7 @@ impl View {
 }
 
 /// The explanation for people.
-fn render(e: &Explanation) -> String {
+pub(super) fn text(e: &Explanation) -> String {
     let mut lines: Vec<(&str, String)> = vec![("vip", render_settings(e))];
     let client = match e.client_port {
         Some(port) => SocketAddr::new(e.client, port).to_string(),
@@ -964,8 +677,14 @@ fn worker_cells(w: &WorkerReport) -> Vec<String> {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
-    use lb_common::balancer::{BACKEND_DOWN, BACKEND_DRAINING, FAMILY_V4, SCHED_MAGLEV};
+    use crate::commands::explain::gather::flow_key;
+    use lb_common::balancer::{
+        mask_prefix, StickyKey, VipInfo, VipTag, BACKEND_DOWN, BACKEND_DRAINING, FAMILY_V4,
+        NO_BACKEND, SCHED_MAGLEV,
+    };
 
     const SEC: u64 = 1_000_000_000;
     const NOW: u64 = 1000 * SEC;
@@ -995,14 +714,24 @@ mod tests {
                 tag: 5,
                 ..VipInfo::default()
             },
-            idle_timeout_s: 300,
             seed: 42,
             backends: vec![worker(11, 0), worker(12, 0)],
             loads: vec![LOAD_UNKNOWN; 2],
             table: vec![0, 1, 0, 1, 0, 1, 0],
+            tags: BTreeMap::from([(
+                0,
+                VipTag {
+                    tag: 5,
+                    idle_timeout_s: 300,
+                },
+            )]),
             client: "192.0.2.1".parse().unwrap(),
             key: None,
             flow: None,
+            client_key: StickyKey {
+                client: mask_prefix(&service::addr_bytes("192.0.2.1".parse().unwrap()).0, 32),
+                vip_id: 0,
+            },
             pin: None,
             session: None,
             now_ns: NOW,
@@ -1014,54 +743,24 @@ mod tests {
         view
     }
 
-    fn recorded(backend_id: u32, last_seen_s: u64) -> Recorded {
-        Recorded {
-            value: FlowValue {
-                backend_id,
-                vip_tag: 5,
-                backend_generation: 1,
-                created_ns: 900 * SEC,
-                last_seen_ns: last_seen_s * SEC,
-                ..FlowValue::default()
-            },
-            tag: Some(VipTag {
-                tag: 5,
-                idle_timeout_s: 300,
-            }),
+    fn recorded(backend_id: u32, last_seen_s: u64) -> FlowValue {
+        FlowValue {
+            backend_id,
+            vip_tag: 5,
+            backend_generation: 1,
+            created_ns: 900 * SEC,
+            last_seen_ns: last_seen_s * SEC,
+            ..FlowValue::default()
         }
     }
 
-    #[test]
-    fn vips_and_clients_parse_or_say_why_not() {
-        let vip = parse_vip("192.0.2.100:80", Some(Protocol::Udp)).unwrap();
-        assert_eq!(vip.to_string(), "192.0.2.100:80/udp");
-        assert_eq!(
-            parse_vip("192.0.2.100:80", None).unwrap().proto,
-            Protocol::Tcp
-        );
-        assert!(matches!(
-            parse_vip("192.0.2.100:80/tcp", Some(Protocol::Udp)),
-            Err(ExplainError::ProtoDisagrees { .. })
-        ));
-        assert!(parse_vip("192.0.2.100:80/tcp", Some(Protocol::Tcp)).is_ok());
-        assert!(parse_vip("nonsense", None).is_err());
-        let v6: IpAddr = "2001:db8::1".parse().unwrap();
-        assert_eq!(parse_client("2001:db8::1").unwrap(), (v6, None));
-        assert_eq!(parse_client("[2001:db8::1]").unwrap(), (v6, None));
-        assert_eq!(parse_client("[2001:db8::1]:443").unwrap(), (v6, Some(443)));
-        assert!(matches!(
-            parse_client("192.0.2.1:0"),
-            Err(ExplainError::ClientPortZero(_))
-        ));
-        assert!(matches!(
-            parse_client("192.0.2.1:99999"),
-            Err(ExplainError::BadClient(_))
-        ));
-        let error = check_family(v6, &vip).unwrap_err().to_string();
-        assert_eq!(
-            error,
-            "client 2001:db8::1 is IPv6, but VIP 192.0.2.100:80/udp is IPv4"
-        );
+    fn explained(view: &View) -> Explanation {
+        view.explain(&view.trace().unwrap())
+    }
+
+    /// The worker in the slot `hash` picks, if any.
+    fn picked(view: &View, hash: u32) -> Option<u32> {
+        decide::pick(view, &view.info, hash).map(|pick| pick.worker)
     }
 
     #[test]
@@ -1070,7 +769,7 @@ mod tests {
         let key = view.key.unwrap();
         let index = key.hash(42) % 7;
         let expected = view.table[index as usize];
-        let e = view.explain();
+        let e = explained(&view);
         assert_eq!(e.verdict.action, Action::Forward);
         assert_eq!(e.verdict.worker, Some(view.name(expected)));
         assert_eq!(e.verdict.reason, format!("maglev slot {index}"));
@@ -1079,17 +778,17 @@ mod tests {
 
     #[test]
     fn without_a_port_the_shares_stand_in_for_the_slot() {
-        let e = view().explain();
+        let e = explained(&view());
         assert_eq!(e.verdict.action, Action::DependsOnPort);
         assert!(e.schedule.depends_on_port);
         let slots: Vec<u32> = e.workers.iter().map(|w| w.slots).collect();
         assert_eq!(slots, [4, 3]);
         let mut single = view();
         single.table = vec![1; 7];
-        let e = single.explain();
+        let e = explained(&single);
         assert_eq!(e.verdict.worker.as_deref(), Some("192.0.2.12"));
         single.table = vec![NO_BACKEND; 7];
-        assert_eq!(single.explain().verdict.reason, "drop: no worker");
+        assert_eq!(explained(&single).verdict.reason, "drop: no worker");
     }
 
     #[test]
@@ -1100,23 +799,23 @@ mod tests {
         let port = (1..2000u16)
             .find(|&p| {
                 let key = flow_key(&view.vip, view.client, p);
-                view.slot(decide::first_hash(&key, 42)).1
-                    != view.slot(decide::second_hash(&key, 42)).1
+                picked(&view, decide::first_hash(&key, 42))
+                    != picked(&view, decide::second_hash(&key, 42))
             })
             .unwrap();
         view = with_port(view, port);
         let key = view.key.unwrap();
-        let first = view.slot(decide::first_hash(&key, 42)).1.unwrap();
+        let first = picked(&view, decide::first_hash(&key, 42)).unwrap();
         let second = 1 - first;
         view.loads[first as usize] = LOAD_SCALE / 2;
         view.loads[second as usize] = LOAD_SCALE / 10;
-        let e = view.explain();
+        let e = explained(&view);
         assert_eq!(e.verdict.worker, Some(view.name(second)));
         assert!(e.verdict.reason.starts_with("least-load: lower load of"));
         view.loads[second as usize] = LOAD_UNKNOWN;
-        assert_eq!(view.explain().verdict.worker, Some(view.name(first)));
+        assert_eq!(explained(&view).verdict.worker, Some(view.name(first)));
         view.loads[second as usize] = LOAD_SCALE / 2;
-        let tie = view.explain().verdict;
+        let tie = explained(&view).verdict;
         assert_eq!(tie.worker, Some(view.name(first)));
         assert!(tie.reason.contains("equal loads"), "{}", tie.reason);
     }
@@ -1125,25 +824,25 @@ mod tests {
     fn an_established_flow_wins_until_idle_or_its_worker_is_gone() {
         let mut view = with_port(view(), 40000);
         view.flow = Some(recorded(1, 990));
-        let e = view.explain();
+        let e = explained(&view);
         assert_eq!(e.verdict.reason, "established flow");
         assert_eq!(e.verdict.worker.as_deref(), Some("192.0.2.12"));
         assert!(e.syn.is_some(), "TCP: a SYN would be scheduled");
         // Draining keeps established flows.
         view.backends[1].flags |= BACKEND_DRAINING;
-        assert_eq!(view.explain().verdict.reason, "established flow");
+        assert_eq!(explained(&view).verdict.reason, "established flow");
         view.backends[1].flags |= BACKEND_DOWN;
-        let flow = view.explain().flow.unwrap();
+        let flow = explained(&view).flow.unwrap();
         assert!(!flow.followed);
         assert_eq!(flow.why_not.as_deref(), Some("worker 192.0.2.12 is down"));
         view.backends[1].flags = BACKEND_VALID | BACKEND_MAC_KNOWN;
         view.flow = Some(recorded(1, 600));
-        let flow = view.explain().flow.unwrap();
+        let flow = explained(&view).flow.unwrap();
         assert!(flow.why_not.unwrap().contains("idle timeout of 300s"));
         let mut replaced = recorded(1, 990);
-        replaced.value.backend_generation = 7;
+        replaced.backend_generation = 7;
         view.flow = Some(replaced);
-        assert!(!view.explain().flow.unwrap().followed);
+        assert!(!explained(&view).flow.unwrap().followed);
     }
 
     #[test]
@@ -1157,7 +856,7 @@ mod tests {
             backend_generation: 1,
             last_ns: NOW - 10 * SEC,
         });
-        let e = view.explain();
+        let e = explained(&view);
         assert_eq!(e.verdict.reason, "pinned");
         assert_eq!(e.verdict.worker.as_deref(), Some("192.0.2.12"));
         assert_eq!(
@@ -1165,7 +864,7 @@ mod tests {
             Some("the pin comes first")
         );
         view.backends[1].flags |= BACKEND_DRAINING;
-        let e = view.explain();
+        let e = explained(&view);
         assert_eq!(e.verdict.reason, "sticky session");
         assert_eq!(e.verdict.worker.as_deref(), Some("192.0.2.11"));
         assert_eq!(
@@ -1173,7 +872,7 @@ mod tests {
             Some("worker 192.0.2.12 is draining")
         );
         view.session.as_mut().unwrap().last_ns = NOW - 61 * SEC;
-        let e = view.explain();
+        let e = explained(&view);
         assert_eq!(e.verdict.action, Action::DependsOnPort);
         assert!(e.session.unwrap().why_not.unwrap().starts_with("expired"));
     }
@@ -1183,7 +882,7 @@ mod tests {
         let mut view = with_port(view(), 40000);
         view.backends[0].flags &= !BACKEND_MAC_KNOWN;
         view.backends[1].flags &= !BACKEND_MAC_KNOWN;
-        let e = view.explain();
+        let e = explained(&view);
         assert_eq!(e.verdict.action, Action::Drop);
         assert!(e.verdict.reason.starts_with("drop: worker's MAC unknown"));
         assert!(e.verdict.worker.is_some());
@@ -1193,7 +892,7 @@ mod tests {
     fn the_text_names_each_step() {
         let mut view = with_port(view(), 40000);
         view.flow = Some(recorded(1, 990));
-        let text = render(&view.explain());
+        let text = text(&explained(&view));
         for word in [
             "vip ", "client ", "flow ", "maglev ", "verdict ", "a SYN ", "WORKER",
         ] {
