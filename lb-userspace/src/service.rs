@@ -205,6 +205,64 @@ pub fn parse_worker(text: &str) -> Result<IpAddr, ParseError> {
         .map_err(|_| ParseError::BadAddress(text.to_owned()))
 }
 
+/// A VIP address (`192.0.2.100`) or a VIP standing for its address
+/// (`192.0.2.100:80/tcp`), as `lb announce` takes them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AddressOrVip {
+    /// An address.
+    Address(IpAddr),
+    /// A VIP.
+    Vip(Vip),
+}
+
+impl FromStr for AddressOrVip {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        if let Ok(addr) = text.parse() {
+            return Ok(Self::Address(addr));
+        }
+        text.parse()
+            .map(Self::Vip)
+            .map_err(|error| format!("{text:?} is neither a VIP address nor a VIP ({error})"))
+    }
+}
+
+/// A client address or prefix, `ADDR` or `ADDR/PREFIX`; without a prefix,
+/// the whole address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClientPrefix {
+    /// The address as written.
+    pub addr: IpAddr,
+    /// Its prefix length, within the family's.
+    pub prefix: u8,
+}
+
+impl FromStr for ClientPrefix {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let bad = || format!("{text:?} is not an address or ADDRESS/PREFIX");
+        let (addr, prefix) = match text.split_once('/') {
+            Some((addr, prefix)) => (addr, Some(prefix)),
+            None => (text, None),
+        };
+        let addr: IpAddr = addr.parse().map_err(|_| bad())?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            Some(p) => p.parse::<u8>().ok().filter(|p| *p <= max).ok_or_else(bad)?,
+            None => max,
+        };
+        Ok(Self { addr, prefix })
+    }
+}
+
+impl fmt::Display for ClientPrefix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
 /// "IPv4" or "IPv6", for messages.
 pub fn family_word(addr: IpAddr) -> &'static str {
     if addr.is_ipv4() {
@@ -238,6 +296,19 @@ pub fn addr_from_bytes(bytes: [u8; 16], family: u8) -> Option<IpAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn clients_take_an_optional_prefix_within_their_family() {
+        let client = |text: &str| text.parse::<ClientPrefix>().map(|c| (c.addr, c.prefix));
+        assert_eq!(client("192.0.2.1"), Ok(("192.0.2.1".parse().unwrap(), 32)));
+        assert_eq!(
+            client("2001:db8::/32"),
+            Ok(("2001:db8::".parse().unwrap(), 32))
+        );
+        for bad in ["192.0.2.1/33", "192.0.2.1/x", "host"] {
+            assert!(client(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn parses_and_prints_both_families() {

@@ -10,44 +10,22 @@ use crate::{
         client,
         protocol::{AnnounceRow, BackendRow, Request, SessionRow, Status, VipRow},
     },
-    commands::cli::{
-        AnnounceCommand, BackendCommand, ClientArgs, OutputFormat, SessionsCommand, VipCommand,
-    },
+    commands::cli::{AnnounceCommand, BackendCommand, OutputFormat, SessionsCommand, VipCommand},
     commands::table,
     duration,
-    service::{parse_worker, Vip},
+    service::{AddressOrVip, Vip},
 };
 
-fn vip(text: &str) -> anyhow::Result<Vip> {
-    Ok(text.parse()?)
-}
-
 /// Runs `lb vip …`.
-pub fn vip_command(command: VipCommand, socket: &Path) -> anyhow::Result<()> {
+pub fn vip_command(command: VipCommand, output: OutputFormat, socket: &Path) -> anyhow::Result<()> {
     match command {
-        VipCommand::Add {
-            vip: v, options, ..
-        } => {
-            let request = Request::VipAdd {
-                vip: vip(&v)?,
-                options: options.into(),
-            };
-            send(socket, &request)
-        }
-        VipCommand::Set {
-            vip: v, options, ..
-        } => {
-            let request = Request::VipSet {
-                vip: vip(&v)?,
-                options: options.into(),
-            };
-            send(socket, &request)
-        }
-        VipCommand::Del { vip: v, .. } => send(socket, &Request::VipDel { vip: vip(&v)? }),
-        VipCommand::List { client } => {
+        VipCommand::Add { vip, options } => send(socket, &Request::VipAdd { vip, options }),
+        VipCommand::Set { vip, options } => send(socket, &Request::VipSet { vip, options }),
+        VipCommand::Del { vip } => send(socket, &Request::VipDel { vip }),
+        VipCommand::List => {
             let rows: Vec<VipRow> = fetch(socket, &Request::VipList)?;
             table::print(
-                client.output,
+                output,
                 &rows,
                 &[
                     "VIP",
@@ -86,31 +64,33 @@ pub fn vip_command(command: VipCommand, socket: &Path) -> anyhow::Result<()> {
 }
 
 /// Runs `lb backend …`.
-pub fn backend_command(command: BackendCommand, socket: &Path) -> anyhow::Result<()> {
+pub fn backend_command(
+    command: BackendCommand,
+    output: OutputFormat,
+    socket: &Path,
+) -> anyhow::Result<()> {
     match command {
         BackendCommand::Add {
-            vip: v,
+            vip,
             worker,
             weight,
-            ..
-        } => {
-            let request = Request::BackendAdd {
-                vip: vip(&v)?,
-                worker: parse_worker(&worker)?,
+        } => send(
+            socket,
+            &Request::BackendAdd {
+                vip,
+                worker,
                 weight,
-            };
-            send(socket, &request)
-        }
+            },
+        ),
         BackendCommand::Del {
-            vip: v,
+            vip,
             worker,
             graceful,
             timeout,
-            ..
         } => {
             let request = Request::BackendDel {
-                vip: vip(&v)?,
-                worker: parse_worker(&worker)?,
+                vip,
+                worker,
                 graceful,
                 timeout,
             };
@@ -125,27 +105,25 @@ pub fn backend_command(command: BackendCommand, socket: &Path) -> anyhow::Result
             Ok(())
         }
         BackendCommand::Set {
-            vip: v,
+            vip,
             worker,
             weight,
             load,
-            ..
-        } => {
-            let request = Request::BackendSet {
-                vip: vip(&v)?,
-                worker: parse_worker(&worker)?,
+        } => send(
+            socket,
+            &Request::BackendSet {
+                vip,
+                worker,
                 weight,
                 load,
-            };
-            send(socket, &request)
-        }
-        BackendCommand::Drain { vip: v, worker, .. } => drain(socket, &v, &worker, true),
-        BackendCommand::Undrain { vip: v, worker, .. } => drain(socket, &v, &worker, false),
-        BackendCommand::List { vip: v, client } => {
-            let only = v.as_deref().map(vip).transpose()?;
-            let rows: Vec<BackendRow> = fetch(socket, &Request::BackendList { vip: only })?;
+            },
+        ),
+        BackendCommand::Drain { vip, worker } => drain(socket, vip, worker, true),
+        BackendCommand::Undrain { vip, worker } => drain(socket, vip, worker, false),
+        BackendCommand::List { vip } => {
+            let rows: Vec<BackendRow> = fetch(socket, &Request::BackendList { vip })?;
             table::print(
-                client.output,
+                output,
                 &rows,
                 &[
                     "VIP", "WORKER", "STATE", "WEIGHT", "LOAD", "FLOWS", "CHECK", "MAC",
@@ -180,23 +158,22 @@ fn backend_cells(r: &BackendRow) -> Vec<String> {
     ]
 }
 
-fn drain(socket: &Path, v: &str, worker: &str, drain: bool) -> anyhow::Result<()> {
-    let request = Request::BackendDrain {
-        vip: vip(v)?,
-        worker: parse_worker(worker)?,
-        drain,
-    };
+fn drain(socket: &Path, vip: Vip, worker: IpAddr, drain: bool) -> anyhow::Result<()> {
+    let request = Request::BackendDrain { vip, worker, drain };
     send(socket, &request)
 }
 
 /// Runs `lb sessions …`.
-pub fn sessions_command(command: SessionsCommand, socket: &Path) -> anyhow::Result<()> {
+pub fn sessions_command(
+    command: SessionsCommand,
+    output: OutputFormat,
+    socket: &Path,
+) -> anyhow::Result<()> {
     match command {
-        SessionsCommand::List { vip: v, client } => {
-            let only = v.as_deref().map(vip).transpose()?;
-            let rows: Vec<SessionRow> = fetch(socket, &Request::SessionsList { vip: only })?;
+        SessionsCommand::List { vip } => {
+            let rows: Vec<SessionRow> = fetch(socket, &Request::SessionsList { vip })?;
             table::print(
-                client.output,
+                output,
                 &rows,
                 &["VIP", "CLIENT", "WORKER", "KIND", "IDLE"],
                 |r| {
@@ -213,36 +190,28 @@ pub fn sessions_command(command: SessionsCommand, socket: &Path) -> anyhow::Resu
                 },
             )
         }
-        SessionsCommand::Flush { vip: v, worker, .. } => {
-            let request = Request::SessionsFlush {
-                vip: v.as_deref().map(vip).transpose()?,
-                worker: worker.as_deref().map(parse_worker).transpose()?,
-            };
+        SessionsCommand::Flush { vip, worker } => {
+            let request = Request::SessionsFlush { vip, worker };
             let answer = client::call(socket, &request)?;
             println!("flushed {} sessions", answer["flushed"]);
             Ok(())
         }
         SessionsCommand::Pin {
-            vip: v,
+            vip,
             client_addr,
             worker,
-            ..
         } => {
             let request = Request::SessionsPin {
-                vip: vip(&v)?,
-                client: parse_worker(&client_addr)?,
-                worker: parse_worker(&worker)?,
+                vip,
+                client: client_addr,
+                worker,
             };
             send(socket, &request)
         }
-        SessionsCommand::Unpin {
-            vip: v,
-            client_addr,
-            ..
-        } => {
+        SessionsCommand::Unpin { vip, client_addr } => {
             let request = Request::SessionsUnpin {
-                vip: vip(&v)?,
-                client: parse_worker(&client_addr)?,
+                vip,
+                client: client_addr,
             };
             send(socket, &request)
         }
@@ -250,12 +219,16 @@ pub fn sessions_command(command: SessionsCommand, socket: &Path) -> anyhow::Resu
 }
 
 /// Runs `lb announce …`.
-pub fn announce_command(command: AnnounceCommand, socket: &Path) -> anyhow::Result<()> {
-    let (named, client, withdraw) = match command {
-        AnnounceCommand::List { client } => {
+pub fn announce_command(
+    command: AnnounceCommand,
+    output: OutputFormat,
+    socket: &Path,
+) -> anyhow::Result<()> {
+    let (named, withdraw) = match command {
+        AnnounceCommand::List => {
             let rows: Vec<AnnounceRow> = fetch(socket, &Request::AnnounceList)?;
             return table::print(
-                client.output,
+                output,
                 &rows,
                 &["ADDRESS", "ANNOUNCED", "WHY NOT", "VIPS"],
                 |r| {
@@ -272,17 +245,23 @@ pub fn announce_command(command: AnnounceCommand, socket: &Path) -> anyhow::Resu
                 },
             );
         }
-        AnnounceCommand::Withdraw { vip, client } => (vip, client, true),
-        AnnounceCommand::Restore { vip, client } => (vip, client, false),
+        AnnounceCommand::Withdraw { vip } => (vip, true),
+        AnnounceCommand::Restore { vip } => (vip, false),
     };
-    let (addresses, vips) = addresses_and_vips(&named)?;
+    let (mut addresses, mut vips) = (Vec::new(), Vec::new());
+    for each in named {
+        match each {
+            AddressOrVip::Address(addr) => addresses.push(addr),
+            AddressOrVip::Vip(vip) => vips.push(vip),
+        }
+    }
     let request = if withdraw {
         Request::AnnounceWithdraw { addresses, vips }
     } else {
         Request::AnnounceRestore { addresses, vips }
     };
     let done: Vec<IpAddr> = fetch(socket, &request)?;
-    match client.output {
+    match output {
         OutputFormat::Json => println!("{}", serde_json::to_string(&done)?),
         OutputFormat::Table => {
             let verb = if withdraw { "withdrew" } else { "restored" };
@@ -294,26 +273,10 @@ pub fn announce_command(command: AnnounceCommand, socket: &Path) -> anyhow::Resu
     Ok(())
 }
 
-/// Splits `lb announce` arguments into addresses and VIPs.
-fn addresses_and_vips(named: &[String]) -> anyhow::Result<(Vec<IpAddr>, Vec<Vip>)> {
-    let (mut addresses, mut vips) = (Vec::new(), Vec::new());
-    for text in named {
-        if let Ok(addr) = text.parse::<IpAddr>() {
-            addresses.push(addr);
-        } else {
-            let vip = text.parse::<Vip>().map_err(|error| {
-                anyhow::anyhow!("{text:?} is neither a VIP address nor a VIP ({error})")
-            })?;
-            vips.push(vip);
-        }
-    }
-    Ok((addresses, vips))
-}
-
 /// Runs `lb status`.
-pub fn status(client: &ClientArgs, socket: &Path) -> anyhow::Result<()> {
+pub fn status(output: OutputFormat, socket: &Path) -> anyhow::Result<()> {
     let status: Status = fetch(socket, &Request::Status)?;
-    match client.output {
+    match output {
         OutputFormat::Json => println!("{}", serde_json::to_string(&status)?),
         OutputFormat::Table => {
             let value = serde_json::to_value(&status)?;

@@ -12,7 +12,6 @@ mod output;
 
 use std::{
     fs, io,
-    net::IpAddr,
     os::fd::{AsFd as _, BorrowedFd},
     path::Path,
     sync::{
@@ -41,7 +40,7 @@ use crate::{
     dataplane::counters,
     dataplane::maps,
     kernel::privileges,
-    service::{addr_bytes, family_word, Vip},
+    service::{addr_bytes, family_word, ClientPrefix},
 };
 
 use output::{Names, Output, Tally};
@@ -112,9 +111,8 @@ fn resolve(args: &CaptureArgs, names: &Names) -> anyhow::Result<Wanted> {
         actions: actions_mask(&args.action),
         ..CaptureFilter::default()
     };
-    let vip = match &args.vip {
-        Some(text) => {
-            let vip: Vip = text.parse().map_err(|e| anyhow::anyhow!("--vip: {e}"))?;
+    let vip = match args.vip {
+        Some(vip) => {
             let id = names.vip_id(&vip).with_context(|| {
                 format!("no VIP {vip} on this instance (`lb vip list` shows them)")
             })?;
@@ -136,12 +134,11 @@ fn resolve(args: &CaptureArgs, names: &Names) -> anyhow::Result<Wanted> {
         (filter.worker, filter.worker_family) = (addr, family);
         filter.flags |= FILTER_WORKER;
     }
-    if let Some(text) = &args.client {
-        let (addr, prefix) = parse_client(text)?;
+    if let Some(ClientPrefix { addr, prefix }) = args.client {
         if let Some(vip) = &vip {
             if addr.is_ipv4() != vip.addr.is_ipv4() {
                 anyhow::bail!(
-                    "--client {text} is {} but VIP {vip} is {}: it would match nothing",
+                    "--client {addr} is {} but VIP {vip} is {}: it would match nothing",
                     family_word(addr),
                     family_word(vip.addr)
                 );
@@ -174,22 +171,6 @@ fn actions_mask(actions: &[CaptureAction]) -> u8 {
                 CaptureAction::Reply => ACTION_REPLY,
             }
     })
-}
-
-/// Parses ADDR or ADDR/PREFIX.
-fn parse_client(text: &str) -> anyhow::Result<(IpAddr, u8)> {
-    let bad = || anyhow::anyhow!("--client {text:?} is not an address or ADDRESS/PREFIX");
-    let (addr, prefix) = match text.split_once('/') {
-        Some((addr, prefix)) => (addr, Some(prefix)),
-        None => (text, None),
-    };
-    let addr: IpAddr = addr.parse().map_err(|_| bad())?;
-    let max = if addr.is_ipv4() { 32 } else { 128 };
-    let prefix = match prefix {
-        Some(p) => p.parse::<u8>().ok().filter(|p| *p <= max).ok_or_else(bad)?,
-        None => max,
-    };
-    Ok((addr, prefix))
 }
 
 /// Takes the instance's capture lock, beside the controller's lock of its
@@ -394,21 +375,6 @@ fn split_record(item: &[u8]) -> Option<(CaptureRecord, &[u8])> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn clients_take_an_optional_prefix_within_their_family() {
-        assert_eq!(
-            parse_client("192.0.2.1").unwrap(),
-            ("192.0.2.1".parse().unwrap(), 32)
-        );
-        assert_eq!(
-            parse_client("2001:db8::/32").unwrap(),
-            ("2001:db8::".parse().unwrap(), 32)
-        );
-        assert!(parse_client("192.0.2.1/33").is_err());
-        assert!(parse_client("192.0.2.1/x").is_err());
-        assert!(parse_client("host").is_err());
-    }
 
     #[test]
     fn no_action_means_every_action() {

@@ -10,15 +10,11 @@ use clap::{Parser, Subcommand, ValueEnum};
 use lb_common::balancer::{DEFAULT_MAX_VIPS, DEFAULT_MAX_WORKERS};
 
 use crate::{
-    checks::datagram::Datagram,
-    checks::dns::{DnsName, DnsRcode, DnsType},
     dataplane::{AttachMode, DEFAULT_MAX_FLOWS, LIMIT_VIPS, LIMIT_WORKERS},
     desired::instance::{Name, Paths, DEFAULT_NAME},
-    desired::options::{
-        CheckKind, Forward, HealthOptions, LoadOptions, LoadSignal, Scheduler, VipOptions,
-    },
+    desired::options::VipOptions,
     duration::parse_clap as duration,
-    service::Protocol,
+    service::{parse_worker, AddressOrVip, ClientPrefix, Protocol, Vip},
 };
 
 /// lb: a stateful L4 load balancer in XDP.
@@ -54,19 +50,46 @@ impl Cli {
     /// writes them; a mistake is one line on stderr like lb's other errors,
     /// with clap's exit status 2.
     pub fn parse_or_exit() -> Self {
-        Self::try_parse().unwrap_or_else(|error| {
-            use clap::error::ErrorKind;
-            if matches!(
-                error.kind(),
-                ErrorKind::DisplayHelp
-                    | ErrorKind::DisplayVersion
-                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
-            ) {
-                error.exit()
-            }
-            eprintln!("lb: error: {}", one_line(&error));
-            std::process::exit(error.exit_code())
-        })
+        Self::try_parse()
+            .and_then(Self::output_used)
+            .unwrap_or_else(|error| {
+                use clap::error::ErrorKind;
+                if matches!(
+                    error.kind(),
+                    ErrorKind::DisplayHelp
+                        | ErrorKind::DisplayVersion
+                        | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+                ) {
+                    error.exit()
+                }
+                eprintln!("lb: error: {}", one_line(&error));
+                std::process::exit(error.exit_code())
+            })
+    }
+}
+
+impl Cli {
+    /// Refuses `-o` for a command that prints no answer, where it would
+    /// be silently ignored.
+    fn output_used(self) -> Result<Self, clap::Error> {
+        let prints = !matches!(
+            self.command,
+            Command::Run(_)
+                | Command::Detach
+                | Command::Top(_)
+                | Command::Capture(_)
+                | Command::Completions { .. }
+                | Command::Man { .. }
+                | Command::Decap(DecapCommand::Attach { .. } | DecapCommand::Detach { .. })
+        );
+        if self.instance.output.is_some() && !prints {
+            return Err(clap::Error::raw(
+                clap::error::ErrorKind::ArgumentConflict,
+                "-o/--output is for the commands that print an answer: status, stats, \
+                 flows, explain, vip, backend, sessions, announce, decap stats\n",
+            ));
+        }
+        Ok(self)
     }
 }
 
@@ -110,6 +133,11 @@ pub struct InstanceArgs {
     /// The instance's admin socket, instead of /run/lb/NAME.sock.
     #[arg(long, global = true, env = "LB_SOCKET")]
     pub socket: Option<PathBuf>,
+    /// Output format of the commands that print an answer (status, stats,
+    /// flows, explain, vip, backend, sessions, announce, decap stats)
+    /// [default: table].
+    #[arg(short, long, global = true, value_enum)]
+    pub output: Option<OutputFormat>,
 }
 
 /// `lb` subcommands.
@@ -136,10 +164,10 @@ pub enum Command {
     #[command(subcommand)]
     Announce(AnnounceCommand),
     /// Describe the running instance.
-    Status(ClientArgs),
+    Status,
     /// Packet counters: global, per VIP, per worker (read from the pinned
     /// maps, so it works while the controller is down).
-    Stats(PinnedArgs),
+    Stats,
     /// The flow table: client → worker, with age (from the pinned maps).
     Flows(FlowsArgs),
     /// Why a client's next packet to a VIP goes to the worker it goes to:
@@ -249,14 +277,6 @@ pub struct RunArgs {
     pub log_level: Option<String>,
 }
 
-/// How to print what the controller answers.
-#[derive(Debug, clap::Args)]
-pub struct ClientArgs {
-    /// Output format.
-    #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
-    pub output: OutputFormat,
-}
-
 /// `lb decap …`. Pins go under /sys/fs/bpf/lb-decap/IFACE unless the
 /// global --pin-dir names another directory.
 #[derive(Debug, Subcommand)]
@@ -284,9 +304,6 @@ pub enum DecapCommand {
         /// The interface.
         #[arg(long)]
         iface: Option<String>,
-        /// Output format.
-        #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
-        output: OutputFormat,
     },
 }
 
@@ -296,34 +313,25 @@ pub enum VipCommand {
     /// Add a VIP: ADDRESS:PORT/tcp|udp, IPv6 as [ADDRESS]:PORT/tcp.
     Add {
         /// The VIP.
-        vip: String,
+        vip: Vip,
         #[command(flatten)]
-        options: VipOptionArgs,
-        #[command(flatten)]
-        client: ClientArgs,
+        options: VipOptions,
     },
     /// Replace a VIP's settings (the flags of `vip add`; what is not given
     /// takes its default); workers, pins and established flows stay.
     Set {
         /// The VIP.
-        vip: String,
+        vip: Vip,
         #[command(flatten)]
-        options: VipOptionArgs,
-        #[command(flatten)]
-        client: ClientArgs,
+        options: VipOptions,
     },
     /// Remove a VIP (its traffic goes to the kernel again).
     Del {
         /// The VIP.
-        vip: String,
-        #[command(flatten)]
-        client: ClientArgs,
+        vip: Vip,
     },
     /// List the VIPs.
-    List {
-        #[command(flatten)]
-        client: ClientArgs,
-    },
+    List,
 }
 
 /// `lb backend …`.
@@ -332,38 +340,37 @@ pub enum BackendCommand {
     /// Add a worker to a VIP.
     Add {
         /// The VIP.
-        vip: String,
+        vip: Vip,
         /// The worker's address (for DSR: the VIP's family, on the
         /// balancer's link; for ipip and gue: either family, anywhere
         /// routed).
-        worker: String,
+        #[arg(value_parser = parse_worker)]
+        worker: IpAddr,
         /// Relative share of new flows (1-65535).
         #[arg(long, default_value_t = crate::desired::state::DEFAULT_WEIGHT)]
         weight: u32,
-        #[command(flatten)]
-        client: ClientArgs,
     },
     /// Remove a worker: it gets no new flows; flows it has keep going to it.
     Del {
         /// The VIP.
-        vip: String,
+        vip: Vip,
         /// The worker's address.
-        worker: String,
+        #[arg(value_parser = parse_worker)]
+        worker: IpAddr,
         /// Drain first and remove the worker once its flows have ended.
         #[arg(long)]
         graceful: bool,
         /// With --graceful: remove it after this long even if flows remain.
         #[arg(long, value_parser = duration, requires = "graceful")]
         timeout: Option<Duration>,
-        #[command(flatten)]
-        client: ClientArgs,
     },
     /// Change a worker's weight or load figure.
     Set {
         /// The VIP.
-        vip: String,
+        vip: Vip,
         /// The worker's address.
-        worker: String,
+        #[arg(value_parser = parse_worker)]
+        worker: IpAddr,
         /// Relative share of new flows (1-65535).
         #[arg(long)]
         weight: Option<u32>,
@@ -371,33 +378,27 @@ pub enum BackendCommand {
         /// scheduler; expires like any report (the VIP's load TTL).
         #[arg(long, value_parser = load_value)]
         load: Option<f64>,
-        #[command(flatten)]
-        client: ClientArgs,
     },
     /// Stop new flows and sessions to a worker; established flows go on.
     Drain {
         /// The VIP.
-        vip: String,
+        vip: Vip,
         /// The worker's address.
-        worker: String,
-        #[command(flatten)]
-        client: ClientArgs,
+        #[arg(value_parser = parse_worker)]
+        worker: IpAddr,
     },
     /// Let a drained worker take new flows again.
     Undrain {
         /// The VIP.
-        vip: String,
+        vip: Vip,
         /// The worker's address.
-        worker: String,
-        #[command(flatten)]
-        client: ClientArgs,
+        #[arg(value_parser = parse_worker)]
+        worker: IpAddr,
     },
     /// List workers, of one VIP or all.
     List {
         /// Only this VIP's workers.
-        vip: Option<String>,
-        #[command(flatten)]
-        client: ClientArgs,
+        vip: Option<Vip>,
     },
 }
 
@@ -410,23 +411,16 @@ pub enum AnnounceCommand {
     Withdraw {
         /// A VIP address (192.0.2.100) or a VIP standing for its address
         /// (192.0.2.100:80/tcp).
-        vip: Vec<String>,
-        #[command(flatten)]
-        client: ClientArgs,
+        vip: Vec<AddressOrVip>,
     },
     /// Announce withdrawn VIP addresses again (all when none is named), as
     /// far as they have workers that take new flows.
     Restore {
         /// A VIP address or a VIP.
-        vip: Vec<String>,
-        #[command(flatten)]
-        client: ClientArgs,
+        vip: Vec<AddressOrVip>,
     },
     /// Each VIP address, whether it is announced, and why not.
-    List {
-        #[command(flatten)]
-        client: ClientArgs,
-    },
+    List,
 }
 
 /// `lb sessions …`.
@@ -435,41 +429,36 @@ pub enum SessionsCommand {
     /// List sticky sessions and pins.
     List {
         /// Only this VIP's.
-        vip: Option<String>,
-        #[command(flatten)]
-        client: ClientArgs,
+        vip: Option<Vip>,
     },
     /// Forget sticky sessions (pins stay): the next connection of each
     /// client is scheduled afresh.
     Flush {
         /// Only this VIP's.
-        vip: Option<String>,
+        vip: Option<Vip>,
         /// Only sessions on this worker.
-        #[arg(long)]
-        worker: Option<String>,
-        #[command(flatten)]
-        client: ClientArgs,
+        #[arg(long, value_parser = parse_worker)]
+        worker: Option<IpAddr>,
     },
     /// Send a client's new connections (its whole sticky prefix) to one
     /// worker while that worker is up and not draining.
     Pin {
         /// The VIP.
-        vip: String,
+        vip: Vip,
         /// The client's address.
-        client_addr: String,
+        #[arg(value_parser = parse_worker)]
+        client_addr: IpAddr,
         /// The worker.
-        worker: String,
-        #[command(flatten)]
-        client: ClientArgs,
+        #[arg(value_parser = parse_worker)]
+        worker: IpAddr,
     },
     /// Remove a pin.
     Unpin {
         /// The VIP.
-        vip: String,
+        vip: Vip,
         /// The client's address.
-        client_addr: String,
-        #[command(flatten)]
-        client: ClientArgs,
+        #[arg(value_parser = parse_worker)]
+        client_addr: IpAddr,
     },
 }
 
@@ -480,130 +469,6 @@ fn load_value(text: &str) -> Result<f64, String> {
         .map_err(|_| format!("{text:?} is not a number"))?;
     crate::checks::load::check_value(load).map_err(|e| e.to_string())?;
     Ok(load)
-}
-
-/// The settings of `lb vip add`.
-#[derive(Debug, clap::Args)]
-pub struct VipOptionArgs {
-    /// Maglev table size, a prime (default: 16381, or the first prime
-    /// above 100 × workers).
-    #[arg(long)]
-    pub table_size: Option<u32>,
-    /// New-flow scheduler.
-    #[arg(long, value_enum, default_value_t = Scheduler::Maglev)]
-    pub scheduler: Scheduler,
-    /// Sticky sessions: a client's new connections go to the worker it
-    /// used last, for this long after its last new connection (e.g. 300s).
-    #[arg(long, value_parser = duration)]
-    pub sticky: Option<Duration>,
-    /// Key sessions by this client prefix length (e.g. 24 or 64).
-    #[arg(long)]
-    pub sticky_prefix: Option<u8>,
-    /// A flow idle for longer is scheduled afresh at its next packet
-    /// (2s to 168h; default 300s for TCP, 60s for UDP).
-    #[arg(long, value_parser = duration)]
-    pub idle_timeout: Option<Duration>,
-    /// Health check: tcp (default for TCP VIPs), http, udp (default for
-    /// UDP VIPs), dns, or none.
-    #[arg(long, value_enum)]
-    pub health: Option<CheckKind>,
-    /// Path of the http check.
-    #[arg(long, default_value = "/")]
-    pub health_path: String,
-    /// Port to check (default: the VIP's).
-    #[arg(long)]
-    pub health_port: Option<u16>,
-    /// Time between checks.
-    #[arg(long, value_parser = duration, default_value = "1s")]
-    pub health_interval: Duration,
-    /// Limit on one check.
-    #[arg(long, value_parser = duration, default_value = "500ms")]
-    pub health_timeout: Duration,
-    /// Passed checks in a row that bring a worker up.
-    #[arg(long, default_value_t = 2)]
-    pub rise: u32,
-    /// Failed checks in a row that take a worker down.
-    #[arg(long, default_value_t = 2)]
-    pub fall: u32,
-    /// What the udp check sends (default: an empty datagram): text, or
-    /// hex: and hex digits.
-    #[arg(long, value_name = "TEXT")]
-    pub health_payload: Option<Datagram>,
-    /// The udp check passes only on a reply that starts with this (text,
-    /// or hex: and hex digits); without it, any reply or silence passes.
-    #[arg(long, value_name = "TEXT")]
-    pub health_expect: Option<Datagram>,
-    /// The name the dns check asks for (required with --health dns).
-    #[arg(long, value_name = "NAME")]
-    pub health_dns_name: Option<DnsName>,
-    /// The record type the dns check asks for: A (default), AAAA, TXT,
-    /// SOA, NS, …
-    #[arg(long, value_name = "TYPE")]
-    pub health_dns_type: Option<DnsType>,
-    /// The response code that passes the dns check: NOERROR (default),
-    /// NXDOMAIN, …
-    #[arg(long, value_name = "RCODE")]
-    pub health_dns_rcode: Option<DnsRcode>,
-    /// How packets reach the workers: dsr (same link), ipip (IPIP, IP6IP6
-    /// or across families) or gue (IP in UDP); ipip and gue reach workers
-    /// anywhere the balancer's routes reach, which run `lb decap attach`.
-    #[arg(long, value_enum, default_value_t = Forward::Dsr)]
-    pub forward: Forward,
-    /// Workers' GUE port, with --forward gue [default: 6080].
-    #[arg(long)]
-    pub gue_port: Option<u16>,
-    /// Load figure of the least-load scheduler: reported, or the worker's
-    /// active flows per weight.
-    #[arg(long, value_enum, default_value_t = LoadSignal::Reported)]
-    pub load_signal: LoadSignal,
-    /// Path the controller GETs on each worker at each check for its load
-    /// (a number from 0 to 1).
-    #[arg(long)]
-    pub load_probe: Option<String>,
-    /// A load report older than this counts as unknown.
-    #[arg(long, value_parser = duration, default_value = "10s")]
-    pub load_ttl: Duration,
-}
-
-impl From<VipOptionArgs> for VipOptions {
-    fn from(args: VipOptionArgs) -> Self {
-        Self {
-            table_size: args.table_size,
-            scheduler: args.scheduler,
-            forward: args.forward,
-            gue_port: args.gue_port,
-            sticky: args.sticky,
-            sticky_prefix: args.sticky_prefix,
-            idle_timeout: args.idle_timeout,
-            health: HealthOptions {
-                check: args.health,
-                path: args.health_path,
-                port: args.health_port,
-                interval: args.health_interval,
-                timeout: args.health_timeout,
-                rise: args.rise,
-                fall: args.fall,
-                payload: args.health_payload,
-                expect: args.health_expect,
-                dns_name: args.health_dns_name,
-                dns_type: args.health_dns_type,
-                dns_rcode: args.health_dns_rcode,
-            },
-            load: LoadOptions {
-                signal: args.load_signal,
-                probe: args.load_probe,
-                ttl: args.load_ttl,
-            },
-        }
-    }
-}
-
-/// How to print what an instance's pinned maps hold.
-#[derive(Debug, clap::Args)]
-pub struct PinnedArgs {
-    /// Output format.
-    #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
-    pub output: OutputFormat,
 }
 
 /// Arguments of `lb top`.
@@ -619,13 +484,13 @@ pub struct TopArgs {
 pub struct CaptureArgs {
     /// Only packets of this VIP (ADDRESS:PORT/tcp|udp).
     #[arg(long)]
-    pub vip: Option<String>,
+    pub vip: Option<Vip>,
     /// Only packets lb sent to (or dropped for) this worker.
     #[arg(long, value_name = "ADDR")]
     pub worker: Option<IpAddr>,
     /// Only packets sent by this client address or prefix.
     #[arg(long, value_name = "ADDR[/PREFIX]")]
-    pub client: Option<String>,
+    pub client: Option<ClientPrefix>,
     /// Only packets lb handled this way (repeat, or separate with commas,
     /// for several; default: all).
     #[arg(long, value_enum, value_delimiter = ',')]
@@ -662,11 +527,9 @@ pub enum CaptureAction {
 /// Arguments of `lb flows`.
 #[derive(Debug, clap::Args)]
 pub struct FlowsArgs {
-    #[command(flatten)]
-    pub pinned: PinnedArgs,
     /// Only flows of this VIP.
     #[arg(long)]
-    pub vip: Option<String>,
+    pub vip: Option<Vip>,
 }
 
 /// `--xdp-mode` values.
@@ -696,7 +559,9 @@ pub enum OutputFormat {
     Json,
 }
 
-/// Arguments of `lb explain`.
+/// Arguments of `lb explain`. The VIP and the client stay text for clap:
+/// how they read depends on each other and on --proto, which explain
+/// checks together.
 #[derive(Debug, clap::Args)]
 pub struct ExplainArgs {
     /// The VIP: ADDRESS:PORT/tcp|udp (IPv6 as [ADDRESS]:PORT/tcp), or
@@ -708,8 +573,6 @@ pub struct ExplainArgs {
     /// The VIP's protocol when the VIP has no /tcp or /udp [default: tcp].
     #[arg(long, value_enum)]
     pub proto: Option<Protocol>,
-    #[command(flatten)]
-    pub pinned: PinnedArgs,
 }
 
 #[cfg(test)]
@@ -746,6 +609,42 @@ mod tests {
         ] {
             assert_eq!(mistake(args), expected, "{args:?}");
         }
+    }
+
+    #[test]
+    fn output_is_global_and_refused_where_nothing_is_printed() {
+        for args in [
+            &["lb", "-o", "json", "vip", "list"][..],
+            &["lb", "vip", "list", "-o", "json"],
+            &[
+                "lb",
+                "backend",
+                "list",
+                "192.0.2.1:80/tcp",
+                "--output",
+                "json",
+            ],
+            &["lb", "decap", "stats", "-o", "json"],
+        ] {
+            let cli = Cli::try_parse_from(args).unwrap().output_used().unwrap();
+            assert_eq!(cli.instance.output, Some(OutputFormat::Json), "{args:?}");
+        }
+        let refused = Cli::try_parse_from(["lb", "top", "-o", "json"])
+            .unwrap()
+            .output_used()
+            .unwrap_err();
+        assert!(one_line(&refused).starts_with("-o/--output is for the commands"));
+    }
+
+    #[test]
+    fn positional_addresses_are_checked_by_clap() {
+        assert!(
+            mistake(&["lb", "backend", "add", "192.0.2.1:80/tcp", "not-an-ip"])
+                .contains("`not-an-ip` is not an IPv4 or IPv6 address")
+        );
+        assert!(mistake(&["lb", "vip", "del", "192.0.2.1:80"]).contains("has no protocol"));
+        assert!(mistake(&["lb", "announce", "withdraw", "x"])
+            .contains("\"x\" is neither a VIP address nor a VIP"));
     }
 
     #[test]

@@ -32,13 +32,17 @@ pub const PIN_ROOT: &str = "/sys/fs/bpf/lb-decap";
 const IFACE_MARK: &str = "iface-";
 
 /// Runs `lb decap …`; `pin_dir` is the global `--pin-dir`, if given.
-pub fn command(command: DecapCommand, pin_dir: Option<&Path>) -> anyhow::Result<()> {
+pub fn command(
+    command: DecapCommand,
+    output: OutputFormat,
+    pin_dir: Option<&Path>,
+) -> anyhow::Result<()> {
     match command {
         DecapCommand::Attach { iface, gue_port } => {
             attach(&iface, &dir_for(pin_dir, &iface), gue_port)
         }
         DecapCommand::Detach { iface } => detach(&dir_for(pin_dir, &iface)),
-        DecapCommand::Stats { iface, output } => {
+        DecapCommand::Stats { iface } => {
             let dirs = match (pin_dir, iface) {
                 (Some(dir), _) => vec![dir.to_owned()],
                 (None, Some(iface)) => vec![dir_for(None, &iface)],

@@ -2,7 +2,7 @@
 //! that takes its arguments, asks the controller or reads the pinned maps,
 //! and renders the answer.
 
-use cli::{Cli, Command};
+use cli::{Cli, Command, OutputFormat};
 
 pub(crate) mod admin;
 pub(crate) mod capture;
@@ -18,21 +18,22 @@ pub(crate) mod top;
 /// Runs the command `cli` names.
 pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
     let paths = cli.paths();
+    let output = cli.instance.output.unwrap_or(OutputFormat::Table);
     let (socket, pin_dir) = (paths.socket.as_path(), paths.pin_dir.as_path());
     match cli.command {
         Command::Run(args) => tokio_main(run::run(args, paths.clone())),
         Command::Detach => run::detach(pin_dir),
-        Command::Vip(command) => admin::vip_command(command, socket),
-        Command::Backend(command) => admin::backend_command(command, socket),
-        Command::Sessions(command) => admin::sessions_command(command, socket),
-        Command::Announce(command) => admin::announce_command(command, socket),
-        Command::Status(args) => admin::status(&args, socket),
-        Command::Stats(args) => stats::stats(&args, pin_dir),
-        Command::Flows(args) => stats::flows(&args, pin_dir),
-        Command::Explain(args) => explain::explain(&args, pin_dir),
+        Command::Vip(command) => admin::vip_command(command, output, socket),
+        Command::Backend(command) => admin::backend_command(command, output, socket),
+        Command::Sessions(command) => admin::sessions_command(command, output, socket),
+        Command::Announce(command) => admin::announce_command(command, output, socket),
+        Command::Status => admin::status(output, socket),
+        Command::Stats => stats::stats(output, pin_dir),
+        Command::Flows(args) => stats::flows(&args, output, pin_dir),
+        Command::Explain(args) => explain::explain(&args, output, pin_dir),
         Command::Top(args) => top::top(&args, &paths),
         Command::Capture(args) => capture::capture(&args, pin_dir),
-        Command::Decap(command) => decap::command(command, cli.instance.pin_dir.as_deref()),
+        Command::Decap(command) => decap::command(command, output, cli.instance.pin_dir.as_deref()),
         Command::Completions { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut command, "lb", &mut std::io::stdout());

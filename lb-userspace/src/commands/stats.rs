@@ -12,7 +12,7 @@ use lb_common::{
 use serde::Serialize;
 
 use crate::{
-    commands::cli::{FlowsArgs, OutputFormat, PinnedArgs},
+    commands::cli::{FlowsArgs, OutputFormat},
     commands::table,
     dataplane::counters,
     dataplane::maps,
@@ -48,7 +48,7 @@ pub(crate) fn no_instance(pin_dir: &Path) -> String {
 }
 
 /// Prints global, per-VIP and per-worker counters.
-pub fn stats(args: &PinnedArgs, pin_dir: &Path) -> anyhow::Result<()> {
+pub fn stats(output: OutputFormat, pin_dir: &Path) -> anyhow::Result<()> {
     let global = counters::read_pinned(pin_dir).with_context(|| no_instance(pin_dir))?;
     let vip_ids = vip_ids(pin_dir)?;
     let vips: Vec<TrafficRow> = vip_ids
@@ -56,7 +56,7 @@ pub fn stats(args: &PinnedArgs, pin_dir: &Path) -> anyhow::Result<()> {
         .map(|(vip, id)| traffic_row(pin_dir, map_names::VIP_STATS, *id, vip.to_string()))
         .collect::<anyhow::Result<_>>()?;
     let workers = worker_rows(pin_dir, &vip_ids)?;
-    match args.output {
+    match output {
         OutputFormat::Json => {
             let global = serde_json::to_value(global)?;
             let doc = serde_json::json!({ "global": global, "vips": vips, "workers": workers });
@@ -186,8 +186,8 @@ struct FlowRow {
 }
 
 /// Prints the flow table.
-pub fn flows(args: &FlowsArgs, pin_dir: &Path) -> anyhow::Result<()> {
-    let only: Option<Vip> = args.vip.as_deref().map(str::parse).transpose()?;
+pub fn flows(args: &FlowsArgs, output: OutputFormat, pin_dir: &Path) -> anyhow::Result<()> {
+    let only = args.vip;
     let flows: HashMap<MapData, FlowKey, FlowValue> = maps::open_pinned(pin_dir, map_names::FLOWS)
         .with_context(|| no_instance(pin_dir))?
         .try_into()?;
@@ -225,7 +225,7 @@ pub fn flows(args: &FlowsArgs, pin_dir: &Path) -> anyhow::Result<()> {
         .collect();
     rows.sort_by(|a, b| a.client.cmp(&b.client));
     table::print(
-        args.pinned.output,
+        output,
         &rows,
         &["CLIENT", "VIP", "WORKER", "AGE", "IDLE", "STATE"],
         |r| {

@@ -22,13 +22,13 @@
 //! pins = [{ client = "198.51.100.7", worker = "192.0.2.11" }]
 //! ```
 
-use std::{net::IpAddr, path::Path};
+use std::{collections::BTreeMap, net::IpAddr, path::Path};
 
 use anyhow::Context as _;
 use serde::Deserialize;
 
 use crate::{
-    desired::options::{Forward, HealthOptions, LoadOptions, Scheduler, VipOptions},
+    desired::options::VipOptions,
     desired::state::{Desired, Limits, DEFAULT_WEIGHT},
     service::Vip,
 };
@@ -45,56 +45,32 @@ pub struct FileConfig {
     pub vip: Vec<VipConfig>,
 }
 
-/// One `[[vip]]`.
+/// One `[[vip]]`: its address, its settings (the keys of
+/// [`VipOptions`], the flags of `lb vip add`), its workers and its pins.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct VipConfig {
     /// `ADDRESS:PORT/PROTO`.
     pub address: Vip,
-    /// Maglev table size (a prime).
-    pub table_size: Option<u32>,
-    /// New-flow scheduler.
-    #[serde(default)]
-    pub scheduler: Scheduler,
-    /// How packets reach the workers.
-    #[serde(default)]
-    pub forward: Forward,
-    /// The workers' GUE port.
-    pub gue_port: Option<u16>,
-    /// Sticky-session lifetime.
-    #[serde(default, with = "crate::duration::serde_str_opt")]
-    pub sticky: Option<std::time::Duration>,
-    /// Client prefix length of sessions and pins.
-    pub sticky_prefix: Option<u8>,
-    /// How long a flow may idle before it is scheduled afresh.
-    #[serde(default, with = "crate::duration::serde_str_opt")]
-    pub idle_timeout: Option<std::time::Duration>,
-    /// Health checks.
-    #[serde(default)]
-    pub health: HealthOptions,
-    /// Load signal.
-    #[serde(default)]
-    pub load: LoadOptions,
+    /// Its settings.
+    #[serde(flatten)]
+    pub options: VipOptions,
     /// Its workers.
     #[serde(default)]
     pub backends: Vec<BackendConfig>,
     /// Clients pinned to a worker.
     #[serde(default)]
     pub pins: Vec<PinConfig>,
+    /// Keys no setting takes, refused: serde's deny_unknown_fields doesn't
+    /// work beside a flattened struct.
+    #[serde(flatten)]
+    unknown: BTreeMap<String, toml::Value>,
 }
 
 impl VipConfig {
-    fn options(&self) -> VipOptions {
-        VipOptions {
-            table_size: self.table_size,
-            scheduler: self.scheduler,
-            forward: self.forward,
-            gue_port: self.gue_port,
-            sticky: self.sticky,
-            sticky_prefix: self.sticky_prefix,
-            idle_timeout: self.idle_timeout,
-            health: self.health.clone(),
-            load: self.load.clone(),
+    fn refuse_unknown(&self) -> anyhow::Result<()> {
+        match self.unknown.keys().next() {
+            Some(key) => anyhow::bail!("[[vip]] {}: unknown field `{key}`", self.address),
+            None => Ok(()),
         }
     }
 }
@@ -132,7 +108,9 @@ impl FileConfig {
 
     /// Parses configuration text. TOML's own errors quote the line and
     /// underline the spot over several lines; lb's errors are one line, so
-    /// this keeps where and what.
+    /// this keeps where and what. A mistake in a VIP's settings is placed
+    /// at the start of its `[[vip]]`: the settings are read through serde's
+    /// flatten, which keeps no positions.
     pub fn parse(text: &str) -> anyhow::Result<Self> {
         toml::from_str(text).map_err(|error| {
             let message = error.message().trim();
@@ -153,7 +131,8 @@ impl FileConfig {
     pub fn desired(&self) -> anyhow::Result<Desired> {
         let mut desired = Desired::limited(self.hash_seed, Limits::NONE);
         for vip in &self.vip {
-            let options = vip.options();
+            vip.refuse_unknown()?;
+            let options = vip.options.clone();
             let prefix = options.prefix_for(&vip.address);
             desired.add_vip(vip.address, options)?;
             for backend in &vip.backends {
@@ -255,7 +234,7 @@ mod tests {
             ("[[vip]]\naddress = \"192.0.2.100:80/tcp\"\ntable_size = 100", "must be a prime"),
             ("vips = []", "unknown field"),
             ("[[vip]]\naddress = \"192.0.2.100:80/tcp\"\nsticky = \"5 minutes\"", "unit"),
-            ("[[vip]]\naddress = \"192.0.2.100:80/tcp\"\nhealth = { check = \"ping\" }", "line 3, column 20: unknown variant `ping`, expected one of `tcp`, `http`, `udp`, `dns`, `none`"),
+            ("[[vip]]\naddress = \"192.0.2.100:80/tcp\"\nhealth = { check = \"ping\" }", "line 1, column 1: unknown variant `ping`, expected one of `tcp`, `http`, `udp`, `dns`, `none`"),
             ("[[vip]]\naddress = \"192.0.2.100:53/udp\"\nhealth = { check = \"dns\" }", "needs --health-dns-name"),
             ("[[vip]]\naddress = \"192.0.2.100:53/udp\"\nhealth = { check = \"dns\", dns_name = \"a b\" }", "is not a DNS name"),
             ("[[vip]]\naddress = \"192.0.2.100:53/udp\"\nhealth = { check = \"dns\", dns_name = \"x\", dns_type = \"B\" }", "unknown DNS type"),
@@ -264,6 +243,7 @@ mod tests {
             ("[[vip]]\naddress = \"192.0.2.100:80/tcp\"\nhealth = { expect = \"ok\" }", "applies to udp health checks only"),
             ("[[vip]]\naddress = \"192.0.2.100:80/tcp\"\nidle_timeout = \"1s\"", "use 2s to 168h"),
             ("[[vip]]\naddress = \"192.0.2.100:80/tcp\"\nsticky_prefix = 40", "too long"),
+            ("[[vip]]\naddress = \"192.0.2.100:80/tcp\"\nschedular = \"maglev\"", "[[vip]] 192.0.2.100:80/tcp: unknown field `schedular`"),
         ];
         for (text, reason) in cases {
             let error = FileConfig::parse(text)

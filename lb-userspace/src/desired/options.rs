@@ -213,61 +213,89 @@ pub enum CheckKind {
     None,
 }
 
-/// Health checking of a VIP's workers.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// Health checking of a VIP's workers. Each setting's default is declared
+/// once, on its flag; the config file and the admin API take the same
+/// defaults through [`Default`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, clap::Args)]
 #[serde(default, deny_unknown_fields)]
 pub struct HealthOptions {
-    /// What the check does; default: tcp for TCP VIPs, udp for UDP ones.
+    /// Health check: tcp (default for TCP VIPs), http, udp (default for
+    /// UDP VIPs), dns, or none.
+    #[arg(long = "health", value_enum)]
     pub check: Option<CheckKind>,
     /// Path of the http check.
+    #[arg(long = "health-path", default_value = "/")]
     pub path: String,
-    /// Port to check on the worker; default: the VIP's port.
+    /// Port to check (default: the VIP's).
+    #[arg(long = "health-port")]
     pub port: Option<u16>,
     /// Time between checks.
+    #[arg(long = "health-interval", value_parser = duration::parse_clap, default_value = "1s")]
     #[serde(with = "duration::serde_str")]
     pub interval: Duration,
-    /// How long one check may take.
+    /// Limit on one check.
+    #[arg(long = "health-timeout", value_parser = duration::parse_clap, default_value = "500ms")]
     #[serde(with = "duration::serde_str")]
     pub timeout: Duration,
-    /// Consecutive successes that bring a down worker up.
+    /// Passed checks in a row that bring a worker up.
+    #[arg(long, default_value_t = 2)]
     pub rise: u32,
-    /// Consecutive failures that take an up worker down.
+    /// Failed checks in a row that take a worker down.
+    #[arg(long, default_value_t = 2)]
     pub fall: u32,
-    /// What the udp check sends; an empty datagram when absent.
+    /// What the udp check sends (default: an empty datagram): text, or
+    /// hex: and hex digits.
+    #[arg(long = "health-payload", value_name = "TEXT")]
     pub payload: Option<Datagram>,
-    /// What the udp check's reply must start with; when absent, any
-    /// reply or silence passes.
+    /// The udp check passes only on a reply that starts with this (text,
+    /// or hex: and hex digits); without it, any reply or silence passes.
+    #[arg(long = "health-expect", value_name = "TEXT")]
     pub expect: Option<Datagram>,
-    /// The name the dns check asks for.
+    /// The name the dns check asks for (required with --health dns).
+    #[arg(long = "health-dns-name", value_name = "NAME")]
     pub dns_name: Option<DnsName>,
-    /// The record type it asks for; A when absent.
+    /// The record type the dns check asks for: A (default), AAAA, TXT,
+    /// SOA, NS, …
+    #[arg(long = "health-dns-type", value_name = "TYPE")]
     pub dns_type: Option<DnsType>,
-    /// The response code that passes it; NOERROR when absent.
+    /// The response code that passes the dns check: NOERROR (default),
+    /// NXDOMAIN, …
+    #[arg(long = "health-dns-rcode", value_name = "RCODE")]
     pub dns_rcode: Option<DnsRcode>,
 }
 
 impl Default for HealthOptions {
     fn default() -> Self {
-        Self {
-            check: None,
-            path: "/".into(),
-            port: None,
-            interval: Duration::from_secs(1),
-            timeout: Duration::from_millis(500),
-            rise: 2,
-            fall: 2,
-            payload: None,
-            expect: None,
-            dns_name: None,
-            dns_type: None,
-            dns_rcode: None,
-        }
+        flag_defaults()
     }
 }
 
+/// The value of every flag of `T` when none is given: how the settings'
+/// defaults, declared on the flags, reach the config file and the admin
+/// API.
+fn flag_defaults<T: clap::Args + clap::FromArgMatches>() -> T {
+    let command = T::augment_args(clap::Command::new("defaults"));
+    let matches = command
+        .try_get_matches_from(["defaults"])
+        .expect("every setting has a default or is optional");
+    T::from_arg_matches(&matches).expect("the declared defaults parse")
+}
+
 /// Where a VIP's load figures come from.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    clap::ValueEnum,
+    strum::Display,
+)]
 #[serde(rename_all = "kebab-case")]
+#[strum(serialize_all = "kebab-case")]
 pub enum LoadSignal {
     /// Reports: pushed by workers, probed over HTTP, or set with the CLI.
     #[default]
@@ -277,56 +305,74 @@ pub enum LoadSignal {
 }
 
 /// Worker load of a VIP.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, clap::Args)]
 #[serde(default, deny_unknown_fields)]
 pub struct LoadOptions {
-    /// Which figure the least-load scheduler compares.
+    /// Load figure of the least-load scheduler: reported, or the worker's
+    /// active flows per weight.
+    #[arg(long = "load-signal", value_enum, default_value_t)]
     pub signal: LoadSignal,
-    /// Path the controller GETs on each worker (at each health check) for
-    /// a number from 0 to 1.
+    /// Path the controller GETs on each worker at each check for its load
+    /// (a number from 0 to 1).
+    #[arg(long = "load-probe")]
     pub probe: Option<String>,
-    /// A report older than this counts as unknown.
+    /// A load report older than this counts as unknown.
+    #[arg(long = "load-ttl", value_parser = duration::parse_clap, default_value = "10s")]
     #[serde(with = "duration::serde_str")]
     pub ttl: Duration,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        Self {
-            signal: LoadSignal::Reported,
-            probe: None,
-            ttl: Duration::from_secs(10),
-        }
+        flag_defaults()
     }
 }
 
-/// Everything about a VIP besides its workers.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// Everything about a VIP besides its workers: the flags of `lb vip add`,
+/// the keys of a config file's `[[vip]]`, the options of the admin API.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, clap::Args)]
 #[serde(default, deny_unknown_fields)]
 pub struct VipOptions {
-    /// Maglev table size, a prime; derived from the worker count if absent.
+    /// Maglev table size, a prime (default: 16381, or the first prime
+    /// above 100 × workers).
+    #[arg(long)]
     pub table_size: Option<u32>,
     /// New-flow scheduler.
+    #[arg(long, value_enum, default_value_t)]
     pub scheduler: Scheduler,
-    /// Sticky-session lifetime; no sessions if absent.
+    /// Sticky sessions: a client's new connections go to the worker it
+    /// used last, for this long after its last new connection (e.g. 300s).
+    #[arg(long, value_parser = duration::parse_clap)]
     #[serde(with = "duration::serde_str_opt")]
     pub sticky: Option<Duration>,
-    /// Client prefix length sessions and pins are keyed by (default: the
-    /// whole address).
+    /// Key sessions by this client prefix length (e.g. 24 or 64).
+    #[arg(long)]
     pub sticky_prefix: Option<u8>,
-    /// How long a flow may carry no packet before its next one is
-    /// scheduled afresh; the protocol's default when absent.
+    /// A flow idle for longer is scheduled afresh at its next packet
+    /// (2s to 168h; default 300s for TCP, 60s for UDP).
+    #[arg(long, value_parser = duration::parse_clap)]
     #[serde(with = "duration::serde_str_opt")]
     pub idle_timeout: Option<Duration>,
     /// Health checks.
+    #[command(flatten)]
     pub health: HealthOptions,
-    /// Load signal.
-    pub load: LoadOptions,
-    /// How packets reach the workers.
+    /// How packets reach the workers: dsr (same link), ipip (IPIP, IP6IP6
+    /// or across families) or gue (IP in UDP); ipip and gue reach workers
+    /// anywhere the balancer's routes reach, which run `lb decap attach`.
+    #[arg(long, value_enum, default_value_t)]
     pub forward: Forward,
-    /// GUE destination port (with `forward = gue`; default
-    /// [`DEFAULT_GUE_PORT`]).
+    /// Workers' GUE port, with --forward gue [default: 6080].
+    #[arg(long)]
     pub gue_port: Option<u16>,
+    /// The load signal of the least-load scheduler.
+    #[command(flatten)]
+    pub load: LoadOptions,
+}
+
+impl Default for VipOptions {
+    fn default() -> Self {
+        flag_defaults()
+    }
 }
 
 const MAX_STICKY: Duration = Duration::from_secs(7 * 24 * 3600);

@@ -60,13 +60,13 @@ pub enum ExplainError {
 }
 
 /// Prints the explanation of `args` from the maps pinned under `pin_dir`.
-pub fn explain(args: &ExplainArgs, pin_dir: &Path) -> anyhow::Result<()> {
+pub fn explain(args: &ExplainArgs, output: OutputFormat, pin_dir: &Path) -> anyhow::Result<()> {
     let vip = parse_vip(&args.vip, args.proto)?;
     let (client, port) = parse_client(&args.client)?;
     check_family(client, &vip)?;
     let view = gather::gather(pin_dir, vip, client, port)?;
     let explanation = view.explain(&view.trace()?);
-    match args.pinned.output {
+    match output {
         OutputFormat::Json => println!("{}", serde_json::to_string(&explanation)?),
         OutputFormat::Table => print!("{}", render::text(&explanation)),
     }
