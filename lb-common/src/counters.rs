@@ -33,6 +33,11 @@ macro_rules! counters {
             /// The packet classes: every packet is in exactly one.
             pub const CLASSES: &'static [&'static str] = &[$(stringify!($class)),*];
 
+            /// Each class's name and count, in the order of [`Self::CLASSES`].
+            pub fn classes(&self) -> [(&'static str, u64); Self::CLASSES.len()] {
+                [$((stringify!($class), self.$class)),*]
+            }
+
             /// Field values, in the order of [`Self::NAMES`].
             pub fn values(&self) -> [u64; Self::NAMES.len()] {
                 [$(self.$total,)* $(self.$class,)* $(self.$outcome),*]

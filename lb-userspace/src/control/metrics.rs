@@ -6,9 +6,7 @@ use std::{path::Path, sync::Arc};
 
 use anyhow::Context as _;
 use hyper::{body::Bytes, Method, Request, StatusCode};
-use lb_common::{
-    balancer::TrafficCounters, capture::CaptureCounters, counters::GlobalCounters, map_names,
-};
+use lb_common::{balancer::TrafficCounters, capture::CaptureCounters, map_names};
 use prometheus_client::{
     encoding::text::encode,
     metrics::{counter::Counter, family::Family, gauge::Gauge},
@@ -115,16 +113,10 @@ pub fn render(snapshot: &MetricsSnapshot) -> anyhow::Result<String> {
     Ok(text)
 }
 
-/// What the data plane counted, by name.
+/// What the data plane counted, read field by field so that a counter
+/// that goes away or is renamed fails to compile here.
 fn global(registry: &mut Registry, pin_dir: &Path) -> anyhow::Result<()> {
-    let global = counters::read_pinned(pin_dir)?;
-    let values = global.values();
-    let value = |name: &str| {
-        GlobalCounters::NAMES
-            .iter()
-            .position(|n| *n == name)
-            .map_or(0, |i| values[i])
-    };
+    let c = counters::read_pinned(pin_dir)?;
     let single = |registry: &mut Registry, name: &str, help: &str, v: u64| {
         let counter: Counter = Counter::default();
         counter.inc_by(v);
@@ -134,71 +126,79 @@ fn global(registry: &mut Registry, pin_dir: &Path) -> anyhow::Result<()> {
         registry,
         "lb_packets",
         "Frames the XDP program ran on",
-        value("packets"),
+        c.packets,
     );
     single(
         registry,
         "lb_received_bytes",
         "Bytes of those frames, Ethernet header included",
-        value("bytes"),
+        c.bytes,
     );
     single(
         registry,
         "lb_forwarded_packets",
         "Packets sent to a worker",
-        value("forwarded"),
+        c.forwarded,
     );
-    let classes: Counters = family(
+    let by_label = |registry: &mut Registry, name, help, label, values: &[(&str, u64)]| {
+        let family: Counters = family(registry, name, help);
+        for (value, count) in values {
+            family
+                .get_or_create(&labels(&[(label, value)]))
+                .inc_by(*count);
+        }
+    };
+    by_label(
         registry,
         "lb_packet_class_packets",
         "Frames by class (one class per frame)",
+        "class",
+        &c.classes(),
     );
-    for class in GlobalCounters::CLASSES {
-        classes
-            .get_or_create(&labels(&[("class", class)]))
-            .inc_by(value(class));
-    }
-    let passed: Counters = family(
+    by_label(
         registry,
         "lb_passed_packets",
         "Packets passed to the kernel, by reason",
+        "reason",
+        &[("not_vip", c.pass_not_vip)],
     );
-    passed
-        .get_or_create(&labels(&[("reason", "not_vip")]))
-        .inc_by(value("pass_not_vip"));
-    let dropped: Counters = family(registry, "lb_dropped_packets", "Packets dropped, by reason");
-    for (reason, name) in [
-        ("no_backend", "drop_no_backend"),
-        ("no_neighbour", "drop_no_neighbour"),
-        ("no_tunnel", "drop_no_tunnel"),
-        ("too_big", "too_big_dropped"),
-    ] {
-        dropped
-            .get_or_create(&labels(&[("reason", reason)]))
-            .inc_by(value(name));
-    }
-    let flows: Counters = family(registry, "lb_flow_events", "Flow table and session events");
-    for (event, name) in [
-        ("hit", "flow_hits"),
-        ("insert_failed", "flow_insert_failed"),
-        ("rescheduled", "flow_rescheduled"),
-        ("expired", "flow_expired"),
-        ("sticky_hit", "sticky_hits"),
-        ("pin_hit", "pin_hits"),
-    ] {
-        flows
-            .get_or_create(&labels(&[("event", event)]))
-            .inc_by(value(name));
-    }
-    let icmp: Counters = family(registry, "lb_icmp_packets", "ICMP handled by lb, by action");
-    for (action, name) in [
-        ("echo_reply", "icmp_echo_replies"),
-        ("error_forwarded", "icmp_errors_forwarded"),
-        ("too_big_sent", "too_big_answered"),
-    ] {
-        icmp.get_or_create(&labels(&[("action", action)]))
-            .inc_by(value(name));
-    }
+    by_label(
+        registry,
+        "lb_dropped_packets",
+        "Packets dropped, by reason",
+        "reason",
+        &[
+            ("no_backend", c.drop_no_backend),
+            ("no_neighbour", c.drop_no_neighbour),
+            ("no_tunnel", c.drop_no_tunnel),
+            ("too_big", c.too_big_dropped),
+        ],
+    );
+    by_label(
+        registry,
+        "lb_flow_events",
+        "Flow table and session events",
+        "event",
+        &[
+            ("hit", c.flow_hits),
+            ("insert_failed", c.flow_insert_failed),
+            ("rescheduled", c.flow_rescheduled),
+            ("expired", c.flow_expired),
+            ("sticky_hit", c.sticky_hits),
+            ("pin_hit", c.pin_hits),
+        ],
+    );
+    by_label(
+        registry,
+        "lb_icmp_packets",
+        "ICMP handled by lb, by action",
+        "action",
+        &[
+            ("echo_reply", c.icmp_echo_replies),
+            ("error_forwarded", c.icmp_errors_forwarded),
+            ("too_big_sent", c.too_big_answered),
+        ],
+    );
     Ok(())
 }
 
