@@ -241,6 +241,23 @@ pub enum WorkerState {
     Removing,
 }
 
+impl WorkerState {
+    /// What a worker's flags in the data plane's backend map say (the map
+    /// doesn't know of graceful removals: those read as draining).
+    pub fn from_flags(flags: u8) -> Self {
+        use lb_common::balancer::{BACKEND_DOWN, BACKEND_DRAINING, BACKEND_UNREACHABLE};
+        if flags & BACKEND_DOWN != 0 {
+            Self::Down
+        } else if flags & BACKEND_UNREACHABLE != 0 {
+            Self::Unreachable
+        } else if flags & BACKEND_DRAINING != 0 {
+            Self::Draining
+        } else {
+            Self::Up
+        }
+    }
+}
+
 /// The last health check of a worker.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct CheckRow {

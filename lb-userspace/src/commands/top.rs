@@ -24,7 +24,7 @@ use lb_common::{balancer::TrafficCounters, map_names};
 use crate::{
     admin::{
         client,
-        protocol::{BackendRow, Request, VipRow},
+        protocol::{BackendRow, Request, VipRow, WorkerState},
     },
     commands::cli::TopArgs,
     dataplane::maps,
@@ -130,7 +130,7 @@ fn listing(args: &Paths) -> anyhow::Result<(Vec<VipLines>, &'static str)> {
                     Some(WorkerLine {
                         addr: addr.to_string(),
                         id: *worker_id,
-                        state: crate::dataplane::maps::state_word(b.flags).into(),
+                        state: WorkerState::from_flags(b.flags).to_string(),
                         load: "-".into(),
                         active: "-".into(),
                     })

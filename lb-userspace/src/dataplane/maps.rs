@@ -50,21 +50,6 @@ pub struct WorkerEntry {
 /// system call per slot (500 VIPs × 16,381 slots is 8 million calls).
 const MAGLEV_FLAGS: u32 = (1 << 12) | (1 << 10);
 
-/// A worker slot's down, unreachable and draining flags as one word, the
-/// way `lb top` and `lb explain` print them.
-pub fn state_word(flags: u8) -> &'static str {
-    use lb_common::balancer::{BACKEND_DOWN, BACKEND_DRAINING, BACKEND_UNREACHABLE};
-    if flags & BACKEND_DOWN != 0 {
-        "down"
-    } else if flags & BACKEND_UNREACHABLE != 0 {
-        "unreachable"
-    } else if flags & BACKEND_DRAINING != 0 {
-        "draining"
-    } else {
-        "up"
-    }
-}
-
 /// The maps the controller writes.
 pub struct ControlMaps {
     vips: HashMap<MapData, VipKey, VipInfo>,

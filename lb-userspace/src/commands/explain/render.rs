@@ -14,8 +14,8 @@ use serde::Serialize;
 
 use super::gather::{Picked, Trace, View};
 use crate::{
+    admin::protocol::WorkerState,
     commands::table,
-    dataplane::maps,
     service::{self, Protocol, Vip},
 };
 
@@ -256,8 +256,8 @@ impl View {
         } else if generation.is_some_and(|g| g != backend.generation) {
             format!("worker slot #{id} now holds another worker ({name})")
         } else {
-            match maps::state_word(flags) {
-                "up" => format!("worker {name} can't take it"),
+            match WorkerState::from_flags(flags) {
+                WorkerState::Up => format!("worker {name} can't take it"),
                 state => format!("worker {name} is {state}"),
             }
         }
@@ -534,7 +534,7 @@ impl View {
         } else if backend.vip_id != self.info.id {
             "other-vip"
         } else {
-            maps::state_word(flags)
+            WorkerState::from_flags(flags).into()
         }
     }
 }
