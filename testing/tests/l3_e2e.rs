@@ -411,3 +411,110 @@ fn sticky_sessions_and_least_load_work_through_the_tunnels() {
         "{to_idle} of 200 to the idle worker: {spread:?}"
     );
 }
+
+/// The state and check detail of `worker` on `vip`, from `backend list`.
+fn worker_state(rig: &Rig, vip: &str, worker: IpAddr) -> (String, String) {
+    let rows = json(
+        &rig.lb
+            .cli_ok(&["backend", "list", vip, "-o", "json"])
+            .unwrap(),
+    );
+    let row = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["worker"] == worker.to_string())
+        .unwrap_or_else(|| panic!("{worker} not in {rows}"))
+        .clone();
+    let detail = row["check"]["detail"].as_str().unwrap_or_default();
+    (row["state"].as_str().unwrap().to_owned(), detail.to_owned())
+}
+
+#[test]
+fn a_worker_that_cannot_decapsulate_is_checked_down_through_its_tunnel() {
+    lb_testing::needs_root!();
+    let mut rig = rig(3);
+    let pins = rig.bed.pin_dir("decap-w1");
+    let (gue, ipip) = ("192.0.2.100:80/tcp", "[2001:db8::100]:80/tcp");
+    let fast = ["--health-interval", "200ms", "--health-timeout", "150ms"];
+    add(
+        &rig,
+        gue,
+        &[&["--forward", "gue"][..], &fast].concat(),
+        false,
+    );
+    add(
+        &rig,
+        ipip,
+        &[&["--forward", "ipip"][..], &fast].concat(),
+        true,
+    );
+    let (w1, w1_v6) = (
+        IpAddr::V4(rig.workers[0].ipv4),
+        IpAddr::V6(rig.workers[0].ipv6),
+    );
+    let checked = |vip, worker| {
+        let (state, detail) = worker_state(&rig, vip, worker);
+        state == "up" && detail.starts_with("connected")
+    };
+    wait_until(
+        TIMEOUT,
+        "every worker checked up through both tunnels",
+        || {
+            rig.workers
+                .iter()
+                .all(|w| checked(gue, IpAddr::V4(w.ipv4)) && checked(ipip, IpAddr::V6(w.ipv6)))
+        },
+    );
+
+    // The worker's decap goes: its direct check still connects, the
+    // tunnel's echo goes unanswered.
+    let detached = rig.workers[0]
+        .command(lb_exe())
+        .args(["decap", "detach", "--iface", "eth0", "--pin-dir"])
+        .arg(&pins)
+        .status()
+        .unwrap();
+    assert!(detached.success());
+    let down_saying = |vip, worker, words: &str| {
+        let (state, detail) = worker_state(&rig, vip, worker);
+        state == "down" && detail.contains(words)
+    };
+    wait_until(TIMEOUT, "w1 down for its tunnels", || {
+        down_saying(gue, w1, "no answer through the GUE (port 6080) tunnel")
+            && down_saying(ipip, w1_v6, "no answer through the IPIP tunnel")
+    });
+    for worker in &rig.workers[1..] {
+        let gue_state = worker_state(&rig, gue, IpAddr::V4(worker.ipv4));
+        assert_eq!(gue_state.0, "up", "{gue_state:?}");
+        let ipip_state = worker_state(&rig, ipip, IpAddr::V6(worker.ipv6));
+        assert_eq!(ipip_state.0, "up", "{ipip_state:?}");
+    }
+    // Every new connection reaches a worker that can take it.
+    for vip in [IpAddr::V4(VIP4), IpAddr::V6(VIP6)] {
+        let spread = rig.spread(vip, 30).unwrap();
+        assert_eq!(spread.values().sum::<usize>(), 30, "{vip}: {spread:?}");
+        assert_eq!(spread.len(), 2, "{vip}: {spread:?}");
+    }
+
+    // Who wants the direct check keeps it.
+    rig.lb
+        .cli_ok(
+            &[
+                &["vip", "set", gue, "--forward", "gue", "--health-direct"][..],
+                &fast,
+            ]
+            .concat(),
+        )
+        .unwrap();
+    wait_until(TIMEOUT, "w1 up when checked directly", || checked(gue, w1));
+    let refused = rig
+        .lb
+        .cli(&["vip", "add", "192.0.2.100:81/tcp", "--health-direct"])
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("--health-direct (direct) is for --forward ipip and gue only"),
+        "{stderr}"
+    );
+}

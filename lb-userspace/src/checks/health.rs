@@ -9,6 +9,7 @@ use std::{
     io,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     os::fd::AsRawFd as _,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -18,6 +19,7 @@ use tokio::{net::UdpSocket, sync::watch, task::JoinHandle};
 use crate::{
     checks::datagram::{self, Datagram},
     checks::dns,
+    checks::tunnel::{Prober, Tunnel},
     net::http,
     service::Vip,
 };
@@ -148,6 +150,9 @@ pub struct Target {
     pub timeout: Duration,
     /// Path of the load probe, if any.
     pub load_probe: Option<String>,
+    /// For an IPIP or GUE VIP checked the way its traffic goes: the tunnel
+    /// an echo must pass before the check counts.
+    pub tunnel: Option<Tunnel>,
 }
 
 /// One round of a checker task.
@@ -170,9 +175,19 @@ type Served = Vec<(Vip, u32)>;
 /// Where checkers send their reports; `false` once nobody listens.
 pub type Sink = std::sync::Arc<dyn Fn(Report) -> bool + Send + Sync>;
 
-/// Runs one check.
-pub async fn check(target: &Target) -> Outcome {
+/// Runs one check: through the tunnel first, when the worker is reached
+/// by one, then the check itself.
+pub async fn check(target: &Target, prober: &Prober) -> Outcome {
     let started = Instant::now();
+    if let Some(tunnel) = &target.tunnel {
+        if let Err(detail) = prober.probe(target.worker, tunnel, target.timeout).await {
+            return Outcome {
+                ok: false,
+                detail,
+                took: started.elapsed(),
+            };
+        }
+    }
     let addr = SocketAddr::new(target.worker, target.port);
     let (ok, detail) = match &target.check {
         Check::None => (true, "not checked".to_owned()),
@@ -332,14 +347,19 @@ pub async fn probe_load(addr: SocketAddr, path: &str, timeout: Duration) -> Resu
     Ok(load)
 }
 
-async fn run(target: Target, serves: watch::Receiver<Vec<(Vip, u32)>>, reports: Sink) {
+async fn run(
+    target: Target,
+    serves: watch::Receiver<Vec<(Vip, u32)>>,
+    reports: Sink,
+    prober: Arc<Prober>,
+) {
     let mut ticks = tokio::time::interval(target.interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
         let outcome = match target.check {
             Check::None => None,
-            _ => Some(check(&target).await),
+            _ => Some(check(&target, &prober).await),
         };
         let load = match &target.load_probe {
             Some(path) => {
@@ -368,6 +388,7 @@ struct Key {
     interval: Duration,
     timeout: Duration,
     load_probe: Option<String>,
+    tunnel: Option<Tunnel>,
 }
 
 impl Key {
@@ -378,6 +399,7 @@ impl Key {
             interval: target.interval,
             timeout: target.timeout,
             load_probe: target.load_probe.clone(),
+            tunnel: target.tunnel.clone(),
         }
     }
 }
@@ -394,6 +416,7 @@ pub struct Supervisor {
     /// By key, then by check (checks are few per key, and not hashable).
     checkers: HashMap<Key, Vec<Checker>>,
     reports: Sink,
+    prober: Arc<Prober>,
 }
 
 impl Supervisor {
@@ -402,6 +425,7 @@ impl Supervisor {
         Self {
             checkers: HashMap::new(),
             reports,
+            prober: Arc::default(),
         }
     }
 
@@ -448,7 +472,12 @@ impl Supervisor {
     fn start(&self, target: Target, serves: Vec<(Vip, u32)>) -> Checker {
         let (serves, receiver) = watch::channel(serves);
         let check = target.check.clone();
-        let task = tokio::spawn(run(target, receiver, self.reports.clone()));
+        let task = tokio::spawn(run(
+            target,
+            receiver,
+            self.reports.clone(),
+            self.prober.clone(),
+        ));
         Checker {
             check,
             serves,
@@ -532,11 +561,12 @@ mod tests {
             interval: Duration::from_secs(1),
             timeout: Duration::from_millis(200),
             load_probe: None,
+            tunnel: None,
         }
     }
 
     async fn verdict(check: Check, port: u16) -> (bool, String) {
-        let outcome = super::check(&target(check, port)).await;
+        let outcome = super::check(&target(check, port), &Prober::default()).await;
         (outcome.ok, outcome.detail)
     }
 

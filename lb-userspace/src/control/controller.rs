@@ -25,10 +25,11 @@ use crate::{
     admin::protocol::{Request, Response},
     checks::health::{self, Health, HealthState},
     checks::load::{self, Figure, Source},
+    checks::tunnel::{Encapsulation, Tunnel},
     dataplane::maps::{ControlMaps, WorkerEntry},
     dataplane::sessions,
     dataplane::{LinkCheck, LinkGuard},
-    desired::options::{CheckKind, VipOptions},
+    desired::options::{CheckKind, Forward, VipOptions},
     desired::state::{self, Desired},
     desired::state_file::StateFile,
     duration,
@@ -933,10 +934,27 @@ impl Controller {
                             interval: options.health.interval,
                             timeout: options.health.timeout,
                             load_probe: options.load.probe.clone(),
+                            tunnel: self.tunnel_check(vip, options),
                         })
                     })
             })
             .collect()
+    }
+
+    /// The tunnel a check of `vip`'s workers passes first: the VIP's own
+    /// encapsulation, unless it is checked directly.
+    fn tunnel_check(&self, vip: &Vip, options: &VipOptions) -> Option<Tunnel> {
+        let encapsulation = match options.forward {
+            _ if options.health.direct => return None,
+            Forward::Dsr => return None,
+            Forward::Ipip => Encapsulation::Ipip,
+            Forward::Gue => Encapsulation::Gue(options.gue_port()),
+        };
+        Some(Tunnel {
+            encapsulation,
+            vip: vip.addr,
+            source: self.instance.tunnels.source_for(vip.addr),
+        })
     }
 
     /// Has the tables whose last install failed installed again at the end

@@ -103,6 +103,9 @@ pub enum OptionsError {
     /// A GUE port for another method.
     #[error("--gue-port is for --forward gue only")]
     GuePortUnused,
+    /// A direct check asked of a VIP whose checks are direct anyway.
+    #[error("--health-direct (direct) is for --forward ipip and gue only: dsr checks go to the worker directly")]
+    DirectUnused,
 }
 
 /// How new flows are spread over a VIP's workers.
@@ -262,6 +265,14 @@ pub struct HealthOptions {
     /// NXDOMAIN, …
     #[arg(long = "health-dns-rcode", value_name = "RCODE")]
     pub dns_rcode: Option<DnsRcode>,
+    /// For ipip and gue VIPs: check the worker's address directly only,
+    /// without first sending an echo to the VIP through the tunnel (which
+    /// marks a worker that can't decapsulate down).
+    #[arg(long = "health-direct")]
+    // Left out when off, so that a state file stays readable by the lb
+    // before it, for a downgrade.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub direct: bool,
 }
 
 impl Default for HealthOptions {
@@ -412,6 +423,9 @@ impl VipOptions {
             (_, Some(0)) => return Err(OptionsError::GuePort),
             (Forward::Dsr | Forward::Ipip, Some(_)) => return Err(OptionsError::GuePortUnused),
             _ => {}
+        }
+        if self.health.direct && !self.forward.is_l3() {
+            return Err(OptionsError::DirectUnused);
         }
         self.health.validate(vip)
     }
