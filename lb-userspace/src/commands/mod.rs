@@ -17,6 +17,9 @@ pub(crate) mod top;
 
 /// Runs the command `cli` names.
 pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    if prints_to_a_pipe(&cli.command) {
+        end_quietly_on_a_closed_pipe();
+    }
     let paths = cli.paths();
     let output = cli.instance.output.unwrap_or(OutputFormat::Table);
     let (socket, pin_dir) = (paths.socket.as_path(), paths.pin_dir.as_path());
@@ -51,6 +54,27 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
             }
             .map_err(Into::into)
         }
+    }
+}
+
+/// Whether a command only prints, so that a reader that stops early (`lb
+/// flows | head -1`) should end it. `run` talks over sockets and `capture`
+/// and `top` end their own way; they keep Rust's ignored SIGPIPE.
+fn prints_to_a_pipe(command: &Command) -> bool {
+    !matches!(
+        command,
+        Command::Run(_) | Command::Capture(_) | Command::Top(_) | Command::Decap(_)
+    )
+}
+
+/// Restores SIGPIPE's default action, as a Unix filter has it: Rust
+/// ignores the signal, and `println!` then panics on the EPIPE it gets
+/// instead.
+fn end_quietly_on_a_closed_pipe() {
+    // SAFETY: setting a signal's disposition to its default installs no
+    // handler, and happens before any thread is started.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 
