@@ -379,7 +379,7 @@ impl Load {
     /// Waits until `more` further requests have finished.
     pub fn wait_for(&self, more: usize) {
         let until = self.done() + more;
-        crate::rig::wait_until(Duration::from_secs(30), "load progressing", || {
+        crate::wait::wait_until(Duration::from_secs(30), "load progressing", || {
             self.done() >= until
         });
     }

@@ -8,8 +8,9 @@ use std::{collections::BTreeSet, io::Read as _, process::Stdio, time::Duration};
 
 use lb_testing::{
     lb_exe,
-    rig::{wait_until, Rig},
+    rig::Rig,
     testbed::{Host, Process},
+    wait::wait_until,
 };
 
 const TABLE: &str = "100";

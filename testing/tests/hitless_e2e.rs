@@ -14,8 +14,9 @@ use std::{
 
 use lb_testing::{
     lb_exe,
-    rig::{wait_until, Download, KeepAlive, Rig, VIP4},
+    rig::{Download, KeepAlive, Rig, VIP4},
     testbed::{enter_netns, http_get, Host, SLOW_BYTES},
+    wait::wait_until,
 };
 
 const VIP: &str = "192.0.2.100:80/tcp";

@@ -12,8 +12,9 @@ use std::{
 
 use lb_testing::{
     lb_exe,
-    rig::{spread_from, v6, wait_until, Download, KeepAlive, Rig, TIMEOUT, VIP4},
+    rig::{spread_from, v6, Download, KeepAlive, Rig, TIMEOUT, VIP4},
     testbed::{http_get, Host, LbProcess, SLOW_BYTES},
+    wait::wait_until,
 };
 
 const VIP: &str = "192.0.2.100:80/tcp";

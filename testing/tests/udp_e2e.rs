@@ -12,8 +12,9 @@ use std::{
 
 use lb_testing::{
     lb_exe,
-    rig::{wait_until, Rig, VIP4, VIP6},
+    rig::{Rig, VIP4, VIP6},
     testbed::{Host, Process},
+    wait::wait_until,
 };
 
 const VIP: &str = "192.0.2.100:53/udp";
