@@ -88,3 +88,28 @@ pub(crate) fn poll<P: Probe>(
         std::thread::sleep(every);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn returns_what_the_probe_found_once_done() {
+        let mut calls = 0;
+        let found = wait_until(Duration::from_secs(5), "the third call", || {
+            calls += 1;
+            Ok::<_, String>((calls == 3).then_some(calls))
+        });
+        assert_eq!(found, 3);
+    }
+
+    #[test]
+    #[should_panic(expected = "not ready after 100ms; last saw: 2 of 9")]
+    fn names_what_it_waited_for_and_what_it_saw_last() {
+        let mut seen = 0;
+        wait_until(Duration::from_millis(100), "ready", || {
+            seen = (seen + 1).min(2);
+            Err::<(), _>(format!("{seen} of 9"))
+        });
+    }
+}
