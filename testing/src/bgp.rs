@@ -32,6 +32,7 @@ use crate::{
     bird::{shipped_config, Bird},
     rig::{v6, KeepAlive, ROUTER4, ROUTER6, TIMEOUT, VIP4},
     testbed::{enter_netns, http_get, Host, LbProcess, Process, Testbed},
+    wait::{poll, wait_until},
 };
 
 /// The VIP every balancer serves.
@@ -289,17 +290,12 @@ impl BgpRig {
         let mut want: Vec<Ipv4Addr> = nodes.iter().map(|n| node_address(*n)).collect();
         want.sort();
         let start = Instant::now();
-        loop {
+        let what = format!("the router's next hops to {VIP4} {want:?}");
+        poll(Duration::from_millis(2), limit, &what, || {
             let hops = self.next_hops()?;
-            if hops == want {
-                return Ok(start.elapsed());
-            }
-            ensure!(
-                start.elapsed() < limit,
-                "the router's next hops to {VIP4} are {hops:?}, not {want:?}, after {limit:?}"
-            );
-            std::thread::sleep(Duration::from_millis(2));
-        }
+            ensure!(hops == want, "{hops:?}");
+            Ok(Some(start.elapsed()))
+        })
     }
 
     /// The VIP's HTTP address.
@@ -379,7 +375,7 @@ impl Load {
     /// Waits until `more` further requests have finished.
     pub fn wait_for(&self, more: usize) {
         let until = self.done() + more;
-        crate::rig::wait_until(Duration::from_secs(30), "load progressing", || {
+        wait_until(Duration::from_secs(30), "load progressing", || {
             self.done() >= until
         });
     }
@@ -484,13 +480,13 @@ pub fn planned_withdrawal(rig: &BgpRig) -> anyhow::Result<Withdrawal> {
     rig.wait_next_hops(&[1, 2], ROUTE_LIMIT)?;
     let restored = restoring.elapsed();
     let again = lb1.forwarded()?;
-    while lb1.forwarded()? == again {
-        ensure!(
-            restoring.elapsed() < ROUTE_LIMIT * 2,
-            "lb1 does not forward again"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let limit = (ROUTE_LIMIT * 2).saturating_sub(restoring.elapsed());
+    poll(
+        Duration::from_millis(20),
+        limit,
+        "lb1 forwarding again",
+        || anyhow::Ok(lb1.forwarded()? != again),
+    )?;
     all_answer(&mut connections)?;
     load.wait_for(100);
     Ok(Withdrawal {
@@ -592,17 +588,14 @@ fn last_forwarded(
 ) -> anyhow::Result<Duration> {
     let mut last = node.forwarded()?;
     let mut moved = Instant::now();
-    while moved.elapsed() < quiet {
-        ensure!(
-            since.elapsed() < limit,
-            "{} still forwards {limit:?} after its withdrawal",
-            node.host.role
-        );
-        std::thread::sleep(Duration::from_millis(5));
+    let what = format!("{} quiet for {quiet:?}", node.host.role);
+    let limit = limit.saturating_sub(since.elapsed());
+    poll(Duration::from_millis(5), limit, &what, || {
         let now = node.forwarded()?;
         if now != last {
             (last, moved) = (now, Instant::now());
         }
-    }
+        anyhow::Ok(moved.elapsed() >= quiet)
+    })?;
     Ok(moved.saturating_duration_since(since))
 }

@@ -10,12 +10,15 @@ use std::{
     path::{Path, PathBuf},
     process::Stdio,
     sync::atomic::{AtomicU32, Ordering},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::{bail, ensure, Context as _};
 
-use crate::testbed::{Host, Process};
+use crate::{
+    testbed::{Host, Process},
+    wait::poll,
+};
 
 /// The shipped BIRD configs.
 pub const DIST_BIRD: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../dist/bird");
@@ -102,27 +105,29 @@ impl Bird {
     /// The control socket answers once BIRD has read its config; BIRD
     /// exits at once on a bad one.
     fn wait_for_socket(&mut self) -> anyhow::Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(status) = self.process.child().try_wait()? {
-                let log = fs::read_to_string(self.dir.0.join("bird.log")).unwrap_or_default();
-                bail!(
-                    "bird in {} exited with {status} (is bird2 installed? `cargo xtask setup` \
-                     installs it): {}",
-                    self.netns,
-                    log.trim()
-                );
-            }
-            if self.birdc(&["show", "status"]).is_ok() {
-                return Ok(());
-            }
-            ensure!(
-                Instant::now() < deadline,
-                "bird in {} did not answer on its control socket",
-                self.netns
+        let what = format!("bird in {} answering on its control socket", self.netns);
+        // Done when it answers or when it has exited.
+        let exited = poll(
+            Duration::from_millis(20),
+            Duration::from_secs(10),
+            &what,
+            || {
+                if let Some(status) = self.process.child().try_wait()? {
+                    return Ok(Some(Some(status)));
+                }
+                self.birdc(&["show", "status"]).map(|_| Some(None))
+            },
+        )?;
+        if let Some(status) = exited {
+            let log = fs::read_to_string(self.dir.0.join("bird.log")).unwrap_or_default();
+            bail!(
+                "bird in {} exited with {status} (is bird2 installed? `cargo xtask setup` \
+                 installs it): {}",
+                self.netns,
+                log.trim()
             );
-            std::thread::sleep(Duration::from_millis(20));
         }
+        Ok(())
     }
 
     /// Runs one `birdc` command on this daemon's control socket.
@@ -174,20 +179,17 @@ impl Bird {
     /// before it first connects, and BFD comes up after BGP: until it is
     /// up, BGP would not hear of a dead peer before its hold time.
     pub fn wait_established(&self, sessions: usize, limit: Duration) -> anyhow::Result<()> {
-        let deadline = Instant::now() + limit;
-        loop {
+        let what = format!(
+            "{sessions} BGP sessions established with BFD up in {}",
+            self.netns
+        );
+        poll(Duration::from_millis(100), limit, &what, || {
             if self.established()?.len() >= sessions && self.bfd_up()?.len() >= sessions {
                 return Ok(());
             }
-            ensure!(
-                Instant::now() < deadline,
-                "bird in {}: fewer than {sessions} BGP sessions established with BFD up after \
-                 {limit:?}:\n{}{}",
-                self.netns,
-                self.birdc(&["show", "protocols"])?,
-                self.birdc(&["show", "bfd", "sessions"])?
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+            let protocols = self.birdc(&["show", "protocols"])?;
+            let bfd = self.birdc(&["show", "bfd", "sessions"])?;
+            Err(anyhow::anyhow!("\n{protocols}{bfd}"))
+        })
     }
 }

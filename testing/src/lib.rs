@@ -4,7 +4,8 @@
 //! BPF_PROG_TEST_RUN ([`testrun`]), the packet fuzzer ([`packet_fuzz`]), and
 //! balancers behind a BGP router doing ECMP ([`bgp`]), with BIRD daemons run
 //! from the shipped configs ([`bird`]). The end-to-end tests in `tests/`,
-//! `lb-demo`, `lb-fuzz` and the benchmarks are built on them.
+//! `lb-demo`, `lb-fuzz` and the benchmarks are built on them, and wait for
+//! what they expect with [`wait::wait_until`].
 
 use std::{io::Write as _, sync::OnceLock};
 
@@ -17,6 +18,7 @@ pub mod packet_fuzz;
 pub mod rig;
 pub mod testbed;
 pub mod testrun;
+pub mod wait;
 
 /// The `lb` binary the tests and the demo run: `$LB_EXE` if set, else the
 /// `lb` in the running executable's directory or the one above it (a test

@@ -41,18 +41,6 @@ pub fn v6(last: u16) -> Ipv6Addr {
     Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, last)
 }
 
-/// Polls `done` every 100 ms until it holds; panics after `limit`.
-pub fn wait_until(limit: std::time::Duration, what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = std::time::Instant::now() + limit;
-    while !done() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "not {what} after {limit:?}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-}
-
 /// The router of [`Rig::behind_router`], on the balancer's network.
 pub const ROUTER4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 254);
 /// Its IPv6 address there.

@@ -31,6 +31,8 @@ use lb_userspace::{
     desired::instance::{self, Paths, DEFAULT_NAME},
 };
 
+use crate::wait::poll;
+
 const NETNS_DIR: &str = "/run/netns";
 const NAME_PREFIX: &str = "lbt";
 const BRIDGE: &str = "br0";
@@ -198,16 +200,10 @@ impl Process {
 
     /// Waits up to `limit` for the process to exit and returns its status.
     pub fn wait_timeout(&mut self, limit: Duration) -> anyhow::Result<std::process::ExitStatus> {
-        let deadline = std::time::Instant::now() + limit;
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                return Ok(status);
-            }
-            if std::time::Instant::now() > deadline {
-                bail!("{} did not exit within {limit:?}", self.what);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let what = format!("{} exited", self.what);
+        poll(Duration::from_millis(20), limit, &what, || {
+            self.child.try_wait()
+        })
     }
 }
 
@@ -895,16 +891,14 @@ impl Testbed {
         .stdout(Stdio::null())
         .stderr(Stdio::null());
         let process = Process::spawn(&mut cmd, &format!("dnsmasq in {}", host.netns))?;
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let what = format!("dnsmasq in {} listening on port 53", host.netns);
         // dnsmasq listens on every address at once; port 53 is 0035.
-        while !host.proc_net("udp")?.contains(":0035 ") {
-            ensure!(
-                std::time::Instant::now() < deadline,
-                "dnsmasq in {} did not listen on port 53",
-                host.netns
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        poll(
+            Duration::from_millis(20),
+            Duration::from_secs(10),
+            &what,
+            || anyhow::Ok(host.proc_net("udp")?.contains(":0035 ")),
+        )?;
         Ok(process)
     }
 
@@ -986,15 +980,10 @@ pub fn enter_netns(path: &Path) -> anyhow::Result<()> {
 
 /// Polls until something accepts TCP connections at `addr`.
 pub fn wait_for_listener(addr: SocketAddr, limit: Duration) -> anyhow::Result<()> {
-    let deadline = std::time::Instant::now() + limit;
-    while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
-        ensure!(
-            std::time::Instant::now() < deadline,
-            "nothing listens on {addr} after {limit:?}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Ok(())
+    let what = format!("accepting connections on {addr}");
+    poll(Duration::from_millis(50), limit, &what, || {
+        TcpStream::connect_timeout(&addr, Duration::from_millis(200)).map(drop)
+    })
 }
 
 /// One HTTP/1.0 GET over a new connection; returns the response body.

@@ -8,8 +8,9 @@ use std::{collections::BTreeSet, io::Read as _, process::Stdio, time::Duration};
 
 use lb_testing::{
     lb_exe,
-    rig::{wait_until, Rig},
+    rig::Rig,
     testbed::{Host, Process},
+    wait::wait_until,
 };
 
 const TABLE: &str = "100";
@@ -50,15 +51,14 @@ fn set(addresses: &[&str]) -> BTreeSet<String> {
 }
 
 fn wait_for(host: &Host, addresses: &[&str], what: &str) {
-    let deadline = std::time::Instant::now() + WAIT;
-    while announced(host) != set(addresses) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "not {what} after {WAIT:?}: {:?}",
-            announced(host)
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_until(WAIT, what, || {
+        let now = announced(host);
+        if now == set(addresses) {
+            Ok(())
+        } else {
+            Err(format!("{now:?}"))
+        }
+    });
 }
 
 /// `lb announce list -o json`, by address: (announced, reason).

@@ -14,7 +14,8 @@ use lb_testing::{
         ANNOUNCE_TABLE, ROUTE_LIMIT, SESSION_LIMIT, VIP,
     },
     lb_exe,
-    rig::{spread_from, wait_until},
+    rig::spread_from,
+    wait::wait_until,
 };
 
 /// One rig at a time: each runs several daemons, BFD at 100 ms and a

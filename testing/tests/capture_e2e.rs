@@ -14,8 +14,9 @@ use std::{
 use lb_common::{capture::CaptureFilter, map_names};
 use lb_testing::{
     lb_exe,
-    rig::{metric, wait_until, Rig, METRICS_ADDR, UDP_PORT, VIP4, VIP6},
+    rig::{metric, Rig, METRICS_ADDR, UDP_PORT, VIP4, VIP6},
     testbed::Host,
+    wait::wait_until,
 };
 use pcap_file::pcapng::{blocks::enhanced_packet::EnhancedPacketOption, Block, PcapNgReader};
 

@@ -12,8 +12,9 @@ use std::{
 
 use lb_testing::{
     lb_exe,
-    rig::{wait_until, Rig, UDP_PORT, VIP4, VIP6},
+    rig::{Rig, UDP_PORT, VIP4, VIP6},
     testbed::Host,
+    wait::wait_until,
 };
 
 /// Runs `lb decap ARGS` on `host`; returns whether it succeeded, stdout

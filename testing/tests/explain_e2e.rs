@@ -12,8 +12,9 @@ use std::{
 
 use lb_testing::{
     lb_exe,
-    rig::{wait_until, KeepAlive, Rig, TIMEOUT, UDP_PORT, VIP4, VIP6},
+    rig::{KeepAlive, Rig, TIMEOUT, UDP_PORT, VIP4, VIP6},
     testbed::{Host, LbProcess},
+    wait::wait_until,
 };
 use serde_json::Value;
 use socket2::{Domain, Socket, Type};

@@ -14,8 +14,9 @@ use std::{
 
 use lb_testing::{
     lb_exe,
-    rig::{wait_until, Rig, VIP4},
+    rig::{Rig, VIP4},
     testbed::{Host, LbProcess},
+    wait::wait_until,
 };
 
 const VIP: &str = "192.0.2.100:80/tcp";

@@ -5,7 +5,7 @@
 use std::{
     net::{IpAddr, SocketAddr},
     sync::{
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
         Arc,
     },
     thread::JoinHandle,
@@ -14,8 +14,9 @@ use std::{
 
 use lb_testing::{
     lb_exe,
-    rig::{wait_until, Download, KeepAlive, Rig, VIP4},
+    rig::{Download, KeepAlive, Rig, VIP4},
     testbed::{enter_netns, http_get, Host, SLOW_BYTES},
+    wait::wait_until,
 };
 
 const VIP: &str = "192.0.2.100:80/tcp";
@@ -28,27 +29,48 @@ fn vip_addr() -> IpAddr {
 /// one keep-alive connection in another. Every failure is kept.
 struct Load {
     stop: Arc<AtomicBool>,
+    /// Requests made so far, answered or not.
+    made: Arc<AtomicUsize>,
     threads: Vec<JoinHandle<(usize, Vec<String>)>>,
 }
 
 impl Load {
     fn start(client: &Host) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
+        let made = Arc::new(AtomicUsize::new(0));
         let threads = [false, true]
             .into_iter()
             .map(|keep_alive| {
-                let (stop, netns) = (stop.clone(), client.netns_path());
+                let (stop, made, netns) = (stop.clone(), made.clone(), client.netns_path());
                 std::thread::spawn(move || {
                     enter_netns(&netns).unwrap();
                     if keep_alive {
-                        keep_alive_requests(&stop)
+                        keep_alive_requests(&stop, &made)
                     } else {
-                        new_connection_requests(&stop)
+                        new_connection_requests(&stop, &made)
                     }
                 })
             })
             .collect();
-        Self { stop, threads }
+        Self {
+            stop,
+            made,
+            threads,
+        }
+    }
+
+    /// Waits until `more` further requests have been made: the load ran
+    /// through whatever happened meanwhile.
+    fn wait_for(&self, more: usize) {
+        let until = self.made.load(Ordering::Relaxed) + more;
+        wait_until(LOAD_LIMIT, &format!("{more} more requests made"), || {
+            let made = self.made.load(Ordering::Relaxed);
+            if made >= until {
+                Ok(())
+            } else {
+                Err(format!("{made} of {until}"))
+            }
+        });
     }
 
     /// Stops the load; returns how many requests were made and the
@@ -70,7 +92,7 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
 /// Upper bound on any load run, whatever the test does.
 const LOAD_LIMIT: Duration = Duration::from_secs(60);
 
-fn new_connection_requests(stop: &AtomicBool) -> (usize, Vec<String>) {
+fn new_connection_requests(stop: &AtomicBool, made: &AtomicUsize) -> (usize, Vec<String>) {
     let target = SocketAddr::new(vip_addr(), 80);
     let started = Instant::now();
     let (mut total, mut failures) = (0, Vec::new());
@@ -79,12 +101,14 @@ fn new_connection_requests(stop: &AtomicBool) -> (usize, Vec<String>) {
         if let Err(error) = http_get(target, REQUEST_TIMEOUT) {
             failures.push(format!("new connection: {error:#}"));
         }
+        made.fetch_add(1, Ordering::Relaxed);
+        // Time that must pass: a steady rate of requests, not a flood.
         std::thread::sleep(Duration::from_millis(5));
     }
     (total, failures)
 }
 
-fn keep_alive_requests(stop: &AtomicBool) -> (usize, Vec<String>) {
+fn keep_alive_requests(stop: &AtomicBool, made: &AtomicUsize) -> (usize, Vec<String>) {
     let target = SocketAddr::new(vip_addr(), 80);
     let started = Instant::now();
     let (mut total, mut failures) = (0, Vec::new());
@@ -105,6 +129,8 @@ fn keep_alive_requests(stop: &AtomicBool) -> (usize, Vec<String>) {
             }
             Err(error) => failures.push(format!("keep-alive: {error}")),
         }
+        made.fetch_add(1, Ordering::Relaxed);
+        // Time that must pass: a steady rate of requests, not a flood.
         std::thread::sleep(Duration::from_millis(10));
     }
     (total, failures)
@@ -150,14 +176,15 @@ fn kill_9_of_the_controller_under_load_fails_nothing_and_a_new_one_adopts() {
     rig.add_vip_with_workers(VIP, &["--sticky", "60s"]).unwrap();
     let download = Download::start(&rig.client, vip_addr());
     let load = Load::start(&rig.client);
-    std::thread::sleep(Duration::from_millis(500));
+    load.wait_for(50);
     let status_before = json(&rig.lb.cli_ok(&["vip", "list", "-o", "json"]).unwrap());
     let workers_before = rig.lb.cli_ok(&["backend", "list"]).unwrap();
     let sessions_before = rig.lb.cli_ok(&["sessions", "list", "-o", "json"]).unwrap();
     let program_before = program_id(&rig);
 
     rig.lb.kill().unwrap();
-    std::thread::sleep(Duration::from_millis(1500));
+    // The data plane serves on while no controller runs.
+    load.wait_for(150);
     let flows_while_down = flows(&rig);
     assert!(!flows_while_down.is_empty());
 
@@ -198,7 +225,7 @@ fn kill_9_of_the_controller_under_load_fails_nothing_and_a_new_one_adopts() {
         flows_while_down.is_subset(&flows_after),
         "flows lost in the takeover"
     );
-    std::thread::sleep(Duration::from_millis(1000));
+    load.wait_for(100);
     let (total, failures) = load.finish();
     assert_no_failures(total, &failures);
     assert_eq!(download.finish(), SLOW_BYTES, "the download completed");
@@ -227,15 +254,29 @@ fn a_restart_with_a_worker_added_to_the_config_fails_nothing() {
     rig.start_lb(&["--config", &path]).unwrap();
     assert_eq!(rig.spread(vip_addr(), 30).unwrap().len(), 2);
     let load = Load::start(&rig.client);
-    std::thread::sleep(Duration::from_millis(500));
+    load.wait_for(50);
     let flows_before = flows(&rig);
 
     let stopped = rig.lb.stop().unwrap();
     assert!(stopped.contains("keeps forwarding"), "{stopped}");
     write_config(&config, &rig, 3);
-    std::thread::sleep(Duration::from_millis(500));
+    // The data plane serves on while no controller runs.
+    load.wait_for(50);
     rig.start_lb(&["--config", &path]).unwrap();
-    std::thread::sleep(Duration::from_millis(1000));
+    load.wait_for(100);
+    let added = rig.workers[2].ipv4.to_string();
+    wait_until(Duration::from_secs(10), "the added worker up", || {
+        let list = json(&rig.lb.cli_ok(&["backend", "list", "-o", "json"]).unwrap());
+        let row = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["worker"] == *added);
+        match row {
+            Some(row) if row["state"] == "up" => Ok(()),
+            row => Err(format!("{row:?}")),
+        }
+    });
     let (total, failures) = load.finish();
     assert_no_failures(total, &failures);
     let after = flows(&rig);
@@ -262,7 +303,7 @@ fn an_upgrade_from_an_older_lb_binary_under_load_fails_nothing() {
     let mut rig = Rig::new(old.as_ref(), 3, &[]).unwrap();
     rig.add_vip_with_workers(VIP, &[]).unwrap();
     let load = Load::start(&rig.client);
-    std::thread::sleep(Duration::from_millis(500));
+    load.wait_for(50);
     let program_before = program_id(&rig);
     let flows_before = flows(&rig);
 
@@ -276,7 +317,7 @@ fn an_upgrade_from_an_older_lb_binary_under_load_fails_nothing() {
         takeover.contains(&format!("program {program_before} replaced")),
         "{takeover}"
     );
-    std::thread::sleep(Duration::from_millis(1000));
+    load.wait_for(100);
     let (total, failures) = load.finish();
     assert_no_failures(total, &failures);
     if takeover.contains("adopted") {
@@ -334,8 +375,9 @@ fn killing_the_controller_while_it_saves_never_leaves_a_partial_state_file() {
     for round in 0..5u64 {
         let exe = rig.lb.exe().to_owned();
         let socket = socket_of(&rig);
+        let written = Arc::new(AtomicUsize::new(0));
         let writer = {
-            let (w1, exe) = (w1.clone(), exe.clone());
+            let (w1, exe, written) = (w1.clone(), exe.clone(), written.clone());
             std::thread::spawn(move || {
                 for weight in 1..=200u32 {
                     let ok = std::process::Command::new(&exe)
@@ -348,10 +390,16 @@ fn killing_the_controller_while_it_saves_never_leaves_a_partial_state_file() {
                     if !ok {
                         return;
                     }
+                    written.fetch_add(1, Ordering::Relaxed);
                 }
             })
         };
-        std::thread::sleep(Duration::from_millis(100 + 60 * round));
+        // Each round kills the controller further into the writes, with the
+        // writer still changing the weight.
+        let changes = 3 + 8 * round as usize;
+        wait_until(Duration::from_secs(60), "the weights being set", || {
+            written.load(Ordering::Relaxed) >= changes
+        });
         rig.lb.kill().unwrap();
         writer.join().unwrap();
         let saved = std::fs::read_to_string(&state_file).unwrap();

@@ -17,8 +17,9 @@ use std::{
 
 use lb_testing::{
     lb_exe,
-    rig::{v6, wait_until, KeepAlive, Rig, VIP4},
+    rig::{v6, KeepAlive, Rig, VIP4},
     testbed::{Host, LbProcess, Testbed},
+    wait::wait_until,
 };
 
 const VIP: &str = "192.0.2.100:80/tcp";

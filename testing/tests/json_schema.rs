@@ -5,8 +5,9 @@ use std::collections::BTreeMap;
 
 use lb_testing::{
     lb_exe,
-    rig::{wait_until, Rig, VIP4},
+    rig::{Rig, VIP4},
     testbed::http_get,
+    wait::wait_until,
 };
 use serde_json::Value;
 

@@ -12,7 +12,8 @@ use std::{
 
 use lb_testing::{
     lb_exe,
-    rig::{far, wait_until, KeepAlive, Rig, TIMEOUT, UDP_PORT, VIP4, VIP6},
+    rig::{far, KeepAlive, Rig, TIMEOUT, UDP_PORT, VIP4, VIP6},
+    wait::wait_until,
 };
 
 const GUE_PORT: u16 = 6080;

@@ -17,8 +17,9 @@ use std::{
 use lb_testing::{
     frames::{tcp, Packet},
     lb_exe,
-    rig::{wait_until, KeepAlive, Rig, METRICS_ADDR, VIP4},
+    rig::{KeepAlive, Rig, METRICS_ADDR, VIP4},
     testbed::{enter_netns, Host},
+    wait::wait_until,
 };
 
 const VIP: &str = "192.0.2.100:80/tcp";

@@ -11,7 +11,10 @@ use std::{
 use lb_testing::lb_exe;
 
 use lb_common::counters::GlobalCounters;
-use lb_testing::testbed::{Host, LbProcess, Testbed};
+use lb_testing::{
+    testbed::{Host, LbProcess, Testbed},
+    wait::wait_until,
+};
 
 const UDP_DATAGRAMS: u64 = 40;
 const TCP_CONNECTIONS: usize = 10;
@@ -66,21 +69,48 @@ fn delta(after: &GlobalCounters, before: &GlobalCounters) -> GlobalCounters {
     GlobalCounters::from_values(values)
 }
 
-/// Snapshot of lb's and the kernel's counters once traffic has settled.
-/// lb's and the kernel's counters at one quiet moment: retried until no
-/// frame (a stray neighbour or multicast report) arrived between the reads.
+/// lb's and the kernel's counters once the traffic sent so far has
+/// arrived ([`drain`] read every datagram; every connection closed), at one
+/// quiet moment: read again until no frame (a stray neighbour or multicast
+/// report) arrived between the reads.
 fn snapshot(lb: &LbProcess, host: &Host) -> (GlobalCounters, Kernel) {
-    std::thread::sleep(Duration::from_millis(300));
-    for _ in 0..20 {
-        let before = host.iface_stat("rx", "packets").unwrap();
-        let counters = lb.stats().unwrap();
-        let kernel = kernel(host);
-        if kernel.rx_packets == before {
-            return (counters, kernel);
+    wait_until(Duration::from_secs(10), "every connection closed", || {
+        let open = open_connections(host);
+        if open == 0 {
+            Ok(())
+        } else {
+            Err(format!("{open} open"))
         }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("eth0 never went quiet for a snapshot");
+    });
+    wait_until(
+        Duration::from_secs(10),
+        "eth0 quiet between two reads",
+        || {
+            let before = host.iface_stat("rx", "packets").unwrap();
+            let counters = lb.stats().unwrap();
+            let kernel = kernel(host);
+            (kernel.rx_packets == before).then_some((counters, kernel))
+        },
+    )
+}
+
+/// The test's connections on `host` not yet closed: sockets on [`PORT`]
+/// in any state but listening (0A). The server closes after the client,
+/// so its socket goes once the client's last ACK has arrived.
+fn open_connections(host: &Host) -> usize {
+    let port = format!(":{PORT:04X}");
+    ["tcp", "tcp6"]
+        .into_iter()
+        .map(|file| {
+            host.proc_net(file)
+                .unwrap()
+                .lines()
+                .skip(1)
+                .map(|line| line.split_whitespace().collect::<Vec<_>>())
+                .filter(|fields| fields[1].ends_with(&port) && fields[3] != "0A")
+                .count()
+        })
+        .sum()
 }
 
 fn send_udp(client: &Host, to: IpAddr) {
@@ -142,13 +172,21 @@ fn start_servers(host: &Host) -> [UdpSocket; 2] {
     })
 }
 
-/// Counts the datagrams that reach `socket` (the kernel counts a datagram
-/// in InDatagrams only once it is read).
+/// Reads the datagrams that reach `socket` until [`UDP_DATAGRAMS`] have
+/// (the kernel counts a datagram in InDatagrams only once it is read), and
+/// returns how many it read.
 fn drain(socket: &UdpSocket) -> u64 {
-    std::thread::sleep(Duration::from_millis(200));
     socket.set_nonblocking(true).unwrap();
     let mut buf = [0u8; 64];
-    std::iter::from_fn(|| socket.recv_from(&mut buf).ok()).count() as u64
+    let mut read = 0;
+    wait_until(Duration::from_secs(10), "every datagram read", || {
+        read += std::iter::from_fn(|| socket.recv_from(&mut buf).ok()).count() as u64;
+        if read >= UDP_DATAGRAMS {
+            Ok(Some(read))
+        } else {
+            Err(format!("{read} of {UDP_DATAGRAMS}"))
+        }
+    })
 }
 
 #[test]

@@ -7,13 +7,15 @@ use std::{
     io::{Read as _, Write as _},
     net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream},
     os::unix::fs::PermissionsExt as _,
+    sync::atomic::{AtomicBool, AtomicUsize, Ordering},
     time::{Duration, Instant},
 };
 
 use lb_testing::{
     lb_exe,
-    rig::{spread_from, v6, wait_until, Download, KeepAlive, Rig, TIMEOUT, VIP4},
+    rig::{spread_from, v6, Download, KeepAlive, Rig, TIMEOUT, VIP4},
     testbed::{http_get, Host, LbProcess, SLOW_BYTES},
+    wait::wait_until,
 };
 
 const VIP: &str = "192.0.2.100:80/tcp";
@@ -53,10 +55,12 @@ fn state_of(lb: &LbProcess, worker: &Host) -> String {
 }
 
 /// One request per iteration over a new connection until `stop` is set or
-/// `limit` passes; returns (when, answer or error) for each.
+/// `limit` passes, counted in `made`; returns (when, answer or error) for
+/// each.
 fn request_loop(
     client: &Host,
-    stop: &std::sync::atomic::AtomicBool,
+    stop: &AtomicBool,
+    made: &AtomicUsize,
     limit: Duration,
 ) -> Vec<(Instant, Result<String, String>)> {
     let target = SocketAddr::new(vip_addr(), 80);
@@ -64,14 +68,29 @@ fn request_loop(
         .within(|| {
             let deadline = Instant::now() + limit;
             let mut results = Vec::new();
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < deadline {
+            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
                 let result = http_get(target, Duration::from_secs(1)).map_err(|e| e.to_string());
                 results.push((Instant::now(), result));
+                made.fetch_add(1, Ordering::Relaxed);
+                // Time that must pass: a steady rate of requests, not a flood.
                 std::thread::sleep(Duration::from_millis(5));
             }
             results
         })
         .unwrap()
+}
+
+/// Waits until `made` has counted `more` further requests.
+fn wait_for_requests(made: &AtomicUsize, more: usize) {
+    let until = made.load(Ordering::Relaxed) + more;
+    wait_until(Duration::from_secs(20), "the requests made", || {
+        let now = made.load(Ordering::Relaxed);
+        if now >= until {
+            Ok(())
+        } else {
+            Err(format!("{now} of {until}"))
+        }
+    });
 }
 
 #[test]
@@ -81,15 +100,17 @@ fn a_dead_worker_is_routed_around_within_the_detection_time_and_comes_back() {
     rig.add_vip_with_workers(VIP, FAST_CHECKS).unwrap();
     assert_eq!(rig.spread(vip_addr(), 60).unwrap().len(), 3);
 
-    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (stop, made) = (AtomicBool::new(false), AtomicUsize::new(0));
     let client = rig.client.clone();
     let (killed_at, results) = std::thread::scope(|scope| {
-        let load = scope.spawn(|| request_loop(&client, &stop, Duration::from_secs(20)));
-        std::thread::sleep(Duration::from_millis(500));
+        let load = scope.spawn(|| request_loop(&client, &stop, &made, Duration::from_secs(30)));
+        wait_for_requests(&made, 20);
         let killed_at = Instant::now();
         rig.stop_worker(1);
-        std::thread::sleep(DETECTION + Duration::from_secs(2));
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        // Time that must pass: the requests checked are those after it.
+        std::thread::sleep(DETECTION);
+        wait_for_requests(&made, 100);
+        stop.store(true, Ordering::Relaxed);
         (killed_at, load.join().unwrap())
     });
     let settled = killed_at + DETECTION;
@@ -449,6 +470,7 @@ fn sticky_sessions_follow_the_client_prefix_until_ttl_flush_pin_or_failure() {
     // round follow it.
     let mut firsts = std::collections::BTreeSet::new();
     for _ in 0..8 {
+        // Time that must pass: the session's 2 s TTL.
         std::thread::sleep(Duration::from_millis(2200));
         let round = rig.spread(vip_addr(), 4).unwrap();
         firsts.insert(only_worker(&round));

@@ -5,15 +5,19 @@
 use std::{
     io::{Read as _, Write as _},
     process::{Command, Stdio},
-    time::{Duration, Instant},
+    sync::{Arc, Mutex},
+    time::Duration,
 };
 
-use lb_testing::{lb_exe, rig::Rig};
+use lb_testing::{lb_exe, rig::Rig, wait::wait_until};
 
 const VIP: &str = "192.0.2.100:80/tcp";
+/// Each refresh homes the cursor and clears the screen (crossterm).
+const REFRESH: &str = "\x1b[1;1H\x1b[2J";
 
-/// Runs `lb top` under a pseudo-terminal for 1.5 s, presses q; returns
-/// what it showed last, after checking it refreshed and quit cleanly.
+/// Runs `lb top` under a pseudo-terminal until it has refreshed three
+/// times, presses q; returns what it showed last, after checking it quit
+/// cleanly.
 fn run_top(rig: &Rig) -> String {
     let socket = rig.lb.state_file().with_extension("sock");
     let top = format!(
@@ -29,32 +33,34 @@ fn run_top(rig: &Rig) -> String {
         .stdout(Stdio::piped())
         .spawn()
         .expect("script (util-linux)");
-    std::thread::sleep(Duration::from_millis(1500));
-    child.stdin.as_mut().unwrap().write_all(b"q").unwrap();
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(5),
-            "lb top did not quit on q"
-        );
-        std::thread::sleep(Duration::from_millis(50));
+    let shown = Arc::new(Mutex::new(Vec::new()));
+    let reader = {
+        let (mut stdout, shown) = (child.stdout.take().unwrap(), shown.clone());
+        std::thread::spawn(move || {
+            let mut buffer = [0; 4096];
+            while let Ok(n @ 1..) = stdout.read(&mut buffer) {
+                shown.lock().unwrap().extend_from_slice(&buffer[..n]);
+            }
+        })
     };
-    let mut output = String::new();
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut output)
-        .unwrap();
+    wait_until(Duration::from_secs(10), "refreshed 3 times", || {
+        let refreshes = String::from_utf8_lossy(&shown.lock().unwrap())
+            .matches(REFRESH)
+            .count();
+        if refreshes >= 3 {
+            Ok(())
+        } else {
+            Err(format!("{refreshes} refreshes"))
+        }
+    });
+    child.stdin.as_mut().unwrap().write_all(b"q").unwrap();
+    let status = wait_until(Duration::from_secs(5), "lb top quit on q", || {
+        child.try_wait()
+    });
+    reader.join().unwrap();
+    let output = String::from_utf8_lossy(&shown.lock().unwrap()).into_owned();
     assert!(status.success(), "{output}");
-    // Each refresh homes the cursor and clears the screen (crossterm).
-    let refresh = "\x1b[1;1H\x1b[2J";
-    let refreshes = output.matches(refresh).count();
-    assert!(refreshes >= 3, "refreshed {refreshes} times: {output}");
-    let last = output.rsplit(refresh).next().unwrap().to_owned();
+    let last = output.rsplit(REFRESH).next().unwrap().to_owned();
     for line in last.lines() {
         assert!(
             line.chars().count() <= 80,

@@ -12,8 +12,9 @@ use std::{
 
 use lb_testing::{
     lb_exe,
-    rig::{wait_until, Rig, VIP4, VIP6},
+    rig::{Rig, VIP4, VIP6},
     testbed::{Host, Process},
+    wait::wait_until,
 };
 
 const VIP: &str = "192.0.2.100:53/udp";
@@ -230,7 +231,18 @@ fn a_flow_idle_past_its_vips_timeout_is_scheduled_afresh() {
         serde_json::from_str(&rig.lb.cli_ok(&["vip", "list", "-o", "json"]).unwrap()).unwrap();
     assert_eq!(vips[0]["idle_timeout"], "3s");
     let expired_before = rig.lb.stats().unwrap().flow_expired;
-    std::thread::sleep(Duration::from_secs(4));
+    // The data plane expires a flow at its next packet; lb flows tells
+    // when that packet will find it idle past the timeout.
+    let client = format!("{}:{FIXED_PORT}", rig.client.ipv4);
+    wait_until(Duration::from_secs(10), "the flow idle", || {
+        let flows = rig.lb.cli_ok(&["flows", "-o", "json"]).unwrap();
+        let flows: Vec<serde_json::Value> = serde_json::from_str(&flows).unwrap();
+        let flow = flows.iter().find(|f| f["client"] == *client);
+        match flow {
+            Some(flow) if flow["state"] == "idle" => Ok(()),
+            flow => Err(format!("{flow:?}")),
+        }
+    });
     let after = ask_from_fixed_port(&rig.client, vip).expect("an answer after the idle time");
     assert_ne!(after, first, "an idle flow was still followed");
     assert_eq!(rig.lb.stats().unwrap().flow_expired, expired_before + 1);

@@ -140,6 +140,7 @@ fn timeline(rig: &Rig, length: Duration) -> anyhow::Result<()> {
         while started.elapsed() < length {
             let answer = http_get(target, Duration::from_millis(500)).ok();
             results.push((started.elapsed(), answer));
+            // Time that must pass: the requests are spread over the timeline.
             std::thread::sleep(Duration::from_millis(20));
         }
         results
