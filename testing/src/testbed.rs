@@ -797,6 +797,29 @@ impl Testbed {
         Ok(dir)
     }
 
+    /// Mounts a tmpfs of `bytes` on `dir` (which must exist), unmounted
+    /// with the testbed: a file system a test can fill.
+    pub fn small_tmpfs(&mut self, dir: &Path, bytes: u64) -> anyhow::Result<()> {
+        let status = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={bytes},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(dir)
+            .status()
+            .context("running mount")?;
+        ensure!(
+            status.success(),
+            "mount -t tmpfs on {} failed with {status}",
+            dir.display()
+        );
+        self.mounts.push(dir.to_owned());
+        Ok(())
+    }
+
     /// The paths lb derives for an instance named after this testbed and
     /// `role` (its pin directory is [`Testbed::pin_dir`]`(role)`); they
     /// are removed with the testbed.

@@ -353,6 +353,11 @@ pub struct Status {
     pub max_workers: u32,
     /// Seed of the flow hash.
     pub hash_seed: u32,
+    /// Since when (Unix seconds) changes in force are not in the state
+    /// file, because saving it fails; lb retries every second.
+    pub unsaved_since: Option<u64>,
+    /// Why the last save failed, while one does.
+    pub save_error: Option<String>,
     /// Number of VIPs.
     pub vips: usize,
     /// Number of workers across VIPs.

@@ -80,6 +80,19 @@ pub struct Attachment {
     pub repins: u64,
 }
 
+/// Changes in force that the state file doesn't hold yet: the last save
+/// failed (a full disk, a read-only file system), and lb retries every
+/// second until one succeeds.
+#[derive(Clone, Debug)]
+pub struct SaveFailure {
+    /// Why the last attempt failed.
+    pub error: String,
+    /// When the first failed, in Unix seconds.
+    pub since: u64,
+    /// Attempts that failed since.
+    pub attempts: u64,
+}
+
 /// Whether the balancer can reach a worker's host on its link.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Reach {
@@ -209,6 +222,8 @@ pub struct Controller {
     touched: BTreeSet<Vip>,
     /// The desired state changed since the state file was written.
     unsaved: bool,
+    /// The saves that failed since the last one that succeeded.
+    save_failure: Option<SaveFailure>,
     /// Workers the admin request being handled added whose MAC is not
     /// known yet.
     unresolved_added: Vec<u32>,
@@ -298,6 +313,7 @@ impl Controller {
             dirty: BTreeSet::new(),
             touched: BTreeSet::new(),
             unsaved: false,
+            save_failure: None,
             unresolved_added: Vec::new(),
             announcer,
         };
@@ -440,6 +456,48 @@ impl Controller {
         Ok(())
     }
 
+    /// Saves the state; when that fails, keeps what failed so that every
+    /// tick tries again ([`Self::retry_save`]) and `lb status` and the
+    /// metrics show it. Returns what an answer to a change must say.
+    fn save_or_retry(&mut self) -> Option<String> {
+        match self.save() {
+            Ok(()) => {
+                if let Some(failure) = self.save_failure.take() {
+                    tracing::info!(
+                        "saved the state after {} failed attempts ({})",
+                        failure.attempts,
+                        failure.error
+                    );
+                }
+                None
+            }
+            Err(error) => {
+                let error = format!("{error:#}");
+                let failure = match &mut self.save_failure {
+                    Some(failure) => failure,
+                    None => {
+                        tracing::error!("saving the state: {error}; lb retries every second");
+                        self.save_failure.insert(SaveFailure {
+                            error: error.clone(),
+                            since: state::unix_seconds(std::time::SystemTime::now()),
+                            attempts: 0,
+                        })
+                    }
+                };
+                failure.attempts += 1;
+                failure.error.clone_from(&error);
+                Some(format!(
+                    "{error}; lb retries every second until it succeeds (`lb status` shows unsaved_since)"
+                ))
+            }
+        }
+    }
+
+    /// Has a failed save tried again at the end of the batch.
+    pub(super) fn retry_save(&mut self) {
+        self.unsaved |= self.save_failure.is_some();
+    }
+
     /// Carries out one API request up to the end of the batch: the
     /// tables it changes are installed and the state saved by [`Self::flush`].
     pub fn handle(&mut self, request: Request) -> Pending {
@@ -488,10 +546,7 @@ impl Controller {
             }
         }
         if std::mem::take(&mut self.unsaved) {
-            if let Err(error) = self.save() {
-                tracing::error!("saving the state: {error:#}");
-                flushed.unsaved = Some(format!("{error:#}"));
-            }
+            flushed.unsaved = self.save_or_retry();
         }
         self.announce();
         flushed

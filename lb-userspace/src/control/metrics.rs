@@ -349,6 +349,12 @@ fn tables(registry: &mut Registry, snapshot: &MetricsSnapshot) {
         "1 while lb's program runs on its interface, 0 once it was lost",
         f64::from(u8::from(snapshot.attachment.lost.is_none())),
     );
+    gauge(
+        registry,
+        "lb_state_unsaved",
+        "1 while changes in force are not in the state file (saving fails; lb retries every second)",
+        f64::from(u8::from(snapshot.unsaved)),
+    );
     let repins: Counter = Counter::default();
     repins.inc_by(snapshot.attachment.repins);
     registry.register(

@@ -164,7 +164,7 @@ pub fn deadline_after(now: SystemTime, timeout: Duration) -> u64 {
     since.as_secs() + u64::from(since.subsec_nanos() > 0)
 }
 
-fn unix_seconds(time: SystemTime) -> u64 {
+pub fn unix_seconds(time: SystemTime) -> u64 {
     time.duration_since(UNIX_EPOCH)
         .unwrap_or_default()
         .as_secs()

@@ -158,6 +158,7 @@ impl Controller {
         self.refresh_neighbours(true);
         self.check_link();
         self.retry_installs();
+        self.retry_save();
         self.announce();
     }
 

@@ -39,6 +39,8 @@ pub struct MetricsSnapshot {
     pub program: Option<crate::dataplane::ProgramStats>,
     /// Each VIP address's announcement, with --announce-table.
     pub announcements: Vec<crate::admin::protocol::AnnounceRow>,
+    /// Whether changes in force are missing from the state file.
+    pub unsaved: bool,
 }
 
 impl Controller {
@@ -54,6 +56,7 @@ impl Controller {
             attachment: self.attachment.clone(),
             program: None,
             announcements: self.announcement_rows(),
+            unsaved: self.save_failure.is_some(),
         }
     }
 
@@ -189,6 +192,8 @@ impl Controller {
             max_vips: self.instance.limits.vips,
             max_workers: self.instance.limits.workers,
             hash_seed: self.desired.hash_seed,
+            unsaved_since: self.save_failure.as_ref().map(|f| f.since),
+            save_error: self.save_failure.as_ref().map(|f| f.error.clone()),
             vips: self.desired.vips().len(),
             workers: self.desired.vips().values().map(|v| v.workers.len()).sum(),
             workers_down: self
