@@ -229,6 +229,7 @@ struct Launch {
     select: Vec<OsString>,
     run_args: Vec<OsString>,
     log: PathBuf,
+    env: Vec<(String, OsString)>,
 }
 
 /// An `lb run` started in a testbed host, with its own pin directory and
@@ -247,6 +248,9 @@ pub struct LbProcess {
     /// The line after it: what it found on the interface.
     pub takeover_line: String,
 }
+
+/// Debian's libfaketime (package faketime).
+const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
 
 impl LbProcess {
     /// Starts `exe run --iface eth0` in `host` with the testbed's pin
@@ -273,8 +277,15 @@ impl LbProcess {
         nofile: Option<u64>,
     ) -> anyhow::Result<Self> {
         let socket = bed.socket(name);
+        let launch = Self::launch(bed, name, socket);
+        Self::spawn(exe, host, launch, extra, nofile)
+    }
+
+    /// The pin directory, socket, state file and log of instance `name`
+    /// of the testbed, and the arguments that select them.
+    fn launch(bed: &mut Testbed, name: &str, socket: PathBuf) -> Launch {
         let paths = Paths::new(
-            DEFAULT_NAME.parse()?,
+            DEFAULT_NAME.parse().expect("the default name is one"),
             Some(bed.pin_dir(name)),
             Some(socket.clone()),
             Some(socket.with_extension("json")),
@@ -287,13 +298,36 @@ impl LbProcess {
         ];
         let mut run_args = select.clone();
         run_args.extend(["--state-file".into(), paths.state_file.clone().into()]);
-        let launch = Launch {
+        Launch {
             paths,
             select,
             run_args,
             log: socket.with_extension("log"),
-        };
-        Self::spawn(exe, host, launch, extra, nofile)
+            env: Vec::new(),
+        }
+    }
+
+    /// As [`LbProcess::start`], under libfaketime with its wall clock
+    /// read from `clock_file` (libfaketime's `+1h` and the like, read
+    /// anew at every call; the monotonic clock stays true): a test steps
+    /// lb's wall clock by writing the file.
+    pub fn start_with_clock(
+        exe: &Path,
+        bed: &mut Testbed,
+        host: &Host,
+        name: &str,
+        extra: &[&str],
+        clock_file: &Path,
+    ) -> anyhow::Result<Self> {
+        let socket = bed.socket(name);
+        let mut launch = Self::launch(bed, name, socket);
+        launch.env = vec![
+            ("LD_PRELOAD".into(), LIBFAKETIME.into()),
+            ("FAKETIME_TIMESTAMP_FILE".into(), clock_file.into()),
+            ("FAKETIME_NO_CACHE".into(), "1".into()),
+            ("FAKETIME_DONT_FAKE_MONOTONIC".into(), "1".into()),
+        ];
+        Self::spawn(exe, host, launch, extra, None)
     }
 
     /// Starts `exe run --iface eth0 --name NAME` in `host`, NAME unique to
@@ -314,6 +348,7 @@ impl LbProcess {
             run_args: select.clone(),
             select,
             log: bed.socket(role).with_extension("log"),
+            env: Vec::new(),
         };
         Self::spawn(exe, host, launch, extra, None)
     }
@@ -330,6 +365,7 @@ impl LbProcess {
             select,
             run_args,
             log,
+            env,
         } = launch;
         let log_file = fs::OpenOptions::new()
             .create(true)
@@ -345,6 +381,7 @@ impl LbProcess {
         if let Some(nofile) = nofile {
             limit_open_files(&mut cmd, nofile);
         }
+        cmd.envs(env);
         let mut process = Process::spawn(&mut cmd, &format!("lb run in {}", host.netns))?;
         let stdout = process
             .child()

@@ -731,3 +731,59 @@ fn vip_set_changes_settings_in_place_keeping_workers_and_established_flows() {
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("unpin"));
 }
+
+#[test]
+fn a_step_of_the_wall_clock_moves_no_graceful_removal_deadline() {
+    lb_testing::needs_root!();
+    let mut rig = rig(2, &[]);
+    // lb again, its wall clock under the test's hand.
+    let clock = rig.bed.socket("clock").with_extension("faketime");
+    std::fs::write(&clock, "+0").unwrap();
+    rig.lb.stop().unwrap();
+    rig.lb = LbProcess::start_with_clock(
+        lb_exe().as_ref(),
+        &mut rig.bed,
+        &rig.balancer,
+        "lb",
+        &[],
+        &clock,
+    )
+    .unwrap();
+    rig.add_vip_with_workers(VIP, &[]).unwrap();
+    let mut connection = KeepAlive::open(&rig.client, SocketAddr::new(vip_addr(), 80)).unwrap();
+    let role = connection.get().unwrap();
+    let worker = rig.workers.iter().find(|w| role.contains(&w.role)).unwrap();
+    let addr = worker.ipv4.to_string();
+    rig.lb
+        .cli_ok(&[
+            "backend",
+            "del",
+            VIP,
+            &addr,
+            "--graceful",
+            "--timeout",
+            "60s",
+        ])
+        .unwrap();
+    wait_until(Duration::from_secs(3), "counting the connection", || {
+        backend(&rig.lb, worker).is_some_and(|row| row["flows"].as_u64() >= Some(1))
+    });
+
+    std::fs::write(&clock, "+2h").unwrap();
+    // Time must pass: three of the controller's once-a-second ticks read
+    // the stepped clock.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        state_of(&rig.lb, worker),
+        "removing",
+        "the 60 s are not over"
+    );
+    assert!(connection.get().unwrap().contains(&worker.role));
+
+    drop(connection);
+    wait_until(
+        Duration::from_secs(15),
+        "removed once its flow ended",
+        || backend(&rig.lb, worker).is_none(),
+    );
+}

@@ -18,6 +18,8 @@ const RUNTIME_PACKAGES: &[&str] = &[
     "nginx-light",
     "systemd",
     "dnsmasq-base",
+    // libfaketime: steps the wall clock of one `lb run` in a test.
+    "faketime",
     "bind9-dnsutils",
     "bird2",
     // The real reader of `lb capture`'s pcapng files.

@@ -125,6 +125,10 @@ struct Live {
     written_load: u32,
     /// Active flows at the last flow-table scan.
     flows: u64,
+    /// When its graceful removal is due, on the monotonic clock: the
+    /// state file's wall-clock deadline is read once, so that a step of
+    /// the wall clock while lb runs moves no deadline.
+    removal_due: Option<Instant>,
 }
 
 /// The first hop toward a worker.
@@ -163,6 +167,7 @@ impl Live {
             health: Health::default(),
             load: None,
             written_load: LOAD_UNKNOWN,
+            removal_due: None,
             flows: 0,
         }
     }
@@ -791,7 +796,11 @@ impl Controller {
         let id = self.set_drain(vip, worker, true)?;
         let deadline = state::deadline_after(std::time::SystemTime::now(), timeout);
         self.desired.remove_by(vip, worker, deadline)?;
-        let flows = self.live.get(&id).map_or(0, |l| l.flows);
+        let live = self.live.get_mut(&id);
+        let flows = live.as_ref().map_or(0, |l| l.flows);
+        if let Some(live) = live {
+            live.removal_due = Some(Instant::now() + timeout);
+        }
         tracing::info!(
             "removing worker {worker} from {vip} once its {flows} flows end (at most {})",
             duration::format(timeout)

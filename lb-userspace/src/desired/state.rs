@@ -148,12 +148,13 @@ impl Worker {
     fn takes_new_flows(&self, up: impl Fn(u32) -> bool) -> bool {
         !self.drain && up(self.id)
     }
+}
 
-    /// Whether its graceful removal's deadline has come at `now`.
-    pub fn removal_due(&self, now: SystemTime) -> bool {
-        self.remove_by
-            .is_some_and(|deadline| unix_seconds(now) >= deadline)
-    }
+/// How long from `now` until `deadline` (Unix seconds); zero once past.
+pub fn time_until(deadline: u64, now: SystemTime) -> Duration {
+    (UNIX_EPOCH + Duration::from_secs(deadline))
+        .duration_since(now)
+        .unwrap_or_default()
 }
 
 /// The deadline, in Unix seconds, `timeout` after `now`, rounded up to a
@@ -873,8 +874,11 @@ mod tests {
         state.remove_by(&v, w, 1_021).unwrap();
         let worker = state.worker(&v, w).unwrap();
         assert!(worker.drain);
-        assert!(!worker.removal_due(UNIX_EPOCH + Duration::from_secs(1_020)));
-        assert!(worker.removal_due(UNIX_EPOCH + Duration::from_secs(1_021)));
+        let deadline = worker.remove_by.unwrap();
+        let at = |secs| UNIX_EPOCH + Duration::from_secs(secs);
+        assert_eq!(time_until(deadline, at(1_020)), Duration::from_secs(1));
+        assert_eq!(time_until(deadline, at(1_021)), Duration::ZERO);
+        assert_eq!(time_until(deadline, at(2_000)), Duration::ZERO);
         let mut config = Desired::new(0);
         config.add_vip(v, VipOptions::default()).unwrap();
         config.add_worker(&v, w, 1).unwrap();

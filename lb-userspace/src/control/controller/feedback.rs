@@ -132,14 +132,14 @@ impl Controller {
             self.occupancy.flow_entries = scan.entries;
         }
         let scanned = scan.is_some();
-        let now = SystemTime::now();
+        let now = Instant::now();
+        self.follow_removals(now);
         let done: Vec<(Vip, IpAddr)> = self
             .live
             .values()
             .filter(|l| {
-                self.desired.worker(&l.vip, l.addr).is_ok_and(|w| {
-                    w.remove_by.is_some() && (w.removal_due(now) || (scanned && l.flows == 0))
-                })
+                l.removal_due
+                    .is_some_and(|due| now >= due || (scanned && l.flows == 0))
             })
             .map(|l| (l.vip, l.addr))
             .collect();
@@ -160,6 +160,25 @@ impl Controller {
         self.retry_installs();
         self.retry_save();
         self.announce();
+    }
+
+    /// Gives each worker being removed its monotonic deadline, from the
+    /// saved wall-clock one the first time (after a start or an adoption),
+    /// and takes it from those no longer being removed.
+    fn follow_removals(&mut self, now: Instant) {
+        let wall = SystemTime::now();
+        for live in self.live.values_mut() {
+            let remove_by = self
+                .desired
+                .worker(&live.vip, live.addr)
+                .ok()
+                .and_then(|w| w.remove_by);
+            live.removal_due = match (remove_by, live.removal_due) {
+                (None, _) => None,
+                (Some(_), Some(due)) => Some(due),
+                (Some(by), None) => Some(now + crate::desired::state::time_until(by, wall)),
+            };
+        }
     }
 
     /// Records how many sticky sessions the table holds.
