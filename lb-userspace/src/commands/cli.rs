@@ -229,6 +229,13 @@ pub struct RunArgs {
     /// the per-worker maps; a worker on two VIPs counts twice).
     #[arg(long, default_value_t = DEFAULT_MAX_WORKERS, value_parser = clap::value_parser!(u32).range(1..=i64::from(LIMIT_WORKERS)))]
     pub max_workers: u32,
+    /// Kernel memory lb's maps may take (the flow table, the Maglev
+    /// tables and the rest), as bytes or with K, M, G or T: what would pass
+    /// it is refused in one line, at start or at `vip add`, naming the
+    /// figure [default: half of the machine's memory, or of lb's memory
+    /// cgroup's limit when that is lower].
+    #[arg(long, value_name = "SIZE", value_parser = parse_memory)]
+    pub max_memory: Option<u64>,
     /// Outer source address of IPIP and GUE packets, one per family
     /// (repeat for the other); default: the interface's primary address of
     /// the worker's family.
@@ -460,6 +467,11 @@ pub enum SessionsCommand {
         #[arg(value_parser = parse_worker)]
         client_addr: IpAddr,
     },
+}
+
+/// Parses `--max-memory`.
+fn parse_memory(text: &str) -> Result<u64, String> {
+    crate::dataplane::memory::parse_size(text).map_err(|e| e.to_string())
 }
 
 /// Parses a `--load` figure (JSON has no NaN: check before sending).

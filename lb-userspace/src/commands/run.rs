@@ -26,7 +26,11 @@ use crate::{
         housekeeping, metrics,
         tunnel::Tunnels,
     },
-    dataplane::{maps::ControlMaps, AttachOptions, Dataplane, DataplaneError, Takeover},
+    dataplane::{
+        maps::ControlMaps,
+        memory::{self, MemoryError},
+        AttachOptions, Dataplane, DataplaneError, Takeover,
+    },
     desired::{
         config::FileConfig,
         instance::Paths,
@@ -45,10 +49,7 @@ pub async fn run(args: RunArgs, paths: Paths) -> anyhow::Result<()> {
     preflight(&args.iface)?;
     server::claim_socket(&paths.socket)?;
     let (state_file, saved) = StateFile::open(&paths, &args.iface)?;
-    let limits = Limits {
-        vips: args.max_vips,
-        workers: args.max_workers,
-    };
+    let limits = limits(&args)?;
     let desired = desired_state(saved, args.config.as_deref())?
         .within(limits)
         .context("the saved state and --config don't fit the limits")?;
@@ -98,6 +99,27 @@ pub async fn run(args: RunArgs, paths: Paths) -> anyhow::Result<()> {
     .await;
     say_stopped(&mut lock(&dataplane), detaching);
     Ok(())
+}
+
+/// The VIPs, workers and table memory the instance may hold: what
+/// `--max-memory` leaves the Maglev tables beside the maps the flags size.
+fn limits(args: &RunArgs) -> Result<Limits, MemoryError> {
+    let budget = args.max_memory.unwrap_or_else(memory::default_budget);
+    let cpus = memory::possible_cpus();
+    let fixed = memory::fixed(args.max_flows, args.max_vips, args.max_workers, cpus);
+    if fixed > budget {
+        return Err(MemoryError::FixedTooLarge {
+            fixed,
+            budget,
+            max_flows: args.max_flows,
+            cpus,
+        });
+    }
+    Ok(Limits {
+        vips: args.max_vips,
+        workers: args.max_workers,
+        table_bytes: budget - fixed,
+    })
 }
 
 fn attach_options(args: &RunArgs, paths: &Paths, limits: Limits) -> AttachOptions {

@@ -8,6 +8,7 @@ mod attach;
 pub(crate) mod capture;
 pub(crate) mod counters;
 pub mod maps;
+pub(crate) mod memory;
 pub mod object;
 mod pins;
 pub(crate) mod sessions;

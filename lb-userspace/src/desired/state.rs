@@ -67,6 +67,18 @@ pub enum StateError {
     /// Worker limit reached.
     #[error("this instance holds at most {0} workers across all VIPs (`lb run --max-workers`)")]
     TooManyBackends(u32),
+    /// The Maglev tables would pass the memory budget.
+    #[error(
+        "the Maglev tables would need about {} of kernel memory (one table more while one is swapped in), more than the {} that --max-memory leaves beside the flow table: use a smaller --table-size, fewer VIPs or a larger `lb run --max-memory`",
+        crate::desired::state::mib(*needed),
+        crate::desired::state::mib(*budget)
+    )]
+    TablesTooLarge {
+        /// What they would need.
+        needed: u64,
+        /// What the budget leaves them.
+        budget: u64,
+    },
     /// A VIP setting out of range.
     #[error(transparent)]
     Options(#[from] OptionsError),
@@ -271,6 +283,9 @@ pub struct Limits {
     pub vips: u32,
     /// Workers across all VIPs.
     pub workers: u32,
+    /// Bytes of kernel memory the Maglev tables may take: what
+    /// `--max-memory` leaves beside the fixed maps.
+    pub table_bytes: u64,
 }
 
 impl Limits {
@@ -279,6 +294,7 @@ impl Limits {
     pub const NONE: Self = Self {
         vips: u32::MAX,
         workers: u32::MAX,
+        table_bytes: u64::MAX,
     };
 }
 
@@ -287,8 +303,22 @@ impl Default for Limits {
         Self {
             vips: DEFAULT_MAX_VIPS,
             workers: DEFAULT_MAX_WORKERS,
+            table_bytes: u64::MAX,
         }
     }
+}
+
+/// Bytes as a person reads them, in MiB rounded up.
+pub fn mib(bytes: u64) -> String {
+    format!("{} MiB", bytes.div_ceil(1 << 20))
+}
+
+/// Kernel memory per Maglev slot: a u32, which an array map stores in 8
+/// bytes.
+const TABLE_SLOT_BYTES: u64 = 8;
+
+fn table_bytes(size: u32) -> u64 {
+    u64::from(size) * TABLE_SLOT_BYTES
 }
 
 /// Everything the controller wants the data plane to do.
@@ -301,6 +331,8 @@ pub struct Desired {
     backend_ids: Ids,
     /// VIP addresses an operator withdrew from the routers.
     withdrawn: BTreeSet<IpAddr>,
+    /// What the Maglev tables may take ([`Limits::table_bytes`]).
+    table_budget: u64,
 }
 
 impl Desired {
@@ -317,6 +349,7 @@ impl Desired {
             vip_ids: Ids::new(limits.vips),
             backend_ids: Ids::new(limits.workers),
             withdrawn: BTreeSet::new(),
+            table_budget: limits.table_bytes,
         }
     }
 
@@ -336,6 +369,12 @@ impl Desired {
         if workers > limits.workers as usize {
             return Err(StateError::TooManyBackends(limits.workers));
         }
+        let sizes = self.vips.values().map(VipState::effective_table_size);
+        let largest = sizes.clone().max().unwrap_or(0);
+        check_tables(
+            sizes.map(table_bytes).sum::<u64>() + table_bytes(largest),
+            limits,
+        )?;
         let withdrawn = self.withdrawn;
         let mut limited = Self::restore_within(self.hash_seed, self.vips, limits)?;
         limited.withdrawn = withdrawn;
@@ -368,7 +407,27 @@ impl Desired {
             backend_ids: Ids::with_used(limits.workers, &backend_ids)?,
             vips,
             withdrawn: BTreeSet::new(),
+            table_budget: limits.table_bytes,
         })
+    }
+
+    /// Refuses a change that leaves `vip`'s table at `size` when all the
+    /// tables, with one more of that size while it is swapped in, would
+    /// pass the budget.
+    fn fits_tables(&self, vip: &Vip, size: u32) -> Result<(), StateError> {
+        let others: u64 = self
+            .vips
+            .iter()
+            .filter(|(v, _)| *v != vip)
+            .map(|(_, state)| table_bytes(state.effective_table_size()))
+            .sum();
+        check_tables(
+            others + 2 * table_bytes(size),
+            Limits {
+                table_bytes: self.table_budget,
+                ..Limits::NONE
+            },
+        )
     }
 
     /// This state with the addresses in `withdrawn` withdrawn, those of
@@ -490,6 +549,10 @@ impl Desired {
             });
         }
         check_options(&vip, &options)?;
+        let size = options
+            .table_size
+            .unwrap_or_else(|| maglev::table_size_for(0));
+        self.fits_tables(&vip, size)?;
         let id = self
             .vip_ids
             .take()
@@ -506,6 +569,11 @@ impl Desired {
     /// VIP has pins (they are keyed by the old one).
     pub fn set_options(&mut self, vip: &Vip, options: VipOptions) -> Result<(), StateError> {
         check_options(vip, &options)?;
+        let workers = self.vip(vip)?.workers.len();
+        let size = options
+            .table_size
+            .unwrap_or_else(|| maglev::table_size_for(workers));
+        self.fits_tables(vip, size)?;
         let state = self.vips.get_mut(vip).ok_or(StateError::UnknownVip(*vip))?;
         if !state.pins.is_empty() && options.prefix_for(vip) != state.options.prefix_for(vip) {
             return Err(StateError::PinsBlockPrefix(*vip));
@@ -551,6 +619,13 @@ impl Desired {
         if addr == vip.addr {
             return Err(StateError::WorkerIsVip(addr));
         }
+        let grown = self.vip(vip).map(|state| {
+            state
+                .options
+                .table_size
+                .unwrap_or_else(|| maglev::table_size_for(state.workers.len() + 1))
+        })?;
+        self.fits_tables(vip, grown)?;
         let state = self.vips.get_mut(vip).ok_or(StateError::UnknownVip(*vip))?;
         if vip.addr.is_ipv4() != addr.is_ipv4() && !state.options.forward.is_l3() {
             return Err(StateError::FamilyMismatch {
@@ -682,6 +757,17 @@ impl Desired {
 }
 
 /// A VIP's settings, table size included (a prime in range).
+/// Refuses tables that need more than `limits` gives them.
+fn check_tables(needed: u64, limits: Limits) -> Result<(), StateError> {
+    if needed > limits.table_bytes {
+        return Err(StateError::TablesTooLarge {
+            needed,
+            budget: limits.table_bytes,
+        });
+    }
+    Ok(())
+}
+
 fn check_options(vip: &Vip, options: &VipOptions) -> Result<(), StateError> {
     options.validate(vip)?;
     match options.table_size {
@@ -893,6 +979,58 @@ mod tests {
     }
 
     #[test]
+    fn the_maglev_tables_stay_within_their_memory() {
+        // Room for three tables of 65537 slots: two VIPs, and the one
+        // more that a swap needs.
+        let budget = 3 * table_bytes(65_537);
+        let limits = Limits {
+            table_bytes: budget,
+            ..Limits::NONE
+        };
+        let mut state = Desired::limited(0, limits);
+        let large = VipOptions {
+            table_size: Some(65_537),
+            ..VipOptions::default()
+        };
+        let (a, b) = (vip("192.0.2.100:80/tcp"), vip("192.0.2.101:80/tcp"));
+        state.add_vip(a, large.clone()).unwrap();
+        state.add_vip(b, large.clone()).unwrap();
+        let third = state.add_vip(vip("192.0.2.102:80/tcp"), large.clone());
+        let error = third.unwrap_err();
+        assert!(
+            matches!(error, StateError::TablesTooLarge { .. }),
+            "{error}"
+        );
+        assert!(
+            error
+                .to_string()
+                .starts_with("the Maglev tables would need about 3 MiB of kernel memory"),
+            "{error}"
+        );
+        let larger = VipOptions {
+            table_size: Some(131_071),
+            ..VipOptions::default()
+        };
+        assert!(state.set_options(&a, larger).is_err(), "a table that grows");
+        let small = VipOptions {
+            table_size: Some(7),
+            ..VipOptions::default()
+        };
+        state.set_options(&b, small.clone()).unwrap();
+        state.add_vip(vip("192.0.2.102:80/tcp"), small).unwrap();
+        let saved = state.clone();
+        assert!(
+            saved
+                .within(Limits {
+                    table_bytes: 2 * table_bytes(65_537),
+                    ..Limits::NONE
+                })
+                .is_err(),
+            "a saved state is held to the budget at start"
+        );
+    }
+
+    #[test]
     fn limits_bound_what_a_state_holds_and_keep_its_ids() {
         let mut state = Desired::limited(0, Limits::NONE);
         for last in [100, 101, 102] {
@@ -905,6 +1043,7 @@ mod tests {
         let too_few_vips = Limits {
             vips: 2,
             workers: 8,
+            ..Limits::NONE
         };
         assert!(matches!(
             state.clone().within(too_few_vips),
@@ -913,6 +1052,7 @@ mod tests {
         let too_few_workers = Limits {
             vips: 8,
             workers: 2,
+            ..Limits::NONE
         };
         assert!(matches!(
             state.clone().within(too_few_workers),
@@ -921,6 +1061,7 @@ mod tests {
         let exact = Limits {
             vips: 3,
             workers: 3,
+            ..Limits::NONE
         };
         let mut bounded = state.clone().within(exact).unwrap();
         let v = vip("192.0.2.100:80/tcp");
