@@ -29,7 +29,7 @@ use crate::{
     dataplane::{
         maps::ControlMaps,
         memory::{self, MemoryError},
-        AttachOptions, Dataplane, DataplaneError, Takeover,
+        AttachOptions, Dataplane, DataplaneError, Takeover, MAX_FLOWS,
     },
     desired::{
         config::FileConfig,
@@ -103,12 +103,16 @@ pub async fn run(args: RunArgs, paths: Paths) -> anyhow::Result<()> {
 
 /// The VIPs, workers and table memory the instance may hold: what
 /// `--max-memory` leaves the Maglev tables beside the maps the flags size.
-fn limits(args: &RunArgs) -> Result<Limits, MemoryError> {
+fn limits(args: &RunArgs) -> anyhow::Result<Limits> {
+    // What the kernel can't create at all says so before what it costs.
+    if args.max_flows > MAX_FLOWS {
+        bail!(DataplaneError::TableTooLarge(args.max_flows));
+    }
     let budget = args.max_memory.unwrap_or_else(memory::default_budget);
     let cpus = memory::possible_cpus();
     let fixed = memory::fixed(args.max_flows, args.max_vips, args.max_workers, cpus);
     if fixed > budget {
-        return Err(MemoryError::FixedTooLarge {
+        bail!(MemoryError::FixedTooLarge {
             fixed,
             budget,
             max_flows: args.max_flows,
