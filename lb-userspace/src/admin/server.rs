@@ -1,5 +1,6 @@
 //! The controller's side of the admin API: a socket only root can reach,
-//! at most a fixed number of connections at once, each one request read
+//! at most a fixed number of connections at once (a new one takes the
+//! place of one that has not sent its request), each one request read
 //! whole within a time limit and answered.
 
 use std::{
@@ -17,33 +18,37 @@ use tokio::{
 use super::protocol::{
     too_large, Request, Response, IO_TIMEOUT, MAX_REQUEST_BYTES, REQUEST_TIMEOUT,
 };
-use crate::net::listen::Gate;
+use crate::net::listen::{Gate, Marker};
 
 /// Answers admin requests with `handle`, at most `cap` connections at
 /// once.
 pub async fn serve<F, Fut>(listener: UnixListener, cap: usize, handle: F)
 where
     F: Fn(Request) -> Fut + Clone + Send + 'static,
-    Fut: Future<Output = Response> + Send,
+    Fut: Future<Output = Response> + Send + 'static,
 {
     let mut gate = Gate::new("admin socket", cap);
     loop {
-        let ((stream, _), slot) = gate.next(|| listener.accept()).await;
+        // Every peer is root on this host: there is no address to share
+        // slots by, only connections with and without a request.
+        let ((stream, _), slot) = gate.next(|| listener.accept(), |_| None).await;
         let handle = handle.clone();
-        tokio::spawn(async move {
-            answer(stream, handle).await;
-            drop(slot);
-        });
+        let marker = slot.marker();
+        tokio::spawn(slot.hold(answer(stream, marker, handle)));
     }
 }
 
 /// Reads one request (size- and time-limited), carries it out, answers.
 async fn answer<Fut: Future<Output = Response>>(
     stream: UnixStream,
+    marker: Marker,
     handle: impl Fn(Request) -> Fut,
 ) {
     let (read, mut write) = stream.into_split();
     let response = match read_request(read).await {
+        // Closed for room already: carry out nothing its client can't
+        // hear about.
+        Ok(_) if !marker.busy() => return,
         Ok(request) => handle(request).await,
         Err(error) => Response::refusal(error),
     };
