@@ -18,7 +18,7 @@ use lb_testing::{
     frames::{tcp, Packet},
     lb_exe,
     rig::{wait_until, KeepAlive, Rig, METRICS_ADDR, VIP4},
-    testbed::{enter_netns, Host},
+    testbed::{enter_netns, Host, LbProcess},
 };
 
 const VIP: &str = "192.0.2.100:80/tcp";
@@ -320,6 +320,75 @@ fn a_thousand_held_admin_connections_delay_no_command() {
         "the cap kept the controller within its limit:\n{log}"
     );
     rig.lb.stop().unwrap();
+}
+
+/// `lb run` stopped with SIGSTOP, continued (SIGCONT) when dropped, so
+/// that a failing test leaves no stopped process behind.
+struct Stopped<'a>(&'a LbProcess);
+
+impl<'a> Stopped<'a> {
+    fn new(lb: &'a LbProcess) -> Self {
+        lb.signal(libc::SIGSTOP).unwrap();
+        Self(lb)
+    }
+}
+
+impl Drop for Stopped<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.signal(libc::SIGCONT);
+    }
+}
+
+/// `worker`'s state in `lb backend list`.
+fn worker_state(rig: &Rig, worker: &str) -> String {
+    let rows: serde_json::Value =
+        serde_json::from_str(&rig.lb.cli_ok(&["backend", "list", "-o", "json"]).unwrap()).unwrap();
+    rows.as_array()
+        .unwrap()
+        .iter()
+        .find(|row| row["worker"] == worker)
+        .and_then(|row| row["state"].as_str())
+        .unwrap_or_else(|| panic!("no {worker} in {rows}"))
+        .to_owned()
+}
+
+#[test]
+fn a_change_whose_client_stopped_waiting_is_not_made_later() {
+    lb_testing::needs_root!();
+    let rig = Rig::new(lb_exe().as_ref(), 2, &[]).unwrap();
+    rig.add_vip_with_workers(VIP, &[]).unwrap();
+    let w1 = rig.workers[0].ipv4.to_string();
+    let stopped = Stopped::new(&rig.lb);
+    let started = Instant::now();
+    let output = rig.lb.cli(&["backend", "drain", VIP, &w1]).unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr).trim().to_owned();
+    println!(
+        "lb backend drain gave up after {:?}: {stderr}",
+        started.elapsed()
+    );
+    assert!(!output.status.success(), "{stderr}");
+    // The controller takes the request only now, past its deadline.
+    drop(stopped);
+    wait_until(
+        Duration::from_secs(20),
+        "the controller taking the late request",
+        || worker_state(&rig, &w1) == "draining" || rig.lb.log().contains("after its deadline"),
+    );
+    assert_eq!(
+        worker_state(&rig, &w1),
+        "up",
+        "the drain was made after its client had stopped waiting:\n{}",
+        rig.lb.log()
+    );
+    assert!(
+        stderr.contains("did not answer")
+            && stderr.contains("either made by then or will not be")
+            && stderr.contains("`lb backend list`"),
+        "the error says whether the drain may still be made: {stderr}"
+    );
+    // A client that waits is served as before.
+    rig.lb.cli_ok(&["backend", "drain", VIP, &w1]).unwrap();
+    assert_eq!(worker_state(&rig, &w1), "draining");
 }
 
 /// Sends `count` SYNs from random 203.0.113.0/24 addresses and ports to
