@@ -391,6 +391,47 @@ fn a_change_whose_client_stopped_waiting_is_not_made_later() {
     assert_eq!(worker_state(&rig, &w1), "draining");
 }
 
+#[test]
+fn a_change_saved_as_the_controller_stops_is_not_reported_as_failed() {
+    lb_testing::needs_root!();
+    let rig = Rig::new(lb_exe().as_ref(), 1, &[]).unwrap();
+    rig.add_vip_with_workers(VIP, &[]).unwrap();
+    // No host answers for this worker: the answer to adding it waits
+    // half a second for its MAC, after the change is saved.
+    let absent = "192.0.2.99";
+    let mut cli = std::process::Command::new(lb_exe())
+        .args(["backend", "add", VIP, absent, "--socket"])
+        .arg(&rig.lb.paths().socket)
+        .arg("--pin-dir")
+        .arg(rig.lb.pin_dir())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let state_file = rig.lb.state_file();
+    wait_until(Duration::from_secs(10), "the new worker saved", || {
+        std::fs::read_to_string(&state_file).is_ok_and(|state| state.contains(absent))
+    });
+    rig.lb.signal(libc::SIGTERM).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while cli.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "lb backend add still waits");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let output = cli.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr).trim().to_owned();
+    println!(
+        "lb backend add as the controller stopped: {} {stderr}",
+        output.status
+    );
+    // Its answer, or, should the process end before it is written, word
+    // that the change may have been made: never a failure.
+    assert!(
+        output.status.success() || stderr.contains("it may have made and saved the change"),
+        "the saved change was reported as failed: {stderr}"
+    );
+}
+
 /// Sends `count` SYNs from random 203.0.113.0/24 addresses and ports to
 /// the VIP, as raw frames from `host`'s eth0 to `lb_mac`.
 fn syn_flood(host: &Host, lb_mac: [u8; 6], count: u32) -> std::thread::JoinHandle<u32> {

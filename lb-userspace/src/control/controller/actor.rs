@@ -266,6 +266,12 @@ impl Actor {
             for message in batch {
                 if !self.take(message) {
                     self.finish_batch();
+                    // Answers held for a new worker's MAC are of changes
+                    // made and saved: dropped, they would tell their
+                    // clients that the controller failed.
+                    for parked in std::mem::take(&mut self.parked) {
+                        let _ = parked.reply.send(parked.response);
+                    }
                     return self.controller;
                 }
             }
