@@ -6,8 +6,12 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use lb_userspace::{
-    admin::protocol::Request, checks::load, desired::config::FileConfig, desired::state_file,
-    service, service::Vip,
+    admin::protocol::{Deadline, Request, Sent},
+    checks::load,
+    desired::config::FileConfig,
+    desired::state_file,
+    service,
+    service::Vip,
 };
 use proptest::prelude::*;
 
@@ -20,6 +24,7 @@ fn formatish() -> impl Strategy<Value = String> {
         Just("sticky = \"5s\"\n".to_owned()),
         Just("health = { check = \"http\", path = \"/\" }\n".to_owned()),
         Just("{\"cmd\":\"vip_add\",\"vip\":\"192.0.2.100:80/tcp\"}".to_owned()),
+        Just("\"deadline_monotonic_ms\":18446744073709551615,".to_owned()),
         Just("{\"format\":1,\"hash_seed\":7,\"vips\":{}}".to_owned()),
         Just("[2001:db8::1]:53/udp".to_owned()),
         "[ -~]{0,12}".prop_map(|s| s),
@@ -52,6 +57,7 @@ proptest! {
     #[test]
     fn admin_requests_never_panic(text in formatish()) {
         let _ = serde_json::from_str::<Request>(&text);
+        let _ = Sent::parse(&text);
     }
 
     #[test]
@@ -75,7 +81,11 @@ proptest! {
     fn admin_requests_round_trip(vip in vip(), weight in 1u32..65536) {
         let request = Request::BackendAdd { vip, worker: vip.addr, weight };
         let text = serde_json::to_string(&request).unwrap();
-        prop_assert_eq!(serde_json::from_str::<Request>(&text).unwrap(), request);
+        prop_assert_eq!(serde_json::from_str::<Request>(&text).unwrap(), request.clone());
+        let sent = Sent { request, deadline: Some(Deadline::after(std::time::Duration::ZERO)) };
+        let read = Sent::parse(&sent.to_line().unwrap()).unwrap();
+        prop_assert_eq!(read.request, sent.request);
+        prop_assert!(read.deadline.is_some());
     }
 }
 

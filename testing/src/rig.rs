@@ -72,9 +72,16 @@ impl Rig {
     /// One scrape of the metrics endpoint of an lb started with
     /// `--metrics` [`METRICS_ADDR`], the HTTP head included.
     pub fn scrape_metrics(&self) -> anyhow::Result<String> {
-        self.balancer.within(|| {
+        self.scrape_metrics_as(None)
+    }
+
+    /// [`Rig::scrape_metrics`] with an `Accept` header.
+    pub fn scrape_metrics_as(&self, accept: Option<&str>) -> anyhow::Result<String> {
+        let accept = accept.map_or_else(String::new, |a| format!("Accept: {a}\r\n"));
+        let request = format!("GET /metrics HTTP/1.1\r\nHost: lb\r\n{accept}\r\n");
+        self.balancer.within(move || {
             let mut stream = TcpStream::connect(METRICS_ADDR)?;
-            stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: lb\r\n\r\n")?;
+            stream.write_all(request.as_bytes())?;
             let mut text = String::new();
             stream.read_to_string(&mut text)?;
             anyhow::Ok(text)

@@ -484,6 +484,11 @@ impl LbProcess {
             .with_context(|| format!("unexpected `lb stats` output {json}"))
     }
 
+    /// Sends `signal` to `lb run` (SIGSTOP and SIGCONT, say).
+    pub fn signal(&self, signal: libc::c_int) -> anyhow::Result<()> {
+        self.process.signal(signal)
+    }
+
     /// Kills `lb run` with SIGKILL, as a crash would.
     pub fn kill(&mut self) -> anyhow::Result<()> {
         self.process.signal(libc::SIGKILL)?;

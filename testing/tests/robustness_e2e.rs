@@ -18,7 +18,7 @@ use lb_testing::{
     frames::{tcp, Packet},
     lb_exe,
     rig::{KeepAlive, Rig, METRICS_ADDR, VIP4},
-    testbed::{enter_netns, Host},
+    testbed::{enter_netns, Host, LbProcess},
     wait::wait_until,
 };
 
@@ -127,14 +127,18 @@ fn slowloris(host: &Host, targets: [SocketAddr; 2], count: usize) -> Vec<TcpStre
     .unwrap()
 }
 
-/// `GET /metrics` over a new connection; the status line, if any.
-fn scrape(rig: &Rig) -> Option<String> {
+/// How long a request in the tests below waits for its answer: long
+/// enough to tell how late a late one is.
+const PATIENCE: Duration = Duration::from_secs(20);
+
+/// `GET /metrics` over a new connection, answered within `patience`; the
+/// status line, if any.
+fn scrape(rig: &Rig, patience: Duration) -> Option<String> {
     rig.balancer
         .within(|| {
             let mut stream =
-                TcpStream::connect_timeout(&METRICS_ADDR.parse().unwrap(), Duration::from_secs(2))
-                    .ok()?;
-            stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+                TcpStream::connect_timeout(&METRICS_ADDR.parse().unwrap(), patience).ok()?;
+            stream.set_read_timeout(Some(patience)).ok()?;
             stream
                 .write_all(b"GET /metrics HTTP/1.1\r\nHost: lb\r\n\r\n")
                 .ok()?;
@@ -163,8 +167,33 @@ impl Drop for TokenFile {
     }
 }
 
+/// A load report for `worker` (one of [`VIP`]'s), pushed from its own
+/// address; the HTTP status and how long the answer took.
+fn push_load(worker: &Host, token: &str) -> (Option<u16>, Duration) {
+    let body = format!(r#"{{"vip":"{VIP}","worker":"{}","load":0.5}}"#, worker.ipv4);
+    let request = format!(
+        "POST /load HTTP/1.1\r\nHost: lb\r\nAuthorization: Bearer {token}\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    worker
+        .within(move || {
+            let started = Instant::now();
+            let status = (|| {
+                let mut stream =
+                    TcpStream::connect_timeout(&LOAD.parse().unwrap(), PATIENCE).ok()?;
+                stream.set_read_timeout(Some(PATIENCE)).ok()?;
+                stream.write_all(request.as_bytes()).ok()?;
+                let mut answer = String::new();
+                stream.read_to_string(&mut answer).ok()?;
+                answer.split(' ').nth(1)?.parse().ok()
+            })();
+            (status, started.elapsed())
+        })
+        .unwrap()
+}
+
 #[test]
-fn a_slowloris_of_more_connections_than_the_open_file_limit_stops_nothing() {
+fn a_slowloris_of_more_connections_than_the_open_file_limit_delays_no_scrape_or_load_report() {
     lb_testing::needs_root!();
     allow_many_open_files();
     let token = TokenFile::new();
@@ -195,6 +224,34 @@ fn a_slowloris_of_more_connections_than_the_open_file_limit_stops_nothing() {
         "only {} of {count} connections opened",
         held.len()
     );
+    // While the flood holds its connections, a scraper and a worker (each
+    // from an address of its own) are answered at once: within 2 s, and a
+    // load report within 1 s, a tenth of the default load TTL.
+    for _ in 0..3 {
+        let (loaded, load_took) = push_load(&rig.workers[0], "0123456789abcdef0123");
+        let started = Instant::now();
+        let scraped = scrape(&rig, PATIENCE);
+        let scrape_took = started.elapsed();
+        assert!(
+            scraped.as_deref().is_some_and(|s| s.starts_with("HTTP/1.1 200"))
+                && scrape_took < Duration::from_secs(2)
+                && loaded == Some(204)
+                && load_took < Duration::from_secs(1),
+            "during the flood, a scrape got {scraped:?} after {scrape_took:?}, a load report {loaded:?} after {load_took:?}"
+        );
+        println!("during the flood: a scrape took {scrape_took:?}, a load report {load_took:?}");
+    }
+    let backends: serde_json::Value =
+        serde_json::from_str(&rig.lb.cli_ok(&["backend", "list", "-o", "json"]).unwrap()).unwrap();
+    let w1 = rig.workers[0].ipv4.to_string();
+    assert!(
+        backends
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|row| row["worker"] == w1.as_str() && row["load"] == 0.5),
+        "the load report was taken: {backends}"
+    );
     rig.lb.cli_ok(&["status"]).unwrap();
     let w3 = rig.workers[2].ipv4.to_string();
     rig.lb.cli_ok(&["backend", "add", VIP, &w3]).unwrap();
@@ -203,19 +260,28 @@ fn a_slowloris_of_more_connections_than_the_open_file_limit_stops_nothing() {
     rig.lb.cli_ok(&["status"]).unwrap();
 
     drop(held);
-    wait_until(Duration::from_secs(60), "metrics served again", || {
-        scrape(&rig).is_some_and(|status| status.starts_with("HTTP/1.1 200"))
-    });
+    wait_until(
+        Duration::from_secs(60),
+        "metrics served after the flood",
+        || {
+            scrape(&rig, Duration::from_secs(2))
+                .is_some_and(|status| status.starts_with("HTTP/1.1 200"))
+        },
+    );
     let log = rig.lb.log();
     assert!(
         !log.contains("Too many open files"),
         "the caps kept the controller within its limit:\n{log}"
     );
+    assert!(
+        log.contains("closed") && log.contains("to make room"),
+        "the controller says it closed connections for room:\n{log}"
+    );
     rig.lb.stop().unwrap();
 }
 
 #[test]
-fn a_thousand_held_admin_connections_stop_nothing() {
+fn a_thousand_held_admin_connections_delay_no_command() {
     lb_testing::needs_root!();
     allow_many_open_files();
     let mut rig = Rig::new(lb_exe().as_ref(), 2, &[]).unwrap();
@@ -223,25 +289,30 @@ fn a_thousand_held_admin_connections_stop_nothing() {
     rig.start_lb_limited(&[], NOFILE).unwrap();
     rig.add_vip_with_workers(VIP, &[]).unwrap();
     let socket = rig.lb.state_file().with_extension("sock");
+    // Each starts a request and stops, as a stuck or hostile client would.
     let held: Vec<std::os::unix::net::UnixStream> = (0..1000)
-        .map(|_| std::os::unix::net::UnixStream::connect(&socket).unwrap())
+        .map(|_| {
+            let mut stream = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+            stream.write_all(b"{\"cmd\":").unwrap();
+            stream
+        })
         .collect();
     let answers = rig.spread(IpAddr::V4(VIP4), 20).unwrap();
     assert_eq!(answers.values().sum::<usize>(), 20, "{answers:?}");
-    // `lb status` waits behind the held connections for a slot; each of
-    // them is refused once it has sent nothing for 2 s.
-    let mut refusals = Vec::new();
-    wait_until(Duration::from_secs(120), "lb status answering", || {
+    for _ in 0..3 {
+        let started = Instant::now();
         let output = rig.lb.cli(&["status"]).unwrap();
-        if !output.status.success() {
-            refusals.push(String::from_utf8_lossy(&output.stderr).trim().to_owned());
-        }
-        output.status.success()
-    });
-    println!(
-        "lb status answered after {} tries: {refusals:?}",
-        refusals.len() + 1
-    );
+        let took = started.elapsed();
+        assert!(
+            output.status.success() && took < Duration::from_secs(1),
+            "lb status under 1,000 held connections took {took:?}: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+        println!("lb status under 1,000 held connections took {took:?}");
+    }
+    rig.lb
+        .cli_ok(&["backend", "drain", VIP, &rig.workers[0].ipv4.to_string()])
+        .unwrap();
     drop(held);
     rig.lb.cli_ok(&["backend", "list"]).unwrap();
     let log = rig.lb.log();
@@ -250,6 +321,116 @@ fn a_thousand_held_admin_connections_stop_nothing() {
         "the cap kept the controller within its limit:\n{log}"
     );
     rig.lb.stop().unwrap();
+}
+
+/// `lb run` stopped with SIGSTOP, continued (SIGCONT) when dropped, so
+/// that a failing test leaves no stopped process behind.
+struct Stopped<'a>(&'a LbProcess);
+
+impl<'a> Stopped<'a> {
+    fn new(lb: &'a LbProcess) -> Self {
+        lb.signal(libc::SIGSTOP).unwrap();
+        Self(lb)
+    }
+}
+
+impl Drop for Stopped<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.signal(libc::SIGCONT);
+    }
+}
+
+/// `worker`'s state in `lb backend list`.
+fn worker_state(rig: &Rig, worker: &str) -> String {
+    let rows: serde_json::Value =
+        serde_json::from_str(&rig.lb.cli_ok(&["backend", "list", "-o", "json"]).unwrap()).unwrap();
+    rows.as_array()
+        .unwrap()
+        .iter()
+        .find(|row| row["worker"] == worker)
+        .and_then(|row| row["state"].as_str())
+        .unwrap_or_else(|| panic!("no {worker} in {rows}"))
+        .to_owned()
+}
+
+#[test]
+fn a_change_whose_client_stopped_waiting_is_not_made_later() {
+    lb_testing::needs_root!();
+    let rig = Rig::new(lb_exe().as_ref(), 2, &[]).unwrap();
+    rig.add_vip_with_workers(VIP, &[]).unwrap();
+    let w1 = rig.workers[0].ipv4.to_string();
+    let stopped = Stopped::new(&rig.lb);
+    let started = Instant::now();
+    let output = rig.lb.cli(&["backend", "drain", VIP, &w1]).unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr).trim().to_owned();
+    println!(
+        "lb backend drain gave up after {:?}: {stderr}",
+        started.elapsed()
+    );
+    assert!(!output.status.success(), "{stderr}");
+    // The controller takes the request only now, past its deadline.
+    drop(stopped);
+    wait_until(
+        Duration::from_secs(20),
+        "the controller taking the late request",
+        || worker_state(&rig, &w1) == "draining" || rig.lb.log().contains("after its deadline"),
+    );
+    assert_eq!(
+        worker_state(&rig, &w1),
+        "up",
+        "the drain was made after its client had stopped waiting:\n{}",
+        rig.lb.log()
+    );
+    assert!(
+        stderr.contains("did not answer")
+            && stderr.contains("either made by then or will not be")
+            && stderr.contains("`lb backend list`"),
+        "the error says whether the drain may still be made: {stderr}"
+    );
+    // A client that waits is served as before.
+    rig.lb.cli_ok(&["backend", "drain", VIP, &w1]).unwrap();
+    assert_eq!(worker_state(&rig, &w1), "draining");
+}
+
+#[test]
+fn a_change_saved_as_the_controller_stops_is_not_reported_as_failed() {
+    lb_testing::needs_root!();
+    let rig = Rig::new(lb_exe().as_ref(), 1, &[]).unwrap();
+    rig.add_vip_with_workers(VIP, &[]).unwrap();
+    // No host answers for this worker: the answer to adding it waits
+    // half a second for its MAC, after the change is saved.
+    let absent = "192.0.2.99";
+    let mut cli = std::process::Command::new(lb_exe())
+        .args(["backend", "add", VIP, absent, "--socket"])
+        .arg(&rig.lb.paths().socket)
+        .arg("--pin-dir")
+        .arg(rig.lb.pin_dir())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let state_file = rig.lb.state_file();
+    wait_until(Duration::from_secs(10), "the new worker saved", || {
+        std::fs::read_to_string(&state_file).is_ok_and(|state| state.contains(absent))
+    });
+    rig.lb.signal(libc::SIGTERM).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while cli.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "lb backend add still waits");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let output = cli.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr).trim().to_owned();
+    println!(
+        "lb backend add as the controller stopped: {} {stderr}",
+        output.status
+    );
+    // Its answer, or, should the process end before it is written, word
+    // that the change may have been made: never a failure.
+    assert!(
+        output.status.success() || stderr.contains("it may have made and saved the change"),
+        "the saved change was reported as failed: {stderr}"
+    );
 }
 
 /// Sends `count` SYNs from random 203.0.113.0/24 addresses and ports to

@@ -26,6 +26,8 @@ const RUNTIME_PACKAGES: &[&str] = &[
     "tcpdump",
     // vtysh, to check the shipped FRR configs; no test starts FRR.
     "frr",
+    // promtool, to check the metrics' format; no test starts Prometheus.
+    "prometheus",
 ];
 
 /// Debian packages only `cargo xtask bench` uses: the load generators and

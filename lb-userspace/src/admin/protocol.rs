@@ -12,9 +12,16 @@ use crate::{
 
 /// Largest request the controller reads.
 pub const MAX_REQUEST_BYTES: u64 = 64 * 1024;
-/// How long the CLI waits for the controller, and the controller for a
-/// client to take its answer.
+/// How long the CLI gives the controller to begin a request (its
+/// deadline), and the controller a client to take its answer.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(5);
+/// How much longer than a request's deadline the CLI waits for the answer:
+/// a request begun just in time is answered once its batch is installed
+/// and saved, and an added worker's answer waits up to 0.5 s for its MAC.
+pub const ANSWER_GRACE: Duration = Duration::from_secs(2);
+/// The request field that carries its deadline, in milliseconds of the
+/// host's monotonic clock (`CLOCK_MONOTONIC`).
+pub const DEADLINE_FIELD: &str = "deadline_monotonic_ms";
 /// How long the controller waits for a request once it took a connection.
 /// The CLI sends its request as it connects, so it is there already; a
 /// peer that sends nothing frees its slot this soon.
@@ -24,9 +31,95 @@ pub fn too_large() -> String {
     format!("request too large (over {} KiB)", MAX_REQUEST_BYTES / 1024)
 }
 
+/// The moment after which a client no longer waits for its request's
+/// answer, on the host's monotonic clock: the CLI and the controller read
+/// the same one, and no change of the wall clock moves it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Deadline(Duration);
+
+impl Deadline {
+    /// `timeout` from now.
+    pub fn after(timeout: Duration) -> Self {
+        Self(monotonic_now().saturating_add(timeout))
+    }
+
+    /// How long ago it passed, if it has.
+    pub fn passed_by(self) -> Option<Duration> {
+        monotonic_now()
+            .checked_sub(self.0)
+            .filter(|late| !late.is_zero())
+    }
+
+    /// How long until it passes (zero once it has).
+    pub fn remaining(self) -> Duration {
+        self.0.saturating_sub(monotonic_now())
+    }
+}
+
+fn monotonic_now() -> Duration {
+    let now = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    Duration::new(
+        u64::try_from(now.tv_sec).unwrap_or(0),
+        u32::try_from(now.tv_nsec).unwrap_or(0),
+    )
+}
+
+/// A request as it travels on the socket: the command, and the deadline
+/// the client sends with it. A controller refuses a request once its
+/// deadline has passed, so a client that gave up waiting knows it will
+/// not be carried out later. Clients that send no deadline (older ones)
+/// are served as before.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Sent {
+    /// The command.
+    pub request: Request,
+    /// When its client stops waiting.
+    pub deadline: Option<Deadline>,
+}
+
+impl Sent {
+    /// The JSON line to send: the request's fields, `cmd`, and the
+    /// deadline in [`DEADLINE_FIELD`].
+    pub fn to_line(&self) -> serde_json::Result<String> {
+        let mut value = serde_json::to_value(&self.request)?;
+        if let (Some(deadline), Some(fields)) = (self.deadline, value.as_object_mut()) {
+            let millis = u64::try_from(deadline.0.as_millis()).unwrap_or(u64::MAX);
+            fields.insert(DEADLINE_FIELD.into(), millis.into());
+        }
+        let mut line = serde_json::to_string(&value)?;
+        line.push('\n');
+        Ok(line)
+    }
+
+    /// Reads a line as [`Sent::to_line`] writes it, with or without the
+    /// deadline; the error says what is wrong.
+    pub fn parse(line: &str) -> Result<Self, String> {
+        let mut value: serde_json::Value = serde_json::from_str(line).map_err(|e| e.to_string())?;
+        let deadline = match value.as_object_mut().and_then(|o| o.remove(DEADLINE_FIELD)) {
+            None => None,
+            Some(millis) => Some(Deadline(Duration::from_millis(
+                millis.as_u64().ok_or_else(|| {
+                    format!("{DEADLINE_FIELD} must be a whole number of milliseconds, not {millis}")
+                })?,
+            ))),
+        };
+        let request = Request::deserialize(value).map_err(|e| e.to_string())?;
+        Ok(Self { request, deadline })
+    }
+}
+
+/// The refusal of a request read `late` after its deadline.
+pub fn too_late(late: Duration) -> String {
+    format!(
+        "not carried out: the controller took this request {} after its deadline, when its client had stopped waiting; nothing was changed",
+        crate::duration::format(late)
+    )
+}
+
 /// What the CLI asks the controller.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, strum::IntoStaticStr)]
 #[serde(tag = "cmd", rename_all = "snake_case", deny_unknown_fields)]
+#[strum(serialize_all = "snake_case")]
 pub enum Request {
     /// Add a VIP.
     VipAdd {
@@ -156,6 +249,28 @@ pub enum Request {
 }
 
 impl Request {
+    /// The command that shows whether a change it asked for was made.
+    pub fn listing(&self) -> &'static str {
+        match self {
+            Self::VipAdd { .. } | Self::VipSet { .. } | Self::VipDel { .. } | Self::VipList => {
+                "lb vip list"
+            }
+            Self::BackendAdd { .. }
+            | Self::BackendDel { .. }
+            | Self::BackendSet { .. }
+            | Self::BackendDrain { .. }
+            | Self::BackendList { .. } => "lb backend list",
+            Self::SessionsList { .. }
+            | Self::SessionsFlush { .. }
+            | Self::SessionsPin { .. }
+            | Self::SessionsUnpin { .. } => "lb sessions list",
+            Self::AnnounceWithdraw { .. } | Self::AnnounceRestore { .. } | Self::AnnounceList => {
+                "lb announce list"
+            }
+            Self::Status => "lb status",
+        }
+    }
+
     /// Whether carrying it out changes the desired state.
     pub fn changes_state(&self) -> bool {
         !matches!(
@@ -376,4 +491,83 @@ pub struct Status {
     pub not_announced: usize,
     /// Whether an `lb capture` has the data plane copying packets now.
     pub capture_running: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn drain() -> Request {
+        Request::BackendDrain {
+            vip: "192.0.2.100:80/tcp".parse().unwrap(),
+            worker: "192.0.2.11".parse().unwrap(),
+            drain: true,
+        }
+    }
+
+    #[test]
+    fn a_request_travels_with_its_deadline_or_without_one() {
+        let deadline = Deadline::after(IO_TIMEOUT);
+        let sent = Sent {
+            request: drain(),
+            deadline: Some(deadline),
+        };
+        let line = sent.to_line().unwrap();
+        assert!(
+            line.ends_with('\n') && line.contains(DEADLINE_FIELD),
+            "{line}"
+        );
+        let read = Sent::parse(&line).unwrap();
+        assert_eq!(read.request, drain());
+        // The wire keeps milliseconds.
+        let kept = read.deadline.unwrap();
+        assert!(kept <= deadline && deadline.0 - kept.0 < Duration::from_millis(1));
+        // An older client's line, with no deadline.
+        let old = serde_json::to_string(&drain()).unwrap();
+        assert_eq!(
+            Sent::parse(&old).unwrap(),
+            Sent {
+                request: drain(),
+                deadline: None
+            }
+        );
+    }
+
+    #[test]
+    fn a_bad_deadline_or_an_unknown_field_is_refused() {
+        let line = format!(r#"{{"cmd":"status","{DEADLINE_FIELD}":"soon"}}"#);
+        let error = Sent::parse(&line).unwrap_err();
+        assert!(error.contains("whole number of milliseconds"), "{error}");
+        let unknown = r#"{"cmd":"vip_del","vip":"192.0.2.100:80/tcp","deadline":1}"#;
+        let error = Sent::parse(unknown).unwrap_err();
+        assert!(error.contains("unknown field `deadline`"), "{error}");
+        assert!(Sent::parse("[1]").is_err());
+    }
+
+    #[test]
+    fn an_older_controller_refuses_the_deadline_by_name() {
+        // It read a `Request` straight from the line; the CLI asks again
+        // without the deadline when the refusal names the field.
+        let line = Sent {
+            request: drain(),
+            deadline: Some(Deadline::after(IO_TIMEOUT)),
+        }
+        .to_line()
+        .unwrap();
+        let error = serde_json::from_str::<Request>(&line).unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains(&format!("unknown field `{DEADLINE_FIELD}`")),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn a_deadline_passes() {
+        assert_eq!(Deadline::after(Duration::from_secs(60)).passed_by(), None);
+        let past = Deadline(monotonic_now() - Duration::from_secs(3));
+        assert!(past.passed_by().unwrap() >= Duration::from_secs(3));
+        assert_eq!(past.remaining(), Duration::ZERO);
+    }
 }

@@ -1,5 +1,6 @@
 //! The controller's side of the admin API: a socket only root can reach,
-//! at most a fixed number of connections at once, each one request read
+//! at most a fixed number of connections at once (a new one takes the
+//! place of one that has not sent its request), each one request read
 //! whole within a time limit and answered.
 
 use std::{
@@ -15,36 +16,41 @@ use tokio::{
 };
 
 use super::protocol::{
-    too_large, Request, Response, IO_TIMEOUT, MAX_REQUEST_BYTES, REQUEST_TIMEOUT,
+    too_large, Deadline, Request, Response, Sent, IO_TIMEOUT, MAX_REQUEST_BYTES, REQUEST_TIMEOUT,
 };
-use crate::net::listen::Gate;
+use crate::net::listen::{Gate, Marker};
 
 /// Answers admin requests with `handle`, at most `cap` connections at
-/// once.
+/// once. `handle` gets each request with the deadline its client sent,
+/// and must refuse it once that has passed.
 pub async fn serve<F, Fut>(listener: UnixListener, cap: usize, handle: F)
 where
-    F: Fn(Request) -> Fut + Clone + Send + 'static,
-    Fut: Future<Output = Response> + Send,
+    F: Fn(Request, Option<Deadline>) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = Response> + Send + 'static,
 {
     let mut gate = Gate::new("admin socket", cap);
     loop {
-        let ((stream, _), slot) = gate.next(|| listener.accept()).await;
+        // Every peer is root on this host: there is no address to share
+        // slots by, only connections with and without a request.
+        let ((stream, _), slot) = gate.next(|| listener.accept(), |_| None).await;
         let handle = handle.clone();
-        tokio::spawn(async move {
-            answer(stream, handle).await;
-            drop(slot);
-        });
+        let marker = slot.marker();
+        tokio::spawn(slot.hold(answer(stream, marker, handle)));
     }
 }
 
 /// Reads one request (size- and time-limited), carries it out, answers.
 async fn answer<Fut: Future<Output = Response>>(
     stream: UnixStream,
-    handle: impl Fn(Request) -> Fut,
+    marker: Marker,
+    handle: impl Fn(Request, Option<Deadline>) -> Fut,
 ) {
     let (read, mut write) = stream.into_split();
     let response = match read_request(read).await {
-        Ok(request) => handle(request).await,
+        // Closed for room already: carry out nothing its client can't
+        // hear about.
+        Ok(_) if !marker.busy() => return,
+        Ok(Sent { request, deadline }) => handle(request, deadline).await,
         Err(error) => Response::refusal(error),
     };
     if let Ok(mut text) = serde_json::to_string(&response) {
@@ -55,7 +61,7 @@ async fn answer<Fut: Future<Output = Response>>(
 
 /// Reads one request: a JSON line of at most [`MAX_REQUEST_BYTES`] within
 /// [`REQUEST_TIMEOUT`]; or why not, as the answer should say it.
-async fn read_request(read: impl AsyncRead + Unpin) -> Result<Request, String> {
+async fn read_request(read: impl AsyncRead + Unpin) -> Result<Sent, String> {
     let mut line = String::new();
     // One byte over the limit tells a request that is too large from one
     // that fits exactly.
@@ -67,7 +73,7 @@ async fn read_request(read: impl AsyncRead + Unpin) -> Result<Request, String> {
         )),
         Ok(Err(error)) => Err(format!("reading the request: {error}")),
         Ok(Ok(_)) if line.len() as u64 > MAX_REQUEST_BYTES => Err(too_large()),
-        Ok(Ok(_)) => serde_json::from_str(&line).map_err(|error| format!("bad request: {error}")),
+        Ok(Ok(_)) => Sent::parse(&line).map_err(|error| format!("bad request: {error}")),
     }
 }
 
@@ -136,15 +142,22 @@ fn check_socket_dir(dir: &Path) -> anyhow::Result<()> {
 mod tests {
     use super::*;
 
+    fn status() -> Result<Sent, String> {
+        Ok(Sent {
+            request: Request::Status,
+            deadline: None,
+        })
+    }
+
     #[tokio::test]
     async fn requests_are_read_whole_or_refused_with_why() {
-        let status = read_request(&b"{\"cmd\":\"status\"}\n"[..]).await;
-        assert_eq!(status, Ok(Request::Status));
+        let read = read_request(&b"{\"cmd\":\"status\"}\n"[..]).await;
+        assert_eq!(read, status());
         // Exactly the limit, newline included, is still a request.
         let mut exact = "{\"cmd\":\"status\"}".to_owned();
         exact.push_str(&" ".repeat(MAX_REQUEST_BYTES as usize - exact.len() - 1));
         exact.push('\n');
-        assert_eq!(read_request(exact.as_bytes()).await, Ok(Request::Status));
+        assert_eq!(read_request(exact.as_bytes()).await, status());
         let over = format!(" {exact}");
         assert_eq!(read_request(over.as_bytes()).await, Err(too_large()));
         let huge = vec![b'{'; 200_000];

@@ -392,11 +392,11 @@ async fn serve(
         mut terminate,
     } = signals;
     let checks = tokio::spawn(health::follow(published.targets, controller.check_sink()));
-    let admin = tokio::spawn(server::serve(listener, cap, move |request| {
+    let admin = tokio::spawn(server::serve(listener, cap, move |request, deadline| {
         let controller = controller.clone();
         async move {
             controller
-                .request(request)
+                .request(request, deadline)
                 .await
                 .unwrap_or_else(|e| Response::refusal(format!("the controller failed: {e}")))
         }

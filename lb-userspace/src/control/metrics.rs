@@ -1,11 +1,14 @@
 //! Prometheus metrics: `lb run --metrics ADDR` serves `GET /metrics` in
-//! the text exposition format. Figures are read at each scrape: counters
-//! from the pinned maps, worker state from the controller.
+//! OpenMetrics text to clients that ask for it (Prometheus does), and in
+//! Prometheus' classic text format 0.0.4 to the rest (`promtool check
+//! metrics`, `curl`), as Prometheus' own client libraries negotiate.
+//! Figures are read at each scrape: counters from the pinned maps, worker
+//! state from the controller.
 
-use std::{path::Path, sync::Arc};
+use std::{collections::HashSet, path::Path, sync::Arc};
 
 use anyhow::Context as _;
-use hyper::{body::Bytes, Method, Request, StatusCode};
+use hyper::{body::Bytes, header::ACCEPT, Method, Request, StatusCode};
 use lb_common::{balancer::TrafficCounters, capture::CaptureCounters, map_names};
 use prometheus_client::{
     encoding::text::encode,
@@ -52,6 +55,13 @@ where
     if request.method() != Method::GET {
         return Answer::text(StatusCode::METHOD_NOT_ALLOWED, "use GET");
     }
+    let format = Format::negotiate(
+        request
+            .headers()
+            .get_all(ACCEPT)
+            .iter()
+            .filter_map(|value| value.to_str().ok()),
+    );
     let rendered = tokio::task::spawn_blocking(move || snapshot().and_then(|s| render(&s)))
         .await
         .map_err(anyhow::Error::from)
@@ -59,11 +69,96 @@ where
     match rendered {
         Ok(body) => Answer {
             status: StatusCode::OK,
-            content_type: "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            body,
+            content_type: format.content_type(),
+            body: match format {
+                Format::OpenMetrics => body,
+                Format::Classic => classic(&body),
+            },
         },
         Err(error) => Answer::text(StatusCode::INTERNAL_SERVER_ERROR, format!("{error:#}")),
     }
+}
+
+/// The exposition formats lb serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// OpenMetrics 1.0.0 text, which Prometheus asks for first.
+    OpenMetrics,
+    /// Prometheus' classic text format, version 0.0.4: for clients that
+    /// ask for `text/plain` or name neither format.
+    Classic,
+}
+
+impl Format {
+    /// The format `Accept` headers ask for: of the two lb serves, the one
+    /// with the highest quality (the first of equals); classic text when
+    /// they name neither, as `*/*` or no header at all does.
+    pub fn negotiate<'a>(accept: impl IntoIterator<Item = &'a str>) -> Self {
+        let mut best: Option<(f64, Self)> = None;
+        for range in accept.into_iter().flat_map(|header| header.split(',')) {
+            let mut parts = range.split(';').map(str::trim);
+            let media = parts.next().unwrap_or_default().to_ascii_lowercase();
+            let mut quality = 1.0;
+            let mut version = None;
+            for parameter in parts {
+                let Some((name, value)) = parameter.split_once('=') else {
+                    continue;
+                };
+                let value = value.trim().trim_matches('"');
+                match name.trim().to_ascii_lowercase().as_str() {
+                    "q" => quality = value.parse().unwrap_or(0.0),
+                    "version" => version = Some(value.to_owned()),
+                    _ => {}
+                }
+            }
+            let format = match (media.as_str(), version.as_deref()) {
+                ("application/openmetrics-text", None | Some("1.0.0" | "0.0.1")) => {
+                    Self::OpenMetrics
+                }
+                ("text/plain", None | Some("0.0.4")) => Self::Classic,
+                _ => continue,
+            };
+            if quality > 0.0 && best.is_none_or(|(q, _)| quality > q) {
+                best = Some((quality, format));
+            }
+        }
+        best.map_or(Self::Classic, |(_, format)| format)
+    }
+
+    /// Its `Content-Type`.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Self::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            Self::Classic => "text/plain; version=0.0.4; charset=utf-8",
+        }
+    }
+}
+
+/// OpenMetrics text (as [`render`] writes it) in the classic format:
+/// a counter family is named after its samples there (`lb_packets_total`,
+/// not `lb_packets`), and there is no `# UNIT` or `# EOF`. The samples
+/// themselves read the same in both. (prometheus-client writes
+/// OpenMetrics only, hence the translation.)
+pub fn classic(openmetrics: &str) -> String {
+    let counters: HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|line| line.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+        .collect();
+    let mut text = String::with_capacity(openmetrics.len() + 16 * counters.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE "].into_iter().find_map(|prefix| {
+            let (name, rest) = line.strip_prefix(prefix)?.split_once(' ')?;
+            counters
+                .contains(name)
+                .then(|| format!("{prefix}{name}_total {rest}"))
+        });
+        text.push_str(renamed.as_deref().unwrap_or(line));
+        text.push('\n');
+    }
+    text
 }
 
 fn labels(pairs: &[(&str, &str)]) -> Labels {
@@ -436,4 +531,86 @@ fn program(registry: &mut Registry, stats: Option<ProgramStats>) {
         "Time spent in the XDP program (kernel.bpf_stats_enabled)",
         time,
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use prometheus_client::metrics::histogram::Histogram;
+
+    use super::*;
+
+    /// What Prometheus 2 sends.
+    const PROMETHEUS: &str = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+
+    #[test]
+    fn the_format_is_the_one_the_client_prefers_and_classic_by_default() {
+        let negotiate = |headers: &[&str]| Format::negotiate(headers.iter().copied());
+        assert_eq!(negotiate(&[PROMETHEUS]), Format::OpenMetrics);
+        assert_eq!(
+            negotiate(&["application/openmetrics-text"]),
+            Format::OpenMetrics
+        );
+        assert_eq!(negotiate(&["text/plain;version=0.0.4"]), Format::Classic);
+        assert_eq!(
+            negotiate(&["text/plain; version=0.0.4; q=0.9, application/openmetrics-text; q=0.5"]),
+            Format::Classic
+        );
+        assert_eq!(
+            negotiate(&[
+                "text/plain;q=0.2",
+                "Application/OpenMetrics-Text; version=\"1.0.0\""
+            ]),
+            Format::OpenMetrics
+        );
+        for classic in [
+            &[][..],
+            &["*/*"],
+            &["text/html"],
+            &["application/openmetrics-text;version=2.0.0"],
+            &["application/openmetrics-text;q=0"],
+            &["garbage;;=,"],
+        ] {
+            assert_eq!(negotiate(classic), Format::Classic, "{classic:?}");
+        }
+    }
+
+    #[test]
+    fn classic_text_names_counter_families_after_their_samples() {
+        let mut registry = Registry::default();
+        let packets: Counter = Counter::default();
+        packets.inc_by(3);
+        registry.register("lb_packets", "Frames", packets);
+        let dropped: Counters = family(&mut registry, "lb_dropped_packets", "Dropped");
+        dropped
+            .get_or_create(&labels(&[("reason", "no_backend")]))
+            .inc();
+        let weight: Gauges = family(&mut registry, "lb_worker_weight", "Weight");
+        weight
+            .get_or_create(&labels(&[("worker", "192.0.2.11")]))
+            .set(100.0);
+        let histogram = Histogram::new([0.1, 1.0]);
+        histogram.observe(0.5);
+        registry.register("lb_check_seconds", "Checks", histogram);
+        let mut openmetrics = String::new();
+        encode(&mut openmetrics, &registry).unwrap();
+        let text = classic(&openmetrics);
+        for line in [
+            "# HELP lb_packets_total Frames.",
+            "# TYPE lb_packets_total counter",
+            "lb_packets_total 3",
+            "# TYPE lb_dropped_packets_total counter",
+            "lb_dropped_packets_total{reason=\"no_backend\"} 1",
+            "# TYPE lb_worker_weight gauge",
+            "lb_worker_weight{worker=\"192.0.2.11\"} 100.0",
+            "# TYPE lb_check_seconds histogram",
+            "lb_check_seconds_bucket{le=\"1.0\"} 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no {line:?} in:\n{text}");
+        }
+        assert!(
+            !text.contains("# EOF") && !text.contains("# TYPE lb_packets counter"),
+            "{text}"
+        );
+        assert_eq!(text.lines().count(), openmetrics.lines().count() - 1);
+    }
 }

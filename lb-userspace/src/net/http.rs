@@ -8,7 +8,9 @@
 //! connection is closed), the body within [`BODY_TIMEOUT`] and
 //! [`MAX_BODY`] bytes (else 408 or 413), the whole connection within
 //! [`CONNECTION_TIMEOUT`]; each connection runs on its own task, so a
-//! stalled one delays no other. The client fetches one page within a
+//! stalled one delays no other, and when every slot is taken a new peer
+//! gets the place of one that has not sent its request
+//! ([`Gate`]). The client fetches one page within a
 //! deadline and refuses answers over [`MAX_RESPONSE`] bytes.
 
 use std::{convert::Infallible, future::Future, net::SocketAddr, sync::Arc, time::Duration};
@@ -22,7 +24,7 @@ use hyper::{
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::net::listen::Gate;
+use crate::net::listen::{Gate, Marker};
 
 /// Most bytes in a request head: request line, headers and blank line.
 pub const MAX_HEAD: usize = 8 * 1024;
@@ -113,14 +115,17 @@ async fn serve_within<H, Fut>(
     Fut: Future<Output = Answer> + Send + 'static,
 {
     let handler = Arc::new(handler);
-    let mut gate = Gate::new(what, cap);
+    let mut gate = Gate::per_address(what, cap);
     loop {
-        let ((stream, from), slot) = gate.next(|| listener.accept()).await;
+        let ((stream, from), slot) = gate
+            .next(
+                || listener.accept(),
+                |(_, from): &(TcpStream, SocketAddr)| Some(from.ip().to_canonical()),
+            )
+            .await;
         let handler = handler.clone();
-        tokio::spawn(async move {
-            connection(stream, from, timeouts, handler).await;
-            drop(slot);
-        });
+        let marker = slot.marker();
+        tokio::spawn(slot.hold(connection(stream, from, timeouts, marker, handler)));
     }
 }
 
@@ -128,6 +133,7 @@ async fn connection<H, Fut>(
     stream: TcpStream,
     from: SocketAddr,
     timeouts: Timeouts,
+    marker: Marker,
     handler: Arc<H>,
 ) where
     H: Fn(Request<Bytes>, SocketAddr) -> Fut + Send + Sync + 'static,
@@ -135,8 +141,16 @@ async fn connection<H, Fut>(
 {
     let service = hyper::service::service_fn(move |request| {
         let handler = handler.clone();
+        let marker = marker.clone();
         async move {
             let answer = match read_body(request, timeouts.body).await {
+                // Once the whole request is in, the connection is no
+                // longer one the gate may close for room; if it already
+                // was, the answer could not be sent, so nothing is done.
+                Ok(_) if !marker.busy() => Answer::text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "closed to make room for newer connections",
+                ),
                 Ok(request) => handler(request, from).await,
                 Err(refusal) => refusal,
             };
@@ -341,6 +355,8 @@ mod tests {
     };
     /// Longest any test waits for the server to act.
     const PATIENCE: Duration = Duration::from_secs(10);
+    /// The test server's cap: one address holds a quarter of it.
+    const CAP: usize = 16;
 
     /// A server on 127.0.0.1 whose handler echoes method, path and body.
     async fn server(timeouts: Timeouts) -> SocketAddr {
@@ -349,7 +365,7 @@ mod tests {
         tokio::spawn(serve_within(
             listener,
             "test endpoint",
-            4,
+            CAP,
             timeouts,
             |request: Request<Bytes>, _| async move {
                 if request.uri().path() == "/nothing" {
@@ -550,18 +566,25 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_full_endpoint_holds_new_connections_until_a_slot_frees() {
-        let addr = server(SHORT).await;
+    async fn a_silent_connection_makes_room_for_a_new_one_at_once() {
+        // Timeouts as served: nothing is cut by the header timeout here.
+        let addr = server(Timeouts::SERVED).await;
         let mut holders = Vec::new();
-        for _ in 0..4 {
+        for _ in 0..CAP / 4 {
             holders.push(TcpStream::connect(addr).await.unwrap());
         }
-        // A fifth connection waits in the backlog until the header timeout
-        // frees the first four's slots, then is served.
+        // The fifth from this address: its oldest silent connection is
+        // closed for it.
         let answer = exchange_raw(addr, b"GET /late HTTP/1.1\r\nHost: lb\r\n\r\n").await;
         assert_eq!(status(&answer), 200, "{answer}");
-        for mut holder in holders {
-            assert_eq!(read_to_close(&mut holder).await, "");
+        let mut oldest = holders.remove(0);
+        assert_eq!(read_to_close(&mut oldest).await, "");
+        for holder in &holders {
+            let still_open = holder.try_read(&mut [0; 1]);
+            assert!(
+                matches!(&still_open, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+                "{still_open:?}"
+            );
         }
     }
 

@@ -1,22 +1,26 @@
 //! Taking connections so that no peer can stop the controller. Each
 //! listener (admin socket, load reports, metrics) holds at most a fixed
-//! number of connections at once; the rest wait in the kernel's backlog,
-//! where they cost the controller no descriptor. A failed accept (out of
-//! descriptors, a connection aborted before it was taken, …) is logged and
-//! retried after a pause that grows, and never ends the listener: the
-//! descriptors that map updates, health checks and the state file need
-//! stay free whatever peers do.
+//! number of connections at once, and makes room for a new one by closing
+//! one that has sent no whole request yet ([`Gate`]), so peers that
+//! connect and stall can neither exhaust the controller's descriptors nor
+//! keep others waiting. A failed accept (out of descriptors, a connection
+//! aborted before it was taken, …) is logged and retried after a pause
+//! that grows, and never ends the listener: the descriptors that map
+//! updates, health checks and the state file need stay free whatever
+//! peers do.
 
 use std::{
+    collections::{BTreeMap, HashMap},
     future::Future,
     io,
-    sync::Arc,
+    net::IpAddr,
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
 use tokio::{
     net::{TcpListener, TcpSocket},
-    sync::{OwnedSemaphorePermit, Semaphore},
+    sync::{oneshot, Notify},
 };
 
 /// Descriptors kept for the controller's own work, beyond its listeners'
@@ -119,46 +123,373 @@ pub fn raise_descriptor_limit() -> io::Result<u64> {
     }
 }
 
+/// One peer address holds at most this share of a TCP listener's slots
+/// (a quarter: at least four addresses share each listener), so a single
+/// host can't take every slot with requests it sends whole and then
+/// leaves unread.
+const PEER_SHARE: usize = 4;
+
 /// One listener's connection slots and accept-error handling.
+///
+/// A listener that waited for a free slot before accepting would leave
+/// new peers in the kernel's backlog behind whoever filled it: a few
+/// hundred connections that send nothing (a slowloris) would hold every
+/// scrape, load report or `lb status` for as long as they kept coming.
+/// So the gate accepts whenever it can make room, and makes it by closing
+/// a connection that has not sent a whole request yet, from the peer
+/// address that holds the most, the oldest first. A connection that has
+/// sent its request is never closed for room: it is being answered. On a
+/// TCP listener, one address holds at most a quarter of the slots; past
+/// that, its own oldest connection without a request is closed, or the
+/// new one when it has none. Each closed connection's descriptor is freed
+/// before the next is taken, so a listener holds at most one connection
+/// over its cap.
 pub struct Gate {
-    slots: Arc<Semaphore>,
+    shared: Arc<Shared>,
+    cap: usize,
+    per_peer: Option<usize>,
     backoff: Backoff,
+    closures: Closures,
+}
+
+/// What a gate and its connections' tasks share.
+struct Shared {
+    table: Mutex<Table>,
+    /// Told whenever a connection ends and frees its slot.
+    freed: Notify,
+}
+
+impl Shared {
+    fn table(&self) -> std::sync::MutexGuard<'_, Table> {
+        // Nothing panics while holding the lock; a poisoned table is
+        // still whole.
+        self.table
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// The connections a gate holds.
+#[derive(Default)]
+struct Table {
+    next: u64,
+    /// By id, which is the order they were accepted in: oldest first.
+    held: BTreeMap<u64, Held>,
+}
+
+/// One held connection.
+struct Held {
+    /// The peer's address; none on the admin socket.
+    peer: Option<IpAddr>,
+    /// It has sent a whole request and is being answered.
+    busy: bool,
+    /// Dropping it tells the connection's task to close; `None` once it
+    /// was told and the descriptor is on its way to being freed.
+    close: Option<oneshot::Sender<()>>,
+}
+
+impl Held {
+    fn live(&self) -> bool {
+        self.close.is_some()
+    }
+
+    /// Whether it may be closed to make room.
+    fn idle(&self) -> bool {
+        self.live() && !self.busy
+    }
+}
+
+impl Table {
+    fn live(&self) -> impl Iterator<Item = (&u64, &Held)> {
+        self.held.iter().filter(|(_, held)| held.live())
+    }
+
+    /// Whether a new connection may be taken now: a slot is free, or one
+    /// can be freed and no connection closed for room is still being
+    /// torn down (which bounds the descriptors held at the cap plus one).
+    fn has_room(&self, cap: usize) -> bool {
+        let closing = self.held.values().any(|held| !held.live());
+        self.held.len() < cap || (!closing && self.held.values().any(Held::idle))
+    }
+
+    /// The connection to close for room: one without a request, of the
+    /// peer address that holds the most, the oldest of those.
+    fn victim(&self) -> Option<u64> {
+        let mut holding: HashMap<Option<IpAddr>, usize> = HashMap::new();
+        for (_, held) in self.live() {
+            *holding.entry(held.peer).or_default() += 1;
+        }
+        self.held
+            .iter()
+            .filter(|(_, held)| held.idle())
+            .max_by_key(|(id, held)| (holding[&held.peer], std::cmp::Reverse(**id)))
+            .map(|(id, _)| *id)
+    }
+
+    /// `peer`'s oldest connection without a request.
+    fn oldest_idle_of(&self, peer: IpAddr) -> Option<u64> {
+        self.held
+            .iter()
+            .find(|(_, held)| held.idle() && held.peer == Some(peer))
+            .map(|(id, _)| *id)
+    }
+
+    /// Tells connection `id` to close; returns its peer.
+    fn close(&mut self, id: u64) -> Option<IpAddr> {
+        let held = self.held.get_mut(&id)?;
+        held.close = None;
+        held.peer
+    }
+}
+
+/// Why the gate closed a connection, counted between two log lines.
+#[derive(Default)]
+struct Closures {
+    /// Closed to make room for a newer connection.
+    for_room: u64,
+    /// Closed because its address held its share of the slots.
+    over_share: u64,
+    /// New connections refused: their address held its share, each
+    /// connection busy with a request.
+    refused: u64,
+    /// The address of the last one.
+    last_peer: Option<IpAddr>,
+    last_logged: Option<Instant>,
+}
+
+impl Closures {
+    fn any(&self) -> bool {
+        self.for_room + self.over_share + self.refused > 0
+    }
+
+    /// Logs what was closed, at most every [`LOG_EVERY`]: a flood of
+    /// connections is worth a line, not a line per connection.
+    fn report(&mut self, what: &str, cap: usize, now: Instant) {
+        if !self.any()
+            || self
+                .last_logged
+                .is_some_and(|at| now.saturating_duration_since(at) < LOG_EVERY)
+        {
+            return;
+        }
+        let from = self
+            .last_peer
+            .map_or_else(String::new, |peer| format!(" (the last from {peer})"));
+        let refused = format!(
+            "refused {} new connections from addresses whose quarter of the slots was busy with requests",
+            self.refused
+        );
+        let closed = self.for_room + self.over_share;
+        if closed == 0 {
+            tracing::warn!("the {what} {refused}{from}");
+        } else {
+            let mut why = Vec::new();
+            if self.for_room > 0 {
+                why.push(format!("{} as all {cap} slots were taken", self.for_room));
+            }
+            if self.over_share > 0 {
+                why.push(format!(
+                    "{} as their address held its quarter of the slots",
+                    self.over_share
+                ));
+            }
+            if self.refused > 0 {
+                why.push(format!("and {refused}"));
+            }
+            tracing::warn!(
+                "the {what} closed {closed} connections that had sent no whole request, to make room for newer ones: {}{from}; clients should send their request as soon as they connect",
+                why.join(", "),
+            );
+        }
+        let last_logged = Some(now);
+        *self = Self {
+            last_logged,
+            ..Self::default()
+        };
+    }
 }
 
 impl Gate {
-    /// A gate of `cap` slots for the listener called `what` in logs.
+    /// A gate of `cap` slots for the listener called `what` in logs,
+    /// whose peers have no address (a Unix socket).
     pub fn new(what: &'static str, cap: usize) -> Self {
         Self {
-            slots: Arc::new(Semaphore::new(cap.max(1))),
+            shared: Arc::new(Shared {
+                table: Mutex::new(Table::default()),
+                freed: Notify::new(),
+            }),
+            cap: cap.max(1),
+            per_peer: None,
             backoff: Backoff::new(what),
+            closures: Closures::default(),
         }
     }
 
-    /// Waits for a free slot, then for a connection from `accept`; the
-    /// slot is freed when the returned permit is dropped, so keep it with
-    /// the connection. Failed accepts are retried, never returned.
-    pub async fn next<T, F, Fut>(&mut self, mut accept: F) -> (T, OwnedSemaphorePermit)
+    /// A gate of `cap` slots for a TCP listener, of which one peer
+    /// address holds at most a quarter.
+    pub fn per_address(what: &'static str, cap: usize) -> Self {
+        Self {
+            per_peer: Some((cap / PEER_SHARE).max(1)),
+            ..Self::new(what, cap)
+        }
+    }
+
+    /// Waits until there is room, then for a connection from `accept`,
+    /// and returns it with its slot; `peer` tells its address. Serve the
+    /// connection within [`Slot::hold`], which ends it when the gate
+    /// closes it for room. Failed accepts are retried, never returned.
+    pub async fn next<T, F, Fut>(
+        &mut self,
+        mut accept: F,
+        peer: impl Fn(&T) -> Option<IpAddr>,
+    ) -> (T, Slot)
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = io::Result<T>>,
     {
-        let permit = self
-            .slots
-            .clone()
-            .acquire_owned()
-            .await
-            .unwrap_or_else(|_| unreachable!("the semaphore is never closed"));
+        loop {
+            self.room().await;
+            let connection = self.accept(&mut accept).await;
+            let admitted = self.admit(peer(&connection));
+            self.closures
+                .report(self.backoff.what, self.cap, Instant::now());
+            if let Some(slot) = admitted {
+                return (connection, slot);
+            }
+        }
+    }
+
+    /// Waits until [`Table::has_room`].
+    async fn room(&self) {
+        loop {
+            // `notify_one` keeps a wake-up for a waiter yet to come, so a
+            // slot freed between the check and the wait is not missed.
+            if self.shared.table().has_room(self.cap) {
+                return;
+            }
+            self.shared.freed.notified().await;
+        }
+    }
+
+    async fn accept<T, F, Fut>(&mut self, accept: &mut F) -> T
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = io::Result<T>>,
+    {
         loop {
             match accept().await {
                 Ok(connection) => {
                     self.backoff.succeeded();
-                    return (connection, permit);
+                    return connection;
                 }
                 Err(error) => {
                     let pause = self.backoff.failed(&error, Instant::now());
                     tokio::time::sleep(pause).await;
                 }
             }
+        }
+    }
+
+    /// Makes room for a new connection from `peer` and gives it a slot,
+    /// or refuses it (`None`) when its address holds its share and every
+    /// one of those connections is busy with a request.
+    fn admit(&mut self, peer: Option<IpAddr>) -> Option<Slot> {
+        let mut table = self.shared.table();
+        if let (Some(share), Some(addr)) = (self.per_peer, peer) {
+            let holding = table
+                .live()
+                .filter(|(_, held)| held.peer == Some(addr))
+                .count();
+            if holding >= share {
+                self.closures.last_peer = Some(addr);
+                let Some(id) = table.oldest_idle_of(addr) else {
+                    self.closures.refused += 1;
+                    return None;
+                };
+                table.close(id);
+                self.closures.over_share += 1;
+            }
+        }
+        if table.live().count() >= self.cap {
+            // With none to close (every connection became busy since
+            // `room`), the new one is held over the cap until one ends.
+            if let Some(id) = table.victim() {
+                self.closures.last_peer = table.close(id);
+                self.closures.for_room += 1;
+            }
+        }
+        let id = table.next;
+        table.next += 1;
+        let (close, closed) = oneshot::channel();
+        table.held.insert(
+            id,
+            Held {
+                peer,
+                busy: false,
+                close: Some(close),
+            },
+        );
+        Some(Slot {
+            shared: self.shared.clone(),
+            id,
+            closed,
+        })
+    }
+}
+
+/// A connection's place in its gate: freed when dropped.
+pub struct Slot {
+    shared: Arc<Shared>,
+    id: u64,
+    closed: oneshot::Receiver<()>,
+}
+
+impl Slot {
+    /// What the connection's server uses to say it has a whole request.
+    pub fn marker(&self) -> Marker {
+        Marker {
+            shared: self.shared.clone(),
+            id: self.id,
+        }
+    }
+
+    /// Runs `connection` until it ends or the gate closes it to make
+    /// room (which drops it, and with it the socket); then frees the slot.
+    pub async fn hold(mut self, connection: impl Future<Output = ()>) {
+        tokio::select! {
+            biased;
+            _ = &mut self.closed => {}
+            () = connection => {}
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.shared.table().held.remove(&self.id);
+        self.shared.freed.notify_one();
+    }
+}
+
+/// See [`Slot::marker`].
+#[derive(Clone)]
+pub struct Marker {
+    shared: Arc<Shared>,
+    id: u64,
+}
+
+impl Marker {
+    /// Marks the connection busy: it has sent a whole request, which is
+    /// about to be carried out, so it is no longer closed to make room.
+    /// False when the gate closed it already: then don't carry the
+    /// request out, as its answer could not be sent.
+    pub fn busy(&self) -> bool {
+        match self.shared.table().held.get_mut(&self.id) {
+            Some(held) if held.live() => {
+                held.busy = true;
+                true
+            }
+            _ => false,
         }
     }
 }
@@ -227,8 +558,9 @@ fn advice(error: &io::Error) -> &'static str {
     }
 }
 
-/// Connections the kernel holds for a TCP listener that is at its cap:
-/// they wait there, at no descriptor's cost, rather than being refused.
+/// Connections the kernel holds for a TCP listener between two accepts, or
+/// while every slot is busy answering a request: they wait there, at no
+/// descriptor's cost, rather than being refused.
 const TCP_BACKLOG: u32 = 1024;
 
 /// A TCP listener with room for [`TCP_BACKLOG`] waiting connections.
@@ -303,28 +635,143 @@ mod tests {
             Err(emfile()),
         ];
         let mut tries = 0;
-        let (value, _permit) = gate
-            .next(|| {
-                tries += 1;
-                std::future::ready(results.pop().unwrap())
-            })
+        let (value, _slot) = gate
+            .next(
+                || {
+                    tries += 1;
+                    std::future::ready(results.pop().unwrap())
+                },
+                |_| None,
+            )
             .await;
         assert_eq!((value, tries), (7, 4));
     }
 
+    /// A connection held by a gate: its task serves nothing until the
+    /// gate closes it.
+    struct Conn {
+        peer: IpAddr,
+        task: tokio::task::JoinHandle<()>,
+        marker: Marker,
+    }
+
+    impl Conn {
+        /// Whether the gate has closed it (its task ended).
+        async fn closed(&self) -> bool {
+            // Let a task that was told to close run to its end.
+            for _ in 0..10 {
+                tokio::task::yield_now().await;
+            }
+            self.task.is_finished()
+        }
+    }
+
+    /// The next connection from the first of `peers` the gate admits.
+    async fn take(gate: &mut Gate, peers: &[IpAddr]) -> Conn {
+        let mut queue = peers.iter().copied();
+        let (peer, slot) = gate
+            .next(
+                || std::future::ready(queue.next().ok_or_else(emfile)),
+                |peer| Some(*peer),
+            )
+            .await;
+        let marker = slot.marker();
+        let task = tokio::spawn(slot.hold(std::future::pending()));
+        Conn { peer, task, marker }
+    }
+
+    fn addr(last: u8) -> IpAddr {
+        IpAddr::from([192, 0, 2, last])
+    }
+
     #[tokio::test]
-    async fn a_full_gate_waits_for_a_slot_before_accepting() {
+    async fn a_full_gate_closes_the_oldest_connection_without_a_request() {
+        let mut gate = Gate::new("test listener", 2);
+        let first = take(&mut gate, &[addr(1)]).await;
+        let second = take(&mut gate, &[addr(1)]).await;
+        let third = take(&mut gate, &[addr(1)]).await;
+        assert!(first.closed().await);
+        assert!(!second.closed().await && !third.closed().await);
+        assert!(!first.marker.busy(), "a closed connection can't turn busy");
+        assert!(second.marker.busy());
+        let fourth = take(&mut gate, &[addr(1)]).await;
+        assert!(!second.closed().await, "a busy connection is kept");
+        assert!(third.closed().await && !fourth.closed().await);
+    }
+
+    #[tokio::test]
+    async fn a_gate_full_of_busy_connections_waits_for_one_to_end() {
+        let mut gate = Gate::new("test listener", 2);
+        let first = take(&mut gate, &[addr(1)]).await;
+        let second = take(&mut gate, &[addr(1)]).await;
+        assert!(first.marker.busy() && second.marker.busy());
+        let waited =
+            tokio::time::timeout(Duration::from_millis(100), take(&mut gate, &[addr(1)])).await;
+        assert!(waited.is_err(), "a third connection was taken");
+        first.task.abort();
+        let third = take(&mut gate, &[addr(1)]).await;
+        assert!(!second.closed().await && !third.closed().await);
+    }
+
+    #[tokio::test]
+    async fn room_is_made_from_the_address_that_holds_the_most() {
+        let mut gate = Gate::new("test listener", 4);
+        let lone = take(&mut gate, &[addr(1)]).await;
+        let flood: Vec<Conn> = vec![
+            take(&mut gate, &[addr(2)]).await,
+            take(&mut gate, &[addr(2)]).await,
+        ];
+        let other = take(&mut gate, &[addr(3)]).await;
+        let newcomer = take(&mut gate, &[addr(4)]).await;
+        assert!(flood[0].closed().await, "the flood's oldest goes first");
+        for conn in [&lone, &flood[1], &other, &newcomer] {
+            assert!(!conn.closed().await, "{} was closed", conn.peer);
+        }
+    }
+
+    #[tokio::test]
+    async fn one_address_holds_at_most_a_quarter_of_the_slots() {
+        let mut gate = Gate::per_address("test listener", 8);
+        let a1 = take(&mut gate, &[addr(1)]).await;
+        let a2 = take(&mut gate, &[addr(1)]).await;
+        let b = take(&mut gate, &[addr(2)]).await;
+        // A third from the same address: its own oldest makes room,
+        // though the gate has free slots.
+        let a3 = take(&mut gate, &[addr(1)]).await;
+        assert!(a1.closed().await);
+        assert!(!a2.closed().await && !a3.closed().await && !b.closed().await);
+        // With both busy, another from it is refused; the next peer is
+        // taken.
+        assert!(a2.marker.busy() && a3.marker.busy());
+        let next = take(&mut gate, &[addr(1), addr(3)]).await;
+        assert_eq!(next.peer, addr(3));
+        assert!(!a2.closed().await && !a3.closed().await);
+    }
+
+    #[tokio::test]
+    async fn a_full_gate_takes_a_new_connection_over_a_stalled_one() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let _clients: Vec<_> = connect_many(addr, 3).await;
+        let stalled: Vec<_> = connect_many(addr, 3).await;
         let mut gate = Gate::new("test listener", 2);
-        let (_first, first_slot) = gate.next(|| listener.accept()).await;
-        let (_second, _second_slot) = gate.next(|| listener.accept()).await;
-        let third =
-            tokio::time::timeout(Duration::from_millis(100), gate.next(|| listener.accept())).await;
-        assert!(third.is_err(), "a third connection was taken");
-        drop(first_slot);
-        let (_third, _slot) = gate.next(|| listener.accept()).await;
+        let mut held = Vec::new();
+        for _ in 0..3 {
+            let (stream, slot) = gate.next(|| listener.accept(), |_| None).await;
+            held.push(tokio::spawn(slot.hold(async move {
+                let _stream = stream;
+                std::future::pending::<()>().await;
+            })));
+        }
+        // The first was closed (and its socket with it) to make room.
+        let mut first = stalled.into_iter().next().unwrap();
+        let mut buf = [0; 1];
+        let read = tokio::time::timeout(
+            Duration::from_secs(5),
+            tokio::io::AsyncReadExt::read(&mut first, &mut buf),
+        )
+        .await
+        .expect("the stalled connection was closed");
+        assert_eq!(read.unwrap(), 0);
     }
 
     async fn connect_many(addr: std::net::SocketAddr, n: usize) -> Vec<tokio::net::TcpStream> {

@@ -27,7 +27,7 @@ use tokio::sync::{oneshot, watch};
 
 use super::{Controller, MetricsSnapshot, Pending};
 use crate::{
-    admin::protocol::{Request, Response},
+    admin::protocol::{too_late, Deadline, Request, Response},
     checks::health,
     checks::load,
     dataplane::activity::Scan,
@@ -46,8 +46,9 @@ const MAX_BATCH: usize = 4096;
 
 /// What the controller thread is asked to do.
 pub enum Message {
-    /// An admin request, answered once its change is installed and saved.
-    Admin(Box<Request>, oneshot::Sender<Response>),
+    /// An admin request, answered once its change is installed and saved;
+    /// refused untouched once the deadline its client sent has passed.
+    Admin(Box<Request>, Option<Deadline>, oneshot::Sender<Response>),
     /// One round of a health checker.
     Check(health::Report),
     /// A load report pushed by a worker, answered with whether it applied.
@@ -85,10 +86,15 @@ pub struct Handle {
 pub struct Stopped;
 
 impl Handle {
-    /// Carries out an admin request.
-    pub async fn request(&self, request: Request) -> Result<Response, Stopped> {
+    /// Carries out an admin request, unless `deadline` has passed by the
+    /// time the controller takes it.
+    pub async fn request(
+        &self,
+        request: Request,
+        deadline: Option<Deadline>,
+    ) -> Result<Response, Stopped> {
         let (reply, answer) = oneshot::channel();
-        self.send(Message::Admin(Box::new(request), reply))?;
+        self.send(Message::Admin(Box::new(request), deadline, reply))?;
         answer.await.map_err(|_| Stopped)
     }
 
@@ -260,6 +266,12 @@ impl Actor {
             for message in batch {
                 if !self.take(message) {
                     self.finish_batch();
+                    // Answers held for a new worker's MAC are of changes
+                    // made and saved: dropped, they would tell their
+                    // clients that the controller failed.
+                    for parked in std::mem::take(&mut self.parked) {
+                        let _ = parked.reply.send(parked.response);
+                    }
                     return self.controller;
                 }
             }
@@ -285,7 +297,18 @@ impl Actor {
     /// Handles one message; `false` for [`Message::Stop`].
     fn take(&mut self, message: Message) -> bool {
         match message {
-            Message::Admin(request, reply) => {
+            Message::Admin(request, deadline, reply) => {
+                // Its client has stopped waiting: carried out now, the
+                // change would surprise whoever was told it failed.
+                if let Some(late) = deadline.and_then(Deadline::passed_by) {
+                    let command: &'static str = (&*request).into();
+                    tracing::warn!(
+                        "refused a {command} request taken {} after its deadline: its client had stopped waiting (was the controller stopped or overloaded?)",
+                        crate::duration::format(late)
+                    );
+                    let _ = reply.send(Response::refusal(too_late(late)));
+                    return true;
+                }
                 if !request.changes_state() {
                     // A query sees every change queued before it.
                     self.finish_batch();
