@@ -269,6 +269,17 @@ impl Rig {
         Ok(())
     }
 
+    /// Waits until every worker of `vip` is up: a worker takes its share
+    /// only once its MAC is known, and ND can lag on a loaded machine.
+    pub fn wait_workers_up(&self, vip: &str) -> anyhow::Result<()> {
+        let what = format!("every worker of {vip} up");
+        crate::wait::poll(Duration::from_millis(50), TIMEOUT, &what, || {
+            let listed = self.lb.cli_ok(&["backend", "list", vip, "-o", "json"])?;
+            let rows: Vec<serde_json::Value> = serde_json::from_str(&listed)?;
+            anyhow::Ok(rows.iter().all(|r| r["state"] == "up"))
+        })
+    }
+
     /// `worker`'s address in `vip`'s family, as text.
     pub fn addr_for(&self, vip: &str, worker: &Host) -> String {
         if vip.starts_with('[') {

@@ -34,6 +34,7 @@ fn http_over_ipv4_spreads_evenly_over_three_workers() {
     lb_testing::needs_root!();
     let rig = rig(3);
     rig.add_vip_with_workers("192.0.2.100:80/tcp", &[]).unwrap();
+    rig.wait_workers_up("192.0.2.100:80/tcp").unwrap();
     let counts = rig.spread(VIP4.into(), 300).unwrap();
     assert_even(&counts, 300, 3);
 
@@ -63,6 +64,7 @@ fn http_over_ipv6_spreads_evenly_over_three_workers() {
     let rig = rig(3);
     rig.add_vip_with_workers("[2001:db8::100]:80/tcp", &[])
         .unwrap();
+    rig.wait_workers_up("[2001:db8::100]:80/tcp").unwrap();
     let counts = rig.spread(VIP6.into(), 300).unwrap();
     assert_even(&counts, 300, 3);
 }
