@@ -214,6 +214,9 @@ impl Rig {
             servers.push(Some(bed.start_nginx(&worker, &worker.role)?));
             hosts.push(worker);
         }
+        for worker in &hosts {
+            routed_both_ways(&balancer, worker)?;
+        }
         let lb = LbProcess::start(exe, &mut bed, &balancer, "lb", lb_args)?;
         Ok(Self {
             lb,
@@ -386,6 +389,26 @@ fn add_client(
 /// name, and every datagram to the worker's own address there too: that
 /// is where health checks go. Two sockets, not one on the wildcard, which
 /// would answer clients from the worker's address instead of the VIP.
+/// Waits until `balancer` and `worker` reach each other through the
+/// router over both families: the neighbour entries and addresses of a
+/// fresh rig take a moment, and a test that starts before would see
+/// health checks fail for it.
+fn routed_both_ways(balancer: &Host, worker: &Host) -> anyhow::Result<()> {
+    let pairs = [
+        (balancer, worker.ipv4.to_string()),
+        (balancer, worker.ipv6.to_string()),
+        (worker, balancer.ipv4.to_string()),
+        (worker, balancer.ipv6.to_string()),
+    ];
+    for (from, to) in pairs {
+        let what = format!("{} reaching {to}", from.role);
+        crate::wait::poll(Duration::from_millis(50), TIMEOUT, &what, || {
+            from.run("ping", &["-c", "1", "-W", "1", &to]).is_ok()
+        })?;
+    }
+    Ok(())
+}
+
 fn echo_udp(worker: &Host) -> anyhow::Result<()> {
     for addr in [IpAddr::V4(VIP4), IpAddr::V4(worker.ipv4)] {
         let socket = worker
