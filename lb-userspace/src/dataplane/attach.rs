@@ -120,7 +120,7 @@ impl Dataplane {
             return Err(DataplaneError::NotPermitted);
         }
         if options.max_flows > MAX_FLOWS {
-            return Err(DataplaneError::TableTooLarge(options.max_flows));
+            return Err(DataplaneError::TableTooLarge(options.max_flows.into()));
         }
         let dir = options.pin_dir.clone();
         prepare_pin_dir(&dir)?;
