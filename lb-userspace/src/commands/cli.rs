@@ -354,7 +354,9 @@ pub enum BackendCommand {
         #[arg(long, default_value_t = crate::desired::state::DEFAULT_WEIGHT)]
         weight: u32,
     },
-    /// Remove a worker: it gets no new flows; flows it has keep going to it.
+    /// Remove a worker: nothing more goes to it; its established flows
+    /// move to other workers at their next packet (--graceful waits for
+    /// them to end).
     Del {
         /// The VIP.
         vip: Vip,
