@@ -190,12 +190,75 @@ pub fn unicast_problem(addr: IpAddr) -> Option<&'static str> {
                 Some("is a multicast address")
             } else if v6.to_ipv4_mapped().is_some() {
                 Some("is an IPv4-mapped IPv6 address: write the IPv4 address")
+            } else if v6.segments()[..6] == [0; 6] {
+                // ::/96 past :: and ::1: IPv4-compatible addresses, which
+                // RFC 4291 deprecated; no host has one on the wire.
+                Some("is an IPv4-compatible IPv6 address (::/96, deprecated): write the IPv4 address")
             } else if v6.segments()[0] & 0xffc0 == 0xfe80 {
                 Some("is a link-local address (fe80::/10)")
             } else {
                 None
             }
         }
+    }
+}
+
+/// Why `addr` is no host of the subnet `network`/`prefix` (an address
+/// and prefix length of the balancer's interface), if it is none: its
+/// network or broadcast address (IPv4 up to /30), its subnet-router
+/// anycast address (IPv6 up to /126). Prefixes without such edges (/31,
+/// /32, /127, /128) and other families give `None`.
+pub fn subnet_edge(addr: IpAddr, network: IpAddr, prefix: u8) -> Option<String> {
+    let edge = match (addr, network) {
+        (IpAddr::V4(addr), IpAddr::V4(network)) if prefix <= 30 => {
+            let mask = u32::MAX << (32 - prefix);
+            let base = u32::from(network) & mask;
+            match u32::from(addr) {
+                a if a == base => "network address",
+                a if a == base | !mask => "broadcast address",
+                _ => return None,
+            }
+        }
+        (IpAddr::V6(addr), IpAddr::V6(network)) if prefix <= 126 => {
+            let mask = u128::MAX << (128 - prefix);
+            if u128::from(addr) != u128::from(network) & mask {
+                return None;
+            }
+            "subnet-router anycast address"
+        }
+        _ => return None,
+    };
+    let base = mask_addr(network, prefix);
+    Some(format!(
+        "is the {edge} of {base}/{prefix}, a subnet of the balancer's interface: no host has it"
+    ))
+}
+
+/// One of lb's own TCP endpoints (metrics, load reports), which a VIP on
+/// its address and port would hide: the data plane takes their packets
+/// before the kernel's stack does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Endpoint {
+    /// What it is, for messages ("metrics endpoint").
+    pub what: &'static str,
+    /// Where it listens.
+    pub addr: SocketAddr,
+}
+
+impl Endpoint {
+    /// Whether `vip` takes this endpoint's packets, `own` being the
+    /// balancer's addresses: a TCP VIP on its port, at its address, or at
+    /// any own address of the family it listens on when it listens on all
+    /// (`[::]` takes IPv4 as well: lb's sockets are dual-stack).
+    pub fn hidden_by(&self, vip: &Vip, own: &[IpAddr]) -> bool {
+        if vip.proto != Protocol::Tcp || vip.port != self.addr.port() {
+            return false;
+        }
+        let listens = self.addr.ip();
+        listens == vip.addr
+            || (listens.is_unspecified()
+                && (listens.is_ipv6() || vip.addr.is_ipv4())
+                && own.contains(&vip.addr))
     }
 }
 
@@ -334,6 +397,67 @@ mod tests {
             assert!(error.contains(reason), "{text}: {error}");
         }
         assert!(parse_worker("192.0.2").is_err());
+    }
+
+    #[test]
+    fn the_edges_of_a_subnet_are_no_host() {
+        let edge = |addr: &str, network: &str, prefix| {
+            subnet_edge(addr.parse().unwrap(), network.parse().unwrap(), prefix)
+        };
+        let found = edge("192.0.2.255", "192.0.2.2", 24).unwrap();
+        assert!(
+            found.contains("broadcast address of 192.0.2.0/24"),
+            "{found}"
+        );
+        let found = edge("192.0.2.0", "192.0.2.2", 24).unwrap();
+        assert!(found.contains("network address of 192.0.2.0/24"), "{found}");
+        assert!(edge("10.0.0.3", "10.0.0.1", 30)
+            .unwrap()
+            .contains("broadcast"));
+        let found = edge("2001:db8::", "2001:db8::2", 64).unwrap();
+        assert!(
+            found.contains("subnet-router anycast address of 2001:db8::/64"),
+            "{found}"
+        );
+        for (addr, network, prefix) in [
+            ("192.0.2.100", "192.0.2.2", 24),
+            ("192.0.3.0", "192.0.2.2", 24),
+            ("10.0.0.0", "10.0.0.1", 31),
+            ("10.0.0.1", "10.0.0.1", 32),
+            ("2001:db8::ffff:ffff:ffff:ffff", "2001:db8::2", 64),
+            ("2001:db8::", "2001:db8::1", 127),
+            ("192.0.2.0", "2001:db8::2", 64),
+        ] {
+            assert_eq!(
+                edge(addr, network, prefix),
+                None,
+                "{addr} {network}/{prefix}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_tcp_vip_on_an_own_endpoint_hides_it() {
+        let own: Vec<IpAddr> = ["192.0.2.2", "2001:db8::2"]
+            .iter()
+            .map(|a| a.parse().unwrap())
+            .collect();
+        let endpoint = |addr: &str| Endpoint {
+            what: "metrics endpoint",
+            addr: addr.parse().unwrap(),
+        };
+        let hides = |vip: &str, at: &str| endpoint(at).hidden_by(&vip.parse().unwrap(), &own);
+        assert!(hides("192.0.2.2:9469/tcp", "192.0.2.2:9469"));
+        assert!(hides("192.0.2.2:9469/tcp", "0.0.0.0:9469"));
+        assert!(hides("192.0.2.2:9469/tcp", "[::]:9469"));
+        assert!(hides("[2001:db8::2]:9469/tcp", "[::]:9469"));
+        // Hiding nothing: UDP, another port, another address, an address
+        // not the balancer's, a family the endpoint doesn't listen on.
+        assert!(!hides("192.0.2.2:9469/udp", "192.0.2.2:9469"));
+        assert!(!hides("192.0.2.2:9470/tcp", "0.0.0.0:9469"));
+        assert!(!hides("192.0.2.2:9469/tcp", "127.0.0.1:9469"));
+        assert!(!hides("192.0.2.100:9469/tcp", "0.0.0.0:9469"));
+        assert!(!hides("[2001:db8::2]:9469/tcp", "0.0.0.0:9469"));
     }
 
     #[test]

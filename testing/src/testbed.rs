@@ -722,6 +722,17 @@ impl Testbed {
         Ok(host)
     }
 
+    /// The switch's namespace as a host without addresses: its interfaces
+    /// are the bridges and the hosts' peers, none of them `eth0`.
+    pub fn switch(&self) -> Host {
+        Host {
+            role: "switch".into(),
+            netns: self.switch.clone(),
+            ipv4: Ipv4Addr::UNSPECIFIED,
+            ipv6: Ipv6Addr::UNSPECIFIED,
+        }
+    }
+
     /// The host called `role`.
     pub fn host(&self, role: &str) -> &Host {
         self.hosts
@@ -789,12 +800,7 @@ impl Testbed {
     /// Puts a do-nothing XDP program on the switch side of `role`'s veth, so
     /// that frames the host sends with XDP_TX are not dropped by the veth.
     pub fn accept_xdp_tx_from(&mut self, role: &str) -> anyhow::Result<()> {
-        let switch = Host {
-            role: "switch".into(),
-            netns: self.switch.clone(),
-            ipv4: Ipv4Addr::UNSPECIFIED,
-            ipv6: Ipv6Addr::UNSPECIFIED,
-        };
+        let switch = self.switch();
         let peer = peer_name(role);
         let ebpf = switch.within(move || -> anyhow::Result<Ebpf> {
             let mut ebpf = EbpfLoader::new().load(object::LB_XDP)?;

@@ -9,7 +9,7 @@ use std::{
 
 use lb_testing::{
     lb_exe,
-    rig::{v6, KeepAlive, Rig, TIMEOUT, UDP_PORT, VIP4, VIP6},
+    rig::{v6, KeepAlive, Rig, METRICS_ADDR, TIMEOUT, UDP_PORT, VIP4, VIP6},
     testbed::LbProcess,
 };
 
@@ -321,6 +321,33 @@ fn bad_cli_input_fails_with_one_line_and_changes_nothing() {
             &["backend", "del", "192.0.2.100:80/tcp", "192.0.2.77"],
             "is not on VIP",
         ),
+        // The edges of the balancer's own subnets (192.0.2.0/24 and
+        // 2001:db8::/64 on eth0) are no host.
+        (
+            &["vip", "add", "192.0.2.255:80/tcp"],
+            "broadcast address of 192.0.2.0/24",
+        ),
+        (
+            &["vip", "add", "192.0.2.0:80/tcp"],
+            "network address of 192.0.2.0/24",
+        ),
+        (
+            &["backend", "add", "192.0.2.100:80/tcp", "192.0.2.255"],
+            "broadcast address of 192.0.2.0/24",
+        ),
+        (
+            &["backend", "add", "192.0.2.100:80/tcp", "192.0.2.0"],
+            "network address of 192.0.2.0/24",
+        ),
+        (
+            &["vip", "add", "[2001:db8::]:80/tcp"],
+            "subnet-router anycast address of 2001:db8::/64",
+        ),
+        (&["vip", "add", "[::192.0.2.100]:80/tcp"], "IPv4-compatible"),
+        (
+            &["sessions", "pin", "192.0.2.100:80/tcp", "0.0.0.0", &w1],
+            "client 0.0.0.0 ",
+        ),
     ];
     for (args, reason) in cases {
         let output = rig.lb.cli(args).unwrap();
@@ -335,6 +362,78 @@ fn bad_cli_input_fails_with_one_line_and_changes_nothing() {
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&output.stderr).contains("start one with `sudo lb run"));
+}
+
+#[test]
+fn a_vip_that_would_hide_lbs_own_metrics_is_refused() {
+    lb_testing::needs_root!();
+    let mut rig = Rig::new(lb_exe().as_ref(), 1, &["--metrics", METRICS_ADDR]).unwrap();
+    let before = desired_state(&rig.lb);
+    // The balancer's own address and the metrics port, over TCP: the data
+    // plane would send the scrapes to the workers.
+    let hiding = format!("{METRICS_ADDR}/tcp");
+    let output = rig.lb.cli(&["vip", "add", &hiding]).unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{hiding} was added");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains(&format!("metrics endpoint {METRICS_ADDR}")),
+        "{stderr}"
+    );
+    assert_eq!(before, desired_state(&rig.lb));
+    // UDP there, and TCP on that port of an address not the balancer's,
+    // hide nothing.
+    for vip in [format!("{METRICS_ADDR}/udp"), "192.0.2.100:9469/tcp".into()] {
+        rig.lb.cli_ok(&["vip", "add", &vip]).unwrap();
+    }
+    // Clients still reach the metrics over the wire, past the data plane.
+    let target: SocketAddr = METRICS_ADDR.parse().unwrap();
+    let scrape = rig
+        .client
+        .within(move || -> std::io::Result<String> {
+            let mut stream = TcpStream::connect_timeout(&target, TIMEOUT)?;
+            stream.set_read_timeout(Some(TIMEOUT))?;
+            stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: lb\r\n\r\n")?;
+            let mut text = String::new();
+            stream.read_to_string(&mut text)?;
+            Ok(text)
+        })
+        .unwrap()
+        .unwrap();
+    assert!(scrape.contains("lb_flow_table_capacity"), "{scrape}");
+
+    // At start: a config's VIP on the port of metrics served on every
+    // address, refused before anything is pinned.
+    let socket = rig.bed.socket("hiding");
+    let config = socket.with_extension("toml");
+    std::fs::write(&config, "[[vip]]\naddress = \"192.0.2.2:9470/tcp\"\n").unwrap();
+    let pins = rig.bed.pin_dir("hiding");
+    let state = socket.with_extension("json");
+    let args = [
+        "--iface",
+        "eth0",
+        "--metrics",
+        "0.0.0.0:9470",
+        "--config",
+        config.to_str().unwrap(),
+        "--pin-dir",
+        pins.to_str().unwrap(),
+        "--socket",
+        socket.to_str().unwrap(),
+        "--state-file",
+        state.to_str().unwrap(),
+    ];
+    let (started, stderr) = rig
+        .balancer
+        .run_lb_expecting_refusal(lb_exe().as_ref(), &args, TIMEOUT * 4)
+        .unwrap();
+    assert!(!started, "lb run {args:?} was accepted");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("VIP 192.0.2.2:9470/tcp would hide lb's own metrics endpoint 0.0.0.0:9470"),
+        "{stderr}"
+    );
+    assert!(!pins.exists(), "the refused start made {}", pins.display());
 }
 
 /// `lb vip list` and `lb backend list` without what changes by itself

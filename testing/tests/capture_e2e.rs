@@ -15,10 +15,15 @@ use lb_common::{capture::CaptureFilter, map_names};
 use lb_testing::{
     lb_exe,
     rig::{metric, Rig, METRICS_ADDR, UDP_PORT, VIP4, VIP6},
-    testbed::Host,
+    testbed::{Host, HOST_IFACE},
     wait::wait_until,
 };
-use pcap_file::pcapng::{blocks::enhanced_packet::EnhancedPacketOption, Block, PcapNgReader};
+use pcap_file::pcapng::{
+    blocks::{
+        enhanced_packet::EnhancedPacketOption, interface_description::InterfaceDescriptionOption,
+    },
+    Block, PcapNgReader,
+};
 
 const VIP: &str = "192.0.2.100:5353/udp";
 /// A VIP without workers: lb drops its packets.
@@ -35,7 +40,12 @@ fn rig() -> Rig {
 
 /// `lb capture ARGS` on the rig's instance, its stdout and stderr piped.
 fn start_capture(rig: &Rig, args: &[&str]) -> Child {
-    let mut child = Command::new(lb_exe())
+    start_capture_with(Command::new(lb_exe()), rig, args)
+}
+
+/// As [`start_capture`], `lb` run by `lb_command` (in a namespace, say).
+fn start_capture_with(mut lb_command: Command, rig: &Rig, args: &[&str]) -> Child {
+    let mut child = lb_command
         .arg("capture")
         .args(args)
         .arg("--pin-dir")
@@ -139,6 +149,21 @@ fn comments(pcapng: &[u8]) -> Vec<String> {
     out
 }
 
+/// The names of the interfaces a pcapng file describes.
+fn interface_names(pcapng: &[u8]) -> Vec<String> {
+    let mut reader = PcapNgReader::new(pcapng).unwrap();
+    let mut out = Vec::new();
+    while let Some(block) = reader.next_block() {
+        if let Block::InterfaceDescription(interface) = block.unwrap() {
+            out.extend(interface.options.iter().filter_map(|option| match option {
+                InterfaceDescriptionOption::IfName(name) => Some(name.to_string()),
+                _ => None,
+            }));
+        }
+    }
+    out
+}
+
 fn temp_file(name: &str) -> PathBuf {
     std::env::temp_dir().join(format!("lbt-{}-{name}", std::process::id()))
 }
@@ -220,6 +245,29 @@ fn tcpdump_reads_exactly_the_packets_lb_forwarded_passed_and_dropped() {
     );
     assert_eq!(count("lb: pass pass_not_vip cpu "), 10);
     std::fs::remove_file(&file).unwrap();
+}
+
+#[test]
+fn a_capture_run_in_another_namespace_names_the_balancers_interface() {
+    lb_testing::needs_root!();
+    let rig = rig();
+    // The switch's namespace numbers its interfaces as the balancer's
+    // does, and has no eth0: an interface index resolved there names
+    // another interface, or none.
+    let switch = rig.bed.switch();
+    let links = switch.run("ip", &["-o", "link", "show"]).unwrap();
+    assert!(!links.contains(" eth0"), "{links}");
+    let file = temp_file("elsewhere.pcapng");
+    let file_arg = file.to_str().unwrap();
+    let args = ["--action", "forward", "-w", file_arg];
+    let capture = start_capture_with(switch.command(lb_exe()), &rig, &args);
+    let _answered = send(&rig, SocketAddr::new(VIP4.into(), UDP_PORT), 3, 100);
+    let (_, stderr) = stop_capture(capture);
+    assert!(stderr.contains("3 packets captured"), "{stderr}");
+    let pcapng = std::fs::read(&file).unwrap();
+    std::fs::remove_file(&file).unwrap();
+    assert_eq!(comments(&pcapng).len(), 3);
+    assert_eq!(interface_names(&pcapng), [HOST_IFACE]);
 }
 
 #[test]

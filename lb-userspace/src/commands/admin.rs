@@ -279,17 +279,32 @@ pub fn status(output: OutputFormat, socket: &Path) -> anyhow::Result<()> {
     match output {
         OutputFormat::Json => println!("{}", serde_json::to_string(&status)?),
         OutputFormat::Table => {
-            let value = serde_json::to_value(&status)?;
-            let rows: Vec<Vec<String>> = value
-                .as_object()
-                .into_iter()
-                .flatten()
-                .map(|(k, v)| vec![k.clone(), v.to_string().trim_matches('"').to_owned()])
-                .collect();
-            print!("{}", table::render(&["FIELD", "VALUE"], &rows));
+            print!(
+                "{}",
+                table::render(&["FIELD", "VALUE"], &status_rows(&status)?)
+            );
         }
     }
     Ok(())
+}
+
+/// `lb status`'s table: a row per field, as JSON names it; what is not
+/// there (JSON's null) is `-`, as in the other tables.
+fn status_rows(status: &Status) -> anyhow::Result<Vec<Vec<String>>> {
+    let value = serde_json::to_value(status)?;
+    Ok(value
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| {
+            let text = match v {
+                serde_json::Value::Null => "-".to_owned(),
+                serde_json::Value::String(text) => text.clone(),
+                other => other.to_string(),
+            };
+            vec![k.clone(), text]
+        })
+        .collect())
 }
 
 fn send(socket: &Path, request: &Request) -> anyhow::Result<()> {
@@ -300,4 +315,49 @@ fn fetch<T: serde::de::DeserializeOwned>(socket: &Path, request: &Request) -> an
     let data = client::call(socket, request)?;
     serde_json::from_value(data)
         .context("unexpected answer from the controller (is it the same lb version?)")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_shows_what_is_not_there_as_a_dash() {
+        let status = Status {
+            name: "lb".into(),
+            iface: "eth0".into(),
+            xdp_mode: "native".into(),
+            program_id: 7,
+            attached: true,
+            detached_because: None,
+            pin_dir: "/sys/fs/bpf/lb".into(),
+            max_flows: 1000,
+            max_vips: 10,
+            max_workers: 10,
+            hash_seed: 1,
+            unsaved_since: None,
+            save_error: None,
+            vips: 0,
+            workers: 0,
+            workers_down: 0,
+            workers_unreachable: 0,
+            load_listen: None,
+            announce_table: None,
+            announced: 0,
+            not_announced: 0,
+            capture_running: false,
+        };
+        let rows = status_rows(&status).unwrap();
+        let value = |field: &str| {
+            rows.iter()
+                .find(|row| row[0] == field)
+                .map(|row| row[1].as_str())
+        };
+        for absent in ["detached_because", "load_listen", "announce_table"] {
+            assert_eq!(value(absent), Some("-"), "{absent}");
+        }
+        assert!(rows.iter().all(|row| row[1] != "null"), "{rows:?}");
+        assert_eq!(value("iface"), Some("eth0"));
+        assert_eq!(value("attached"), Some("true"));
+    }
 }

@@ -10,7 +10,9 @@ use clap::{Parser, Subcommand, ValueEnum};
 use lb_common::balancer::{DEFAULT_MAX_VIPS, DEFAULT_MAX_WORKERS};
 
 use crate::{
-    dataplane::{AttachMode, DEFAULT_MAX_FLOWS, LIMIT_VIPS, LIMIT_WORKERS},
+    dataplane::{
+        AttachMode, DataplaneError, DEFAULT_MAX_FLOWS, LIMIT_VIPS, LIMIT_WORKERS, MAX_FLOWS,
+    },
     desired::instance::{Name, Paths, DEFAULT_NAME},
     desired::options::VipOptions,
     duration::parse_clap as duration,
@@ -219,8 +221,10 @@ pub struct RunArgs {
     /// TOML file of VIPs and workers applied at start.
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// Capacity of the flow table (connections tracked at once).
-    #[arg(long, default_value_t = DEFAULT_MAX_FLOWS, value_parser = clap::value_parser!(u32).range(1..))]
+    /// Capacity of the flow table (connections tracked at once), at most
+    /// 134217728 (2^27), the most the kernel's hash tables take; each
+    /// flow takes about 150 bytes.
+    #[arg(long, default_value_t = DEFAULT_MAX_FLOWS, value_parser = max_flows)]
     pub max_flows: u32,
     /// How many VIPs the instance can hold (size of the per-VIP maps).
     #[arg(long, default_value_t = DEFAULT_MAX_VIPS, value_parser = clap::value_parser!(u32).range(1..=i64::from(LIMIT_VIPS)))]
@@ -357,7 +361,9 @@ pub enum BackendCommand {
         #[arg(long, default_value_t = crate::desired::state::DEFAULT_WEIGHT)]
         weight: u32,
     },
-    /// Remove a worker: it gets no new flows; flows it has keep going to it.
+    /// Remove a worker: nothing more goes to it; its established flows
+    /// move to other workers at their next packet (--graceful waits for
+    /// them to end).
     Del {
         /// The VIP.
         vip: Vip,
@@ -472,6 +478,19 @@ pub enum SessionsCommand {
 /// Parses `--max-memory`.
 fn parse_memory(text: &str) -> Result<u64, String> {
     crate::dataplane::memory::parse_size(text).map_err(|e| e.to_string())
+}
+
+/// Parses `--max-flows`: from 1 to what the kernel accepts, refused with
+/// the reason before anything is attached.
+fn max_flows(text: &str) -> Result<u32, String> {
+    let flows: u64 = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number of flows"))?;
+    match u32::try_from(flows) {
+        Ok(0) => Err("the flow table needs room for 1 flow at least".into()),
+        Ok(flows) if flows <= MAX_FLOWS => Ok(flows),
+        _ => Err(DataplaneError::TableTooLarge(flows).to_string()),
+    }
 }
 
 /// Parses a `--load` figure (JSON has no NaN: check before sending).
@@ -657,6 +676,26 @@ mod tests {
         assert!(mistake(&["lb", "vip", "del", "192.0.2.1:80"]).contains("has no protocol"));
         assert!(mistake(&["lb", "announce", "withdraw", "x"])
             .contains("\"x\" is neither a VIP address nor a VIP"));
+    }
+
+    #[test]
+    fn max_flows_stops_at_the_largest_table_the_kernel_makes() {
+        let run = |flows: &str| {
+            Cli::try_parse_from(["lb", "run", "--iface", "eth0", "--max-flows", flows])
+                .map(drop)
+                .map_err(|e| one_line(&e))
+        };
+        // 2^27: the kernel's hash tables have a power of two of 16-byte
+        // buckets, and refuse more than fit in a u32 of bytes.
+        assert_eq!(run("134217728"), Ok(()));
+        for beyond in ["134217729", "2147483648", "4294967295"] {
+            let error = run(beyond).unwrap_err();
+            assert!(
+                error.contains("larger than the kernel accepts") && error.contains("134217728"),
+                "{beyond}: {error}"
+            );
+        }
+        assert!(run("0").is_err());
     }
 
     #[test]

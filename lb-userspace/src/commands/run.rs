@@ -20,6 +20,7 @@ use crate::{
     commands::cli::RunArgs,
     control::{
         controller::{
+            self,
             actor::{self, Handle, Message, Published},
             Controller, Instance,
         },
@@ -29,7 +30,7 @@ use crate::{
     dataplane::{
         maps::ControlMaps,
         memory::{self, MemoryError},
-        AttachOptions, Dataplane, DataplaneError, Takeover, MAX_FLOWS,
+        AttachOptions, Dataplane, DataplaneError, Takeover,
     },
     desired::{
         config::FileConfig,
@@ -39,6 +40,7 @@ use crate::{
     },
     kernel::netlink::Netlink,
     net::listen::{bind_tcp, Caps},
+    service::Endpoint,
 };
 
 /// Attaches the data plane, serves the admin API and holds both until
@@ -50,7 +52,7 @@ pub async fn run(args: RunArgs, paths: Paths) -> anyhow::Result<()> {
     server::claim_socket(&paths.socket)?;
     let (state_file, saved) = StateFile::open(&paths, &args.iface)?;
     let limits = limits(&args)?;
-    let desired = desired_state(saved, args.config.as_deref())?
+    let desired = desired_state(saved, &args)?
         .within(limits)
         .context("the saved state and --config don't fit the limits")?;
     let endpoints = Endpoints::bind(&args)?;
@@ -104,10 +106,6 @@ pub async fn run(args: RunArgs, paths: Paths) -> anyhow::Result<()> {
 /// The VIPs, workers and table memory the instance may hold: what
 /// `--max-memory` leaves the Maglev tables beside the maps the flags size.
 fn limits(args: &RunArgs) -> anyhow::Result<Limits> {
-    // What the kernel can't create at all says so before what it costs.
-    if args.max_flows > MAX_FLOWS {
-        bail!(DataplaneError::TableTooLarge(args.max_flows));
-    }
     let budget = args.max_memory.unwrap_or_else(memory::default_budget);
     let cpus = memory::possible_cpus();
     let fixed = memory::fixed(args.max_flows, args.max_vips, args.max_workers, cpus);
@@ -151,8 +149,20 @@ fn instance(args: &RunArgs, paths: &Paths, dataplane: &Dataplane, tunnels: Tunne
         limits: options.limits,
         tunnels,
         load_listen: args.load_listen.map(|a| a.to_string()),
+        endpoints: endpoints(args),
         announce_table: args.announce_table,
     }
+}
+
+/// lb's own TCP endpoints in this run, which no VIP may hide.
+fn endpoints(args: &RunArgs) -> Vec<Endpoint> {
+    [
+        ("metrics endpoint", args.metrics),
+        ("load report endpoint", args.load_listen),
+    ]
+    .into_iter()
+    .filter_map(|(what, addr)| Some(Endpoint { what, addr: addr? }))
+    .collect()
 }
 
 fn say_attached(dataplane: &Dataplane, paths: &Paths) {
@@ -296,27 +306,36 @@ fn preflight(iface: &str) -> Result<(), DataplaneError> {
 
 /// The state to start from: the saved state, changed to match --config
 /// when one is given (the config file wins; ids of what both have stay).
-fn desired_state(saved: Option<Desired>, config: Option<&Path>) -> anyhow::Result<Desired> {
-    let config = match config {
+/// Refused when the config names what the balancer's addresses rule out,
+/// or a VIP would hide one of this run's own endpoints.
+fn desired_state(saved: Option<Desired>, args: &RunArgs) -> anyhow::Result<Desired> {
+    let config = match &args.config {
         Some(path) => Some(FileConfig::load(path)?.desired()?),
         None => None,
     };
+    let mut netlink = Netlink::open().context("opening a route netlink socket")?;
     if let Some(config) = &config {
         let workers = config
             .vips()
             .values()
             .flat_map(|v| v.workers.keys().copied());
-        let mut netlink = Netlink::open().context("opening a route netlink socket")?;
-        crate::control::controller::check_not_own(&mut netlink, workers)?;
+        controller::check_not_own(&mut netlink, workers.clone())?;
+        let vips = config.vips().keys().map(|v| ("VIP", v.addr));
+        let ifindex = crate::kernel::netlink::ifindex(&args.iface)?;
+        let addresses = vips.chain(workers.map(|w| ("worker", w)));
+        controller::check_subnet_edges(&mut netlink, ifindex, addresses)?;
     }
-    Ok(match (saved, config) {
+    let desired = match (saved, config) {
         (Some(saved), Some(config)) => saved
             .reconciled(&config)
             .context("applying --config to the saved state")?,
         (Some(saved), None) => saved,
         (None, Some(config)) => config,
         (None, None) => Desired::new(0),
-    })
+    };
+    let vips = desired.vips().keys().copied();
+    controller::check_endpoints(&mut netlink, &endpoints(args), vips)?;
+    Ok(desired)
 }
 
 fn takeover_line(takeover: Takeover, state_file: &Path) -> String {

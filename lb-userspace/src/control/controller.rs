@@ -66,6 +66,8 @@ pub struct Instance {
     pub tunnels: crate::control::tunnel::Tunnels,
     /// Load report endpoint, if enabled.
     pub load_listen: Option<String>,
+    /// lb's own TCP endpoints, which no VIP may hide.
+    pub endpoints: Vec<service::Endpoint>,
     /// Routing table of VIP announcements, if enabled.
     pub announce_table: Option<u32>,
 }
@@ -634,6 +636,8 @@ impl Controller {
 
     fn add_vip(&mut self, vip: Vip, options: VipOptions) -> anyhow::Result<()> {
         self.check_tunnel(&options, None)?;
+        check_subnet_edges(&mut self.netlink, self.ifindex, [("VIP", vip.addr)])?;
+        check_endpoints(&mut self.netlink, &self.instance.endpoints, [vip])?;
         self.desired.add_vip(vip, options)?;
         self.reschedule(&vip);
         tracing::info!("added VIP {vip}");
@@ -741,6 +745,7 @@ impl Controller {
 
     fn add_worker(&mut self, vip: Vip, worker: IpAddr, weight: u32) -> anyhow::Result<()> {
         check_not_own(&mut self.netlink, [worker])?;
+        check_subnet_edges(&mut self.netlink, self.ifindex, [("worker", worker)])?;
         self.check_tunnel(&self.desired.vip(&vip)?.options.clone(), Some(worker))?;
         let hop = self.hop_for(&vip, worker);
         if hop == Hop::Missing(NO_ROUTE) {
@@ -1075,6 +1080,58 @@ pub fn check_not_own(
         // Loopback and the like get the state's more precise refusal.
         if own.contains(&worker) && service::unicast_problem(worker).is_none() {
             bail!("worker {worker} is an address of this balancer: a worker must be another host");
+        }
+    }
+    Ok(())
+}
+
+/// Refuses VIPs and workers (`what`, address) at an edge of a subnet of
+/// the balancer's interface `ifindex`, its network or broadcast address:
+/// no host has one. The edges of subnets beyond the link lb can't know.
+pub fn check_subnet_edges(
+    netlink: &mut Netlink,
+    ifindex: u32,
+    addresses: impl IntoIterator<Item = (&'static str, IpAddr)>,
+) -> anyhow::Result<()> {
+    let subnets = netlink
+        .interface_prefixes(ifindex)
+        .context("reading the interface's addresses")?;
+    for (what, addr) in addresses {
+        // Loopback and the like get the state's more precise refusal.
+        if service::unicast_problem(addr).is_some() {
+            continue;
+        }
+        for &(network, prefix) in &subnets {
+            if let Some(problem) = service::subnet_edge(addr, network, prefix) {
+                bail!("{what} {addr} {problem}");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Refuses VIPs that would take the connections of one of lb's own
+/// endpoints (a TCP VIP on the balancer's address and the endpoint's
+/// port): the data plane would send them to the workers, and the metrics
+/// or load reports would stop arriving.
+pub fn check_endpoints(
+    netlink: &mut Netlink,
+    endpoints: &[service::Endpoint],
+    vips: impl IntoIterator<Item = Vip>,
+) -> anyhow::Result<()> {
+    if endpoints.is_empty() {
+        return Ok(());
+    }
+    let own = netlink
+        .addresses()
+        .context("reading this host's addresses")?;
+    for vip in vips {
+        if let Some(endpoint) = endpoints.iter().find(|e| e.hidden_by(&vip, &own)) {
+            bail!(
+                "VIP {vip} would hide lb's own {} {}: the data plane would send its connections to the VIP's workers; give one of them another port or address",
+                endpoint.what,
+                endpoint.addr
+            );
         }
     }
     Ok(())

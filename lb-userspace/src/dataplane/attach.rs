@@ -21,7 +21,7 @@ use lb_common::{map_names, program_names};
 use super::{
     object,
     pins::{
-        check_layout, check_name, detach_pins, lock_pin_dir, mark_layout, mark_name,
+        check_layout, check_name, detach_pins, lock_pin_dir, mark_iface, mark_layout, mark_name,
         prepare_pin_dir, remove_pins, LINK_PIN,
     },
     AttachMode, DataplaneError, MAX_FLOWS,
@@ -120,7 +120,7 @@ impl Dataplane {
             return Err(DataplaneError::NotPermitted);
         }
         if options.max_flows > MAX_FLOWS {
-            return Err(DataplaneError::TableTooLarge(options.max_flows));
+            return Err(DataplaneError::TableTooLarge(options.max_flows.into()));
         }
         let dir = options.pin_dir.clone();
         prepare_pin_dir(&dir)?;
@@ -148,6 +148,7 @@ impl Dataplane {
         };
         mark_layout(&dir)?;
         mark_name(&dir, &options.name)?;
+        mark_iface(&dir, &options.iface)?;
         let link = LinkGuard::open(&dir.join(LINK_PIN), if_index, program_id);
         if let Err(error) = &link {
             tracing::warn!("holding the link pinned under {}: {error}", dir.display());

@@ -26,14 +26,18 @@ pub use attach::{
 };
 pub use pins::{
     capture_lock_path, check_private, detach_pins, has_pins, lock_path, pin_dir_locked,
-    prepare_pin_dir, take_lock, LINK_PIN, LOCK_DIR,
+    pinned_iface, prepare_pin_dir, take_lock, LINK_PIN, LOCK_DIR,
 };
 
 /// Default capacity of the flow table.
 pub const DEFAULT_MAX_FLOWS: u32 = 1_000_000;
-/// Largest flow table the kernel accepts: its hash tables round the
-/// bucket count up to a power of two and refuse more than 2^31.
-pub const MAX_FLOWS: u32 = 1 << 31;
+/// Largest flow table the kernel accepts: a hash table has a power of two
+/// of buckets (max_entries rounded up), 16 bytes each, and htab_map_alloc
+/// refuses (E2BIG) more buckets than fit in a u32 of bytes (2^28 - 1), so
+/// 2^27 entries is the most (measured: 2^27 + 1 is refused at once, 2^27
+/// only for want of memory). Kernels built with lock debugging have
+/// larger buckets, and take fewer.
+pub const MAX_FLOWS: u32 = 1 << 27;
 /// Most VIPs `--max-vips` allows.
 pub const LIMIT_VIPS: u32 = 65_536;
 /// Most workers `--max-workers` allows: their per-CPU counters take 24
@@ -131,8 +135,8 @@ pub enum DataplaneError {
         hint: &'static str,
     },
     /// The flow table is larger than the kernel accepts.
-    #[error("--max-flows {0} is larger than the kernel accepts for a hash table ({MAX_FLOWS}); at 80 bytes or more per flow, a million flows take about 100 MB")]
-    TableTooLarge(u32),
+    #[error("--max-flows {0} is larger than the kernel accepts for lb's flow table ({MAX_FLOWS}, 2^27); each flow takes about 150 bytes, so that many take about 20 GB")]
+    TableTooLarge(u64),
     /// The pin directory (or lock directory) could be tampered with.
     #[error("{path} {problem}: another user could replace or remove lb's pins; remove it (check what it holds first) or pass another --pin-dir")]
     Unsafe {

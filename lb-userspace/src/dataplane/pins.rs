@@ -22,6 +22,10 @@ const LAYOUT_MARK: &str = "layout-";
 /// Prefix of the directory that marks the name of the instance pinned
 /// there.
 const NAME_MARK: &str = "name-";
+/// Prefix of the directory that names the interface the program is
+/// attached to: its index means another interface, or none, to a reader
+/// in another network namespace (`lb capture` run from the host).
+const IFACE_MARK: &str = "iface-";
 
 /// Where controllers keep the lock files of the pin directories they
 /// manage (bpffs holds no plain files, and a lock on the directory itself
@@ -86,6 +90,22 @@ pub(super) fn mark_name(dir: &Path, name: &str) -> Result<(), DataplaneError> {
     mark(dir, &format!("{NAME_MARK}{name}"))
 }
 
+/// Marks the pin directory with the interface's name, in place of any
+/// other's (the program moved with `--force`, or the interface was renamed).
+pub(super) fn mark_iface(dir: &Path, iface: &str) -> Result<(), DataplaneError> {
+    for old in marks(dir, IFACE_MARK).filter(|found| found != iface) {
+        let _ = fs::remove_dir(dir.join(format!("{IFACE_MARK}{old}")));
+    }
+    mark(dir, &format!("{IFACE_MARK}{iface}"))
+}
+
+/// The name of the interface the program pinned under `dir` is attached
+/// to, as the controller that attached or adopted it named it; `None` for
+/// a pin directory from an lb before the mark.
+pub fn pinned_iface(dir: &Path) -> Option<String> {
+    marks(dir, IFACE_MARK).next()
+}
+
 pub(super) fn check_name(dir: &Path, name: &str) -> Result<(), DataplaneError> {
     let other = marks(dir, NAME_MARK).find(|found| found != name);
     match other {
@@ -128,8 +148,10 @@ pub(super) fn remove_pins(dir: &Path) {
 pub fn detach_pins(dir: &Path) {
     remove_pins(dir);
     let _ = fs::remove_file(dir.join(LINK_PIN));
-    for name in marks(dir, NAME_MARK).collect::<Vec<_>>() {
-        let _ = fs::remove_dir(dir.join(format!("{NAME_MARK}{name}")));
+    for prefix in [NAME_MARK, IFACE_MARK] {
+        for name in marks(dir, prefix).collect::<Vec<_>>() {
+            let _ = fs::remove_dir(dir.join(format!("{prefix}{name}")));
+        }
     }
     let _ = fs::remove_dir(dir);
     let _ = fs::remove_file(lock_path(dir));

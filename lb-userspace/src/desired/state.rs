@@ -134,6 +134,14 @@ pub enum StateError {
         /// What is wrong with it.
         problem: &'static str,
     },
+    /// A pin for an address no packet comes from.
+    #[error("client {client} {problem}: pin a client's address (under a short --sticky-prefix, any address in the prefix pins all of it)")]
+    NotAClient {
+        /// The client, as given.
+        client: IpAddr,
+        /// What is wrong with it.
+        problem: &'static str,
+    },
     /// A worker at the VIP's own address.
     #[error("worker {0} is the VIP's own address: a worker must be another host that holds the VIP on its loopback")]
     WorkerIsVip(IpAddr),
@@ -393,7 +401,7 @@ impl Desired {
                 check.add_worker(vip, *addr, worker.weight)?;
             }
             for (client, worker) in &state.pins {
-                check.pin(vip, *client, *worker)?;
+                check.pin_masked(vip, *client, *worker)?;
             }
         }
         let vip_ids: Vec<u32> = vips.values().map(|v| v.id).collect();
@@ -521,7 +529,7 @@ impl Desired {
             self.set_drain(vip, *addr, worker.drain)?;
         }
         for (client, worker) in &wanted.pins {
-            self.pin(vip, *client, *worker)?;
+            self.pin_masked(vip, *client, *worker)?;
         }
         Ok(())
     }
@@ -707,6 +715,20 @@ impl Desired {
     /// Pins `client`'s sticky prefix (the VIP's) to a worker; returns
     /// the masked client the pin is kept under.
     pub fn pin(&mut self, vip: &Vip, client: IpAddr, worker: IpAddr) -> Result<IpAddr, StateError> {
+        if let Some(problem) = no_client(client) {
+            return Err(StateError::NotAClient { client, problem });
+        }
+        self.pin_masked(vip, client, worker)
+    }
+
+    /// [`Self::pin`] for a client masked already (a saved or reconciled
+    /// pin), which may be 0.0.0.0 or `::` under a short sticky prefix.
+    fn pin_masked(
+        &mut self,
+        vip: &Vip,
+        client: IpAddr,
+        worker: IpAddr,
+    ) -> Result<IpAddr, StateError> {
         if vip.addr.is_ipv4() != client.is_ipv4() {
             return Err(StateError::ClientFamilyMismatch { vip: *vip, client });
         }
@@ -780,6 +802,20 @@ fn check_options(vip: &Vip, options: &VipOptions) -> Result<(), StateError> {
     }
 }
 
+/// Why no packet comes from `client`, if none does: a pin for it would
+/// pin nobody.
+fn no_client(client: IpAddr) -> Option<&'static str> {
+    match client {
+        IpAddr::V4(v4) if v4.octets()[0] == 0 => {
+            Some("is \"this network\" (0.0.0.0/8), no client's address")
+        }
+        IpAddr::V6(v6) if v6.is_unspecified() => {
+            Some("is the unspecified address, no client's address")
+        }
+        _ => None,
+    }
+}
+
 fn check_weight(weight: u32) -> Result<(), StateError> {
     if (1..=65535).contains(&weight) {
         Ok(())
@@ -806,6 +842,7 @@ mod tests {
             "255.255.255.255:80/tcp",
             "[::1]:80/tcp",
             "[::ffff:192.0.2.100]:80/tcp",
+            "[::192.0.2.100]:80/tcp",
             "[ff02::1]:53/udp",
         ] {
             let error = state.add_vip(vip(bad), VipOptions::default()).unwrap_err();
@@ -839,6 +876,56 @@ mod tests {
             StateError::WorkerIsVip("192.0.2.100".parse().unwrap())
         );
         assert!(state.vip(&v4).unwrap().workers.is_empty());
+        let v6 = vip("[2001:db8::100]:80/tcp");
+        state.add_vip(v6, VipOptions::default()).unwrap();
+        let error = state
+            .add_worker(&v6, "::192.0.2.11".parse().unwrap(), 100)
+            .unwrap_err();
+        assert!(error.to_string().contains("IPv4-compatible"), "{error}");
+        assert!(state.vip(&v6).unwrap().workers.is_empty());
+    }
+
+    #[test]
+    fn a_pin_for_no_client_is_refused_but_a_saved_pin_of_every_client_is_kept() {
+        let mut state = Desired::new(7);
+        let v4 = vip("192.0.2.100:80/tcp");
+        let v6 = vip("[2001:db8::100]:80/tcp");
+        let every_client = VipOptions {
+            sticky_prefix: Some(0),
+            ..Default::default()
+        };
+        for (v, worker) in [(v4, "192.0.2.11"), (v6, "2001:db8::11")] {
+            state.add_vip(v, every_client.clone()).unwrap();
+            state.add_worker(&v, worker.parse().unwrap(), 100).unwrap();
+        }
+        let before = format!("{:?}", state.vips());
+        for (v, client, worker) in [
+            (v4, "0.0.0.0", "192.0.2.11"),
+            (v4, "0.1.2.3", "192.0.2.11"),
+            (v6, "::", "2001:db8::11"),
+        ] {
+            let error = state
+                .pin(&v, client.parse().unwrap(), worker.parse().unwrap())
+                .unwrap_err();
+            assert!(
+                error.to_string().starts_with(&format!("client {client} ")),
+                "{error}"
+            );
+        }
+        assert_eq!(format!("{:?}", state.vips()), before);
+        // Under /0 a real client's pin is kept as 0.0.0.0: it restores.
+        let masked = state
+            .pin(
+                &v4,
+                "198.51.100.7".parse().unwrap(),
+                "192.0.2.11".parse().unwrap(),
+            )
+            .unwrap();
+        assert_eq!(masked, "0.0.0.0".parse::<IpAddr>().unwrap());
+        let restored = Desired::restore(7, state.vips().clone()).unwrap();
+        assert_eq!(restored.vips(), state.vips());
+        let reconciled = Desired::new(7).reconciled(&state).unwrap();
+        assert_eq!(reconciled.vips(), state.vips());
     }
 
     #[test]

@@ -240,6 +240,23 @@ impl Netlink {
         Ok(found)
     }
 
+    /// The subnets of interface `ifindex`: each address with its prefix
+    /// length, as `ip addr` shows them.
+    pub fn interface_prefixes(&mut self, ifindex: u32) -> io::Result<Vec<(IpAddr, u8)>> {
+        let mut found = Vec::new();
+        self.each_address(|message| {
+            if message.header.index != ifindex {
+                return;
+            }
+            for attribute in &message.attributes {
+                if let AddressAttribute::Address(addr) = attribute {
+                    found.push((*addr, message.header.prefix_len));
+                }
+            }
+        })?;
+        Ok(found)
+    }
+
     /// Every address of every interface in this network namespace.
     pub fn addresses(&mut self) -> io::Result<Vec<IpAddr>> {
         let mut found = Vec::new();

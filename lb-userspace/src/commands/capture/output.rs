@@ -47,6 +47,9 @@ use crate::{
 pub struct Names {
     vips: HashMap<u32, Vip>,
     workers: HashMap<u32, Backend>,
+    /// The interface the program is attached to, as its controller named
+    /// it (every record is of a packet that came in there).
+    iface: Option<String>,
 }
 
 impl Names {
@@ -58,6 +61,7 @@ impl Names {
                 .map(|(vip, id)| (id, vip))
                 .collect(),
             workers: stats::backend_entries(pin_dir)?.into_iter().collect(),
+            iface: crate::dataplane::pinned_iface(pin_dir),
         })
     }
 
@@ -183,7 +187,8 @@ impl Output {
                 out.flush()?;
             }
             Sink::Pcapng { writer, interfaces } => {
-                let interface_id = interface(writer, interfaces, record.ifindex)?;
+                let pinned = self.names.iface.as_deref();
+                let interface_id = interface(writer, interfaces, record.ifindex, pinned)?;
                 let block = EnhancedPacketBlock {
                     interface_id,
                     timestamp: when,
@@ -211,7 +216,9 @@ impl Output {
                 // even when nothing was captured.
                 let interface_id = match interfaces.values().min() {
                     Some(id) => *id,
-                    None => interface(&mut writer, &mut interfaces, 0)?,
+                    None => {
+                        interface(&mut writer, &mut interfaces, 0, self.names.iface.as_deref())?
+                    }
                 };
                 let now = SystemTime::now().duration_since(UNIX_EPOCH)?;
                 let stats = InterfaceStatisticsBlock {
@@ -253,17 +260,23 @@ fn pcap_error(error: pcap_file::PcapError) -> anyhow::Error {
     }
 }
 
-/// The file's interface id for `ifindex`, described on first use.
+/// The file's interface id for `ifindex`, described on first use and
+/// named `pinned` (the name its controller recorded), else by its index
+/// looked up here, which is right only in the balancer's network namespace.
 fn interface(
     writer: &mut PcapNgWriter<BufWriter<Box<dyn Write>>>,
     interfaces: &mut HashMap<u32, u32>,
     ifindex: u32,
+    pinned: Option<&str>,
 ) -> anyhow::Result<u32> {
     if let Some(id) = interfaces.get(&ifindex) {
         return Ok(*id);
     }
     let id = interfaces.len() as u32;
-    let name = iface::name_of(ifindex).unwrap_or_else(|| format!("ifindex {ifindex}"));
+    let name = match pinned {
+        Some(name) => name.to_owned(),
+        None => iface::name_of(ifindex).unwrap_or_else(|| format!("ifindex {ifindex}")),
+    };
     let block = InterfaceDescriptionBlock {
         linktype: DataLink::ETHERNET,
         snaplen: MAX_SNAPLEN,
