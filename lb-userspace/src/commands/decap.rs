@@ -22,7 +22,7 @@ use crate::{
     commands::cli::{DecapCommand, OutputFormat},
     dataplane::maps::open_pinned,
     dataplane::{prepare_pin_dir, DataplaneError, LINK_PIN},
-    kernel::netlink::Netlink,
+    kernel::{netlink::Netlink, private::canonical},
 };
 
 /// Where each interface's pins go unless `--pin-dir` says otherwise.
@@ -44,7 +44,7 @@ pub fn command(
         DecapCommand::Detach { iface } => detach(&dir_for(pin_dir, &iface)),
         DecapCommand::Stats { iface } => {
             let dirs = match (pin_dir, iface) {
-                (Some(dir), _) => vec![dir.to_owned()],
+                (Some(dir), _) => vec![canonical(dir)],
                 (None, Some(iface)) => vec![dir_for(None, &iface)],
                 (None, None) => attached_dirs(),
             };
@@ -69,8 +69,9 @@ fn check_not_balancer(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The pin directory of `iface`, in its one spelling, as `lb run`'s are.
 fn dir_for(pin_dir: Option<&Path>, iface: &str) -> PathBuf {
-    pin_dir.map_or_else(|| Path::new(PIN_ROOT).join(iface), Path::to_owned)
+    canonical(&pin_dir.map_or_else(|| Path::new(PIN_ROOT).join(iface), Path::to_owned))
 }
 
 /// The pin directories under [`PIN_ROOT`] that hold an attachment.

@@ -1,0 +1,175 @@
+//! An instance is one identity, whatever happens around it: another
+//! spelling of its paths (`//`, `/./`, `..`, a trailing `/`, a symbolic
+//! link of root's) names the same instance, so its lock holds and `lb
+//! detach` refuses. Real `lb run` processes in network namespaces; needs
+//! root.
+
+use std::{
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    process::Stdio,
+    time::Duration,
+};
+
+use lb_testing::{
+    lb_exe,
+    rig::v6,
+    testbed::{Host, LbProcess, Testbed},
+};
+
+const VIP: &str = "192.0.2.100:80/tcp";
+
+/// A testbed with one host, `lb` (192.0.2.2), for tests without traffic.
+fn bed() -> (Testbed, Host) {
+    let mut bed = Testbed::new().unwrap();
+    let host = bed
+        .add_host("lb", Ipv4Addr::new(192, 0, 2, 2), v6(2))
+        .unwrap();
+    (bed, host)
+}
+
+/// Runs `lb run ARGS` in `host`, which must refuse to start; returns the
+/// one line it printed.
+fn refused_run(host: &Host, args: &[&str]) -> String {
+    let (started, stderr) = host
+        .run_lb_expecting_refusal(lb_exe().as_ref(), args, Duration::from_secs(15))
+        .unwrap();
+    assert!(!started, "lb run {args:?} started: {stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr:?}");
+    stderr
+}
+
+/// Runs `lb ARGS` in `host`, which must fail; returns its one line.
+fn refused_cli(host: &Host, args: &[&str]) -> String {
+    let output = host
+        .command(lb_exe())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(
+        !output.status.success(),
+        "lb {args:?} succeeded: {}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr:?}");
+    stderr
+}
+
+fn text(path: &Path) -> String {
+    path.display().to_string()
+}
+
+fn vips(lb: &LbProcess) -> Vec<String> {
+    let rows: Vec<serde_json::Value> =
+        serde_json::from_str(&lb.cli_ok(&["vip", "list", "-o", "json"]).unwrap()).unwrap();
+    rows.iter()
+        .map(|r| r["vip"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// A directory of this test's own under the temporary directory, removed
+/// when dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(what: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("lbt-{}-{what}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn another_spelling_of_a_running_instances_paths_names_the_same_instance() {
+    lb_testing::needs_root!();
+    let (mut bed, host) = bed();
+    let a = LbProcess::start_named(lb_exe().as_ref(), &mut bed, &host, "a", &[]).unwrap();
+    a.cli_ok(&["vip", "add", VIP]).unwrap();
+    let paths = a.paths().clone();
+    let (name, pins) = (paths.name.to_string(), text(&paths.pin_dir));
+    let base = paths.pin_dir.file_name().unwrap().to_string_lossy();
+    // A symbolic link of root's, in a directory of root's, to the bpffs.
+    let temp = TempDir::new("alias");
+    std::os::unix::fs::symlink("/sys/fs/bpf", temp.0.join("bpf")).unwrap();
+    let spellings = [
+        pins.replacen("/sys/fs/bpf/", "/sys/fs/bpf//", 1),
+        pins.replacen("/sys/fs/bpf/", "/sys/fs/bpf/./", 1),
+        pins.replacen("/sys/fs/bpf/", "/sys/fs/bpf/../bpf/", 1),
+        format!("{pins}/"),
+        text(&temp.0.join("bpf").join(&*base)),
+    ];
+    // Another start of instance `a`, with a socket and state file of its
+    // own, so that only the pin directory is shared.
+    let other = bed.socket("other");
+    let (socket, state) = (text(&other), text(&other.with_extension("json")));
+    for spelling in &spellings {
+        let error = refused_run(
+            &host,
+            &[
+                "--iface",
+                "eth0",
+                "--name",
+                &name,
+                "--pin-dir",
+                spelling,
+                "--socket",
+                &socket,
+                "--state-file",
+                &state,
+            ],
+        );
+        assert!(
+            error.contains(&format!("another `lb run` manages {pins};")),
+            "{spelling}: {error}"
+        );
+        let error = refused_cli(&host, &["detach", "--pin-dir", spelling]);
+        assert!(
+            error.contains(&format!("an `lb run` still manages {pins}:")),
+            "{spelling}: {error}"
+        );
+        assert!(!Path::new(&state).exists(), "{spelling}: saved a state");
+    }
+    assert_eq!(vips(&a), [VIP], "the running instance kept its VIPs");
+    assert!(paths.pin_dir.join("link").exists());
+    assert_eq!(a.status_json().unwrap()["attached"], true);
+
+    // The state file and socket are named as lb spells them too.
+    let state_file = text(&paths.state_file);
+    let other_pins = bed.pin_dir("other");
+    let error = refused_run(
+        &host,
+        &[
+            "--iface",
+            "eth0",
+            "--name",
+            &name,
+            "--pin-dir",
+            &text(&other_pins),
+            "--socket",
+            &socket,
+            "--state-file",
+            &state_file.replacen("/var/lib/lb/", "/var/lib/lb/./", 1),
+        ],
+    );
+    assert!(
+        error.contains(&format!("state file {state_file} is in use")),
+        "{error}"
+    );
+    assert!(!other_pins.exists(), "the refused start made its pin dir");
+    let status = host
+        .command(lb_exe())
+        .args(["status", "-o", "json", "--socket"])
+        .arg(text(&paths.socket).replacen("/run/lb/", "/run//lb/", 1))
+        .output()
+        .unwrap();
+    assert!(status.status.success(), "{status:?}");
+}
