@@ -1,13 +1,14 @@
 //! An instance is one identity, whatever happens around it: another
 //! spelling of its paths (`//`, `/./`, `..`, a trailing `/`, a symbolic
 //! link of root's) names the same instance, so its lock holds and `lb
-//! detach` refuses. Real `lb run` processes in network namespaces; needs
-//! root.
+//! detach` refuses; and a directory another user owns anywhere above a
+//! pin directory is refused by `lb run`, the readers and `lb decap`. Real
+//! `lb run` processes in network namespaces; needs root.
 
 use std::{
     net::Ipv4Addr,
     path::{Path, PathBuf},
-    process::Stdio,
+    process::{Command, Stdio},
     time::Duration,
 };
 
@@ -57,6 +58,18 @@ fn refused_cli(host: &Host, args: &[&str]) -> String {
     stderr
 }
 
+/// Runs `args` as the unprivileged user nobody; whether it succeeded.
+fn as_nobody(args: &[&str]) -> bool {
+    Command::new("setpriv")
+        .args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap()
+        .success()
+}
+
 fn text(path: &Path) -> String {
     path.display().to_string()
 }
@@ -67,6 +80,13 @@ fn vips(lb: &LbProcess) -> Vec<String> {
     rows.iter()
         .map(|r| r["vip"].as_str().unwrap().to_owned())
         .collect()
+}
+
+/// Whether an XDP program runs on `iface` in `host`.
+fn xdp_on(host: &Host, iface: &str) -> bool {
+    host.run("ip", &["link", "show", "dev", iface])
+        .unwrap()
+        .contains("prog/xdp")
 }
 
 /// A directory of this test's own under the temporary directory, removed
@@ -172,4 +192,80 @@ fn another_spelling_of_a_running_instances_paths_names_the_same_instance() {
         .output()
         .unwrap();
     assert!(status.status.success(), "{status:?}");
+}
+
+#[test]
+fn a_directory_another_user_owns_above_a_pin_directory_is_refused() {
+    lb_testing::needs_root!();
+    let (mut bed, host) = bed();
+    // A bpffs where anyone may create directories, whatever the machine's
+    // mode is; its root is sticky, so what root keeps there stays root's.
+    let open = bed.own_bpffs("1777").unwrap();
+    let theirs = open.join("theirs");
+    let a = LbProcess::start_pinned(lb_exe().as_ref(), &mut bed, &host, "theirs", &theirs, &[])
+        .unwrap();
+    a.cli_ok(&["vip", "add", VIP]).unwrap();
+
+    // nobody's directory, holding a pin directory of links to the running
+    // instance's pins.
+    let evil = open.join("evil");
+    let fake = evil.join("pins");
+    assert!(as_nobody(&["mkdir", "-p", &text(&fake)]));
+    for name in lb_common::map_names::ALL.iter().chain(["link"].iter()) {
+        let target = text(&theirs.join(name));
+        assert!(as_nobody(&["ln", "-s", &target, &text(&fake.join(name))]));
+    }
+    let owner = format!("{} belongs to uid 65534", text(&evil));
+    for args in [&["flows"][..], &["stats"], &["detach"]] {
+        let mut all = args.to_vec();
+        let fake = text(&fake);
+        all.extend(["--pin-dir", &fake]);
+        let error = refused_cli(&host, &all);
+        assert!(error.contains(&owner), "{args:?}: {error}");
+    }
+    assert!(theirs.join("link").exists(), "detached through the links");
+
+    // No pin directory is made under it, by lb run or lb decap.
+    let mine = evil.join("mine");
+    let socket = bed.socket("mine");
+    let error = refused_run(
+        &host,
+        &[
+            "--iface",
+            "eth0",
+            "--pin-dir",
+            &text(&mine),
+            "--socket",
+            &text(&socket),
+            "--state-file",
+            &text(&socket.with_extension("json")),
+        ],
+    );
+    assert!(error.contains(&owner), "{error}");
+    assert!(!mine.exists(), "lb run made {}", mine.display());
+    host.run(
+        "ip",
+        &[
+            "link", "add", "eth1", "type", "veth", "peer", "name", "eth2",
+        ],
+    )
+    .unwrap();
+    let decap = evil.join("decap");
+    let error = refused_cli(
+        &host,
+        &[
+            "decap",
+            "attach",
+            "--iface",
+            "eth1",
+            "--pin-dir",
+            &text(&decap),
+        ],
+    );
+    assert!(error.contains(&owner), "{error}");
+    assert!(
+        !decap.exists() && !xdp_on(&host, "eth1"),
+        "lb decap attached"
+    );
+    assert_eq!(vips(&a), [VIP]);
 }

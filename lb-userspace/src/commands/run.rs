@@ -216,6 +216,7 @@ impl Endpoints {
 
 /// `lb detach`: removes a stopped instance's link and pins.
 pub fn detach(dir: &Path) -> anyhow::Result<()> {
+    crate::dataplane::check_pin_dir(dir)?;
     if !crate::dataplane::has_pins(dir) {
         bail!(
             "no lb instance is pinned under {}; `ls /sys/fs/bpf` shows what is",

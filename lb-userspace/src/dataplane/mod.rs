@@ -24,8 +24,8 @@ pub use attach::{
     load_tail_calls, AttachOptions, Dataplane, LinkCheck, LinkGuard, ProgramStats, Takeover,
 };
 pub use pins::{
-    capture_lock_path, check_private, detach_pins, has_pins, lock_path, pin_dir_locked,
-    prepare_pin_dir, take_lock, LINK_PIN, LOCK_DIR,
+    capture_lock_path, check_pin_dir, check_private, detach_pins, has_pins, lock_path,
+    pin_dir_locked, prepare_pin_dir, take_lock, LINK_PIN, LOCK_DIR,
 };
 
 /// Default capacity of the flow table.

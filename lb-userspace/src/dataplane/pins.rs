@@ -1,6 +1,8 @@
 //! An instance's pin directory: made root's alone (mounting the machine's
-//! bpffs if nobody has), marked with the layout and the instance's name,
-//! locked by the controller that manages it, and emptied by `lb detach`.
+//! bpffs if nobody has), on a path no other user could swap (every
+//! directory above it checked), marked with the layout and the instance's
+//! name, locked by the controller that manages it, and emptied by `lb
+//! detach`.
 
 use std::{
     fs, io,
@@ -238,9 +240,27 @@ pub fn check_private(dir: &Path) -> Result<(), DataplaneError> {
     })
 }
 
+/// Refuses a pin directory that another user could tamper with, or swap
+/// for their own through a directory above it (see
+/// [`private::check_tree`]); one that does not exist yet passes as far as
+/// it goes. `lb run` and `lb decap` check before they pin, the commands
+/// that read pins before they trust what they find: another user's
+/// directory could hold links to another instance's maps.
+pub fn check_pin_dir(dir: &Path) -> Result<(), DataplaneError> {
+    private::check_tree(dir).map_err(|(path, exposure)| match exposure {
+        Exposure::Inspect(source) => DataplaneError::PinDir { path, source },
+        problem => DataplaneError::Unsafe {
+            path,
+            problem: problem.to_string(),
+        },
+    })
+}
+
 /// Creates the pin directory, readable by root alone (mounting the BPF
-/// filesystem if needed), and refuses one another user could tamper with.
-pub fn prepare_pin_dir(dir: &Path) -> Result<(), DataplaneError> {
+/// filesystem if needed), and refuses one another user could tamper with,
+/// before creating anything and again once it exists. Returns the
+/// directories it made, for a start that fails to remove.
+pub fn prepare_pin_dir(dir: &Path) -> Result<Vec<PathBuf>, DataplaneError> {
     let pin_dir_error = |source| DataplaneError::PinDir {
         path: dir.to_owned(),
         source,
@@ -248,11 +268,24 @@ pub fn prepare_pin_dir(dir: &Path) -> Result<(), DataplaneError> {
     if dir.starts_with(bpffs::MOUNT_POINT) {
         mount_bpffs()?;
     }
-    private::create_dir(dir).map_err(pin_dir_error)?;
-    if !bpffs::contains(dir).map_err(pin_dir_error)? {
-        return Err(DataplaneError::NotBpffs(dir.to_owned()));
+    check_pin_dir(dir)?;
+    let made = private::missing_dirs(dir);
+    // The pin directory itself must be lb's own user's, not only root's:
+    // lb keeps it (and may run as a user of its own).
+    let prepared = private::create_dir(dir)
+        .map_err(pin_dir_error)
+        .and_then(|()| match bpffs::contains(dir) {
+            Ok(true) => check_pin_dir(dir).and_then(|()| check_private(dir)),
+            Ok(false) => Err(DataplaneError::NotBpffs(dir.to_owned())),
+            Err(source) => Err(pin_dir_error(source)),
+        });
+    match prepared {
+        Ok(()) => Ok(made),
+        Err(error) => {
+            private::remove_made(&made);
+            Err(error)
+        }
     }
-    check_private(dir)
 }
 
 /// Mounts a BPF filesystem on /sys/fs/bpf unless one is there already, as

@@ -107,14 +107,72 @@ fn check_above(meta: &fs::Metadata) -> Result<(), Exposure> {
     Ok(())
 }
 
+/// Refuses `dir` unless no other user could remove, replace or swap it:
+/// every directory above it passes [`check_above`] (no symbolic link
+/// among them: [`canonical`] has resolved the trusted ones), and `dir`
+/// itself is root's or lb's and writable by no one else (sticky or not:
+/// others could add entries to it). What does not exist yet passes (lb
+/// creates it root's alone); the caller checks again once it does. So
+/// does what this process may not look up: it can't be led through it
+/// either, and fails on its own (a user without root, say, with the
+/// command's own message). The error names the directory at fault, the
+/// highest one.
+pub fn check_tree(dir: &Path) -> Result<(), (PathBuf, Exposure)> {
+    let mut above: Vec<&Path> = dir.ancestors().skip(1).collect();
+    above.reverse();
+    let out_of_reach = |e: &io::Error| {
+        matches!(
+            e.kind(),
+            io::ErrorKind::NotFound | io::ErrorKind::PermissionDenied
+        )
+    };
+    for ancestor in above {
+        match fs::symlink_metadata(ancestor) {
+            Ok(meta) => check_above(&meta).map_err(|e| (ancestor.to_owned(), e))?,
+            Err(e) if out_of_reach(&e) => return Ok(()),
+            Err(e) => return Err((ancestor.to_owned(), Exposure::Inspect(e))),
+        }
+    }
+    let closed = |meta: fs::Metadata| {
+        check_above(&meta)?;
+        match meta.mode() & GROUP_OTHER_WRITE {
+            0 => Ok(()),
+            _ => Err(Exposure::Writable(meta.mode() & 0o7777)),
+        }
+    };
+    match fs::symlink_metadata(dir) {
+        Ok(meta) => closed(meta).map_err(|e| (dir.to_owned(), e)),
+        Err(e) if out_of_reach(&e) => Ok(()),
+        Err(e) => Err((dir.to_owned(), Exposure::Inspect(e))),
+    }
+}
+
+/// `dir` and those of its parents that do not exist, deepest first: what
+/// [`create_dir`] would make, for a start that fails to remove again.
+pub fn missing_dirs(dir: &Path) -> Vec<PathBuf> {
+    dir.ancestors()
+        .take_while(|d| !d.as_os_str().is_empty() && fs::symlink_metadata(d).is_err())
+        .map(Path::to_owned)
+        .collect()
+}
+
+/// Removes the directories `dirs` (deepest first) that are empty: those
+/// [`missing_dirs`] found, once a start that made them failed.
+pub fn remove_made(dirs: &[PathBuf]) {
+    for dir in dirs {
+        let _ = fs::remove_dir(dir);
+    }
+}
+
 /// The one spelling of `path`: absolute, without `.`, `..`, repeated or
 /// trailing slashes, and through the symbolic links on the way that no
 /// other user could have made or changed (root's or lb's, in a directory
 /// [`check_above`] passes), the way the kernel would follow them. The
 /// part that does not exist yet is taken as written, `..` included. A
 /// symbolic link another user could control is not resolved: it stays in
-/// the path as written; resolving it would let its owner choose which
-/// instance a spelling names.
+/// the path, for [`check_tree`] to refuse where that matters (the pin
+/// directory); resolving it would let its owner choose which instance a
+/// spelling names.
 pub fn canonical(path: &Path) -> PathBuf {
     let absolute = if path.is_absolute() {
         path.to_owned()
@@ -246,6 +304,37 @@ mod tests {
             assert_eq!(canonical(&base.join("alias/b")), base.join("alias/b"));
             fs::set_permissions(&base, fs::Permissions::from_mode(0o700)).unwrap();
         }
+        fs::remove_dir_all(&base).unwrap();
+    }
+
+    #[test]
+    fn every_directory_above_must_be_safe_and_sticky_ones_may_be_open() {
+        let base = std::env::temp_dir().join(format!("lb-tree-test-{}", std::process::id()));
+        let dir = base.join("a/b");
+        create_dir(&dir).unwrap();
+        let base = canonical(&base);
+        let dir = base.join("a/b");
+        check_tree(&dir).unwrap();
+        check_tree(&dir.join("missing/below")).unwrap();
+        let a = base.join("a");
+        fs::set_permissions(&a, fs::Permissions::from_mode(0o777)).unwrap();
+        let (at, exposure) = check_tree(&dir).unwrap_err();
+        assert_eq!(
+            (at, matches!(exposure, Exposure::Writable(0o777))),
+            (a.clone(), true)
+        );
+        fs::set_permissions(&a, fs::Permissions::from_mode(0o1777)).unwrap();
+        check_tree(&dir).unwrap();
+        if euid() == 0 {
+            std::os::unix::fs::chown(&a, Some(65534), None).unwrap();
+            let (at, exposure) = check_tree(&dir).unwrap_err();
+            assert_eq!(at, a);
+            assert!(matches!(exposure, Exposure::Owner { owner: 65534, .. }));
+        }
+        assert_eq!(
+            missing_dirs(&dir.join("x/y")),
+            [dir.join("x/y"), dir.join("x")]
+        );
         fs::remove_dir_all(&base).unwrap();
     }
 }
