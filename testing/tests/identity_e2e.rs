@@ -1,9 +1,10 @@
 //! An instance is one identity, whatever happens around it: another
 //! spelling of its paths (`//`, `/./`, `..`, a trailing `/`, a symbolic
 //! link of root's) names the same instance, so its lock holds and `lb
-//! detach` refuses; and a directory another user owns anywhere above a
-//! pin directory is refused by `lb run`, the readers and `lb decap`. Real
-//! `lb run` processes in network namespaces; needs root.
+//! detach` refuses; a directory another user owns anywhere above a pin
+//! directory is refused by `lb run`, the readers and `lb decap`; and a
+//! refused start leaves nothing behind that it created. Real `lb run`
+//! processes in network namespaces; needs root.
 
 use std::{
     net::Ipv4Addr,
@@ -17,6 +18,7 @@ use lb_testing::{
     rig::v6,
     testbed::{Host, LbProcess, Testbed},
 };
+use lb_userspace::dataplane::lock_path;
 
 const VIP: &str = "192.0.2.100:80/tcp";
 
@@ -268,4 +270,84 @@ fn a_directory_another_user_owns_above_a_pin_directory_is_refused() {
         "lb decap attached"
     );
     assert_eq!(vips(&a), [VIP]);
+}
+
+/// What a start may create, to look for afterwards.
+fn leftovers(paths: &[&Path]) -> Vec<PathBuf> {
+    paths
+        .iter()
+        .filter(|p| p.symlink_metadata().is_ok())
+        .map(|p| p.to_path_buf())
+        .collect()
+}
+
+#[test]
+fn a_refused_start_leaves_nothing_behind_that_it_created() {
+    lb_testing::needs_root!();
+    let (mut bed, host) = bed();
+    let spare = bed
+        .add_host("lb2", Ipv4Addr::new(192, 0, 2, 3), v6(3))
+        .unwrap();
+    let a = LbProcess::start_named(lb_exe().as_ref(), &mut bed, &host, "a", &[]).unwrap();
+    let temp = TempDir::new("refused");
+    let state_dir = temp.0.join("state");
+    let state_file = state_dir.join("sub/b.json");
+    let socket_dir = temp.0.join("run");
+    let socket = socket_dir.join("sub/b.sock");
+    let pin_parent = bed.pin_dir("refused");
+    let pin_dir = pin_parent.join("sub/b");
+    let bad_config = temp.0.join("bad.toml");
+    std::fs::write(&bad_config, "[[vip]]\naddress = \"not an address\"\n").unwrap();
+    let (state_text, socket_text, pins_text) = (text(&state_file), text(&socket), text(&pin_dir));
+    let mine = [
+        "--socket",
+        &socket_text,
+        "--state-file",
+        &state_text,
+        "--pin-dir",
+        &pins_text,
+    ];
+    let a_pins = text(a.pin_dir());
+    // A socket path longer than a Unix socket address holds: refused
+    // only when the socket is bound, after the data plane is up.
+    let long_socket = text(&socket_dir.join("x".repeat(120)));
+    let config = text(&bad_config);
+    let cases: [(&Host, Vec<&str>, &str); 5] = [
+        (
+            &host,
+            vec!["--iface", "eth9"],
+            "no network interface named `eth9`",
+        ),
+        (&host, vec!["--config", &config], "bad.toml"),
+        (
+            &host,
+            vec!["--pin-dir", &a_pins],
+            "another `lb run` manages",
+        ),
+        (&host, vec![], "already runs XDP program"),
+        (
+            &spare,
+            vec!["--socket", &long_socket],
+            "binding the admin socket",
+        ),
+    ];
+    for (on, extra, expected) in cases {
+        // The case's flags, then this start's paths where it gives none.
+        let mut args: Vec<&str> = extra.clone();
+        if !args.contains(&"--iface") {
+            args.extend(["--iface", "eth0"]);
+        }
+        for pair in mine.chunks(2) {
+            if !args.contains(&pair[0]) {
+                args.extend(pair);
+            }
+        }
+        let error = refused_run(on, &args);
+        assert!(error.contains(expected), "{extra:?}: {error}");
+        let left = leftovers(&[&state_dir, &socket_dir, &pin_parent, &lock_path(&pin_dir)]);
+        assert!(left.is_empty(), "{extra:?} left {left:?}");
+        assert!(!xdp_on(&spare, "eth0"), "{extra:?} left XDP on lb2");
+    }
+    assert!(a.pin_dir().join("link").exists());
+    assert_eq!(vips(&a), Vec::<String>::new());
 }

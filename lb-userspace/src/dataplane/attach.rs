@@ -22,13 +22,13 @@ use super::{
     object,
     pins::{
         check_layout, check_name, detach_pins, lock_pin_dir, mark_layout, mark_name,
-        prepare_pin_dir, remove_pins, LINK_PIN,
+        prepare_pin_dir, remove_pins, unpin_all, HeldLock, LINK_PIN,
     },
     AttachMode, DataplaneError, MAX_FLOWS,
 };
 use crate::{
     desired::state::Limits,
-    kernel::{iface, netlink::Netlink, privileges},
+    kernel::{iface, netlink::Netlink, private, privileges},
 };
 
 /// What to attach where.
@@ -95,7 +95,9 @@ pub struct Dataplane {
     takeover: Takeover,
     link: Option<LinkGuard>,
     /// Held for as long as this controller manages the pin directory.
-    _lock: fs::File,
+    lock: HeldLock,
+    /// The directories this start made for its pins, deepest first.
+    made: Vec<PathBuf>,
 }
 
 /// What [`Dataplane::attach`] will do with what is pinned.
@@ -123,31 +125,29 @@ impl Dataplane {
             return Err(DataplaneError::TableTooLarge(options.max_flows));
         }
         let dir = options.pin_dir.clone();
-        prepare_pin_dir(&dir)?;
+        // The lock first: two starts on a new pin directory must not both
+        // make it, nor one remove it under the other.
         let lock = lock_pin_dir(&dir)?;
-        check_name(&dir, &options.name)?;
-        let plan = plan(&dir, &options, if_index)?;
-        if plan.replace_maps {
-            remove_pins(&dir);
-        }
-        if plan.reattach {
-            // The old link goes with its last reference: the program stops
-            // until the new attachment below.
-            let _ = fs::remove_file(dir.join(LINK_PIN));
-        }
-        let had_maps = map_names::ALL.iter().any(|name| dir.join(name).exists());
-        let (ebpf, program_id, takeover) = match load_and_attach(&options, if_index, &plan) {
-            Ok(attached) => attached,
+        let made = match prepare_pin_dir(&dir) {
+            Ok(made) => made,
             Err(error) => {
-                // Leave nothing behind that no program uses.
-                if !had_maps {
-                    remove_pins(&dir);
-                }
+                lock.discard();
                 return Err(error);
             }
         };
-        mark_layout(&dir)?;
-        mark_name(&dir, &options.name)?;
+        let had_pins = super::has_pins(&dir);
+        let (ebpf, program_id, takeover) = match attach_in(&dir, &options, if_index) {
+            Ok(attached) => attached,
+            Err(error) => {
+                // A refused start leaves nothing behind that it made.
+                if !had_pins {
+                    unpin_all(&dir);
+                }
+                private::remove_made(&made);
+                lock.discard();
+                return Err(error);
+            }
+        };
         let link = LinkGuard::open(&dir.join(LINK_PIN), if_index, program_id);
         if let Err(error) = &link {
             tracing::warn!("holding the link pinned under {}: {error}", dir.display());
@@ -158,7 +158,8 @@ impl Dataplane {
             program_id,
             takeover,
             link: link.ok(),
-            _lock: lock,
+            lock,
+            made,
         })
     }
 
@@ -173,6 +174,20 @@ impl Dataplane {
         // Our own reference would keep the program attached.
         self.link = None;
         detach_pins(&self.options.pin_dir);
+    }
+
+    /// Undoes a start that got no further than this: a program attached
+    /// afresh is detached and everything this start made is removed (the
+    /// pins, the directories, the lock file); a running one that was
+    /// adopted keeps forwarding with the program swapped in. The
+    /// controller must have let go of its reference to the link first.
+    pub fn abandon(mut self) {
+        self.link = None;
+        if self.takeover == Takeover::Fresh {
+            unpin_all(&self.options.pin_dir);
+            private::remove_made(&self.made);
+        }
+        self.lock.discard();
     }
 
     /// How often the program ran and for how long, as the kernel counts
@@ -205,6 +220,35 @@ impl Dataplane {
     pub fn take_link(&mut self) -> Option<LinkGuard> {
         self.link.take()
     }
+}
+
+/// The part of [`Dataplane::attach`] after the pin directory is locked and
+/// made: check what is pinned there, then load and attach or swap in.
+fn attach_in(
+    dir: &Path,
+    options: &AttachOptions,
+    if_index: u32,
+) -> Result<(Ebpf, u32, Takeover), DataplaneError> {
+    check_name(dir, &options.name)?;
+    let plan = plan(dir, options, if_index)?;
+    if plan.replace_maps {
+        remove_pins(dir);
+    }
+    if plan.reattach {
+        // The old link goes with its last reference: the program stops
+        // until the new attachment below.
+        let _ = fs::remove_file(dir.join(LINK_PIN));
+    }
+    let had_maps = map_names::ALL.iter().any(|name| dir.join(name).exists());
+    let attached = load_and_attach(options, if_index, &plan);
+    if attached.is_err() && !had_maps {
+        // Leave nothing behind that no program uses.
+        remove_pins(dir);
+    }
+    let attached = attached?;
+    mark_layout(dir)?;
+    mark_name(dir, &options.name)?;
+    Ok(attached)
 }
 
 /// Decides what to do with what is pinned under `dir`, refusing what does

@@ -25,7 +25,7 @@ pub use attach::{
 };
 pub use pins::{
     capture_lock_path, check_pin_dir, check_private, detach_pins, has_pins, lock_path,
-    pin_dir_locked, prepare_pin_dir, take_lock, LINK_PIN, LOCK_DIR,
+    prepare_pin_dir, take_lock, LINK_PIN, LOCK_DIR,
 };
 
 /// Default capacity of the flow table.

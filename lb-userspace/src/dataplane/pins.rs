@@ -6,6 +6,7 @@
 
 use std::{
     fs, io,
+    os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
 };
 
@@ -127,15 +128,23 @@ pub(super) fn remove_pins(dir: &Path) {
 
 /// Removes every pin of an instance: the link (which detaches the program
 /// once no process holds it), the maps, its marks and its lock files.
+/// The caller holds the pin directory's lock (a lock file is removed only
+/// by its holder, see [`take_lock`]).
 pub fn detach_pins(dir: &Path) {
+    unpin_all(dir);
+    let _ = fs::remove_dir(dir);
+    let _ = fs::remove_file(lock_path(dir));
+    let _ = fs::remove_file(capture_lock_path(dir));
+}
+
+/// Removes the link, the maps and the marks under `dir`, leaving the
+/// directory and the lock files.
+pub(super) fn unpin_all(dir: &Path) {
     remove_pins(dir);
     let _ = fs::remove_file(dir.join(LINK_PIN));
     for name in marks(dir, NAME_MARK).collect::<Vec<_>>() {
         let _ = fs::remove_dir(dir.join(format!("{NAME_MARK}{name}")));
     }
-    let _ = fs::remove_dir(dir);
-    let _ = fs::remove_file(lock_path(dir));
-    let _ = fs::remove_file(capture_lock_path(dir));
 }
 
 /// Whether anything of an instance is pinned under `dir`: a link, or maps
@@ -168,37 +177,73 @@ pub fn capture_lock_path(dir: &Path) -> PathBuf {
     lock_path(dir).with_extension("capture.lock")
 }
 
-/// Takes the pin directory's lock: one controller per instance.
-pub(super) fn lock_pin_dir(dir: &Path) -> Result<fs::File, DataplaneError> {
-    take_lock(&lock_path(dir))?.ok_or_else(|| DataplaneError::PinDirInUse(dir.to_owned()))
+/// A lock file held, and whether this process made it: a start that is
+/// refused removes the lock file it made, while it still holds it.
+#[derive(Debug)]
+pub struct HeldLock {
+    file: fs::File,
+    path: PathBuf,
+    made: bool,
 }
 
-/// Whether a controller holds the pin directory's lock.
-pub fn pin_dir_locked(dir: &Path) -> bool {
-    let Ok(file) = fs::File::open(lock_path(dir)) else {
-        return false;
-    };
-    file.try_lock().is_err()
+impl HeldLock {
+    /// Releases the lock, removing the file first if this process made it.
+    pub fn discard(self) {
+        if self.made {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Takes the pin directory's lock: one controller per instance.
+pub(super) fn lock_pin_dir(dir: &Path) -> Result<HeldLock, DataplaneError> {
+    try_lock(&lock_path(dir))?.ok_or_else(|| DataplaneError::PinDirInUse(dir.to_owned()))
 }
 
 /// Takes lock file `path` (created if needed) in [`LOCK_DIR`]; `None`
 /// when someone else holds it. The directory is root's alone, so no
 /// other user can hold or replace a lock.
 pub fn take_lock(path: &Path) -> Result<Option<fs::File>, DataplaneError> {
-    let file = open_lock(path)?;
-    match file.try_lock() {
-        Ok(()) => Ok(Some(file)),
-        Err(fs::TryLockError::WouldBlock) => Ok(None),
-        Err(fs::TryLockError::Error(source)) => Err(DataplaneError::PinDir {
-            path: path.to_owned(),
-            source,
-        }),
+    Ok(try_lock(path)?.map(|held| held.file))
+}
+
+/// As [`take_lock`], saying whether this process made the file. A lock
+/// file is removed only by its holder; one removed (or replaced) between
+/// its opening and its locking here is no lock, so it is opened again.
+pub(super) fn try_lock(path: &Path) -> Result<Option<HeldLock>, DataplaneError> {
+    loop {
+        let (file, made) = open_lock(path)?;
+        match file.try_lock() {
+            Ok(()) if same_file(&file, path) => {
+                return Ok(Some(HeldLock {
+                    file,
+                    path: path.to_owned(),
+                    made,
+                }))
+            }
+            Ok(()) => continue,
+            Err(fs::TryLockError::WouldBlock) => return Ok(None),
+            Err(fs::TryLockError::Error(source)) => {
+                return Err(DataplaneError::PinDir {
+                    path: path.to_owned(),
+                    source,
+                })
+            }
+        }
+    }
+}
+
+/// Whether `path` names the file `file` is open on.
+fn same_file(file: &fs::File, path: &Path) -> bool {
+    match (file.metadata(), fs::symlink_metadata(path)) {
+        (Ok(open), Ok(named)) => open.dev() == named.dev() && open.ino() == named.ino(),
+        _ => false,
     }
 }
 
 /// As [`take_lock`], waiting for whoever holds it.
 fn wait_lock(path: &Path) -> Result<fs::File, DataplaneError> {
-    let file = open_lock(path)?;
+    let (file, _) = open_lock(path)?;
     file.lock().map_err(|source| DataplaneError::PinDir {
         path: path.to_owned(),
         source,
@@ -206,7 +251,9 @@ fn wait_lock(path: &Path) -> Result<fs::File, DataplaneError> {
     Ok(file)
 }
 
-fn open_lock(path: &Path) -> Result<fs::File, DataplaneError> {
+/// Opens lock file `path`, creating it (and [`LOCK_DIR`]) if needed;
+/// whether it was made here.
+fn open_lock(path: &Path) -> Result<(fs::File, bool), DataplaneError> {
     use std::os::unix::fs::OpenOptionsExt as _;
     let lock_dir = Path::new(LOCK_DIR);
     let lock_error = |source| DataplaneError::PinDir {
@@ -215,14 +262,27 @@ fn open_lock(path: &Path) -> Result<fs::File, DataplaneError> {
     };
     private::create_dir(lock_dir).map_err(lock_error)?;
     check_private(lock_dir)?;
-    fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)
-        .map_err(lock_error)
+    let open = |make: bool| {
+        fs::OpenOptions::new()
+            .create_new(make)
+            .write(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(path)
+    };
+    loop {
+        match open(true) {
+            Ok(file) => return Ok((file, true)),
+            Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(lock_error(e)),
+            Err(_) => {}
+        }
+        match open(false) {
+            Ok(file) => return Ok((file, false)),
+            // Removed in between: make it.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(lock_error(e)),
+        }
+    }
 }
 
 /// Refuses a directory that another user owns or may write: they could
