@@ -2,12 +2,13 @@
 //! spelling of its paths (`//`, `/./`, `..`, a trailing `/`, a symbolic
 //! link of root's) names the same instance, so its lock holds and `lb
 //! detach` refuses; a directory another user owns anywhere above a pin
-//! directory is refused by `lb run`, the readers and `lb decap`; and a
-//! refused start leaves nothing behind that it created. Real `lb run`
-//! processes in network namespaces; needs root.
+//! directory is refused by `lb run`, the readers and `lb decap`; pins
+//! removed under a running controller are pinned again, or, where that is
+//! not safe, reported; and a refused start leaves nothing behind that it
+//! created. Real `lb run` processes in network namespaces; needs root.
 
 use std::{
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr},
     path::{Path, PathBuf},
     process::{Command, Stdio},
     time::Duration,
@@ -15,10 +16,10 @@ use std::{
 
 use lb_testing::{
     lb_exe,
-    rig::v6,
+    rig::{metric, v6, wait_until, Rig, METRICS_ADDR, VIP4},
     testbed::{Host, LbProcess, Testbed},
 };
-use lb_userspace::dataplane::lock_path;
+use lb_userspace::dataplane::{detach_pins, lock_path};
 
 const VIP: &str = "192.0.2.100:80/tcp";
 
@@ -89,6 +90,11 @@ fn xdp_on(host: &Host, iface: &str) -> bool {
     host.run("ip", &["link", "show", "dev", iface])
         .unwrap()
         .contains("prog/xdp")
+}
+
+fn answers(rig: &Rig, count: usize) -> usize {
+    rig.spread(IpAddr::V4(VIP4), count)
+        .map_or(0, |spread| spread.values().sum())
 }
 
 /// A directory of this test's own under the temporary directory, removed
@@ -270,6 +276,98 @@ fn a_directory_another_user_owns_above_a_pin_directory_is_refused() {
         "lb decap attached"
     );
     assert_eq!(vips(&a), [VIP]);
+}
+
+#[test]
+fn pins_removed_under_a_running_controller_are_pinned_again() {
+    lb_testing::needs_root!();
+    let mut rig = Rig::new(lb_exe().as_ref(), 2, &["--metrics", METRICS_ADDR]).unwrap();
+    rig.add_vip_with_workers(VIP, &[]).unwrap();
+    let pin_dir = rig.lb.pin_dir().to_owned();
+    // What `lb detach` removes (it refuses while a controller runs; this
+    // is a mistake by hand, or a detach that got past a lock file someone
+    // removed): the link, the maps, the marks, the directory, the locks.
+    detach_pins(&pin_dir);
+    assert!(!pin_dir.exists());
+    assert_eq!(answers(&rig, 10), 10, "forwarding stopped with the pins");
+    let whole = || {
+        let names = std::fs::read_dir(&pin_dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect::<Vec<_>>();
+        names.iter().any(|n| n.starts_with("layout-"))
+            && names.iter().any(|n| n.starts_with("name-"))
+            && ["link", "LB_FLOWS", "LB_VIPS"]
+                .iter()
+                .all(|n| names.iter().any(|m| m == n))
+            && lock_path(&pin_dir).exists()
+    };
+    wait_until(Duration::from_secs(5), "every pin restored", whole);
+    let status = rig.lb.status_json().unwrap();
+    assert_eq!(status["attached"], true, "{status}");
+    assert_eq!(status["pinned"], true, "{status}");
+    assert!(
+        rig.lb.log().contains("pinned them again"),
+        "{}",
+        rig.lb.log()
+    );
+    let scrape = rig.scrape_metrics().unwrap();
+    assert_eq!(metric(&scrape, "lb_pins_intact"), 1.0);
+    assert!(metric(&scrape, "lb_pin_restores_total") >= 1.0, "{scrape}");
+    assert!(rig.lb.stats().is_ok(), "the readers find the maps again");
+    // The lock is back: a second controller and lb detach are refused.
+    let error = refused_cli(&rig.balancer, &["detach", "--pin-dir", &text(&pin_dir)]);
+    assert!(error.contains("still manages"), "{error}");
+
+    // A plain stop leaves the program forwarding, and the next start
+    // adopts it.
+    rig.lb.stop().unwrap();
+    assert!(xdp_on(&rig.balancer, "eth0"));
+    assert_eq!(
+        answers(&rig, 10),
+        10,
+        "the program left with the controller"
+    );
+    rig.start_lb(&[]).unwrap();
+    assert!(
+        rig.lb.takeover_line.contains("adopted"),
+        "{}",
+        rig.lb.takeover_line
+    );
+    assert_eq!(vips(&rig.lb), [VIP]);
+}
+
+#[test]
+fn the_controller_pins_nothing_into_a_directory_another_user_took() {
+    lb_testing::needs_root!();
+    let (mut bed, host) = bed();
+    let open = bed.own_bpffs("1777").unwrap();
+    let pin_dir = open.join("lb");
+    let mut lb =
+        LbProcess::start_pinned(lb_exe().as_ref(), &mut bed, &host, "lb", &pin_dir, &[]).unwrap();
+    lb.cli_ok(&["vip", "add", VIP]).unwrap();
+    // The pin directory passes to nobody (as if nobody had swapped in a
+    // directory of their own), and the link's pin goes.
+    std::os::unix::fs::chown(&pin_dir, Some(65534), Some(65534)).unwrap();
+    std::fs::remove_file(pin_dir.join("link")).unwrap();
+    wait_until(Duration::from_secs(5), "lb status saying so", || {
+        lb.status_json().unwrap()["pinned"] == false
+    });
+    let status = lb.status_json().unwrap();
+    assert_eq!(status["attached"], true, "the controller holds the link");
+    let why = status["unpinned_because"].as_str().unwrap_or_default();
+    assert!(why.contains("belongs to uid 65534"), "{status}");
+    assert!(lb.log().contains("not pinned again"), "{}", lb.log());
+    assert!(
+        !pin_dir.join("link").exists(),
+        "pinned into nobody's directory"
+    );
+    // The stop says what is true: nothing keeps the program.
+    let said = lb.stop().unwrap();
+    assert!(said.contains("left eth0"), "{said}");
+    assert!(!xdp_on(&host, "eth0"));
 }
 
 /// What a start may create, to look for afterwards.

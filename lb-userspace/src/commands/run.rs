@@ -26,7 +26,7 @@ use crate::{
         housekeeping, metrics,
         tunnel::Tunnels,
     },
-    dataplane::{maps::ControlMaps, AttachOptions, Dataplane, DataplaneError, Takeover},
+    dataplane::{maps::ControlMaps, AttachOptions, Dataplane, DataplaneError, PinGuard, Takeover},
     desired::{
         config::FileConfig,
         instance::Paths,
@@ -78,21 +78,26 @@ pub async fn run(args: RunArgs, paths: Paths) -> anyhow::Result<()> {
         housekeeping::spawn(controller.clone(), published.sticky_ttls.clone(), pin_dir)?;
     serve(listener, admin_cap, controller.clone(), published, signals).await;
     let _ = std::fs::remove_file(&paths.socket);
-    // The controller (and the link it holds) is dropped before detaching;
-    // its announcements go first, so the routers stop sending before the
-    // program stops forwarding.
+    // The controller is stopped before detaching; its announcements go
+    // first, so the routers stop sending before the program stops
+    // forwarding. It hands back its references to the link and the maps,
+    // let go of once the stop line can say what stays.
     let _ = controller.send(Message::Stop);
     let detaching = args.detach_on_exit;
-    let _ = tokio::task::spawn_blocking(move || {
-        if let Ok(mut controller) = actor.join() {
+    let pins = tokio::task::spawn_blocking(move || {
+        let pins = actor.join().ok().and_then(|mut controller| {
             if detaching {
                 controller.withdraw_all();
             }
-        }
+            controller.take_pins()
+        });
         drop(housekeeping);
+        pins
     })
-    .await;
-    say_stopped(&mut lock(&dataplane), detaching);
+    .await
+    .ok()
+    .flatten();
+    say_stopped(&mut lock(&dataplane), pins, detaching);
     Ok(())
 }
 
@@ -152,7 +157,7 @@ fn start(args: &RunArgs, paths: &Paths, made: &mut Made) -> anyhow::Result<Up> {
 
 /// Starts the controller on the attached data plane and binds the admin
 /// socket. Refused, it stops the controller again, which lets go of the
-/// state file and of its reference to the link.
+/// state file and of its references to the pins.
 fn take_control(
     args: &RunArgs,
     paths: &Paths,
@@ -169,7 +174,7 @@ fn take_control(
         maps,
         instance,
         Some(state_file),
-        dataplane.take_link(),
+        dataplane.take_pins(),
     )?;
     let pin_dir = controller.pin_dir().to_owned();
     let (controller, published, actor) =
@@ -281,18 +286,24 @@ fn say_attached(dataplane: &Dataplane, paths: &Paths) {
     ));
 }
 
-/// Detaches the program if asked to, and says what stays.
-fn say_stopped(dataplane: &mut Dataplane, detach: bool) {
+/// Detaches the program if asked to, and says what stays: the program
+/// stays on the interface only if its link is pinned, since this process
+/// holds the last other reference to it.
+fn say_stopped(dataplane: &mut Dataplane, pins: Option<PinGuard>, detach: bool) {
     let options = dataplane.options().clone();
+    let (iface, dir) = (&options.iface, options.pin_dir.display());
+    let unpinned = pins.as_ref().is_some_and(|pins| !pins.link_pinned());
+    drop(pins);
     if detach {
         dataplane.detach();
-        say(&format!("lb: detached from {}", options.iface));
+        say(&format!("lb: detached from {iface}"));
+    } else if unpinned {
+        say(&format!(
+            "lb: controller stopped; nothing pinned its link under {dir}, so the program left {iface} with it: `lb run` attaches it again"
+        ));
     } else {
         say(&format!(
-            "lb: controller stopped; the data plane keeps forwarding on {} (pins under {}): `lb run` again adopts it, `lb detach --pin-dir {}` removes it",
-            options.iface,
-            options.pin_dir.display(),
-            options.pin_dir.display()
+            "lb: controller stopped; the data plane keeps forwarding on {iface} (pins under {dir}): `lb run` again adopts it, `lb detach --pin-dir {dir}` removes it"
         ));
     }
 }

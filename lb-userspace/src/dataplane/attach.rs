@@ -19,6 +19,7 @@ use aya::{
 use lb_common::{map_names, program_names};
 
 use super::{
+    guard::PinGuard,
     object,
     pins::{
         check_layout, check_name, detach_pins, lock_pin_dir, mark_layout, mark_name,
@@ -93,7 +94,7 @@ pub struct Dataplane {
     options: AttachOptions,
     program_id: u32,
     takeover: Takeover,
-    link: Option<LinkGuard>,
+    pins: Option<PinGuard>,
     /// Held for as long as this controller manages the pin directory.
     lock: HeldLock,
     /// The directories this start made for its pins, deepest first.
@@ -148,16 +149,16 @@ impl Dataplane {
                 return Err(error);
             }
         };
-        let link = LinkGuard::open(&dir.join(LINK_PIN), if_index, program_id);
-        if let Err(error) = &link {
-            tracing::warn!("holding the link pinned under {}: {error}", dir.display());
+        let pins = PinGuard::open(&dir, &options.name, &lock, if_index, program_id);
+        if let Err(error) = &pins {
+            tracing::warn!("holding the pins under {}: {error}", dir.display());
         }
         Ok(Self {
             ebpf,
             options,
             program_id,
             takeover,
-            link: link.ok(),
+            pins: pins.ok(),
             lock,
             made,
         })
@@ -169,10 +170,11 @@ impl Dataplane {
     }
 
     /// Detaches the program and removes every pin: forwarding stops and
-    /// the maps (flows, sessions) go.
+    /// the maps (flows, sessions) go. The controller must have let go of
+    /// its references ([`Dataplane::take_pins`]) first.
     pub fn detach(&mut self) {
         // Our own reference would keep the program attached.
-        self.link = None;
+        self.pins = None;
         detach_pins(&self.options.pin_dir);
     }
 
@@ -180,9 +182,9 @@ impl Dataplane {
     /// afresh is detached and everything this start made is removed (the
     /// pins, the directories, the lock file); a running one that was
     /// adopted keeps forwarding with the program swapped in. The
-    /// controller must have let go of its reference to the link first.
+    /// controller must have let go of its references first.
     pub fn abandon(mut self) {
-        self.link = None;
+        self.pins = None;
         if self.takeover == Takeover::Fresh {
             unpin_all(&self.options.pin_dir);
             private::remove_made(&self.made);
@@ -216,9 +218,10 @@ impl Dataplane {
         &mut self.ebpf
     }
 
-    /// The reference to the link, for the controller to watch.
-    pub fn take_link(&mut self) -> Option<LinkGuard> {
-        self.link.take()
+    /// The references to the link and the maps, for the controller to
+    /// keep its pins whole.
+    pub fn take_pins(&mut self) -> Option<PinGuard> {
+        self.pins.take()
     }
 }
 
@@ -376,64 +379,6 @@ fn load_and_attach(
         }
     };
     Ok((ebpf, program_id, takeover))
-}
-
-/// A reference to lb's pinned link, held by the controller: the program
-/// stays attached even if someone removes the pin, and [`LinkGuard::check`]
-/// notices that (and pins it again) or that the interface lost it.
-pub struct LinkGuard {
-    link: Option<FdLink>,
-    path: PathBuf,
-    if_index: u32,
-    program_id: u32,
-}
-
-/// What [`LinkGuard::check`] found.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum LinkCheck {
-    /// Pinned, and the interface runs lb's program.
-    Attached,
-    /// The pin had been removed; it is pinned again.
-    Repinned,
-    /// The interface no longer runs lb's program: why.
-    Lost(String),
-}
-
-impl LinkGuard {
-    fn open(path: &Path, if_index: u32, program_id: u32) -> Result<Self, LinkError> {
-        let link: FdLink = PinnedLink::from_pin(path)?.into();
-        Ok(Self {
-            link: Some(link),
-            path: path.to_owned(),
-            if_index,
-            program_id,
-        })
-    }
-
-    /// Checks that the link is pinned and that the interface still runs
-    /// lb's program; pins the link again if its pin was removed.
-    pub fn check(&mut self, netlink: &mut Netlink) -> LinkCheck {
-        let mut found = LinkCheck::Attached;
-        if !self.path.exists() {
-            if let Some(link) = self.link.take() {
-                match link.pin(&self.path) {
-                    Ok(pinned) => {
-                        self.link = Some(pinned.into());
-                        found = LinkCheck::Repinned;
-                    }
-                    Err(error) => {
-                        return LinkCheck::Lost(format!("its pin could not be restored: {error}"))
-                    }
-                }
-            }
-        }
-        match netlink.xdp(self.if_index) {
-            Ok(xdp) if xdp.program_id == self.program_id => found,
-            Ok(xdp) if xdp.program_id == 0 => LinkCheck::Lost("no XDP program runs".into()),
-            Ok(xdp) => LinkCheck::Lost(format!("XDP program {} runs instead", xdp.program_id)),
-            Err(error) => LinkCheck::Lost(format!("the interface can't be read: {error}")),
-        }
-    }
 }
 
 /// Loads the tunnel program (IPIP and GUE) and the capture program and

@@ -147,6 +147,22 @@ pub(super) fn unpin_all(dir: &Path) {
     }
 }
 
+/// The names of the pins and marks an instance keeps under its pin
+/// directory that are missing: what a controller pins again.
+pub(super) fn missing(dir: &Path, name: &str) -> Vec<String> {
+    std::iter::once(LINK_PIN.to_owned())
+        .chain(map_names::ALL.iter().map(|&m| m.to_owned()))
+        .chain([layout_mark(), format!("{NAME_MARK}{name}")])
+        .filter(|entry| fs::symlink_metadata(dir.join(entry)).is_err())
+        .collect()
+}
+
+/// Makes the marks of an instance named `name` that are missing.
+pub(super) fn mark_all(dir: &Path, name: &str) -> Result<(), DataplaneError> {
+    mark_layout(dir)?;
+    mark_name(dir, name)
+}
+
 /// Whether anything of an instance is pinned under `dir`: a link, or maps
 /// a start that failed left.
 pub fn has_pins(dir: &Path) -> bool {
@@ -192,6 +208,22 @@ impl HeldLock {
         if self.made {
             let _ = fs::remove_file(&self.path);
         }
+    }
+
+    /// Whether the file at its path is still the one locked: someone may
+    /// have removed it (by hand, or a cleanup of /run).
+    pub(super) fn in_place(&self) -> bool {
+        same_file(&self.file, &self.path)
+    }
+
+    /// Another handle on the lock (flock follows the open file, so either
+    /// keeps it).
+    pub(super) fn share(&self) -> io::Result<Self> {
+        Ok(Self {
+            file: self.file.try_clone()?,
+            path: self.path.clone(),
+            made: false,
+        })
     }
 }
 
