@@ -276,17 +276,45 @@ impl LbProcess {
         extra: &[&str],
         nofile: Option<u64>,
     ) -> anyhow::Result<Self> {
+        let pin_dir = bed.pin_dir(name);
+        Self::start_at(exe, bed, host, name, &pin_dir, extra, nofile)
+    }
+
+    /// As [`LbProcess::start`], pinning under `pin_dir` (on a BPF
+    /// filesystem of the test's own, say), which is removed with the
+    /// testbed.
+    pub fn start_pinned(
+        exe: &Path,
+        bed: &mut Testbed,
+        host: &Host,
+        name: &str,
+        pin_dir: &Path,
+        extra: &[&str],
+    ) -> anyhow::Result<Self> {
+        bed.remove_with_testbed(pin_dir);
+        Self::start_at(exe, bed, host, name, pin_dir, extra, None)
+    }
+
+    fn start_at(
+        exe: &Path,
+        bed: &mut Testbed,
+        host: &Host,
+        name: &str,
+        pin_dir: &Path,
+        extra: &[&str],
+        nofile: Option<u64>,
+    ) -> anyhow::Result<Self> {
         let socket = bed.socket(name);
-        let launch = Self::launch(bed, name, socket);
+        let launch = Self::launch(socket, pin_dir);
         Self::spawn(exe, host, launch, extra, nofile)
     }
 
-    /// The pin directory, socket, state file and log of instance `name`
-    /// of the testbed, and the arguments that select them.
-    fn launch(bed: &mut Testbed, name: &str, socket: PathBuf) -> Launch {
+    /// The pin directory, socket, state file and log of an instance of
+    /// the testbed, and the arguments that select them.
+    fn launch(socket: PathBuf, pin_dir: &Path) -> Launch {
         let paths = Paths::new(
             DEFAULT_NAME.parse().expect("the default name is one"),
-            Some(bed.pin_dir(name)),
+            Some(pin_dir.to_owned()),
             Some(socket.clone()),
             Some(socket.with_extension("json")),
         );
@@ -320,7 +348,8 @@ impl LbProcess {
         clock_file: &Path,
     ) -> anyhow::Result<Self> {
         let socket = bed.socket(name);
-        let mut launch = Self::launch(bed, name, socket);
+        let pin_dir = bed.pin_dir(name);
+        let mut launch = Self::launch(socket, &pin_dir);
         launch.env = vec![
             ("LD_PRELOAD".into(), LIBFAKETIME.into()),
             ("FAKETIME_TIMESTAMP_FILE".into(), clock_file.into()),
@@ -822,6 +851,14 @@ impl Testbed {
         let dir = Path::new("/sys/fs/bpf").join(format!("{}-{name}", self.prefix));
         self.cleanup_dirs.push(dir.clone());
         dir
+    }
+
+    /// Removes pin directory `dir`, and the lock files lb keeps for it,
+    /// with the testbed.
+    pub fn remove_with_testbed(&mut self, dir: &Path) {
+        if !self.cleanup_dirs.iter().any(|d| d == dir) {
+            self.cleanup_dirs.push(dir.to_owned());
+        }
     }
 
     /// A BPF filesystem of this testbed's own, mounted with `mode` on a

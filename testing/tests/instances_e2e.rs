@@ -401,9 +401,24 @@ fn the_state_directory_is_private_and_a_token_file_of_another_user_is_refused() 
         "{error}"
     );
     assert!(!pin_dir.join("link").exists(), "refused before attaching");
+    assert!(
+        !dir.join("state").exists(),
+        "the refused start left its files"
+    );
+    // Started, lb makes what it keeps root's alone.
+    let mut lb = LbProcess::start_named(
+        lb_exe().as_ref(),
+        &mut bed,
+        &host,
+        "modes",
+        &["--state-file", &text(&state_file)],
+    )
+    .unwrap();
     let mode = |path: &Path| std::fs::metadata(path).unwrap().mode() & 0o777;
     assert_eq!(mode(&dir.join("state")), 0o700);
     assert_eq!(mode(&dir.join("state/sub")), 0o700);
     assert_eq!(mode(&dir.join("state/sub/lb.json.lock")), 0o600);
+    assert_eq!(mode(&state_file), 0o600);
+    lb.stop().unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -458,6 +458,12 @@ pub struct Status {
     pub attached: bool,
     /// Why it no longer does, when it doesn't.
     pub detached_because: Option<String>,
+    /// Whether every pin (link, maps, marks, lock file) is in place, in a
+    /// pin directory only lb may write: without its link's pin, the
+    /// program leaves the interface when the controller stops.
+    pub pinned: bool,
+    /// Why not, when not.
+    pub unpinned_because: Option<String>,
     /// Where the maps are pinned.
     pub pin_dir: String,
     /// Capacity of the flow table.

@@ -330,6 +330,8 @@ mod tests {
             program_id: 7,
             attached: true,
             detached_because: None,
+            pinned: true,
+            unpinned_because: None,
             pin_dir: "/sys/fs/bpf/lb".into(),
             max_flows: 1000,
             max_vips: 10,

@@ -21,8 +21,11 @@ use lb_common::decap::{map_names, DecapConfig, DecapCounters, LocalAddrKey, PROG
 use crate::{
     commands::cli::{DecapCommand, OutputFormat},
     dataplane::maps::open_pinned,
-    dataplane::{prepare_pin_dir, DataplaneError, LINK_PIN},
-    kernel::netlink::Netlink,
+    dataplane::{check_pin_dir, prepare_pin_dir, DataplaneError, LINK_PIN},
+    kernel::{
+        netlink::Netlink,
+        private::{canonical, remove_made},
+    },
 };
 
 /// Where each interface's pins go unless `--pin-dir` says otherwise.
@@ -44,10 +47,13 @@ pub fn command(
         DecapCommand::Detach { iface } => detach(&dir_for(pin_dir, &iface)),
         DecapCommand::Stats { iface } => {
             let dirs = match (pin_dir, iface) {
-                (Some(dir), _) => vec![dir.to_owned()],
+                (Some(dir), _) => vec![canonical(dir)],
                 (None, Some(iface)) => vec![dir_for(None, &iface)],
-                (None, None) => attached_dirs(),
+                (None, None) => attached_dirs()?,
             };
+            for dir in &dirs {
+                check_pin_dir(dir)?;
+            }
             stats(&dirs, output)
         }
     }
@@ -69,13 +75,17 @@ fn check_not_balancer(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The pin directory of `iface`, in its one spelling, as `lb run`'s are.
 fn dir_for(pin_dir: Option<&Path>, iface: &str) -> PathBuf {
-    pin_dir.map_or_else(|| Path::new(PIN_ROOT).join(iface), Path::to_owned)
+    canonical(&pin_dir.map_or_else(|| Path::new(PIN_ROOT).join(iface), Path::to_owned))
 }
 
-/// The pin directories under [`PIN_ROOT`] that hold an attachment.
-fn attached_dirs() -> Vec<PathBuf> {
-    let mut dirs: Vec<PathBuf> = fs::read_dir(PIN_ROOT)
+/// The pin directories under [`PIN_ROOT`] that hold an attachment; none
+/// is trusted unless no other user could have put it there.
+fn attached_dirs() -> anyhow::Result<Vec<PathBuf>> {
+    let root = canonical(Path::new(PIN_ROOT));
+    check_pin_dir(&root)?;
+    let mut dirs: Vec<PathBuf> = fs::read_dir(&root)
         .into_iter()
         .flatten()
         .flatten()
@@ -83,7 +93,7 @@ fn attached_dirs() -> Vec<PathBuf> {
         .filter(|dir| dir.join(LINK_PIN).exists())
         .collect();
     dirs.sort();
-    dirs
+    Ok(dirs)
 }
 
 /// Attaches the program to `iface` (native XDP, generic where the driver
@@ -100,8 +110,20 @@ fn attach(iface: &str, dir: &Path, gue_port: u16) -> anyhow::Result<()> {
         return Err(DataplaneError::NotPermitted.into());
     }
     check_not_balancer(dir)?;
-    prepare_pin_dir(dir)?;
-    let mut ebpf = load(dir)?;
+    // Its parent (PIN_ROOT by default) is checked with it: another user's
+    // directory there could be swapped for one they fill.
+    let made = prepare_pin_dir(dir)?;
+    let mut ebpf = match load(dir) {
+        Ok(ebpf) => ebpf,
+        Err(error) => {
+            // A directory this made held nothing before.
+            if !made.is_empty() {
+                remove_pins(dir);
+            }
+            remove_made(&made);
+            return Err(error);
+        }
+    };
     let addresses = Netlink::open()
         .and_then(|mut netlink| netlink.addresses())
         .context("listing this host's addresses")?;
@@ -121,6 +143,7 @@ fn attach(iface: &str, dir: &Path, gue_port: u16) -> anyhow::Result<()> {
         })
         .map_err(|error| {
             remove_pins(dir);
+            remove_made(&made);
             error.context(format!("attaching lb_decap to {iface}"))
         })?;
     println!(
@@ -231,6 +254,7 @@ fn iface_of(dir: &Path) -> Option<String> {
 }
 
 fn detach(dir: &Path) -> anyhow::Result<()> {
+    check_pin_dir(dir)?;
     check_not_balancer(dir)?;
     let pinned = map_names::ALL
         .iter()

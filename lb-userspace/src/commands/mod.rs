@@ -23,6 +23,18 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
     let paths = cli.paths();
     let output = cli.instance.output.unwrap_or(OutputFormat::Table);
     let (socket, pin_dir) = (paths.socket.as_path(), paths.pin_dir.as_path());
+    // What is found under a pin directory that another user could swap is
+    // not to be trusted: it could link to another instance's maps.
+    if matches!(
+        cli.command,
+        Command::Stats
+            | Command::Flows(_)
+            | Command::Explain(_)
+            | Command::Top(_)
+            | Command::Capture(_)
+    ) {
+        crate::dataplane::check_pin_dir(pin_dir)?;
+    }
     match cli.command {
         Command::Run(args) => tokio_main(run::run(args, paths.clone())),
         Command::Detach => run::detach(pin_dir),

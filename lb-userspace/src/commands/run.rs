@@ -4,7 +4,7 @@
 //! housekeeping clock; each lives in its own module.
 
 use std::{
-    path::Path,
+    path::{Path, PathBuf},
     sync::{Arc, Mutex},
 };
 
@@ -30,15 +30,15 @@ use crate::{
     dataplane::{
         maps::ControlMaps,
         memory::{self, MemoryError},
-        AttachOptions, Dataplane, DataplaneError, Takeover,
+        AttachOptions, Dataplane, DataplaneError, PinGuard, Takeover,
     },
     desired::{
         config::FileConfig,
         instance::Paths,
         state::{Desired, Limits},
-        state_file::StateFile,
+        state_file::{MadeLock, StateFile},
     },
-    kernel::netlink::Netlink,
+    kernel::{netlink::Netlink, private},
     net::listen::{bind_tcp, Caps},
     service::Endpoint,
 };
@@ -50,29 +50,28 @@ pub async fn run(args: RunArgs, paths: Paths) -> anyhow::Result<()> {
     // and what needs no file before the state file.
     preflight(&args.iface)?;
     server::claim_socket(&paths.socket)?;
-    let (state_file, saved) = StateFile::open(&paths, &args.iface)?;
-    let limits = limits(&args)?;
-    let desired = desired_state(saved, &args)?
-        .within(limits)
-        .context("the saved state and --config don't fit the limits")?;
-    let endpoints = Endpoints::bind(&args)?;
-    let tunnels = tunnels(&args)?;
-    let mut dataplane = Dataplane::attach(attach_options(&args, &paths, limits))?;
-    let state_path = state_file.path().to_owned();
-    let instance = instance(&args, &paths, &dataplane, tunnels);
-    let maps = ControlMaps::take(dataplane.ebpf_mut()).context("opening the data plane's maps")?;
-    let controller = Controller::start(
-        desired,
-        maps,
-        instance,
-        Some(state_file),
-        dataplane.take_link(),
-    )?;
-    let pin_dir = controller.pin_dir().to_owned();
-    let (controller, published, actor) =
-        actor::spawn(controller).context("starting the controller thread")?;
-    let listener = server::bind_socket(&paths.socket)?;
-    let signals = StopSignals::install()?;
+    let mut made = Made::before(&paths);
+    let Up {
+        dataplane,
+        control,
+        endpoints,
+    } = match start(&args, &paths, &mut made) {
+        Ok(up) => up,
+        Err(error) => {
+            made.remove();
+            return Err(error);
+        }
+    };
+    drop(made);
+    let Control {
+        controller,
+        published,
+        actor,
+        listener,
+        signals,
+        pin_dir,
+        state_path,
+    } = control;
     say_attached(&dataplane, &paths);
     let takeover = takeover_line(dataplane.takeover(), &state_path);
     tracing::info!("{}", takeover.trim_start_matches("lb: "));
@@ -85,22 +84,167 @@ pub async fn run(args: RunArgs, paths: Paths) -> anyhow::Result<()> {
         housekeeping::spawn(controller.clone(), published.sticky_ttls.clone(), pin_dir)?;
     serve(listener, admin_cap, controller.clone(), published, signals).await;
     let _ = std::fs::remove_file(&paths.socket);
-    // The controller (and the link it holds) is dropped before detaching;
-    // its announcements go first, so the routers stop sending before the
-    // program stops forwarding.
+    // The controller is stopped before detaching; its announcements go
+    // first, so the routers stop sending before the program stops
+    // forwarding. It hands back its references to the link and the maps,
+    // let go of once the stop line can say what stays.
     let _ = controller.send(Message::Stop);
     let detaching = args.detach_on_exit;
-    let _ = tokio::task::spawn_blocking(move || {
-        if let Ok(mut controller) = actor.join() {
+    let pins = tokio::task::spawn_blocking(move || {
+        let pins = actor.join().ok().and_then(|mut controller| {
             if detaching {
                 controller.withdraw_all();
             }
-        }
+            controller.take_pins()
+        });
         drop(housekeeping);
+        pins
     })
-    .await;
-    say_stopped(&mut lock(&dataplane), detaching);
+    .await
+    .ok()
+    .flatten();
+    say_stopped(&mut lock(&dataplane), pins, detaching);
     Ok(())
+}
+
+/// A started instance: its data plane attached, its controller running
+/// and its admin socket bound.
+struct Up {
+    dataplane: Dataplane,
+    control: Control,
+    endpoints: Endpoints,
+}
+
+/// The controller on its thread, and the admin socket it serves.
+struct Control {
+    controller: Handle,
+    published: Published,
+    actor: std::thread::JoinHandle<Controller>,
+    listener: UnixListener,
+    signals: StopSignals,
+    pin_dir: PathBuf,
+    state_path: PathBuf,
+}
+
+/// Starts the instance up to serving: the state file, the endpoints, the
+/// data plane, the controller and the admin socket. A start refused on
+/// the way undoes what it did: the data plane undoes its part (see
+/// [`Dataplane::abandon`]), [`Made`] the rest.
+fn start(args: &RunArgs, paths: &Paths, made: &mut Made) -> anyhow::Result<Up> {
+    let (state_file, saved) = StateFile::open(paths, &args.iface)?;
+    made.state_lock = state_file.made_lock();
+    if saved.is_none() {
+        // Nothing was saved there: the file the controller writes is this
+        // start's.
+        made.state_file = Some(state_file.path().to_owned());
+    }
+    let limits = limits(args)?;
+    let desired = desired_state(saved, args)?
+        .within(limits)
+        .context("the saved state and --config don't fit the limits")?;
+    let endpoints = Endpoints::bind(args)?;
+    let tunnels = tunnels(args)?;
+    let mut dataplane = Dataplane::attach(attach_options(args, paths, limits))?;
+    match take_control(args, paths, &mut dataplane, desired, state_file, tunnels) {
+        Ok(control) => Ok(Up {
+            dataplane,
+            control,
+            endpoints,
+        }),
+        Err(error) => {
+            dataplane.abandon();
+            Err(error)
+        }
+    }
+}
+
+/// Starts the controller on the attached data plane and binds the admin
+/// socket. Refused, it stops the controller again, which lets go of the
+/// state file and of its references to the pins.
+fn take_control(
+    args: &RunArgs,
+    paths: &Paths,
+    dataplane: &mut Dataplane,
+    desired: Desired,
+    state_file: StateFile,
+    tunnels: Tunnels,
+) -> anyhow::Result<Control> {
+    let state_path = state_file.path().to_owned();
+    let instance = instance(args, paths, dataplane, tunnels);
+    let maps = ControlMaps::take(dataplane.ebpf_mut()).context("opening the data plane's maps")?;
+    let controller = Controller::start(
+        desired,
+        maps,
+        instance,
+        Some(state_file),
+        dataplane.take_pins(),
+    )?;
+    let pin_dir = controller.pin_dir().to_owned();
+    let (controller, published, actor) =
+        actor::spawn(controller).context("starting the controller thread")?;
+    let served =
+        server::bind_socket(&paths.socket).and_then(|listener| match StopSignals::install() {
+            Ok(signals) => Ok((listener, signals)),
+            Err(error) => {
+                let _ = std::fs::remove_file(&paths.socket);
+                Err(error)
+            }
+        });
+    match served {
+        Ok((listener, signals)) => Ok(Control {
+            controller,
+            published,
+            actor,
+            listener,
+            signals,
+            pin_dir,
+            state_path,
+        }),
+        Err(error) => {
+            let _ = controller.send(Message::Stop);
+            let _ = actor.join();
+            Err(error)
+        }
+    }
+}
+
+/// What a start makes besides the data plane's part, for a refused one to
+/// remove: the directories of the state file and the admin socket that
+/// were not there, the state file's lock file and the state file, when
+/// this start made them. lb's lock directory, shared by every instance,
+/// stays.
+struct Made {
+    /// Deepest first.
+    dirs: Vec<PathBuf>,
+    state_file: Option<PathBuf>,
+    state_lock: Option<MadeLock>,
+}
+
+impl Made {
+    fn before(paths: &Paths) -> Self {
+        let mut dirs: Vec<PathBuf> = [&paths.state_file, &paths.socket]
+            .iter()
+            .filter_map(|path| path.parent())
+            .flat_map(private::missing_dirs)
+            .collect();
+        dirs.sort_by_key(|dir| std::cmp::Reverse(dir.components().count()));
+        dirs.dedup();
+        Self {
+            dirs,
+            state_file: None,
+            state_lock: None,
+        }
+    }
+
+    fn remove(self) {
+        if let Some(file) = &self.state_file {
+            let _ = std::fs::remove_file(file);
+        }
+        if let Some(lock) = self.state_lock {
+            lock.remove();
+        }
+        private::remove_made(&self.dirs);
+    }
 }
 
 /// The VIPs, workers and table memory the instance may hold: what
@@ -178,18 +322,24 @@ fn say_attached(dataplane: &Dataplane, paths: &Paths) {
     ));
 }
 
-/// Detaches the program if asked to, and says what stays.
-fn say_stopped(dataplane: &mut Dataplane, detach: bool) {
+/// Detaches the program if asked to, and says what stays: the program
+/// stays on the interface only if its link is pinned, since this process
+/// holds the last other reference to it.
+fn say_stopped(dataplane: &mut Dataplane, pins: Option<PinGuard>, detach: bool) {
     let options = dataplane.options().clone();
+    let (iface, dir) = (&options.iface, options.pin_dir.display());
+    let unpinned = pins.as_ref().is_some_and(|pins| !pins.link_pinned());
+    drop(pins);
     if detach {
         dataplane.detach();
-        say(&format!("lb: detached from {}", options.iface));
+        say(&format!("lb: detached from {iface}"));
+    } else if unpinned {
+        say(&format!(
+            "lb: controller stopped; nothing pinned its link under {dir}, so the program left {iface} with it: `lb run` attaches it again"
+        ));
     } else {
         say(&format!(
-            "lb: controller stopped; the data plane keeps forwarding on {} (pins under {}): `lb run` again adopts it, `lb detach --pin-dir {}` removes it",
-            options.iface,
-            options.pin_dir.display(),
-            options.pin_dir.display()
+            "lb: controller stopped; the data plane keeps forwarding on {iface} (pins under {dir}): `lb run` again adopts it, `lb detach --pin-dir {dir}` removes it"
         ));
     }
 }
@@ -250,20 +400,22 @@ impl Endpoints {
     }
 }
 
-/// `lb detach`: removes a stopped instance's link and pins.
+/// `lb detach`: removes a stopped instance's link and pins, holding the
+/// pin directory's lock meanwhile so that no `lb run` starts on it.
 pub fn detach(dir: &Path) -> anyhow::Result<()> {
+    crate::dataplane::check_pin_dir(dir)?;
     if !crate::dataplane::has_pins(dir) {
         bail!(
             "no lb instance is pinned under {}; `ls /sys/fs/bpf` shows what is",
             dir.display()
         );
     }
-    if crate::dataplane::pin_dir_locked(dir) {
+    let Some(_lock) = crate::dataplane::take_lock(&crate::dataplane::lock_path(dir))? else {
         bail!(
             "an `lb run` still manages {}: stop it first (or run it with --detach-on-exit)",
             dir.display()
         );
-    }
+    };
     withdraw_announcements(dir);
     crate::dataplane::detach_pins(dir);
     say(&format!(

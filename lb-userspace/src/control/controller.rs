@@ -28,7 +28,7 @@ use crate::{
     checks::tunnel::{Encapsulation, Tunnel},
     dataplane::maps::{ControlMaps, WorkerEntry},
     dataplane::sessions,
-    dataplane::{LinkCheck, LinkGuard},
+    dataplane::{PinCheck, PinGuard},
     desired::options::{CheckKind, Forward, VipOptions},
     desired::state::{self, Desired},
     desired::state_file::StateFile,
@@ -72,14 +72,20 @@ pub struct Instance {
     pub announce_table: Option<u32>,
 }
 
-/// Whether the program still runs on the interface, as the controller
-/// last checked through its reference to the link.
+/// Whether the program still runs on the interface, and whether its pins
+/// are whole, as the controller last checked through its references to
+/// the link and the maps.
 #[derive(Clone, Debug, Default)]
 pub struct Attachment {
     /// Why it no longer runs; `None` while it does.
     pub lost: Option<String>,
     /// How often the link's pin was found removed and pinned again.
     pub repins: u64,
+    /// Why the pins are not whole (or not in a directory only lb may
+    /// write) and were not pinned again; `None` while they are.
+    pub unpinned: Option<String>,
+    /// How often pins were found removed and pinned again.
+    pub restores: u64,
 }
 
 /// Changes in force that the state file doesn't hold yet: the last save
@@ -215,8 +221,9 @@ pub struct Controller {
     netlink: Netlink,
     /// The interface's index.
     ifindex: u32,
-    /// The reference to the program's link, if one could be taken.
-    link: Option<LinkGuard>,
+    /// The references to the program's link and maps, if they could be
+    /// taken.
+    pins: Option<PinGuard>,
     /// VIPs whose Maglev table the last install failed to write.
     uninstalled: BTreeSet<Vip>,
     attachment: Attachment,
@@ -297,7 +304,7 @@ impl Controller {
         maps: ControlMaps,
         instance: Instance,
         state_file: Option<StateFile>,
-        link: Option<LinkGuard>,
+        pins: Option<PinGuard>,
     ) -> anyhow::Result<Self> {
         let ifindex = netlink::ifindex(&instance.iface)?;
         let netlink = Netlink::open().context("opening a route netlink socket")?;
@@ -310,7 +317,7 @@ impl Controller {
             state_file,
             netlink,
             ifindex,
-            link,
+            pins,
             uninstalled: Default::default(),
             attachment: Attachment::default(),
             occupancy: Occupancy::default(),
@@ -1033,32 +1040,53 @@ impl Controller {
         self.dirty.extend(pending);
     }
 
-    /// Checks, through the controller's reference to the link, that the
-    /// program still runs on the interface; a removed pin is restored.
-    pub(super) fn check_link(&mut self) {
-        let Some(link) = &mut self.link else {
+    /// Checks, through the controller's references to the link and the
+    /// maps, that the program still runs on the interface and that its
+    /// pins are whole; removed pins are pinned again where that is safe.
+    pub(super) fn check_pins(&mut self) {
+        let Some(pins) = &mut self.pins else {
             return;
         };
-        let iface = &self.instance.iface;
-        match link.check(&mut self.netlink) {
-            LinkCheck::Attached => self.attachment.lost = None,
-            LinkCheck::Repinned => {
+        let PinCheck {
+            restored,
+            unpinned,
+            lost,
+        } = pins.check(&mut self.netlink);
+        let (iface, dir) = (&self.instance.iface, self.instance.pin_dir.display());
+        if !restored.is_empty() {
+            self.attachment.restores += 1;
+            if restored.iter().any(|r| r == crate::dataplane::LINK_PIN) {
                 self.attachment.repins += 1;
-                self.attachment.lost = None;
+            }
+            let them = if restored.len() == 1 { "it" } else { "them" };
+            tracing::error!(
+                "{} of lb's instance on {iface} under {dir} had been removed (the program kept running: lb holds its link and maps); pinned {them} again",
+                restored.join(", ")
+            );
+        }
+        match (&unpinned, &self.attachment.unpinned) {
+            (Some(why), previous) if previous.as_ref() != Some(why) => tracing::error!(
+                "the pins of lb's instance on {iface} under {dir} are not whole, and were not pinned again: {why}; the program runs only for as long as this controller does"
+            ),
+            (None, Some(_)) => tracing::info!("the pins under {dir} are whole again"),
+            _ => {}
+        }
+        self.attachment.unpinned = unpinned;
+        if let Some(why) = &lost {
+            if self.attachment.lost.as_ref() != Some(why) {
                 tracing::error!(
-                    "the pin of lb's link on {iface} under {} was removed (the program kept running: lb holds the link); pinned it again",
-                    self.instance.pin_dir.display()
+                    "lb's program no longer runs on {iface}: {why}; `lb run` again attaches it"
                 );
             }
-            LinkCheck::Lost(why) => {
-                if self.attachment.lost.as_ref() != Some(&why) {
-                    tracing::error!(
-                        "lb's program no longer runs on {iface}: {why}; `lb run` again attaches it"
-                    );
-                }
-                self.attachment.lost = Some(why);
-            }
         }
+        self.attachment.lost = lost;
+    }
+
+    /// Hands over the references to the link and the maps, for `lb run`
+    /// to let go of them after it stops (detaching, or saying whether the
+    /// program stays).
+    pub fn take_pins(&mut self) -> Option<PinGuard> {
+        self.pins.take()
     }
 
     /// Where the maps are pinned.

@@ -457,6 +457,19 @@ fn tables(registry: &mut Registry, snapshot: &MetricsSnapshot) {
         "Times the link's pin was found removed and pinned again",
         repins,
     );
+    gauge(
+        registry,
+        "lb_pins_intact",
+        "1 while every pin is in place in a pin directory only lb may write, 0 while pins are missing and could not be pinned again",
+        f64::from(u8::from(snapshot.attachment.unpinned.is_none())),
+    );
+    let restores: Counter = Counter::default();
+    restores.inc_by(snapshot.attachment.restores);
+    registry.register(
+        "lb_pin_restores",
+        "Times pins (link, maps, marks or lock file) were found removed and pinned again",
+        restores,
+    );
 }
 
 /// Whether each VIP address is announced, with why not (only with

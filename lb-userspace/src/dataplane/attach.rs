@@ -19,16 +19,17 @@ use aya::{
 use lb_common::{map_names, program_names};
 
 use super::{
+    guard::PinGuard,
     object,
     pins::{
         check_layout, check_name, detach_pins, lock_pin_dir, mark_iface, mark_layout, mark_name,
-        prepare_pin_dir, remove_pins, LINK_PIN,
+        prepare_pin_dir, remove_pins, unpin_all, HeldLock, LINK_PIN,
     },
     AttachMode, DataplaneError, MAX_FLOWS,
 };
 use crate::{
     desired::state::Limits,
-    kernel::{iface, netlink::Netlink, privileges},
+    kernel::{iface, netlink::Netlink, private, privileges},
 };
 
 /// What to attach where.
@@ -93,9 +94,11 @@ pub struct Dataplane {
     options: AttachOptions,
     program_id: u32,
     takeover: Takeover,
-    link: Option<LinkGuard>,
+    pins: Option<PinGuard>,
     /// Held for as long as this controller manages the pin directory.
-    _lock: fs::File,
+    lock: HeldLock,
+    /// The directories this start made for its pins, deepest first.
+    made: Vec<PathBuf>,
 }
 
 /// What [`Dataplane::attach`] will do with what is pinned.
@@ -123,43 +126,41 @@ impl Dataplane {
             return Err(DataplaneError::TableTooLarge(options.max_flows.into()));
         }
         let dir = options.pin_dir.clone();
-        prepare_pin_dir(&dir)?;
+        // The lock first: two starts on a new pin directory must not both
+        // make it, nor one remove it under the other.
         let lock = lock_pin_dir(&dir)?;
-        check_name(&dir, &options.name)?;
-        let plan = plan(&dir, &options, if_index)?;
-        if plan.replace_maps {
-            remove_pins(&dir);
-        }
-        if plan.reattach {
-            // The old link goes with its last reference: the program stops
-            // until the new attachment below.
-            let _ = fs::remove_file(dir.join(LINK_PIN));
-        }
-        let had_maps = map_names::ALL.iter().any(|name| dir.join(name).exists());
-        let (ebpf, program_id, takeover) = match load_and_attach(&options, if_index, &plan) {
-            Ok(attached) => attached,
+        let made = match prepare_pin_dir(&dir) {
+            Ok(made) => made,
             Err(error) => {
-                // Leave nothing behind that no program uses.
-                if !had_maps {
-                    remove_pins(&dir);
-                }
+                lock.discard();
                 return Err(error);
             }
         };
-        mark_layout(&dir)?;
-        mark_name(&dir, &options.name)?;
-        mark_iface(&dir, &options.iface)?;
-        let link = LinkGuard::open(&dir.join(LINK_PIN), if_index, program_id);
-        if let Err(error) = &link {
-            tracing::warn!("holding the link pinned under {}: {error}", dir.display());
+        let had_pins = super::has_pins(&dir);
+        let (ebpf, program_id, takeover) = match attach_in(&dir, &options, if_index) {
+            Ok(attached) => attached,
+            Err(error) => {
+                // A refused start leaves nothing behind that it made.
+                if !had_pins {
+                    unpin_all(&dir);
+                }
+                private::remove_made(&made);
+                lock.discard();
+                return Err(error);
+            }
+        };
+        let pins = PinGuard::open(&dir, &options.name, &lock, if_index, program_id);
+        if let Err(error) = &pins {
+            tracing::warn!("holding the pins under {}: {error}", dir.display());
         }
         Ok(Self {
             ebpf,
             options,
             program_id,
             takeover,
-            link: link.ok(),
-            _lock: lock,
+            pins: pins.ok(),
+            lock,
+            made,
         })
     }
 
@@ -169,11 +170,26 @@ impl Dataplane {
     }
 
     /// Detaches the program and removes every pin: forwarding stops and
-    /// the maps (flows, sessions) go.
+    /// the maps (flows, sessions) go. The controller must have let go of
+    /// its references ([`Dataplane::take_pins`]) first.
     pub fn detach(&mut self) {
         // Our own reference would keep the program attached.
-        self.link = None;
+        self.pins = None;
         detach_pins(&self.options.pin_dir);
+    }
+
+    /// Undoes a start that got no further than this: a program attached
+    /// afresh is detached and everything this start made is removed (the
+    /// pins, the directories, the lock file); a running one that was
+    /// adopted keeps forwarding with the program swapped in. The
+    /// controller must have let go of its references first.
+    pub fn abandon(mut self) {
+        self.pins = None;
+        if self.takeover == Takeover::Fresh {
+            unpin_all(&self.options.pin_dir);
+            private::remove_made(&self.made);
+        }
+        self.lock.discard();
     }
 
     /// How often the program ran and for how long, as the kernel counts
@@ -202,10 +218,41 @@ impl Dataplane {
         &mut self.ebpf
     }
 
-    /// The reference to the link, for the controller to watch.
-    pub fn take_link(&mut self) -> Option<LinkGuard> {
-        self.link.take()
+    /// The references to the link and the maps, for the controller to
+    /// keep its pins whole.
+    pub fn take_pins(&mut self) -> Option<PinGuard> {
+        self.pins.take()
     }
+}
+
+/// The part of [`Dataplane::attach`] after the pin directory is locked and
+/// made: check what is pinned there, then load and attach or swap in.
+fn attach_in(
+    dir: &Path,
+    options: &AttachOptions,
+    if_index: u32,
+) -> Result<(Ebpf, u32, Takeover), DataplaneError> {
+    check_name(dir, &options.name)?;
+    let plan = plan(dir, options, if_index)?;
+    if plan.replace_maps {
+        remove_pins(dir);
+    }
+    if plan.reattach {
+        // The old link goes with its last reference: the program stops
+        // until the new attachment below.
+        let _ = fs::remove_file(dir.join(LINK_PIN));
+    }
+    let had_maps = map_names::ALL.iter().any(|name| dir.join(name).exists());
+    let attached = load_and_attach(options, if_index, &plan);
+    if attached.is_err() && !had_maps {
+        // Leave nothing behind that no program uses.
+        remove_pins(dir);
+    }
+    let attached = attached?;
+    mark_layout(dir)?;
+    mark_name(dir, &options.name)?;
+    mark_iface(dir, &options.iface)?;
+    Ok(attached)
 }
 
 /// Decides what to do with what is pinned under `dir`, refusing what does
@@ -333,64 +380,6 @@ fn load_and_attach(
         }
     };
     Ok((ebpf, program_id, takeover))
-}
-
-/// A reference to lb's pinned link, held by the controller: the program
-/// stays attached even if someone removes the pin, and [`LinkGuard::check`]
-/// notices that (and pins it again) or that the interface lost it.
-pub struct LinkGuard {
-    link: Option<FdLink>,
-    path: PathBuf,
-    if_index: u32,
-    program_id: u32,
-}
-
-/// What [`LinkGuard::check`] found.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum LinkCheck {
-    /// Pinned, and the interface runs lb's program.
-    Attached,
-    /// The pin had been removed; it is pinned again.
-    Repinned,
-    /// The interface no longer runs lb's program: why.
-    Lost(String),
-}
-
-impl LinkGuard {
-    fn open(path: &Path, if_index: u32, program_id: u32) -> Result<Self, LinkError> {
-        let link: FdLink = PinnedLink::from_pin(path)?.into();
-        Ok(Self {
-            link: Some(link),
-            path: path.to_owned(),
-            if_index,
-            program_id,
-        })
-    }
-
-    /// Checks that the link is pinned and that the interface still runs
-    /// lb's program; pins the link again if its pin was removed.
-    pub fn check(&mut self, netlink: &mut Netlink) -> LinkCheck {
-        let mut found = LinkCheck::Attached;
-        if !self.path.exists() {
-            if let Some(link) = self.link.take() {
-                match link.pin(&self.path) {
-                    Ok(pinned) => {
-                        self.link = Some(pinned.into());
-                        found = LinkCheck::Repinned;
-                    }
-                    Err(error) => {
-                        return LinkCheck::Lost(format!("its pin could not be restored: {error}"))
-                    }
-                }
-            }
-        }
-        match netlink.xdp(self.if_index) {
-            Ok(xdp) if xdp.program_id == self.program_id => found,
-            Ok(xdp) if xdp.program_id == 0 => LinkCheck::Lost("no XDP program runs".into()),
-            Ok(xdp) => LinkCheck::Lost(format!("XDP program {} runs instead", xdp.program_id)),
-            Err(error) => LinkCheck::Lost(format!("the interface can't be read: {error}")),
-        }
-    }
 }
 
 /// Loads the tunnel program (IPIP and GUE) and the capture program and

@@ -1,12 +1,14 @@
 //! The data plane handle: loading lb's XDP program, attaching it or
 //! adopting the one running ([`attach`]), the pin directory with its marks
-//! and locks ([`pins`]), typed handles on the maps ([`maps`]) and what is
-//! read from them (flows, counters, sessions, captures).
+//! and locks ([`pins`]), the controller's hold on its pins ([`guard`]),
+//! typed handles on the maps ([`maps`]) and what is read from them (flows,
+//! counters, sessions, captures).
 
 pub mod activity;
 mod attach;
 pub(crate) mod capture;
 pub(crate) mod counters;
+mod guard;
 pub mod maps;
 pub(crate) mod memory;
 pub mod object;
@@ -21,11 +23,10 @@ use aya::{
 };
 use lb_common::LAYOUT_VERSION;
 
-pub use attach::{
-    load_tail_calls, AttachOptions, Dataplane, LinkCheck, LinkGuard, ProgramStats, Takeover,
-};
+pub use attach::{load_tail_calls, AttachOptions, Dataplane, ProgramStats, Takeover};
+pub use guard::{PinCheck, PinGuard};
 pub use pins::{
-    capture_lock_path, check_private, detach_pins, has_pins, lock_path, pin_dir_locked,
+    capture_lock_path, check_pin_dir, check_private, detach_pins, has_pins, lock_path,
     pinned_iface, prepare_pin_dir, take_lock, LINK_PIN, LOCK_DIR,
 };
 

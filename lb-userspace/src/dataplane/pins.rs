@@ -1,9 +1,12 @@
 //! An instance's pin directory: made root's alone (mounting the machine's
-//! bpffs if nobody has), marked with the layout and the instance's name,
-//! locked by the controller that manages it, and emptied by `lb detach`.
+//! bpffs if nobody has), on a path no other user could swap (every
+//! directory above it checked), marked with the layout and the instance's
+//! name, locked by the controller that manages it, and emptied by `lb
+//! detach`.
 
 use std::{
     fs, io,
+    os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
 };
 
@@ -145,7 +148,18 @@ pub(super) fn remove_pins(dir: &Path) {
 
 /// Removes every pin of an instance: the link (which detaches the program
 /// once no process holds it), the maps, its marks and its lock files.
+/// The caller holds the pin directory's lock (a lock file is removed only
+/// by its holder, see [`take_lock`]).
 pub fn detach_pins(dir: &Path) {
+    unpin_all(dir);
+    let _ = fs::remove_dir(dir);
+    let _ = fs::remove_file(lock_path(dir));
+    let _ = fs::remove_file(capture_lock_path(dir));
+}
+
+/// Removes the link, the maps and the marks under `dir`, leaving the
+/// directory and the lock files.
+pub(super) fn unpin_all(dir: &Path) {
     remove_pins(dir);
     let _ = fs::remove_file(dir.join(LINK_PIN));
     for prefix in [NAME_MARK, IFACE_MARK] {
@@ -153,9 +167,22 @@ pub fn detach_pins(dir: &Path) {
             let _ = fs::remove_dir(dir.join(format!("{prefix}{name}")));
         }
     }
-    let _ = fs::remove_dir(dir);
-    let _ = fs::remove_file(lock_path(dir));
-    let _ = fs::remove_file(capture_lock_path(dir));
+}
+
+/// The names of the pins and marks an instance keeps under its pin
+/// directory that are missing: what a controller pins again.
+pub(super) fn missing(dir: &Path, name: &str) -> Vec<String> {
+    std::iter::once(LINK_PIN.to_owned())
+        .chain(map_names::ALL.iter().map(|&m| m.to_owned()))
+        .chain([layout_mark(), format!("{NAME_MARK}{name}")])
+        .filter(|entry| fs::symlink_metadata(dir.join(entry)).is_err())
+        .collect()
+}
+
+/// Makes the marks of an instance named `name` that are missing.
+pub(super) fn mark_all(dir: &Path, name: &str) -> Result<(), DataplaneError> {
+    mark_layout(dir)?;
+    mark_name(dir, name)
 }
 
 /// Whether anything of an instance is pinned under `dir`: a link, or maps
@@ -188,37 +215,89 @@ pub fn capture_lock_path(dir: &Path) -> PathBuf {
     lock_path(dir).with_extension("capture.lock")
 }
 
-/// Takes the pin directory's lock: one controller per instance.
-pub(super) fn lock_pin_dir(dir: &Path) -> Result<fs::File, DataplaneError> {
-    take_lock(&lock_path(dir))?.ok_or_else(|| DataplaneError::PinDirInUse(dir.to_owned()))
+/// A lock file held, and whether this process made it: a start that is
+/// refused removes the lock file it made, while it still holds it.
+#[derive(Debug)]
+pub struct HeldLock {
+    file: fs::File,
+    path: PathBuf,
+    made: bool,
 }
 
-/// Whether a controller holds the pin directory's lock.
-pub fn pin_dir_locked(dir: &Path) -> bool {
-    let Ok(file) = fs::File::open(lock_path(dir)) else {
-        return false;
-    };
-    file.try_lock().is_err()
+impl HeldLock {
+    /// Releases the lock, removing the file first if this process made it.
+    pub fn discard(self) {
+        if self.made {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+
+    /// Whether the file at its path is still the one locked: someone may
+    /// have removed it (by hand, or a cleanup of /run).
+    pub(super) fn in_place(&self) -> bool {
+        same_file(&self.file, &self.path)
+    }
+
+    /// Another handle on the lock (flock follows the open file, so either
+    /// keeps it).
+    pub(super) fn share(&self) -> io::Result<Self> {
+        Ok(Self {
+            file: self.file.try_clone()?,
+            path: self.path.clone(),
+            made: false,
+        })
+    }
+}
+
+/// Takes the pin directory's lock: one controller per instance.
+pub(super) fn lock_pin_dir(dir: &Path) -> Result<HeldLock, DataplaneError> {
+    try_lock(&lock_path(dir))?.ok_or_else(|| DataplaneError::PinDirInUse(dir.to_owned()))
 }
 
 /// Takes lock file `path` (created if needed) in [`LOCK_DIR`]; `None`
 /// when someone else holds it. The directory is root's alone, so no
 /// other user can hold or replace a lock.
 pub fn take_lock(path: &Path) -> Result<Option<fs::File>, DataplaneError> {
-    let file = open_lock(path)?;
-    match file.try_lock() {
-        Ok(()) => Ok(Some(file)),
-        Err(fs::TryLockError::WouldBlock) => Ok(None),
-        Err(fs::TryLockError::Error(source)) => Err(DataplaneError::PinDir {
-            path: path.to_owned(),
-            source,
-        }),
+    Ok(try_lock(path)?.map(|held| held.file))
+}
+
+/// As [`take_lock`], saying whether this process made the file. A lock
+/// file is removed only by its holder; one removed (or replaced) between
+/// its opening and its locking here is no lock, so it is opened again.
+pub(super) fn try_lock(path: &Path) -> Result<Option<HeldLock>, DataplaneError> {
+    loop {
+        let (file, made) = open_lock(path)?;
+        match file.try_lock() {
+            Ok(()) if same_file(&file, path) => {
+                return Ok(Some(HeldLock {
+                    file,
+                    path: path.to_owned(),
+                    made,
+                }))
+            }
+            Ok(()) => continue,
+            Err(fs::TryLockError::WouldBlock) => return Ok(None),
+            Err(fs::TryLockError::Error(source)) => {
+                return Err(DataplaneError::PinDir {
+                    path: path.to_owned(),
+                    source,
+                })
+            }
+        }
+    }
+}
+
+/// Whether `path` names the file `file` is open on.
+fn same_file(file: &fs::File, path: &Path) -> bool {
+    match (file.metadata(), fs::symlink_metadata(path)) {
+        (Ok(open), Ok(named)) => open.dev() == named.dev() && open.ino() == named.ino(),
+        _ => false,
     }
 }
 
 /// As [`take_lock`], waiting for whoever holds it.
 fn wait_lock(path: &Path) -> Result<fs::File, DataplaneError> {
-    let file = open_lock(path)?;
+    let (file, _) = open_lock(path)?;
     file.lock().map_err(|source| DataplaneError::PinDir {
         path: path.to_owned(),
         source,
@@ -226,7 +305,9 @@ fn wait_lock(path: &Path) -> Result<fs::File, DataplaneError> {
     Ok(file)
 }
 
-fn open_lock(path: &Path) -> Result<fs::File, DataplaneError> {
+/// Opens lock file `path`, creating it (and [`LOCK_DIR`]) if needed;
+/// whether it was made here.
+fn open_lock(path: &Path) -> Result<(fs::File, bool), DataplaneError> {
     use std::os::unix::fs::OpenOptionsExt as _;
     let lock_dir = Path::new(LOCK_DIR);
     let lock_error = |source| DataplaneError::PinDir {
@@ -235,14 +316,27 @@ fn open_lock(path: &Path) -> Result<fs::File, DataplaneError> {
     };
     private::create_dir(lock_dir).map_err(lock_error)?;
     check_private(lock_dir)?;
-    fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)
-        .map_err(lock_error)
+    let open = |make: bool| {
+        fs::OpenOptions::new()
+            .create_new(make)
+            .write(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(path)
+    };
+    loop {
+        match open(true) {
+            Ok(file) => return Ok((file, true)),
+            Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(lock_error(e)),
+            Err(_) => {}
+        }
+        match open(false) {
+            Ok(file) => return Ok((file, false)),
+            // Removed in between: make it.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(lock_error(e)),
+        }
+    }
 }
 
 /// Refuses a directory that another user owns or may write: they could
@@ -260,9 +354,27 @@ pub fn check_private(dir: &Path) -> Result<(), DataplaneError> {
     })
 }
 
+/// Refuses a pin directory that another user could tamper with, or swap
+/// for their own through a directory above it (see
+/// [`private::check_tree`]); one that does not exist yet passes as far as
+/// it goes. `lb run` and `lb decap` check before they pin, the commands
+/// that read pins before they trust what they find: another user's
+/// directory could hold links to another instance's maps.
+pub fn check_pin_dir(dir: &Path) -> Result<(), DataplaneError> {
+    private::check_tree(dir).map_err(|(path, exposure)| match exposure {
+        Exposure::Inspect(source) => DataplaneError::PinDir { path, source },
+        problem => DataplaneError::Unsafe {
+            path,
+            problem: problem.to_string(),
+        },
+    })
+}
+
 /// Creates the pin directory, readable by root alone (mounting the BPF
-/// filesystem if needed), and refuses one another user could tamper with.
-pub fn prepare_pin_dir(dir: &Path) -> Result<(), DataplaneError> {
+/// filesystem if needed), and refuses one another user could tamper with,
+/// before creating anything and again once it exists. Returns the
+/// directories it made, for a start that fails to remove.
+pub fn prepare_pin_dir(dir: &Path) -> Result<Vec<PathBuf>, DataplaneError> {
     let pin_dir_error = |source| DataplaneError::PinDir {
         path: dir.to_owned(),
         source,
@@ -270,11 +382,24 @@ pub fn prepare_pin_dir(dir: &Path) -> Result<(), DataplaneError> {
     if dir.starts_with(bpffs::MOUNT_POINT) {
         mount_bpffs()?;
     }
-    private::create_dir(dir).map_err(pin_dir_error)?;
-    if !bpffs::contains(dir).map_err(pin_dir_error)? {
-        return Err(DataplaneError::NotBpffs(dir.to_owned()));
+    check_pin_dir(dir)?;
+    let made = private::missing_dirs(dir);
+    // The pin directory itself must be lb's own user's, not only root's:
+    // lb keeps it (and may run as a user of its own).
+    let prepared = private::create_dir(dir)
+        .map_err(pin_dir_error)
+        .and_then(|()| match bpffs::contains(dir) {
+            Ok(true) => check_pin_dir(dir).and_then(|()| check_private(dir)),
+            Ok(false) => Err(DataplaneError::NotBpffs(dir.to_owned())),
+            Err(source) => Err(pin_dir_error(source)),
+        });
+    match prepared {
+        Ok(()) => Ok(made),
+        Err(error) => {
+            private::remove_made(&made);
+            Err(error)
+        }
     }
-    check_private(dir)
 }
 
 /// Mounts a BPF filesystem on /sys/fs/bpf unless one is there already, as

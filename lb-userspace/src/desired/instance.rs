@@ -1,7 +1,9 @@
 //! An lb instance is one identity: a name, and the pin directory, admin
 //! socket and state file derived from it (each can be overridden). Every
 //! command finds its instance by name, so a second instance on the same
-//! machine needs `--name` only.
+//! machine needs `--name` only. Each path is taken in its one spelling
+//! ([`crate::kernel::private::canonical`]): `/sys/fs/bpf//lb` is the
+//! instance at `/sys/fs/bpf/lb`, with the same lock, not another one.
 
 use std::{
     fmt, fs,
@@ -9,6 +11,8 @@ use std::{
     path::{Path, PathBuf},
     str::FromStr,
 };
+
+use crate::kernel::private::canonical;
 
 /// The instance name when none is given.
 pub const DEFAULT_NAME: &str = "lb";
@@ -83,7 +87,10 @@ pub struct Paths {
 }
 
 impl Paths {
-    /// The paths of instance `name`, each derived from it unless given.
+    /// The paths of instance `name`, each derived from it unless given,
+    /// and each in its one spelling: the lock on the pin directory is
+    /// named after its path, and a path spelled another way (`//`, `/./`,
+    /// `..`, a link of root's) must not name another instance.
     pub fn new(
         name: Name,
         pin_dir: Option<PathBuf>,
@@ -92,12 +99,15 @@ impl Paths {
     ) -> Self {
         let derived_state = state_file.is_none();
         let legacy_state_file = (derived_state && name.as_str() == DEFAULT_NAME)
-            .then(|| Path::new(STATE_DIR).join(LEGACY_STATE_FILE));
+            .then(|| canonical(&Path::new(STATE_DIR).join(LEGACY_STATE_FILE)));
+        let pin_dir = pin_dir.unwrap_or_else(|| Path::new(PIN_ROOT).join(name.as_str()));
+        let socket = socket.unwrap_or_else(|| Path::new(SOCKET_DIR).join(format!("{name}.sock")));
+        let state_file =
+            state_file.unwrap_or_else(|| Path::new(STATE_DIR).join(format!("{name}.json")));
         Self {
-            pin_dir: pin_dir.unwrap_or_else(|| Path::new(PIN_ROOT).join(name.as_str())),
-            socket: socket.unwrap_or_else(|| Path::new(SOCKET_DIR).join(format!("{name}.sock"))),
-            state_file: state_file
-                .unwrap_or_else(|| Path::new(STATE_DIR).join(format!("{name}.json"))),
+            pin_dir: canonical(&pin_dir),
+            socket: canonical(&socket),
+            state_file: canonical(&state_file),
             legacy_state_file,
             name,
         }
@@ -183,6 +193,16 @@ mod tests {
             ("/p".into(), "/s".into(), "/f.json".into())
         );
         assert_eq!(given.legacy_state_file, None, "a given file is the file");
+        let spelled = Paths::new(
+            DEFAULT_NAME.parse().unwrap(),
+            Some("/p//q/./r/".into()),
+            Some("/s/../t.sock".into()),
+            Some("/u///f.json".into()),
+        );
+        assert_eq!(
+            (spelled.pin_dir, spelled.socket, spelled.state_file),
+            ("/p/q/r".into(), "/t.sock".into(), "/u/f.json".into())
+        );
     }
 
     #[test]

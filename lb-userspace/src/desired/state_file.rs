@@ -187,7 +187,25 @@ pub struct Loaded {
 pub struct StateFile {
     path: PathBuf,
     owner: Owner,
-    _lock: fs::File,
+    lock: fs::File,
+    /// Whether this start made the lock file (a refused one removes it).
+    lock_made: bool,
+}
+
+/// The lock file a start made, with a handle that keeps it locked, so that
+/// a start refused later removes it while still holding it: a lock file
+/// removed by anyone else could be taken by two controllers at once.
+#[derive(Debug)]
+pub struct MadeLock {
+    path: PathBuf,
+    _file: fs::File,
+}
+
+impl MadeLock {
+    /// Removes the lock file, then lets go of the lock.
+    pub fn remove(self) {
+        let _ = fs::remove_file(&self.path);
+    }
 }
 
 impl StateFile {
@@ -203,23 +221,38 @@ impl StateFile {
             paths.pin_dir.display(),
             paths.socket.display()
         );
-        let lock = lock(&path, &holder)?;
-        if let Some(legacy) = &paths.legacy_state_file {
-            adopt_legacy(legacy, &path)?;
-        }
+        let (lock, lock_made) = lock(&path, &holder)?;
         let owner = Owner {
             name: paths.name.to_string(),
             iface: iface.to_owned(),
             netns: instance::netns(),
         };
-        let loaded = load(&path)?;
-        if let Some(loaded) = &loaded {
-            owner.check(&path, loaded.owner.as_ref())?;
-        }
+        let loaded = paths
+            .legacy_state_file
+            .as_deref()
+            .map_or(Ok(()), |legacy| adopt_legacy(legacy, &path))
+            .and_then(|()| load(&path))
+            .and_then(|loaded| {
+                if let Some(loaded) = &loaded {
+                    owner.check(&path, loaded.owner.as_ref())?;
+                }
+                Ok(loaded)
+            });
+        let loaded = match loaded {
+            Ok(loaded) => loaded,
+            Err(error) => {
+                // Removed while still locked; the lock goes with `lock`.
+                if lock_made {
+                    let _ = fs::remove_file(lock_path(&path));
+                }
+                return Err(error);
+            }
+        };
         let state_file = Self {
             path,
             owner,
-            _lock: lock,
+            lock,
+            lock_made,
         };
         Ok((state_file, loaded.map(|l| l.desired)))
     }
@@ -227,6 +260,16 @@ impl StateFile {
     /// Where it is.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The lock file, if this start made it, with a handle that keeps it
+    /// locked for as long as the caller holds it.
+    pub fn made_lock(&self) -> Option<MadeLock> {
+        let file = self.lock.try_clone().ok()?;
+        self.lock_made.then(|| MadeLock {
+            path: lock_path(&self.path),
+            _file: file,
+        })
     }
 
     /// Saves `desired` with this instance as its owner.
@@ -244,8 +287,11 @@ fn lock_path(path: &Path) -> PathBuf {
 }
 
 /// Takes the state file's lock and writes `holder` into the lock file for
-/// the next controller's error message.
-fn lock(path: &Path, holder: &str) -> Result<fs::File, StateFileError> {
+/// the next controller's error message; whether this made the lock file.
+/// A lock file is removed only by its holder, so one removed (or
+/// replaced) between its opening and its locking here is no lock: it is
+/// opened again.
+fn lock(path: &Path, holder: &str) -> Result<(fs::File, bool), StateFileError> {
     let dir = directory_of(path);
     let lock_error = |path: &Path| {
         let path = path.to_owned();
@@ -257,16 +303,63 @@ fn lock(path: &Path, holder: &str) -> Result<fs::File, StateFileError> {
         problem,
     })?;
     let lock_file = lock_path(path);
-    let mut file = fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .read(true)
-        .write(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(&lock_file)
-        .map_err(lock_error(&lock_file))?;
+    loop {
+        let (file, made) = open_lock(&lock_file).map_err(lock_error(&lock_file))?;
+        if let Some(file) = take_lock(file, path, &lock_file, holder)? {
+            return Ok((file, made));
+        }
+    }
+}
+
+/// Opens lock file `path`, making it if needed; whether it was made here.
+fn open_lock(path: &Path) -> io::Result<(fs::File, bool)> {
+    let open = |make: bool| {
+        fs::OpenOptions::new()
+            .create_new(make)
+            .read(true)
+            .write(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(path)
+    };
+    loop {
+        match open(true) {
+            Ok(file) => return Ok((file, true)),
+            Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),
+            Err(_) => {}
+        }
+        match open(false) {
+            Ok(file) => return Ok((file, false)),
+            // Removed in between: make it.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Whether `path` names the file `file` is open on.
+fn same_file(file: &fs::File, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    match (file.metadata(), fs::symlink_metadata(path)) {
+        (Ok(open), Ok(named)) => open.dev() == named.dev() && open.ino() == named.ino(),
+        _ => false,
+    }
+}
+
+/// Locks the state file `path`'s lock file `lock_file`, open as `file`,
+/// and records `holder` in it; refuses with what the holder recorded
+/// when another controller has it. `None` when the file is no longer at
+/// its path (see [`lock`]).
+fn take_lock(
+    mut file: fs::File,
+    path: &Path,
+    lock_file: &Path,
+    holder: &str,
+) -> Result<Option<fs::File>, StateFileError> {
     if file.try_lock().is_err() {
+        if !same_file(&file, lock_file) {
+            return Ok(None);
+        }
         let mut recorded = String::new();
         let _ = file.read_to_string(&mut recorded);
         let recorded = recorded.trim();
@@ -280,6 +373,9 @@ fn lock(path: &Path, holder: &str) -> Result<fs::File, StateFileError> {
             holder,
         });
     }
+    if !same_file(&file, lock_file) {
+        return Ok(None);
+    }
     let recorded = file
         .set_len(0)
         .and_then(|()| file.rewind())
@@ -287,7 +383,7 @@ fn lock(path: &Path, holder: &str) -> Result<fs::File, StateFileError> {
     if let Err(error) = recorded {
         tracing::warn!("recording the holder in {}: {error}", lock_file.display());
     }
-    Ok(file)
+    Ok(Some(file))
 }
 
 /// Moves the default instance's state file of an lb before instance names

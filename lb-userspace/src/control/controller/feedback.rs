@@ -156,7 +156,7 @@ impl Controller {
             }
         }
         self.refresh_neighbours(true);
-        self.check_link();
+        self.check_pins();
         self.retry_installs();
         self.retry_save();
         self.announce();

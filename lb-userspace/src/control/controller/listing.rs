@@ -33,7 +33,8 @@ pub struct MetricsSnapshot {
     pub max_flows: u32,
     /// Durations of every health check so far.
     pub check_latency: prometheus_client::metrics::histogram::Histogram,
-    /// Whether the program still runs, and how often its pin was restored.
+    /// Whether the program still runs and its pins are whole, and how
+    /// often pins were restored.
     pub attachment: super::Attachment,
     /// The kernel's statistics of the program, where the caller has them.
     pub program: Option<crate::dataplane::ProgramStats>,
@@ -187,6 +188,8 @@ impl Controller {
             program_id: self.instance.program_id,
             attached: self.attachment.lost.is_none(),
             detached_because: self.attachment.lost.clone(),
+            pinned: self.attachment.unpinned.is_none(),
+            unpinned_because: self.attachment.unpinned.clone(),
             pin_dir: self.instance.pin_dir.display().to_string(),
             max_flows: self.instance.max_flows,
             max_vips: self.instance.limits.vips,
