@@ -180,7 +180,18 @@ pub type Sink = std::sync::Arc<dyn Fn(Report) -> bool + Send + Sync>;
 pub async fn check(target: &Target, prober: &Prober) -> Outcome {
     let started = Instant::now();
     if let Some(tunnel) = &target.tunnel {
-        if let Err(detail) = prober.probe(target.worker, tunnel, target.timeout).await {
+        let Some(source) = tunnel.source else {
+            let note = format!(
+                " ({} not checked: the balancer has no {} address to send the echo from)",
+                tunnel.encapsulation,
+                crate::service::family_word(tunnel.vip)
+            );
+            return finish(target, started, Some(note)).await;
+        };
+        if let Err(detail) = prober
+            .probe(target.worker, tunnel, source, target.timeout)
+            .await
+        {
             return Outcome {
                 ok: false,
                 detail,
@@ -188,6 +199,11 @@ pub async fn check(target: &Target, prober: &Prober) -> Outcome {
             };
         }
     }
+    finish(target, started, None).await
+}
+
+/// The check itself, after the tunnel's; `note` goes after its detail.
+async fn finish(target: &Target, started: Instant, note: Option<String>) -> Outcome {
     let addr = SocketAddr::new(target.worker, target.port);
     let (ok, detail) = match &target.check {
         Check::None => (true, "not checked".to_owned()),
@@ -198,7 +214,7 @@ pub async fn check(target: &Target, prober: &Prober) -> Outcome {
     };
     Outcome {
         ok,
-        detail,
+        detail: detail + note.as_deref().unwrap_or_default(),
         took: started.elapsed(),
     }
 }

@@ -15,9 +15,9 @@ use std::{
     collections::HashMap,
     io,
     net::{IpAddr, SocketAddr},
-    os::fd::OwnedFd,
+    os::fd::{AsRawFd as _, OwnedFd, RawFd},
     sync::{
-        atomic::{AtomicU16, Ordering},
+        atomic::{AtomicU16, AtomicU64, Ordering},
         Arc, Mutex,
     },
     time::Duration,
@@ -33,8 +33,16 @@ const ICMPV6_ECHO_REQUEST: u8 = 128;
 const ICMPV6_ECHO_REPLY: u8 = 129;
 const IPPROTO_ICMP: u8 = 1;
 const IPPROTO_ICMPV6: u8 = 58;
-/// What the echo requests carry, so that a capture shows whose they are.
-const PAYLOAD: &[u8] = b"lb tunnel check";
+/// What the echo requests carry before their token, so that a capture
+/// shows whose they are.
+const PAYLOAD: &[u8] = b"lb tunnel check ";
+/// Bytes of the random token after it, which a reply must echo: a reply
+/// forged from the VIP can't make a worker that can't decapsulate look
+/// healthy without seeing the request.
+const TOKEN_LEN: usize = 8;
+/// What the receiving socket may hold while its task is busy: bursts of
+/// other echo replies for the host must not push ours out.
+const RECEIVE_BUFFER: libc::c_int = 1 << 20;
 
 /// How a VIP's packets reach its workers, as far as a probe must copy it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -62,56 +70,111 @@ pub struct Tunnel {
     /// The VIP's address: the inner packet goes to it, as clients' do.
     pub vip: IpAddr,
     /// The balancer's own address of the VIP's family, where the worker
-    /// sends the reply; `None` when the balancer has none.
+    /// sends the reply; `None` when the balancer has none, and then the
+    /// tunnel goes unchecked (a VIP whose workers are reached over the
+    /// other family may well have none).
     pub source: Option<IpAddr>,
 }
 
 /// Echo probes through tunnels, sharing one receiving socket per family.
-#[derive(Default)]
 pub struct Prober {
+    /// This prober's echo identifier, random so that it is hard to guess.
+    id: u16,
     next: AtomicU16,
-    waiting: Arc<Mutex<HashMap<(bool, u16), Waiter>>>,
+    /// Tells apart two probes that came to hold one sequence number.
+    probes: AtomicU64,
+    waiting: Waiting,
     v4: OnceCell<()>,
     v6: OnceCell<()>,
 }
 
-/// A probe waiting for its reply: the address it must come from.
+impl Default for Prober {
+    fn default() -> Self {
+        let random = random_u64();
+        Self {
+            id: random as u16,
+            next: AtomicU16::new((random >> 16) as u16),
+            probes: AtomicU64::new(0),
+            waiting: Waiting::default(),
+            v4: OnceCell::new(),
+            v6: OnceCell::new(),
+        }
+    }
+}
+
+/// The probes waiting for a reply, by family and sequence number.
+type Waiting = Arc<Mutex<HashMap<(bool, u16), Waiter>>>;
+
+/// A probe waiting for its reply: the address it must come from and the
+/// token it must carry.
 struct Waiter {
+    probe: u64,
     from: IpAddr,
+    token: [u8; TOKEN_LEN],
     done: oneshot::Sender<()>,
 }
 
+/// Takes a probe's entry out of the waiting map however the probe ends,
+/// also when its task is aborted mid-probe; only its own entry, should the
+/// sequence number have come round to a newer probe.
+struct Entry<'a> {
+    waiting: &'a Waiting,
+    key: (bool, u16),
+    probe: u64,
+}
+
+impl Drop for Entry<'_> {
+    fn drop(&mut self) {
+        let mut waiting = lock(self.waiting);
+        if waiting
+            .get(&self.key)
+            .is_some_and(|w| w.probe == self.probe)
+        {
+            waiting.remove(&self.key);
+        }
+    }
+}
+
+/// Random bits from std's hasher seeds (as `checks::dns` draws its ids).
+fn random_u64() -> u64 {
+    use std::hash::BuildHasher as _;
+    std::collections::hash_map::RandomState::new().hash_one(std::time::SystemTime::now())
+}
+
 impl Prober {
-    /// Sends one echo request through `tunnel` to `worker` and waits up to
-    /// `timeout` for its reply; the error says what failed, for `lb backend
-    /// list`.
+    /// Sends one echo request from `source` through `tunnel` to `worker`
+    /// and waits up to `timeout` for its reply; the error says what
+    /// failed, for `lb backend list`.
     pub async fn probe(
         &self,
         worker: IpAddr,
         tunnel: &Tunnel,
+        source: IpAddr,
         timeout: Duration,
     ) -> Result<(), String> {
-        let Some(source) = tunnel.source else {
-            return Err(format!(
-                "no {} address on the balancer to check the {} tunnel from",
-                family(tunnel.vip),
-                tunnel.encapsulation
-            ));
-        };
         let v6 = tunnel.vip.is_ipv6();
         self.listening(v6)
             .await
             .map_err(|e| format!("can't receive tunnel check replies: {}", raw_error(&e)))?;
         let sequence = self.next.fetch_add(1, Ordering::Relaxed);
+        let probe = self.probes.fetch_add(1, Ordering::Relaxed);
+        let token = random_u64().to_be_bytes();
         let (done, answered) = oneshot::channel();
         let key = (v6, sequence);
         let waiter = Waiter {
+            probe,
             from: tunnel.vip,
+            token,
             done,
         };
         lock(&self.waiting).insert(key, waiter);
-        let packet = echo_request(source, tunnel.vip, identifier(), sequence);
-        let outcome = match send(worker, tunnel.encapsulation, &packet).await {
+        let _entry = Entry {
+            waiting: &self.waiting,
+            key,
+            probe,
+        };
+        let packet = echo_request(source, tunnel.vip, self.id, sequence, &token);
+        match send(worker, tunnel.encapsulation, &packet).await {
             Err(error) => Err(format!(
                 "sending through the {} tunnel: {}",
                 tunnel.encapsulation,
@@ -129,17 +192,17 @@ impl Prober {
                     tunnel.vip
                 )),
             },
-        };
-        lock(&self.waiting).remove(&key);
-        outcome
+        }
     }
 
     /// Starts the family's receiving task once.
     async fn listening(&self, v6: bool) -> io::Result<()> {
         let cell = if v6 { &self.v6 } else { &self.v4 };
         cell.get_or_try_init(|| async {
-            let socket = datagram_socket(raw_socket(v6, ipproto_icmp(v6))?)?;
-            tokio::spawn(receive(socket, v6, self.waiting.clone()));
+            let socket = raw_socket(v6, ipproto_icmp(v6))?;
+            only_echo_replies(&socket, v6)?;
+            let socket = datagram_socket(socket)?;
+            tokio::spawn(receive(socket, v6, self.id, self.waiting.clone()));
             Ok(())
         })
         .await
@@ -151,15 +214,6 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// This process's echo identifier.
-fn identifier() -> u16 {
-    std::process::id() as u16
-}
-
-fn family(addr: IpAddr) -> &'static str {
-    crate::service::family_word(addr)
 }
 
 fn ipproto_icmp(v6: bool) -> rustix::net::Protocol {
@@ -193,6 +247,48 @@ fn raw_socket(v6: bool, protocol: rustix::net::Protocol) -> io::Result<OwnedFd> 
     )?)
 }
 
+/// Has the kernel give the receiving socket echo replies only (the raw
+/// socket of a protocol gets a copy of every packet of it: floods of
+/// other ICMP, neighbour discovery) and room for a burst of them.
+fn only_echo_replies(socket: &OwnedFd, v6: bool) -> io::Result<()> {
+    let fd = socket.as_raw_fd();
+    if v6 {
+        // ICMP6_FILTER: a set bit blocks that type.
+        let mut blocked = [u32::MAX; 8];
+        let reply = usize::from(ICMPV6_ECHO_REPLY);
+        blocked[reply / 32] &= !(1 << (reply % 32));
+        set_option(fd, libc::IPPROTO_ICMPV6, ICMP6_FILTER, &blocked)?;
+    } else {
+        // ICMP_FILTER: a set bit blocks that type.
+        let blocked: u32 = !(1 << ICMP_ECHO_REPLY);
+        set_option(fd, libc::SOL_RAW, ICMP_FILTER, &blocked)?;
+    }
+    set_option(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, &RECEIVE_BUFFER)
+}
+
+/// Linux's ICMP_FILTER (linux/icmp.h) and ICMP6_FILTER (linux/icmpv6.h).
+const ICMP_FILTER: libc::c_int = 1;
+const ICMP6_FILTER: libc::c_int = 1;
+
+fn set_option<T>(fd: RawFd, level: libc::c_int, name: libc::c_int, value: &T) -> io::Result<()> {
+    // SAFETY: the descriptor is open while the caller holds it, and the
+    // value is a plain value of the option's type, passed with its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            std::ptr::from_ref(value).cast(),
+            std::mem::size_of::<T>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// A raw socket driven by tokio through its datagram interface, which is
 /// all a raw socket needs: `send_to` and `recv_from` of whole packets.
 fn datagram_socket(fd: OwnedFd) -> io::Result<UdpSocket> {
@@ -201,7 +297,7 @@ fn datagram_socket(fd: OwnedFd) -> io::Result<UdpSocket> {
 
 /// Hands each echo reply to the probe waiting for it, for as long as the
 /// controller runs.
-async fn receive(socket: UdpSocket, v6: bool, waiting: Arc<Mutex<HashMap<(bool, u16), Waiter>>>) {
+async fn receive(socket: UdpSocket, v6: bool, id: u16, waiting: Waiting) {
     let mut buf = [0u8; 1500];
     loop {
         let (len, from) = match socket.recv_from(&mut buf).await {
@@ -213,22 +309,23 @@ async fn receive(socket: UdpSocket, v6: bool, waiting: Arc<Mutex<HashMap<(bool, 
                 continue;
             }
         };
-        let Some(sequence) = echo_reply(&buf[..len], v6) else {
+        let Some((sequence, token)) = echo_reply(&buf[..len], v6, id) else {
             continue;
         };
         let mut waiting = lock(&waiting);
         let ours = waiting
             .get(&(v6, sequence))
-            .is_some_and(|w| w.from == from.ip());
+            .is_some_and(|w| w.from == from.ip() && w.token[..] == *token);
         if let Some(waiter) = ours.then(|| waiting.remove(&(v6, sequence))).flatten() {
             let _ = waiter.done.send(());
         }
     }
 }
 
-/// The sequence number of an echo reply of ours: IPv4 raw sockets deliver
-/// the IP header, IPv6 ones only the ICMPv6 message.
-fn echo_reply(packet: &[u8], v6: bool) -> Option<u16> {
+/// The sequence number and token of an echo reply to identifier `id`:
+/// IPv4 raw sockets deliver the IP header, IPv6 ones only the ICMPv6
+/// message.
+fn echo_reply(packet: &[u8], v6: bool, id: u16) -> Option<(u16, &[u8])> {
     let (icmp, reply) = if v6 {
         (packet, ICMPV6_ECHO_REPLY)
     } else {
@@ -236,9 +333,9 @@ fn echo_reply(packet: &[u8], v6: bool) -> Option<u16> {
         (packet.get(header..)?, ICMP_ECHO_REPLY)
     };
     let head = icmp.get(..8)?;
-    let id = u16::from_be_bytes([head[4], head[5]]);
-    (head[0] == reply && head[1] == 0 && id == identifier())
-        .then(|| u16::from_be_bytes([head[6], head[7]]))
+    let token = icmp.get(8..)?.strip_prefix(PAYLOAD)?.get(..TOKEN_LEN)?;
+    let ours = head[0] == reply && head[1] == 0 && u16::from_be_bytes([head[4], head[5]]) == id;
+    ours.then(|| (u16::from_be_bytes([head[6], head[7]]), token))
 }
 
 /// Sends `inner` to `worker` wrapped the way the data plane wraps client
@@ -269,9 +366,16 @@ async fn send(worker: IpAddr, encapsulation: Encapsulation, inner: &[u8]) -> io:
     }
 }
 
-/// A whole IP packet: an echo request from `source` to `vip`.
-fn echo_request(source: IpAddr, vip: IpAddr, id: u16, sequence: u16) -> Vec<u8> {
-    let mut icmp = Vec::with_capacity(8 + PAYLOAD.len());
+/// A whole IP packet: an echo request from `source` to `vip`, carrying
+/// `token`.
+fn echo_request(
+    source: IpAddr,
+    vip: IpAddr,
+    id: u16,
+    sequence: u16,
+    token: &[u8; TOKEN_LEN],
+) -> Vec<u8> {
+    let mut icmp = Vec::with_capacity(8 + PAYLOAD.len() + TOKEN_LEN);
     let kind = if vip.is_ipv6() {
         ICMPV6_ECHO_REQUEST
     } else {
@@ -281,6 +385,7 @@ fn echo_request(source: IpAddr, vip: IpAddr, id: u16, sequence: u16) -> Vec<u8> 
     icmp.extend_from_slice(&id.to_be_bytes());
     icmp.extend_from_slice(&sequence.to_be_bytes());
     icmp.extend_from_slice(PAYLOAD);
+    icmp.extend_from_slice(token);
     let len = icmp.len() as u16;
     match (source, vip) {
         (IpAddr::V4(source), IpAddr::V4(vip)) => {
@@ -344,11 +449,13 @@ mod tests {
 
     #[test]
     fn echo_requests_carry_valid_checksums() {
+        let token = [1, 2, 3, 4, 5, 6, 7, 8];
         let v4 = echo_request(
             "192.0.2.2".parse().unwrap(),
             "192.0.2.100".parse().unwrap(),
             7,
             9,
+            &token,
         );
         assert_eq!(checksum(&[&v4[..20]]), 0, "the IPv4 header sums to zero");
         assert_eq!(checksum(&[&v4[20..]]), 0, "so does the ICMP message");
@@ -357,7 +464,7 @@ mod tests {
             "2001:db8::2".parse().unwrap(),
             "2001:db8::100".parse().unwrap(),
         );
-        let v6 = echo_request(source.into(), vip.into(), 7, 9);
+        let v6 = echo_request(source.into(), vip.into(), 7, 9, &token);
         let icmp = &v6[40..];
         let len = (icmp.len() as u32).to_be_bytes();
         let sum = checksum(&[
@@ -372,18 +479,26 @@ mod tests {
 
     #[test]
     fn only_our_echo_replies_are_taken() {
+        let (id, token): (u16, _) = (0x1234, [9; TOKEN_LEN]);
         let mut reply = vec![0x45; 20];
         reply.extend_from_slice(&[ICMP_ECHO_REPLY, 0, 0, 0]);
-        reply.extend_from_slice(&identifier().to_be_bytes());
+        reply.extend_from_slice(&id.to_be_bytes());
         reply.extend_from_slice(&42u16.to_be_bytes());
-        assert_eq!(echo_reply(&reply, false), Some(42));
-        let mut other = reply.clone();
-        other[24..26].copy_from_slice(&identifier().wrapping_add(1).to_be_bytes());
-        assert_eq!(echo_reply(&other, false), None, "another process's ping");
+        reply.extend_from_slice(PAYLOAD);
+        reply.extend_from_slice(&token);
+        assert_eq!(echo_reply(&reply, false, id), Some((42, &token[..])));
+        assert_eq!(echo_reply(&reply, false, id + 1), None, "another prober's");
         let mut request = reply.clone();
         request[20] = ICMP_ECHO_REQUEST;
-        assert_eq!(echo_reply(&request, false), None);
-        assert_eq!(echo_reply(&reply[20..], true), None, "not ICMPv6");
-        assert_eq!(echo_reply(&reply[..22], false), None, "cut short");
+        assert_eq!(echo_reply(&request, false, id), None);
+        assert_eq!(echo_reply(&reply[20..], true, id), None, "not ICMPv6");
+        assert_eq!(echo_reply(&reply[..40], false, id), None, "cut short");
+        let mut other = reply.clone();
+        other[28] = b'X';
+        assert_eq!(
+            echo_reply(&other, false, id),
+            None,
+            "someone else's payload"
+        );
     }
 }

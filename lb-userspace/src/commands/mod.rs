@@ -2,7 +2,7 @@
 //! that takes its arguments, asks the controller or reads the pinned maps,
 //! and renders the answer.
 
-use cli::{Cli, Command, OutputFormat};
+use cli::{Cli, Command, DecapCommand, OutputFormat};
 
 pub(crate) mod admin;
 pub(crate) mod capture;
@@ -75,7 +75,10 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
 fn prints_to_a_pipe(command: &Command) -> bool {
     !matches!(
         command,
-        Command::Run(_) | Command::Capture(_) | Command::Top(_) | Command::Decap(_)
+        Command::Run(_)
+            | Command::Capture(_)
+            | Command::Top(_)
+            | Command::Decap(DecapCommand::Attach { .. } | DecapCommand::Detach { .. })
     )
 }
 

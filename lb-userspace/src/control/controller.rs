@@ -512,6 +512,17 @@ impl Controller {
         self.unsaved |= self.save_failure.is_some();
     }
 
+    /// Says, as the controller stops, that changes in force are not in
+    /// the state file: the next start won't have them.
+    pub(super) fn warn_unsaved(&self) {
+        if let Some(failure) = &self.save_failure {
+            tracing::error!(
+                "stopping with changes the state file does not hold ({}): the next start restores what it last saved",
+                failure.error
+            );
+        }
+    }
+
     /// Carries out one API request up to the end of the batch: the
     /// tables it changes are installed and the state saved by [`Self::flush`].
     pub fn handle(&mut self, request: Request) -> Pending {

@@ -95,14 +95,19 @@ fn meminfo_total() -> Option<u64> {
     Some(kib * 1024)
 }
 
-/// The memory limit of lb's cgroup (v2), if it has one.
+/// The lowest memory limit on lb's cgroup (v2) and the cgroups above it
+/// (a slice's, a pod's), if any has one.
 fn cgroup_limit() -> Option<u64> {
     let text = std::fs::read_to_string("/proc/self/cgroup").ok()?;
     let path = text.lines().find_map(|l| l.strip_prefix("0::"))?;
-    let file = Path::new("/sys/fs/cgroup")
-        .join(path.trim_start_matches('/'))
-        .join("memory.max");
-    std::fs::read_to_string(file).ok()?.trim().parse().ok()
+    let own = Path::new("/sys/fs/cgroup").join(path.trim_start_matches('/'));
+    own.ancestors()
+        .take_while(|dir| dir.starts_with("/sys/fs/cgroup"))
+        .filter_map(|dir| {
+            let limit = std::fs::read_to_string(dir.join("memory.max")).ok()?;
+            limit.trim().parse().ok()
+        })
+        .min()
 }
 
 /// Parses `--max-memory`: bytes, or a number with K, M, G or T.

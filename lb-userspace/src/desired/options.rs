@@ -277,7 +277,7 @@ pub struct HealthOptions {
 
 impl Default for HealthOptions {
     fn default() -> Self {
-        flag_defaults()
+        VipOptions::default().health
     }
 }
 
@@ -335,7 +335,7 @@ pub struct LoadOptions {
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        flag_defaults()
+        VipOptions::default().load
     }
 }
 
@@ -382,7 +382,9 @@ pub struct VipOptions {
 
 impl Default for VipOptions {
     fn default() -> Self {
-        flag_defaults()
+        // Parsed once: serde asks for the defaults of every VIP it reads.
+        static DEFAULTS: std::sync::OnceLock<VipOptions> = std::sync::OnceLock::new();
+        DEFAULTS.get_or_init(flag_defaults).clone()
     }
 }
 

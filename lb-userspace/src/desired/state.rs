@@ -170,11 +170,14 @@ impl Worker {
     }
 }
 
-/// How long from `now` until `deadline` (Unix seconds); zero once past.
+/// How long from `now` until `deadline` (Unix seconds); zero once past,
+/// and at most a year, whatever a damaged state file says.
 pub fn time_until(deadline: u64, now: SystemTime) -> Duration {
-    (UNIX_EPOCH + Duration::from_secs(deadline))
-        .duration_since(now)
-        .unwrap_or_default()
+    const YEAR: Duration = Duration::from_secs(365 * 24 * 3600);
+    UNIX_EPOCH
+        .checked_add(Duration::from_secs(deadline))
+        .map_or(YEAR, |at| at.duration_since(now).unwrap_or_default())
+        .min(YEAR)
 }
 
 /// The deadline, in Unix seconds, `timeout` after `now`, rounded up to a
@@ -377,10 +380,8 @@ impl Desired {
         if workers > limits.workers as usize {
             return Err(StateError::TooManyBackends(limits.workers));
         }
-        let sizes = self.vips.values().map(VipState::effective_table_size);
-        let largest = sizes.clone().max().unwrap_or(0);
         check_tables(
-            sizes.map(table_bytes).sum::<u64>() + table_bytes(largest),
+            tables_need(self.vips.values().map(VipState::effective_table_size)),
             limits,
         )?;
         let withdrawn = self.withdrawn;
@@ -419,18 +420,17 @@ impl Desired {
         })
     }
 
-    /// Refuses a change that leaves `vip`'s table at `size` when all the
-    /// tables, with one more of that size while it is swapped in, would
-    /// pass the budget.
+    /// Refuses a change that leaves `vip`'s table at `size` when the
+    /// tables after it would pass the budget, by the rule a start applies
+    /// ([`tables_need`]): what is accepted now starts again.
     fn fits_tables(&self, vip: &Vip, size: u32) -> Result<(), StateError> {
-        let others: u64 = self
+        let others = self
             .vips
             .iter()
             .filter(|(v, _)| *v != vip)
-            .map(|(_, state)| table_bytes(state.effective_table_size()))
-            .sum();
+            .map(|(_, state)| state.effective_table_size());
         check_tables(
-            others + 2 * table_bytes(size),
+            tables_need(others.chain([size])),
             Limits {
                 table_bytes: self.table_budget,
                 ..Limits::NONE
@@ -779,6 +779,15 @@ impl Desired {
 }
 
 /// A VIP's settings, table size included (a prime in range).
+/// What tables of `sizes` need: all of them, and the largest once more,
+/// for the moment any one is rebuilt into a fresh map and swapped in.
+fn tables_need(sizes: impl Iterator<Item = u32>) -> u64 {
+    let (sum, largest) = sizes.fold((0, 0), |(sum, largest), size| {
+        (sum + table_bytes(size), largest.max(table_bytes(size)))
+    });
+    sum + largest
+}
+
 /// Refuses tables that need more than `limits` gives them.
 fn check_tables(needed: u64, limits: Limits) -> Result<(), StateError> {
     if needed > limits.table_bytes {
@@ -1052,6 +1061,8 @@ mod tests {
         assert_eq!(time_until(deadline, at(1_020)), Duration::from_secs(1));
         assert_eq!(time_until(deadline, at(1_021)), Duration::ZERO);
         assert_eq!(time_until(deadline, at(2_000)), Duration::ZERO);
+        let year = Duration::from_secs(365 * 24 * 3600);
+        assert_eq!(time_until(u64::MAX, at(0)), year, "no overflow");
         let mut config = Desired::new(0);
         config.add_vip(v, VipOptions::default()).unwrap();
         config.add_worker(&v, w, 1).unwrap();

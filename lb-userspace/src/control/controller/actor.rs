@@ -265,7 +265,10 @@ impl Actor {
             }
             for message in batch {
                 if !self.take(message) {
+                    // A save that failed gets its last try.
+                    self.controller.retry_save();
                     self.finish_batch();
+                    self.controller.warn_unsaved();
                     // Answers held for a new worker's MAC are of changes
                     // made and saved: dropped, they would tell their
                     // clients that the controller failed.
