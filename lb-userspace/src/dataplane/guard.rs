@@ -113,7 +113,10 @@ impl PinGuard {
             format!("{} {exposure}", path.display())
         };
         private::check_tree(&self.dir).map_err(unsafe_dir)?;
-        let mut missing = pins::missing(&self.dir, &self.name);
+        // The interface's name as it is now, for the mark `lb capture`
+        // names it by.
+        let iface = crate::kernel::iface::name_of(self.if_index);
+        let mut missing = pins::missing(&self.dir, &self.name, iface.as_deref());
         if !self.lock.in_place() {
             missing.push(LOCK_ENTRY.into());
         }
@@ -129,7 +132,7 @@ impl PinGuard {
                     .map_err(|e| format!("pinning {pin} again failed: {e}"))?;
             }
         }
-        pins::mark_all(&self.dir, &self.name).map_err(|e| format!("{e:#}"))?;
+        pins::mark_all(&self.dir, &self.name, iface.as_deref()).map_err(|e| format!("{e:#}"))?;
         if missing.iter().any(|m| m == LOCK_ENTRY) {
             let path = lock_path(&self.dir);
             self.lock = try_lock(&path)

@@ -171,18 +171,21 @@ pub(super) fn unpin_all(dir: &Path) {
 
 /// The names of the pins and marks an instance keeps under its pin
 /// directory that are missing: what a controller pins again.
-pub(super) fn missing(dir: &Path, name: &str) -> Vec<String> {
+pub(super) fn missing(dir: &Path, name: &str, iface: Option<&str>) -> Vec<String> {
     std::iter::once(LINK_PIN.to_owned())
         .chain(map_names::ALL.iter().map(|&m| m.to_owned()))
         .chain([layout_mark(), format!("{NAME_MARK}{name}")])
+        .chain(iface.map(|iface| format!("{IFACE_MARK}{iface}")))
         .filter(|entry| fs::symlink_metadata(dir.join(entry)).is_err())
         .collect()
 }
 
-/// Makes the marks of an instance named `name` that are missing.
-pub(super) fn mark_all(dir: &Path, name: &str) -> Result<(), DataplaneError> {
+/// Makes the marks of an instance named `name` on `iface` (when its name
+/// is known) that are missing.
+pub(super) fn mark_all(dir: &Path, name: &str, iface: Option<&str>) -> Result<(), DataplaneError> {
     mark_layout(dir)?;
-    mark_name(dir, name)
+    mark_name(dir, name)?;
+    iface.map_or(Ok(()), |iface| mark_iface(dir, iface))
 }
 
 /// Whether anything of an instance is pinned under `dir`: a link, or maps
