@@ -598,6 +598,26 @@ mod tests {
         assert!(verdict(Check::None, port).await.0);
     }
 
+    #[tokio::test]
+    async fn a_tunnel_without_a_source_goes_unchecked_and_says_so() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let target = Target {
+            tunnel: Some(Tunnel {
+                encapsulation: crate::checks::tunnel::Encapsulation::Ipip,
+                vip: "192.0.2.100".parse().unwrap(),
+                source: None,
+            }),
+            ..target(Check::Tcp, port)
+        };
+        let outcome = check(&target, &Prober::default()).await;
+        assert!(outcome.ok, "{outcome:?}");
+        assert_eq!(
+            outcome.detail,
+            "connected (IPIP not checked: the balancer has no IPv4 address to send the echo from)"
+        );
+    }
+
     fn udp(payload: &str, expect: Option<&str>) -> Check {
         Check::Udp {
             payload: payload.parse().unwrap(),

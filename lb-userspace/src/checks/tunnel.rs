@@ -478,6 +478,39 @@ mod tests {
     }
 
     #[test]
+    fn a_probe_takes_out_its_own_waiter_and_no_newer_one() {
+        let waiting = Waiting::default();
+        let key = (false, 7);
+        let wait = |probe| {
+            let (done, _) = oneshot::channel();
+            let waiter = Waiter {
+                probe,
+                from: "192.0.2.100".parse().unwrap(),
+                token: [0; TOKEN_LEN],
+                done,
+            };
+            lock(&waiting).insert(key, waiter);
+        };
+        wait(1);
+        drop(Entry {
+            waiting: &waiting,
+            key,
+            probe: 1,
+        });
+        assert!(lock(&waiting).is_empty(), "an ended (or aborted) probe's");
+        wait(2);
+        drop(Entry {
+            waiting: &waiting,
+            key,
+            probe: 1,
+        });
+        assert!(
+            lock(&waiting).contains_key(&key),
+            "a newer probe on the same sequence number keeps its waiter"
+        );
+    }
+
+    #[test]
     fn only_our_echo_replies_are_taken() {
         let (id, token): (u16, _) = (0x1234, [9; TOKEN_LEN]);
         let mut reply = vec![0x45; 20];
