@@ -16,6 +16,7 @@ pub mod bird;
 pub mod frames;
 pub mod packet_fuzz;
 pub mod rig;
+pub mod temp;
 pub mod testbed;
 pub mod testrun;
 pub mod wait;

@@ -6,7 +6,7 @@
 use std::{
     io::Read as _,
     net::{SocketAddr, UdpSocket},
-    path::{Path, PathBuf},
+    path::Path,
     process::{Child, Command, Stdio},
     time::Duration,
 };
@@ -15,6 +15,7 @@ use lb_common::{capture::CaptureFilter, map_names};
 use lb_testing::{
     lb_exe,
     rig::{metric, Rig, METRICS_ADDR, UDP_PORT, VIP4, VIP6},
+    temp::TempFile,
     testbed::{Host, HOST_IFACE},
     wait::wait_until,
 };
@@ -164,8 +165,8 @@ fn interface_names(pcapng: &[u8]) -> Vec<String> {
     out
 }
 
-fn temp_file(name: &str) -> PathBuf {
-    std::env::temp_dir().join(format!("lbt-{}-{name}", std::process::id()))
+fn temp_file(name: &str) -> TempFile {
+    TempFile::new(name)
 }
 
 #[test]

@@ -15,6 +15,7 @@ use std::{
 use lb_testing::{
     lb_exe,
     rig::{Download, KeepAlive, Rig, VIP4},
+    temp::TempFile,
     testbed::{enter_netns, http_get, Host, SLOW_BYTES},
     wait::wait_until,
 };
@@ -246,7 +247,7 @@ fn write_config(path: &std::path::Path, rig: &Rig, workers: usize) {
 #[test]
 fn a_restart_with_a_worker_added_to_the_config_fails_nothing() {
     lb_testing::needs_root!();
-    let config = std::env::temp_dir().join(format!("lbt-{}-restart.toml", std::process::id()));
+    let config = TempFile::new("restart.toml");
     let mut rig = Rig::new(lb_exe().as_ref(), 3, &[]).unwrap();
     write_config(&config, &rig, 2);
     let path = config.to_string_lossy().into_owned();
@@ -288,7 +289,6 @@ fn a_restart_with_a_worker_added_to_the_config_fails_nothing() {
         3,
         "the added worker takes traffic: {counts:?}"
     );
-    let _ = std::fs::remove_file(&config);
 }
 
 /// An older build of lb (`cargo xtask upgrade-check` builds one and
@@ -505,7 +505,7 @@ fn lb_detach_removes_a_stopped_instance_and_refuses_a_running_one() {
 #[test]
 fn two_instances_behind_ecmp_pick_the_same_workers_so_connections_survive_losing_one() {
     lb_testing::needs_root!();
-    let config = std::env::temp_dir().join(format!("lbt-{}-ecmp.toml", std::process::id()));
+    let config = TempFile::new("ecmp.toml");
     let backends: Vec<String> = (11..=13)
         .map(|n| format!("{{ address = \"192.0.2.{n}\" }}"))
         .collect();
@@ -601,7 +601,6 @@ fn two_instances_behind_ecmp_pick_the_same_workers_so_connections_survive_losing
     assert_eq!(download.finish(), SLOW_BYTES, "the transfer finished");
     assert_eq!(rig.spread(vip_addr(), 30).unwrap().len(), 3);
     drop(lb2);
-    let _ = std::fs::remove_file(&config);
 }
 
 #[test]
