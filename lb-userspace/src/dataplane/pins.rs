@@ -6,7 +6,6 @@
 
 use std::{
     fs, io,
-    os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
 };
 
@@ -238,7 +237,7 @@ impl HeldLock {
     /// Whether the file at its path is still the one locked: someone may
     /// have removed it (by hand, or a cleanup of /run).
     pub(super) fn in_place(&self) -> bool {
-        same_file(&self.file, &self.path)
+        private::same_file(&self.file, &self.path)
     }
 
     /// Another handle on the lock (flock follows the open file, so either
@@ -271,7 +270,7 @@ pub(super) fn try_lock(path: &Path) -> Result<Option<HeldLock>, DataplaneError> 
     loop {
         let (file, made) = open_lock(path)?;
         match file.try_lock() {
-            Ok(()) if same_file(&file, path) => {
+            Ok(()) if private::same_file(&file, path) => {
                 return Ok(Some(HeldLock {
                     file,
                     path: path.to_owned(),
@@ -290,14 +289,6 @@ pub(super) fn try_lock(path: &Path) -> Result<Option<HeldLock>, DataplaneError> 
     }
 }
 
-/// Whether `path` names the file `file` is open on.
-fn same_file(file: &fs::File, path: &Path) -> bool {
-    match (file.metadata(), fs::symlink_metadata(path)) {
-        (Ok(open), Ok(named)) => open.dev() == named.dev() && open.ino() == named.ino(),
-        _ => false,
-    }
-}
-
 /// As [`take_lock`], waiting for whoever holds it.
 fn wait_lock(path: &Path) -> Result<fs::File, DataplaneError> {
     let (file, _) = open_lock(path)?;
@@ -311,7 +302,6 @@ fn wait_lock(path: &Path) -> Result<fs::File, DataplaneError> {
 /// Opens lock file `path`, creating it (and [`LOCK_DIR`]) if needed;
 /// whether it was made here.
 fn open_lock(path: &Path) -> Result<(fs::File, bool), DataplaneError> {
-    use std::os::unix::fs::OpenOptionsExt as _;
     let lock_dir = Path::new(LOCK_DIR);
     let lock_error = |source| DataplaneError::PinDir {
         path: lock_dir.to_owned(),
@@ -319,27 +309,7 @@ fn open_lock(path: &Path) -> Result<(fs::File, bool), DataplaneError> {
     };
     private::create_dir(lock_dir).map_err(lock_error)?;
     check_private(lock_dir)?;
-    let open = |make: bool| {
-        fs::OpenOptions::new()
-            .create_new(make)
-            .write(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(path)
-    };
-    loop {
-        match open(true) {
-            Ok(file) => return Ok((file, true)),
-            Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(lock_error(e)),
-            Err(_) => {}
-        }
-        match open(false) {
-            Ok(file) => return Ok((file, false)),
-            // Removed in between: make it.
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(lock_error(e)),
-        }
-    }
+    private::open_lock_file(path).map_err(lock_error)
 }
 
 /// Refuses a directory that another user owns or may write: they could

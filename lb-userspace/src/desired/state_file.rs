@@ -304,45 +304,10 @@ fn lock(path: &Path, holder: &str) -> Result<(fs::File, bool), StateFileError> {
     })?;
     let lock_file = lock_path(path);
     loop {
-        let (file, made) = open_lock(&lock_file).map_err(lock_error(&lock_file))?;
+        let (file, made) = private::open_lock_file(&lock_file).map_err(lock_error(&lock_file))?;
         if let Some(file) = take_lock(file, path, &lock_file, holder)? {
             return Ok((file, made));
         }
-    }
-}
-
-/// Opens lock file `path`, making it if needed; whether it was made here.
-fn open_lock(path: &Path) -> io::Result<(fs::File, bool)> {
-    let open = |make: bool| {
-        fs::OpenOptions::new()
-            .create_new(make)
-            .read(true)
-            .write(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(path)
-    };
-    loop {
-        match open(true) {
-            Ok(file) => return Ok((file, true)),
-            Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),
-            Err(_) => {}
-        }
-        match open(false) {
-            Ok(file) => return Ok((file, false)),
-            // Removed in between: make it.
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
-        }
-    }
-}
-
-/// Whether `path` names the file `file` is open on.
-fn same_file(file: &fs::File, path: &Path) -> bool {
-    use std::os::unix::fs::MetadataExt as _;
-    match (file.metadata(), fs::symlink_metadata(path)) {
-        (Ok(open), Ok(named)) => open.dev() == named.dev() && open.ino() == named.ino(),
-        _ => false,
     }
 }
 
@@ -357,7 +322,7 @@ fn take_lock(
     holder: &str,
 ) -> Result<Option<fs::File>, StateFileError> {
     if file.try_lock().is_err() {
-        if !same_file(&file, lock_file) {
+        if !private::same_file(&file, lock_file) {
             return Ok(None);
         }
         let mut recorded = String::new();
@@ -373,7 +338,7 @@ fn take_lock(
             holder,
         });
     }
-    if !same_file(&file, lock_file) {
+    if !private::same_file(&file, lock_file) {
         return Ok(None);
     }
     let recorded = file

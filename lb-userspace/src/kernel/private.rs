@@ -71,6 +71,43 @@ pub fn check(dir: &Path) -> Result<(), Exposure> {
     Ok(())
 }
 
+/// Opens lock file `path` for reading and writing (0600, never through a
+/// symbolic link), making it if it is missing; whether it was made here.
+pub fn open_lock_file(path: &Path) -> io::Result<(fs::File, bool)> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let open = |make: bool| {
+        fs::OpenOptions::new()
+            .create_new(make)
+            .read(true)
+            .write(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(path)
+    };
+    loop {
+        match open(true) {
+            Ok(file) => return Ok((file, true)),
+            Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),
+            Err(_) => {}
+        }
+        match open(false) {
+            Ok(file) => return Ok((file, false)),
+            // Removed in between: make it.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Whether `path` names the file `file` is open on (a lock file someone
+/// removed, or replaced, no longer does).
+pub fn same_file(file: &fs::File, path: &Path) -> bool {
+    match (file.metadata(), fs::symlink_metadata(path)) {
+        (Ok(open), Ok(named)) => open.dev() == named.dev() && open.ino() == named.ino(),
+        _ => false,
+    }
+}
+
 /// lb's effective uid.
 pub fn euid() -> u32 {
     rustix::process::geteuid().as_raw()
