@@ -165,8 +165,9 @@ pub struct Backend {
     /// worker (which carry its generation) never follow the slot's next
     /// worker.
     pub generation: u32,
-    /// How its packets travel: [`FORWARD_DSR`], [`FORWARD_IPIP`] or
-    /// [`FORWARD_GUE`] (its VIP's method).
+    /// How its packets travel: [`FORWARD_DSR`], [`FORWARD_IPIP`],
+    /// [`FORWARD_GUE`], [`FORWARD_NAT`] or [`FORWARD_FULLNAT`] (its VIP's
+    /// method).
     pub forward: u8,
     /// Always zero.
     pub pad: u8,
@@ -176,8 +177,9 @@ pub struct Backend {
     /// interface's or the tunnel MTU): an encapsulated packet beyond it is
     /// answered with "fragmentation needed" / "packet too big".
     pub mtu: u16,
-    /// Always zero.
-    pub pad2: u16,
+    /// The worker's port for NAT methods, network byte order (0: the
+    /// VIP's).
+    pub port: u16,
     /// Outer source address of encapsulated packets, of the worker's
     /// family.
     pub tunnel_source: [u8; 16],
@@ -192,6 +194,19 @@ pub const FORWARD_IPIP: u8 = 1;
 /// `Backend::forward`: the packet inside outer IP and UDP headers to the
 /// worker's GUE port (GUE variant 1: the inner IP packet follows UDP).
 pub const FORWARD_GUE: u8 = 2;
+/// `Backend::forward`: destination NAT, the packet readdressed to the
+/// worker's address and port; its replies come back through lb.
+pub const FORWARD_NAT: u8 = 3;
+/// `Backend::forward`: source and destination NAT, the packet also sent
+/// from one of lb's NAT sources and a port lb allocates.
+pub const FORWARD_FULLNAT: u8 = 4;
+
+/// Whether `forward` is one of the NAT methods, which the NAT program
+/// (`lb_nat`) carries out.
+#[inline(always)]
+pub fn is_nat(forward: u8) -> bool {
+    forward == FORWARD_NAT || forward == FORWARD_FULLNAT
+}
 
 /// What the balancer hands its tunnel program (`lb_tunnel`, reached by a
 /// tail call with a stack of its own) in a per-CPU slot: which packet of
@@ -315,8 +330,13 @@ pub struct FlowValue {
     pub vip_tag: u32,
     /// [`Backend::generation`] of the worker when the flow was recorded.
     pub backend_generation: u32,
+    /// A `fullnat` flow's allocated port, network byte order.
+    pub nat_port: u16,
+    /// A `fullnat` flow's NAT source slot; [`crate::nat::NO_NAT_SOURCE`]
+    /// for every other flow.
+    pub nat_source: u8,
     /// Always zero.
-    pub pad: u32,
+    pub pad: u8,
 }
 
 /// Key of the sticky-session and pin tables: a client (masked to the VIP's

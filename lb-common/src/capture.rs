@@ -71,6 +71,15 @@ pub mod reason {
     pub const NO_TUNNEL: u8 = 12;
     /// The frame could not be rewritten (too short).
     pub const TOO_SHORT: u8 = 13;
+    /// A worker's reply, translated back to its client (`nat_replies`).
+    pub const NAT_REPLY: u8 = 14;
+    /// For a NAT worker, with no NAT program (`drop_no_nat`).
+    pub const NO_NAT: u8 = 15;
+    /// No NAT port for a new `fullnat` connection (`nat_ports_exhausted`,
+    /// `nat_table_full`).
+    pub const NAT_EXHAUSTED: u8 = 16;
+    /// A NAT'd packet whose TTL ran out (`nat_ttl_expired`).
+    pub const TTL_EXPIRED: u8 = 17;
 
     /// The counter or word that names a reason.
     pub fn name(reason: u8) -> &'static str {
@@ -88,6 +97,10 @@ pub mod reason {
             NO_NEIGHBOUR => "drop_no_neighbour",
             NO_TUNNEL => "drop_no_tunnel",
             TOO_SHORT => "too_short",
+            NAT_REPLY => "nat_replies",
+            NO_NAT => "drop_no_nat",
+            NAT_EXHAUSTED => "nat_ports_exhausted",
+            TTL_EXPIRED => "nat_ttl_expired",
             _ => "unknown",
         }
     }

@@ -135,6 +135,26 @@ counters! {
             /// Packets too big for the tunnel, dropped unanswered: IPv4
             /// without DF or with IP options, or over the answers' rate limit.
             too_big_dropped,
+            /// Dropped: for a NAT worker, with no NAT program loaded.
+            drop_no_nat,
+            /// Replies from NAT workers translated back to their clients.
+            nat_replies,
+            /// Translated replies handed to the kernel to forward: the
+            /// route to the client leaves by another interface, or its
+            /// neighbour is not resolved.
+            nat_replies_unrouted,
+            /// Ports allocated to new `fullnat` connections.
+            nat_allocations,
+            /// `fullnat` connections whose flow entry was gone (evicted),
+            /// found again through their NAT entry.
+            nat_recovered,
+            /// New `fullnat` connections dropped: every port probed was
+            /// taken (or no NAT source of the family).
+            nat_ports_exhausted,
+            /// New `fullnat` connections dropped: the NAT table is full.
+            nat_table_full,
+            /// NAT'd packets dropped because their TTL or hop limit ran out.
+            nat_ttl_expired,
         }
     }
 }

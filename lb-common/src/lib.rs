@@ -14,15 +14,17 @@
 pub mod balancer;
 pub mod capture;
 pub mod counters;
+pub mod csum;
 pub mod decap;
 pub mod decide;
 pub mod encap;
 pub mod icmp;
+pub mod nat;
 pub mod packet;
 
 /// Version of every layout in this crate. A binary refuses to reuse maps
 /// pinned by a binary with another version.
-pub const LAYOUT_VERSION: u32 = 7;
+pub const LAYOUT_VERSION: u32 = 8;
 
 /// Names of the maps in the XDP object, which are also their pin names.
 pub mod map_names {
@@ -88,6 +90,27 @@ pub mod map_names {
     /// balancer and the tunnel program tail-call while a capture runs.
     pub const CAPTURE_PROG: &str = "LB_CAPTURE_PROG";
 
+    /// Hash [`crate::balancer::FlowKey`] (a reply as the worker sends it) →
+    /// [`crate::nat::NatEntry`]: the `fullnat` connections.
+    pub const NAT: &str = "LB_NAT";
+    /// Hash [`crate::nat::NatWorkerKey`] → [`crate::nat::NatWorkerValue`]:
+    /// the `nat` workers, whose replies are rewritten to their VIP.
+    pub const NAT_WORKERS: &str = "LB_NAT_WORKERS";
+    /// Array of `u64` words: the bitmap of worker (address, port,
+    /// protocol) whose packets may be NAT'd replies, by
+    /// [`crate::balancer::vip_filter_bit`] of their source.
+    pub const REPLY_FILTER: &str = "LB_REPLY_FILTER";
+    /// Array of [`crate::nat::NatSource`]: the NAT source addresses.
+    pub const NAT_SOURCES: &str = "LB_NAT_SOURCES";
+    /// Array of one [`crate::nat::NatConfig`].
+    pub const NAT_CONFIG: &str = "LB_NAT_CONFIG";
+    /// Per-CPU array of one [`crate::nat::NatJob`]: what the balancer hands
+    /// its NAT program.
+    pub const NAT_JOB: &str = "LB_NAT_JOB";
+    /// Program array of one: the NAT program (`lb_nat`), which the balancer
+    /// tail-calls for NAT'd flows and their replies.
+    pub const NAT_PROG: &str = "LB_NAT_PROG";
+
     /// Every map, each pinned under the instance's pin directory.
     pub const ALL: &[&str] = &[
         COUNTERS,
@@ -113,6 +136,13 @@ pub mod map_names {
         CAPTURE_STATS,
         CAPTURE_SCRATCH,
         CAPTURE_PROG,
+        NAT,
+        NAT_WORKERS,
+        REPLY_FILTER,
+        NAT_SOURCES,
+        NAT_CONFIG,
+        NAT_JOB,
+        NAT_PROG,
     ];
 
     /// The maps with an entry per VIP id (or VIP address), sized by
@@ -137,4 +167,7 @@ pub mod program_names {
     /// frame to the capture ring buffer, reached by a tail call while a
     /// capture runs.
     pub const CAPTURE: &str = "lb_capture";
+    /// The balancer's second half for NAT: translation both ways, port
+    /// allocation and the reverse path's routing, reached by a tail call.
+    pub const NAT: &str = "lb_nat";
 }

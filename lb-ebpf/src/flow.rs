@@ -12,6 +12,7 @@ use lb_common::{
     capture::reason,
     counters::GlobalCounters,
     decide::{Followed, Missed},
+    nat::NO_NAT_SOURCE,
     packet::{IpPacket, IPPROTO_TCP},
 };
 
@@ -183,6 +184,8 @@ pub fn record(
             flags: 0,
             vip_tag: vip.tag,
             backend_generation: backend.generation,
+            nat_port: 0,
+            nat_source: NO_NAT_SOURCE,
             pad: 0,
         };
         if LB_FLOWS.insert(&flow.key, &value, BPF_ANY.into()).is_err() {

@@ -95,6 +95,8 @@ fn instance(flows: u32) -> anyhow::Result<Instance> {
             flags: 0,
             vip_tag,
             backend_generation: 1,
+            nat_port: 0,
+            nat_source: lb_common::nat::NO_NAT_SOURCE,
             pad: 0,
         };
         table

@@ -955,6 +955,7 @@ impl Controller {
             generation: live.generation,
             forward: options.forward.code(),
             gue_port: options.gue_port(),
+            port: 0,
             mtu: self.instance.tunnels.mtu,
             tunnel_source: self.instance.tunnels.source_for(live.addr),
         };

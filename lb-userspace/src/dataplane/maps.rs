@@ -38,6 +38,8 @@ pub struct WorkerEntry {
     pub forward: u8,
     /// Its GUE port (host order).
     pub gue_port: u16,
+    /// Its own port for NAT methods (host order; 0: the VIP's).
+    pub port: u16,
     /// The largest IP packet its tunnel carries.
     pub mtu: u16,
     /// Outer source of its tunnel, when its family has one.
@@ -162,7 +164,7 @@ impl ControlMaps {
             pad: 0,
             gue_port: worker.gue_port.to_be(),
             mtu: worker.mtu,
-            pad2: 0,
+            port: worker.port.to_be(),
             tunnel_source: worker
                 .tunnel_source
                 .map_or([0; 16], |source| service::addr_bytes(source).0),
