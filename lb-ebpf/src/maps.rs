@@ -2,7 +2,7 @@
 //! `map_names`; sizes marked "set by the controller" are overridden at load.
 
 use aya_ebpf::{
-    bindings::{BPF_F_INNER_MAP, BPF_F_MMAPABLE},
+    bindings::{BPF_F_INNER_MAP, BPF_F_MMAPABLE, BPF_F_NO_PREALLOC},
     btf_maps::{Array, ArrayOfMaps, HashMap, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
     helpers::bpf_ktime_get_ns,
     macros::btf_map,
@@ -16,6 +16,10 @@ use lb_common::{
     capture::{CaptureCounters, CaptureFilter, CaptureRecord, CaptureScratch, RING_BYTES},
     counters::GlobalCounters,
     decide::DecisionMaps,
+    nat::{
+        NatConfig, NatEntry, NatJob, NatSource, NatWorkerKey, NatWorkerValue,
+        DEFAULT_MAX_NAT_FLOWS, NAT_SOURCES_PER_FAMILY,
+    },
 };
 
 use crate::flow;
@@ -118,6 +122,44 @@ pub static LB_CAPTURE_SCRATCH: PerCpuArray<CaptureScratch, 1> = PerCpuArray::new
 /// The capture program, set by the controller when it loads the object.
 #[btf_map]
 pub static LB_CAPTURE_PROG: ProgramArray<1> = ProgramArray::new();
+
+/// The `fullnat` connections, keyed by the reply as the worker sends it.
+/// A plain hash (never evicting a live connection's port), allocated as
+/// used; size set by the controller (`--max-nat-flows`).
+#[btf_map]
+pub static LB_NAT: HashMap<
+    FlowKey,
+    NatEntry,
+    { DEFAULT_MAX_NAT_FLOWS as usize },
+    { BPF_F_NO_PREALLOC as usize },
+> = HashMap::new();
+
+/// The `nat` workers, whose replies are rewritten to their VIP; written
+/// by the controller.
+#[btf_map]
+pub static LB_NAT_WORKERS: HashMap<NatWorkerKey, NatWorkerValue, BACKENDS> = HashMap::new();
+
+/// Bitmap of NAT workers (address, port, protocol) by the VIP filter's
+/// bit function, written by the controller: most packets that are not
+/// for a VIP are no reply either, and leave without a hash lookup.
+#[btf_map]
+pub static LB_REPLY_FILTER: Array<u64, { VIP_FILTER_WORDS as usize }> = Array::new();
+
+/// The NAT source addresses by slot, written by the controller.
+#[btf_map]
+pub static LB_NAT_SOURCES: Array<NatSource, { 2 * NAT_SOURCES_PER_FAMILY as usize }> = Array::new();
+
+/// The NAT settings, written by the controller.
+#[btf_map]
+pub static LB_NAT_CONFIG: Array<NatConfig, 1> = Array::new();
+
+/// What the balancer hands the NAT program, per CPU.
+#[btf_map]
+pub static LB_NAT_JOB: PerCpuArray<NatJob, 1> = PerCpuArray::new();
+
+/// The NAT program, set by the controller when it loads the object.
+#[btf_map]
+pub static LB_NAT_PROG: ProgramArray<1> = ProgramArray::new();
 
 /// The maps as the shared decision (`lb_common::decide`) reads them.
 pub struct XdpMaps;
