@@ -29,18 +29,17 @@ impl Update {
         self.sum += u32::from(!old) + u32::from(new);
     }
 
-    /// A field of `N` bytes (`N` even) changed from `old` to `new`: an
-    /// address or a port.
+    /// A field of `N` bytes (`N` even, at most 64) changed from `old` to
+    /// `new`: an address or a port.
     #[inline(always)]
     pub fn field<const N: usize>(&mut self, old: &[u8; N], new: &[u8; N]) {
-        let mut i = 0;
-        while i + 1 < N {
-            self.word(
-                u16::from_be_bytes([old[i], old[i + 1]]),
-                u16::from_be_bytes([new[i], new[i + 1]]),
-            );
-            i += 2;
-        }
+        self.add(delta(old, new));
+    }
+
+    /// Adds the change of several words at once, as [`delta`] sums it.
+    #[inline(always)]
+    pub fn add(&mut self, delta: u32) {
+        self.sum += delta;
     }
 
     /// The new checksum field.
@@ -62,6 +61,23 @@ impl Update {
             check => check,
         }
     }
+}
+
+/// The change of a field of `N` bytes (`N` even, at most 64) from `old`
+/// to `new`, for [`Update::add`]: a rewritten address changes the IPv4
+/// header's checksum and the transport checksum (its pseudo-header) by
+/// the same amount, so it is summed once.
+#[inline(always)]
+pub fn delta<const N: usize>(old: &[u8; N], new: &[u8; N]) -> u32 {
+    let mut sum = 0u32;
+    let mut i = 0;
+    while i + 1 < N {
+        let old = u16::from_be_bytes([old[i], old[i + 1]]);
+        let new = u16::from_be_bytes([new[i], new[i + 1]]);
+        sum += u32::from(!old) + u32::from(new);
+        i += 2;
+    }
+    sum
 }
 
 /// Folds a 32-bit one's complement sum into 16 bits.

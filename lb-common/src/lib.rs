@@ -107,8 +107,13 @@ pub mod map_names {
     /// Per-CPU array of one [`crate::nat::NatJob`]: what the balancer hands
     /// its NAT program.
     pub const NAT_JOB: &str = "LB_NAT_JOB";
-    /// Program array of one: the NAT program (`lb_nat`), which the balancer
-    /// tail-calls for NAT'd flows and their replies.
+    /// Per-CPU array of one [`crate::nat::NatScratch`]: the NAT program's
+    /// workspace.
+    pub const NAT_SCRATCH: &str = "LB_NAT_SCRATCH";
+    /// Program array of two: the NAT programs (`lb_nat` in slot
+    /// [`crate::nat::NAT_PROG_FORWARD`], `lb_nat_reply` in
+    /// [`crate::nat::NAT_PROG_REPLY`]), which the balancer tail-calls for
+    /// NAT'd flows and their replies.
     pub const NAT_PROG: &str = "LB_NAT_PROG";
 
     /// Every map, each pinned under the instance's pin directory.
@@ -142,6 +147,7 @@ pub mod map_names {
         NAT_SOURCES,
         NAT_CONFIG,
         NAT_JOB,
+        NAT_SCRATCH,
         NAT_PROG,
     ];
 
@@ -167,7 +173,10 @@ pub mod program_names {
     /// frame to the capture ring buffer, reached by a tail call while a
     /// capture runs.
     pub const CAPTURE: &str = "lb_capture";
-    /// The balancer's second half for NAT: translation both ways, port
-    /// allocation and the reverse path's routing, reached by a tail call.
+    /// The balancer's second half for NAT'd flows: translation to the
+    /// worker and port allocation, reached by a tail call.
     pub const NAT: &str = "lb_nat";
+    /// The balancer's second half for NAT workers' replies: translation
+    /// back to the client and the routing lookup, reached by a tail call.
+    pub const NAT_REPLY: &str = "lb_nat_reply";
 }

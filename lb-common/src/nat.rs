@@ -64,6 +64,11 @@ pub const NAT_JOB_NEW_FLOW: u8 = 1;
 /// `NatJob::kind`: a packet from a worker that may be a NAT'd reply.
 pub const NAT_JOB_REPLY: u8 = 2;
 
+/// Slot of `LB_NAT_PROG` holding the forward NAT program (`lb_nat`).
+pub const NAT_PROG_FORWARD: u32 = 0;
+/// Slot of `LB_NAT_PROG` holding the reverse NAT program (`lb_nat_reply`).
+pub const NAT_PROG_REPLY: u32 = 1;
+
 /// What the balancer hands its NAT program (`lb_nat`, reached by a tail
 /// call with a stack of its own) in a per-CPU slot.
 #[repr(C)]
@@ -125,6 +130,26 @@ pub struct NatEntry {
     pub source: u8,
     /// Always zero.
     pub pad: [u8; 5],
+}
+
+/// The NAT program's per-CPU workspace: what would not fit beside the
+/// rest on its 512-byte stack.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NatScratch {
+    /// A new connection's entry, built before it is inserted.
+    pub entry: NatEntry,
+    /// The parameters of a routing lookup (`struct bpf_fib_lookup`).
+    pub fib: [u8; 64],
+}
+
+impl Default for NatScratch {
+    fn default() -> Self {
+        Self {
+            entry: NatEntry::default(),
+            fib: [0; 64],
+        }
+    }
 }
 
 /// The NAT settings (array of one), written by the controller.
@@ -296,6 +321,8 @@ mod pod {
     // SAFETY: as above.
     unsafe impl aya::Pod for NatConfig {}
     // SAFETY: as above.
+    unsafe impl aya::Pod for NatScratch {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for NatSource {}
     // SAFETY: as above.
     unsafe impl aya::Pod for NatWorkerKey {}
@@ -307,6 +334,7 @@ const _: () = {
     assert!(core::mem::size_of::<NatJob>() == 64);
     assert!(core::mem::size_of::<NatEntry>() == 80);
     assert!(core::mem::size_of::<NatConfig>() == 48);
+    assert!(core::mem::size_of::<NatScratch>() == 144);
     assert!(core::mem::size_of::<NatSource>() == 20);
     assert!(core::mem::size_of::<NatWorkerKey>() == 20);
     assert!(core::mem::size_of::<NatWorkerValue>() == 28);

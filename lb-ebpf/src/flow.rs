@@ -36,6 +36,9 @@ pub struct Decision {
     pub new_flow: bool,
     /// Why this worker (a `capture::reason` code).
     pub reason: u8,
+    /// A `fullnat` flow's NAT source slot and port (network byte order),
+    /// as its flow entry records them.
+    pub nat: (u8, u16),
 }
 
 /// A packet's flow: what the flow table and the scheduler need to know
@@ -85,6 +88,7 @@ pub fn established(
 ) -> Decision {
     counters.flow_hits += 1;
     let vip_id = followed.entry.vip_id;
+    let nat = (followed.entry.nat_source, followed.entry.nat_port);
     touch(
         followed.entry,
         followed.now,
@@ -96,6 +100,7 @@ pub fn established(
         vip_id,
         new_flow: false,
         reason: reason::FLOW,
+        nat,
     }
 }
 

@@ -15,13 +15,14 @@ mod capture;
 mod flow;
 mod icmp;
 mod maps;
+mod nat;
 mod pmtu;
 mod schedule;
 mod transmit;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use lb_common::{
-    balancer::{vip_filter_bit, FAMILY_V4, FAMILY_V6},
+    balancer::{is_nat, vip_filter_bit, FAMILY_V4, FAMILY_V6},
     capture::{reason, NO_ID},
     counters::GlobalCounters,
     decide::{self, Decided},
@@ -98,7 +99,7 @@ fn balance(
         return None;
     }
     if !maybe_vip(ip) {
-        return None;
+        return reply(ctx, ip, family, len);
     }
     let flow = flow::Flow::of(ip, family);
     let decision = match decide::decide(&XdpMaps, &flow.key, flow.is_syn()) {
@@ -113,9 +114,13 @@ fn balance(
         }
         Decided::NotVip(missed) => {
             flow::count_missed(missed, counters);
-            return None;
+            return reply(ctx, ip, family, len);
         }
     };
+    if is_nat(decision.backend.forward) {
+        let packet = (len, ip.tcp_flags, ip.l4_offset);
+        return Some(nat::to_worker(ctx, &flow.key, &decision, packet, counters));
+    }
     transmit::to_worker(ctx, frame, &decision, &flow.key, len, counters)
 }
 
@@ -127,6 +132,31 @@ fn maybe_vip(ip: &IpPacket) -> bool {
     LB_VIP_FILTER
         .get(bit >> 6)
         .is_some_and(|word| word & (1u64 << (bit & 63)) != 0)
+}
+
+/// A TCP or UDP packet not for a VIP: a NAT worker's reply if the reply
+/// filter has its source, handed to the NAT program; `None` (pass it)
+/// otherwise.
+#[inline(always)]
+fn reply(ctx: &XdpContext, ip: &IpPacket, family: u8, len: u64) -> Option<Outcome> {
+    if !nat::maybe_reply(&ip.src, ip.sport, ip.proto) {
+        return None;
+    }
+    let key = flow::Flow::of(ip, family).key;
+    nat::to_reverse(ctx, &key, (len, ip.tcp_flags, ip.l4_offset))
+}
+
+/// The balancer's second half for NAT'd flows, reached by a tail call.
+#[xdp]
+pub fn lb_nat(ctx: XdpContext) -> u32 {
+    nat::run::<false>(&ctx)
+}
+
+/// The balancer's second half for NAT workers' replies, reached by a tail
+/// call.
+#[xdp]
+pub fn lb_nat_reply(ctx: XdpContext) -> u32 {
+    nat::run::<true>(&ctx)
 }
 
 /// The balancer's second half for IPIP and GUE, reached by a tail call.

@@ -17,7 +17,7 @@ use lb_common::{
     counters::GlobalCounters,
     decide::DecisionMaps,
     nat::{
-        NatConfig, NatEntry, NatJob, NatSource, NatWorkerKey, NatWorkerValue,
+        NatConfig, NatEntry, NatJob, NatScratch, NatSource, NatWorkerKey, NatWorkerValue,
         DEFAULT_MAX_NAT_FLOWS, NAT_SOURCES_PER_FAMILY,
     },
 };
@@ -157,9 +157,14 @@ pub static LB_NAT_CONFIG: Array<NatConfig, 1> = Array::new();
 #[btf_map]
 pub static LB_NAT_JOB: PerCpuArray<NatJob, 1> = PerCpuArray::new();
 
-/// The NAT program, set by the controller when it loads the object.
+/// The NAT program's workspace, per CPU.
 #[btf_map]
-pub static LB_NAT_PROG: ProgramArray<1> = ProgramArray::new();
+pub static LB_NAT_SCRATCH: PerCpuArray<NatScratch, 1> = PerCpuArray::new();
+
+/// The NAT programs (forward, reply), set by the controller when it
+/// loads the object.
+#[btf_map]
+pub static LB_NAT_PROG: ProgramArray<2> = ProgramArray::new();
 
 /// The maps as the shared decision (`lb_common::decide`) reads them.
 pub struct XdpMaps;

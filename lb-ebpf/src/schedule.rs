@@ -1,14 +1,16 @@
 //! A new flow's worker, as the shared decision (`lb_common::decide`)
 //! chose it, and the writes that go with it: the pin or session hit
 //! counted, the session refreshed or the scheduler's pick made the
-//! client's session, the flow recorded.
+//! client's session, the flow recorded (a `fullnat` flow by the NAT
+//! program, once it has a port).
 
 use aya_ebpf::bindings::BPF_ANY;
 use lb_common::{
-    balancer::{StickyValue, VipInfo},
+    balancer::{StickyValue, VipInfo, FORWARD_FULLNAT},
     capture::reason,
     counters::GlobalCounters,
     decide::{Rule, Schedule},
+    nat::NO_NAT_SOURCE,
 };
 
 use crate::{
@@ -56,12 +58,16 @@ pub fn new_flow(
         // count.
         let _ = LB_STICKY.insert(&client, &session, BPF_ANY.into());
     }
-    flow::record(flow, vip, backend_id, backend, counters);
+    // A `fullnat` flow is recorded by the NAT program, with its port.
+    if backend.forward != FORWARD_FULLNAT {
+        flow::record(flow, vip, backend_id, backend, counters);
+    }
     Some(Decision {
         backend_id,
         backend,
         vip_id: vip.id,
         new_flow: true,
         reason,
+        nat: (NO_NAT_SOURCE, 0),
     })
 }

@@ -336,7 +336,7 @@ pub fn write<T>(frame: &XdpFrame, offset: usize, value: T) -> Option<()> {
 
 /// Counts a forwarded packet for its VIP and its worker.
 #[inline(always)]
-fn count_forwarded(vip_id: u32, backend_id: u32, len: u64, new_flow: bool) {
+pub fn count_forwarded(vip_id: u32, backend_id: u32, len: u64, new_flow: bool) {
     count_traffic(&LB_VIP_STATS, vip_id, len, new_flow);
     count_traffic(&LB_BACKEND_STATS, backend_id, len, new_flow);
 }

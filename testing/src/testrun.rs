@@ -198,6 +198,7 @@ pub fn configure_with(
                 generation: 1,
                 forward: options.forward.code(),
                 gue_port: options.gue_port(),
+                port: 0,
                 mtu: TUNNEL_MTU,
                 tunnel_source: Some(source.parse()?),
             };

@@ -16,7 +16,11 @@ use aya::{
     },
     Ebpf, EbpfError, EbpfLoader,
 };
-use lb_common::{map_names, program_names};
+use lb_common::{
+    map_names,
+    nat::{NAT_PROG_FORWARD, NAT_PROG_REPLY},
+    program_names,
+};
 
 use super::{
     guard::PinGuard,
@@ -382,21 +386,35 @@ fn load_and_attach(
     Ok((ebpf, program_id, takeover))
 }
 
-/// Loads the tunnel program (IPIP and GUE) and the capture program and
+/// Loads the tunnel program (IPIP and GUE), the NAT program and the
+/// capture program and
 /// puts them where the balancer's tail calls find them, in place of an
 /// adopted one's. A kernel that refuses the capture program (before 5.18,
 /// which brought `bpf_xdp_load_bytes`) runs lb without `lb capture`: the
 /// balancer's tail call into the empty slot fails and the packet goes on.
 pub fn load_tail_calls(ebpf: &mut Ebpf) -> Result<(), DataplaneError> {
-    load_into(ebpf, program_names::TUNNEL, map_names::TUNNEL_PROG)?;
-    if let Err(error) = load_into(ebpf, program_names::CAPTURE, map_names::CAPTURE_PROG) {
+    load_into(ebpf, program_names::TUNNEL, map_names::TUNNEL_PROG, 0)?;
+    load_into(
+        ebpf,
+        program_names::NAT,
+        map_names::NAT_PROG,
+        NAT_PROG_FORWARD,
+    )?;
+    load_into(
+        ebpf,
+        program_names::NAT_REPLY,
+        map_names::NAT_PROG,
+        NAT_PROG_REPLY,
+    )?;
+    if let Err(error) = load_into(ebpf, program_names::CAPTURE, map_names::CAPTURE_PROG, 0) {
         tracing::warn!("lb capture is unavailable on this kernel: {error}");
     }
     Ok(())
 }
 
-/// Loads program `name` and puts it in slot 0 of program array `array`.
-fn load_into(ebpf: &mut Ebpf, name: &str, array: &str) -> Result<(), DataplaneError> {
+/// Loads program `name` and puts it in slot `index` of program array
+/// `array`.
+fn load_into(ebpf: &mut Ebpf, name: &str, array: &str, index: u32) -> Result<(), DataplaneError> {
     let program: &mut Xdp = ebpf
         .program_mut(name)
         .unwrap_or_else(|| panic!("the embedded object defines program {name}"))
@@ -413,7 +431,7 @@ fn load_into(ebpf: &mut Ebpf, name: &str, array: &str) -> Result<(), DataplaneEr
     let mut array: ProgramArray<&mut MapData> = ProgramArray::try_from(map)
         .map_err(|e| DataplaneError::Load(Box::new(EbpfError::MapError(e))))?;
     array
-        .set(0, &fd, 0)
+        .set(index, &fd, 0)
         .map_err(|e| DataplaneError::Load(Box::new(EbpfError::MapError(e))))
 }
 
