@@ -169,7 +169,11 @@ fn translate<const REPLY: bool>(
     };
     let plan = match plan {
         Ok(plan) => plan,
-        Err(outcome) => return outcome,
+        Err(outcome) => {
+            // No NAT'd connection's reply after all: the kernel's.
+            counters.pass_not_vip += u64::from(outcome.reason == reason::NOT_VIP);
+            return outcome;
+        }
     };
     let (vip_id, backend_id) = (plan.vip_id, plan.backend_id);
     let frame = XdpFrame::new(ctx);
@@ -365,7 +369,7 @@ fn entry_of(
     (slot, port): (u8, u16),
 ) -> Option<&'static NatEntry> {
     let source = LB_NAT_SOURCES.get(u32::from(slot))?;
-    let key = nat::reply_key(client, &worker.addr, worker.port, &source.addr, port);
+    let key = nat::reply_key(client, worker.addr, worker.port, &source.addr, port);
     // SAFETY: the kernel keeps the element alive for this run; only whole
     // aligned fields are stored.
     LB_NAT.get_ptr(&key).map(|entry| unsafe { &*entry })
@@ -453,7 +457,7 @@ fn allocate(job: &NatJob, backend: &Backend, config: &NatConfig, worker: &Endpoi
         let Some(source) = LB_NAT_SOURCES.get(u32::from(slot)) else {
             continue;
         };
-        let key = nat::reply_key(&job.key, &worker.addr, worker.port, &source.addr, port);
+        let key = nat::reply_key(&job.key, worker.addr, worker.port, &source.addr, port);
         entry.source = slot;
         match LB_NAT.insert(&key, &*entry, BPF_NOEXIST.into()) {
             Ok(()) => return pack((slot, port)),

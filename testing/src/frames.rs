@@ -313,6 +313,65 @@ pub fn error_about(router: IpAddr, about: &Packet) -> Packet {
     packet
 }
 
+/// Where the transport header of a frame built by [`Packet::build`]
+/// (no VLAN tag, IPv4 options or IPv6 extension headers) starts, and its
+/// protocol.
+fn transport_of(frame: &[u8]) -> (usize, u8) {
+    if frame[12..14] == ETH_P_IPV6.to_be_bytes() {
+        (54, frame[20])
+    } else {
+        (14 + usize::from(frame[14] & 0x0f) * 4, frame[23])
+    }
+}
+
+/// The one's complement sum, unfolded and uncomplemented, of the TCP or
+/// UDP pseudo-header and segment of `frame` (its checksum field as is).
+fn transport_sum(frame: &[u8]) -> u16 {
+    let (l4, proto) = transport_of(frame);
+    let segment = &frame[l4..];
+    let mut pseudo = Vec::new();
+    if frame[12..14] == ETH_P_IPV6.to_be_bytes() {
+        pseudo.extend_from_slice(&frame[22..54]);
+        pseudo.extend_from_slice(&(segment.len() as u32).to_be_bytes());
+        pseudo.extend_from_slice(&[0, 0, 0, proto]);
+    } else {
+        pseudo.extend_from_slice(&frame[26..34]);
+        pseudo.extend_from_slice(&[0, proto]);
+        pseudo.extend_from_slice(&(segment.len() as u16).to_be_bytes());
+    }
+    pseudo.extend_from_slice(segment);
+    ipv4_checksum(&pseudo)
+}
+
+/// `frame` (built by [`Packet::build`], TCP or UDP) with its transport
+/// checksum computed from scratch.
+pub fn with_transport_checksum(mut frame: Vec<u8>) -> Vec<u8> {
+    let (l4, proto) = transport_of(&frame);
+    let at = l4 + if proto == IPPROTO_TCP { 16 } else { 6 };
+    frame[at..at + 2].copy_from_slice(&[0, 0]);
+    let check = match transport_sum(&frame) {
+        0 if proto == IPPROTO_UDP => 0xffff,
+        check => check,
+    };
+    frame[at..at + 2].copy_from_slice(&check.to_be_bytes());
+    frame
+}
+
+/// Whether every checksum of `frame` (built by [`Packet::build`], TCP or
+/// UDP) verifies: the IPv4 header's, and the transport's (a UDP
+/// datagram over IPv4 may have none).
+pub fn checksums_valid(frame: &[u8]) -> bool {
+    let (l4, proto) = transport_of(frame);
+    let v4 = frame[12..14] == ETH_P_IP.to_be_bytes();
+    if v4 && ipv4_checksum(&frame[14..l4]) != 0 {
+        return false;
+    }
+    if v4 && proto == IPPROTO_UDP && frame[l4 + 6..l4 + 8] == [0, 0] {
+        return true;
+    }
+    transport_sum(frame) == 0
+}
+
 /// The Internet checksum of `header` (an IPv4 header with its checksum
 /// field zero, or an ICMP message).
 pub fn ipv4_checksum(header: &[u8]) -> u16 {
@@ -352,6 +411,26 @@ mod tests {
             53,
         );
         assert!(matches!(parse(v6.build().as_slice()), Parsed::Ip(ip) if ip.proto == IPPROTO_UDP));
+    }
+
+    #[test]
+    fn transport_checksums_verify_and_catch_a_changed_byte() {
+        for (src, dst) in [
+            ("198.51.100.1", "192.0.2.100"),
+            ("2001:db8::1", "2001:db8::100"),
+        ] {
+            let (src, dst) = (src.parse().unwrap(), dst.parse().unwrap());
+            for packet in [
+                Packet::tcp(src, 40000, dst, 80, tcp::SYN),
+                Packet::udp(src, 5000, dst, 53),
+            ] {
+                let mut frame = with_transport_checksum(packet.build());
+                assert!(checksums_valid(&frame));
+                let last = frame.len() - 1;
+                frame[last] ^= 1;
+                assert!(!checksums_valid(&frame));
+            }
+        }
     }
 
     #[test]

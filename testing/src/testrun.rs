@@ -69,6 +69,16 @@ impl Loaded {
             .with_context(|| format!("the verifier rejected {name}"))
     }
 
+    /// The object's map `name`, unless taken.
+    pub fn map(&self, name: &str) -> Option<&aya::maps::Map> {
+        self.ebpf.map(name)
+    }
+
+    /// The object's map `name` to write, unless taken.
+    pub fn map_mut(&mut self, name: &str) -> Option<&mut aya::maps::Map> {
+        self.ebpf.map_mut(name)
+    }
+
     /// The underlying object, for its maps.
     pub fn ebpf_mut(&mut self) -> &mut Ebpf {
         &mut self.ebpf

@@ -1034,7 +1034,7 @@ impl Controller {
     fn tunnel_check(&self, vip: &Vip, options: &VipOptions) -> Option<Tunnel> {
         let encapsulation = match options.forward {
             _ if options.health.direct => return None,
-            Forward::Dsr => return None,
+            Forward::Dsr | Forward::Nat | Forward::Fullnat => return None,
             Forward::Ipip => Encapsulation::Ipip,
             Forward::Gue => Encapsulation::Gue(options.gue_port()),
         };

@@ -4,7 +4,10 @@
 use std::time::Duration;
 
 use lb_common::{
-    balancer::{FORWARD_DSR, FORWARD_GUE, FORWARD_IPIP, SCHED_LEAST_LOAD, SCHED_MAGLEV},
+    balancer::{
+        FORWARD_DSR, FORWARD_FULLNAT, FORWARD_GUE, FORWARD_IPIP, FORWARD_NAT, SCHED_LEAST_LOAD,
+        SCHED_MAGLEV,
+    },
     encap::DEFAULT_GUE_PORT,
 };
 use serde::{Deserialize, Serialize};
@@ -168,6 +171,14 @@ pub enum Forward {
     Ipip,
     /// The packet inside outer IP and UDP headers to the worker's GUE port.
     Gue,
+    /// Destination NAT: the packet readdressed to the worker's address
+    /// and port; the worker's replies must come back through lb (its
+    /// gateway), which readdresses them from the VIP.
+    Nat,
+    /// Source and destination NAT: also sent from one of lb's NAT
+    /// sources and a port lb allocates, so the worker answers lb wherever
+    /// it is; the worker sees lb's address, not the client's.
+    Fullnat,
 }
 
 impl Forward {
@@ -177,6 +188,8 @@ impl Forward {
             Self::Dsr => FORWARD_DSR,
             Self::Ipip => FORWARD_IPIP,
             Self::Gue => FORWARD_GUE,
+            Self::Nat => FORWARD_NAT,
+            Self::Fullnat => FORWARD_FULLNAT,
         }
     }
 

@@ -1,0 +1,484 @@
+//! Packet-exact cases of NAT forwarding: lb's real programs (the balancer
+//! and the NAT programs it tail-calls) with `nat` and `fullnat` VIPs, run
+//! on frames with BPF_PROG_TEST_RUN. Expected frames are built here and
+//! their checksums computed from scratch (`frames::with_transport_checksum`),
+//! never by lb-common's incremental code. Needs root (CAP_BPF).
+//!
+//! BPF_PROG_TEST_RUN runs on the loopback device, which never routes to
+//! a client: a translated reply is passed to the kernel (`XDP_PASS`) and
+//! counted `nat_replies_unrouted`; the end-to-end tests see it routed.
+
+use std::net::IpAddr;
+
+use aya::maps::{Array, HashMap as BpfHashMap, MapData};
+use lb_common::{
+    balancer::{vip_filter_bit, FlowKey, FlowValue, VIP_FILTER_WORDS},
+    map_names,
+    nat::{
+        NatConfig, NatEntry, NatSource, NatWorkerKey, NatWorkerValue, NAT_CLOSING, NAT_DEAD,
+        NAT_ESTABLISHED, NAT_OPENING,
+    },
+    program_names::BALANCER,
+};
+use lb_testing::{
+    frames::{checksums_valid, flow_key, tcp, with_transport_checksum, Packet, LB_MAC},
+    testrun::{configure_with, counter_deltas, worker_mac, Loaded, TUNNEL_MTU},
+};
+use lb_userspace::{
+    dataplane::maps::{ControlMaps, WorkerEntry},
+    desired::maglev,
+    desired::options::{Forward, VipOptions},
+    desired::state::Desired,
+    service::{addr_bytes, Vip},
+};
+
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+const XDP_TX: u32 = 3;
+
+/// The NAT sources of the test configuration, one per family.
+const SOURCE4: &str = "192.0.2.2";
+const SOURCE6: &str = "2001:db8::2";
+/// The workers' own port for TCP and UDP VIPs.
+const TCP_PORT: u16 = 8080;
+const UDP_PORT: u16 = 5353;
+
+fn ip(text: &str) -> IpAddr {
+    text.parse().unwrap()
+}
+
+struct Suite {
+    lb: Loaded,
+    desired: Desired,
+    _maps: ControlMaps,
+}
+
+impl Suite {
+    /// lb with `vips` (each with `workers` workers on 203.0.113.0/24 or
+    /// 2001:db8:9::/64, serving on [`TCP_PORT`] or [`UDP_PORT`]) and NAT
+    /// ports `low..=high`.
+    fn new(vips: &[(&str, Forward)], workers: u32, (low, high): (u16, u16)) -> Self {
+        let mut lb = Loaded::lb(65_536).unwrap();
+        let parsed: Vec<Vip> = vips.iter().map(|(v, _)| v.parse().unwrap()).collect();
+        let worker = |n: u32, v6: bool| {
+            if v6 {
+                ip(&format!("2001:db8:9::{}", 10 + n))
+            } else {
+                ip(&format!("203.0.113.{}", 10 + n))
+            }
+        };
+        let (desired, mut maps) = configure_with(
+            &mut lb,
+            &parsed,
+            workers,
+            |index, n| worker(n, parsed[index].addr.is_ipv6()),
+            |index| VipOptions {
+                forward: vips[index].1,
+                ..VipOptions::default()
+            },
+        )
+        .unwrap();
+        let mut workers_map: BpfHashMap<MapData, NatWorkerKey, NatWorkerValue> =
+            BpfHashMap::try_from(lb.ebpf_mut().take_map(map_names::NAT_WORKERS).unwrap()).unwrap();
+        let mut filter: Array<MapData, u64> =
+            Array::try_from(lb.ebpf_mut().take_map(map_names::REPLY_FILTER).unwrap()).unwrap();
+        let mut words = vec![0u64; VIP_FILTER_WORDS as usize];
+        for (vip, state) in desired.vips() {
+            let key = vip.key();
+            let port = worker_port(vip);
+            for (addr, w) in &state.workers {
+                let entry = WorkerEntry {
+                    addr: *addr,
+                    mac: Some(worker_mac(w.id)),
+                    vip_id: state.id,
+                    state_flags: 0,
+                    generation: 1,
+                    forward: state.options.forward.code(),
+                    gue_port: 0,
+                    port,
+                    mtu: TUNNEL_MTU,
+                    tunnel_source: None,
+                };
+                maps.write_backend(w.id, &entry).unwrap();
+                let (bytes, family) = addr_bytes(*addr);
+                let bit = vip_filter_bit(&bytes, port.to_be(), key.proto);
+                words[(bit >> 6) as usize] |= 1 << (bit & 63);
+                if state.options.forward == Forward::Nat {
+                    let worker = NatWorkerKey {
+                        addr: bytes,
+                        port: port.to_be(),
+                        proto: key.proto,
+                        family,
+                    };
+                    let value = NatWorkerValue {
+                        vip: key.addr,
+                        vip_port: key.port,
+                        pad: 0,
+                        vip_id: state.id,
+                        backend_id: w.id,
+                    };
+                    workers_map.insert(worker, value, 0).unwrap();
+                }
+            }
+        }
+        for (index, word) in words.into_iter().enumerate() {
+            filter.set(index as u32, word, 0).unwrap();
+        }
+        let mut sources: Array<MapData, NatSource> =
+            Array::try_from(lb.ebpf_mut().take_map(map_names::NAT_SOURCES).unwrap()).unwrap();
+        for (slot, source) in [(0, SOURCE4), (16, SOURCE6)] {
+            let (addr, family) = addr_bytes(ip(source));
+            let value = NatSource {
+                addr,
+                family,
+                pad: [0; 3],
+            };
+            sources.set(slot, value, 0).unwrap();
+        }
+        let mut config: Array<MapData, NatConfig> =
+            Array::try_from(lb.ebpf_mut().take_map(map_names::NAT_CONFIG).unwrap()).unwrap();
+        let mut value = NatConfig {
+            seed: 0x1234_5678,
+            port_low: low,
+            port_high: high,
+            v4_count: 1,
+            v6_count: 1,
+            ..NatConfig::default()
+        };
+        value.v6_slots[0] = 16;
+        config.set(0, value, 0).unwrap();
+        Self {
+            lb,
+            desired,
+            _maps: maps,
+        }
+    }
+
+    /// The worker (id, address) Maglev gives `packet`'s flow.
+    fn worker(&self, packet: &Packet) -> (u32, IpAddr) {
+        let key = flow_key(packet);
+        let (_, state) = self
+            .desired
+            .vips()
+            .iter()
+            .find(|(v, _)| v.key().addr == key.dst && v.key().port == key.dport)
+            .expect("a VIP's packet");
+        let size = state.effective_table_size();
+        let table = maglev::build(&state.members(|_| true), size, self.desired.hash_seed);
+        let id = table[(key.hash(self.desired.hash_seed) % size) as usize].unwrap();
+        let addr = state.workers.iter().find(|(_, w)| w.id == id).unwrap().0;
+        (id, *addr)
+    }
+
+    fn run(&self, frame: &[u8]) -> (u32, Vec<u8>, Vec<(&'static str, u64)>) {
+        let before = self.lb.counters().unwrap();
+        let (verdict, output) = self.lb.run_frame(BALANCER, frame).unwrap();
+        let after = self.lb.counters().unwrap();
+        (verdict, output, counter_deltas(&before, &after))
+    }
+
+    fn nat_table(&self) -> BpfHashMap<&MapData, FlowKey, NatEntry> {
+        BpfHashMap::try_from(self.lb.map(map_names::NAT).unwrap()).unwrap()
+    }
+
+    fn flow(&self, packet: &Packet) -> Option<FlowValue> {
+        let flows: BpfHashMap<&MapData, FlowKey, FlowValue> =
+            BpfHashMap::try_from(self.lb.map(map_names::FLOWS).unwrap()).unwrap();
+        flows.get(&flow_key(packet), 0).ok()
+    }
+}
+
+fn worker_port(vip: &Vip) -> u16 {
+    if vip.key().proto == 6 {
+        TCP_PORT
+    } else {
+        UDP_PORT
+    }
+}
+
+/// `packet` as lb must send it on: readdressed to `(src, dst)` (address,
+/// port), one hop older, between `macs`, every checksum recomputed
+/// (a UDP datagram over IPv4 without one keeps none).
+fn translated(
+    packet: &Packet,
+    src: (IpAddr, u16),
+    dst: (IpAddr, u16),
+    macs: Option<([u8; 6], [u8; 6])>,
+) -> Vec<u8> {
+    let mut out = packet.clone();
+    out.src = src.0;
+    out.dst = dst.0;
+    out.ttl -= 1;
+    match &mut out.transport {
+        lb_testing::frames::Transport::Tcp { sport, dport, .. }
+        | lb_testing::frames::Transport::Udp { sport, dport } => {
+            *sport = src.1;
+            *dport = dst.1;
+        }
+        _ => unreachable!("NAT tests send TCP and UDP"),
+    }
+    if let Some((dst_mac, src_mac)) = macs {
+        out.dst_mac = dst_mac;
+        out.src_mac = src_mac;
+    }
+    with_transport_checksum(out.build())
+}
+
+/// The source port of a TCP or UDP frame.
+fn sport_of(frame: &[u8]) -> u16 {
+    let l4 = if frame[12..14] == [0x86, 0xdd] {
+        54
+    } else {
+        34
+    };
+    u16::from_be_bytes([frame[l4], frame[l4 + 1]])
+}
+
+fn client(v6: bool) -> IpAddr {
+    if v6 {
+        ip("2001:db8:5::7")
+    } else {
+        ip("198.51.100.7")
+    }
+}
+
+#[test]
+fn nat_rewrites_the_destination_and_the_replies_source_in_both_families() {
+    lb_testing::needs_root!();
+    let vips = [
+        ("192.0.2.100:80/tcp", Forward::Nat),
+        ("[2001:db8::100]:80/tcp", Forward::Nat),
+        ("192.0.2.102:53/udp", Forward::Nat),
+        ("[2001:db8::102]:53/udp", Forward::Nat),
+    ];
+    let suite = Suite::new(&vips, 3, (20_000, 20_999));
+    for (vip, _) in vips {
+        let vip: Vip = vip.parse().unwrap();
+        let v6 = vip.addr.is_ipv6();
+        let tcp_vip = vip.key().proto == 6;
+        let packet = if tcp_vip {
+            Packet::tcp(client(v6), 40_000, vip.addr, vip.port, tcp::SYN)
+        } else {
+            Packet::udp(client(v6), 40_000, vip.addr, vip.port)
+        };
+        let frame = with_transport_checksum(packet.build());
+        let (id, worker) = suite.worker(&packet);
+        let (verdict, output, moved) = suite.run(&frame);
+        assert_eq!(verdict, XDP_TX, "{vip}: {moved:?}");
+        let expected = translated(
+            &packet,
+            (client(v6), 40_000),
+            (worker, worker_port(&vip)),
+            Some((worker_mac(id), LB_MAC)),
+        );
+        assert_eq!(output, expected, "{vip}");
+        assert!(checksums_valid(&output));
+        assert!(moved.contains(&("forwarded", 1)), "{moved:?}");
+
+        // The worker's answer, sent to the client through its gateway.
+        let reply = if tcp_vip {
+            Packet::tcp(
+                worker,
+                worker_port(&vip),
+                client(v6),
+                40_000,
+                tcp::SYN | tcp::ACK,
+            )
+        } else {
+            Packet::udp(worker, worker_port(&vip), client(v6), 40_000)
+        };
+        let frame = with_transport_checksum(reply.build());
+        let (verdict, output, moved) = suite.run(&frame);
+        assert_eq!(verdict, XDP_PASS, "{vip}: {moved:?}");
+        let expected = translated(&reply, (vip.addr, vip.port), (client(v6), 40_000), None);
+        assert_eq!(output, expected, "{vip} reply");
+        assert!(moved.contains(&("nat_replies", 1)), "{moved:?}");
+        assert!(moved.contains(&("nat_replies_unrouted", 1)), "{moved:?}");
+    }
+}
+
+#[test]
+fn fullnat_allocates_a_port_keeps_it_and_translates_the_reply_back() {
+    lb_testing::needs_root!();
+    let vips = [
+        ("192.0.2.101:80/tcp", Forward::Fullnat),
+        ("[2001:db8::101]:80/tcp", Forward::Fullnat),
+        ("192.0.2.103:53/udp", Forward::Fullnat),
+        ("[2001:db8::103]:53/udp", Forward::Fullnat),
+    ];
+    let suite = Suite::new(&vips, 3, (20_000, 20_999));
+    for (vip, _) in vips {
+        let vip: Vip = vip.parse().unwrap();
+        let v6 = vip.addr.is_ipv6();
+        let tcp_vip = vip.key().proto == 6;
+        let source = ip(if v6 { SOURCE6 } else { SOURCE4 });
+        let open = |flags| {
+            if tcp_vip {
+                Packet::tcp(client(v6), 40_001, vip.addr, vip.port, flags)
+            } else {
+                Packet::udp(client(v6), 40_001, vip.addr, vip.port)
+            }
+        };
+        let syn = open(tcp::SYN);
+        let (id, worker) = suite.worker(&syn);
+        let (verdict, output, moved) = suite.run(&with_transport_checksum(syn.build()));
+        assert_eq!(verdict, XDP_TX, "{vip}: {moved:?}");
+        assert!(moved.contains(&("nat_allocations", 1)), "{moved:?}");
+        let port = sport_of(&output);
+        assert!((20_000..=20_999).contains(&port), "{port}");
+        let expected = translated(
+            &syn,
+            (source, port),
+            (worker, worker_port(&vip)),
+            Some((worker_mac(id), LB_MAC)),
+        );
+        assert_eq!(output, expected, "{vip}");
+
+        // The flow entry and the NAT entry name the same port.
+        let flow = suite.flow(&syn).expect("the flow is recorded");
+        assert_eq!(u16::from_be(flow.nat_port), port);
+        let reply_key = flow_key(&if tcp_vip {
+            Packet::tcp(worker, worker_port(&vip), source, port, 0)
+        } else {
+            Packet::udp(worker, worker_port(&vip), source, port)
+        });
+        let entry = suite.nat_table().get(&reply_key, 0).expect("a NAT entry");
+        assert_eq!(entry.client, flow_key(&syn));
+        let opening = if tcp_vip {
+            NAT_OPENING
+        } else {
+            NAT_ESTABLISHED
+        };
+        assert_eq!(entry.state, opening);
+
+        // A retransmitted first packet and the next one keep the port.
+        for again in [open(tcp::SYN), open(tcp::ACK)] {
+            let (verdict, output, moved) = suite.run(&with_transport_checksum(again.build()));
+            assert_eq!(verdict, XDP_TX, "{vip}: {moved:?}");
+            assert_eq!(sport_of(&output), port, "{vip}");
+            assert!(!moved.iter().any(|(name, _)| *name == "nat_allocations"));
+        }
+
+        // The worker's answer goes back to the client, from the VIP.
+        let reply = if tcp_vip {
+            Packet::tcp(worker, worker_port(&vip), source, port, tcp::SYN | tcp::ACK)
+        } else {
+            Packet::udp(worker, worker_port(&vip), source, port)
+        };
+        let (verdict, output, moved) = suite.run(&with_transport_checksum(reply.build()));
+        assert_eq!(verdict, XDP_PASS, "{vip}: {moved:?}");
+        let expected = translated(&reply, (vip.addr, vip.port), (client(v6), 40_001), None);
+        assert_eq!(output, expected, "{vip} reply");
+        assert!(moved.contains(&("nat_replies", 1)), "{moved:?}");
+        let entry = suite.nat_table().get(&reply_key, 0).unwrap();
+        assert_eq!(entry.state, NAT_ESTABLISHED);
+
+        if tcp_vip {
+            let fin = Packet::tcp(worker, worker_port(&vip), source, port, tcp::FIN | tcp::ACK);
+            suite.run(&with_transport_checksum(fin.build()));
+            let entry = suite.nat_table().get(&reply_key, 0).unwrap();
+            assert_eq!(entry.state, NAT_CLOSING, "a FIN from the worker");
+        }
+    }
+}
+
+#[test]
+fn a_udp_datagram_without_a_checksum_keeps_none_over_ipv4() {
+    lb_testing::needs_root!();
+    let vips = [
+        ("192.0.2.102:53/udp", Forward::Nat),
+        ("192.0.2.103:53/udp", Forward::Fullnat),
+    ];
+    let suite = Suite::new(&vips, 2, (20_000, 20_999));
+    for (vip, _) in vips {
+        let vip: Vip = vip.parse().unwrap();
+        let packet = Packet::udp(client(false), 40_002, vip.addr, vip.port);
+        let (verdict, output, moved) = suite.run(&packet.build());
+        assert_eq!(verdict, XDP_TX, "{vip}: {moved:?}");
+        let l4 = 34;
+        assert_eq!(output[l4 + 6..l4 + 8], [0, 0], "{vip}: still none");
+        assert!(checksums_valid(&output), "{vip}: the IPv4 header's");
+    }
+}
+
+#[test]
+fn an_exhausted_port_range_drops_new_flows_and_never_reuses_a_live_port() {
+    lb_testing::needs_root!();
+    let vips = [("192.0.2.101:80/tcp", Forward::Fullnat)];
+    let mut suite = Suite::new(&vips, 1, (25_000, 25_001));
+    let vip: Vip = vips[0].0.parse().unwrap();
+    let mut ports = Vec::new();
+    let mut exhausted = 0;
+    for sport in 41_000..41_010 {
+        let syn = Packet::tcp(client(false), sport, vip.addr, vip.port, tcp::SYN);
+        let (verdict, output, moved) = suite.run(&with_transport_checksum(syn.build()));
+        if verdict == XDP_TX {
+            ports.push(sport_of(&output));
+        } else {
+            assert_eq!(verdict, XDP_DROP, "{moved:?}");
+            assert!(moved.contains(&("nat_ports_exhausted", 1)), "{moved:?}");
+            exhausted += 1;
+        }
+    }
+    ports.sort();
+    ports.dedup();
+    assert_eq!(ports.len(), 2, "both ports used once each: {ports:?}");
+    assert_eq!(exhausted, 8, "every other connection refused");
+
+    // Freed by the controller's sweep (here by hand: marked dead, then
+    // deleted), a port serves a new connection again.
+    let mut table: BpfHashMap<&mut MapData, FlowKey, NatEntry> =
+        BpfHashMap::try_from(suite.lb.map_mut(map_names::NAT).unwrap()).unwrap();
+    let keys: Vec<FlowKey> = table.keys().map(Result::unwrap).collect();
+    let mut dead = table.get(&keys[0], 0).unwrap();
+    dead.flags |= NAT_DEAD;
+    table.insert(keys[0], dead, 0).unwrap();
+    let syn = Packet::tcp(client(false), 42_000, vip.addr, vip.port, tcp::SYN);
+    let (verdict, _, _) = suite.run(&with_transport_checksum(syn.build()));
+    assert_eq!(verdict, XDP_DROP, "a dead entry's port is not free yet");
+    let mut table: BpfHashMap<&mut MapData, FlowKey, NatEntry> =
+        BpfHashMap::try_from(suite.lb.map_mut(map_names::NAT).unwrap()).unwrap();
+    table.remove(&keys[0]).unwrap();
+    let (verdict, output, moved) = suite.run(&with_transport_checksum(syn.build()));
+    assert_eq!(verdict, XDP_TX, "{moved:?}");
+    assert_eq!(sport_of(&output), u16::from_be(keys[0].dport));
+}
+
+#[test]
+fn replies_of_unknown_or_dead_connections_pass_untouched_and_ttl_runs_out() {
+    lb_testing::needs_root!();
+    let vips = [("192.0.2.101:80/tcp", Forward::Fullnat)];
+    let mut suite = Suite::new(&vips, 1, (20_000, 20_999));
+    let vip: Vip = vips[0].0.parse().unwrap();
+    // From the worker's port to a NAT source port nobody holds: the
+    // host's own connection, say.
+    let stray = Packet::tcp(ip("203.0.113.10"), TCP_PORT, ip(SOURCE4), 33_000, tcp::ACK);
+    let frame = with_transport_checksum(stray.build());
+    let (verdict, output, moved) = suite.run(&frame);
+    assert_eq!((verdict, &output), (XDP_PASS, &frame), "{moved:?}");
+    assert!(moved.contains(&("pass_not_vip", 1)), "{moved:?}");
+
+    let mut syn = Packet::tcp(client(false), 43_000, vip.addr, vip.port, tcp::SYN);
+    syn.ttl = 1;
+    let (verdict, _, moved) = suite.run(&with_transport_checksum(syn.build()));
+    assert_eq!(verdict, XDP_DROP, "{moved:?}");
+    assert!(moved.contains(&("nat_ttl_expired", 1)), "{moved:?}");
+
+    let syn = Packet::tcp(client(false), 43_001, vip.addr, vip.port, tcp::SYN);
+    let (_, output, _) = suite.run(&with_transport_checksum(syn.build()));
+    let port = sport_of(&output);
+    let reply = Packet::tcp(ip("203.0.113.10"), TCP_PORT, ip(SOURCE4), port, tcp::ACK);
+    let key = flow_key(&reply);
+    let mut table: BpfHashMap<&mut MapData, FlowKey, NatEntry> =
+        BpfHashMap::try_from(suite.lb.map_mut(map_names::NAT).unwrap()).unwrap();
+    let mut entry = table.get(&key, 0).unwrap();
+    entry.flags |= NAT_DEAD;
+    table.insert(key, entry, 0).unwrap();
+    let frame = with_transport_checksum(reply.build());
+    let (verdict, output, _) = suite.run(&frame);
+    assert_eq!(
+        (verdict, output),
+        (XDP_PASS, frame),
+        "a dead entry is no one's"
+    );
+}
