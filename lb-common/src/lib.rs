@@ -110,10 +110,11 @@ pub mod map_names {
     /// Per-CPU array of one [`crate::nat::NatScratch`]: the NAT program's
     /// workspace.
     pub const NAT_SCRATCH: &str = "LB_NAT_SCRATCH";
-    /// Program array of two: the NAT programs (`lb_nat` in slot
+    /// Program array of three: the NAT programs (`lb_nat` in slot
     /// [`crate::nat::NAT_PROG_FORWARD`], `lb_nat_reply` in
-    /// [`crate::nat::NAT_PROG_REPLY`]), which the balancer tail-calls for
-    /// NAT'd flows and their replies.
+    /// [`crate::nat::NAT_PROG_REPLY`], `lb_nat_icmp` in
+    /// [`crate::nat::NAT_PROG_ICMP`]), which the balancer tail-calls for
+    /// NAT'd flows, their replies and ICMP errors about them.
     pub const NAT_PROG: &str = "LB_NAT_PROG";
 
     /// Every map, each pinned under the instance's pin directory.
@@ -179,4 +180,7 @@ pub mod program_names {
     /// The balancer's second half for NAT workers' replies: translation
     /// back to the client and the routing lookup, reached by a tail call.
     pub const NAT_REPLY: &str = "lb_nat_reply";
+    /// ICMP errors about NAT'd connections, translated both ways, reached
+    /// by a tail call.
+    pub const NAT_ICMP: &str = "lb_nat_icmp";
 }

@@ -63,11 +63,19 @@ pub const NAT_JOB_FLOW: u8 = 0;
 pub const NAT_JOB_NEW_FLOW: u8 = 1;
 /// `NatJob::kind`: a packet from a worker that may be a NAT'd reply.
 pub const NAT_JOB_REPLY: u8 = 2;
+/// `NatJob::kind`: an ICMP error from the client's side about a NAT'd
+/// flow, to its worker (`l4_offset`: the ICMP header's).
+pub const NAT_JOB_ICMP_TO_WORKER: u8 = 3;
+/// `NatJob::kind`: an ICMP error about a packet a NAT worker was sent
+/// (`key`: the reply tuple it quotes, as the worker would send it).
+pub const NAT_JOB_ICMP_FROM_WORKER: u8 = 4;
 
 /// Slot of `LB_NAT_PROG` holding the forward NAT program (`lb_nat`).
 pub const NAT_PROG_FORWARD: u32 = 0;
 /// Slot of `LB_NAT_PROG` holding the reverse NAT program (`lb_nat_reply`).
 pub const NAT_PROG_REPLY: u32 = 1;
+/// Slot of `LB_NAT_PROG` holding the NAT ICMP program (`lb_nat_icmp`).
+pub const NAT_PROG_ICMP: u32 = 2;
 
 /// What the balancer hands its NAT program (`lb_nat`, reached by a tail
 /// call with a stack of its own) in a per-CPU slot.

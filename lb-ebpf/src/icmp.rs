@@ -2,11 +2,12 @@
 //! on the workers' loopbacks, so nobody else would), errors about a
 //! balanced flow go to the flow's worker by its VIP's method (Path MTU
 //! discovery needs the "fragmentation needed" / "packet too big" to reach
-//! the sender).
+//! the sender), translated for NAT workers (`nat_icmp`), as are errors
+//! from a NAT worker's side about the packets lb sent it.
 
 use aya_ebpf::programs::XdpContext;
 use lb_common::{
-    balancer::{Backend, FlowKey, VipAddrKey, VipKey},
+    balancer::{is_nat, Backend, FlowKey, VipAddrKey, VipKey},
     capture::{reason, NO_ID},
     counters::GlobalCounters,
     decide,
@@ -22,7 +23,7 @@ use crate::{
     capture::Outcome,
     flow,
     maps::{XdpMaps, LB_BACKENDS, LB_VIPS, LB_VIP_ADDRS},
-    transmit,
+    nat_icmp, transmit,
 };
 
 /// Handles an ICMP packet; `None` passes it to the kernel.
@@ -48,7 +49,15 @@ pub fn handle(
             Some(Outcome::reply(reason::ECHO_REPLY, NO_ID))
         }
         IcmpMessage::Error(embedded) => {
-            let (key, backend_id, backend) = worker_of(&embedded, family)?;
+            let Some((key, backend_id, backend)) = worker_of(&embedded, family) else {
+                return nat_icmp::from_worker(ctx, &embedded, family, ip.l4_offset);
+            };
+            if is_nat(backend.forward) {
+                let l4 = ip.l4_offset;
+                return Some(nat_icmp::to_worker(
+                    ctx, &key, backend_id, backend, l4, counters,
+                ));
+            }
             transmit::error_to_worker(ctx, frame, &key, backend_id, backend, counters)
         }
         IcmpMessage::Other => None,

@@ -16,6 +16,7 @@ mod flow;
 mod icmp;
 mod maps;
 mod nat;
+mod nat_icmp;
 mod pmtu;
 mod schedule;
 mod transmit;
@@ -157,6 +158,12 @@ pub fn lb_nat(ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn lb_nat_reply(ctx: XdpContext) -> u32 {
     nat::run::<true>(&ctx)
+}
+
+/// ICMP errors about NAT'd connections, reached by a tail call.
+#[xdp]
+pub fn lb_nat_icmp(ctx: XdpContext) -> u32 {
+    nat_icmp::run(&ctx)
 }
 
 /// The balancer's second half for IPIP and GUE, reached by a tail call.

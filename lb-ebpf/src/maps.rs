@@ -161,10 +161,10 @@ pub static LB_NAT_JOB: PerCpuArray<NatJob, 1> = PerCpuArray::new();
 #[btf_map]
 pub static LB_NAT_SCRATCH: PerCpuArray<NatScratch, 1> = PerCpuArray::new();
 
-/// The NAT programs (forward, reply), set by the controller when it
+/// The NAT programs (forward, reply, ICMP), set by the controller when it
 /// loads the object.
 #[btf_map]
-pub static LB_NAT_PROG: ProgramArray<2> = ProgramArray::new();
+pub static LB_NAT_PROG: ProgramArray<3> = ProgramArray::new();
 
 /// The maps as the shared decision (`lb_common::decide`) reads them.
 pub struct XdpMaps;

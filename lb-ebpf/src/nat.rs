@@ -198,11 +198,11 @@ fn translate<const REPLY: bool>(
 
 /// An address and port a packet is rewritten to.
 #[derive(Clone, Copy)]
-struct Endpoint {
+pub struct Endpoint {
     /// In a map's value: a reference, not a copy, to spare the stack.
-    addr: &'static [u8; 16],
+    pub addr: &'static [u8; 16],
     /// Network byte order.
-    port: u16,
+    pub port: u16,
 }
 
 /// A client's packet to its worker: the destination becomes the
@@ -611,7 +611,7 @@ fn send_reply(
 
 /// The per-CPU `bpf_fib_lookup` parameters.
 #[inline(always)]
-fn fib_scratch() -> Option<&'static mut FibParams> {
+pub fn fib_scratch() -> Option<&'static mut FibParams> {
     let scratch = LB_NAT_SCRATCH.get_ptr_mut(0)?;
     // SAFETY: per-CPU slot: nothing else touches it during this run; its
     // 64 bytes hold a `bpf_fib_lookup` (size checked below), any bit
@@ -638,7 +638,7 @@ const _: () = assert!(core::mem::size_of::<FibParams>() == 64);
 
 /// The routing lookup for a translated reply from `vip` to `to`.
 #[inline(always)]
-fn fill_fib(fib: &mut FibParams, key: &FlowKey, vip: &Endpoint, to: &[u8; 16], to_port: u16) {
+pub fn fill_fib(fib: &mut FibParams, key: &FlowKey, vip: &Endpoint, to: &[u8; 16], to_port: u16) {
     // SAFETY: an all-zero bpf_fib_lookup is valid (integers and arrays).
     *fib = unsafe { core::mem::zeroed() };
     fib.l4_protocol = key.proto;
@@ -665,7 +665,7 @@ fn words(addr: &[u8; 16]) -> [u32; 4] {
 
 /// The frame's MACs as the routing lookup found them.
 #[inline(always)]
-fn set_macs(frame: &XdpFrame, fib: &FibParams) -> bool {
+pub fn set_macs(frame: &XdpFrame, fib: &FibParams) -> bool {
     transmit::write(frame, 0, fib.dmac).is_some() && transmit::write(frame, 6, fib.smac).is_some()
 }
 
@@ -687,13 +687,25 @@ fn same_flow(a: &FlowKey, b: &FlowKey) -> bool {
 }
 
 /// What [`rewrite`] did.
-enum Rewritten {
+pub enum Rewritten {
     /// The packet carries its new addresses, ports and checksums.
     Yes,
     /// Its TTL or hop limit ran out; the frame is unchanged.
     TtlExpired,
     /// A header is not where the job says; the frame is unchanged.
     TooShort,
+}
+
+/// How an address's change moves a checksum (see `csum::delta`): of its
+/// first four bytes unless `v6`. Not inlined: unrolled beside the rest,
+/// its byte loads would spill past the 512-byte stack.
+#[inline(never)]
+pub fn address_delta(old: &[u8; 16], new: &[u8; 16], v6: bool) -> u32 {
+    if v6 {
+        csum::delta(old, new)
+    } else {
+        csum::delta(&v4(old), &v4(new))
+    }
 }
 
 /// Rewrites the packet's source and destination (each when given),
@@ -774,7 +786,8 @@ fn rewrite_v4(
         return Err(Rewritten::TtlExpired);
     }
     let (src, dst) = (v4(new_src), v4(new_dst));
-    let addresses = addresses_delta(key, new_src, new_dst, false);
+    let addresses =
+        address_delta(&key.src, new_src, false) + address_delta(&key.dst, new_dst, false);
     let mut ip_sum = Update::new(u16::from_be_bytes([header[10], header[11]]));
     ip_sum.add(addresses);
     ip_sum.word(
@@ -810,26 +823,14 @@ fn rewrite_v6(
     if hops <= 1 {
         return Err(Rewritten::TtlExpired);
     }
-    l4_sum.add(addresses_delta(key, new_src, new_dst, true));
+    l4_sum.add(address_delta(&key.src, new_src, true) + address_delta(&key.dst, new_dst, true));
     header[7] = hops - 1;
     header[8..24].copy_from_slice(new_src);
     header[24..40].copy_from_slice(new_dst);
     Ok(())
 }
 
-/// How the addresses' change moves a checksum (see `csum::delta`).
-/// Not inlined: unrolled beside the rest, its byte loads would spill
-/// past the 512-byte stack.
-#[inline(never)]
-fn addresses_delta(key: &FlowKey, new_src: &[u8; 16], new_dst: &[u8; 16], v6: bool) -> u32 {
-    if v6 {
-        csum::delta(&key.src, new_src) + csum::delta(&key.dst, new_dst)
-    } else {
-        csum::delta(&v4(&key.src), &v4(new_src)) + csum::delta(&v4(&key.dst), &v4(new_dst))
-    }
-}
-
 #[inline(always)]
-fn v4(addr: &[u8; 16]) -> [u8; 4] {
+pub fn v4(addr: &[u8; 16]) -> [u8; 4] {
     [addr[0], addr[1], addr[2], addr[3]]
 }

@@ -324,8 +324,9 @@ fn transport_of(frame: &[u8]) -> (usize, u8) {
     }
 }
 
-/// The one's complement sum, unfolded and uncomplemented, of the TCP or
-/// UDP pseudo-header and segment of `frame` (its checksum field as is).
+/// The checksum over the TCP, UDP or ICMPv6 pseudo-header (none for
+/// ICMP) and segment of `frame`, its checksum field as is: 0 when it
+/// verifies.
 fn transport_sum(frame: &[u8]) -> u16 {
     let (l4, proto) = transport_of(frame);
     let segment = &frame[l4..];
@@ -334,7 +335,7 @@ fn transport_sum(frame: &[u8]) -> u16 {
         pseudo.extend_from_slice(&frame[22..54]);
         pseudo.extend_from_slice(&(segment.len() as u32).to_be_bytes());
         pseudo.extend_from_slice(&[0, 0, 0, proto]);
-    } else {
+    } else if proto != 1 {
         pseudo.extend_from_slice(&frame[26..34]);
         pseudo.extend_from_slice(&[0, proto]);
         pseudo.extend_from_slice(&(segment.len() as u16).to_be_bytes());
@@ -343,11 +344,20 @@ fn transport_sum(frame: &[u8]) -> u16 {
     ipv4_checksum(&pseudo)
 }
 
-/// `frame` (built by [`Packet::build`], TCP or UDP) with its transport
-/// checksum computed from scratch.
+/// Where the checksum of a transport header of protocol `proto` lies.
+fn check_offset(proto: u8) -> usize {
+    match proto {
+        IPPROTO_TCP => 16,
+        IPPROTO_UDP => 6,
+        _ => 2, // ICMP, ICMPv6
+    }
+}
+
+/// `frame` (built by [`Packet::build`]: TCP, UDP, ICMP or ICMPv6) with
+/// its transport checksum computed from scratch.
 pub fn with_transport_checksum(mut frame: Vec<u8>) -> Vec<u8> {
     let (l4, proto) = transport_of(&frame);
-    let at = l4 + if proto == IPPROTO_TCP { 16 } else { 6 };
+    let at = l4 + check_offset(proto);
     frame[at..at + 2].copy_from_slice(&[0, 0]);
     let check = match transport_sum(&frame) {
         0 if proto == IPPROTO_UDP => 0xffff,

@@ -482,3 +482,104 @@ fn replies_of_unknown_or_dead_connections_pass_untouched_and_ttl_runs_out() {
         "a dead entry is no one's"
     );
 }
+
+/// An ICMP error from `router` to `to` quoting `about` (its first 28
+/// bytes for IPv4, 48 for IPv6, as `frames::error_about` quotes), every
+/// checksum computed from scratch: the quoted packet's before quoting.
+fn error_frame(router: IpAddr, to: IpAddr, about: &Packet, ttl: u8) -> Packet {
+    let (kind, code, rest) = if router.is_ipv4() {
+        (3, 4, [0, 0, 0x05, 0x00])
+    } else {
+        (2, 0, [0, 0, 0x05, 0x00])
+    };
+    let mut packet = Packet::new(
+        router,
+        to,
+        lb_testing::frames::Transport::Icmp { kind, code, rest },
+    );
+    let quoted = with_transport_checksum(about.build());
+    let length = if router.is_ipv4() { 28 } else { 48 };
+    packet.payload = quoted[14..14 + length].to_vec();
+    packet.ttl = ttl;
+    packet
+}
+
+/// `packet` from `src` to `dst` (address, port).
+fn readdressed(packet: &Packet, src: (IpAddr, u16), dst: (IpAddr, u16)) -> Packet {
+    let mut out = packet.clone();
+    (out.src, out.dst) = (src.0, dst.0);
+    match &mut out.transport {
+        lb_testing::frames::Transport::Tcp { sport, dport, .. }
+        | lb_testing::frames::Transport::Udp { sport, dport } => {
+            (*sport, *dport) = (src.1, dst.1);
+        }
+        _ => unreachable!("NAT tests send TCP and UDP"),
+    }
+    out
+}
+
+#[test]
+fn icmp_errors_about_natd_connections_are_translated_both_ways() {
+    lb_testing::needs_root!();
+    let vips = [
+        ("192.0.2.100:80/tcp", Forward::Nat),
+        ("[2001:db8::100]:53/udp", Forward::Nat),
+        ("192.0.2.101:53/udp", Forward::Fullnat),
+        ("[2001:db8::101]:80/tcp", Forward::Fullnat),
+    ];
+    let suite = Suite::new(&vips, 2, (20_000, 20_999));
+    for (vip, forward) in vips {
+        let vip: Vip = vip.parse().unwrap();
+        let v6 = vip.addr.is_ipv6();
+        let router = ip(if v6 { "2001:db8:5::fe" } else { "198.51.100.254" });
+        let tcp_vip = vip.key().proto == 6;
+        let first = if tcp_vip {
+            Packet::tcp(client(v6), 40_003, vip.addr, vip.port, tcp::SYN)
+        } else {
+            Packet::udp(client(v6), 40_003, vip.addr, vip.port)
+        };
+        let (id, worker) = suite.worker(&first);
+        let (verdict, output, _) = suite.run(&with_transport_checksum(first.build()));
+        assert_eq!(verdict, XDP_TX);
+        let wport = worker_port(&vip);
+        let source = ip(if v6 { SOURCE6 } else { SOURCE4 });
+        let nat_port = sport_of(&output);
+        // What the worker sees of the connection, as (address, port).
+        let worker_side = if forward == Forward::Fullnat {
+            (source, nat_port)
+        } else {
+            (client(v6), 40_003)
+        };
+
+        // A router on the client's side can't deliver the VIP's reply.
+        let reply = readdressed(&first, (vip.addr, vip.port), (client(v6), 40_003));
+        let error = error_frame(router, vip.addr, &reply, 64);
+        let frame = with_transport_checksum(error.build());
+        let (verdict, output, moved) = suite.run(&frame);
+        assert_eq!(verdict, XDP_TX, "{vip}: {moved:?}");
+        let outer_src = if forward == Forward::Fullnat {
+            source
+        } else {
+            router
+        };
+        let about = readdressed(&first, (worker, wport), worker_side);
+        let mut expected = error_frame(outer_src, worker, &about, 63);
+        (expected.dst_mac, expected.src_mac) = (worker_mac(id), LB_MAC);
+        let expected = with_transport_checksum(expected.build());
+        assert_eq!(output, expected, "{vip}: to the worker");
+        assert!(checksums_valid(&output), "{vip}");
+        assert!(moved.contains(&("icmp_errors_forwarded", 1)), "{moved:?}");
+
+        // The worker's host can't deliver what lb sent it.
+        let sent = readdressed(&first, worker_side, (worker, wport));
+        let error = error_frame(worker, worker_side.0, &sent, 64);
+        let frame = with_transport_checksum(error.build());
+        let (verdict, output, moved) = suite.run(&frame);
+        assert_eq!(verdict, XDP_PASS, "{vip}: {moved:?}");
+        let about = readdressed(&first, (client(v6), 40_003), (vip.addr, vip.port));
+        let expected = error_frame(vip.addr, client(v6), &about, 63);
+        let expected = with_transport_checksum(expected.build());
+        assert_eq!(output, expected, "{vip}: back to the client");
+        assert!(moved.contains(&("icmp_errors_forwarded", 1)), "{moved:?}");
+    }
+}

@@ -18,7 +18,7 @@ use aya::{
 };
 use lb_common::{
     map_names,
-    nat::{NAT_PROG_FORWARD, NAT_PROG_REPLY},
+    nat::{NAT_PROG_FORWARD, NAT_PROG_ICMP, NAT_PROG_REPLY},
     program_names,
 };
 
@@ -386,7 +386,7 @@ fn load_and_attach(
     Ok((ebpf, program_id, takeover))
 }
 
-/// Loads the tunnel program (IPIP and GUE), the NAT program and the
+/// Loads the tunnel program (IPIP and GUE), the NAT programs and the
 /// capture program and
 /// puts them where the balancer's tail calls find them, in place of an
 /// adopted one's. A kernel that refuses the capture program (before 5.18,
@@ -394,18 +394,14 @@ fn load_and_attach(
 /// balancer's tail call into the empty slot fails and the packet goes on.
 pub fn load_tail_calls(ebpf: &mut Ebpf) -> Result<(), DataplaneError> {
     load_into(ebpf, program_names::TUNNEL, map_names::TUNNEL_PROG, 0)?;
-    load_into(
-        ebpf,
-        program_names::NAT,
-        map_names::NAT_PROG,
-        NAT_PROG_FORWARD,
-    )?;
-    load_into(
-        ebpf,
-        program_names::NAT_REPLY,
-        map_names::NAT_PROG,
-        NAT_PROG_REPLY,
-    )?;
+    let nat = [
+        (program_names::NAT, NAT_PROG_FORWARD),
+        (program_names::NAT_REPLY, NAT_PROG_REPLY),
+        (program_names::NAT_ICMP, NAT_PROG_ICMP),
+    ];
+    for (name, slot) in nat {
+        load_into(ebpf, name, map_names::NAT_PROG, slot)?;
+    }
     if let Err(error) = load_into(ebpf, program_names::CAPTURE, map_names::CAPTURE_PROG, 0) {
         tracing::warn!("lb capture is unavailable on this kernel: {error}");
     }
