@@ -1,6 +1,6 @@
 //! lb's test rigs and harnesses, kept out of the product: network namespace
 //! testbeds ([`testbed`]) and the ready-made L2 DSR sandbox on them
-//! ([`rig`]), test frames ([`frames`]), test runs of lb's program with
+//! ([`rig`]) and NAT sandbox ([`nat_rig`]), test frames ([`frames`]), test runs of lb's program with
 //! BPF_PROG_TEST_RUN ([`testrun`]), the packet fuzzer ([`packet_fuzz`]), and
 //! balancers behind a BGP router doing ECMP ([`bgp`]), with BIRD daemons run
 //! from the shipped configs ([`bird`]). The end-to-end tests in `tests/`,
@@ -14,6 +14,7 @@ use anyhow::Context as _;
 pub mod bgp;
 pub mod bird;
 pub mod frames;
+pub mod nat_rig;
 pub mod packet_fuzz;
 pub mod rig;
 pub mod temp;

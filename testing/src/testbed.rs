@@ -939,6 +939,12 @@ impl Testbed {
     /// (see [`Testbed::set_load`]). Every answer names the worker in an
     /// `X-Worker` header.
     pub fn start_nginx(&self, host: &Host, body: &str) -> anyhow::Result<Process> {
+        self.start_nginx_on(host, body, 80)
+    }
+
+    /// As [`Testbed::start_nginx`], on `port`; `/peer` answers with the
+    /// address the connection came from.
+    pub fn start_nginx_on(&self, host: &Host, body: &str, port: u16) -> anyhow::Result<Process> {
         let dir = self.nginx_dir(host);
         fs::create_dir_all(&dir)?;
         fs::write(dir.join("slow.bin"), vec![b'x'; SLOW_BYTES])?;
@@ -946,7 +952,7 @@ impl Testbed {
             fs::write(dir.join("load"), "0\n")?;
         }
         let conf = dir.join("nginx.conf");
-        fs::write(&conf, nginx_conf(&dir, body))?;
+        fs::write(&conf, nginx_conf(&dir, body, port))?;
         let mut cmd = host.command("nginx");
         cmd.args([
             "-c",
@@ -958,7 +964,7 @@ impl Testbed {
         .stdout(Stdio::null())
         .stderr(Stdio::null());
         let process = Process::spawn(&mut cmd, &format!("nginx in {}", host.netns))?;
-        let probe = SocketAddr::new(IpAddr::V4(host.ipv4), 80);
+        let probe = SocketAddr::new(IpAddr::V4(host.ipv4), port);
         host.within(move || wait_for_listener(probe, Duration::from_secs(10)))??;
         Ok(process)
     }
@@ -1057,18 +1063,19 @@ pub const SLOW_BYTES: usize = 1 << 20;
 /// Its rate in bytes a second: about four seconds in all.
 pub const SLOW_RATE: usize = 256 * 1024;
 
-fn nginx_conf(dir: &Path, body: &str) -> String {
+fn nginx_conf(dir: &Path, body: &str, port: u16) -> String {
     let dir = dir.display();
     format!(
         "daemon off;\nmaster_process off;\nuser root;\nworker_processes 1;\npid {dir}/nginx.pid;\nerror_log {dir}/error.log;\n\
          events {{ worker_connections 1024; }}\n\
          http {{\n  access_log off;\n  client_body_temp_path {dir};\n  proxy_temp_path {dir};\n  \
          fastcgi_temp_path {dir};\n  uwsgi_temp_path {dir};\n  scgi_temp_path {dir};\n  \
-         keepalive_requests 100000;\n  server {{\n    listen 80 reuseport;\n    listen [::]:80 reuseport;\n    \
+         keepalive_requests 100000;\n  server {{\n    listen {port} reuseport;\n    listen [::]:{port} reuseport;\n    \
          add_header X-Worker \"{body}\" always;\n    \
          location / {{ default_type text/plain; return 200 \"{body}\\n\"; }}\n    \
          location = /slow {{ alias {dir}/slow.bin; default_type application/octet-stream; limit_rate {SLOW_RATE}; }}\n    \
-         location = /load {{ alias {dir}/load; default_type text/plain; }}\n  }}\n}}\n"
+         location = /load {{ alias {dir}/load; default_type text/plain; }}\n    \
+         location = /peer {{ default_type text/plain; return 200 \"$remote_addr\\n\"; }}\n  }}\n}}\n"
     )
 }
 
@@ -1096,10 +1103,15 @@ pub fn wait_for_listener(addr: SocketAddr, limit: Duration) -> anyhow::Result<()
 
 /// One HTTP/1.0 GET over a new connection; returns the response body.
 pub fn http_get(addr: SocketAddr, timeout: Duration) -> anyhow::Result<String> {
+    http_get_path(addr, "/", timeout)
+}
+
+/// As [`http_get`], of `path`.
+pub fn http_get_path(addr: SocketAddr, path: &str, timeout: Duration) -> anyhow::Result<String> {
     let mut stream = TcpStream::connect_timeout(&addr, timeout)
         .with_context(|| format!("connecting to {addr}"))?;
     stream.set_read_timeout(Some(timeout))?;
-    stream.write_all(b"GET / HTTP/1.0\r\nHost: lb-test\r\n\r\n")?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: lb-test\r\n\r\n")?;
     let mut response = String::new();
     stream.read_to_string(&mut response)?;
     let (head, body) = response

@@ -531,7 +531,11 @@ fn icmp_errors_about_natd_connections_are_translated_both_ways() {
     for (vip, forward) in vips {
         let vip: Vip = vip.parse().unwrap();
         let v6 = vip.addr.is_ipv6();
-        let router = ip(if v6 { "2001:db8:5::fe" } else { "198.51.100.254" });
+        let router = ip(if v6 {
+            "2001:db8:5::fe"
+        } else {
+            "198.51.100.254"
+        });
         let tcp_vip = vip.key().proto == 6;
         let first = if tcp_vip {
             Packet::tcp(client(v6), 40_003, vip.addr, vip.port, tcp::SYN)
