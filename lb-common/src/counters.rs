@@ -137,9 +137,11 @@ counters! {
             too_big_dropped,
             /// Dropped: for a NAT worker, with no NAT program loaded.
             drop_no_nat,
-            /// Replies from NAT workers translated back to their clients.
+            /// Replies from NAT workers translated back and sent toward
+            /// their clients (XDP_TX).
             nat_replies,
-            /// Translated replies handed to the kernel to forward: the
+            /// Replies from NAT workers (and ICMP errors from their side)
+            /// translated back and handed to the kernel to forward: the
             /// route to the client leaves by another interface, or its
             /// neighbour is not resolved.
             nat_replies_unrouted,

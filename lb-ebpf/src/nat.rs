@@ -588,12 +588,12 @@ fn send_reply(
     counters: &mut GlobalCounters,
 ) -> Outcome {
     let (vip_id, backend_id) = (plan.vip_id, plan.backend_id);
-    counters.nat_replies += 1;
     // SAFETY: the context pointer is valid for the program's run.
     let ingress = unsafe { (*ctx.ctx).ingress_ifindex };
     if let Some(fib) = fib_scratch() {
         let routed = plan.route == i64::from(BPF_FIB_LKUP_RET_SUCCESS) && fib.ifindex == ingress;
         if routed && set_macs(frame, fib) {
+            counters.nat_replies += 1;
             return Outcome::forward(reason::NAT_REPLY, vip_id, backend_id);
         }
     }

@@ -179,9 +179,10 @@ fn to_worker_job(ctx: &XdpContext, job: &NatJob, counters: &mut GlobalCounters) 
                     flow.nat_port,
                 ))
             });
-        // A flow the table forgot has no port to translate to.
+        // A flow the table forgot has no port to translate to: the
+        // kernel's to ignore.
         let Some((source, port)) = source else {
-            return Outcome::drop(reason::NO_BACKEND, vip_id, backend_id);
+            return not_ours(counters);
         };
         rewrite.outer_src = Some(&source.addr);
         rewrite.inner_dst = Some(Endpoint {
@@ -285,13 +286,13 @@ fn from_worker_job(
         }
         Rewritten::TooShort => return Outcome::drop(reason::TOO_SHORT, vip_id, backend_id),
     }
-    counters.icmp_errors_forwarded += 1;
     // SAFETY: the context pointer is valid for the program's run.
     let ingress = unsafe { (*ctx.ctx).ingress_ifindex };
     if route == i64::from(BPF_FIB_LKUP_RET_SUCCESS)
         && fib.ifindex == ingress
         && set_macs(&frame, fib)
     {
+        counters.icmp_errors_forwarded += 1;
         return Outcome::forward(reason::ICMP_ERROR, vip_id, backend_id);
     }
     counters.nat_replies_unrouted += 1;

@@ -11,10 +11,16 @@
 //!   an IPIP or GUE VIP, as the input's IP packet unchanged behind a new
 //!   Ethernet header and exactly the method's outer headers, addressed to
 //!   one of the VIP's workers;
+//! - a frame for a `nat` or `fullnat` VIP (or an ICMP error about one)
+//!   leaves addressed to one of the VIP's workers on its port (`fullnat`:
+//!   from a NAT source, with an entry in the NAT table that maps the
+//!   tuple back to the input's flow), and every checksum that verified
+//!   before verifies after; a NAT worker's reply may leave translated
+//!   (sent, or passed to the kernel), from its VIP;
 //! - a transmitted frame's IP length field (IPv4 total length, IPv6
 //!   payload length) is neither beyond the frame nor short of the headers
 //!   lb read;
-//! - a dropped frame is a VIP's too;
+//! - a dropped frame is a VIP's too (or a NAT worker's, out of TTL);
 //! - every run moves `packets` by one, exactly one packet class by one,
 //!   and exactly one outcome counter, the one that matches the verdict.
 
@@ -36,12 +42,12 @@ use lb_userspace::{
     dataplane::maps::ControlMaps,
     desired::options::{Forward, VipOptions},
     desired::state::Desired,
-    service::Vip,
+    service::{addr_bytes, Vip},
 };
 
 use crate::{
-    frames::{tcp, Fragment, Packet, Transport},
-    testrun::{configure_with, worker_mac, Loaded},
+    frames::{tcp, with_transport_checksum, Fragment, Packet, Transport},
+    testrun::{configure_nat, configure_with, worker_mac, Loaded},
 };
 
 const XDP_DROP: u32 = 1;
@@ -72,6 +78,12 @@ pub struct Target {
     vips: HashSet<VipId>,
     /// The IPIP and GUE VIPs, with their method and worker addresses.
     tunnelled: HashMap<VipId, (Forward, HashSet<IpAddr>)>,
+    /// The NAT VIPs, with their method and workers (address bytes).
+    natted: HashMap<VipId, (Forward, HashSet<[u8; 16]>)>,
+    /// Each NAT worker's (address, port, protocol) and its VIP.
+    nat_workers: HashMap<VipId, VipId>,
+    /// The NAT source addresses.
+    nat_sources: HashSet<[u8; 16]>,
     vip_addrs: HashSet<[u8; 16]>,
     workers: HashSet<[u8; 6]>,
     seeds: Vec<Vec<u8>>,
@@ -80,29 +92,45 @@ pub struct Target {
 
 const EMPTY_VIP: &str = "192.0.2.101:80/tcp";
 
-const VIPS: [&str; 6] = [
+const VIPS: [&str; 8] = [
     "192.0.2.100:80/tcp",
     "192.0.2.100:53/udp",
     "[2001:db8::100]:80/tcp",
     "[2001:db8::100]:53/udp",
     "192.0.2.102:80/tcp",
     "[2001:db8::102]:53/udp",
+    "192.0.2.103:80/tcp",
+    "[2001:db8::103]:53/udp",
 ];
 
 /// The methods of [`VIPS`]: DSR but for an IPIP VIP served by IPv6
-/// workers and a GUE VIP served by IPv4 ones.
+/// workers, a GUE VIP served by IPv4 ones, a `nat` and a `fullnat` VIP.
 fn method(index: usize) -> Forward {
     match index {
         4 => Forward::Ipip,
         5 => Forward::Gue,
+        6 => Forward::Nat,
+        7 => Forward::Fullnat,
         _ => Forward::Dsr,
     }
 }
 
+/// The NAT workers' port for TCP and UDP VIPs.
+fn nat_worker_port(vip: &Vip) -> u16 {
+    if vip.key().proto == IPPROTO_TCP {
+        8080
+    } else {
+        5353
+    }
+}
+
+/// The NAT sources of the configuration.
+const NAT_SOURCES: [&str; 2] = ["192.0.2.2", "2001:db8::2"];
+
 /// Worker `n` of VIP `index`.
 fn worker_addr(index: usize, n: u32) -> IpAddr {
     let text = match index {
-        0 | 1 | 5 => format!("198.51.100.{}", 10 + n + 10 * index as u32),
+        0 | 1 | 5 | 6 => format!("198.51.100.{}", 10 + n + 10 * index as u32),
         _ => format!("2001:db8:1::{}", 10 + n + 10 * index as u32),
     };
     text.parse().expect("valid")
@@ -118,22 +146,63 @@ impl Target {
                 forward: method(index),
                 ..VipOptions::default()
             })?;
-        let tunnelled = vips
+        let sources: Vec<IpAddr> = NAT_SOURCES
             .iter()
-            .enumerate()
-            .filter(|(index, _)| method(*index) != Forward::Dsr)
-            .map(|(index, vip)| {
+            .map(|s| s.parse().expect("valid"))
+            .collect();
+        configure_nat(
+            &mut lb,
+            &desired,
+            &mut maps,
+            nat_worker_port,
+            &sources,
+            (20_000, 29_999),
+        )?;
+        let by_method = |wanted: &[Forward]| {
+            vips.iter()
+                .enumerate()
+                .filter(|(index, _)| wanted.contains(&method(*index)))
+                .map(|(index, vip)| {
+                    let key = vip.key();
+                    let workers = (0..3).map(|n| worker_addr(index, n)).collect();
+                    ((key.addr, key.port, key.proto), (method(index), workers))
+                })
+                .collect::<HashMap<VipId, (Forward, HashSet<IpAddr>)>>()
+        };
+        let tunnelled = by_method(&[Forward::Ipip, Forward::Gue]);
+        let natted: HashMap<VipId, (Forward, HashSet<[u8; 16]>)> =
+            by_method(&[Forward::Nat, Forward::Fullnat])
+                .into_iter()
+                .map(|(vip, (forward, workers))| {
+                    (
+                        vip,
+                        (
+                            forward,
+                            workers.into_iter().map(|a| addr_bytes(a).0).collect(),
+                        ),
+                    )
+                })
+                .collect();
+        let nat_workers = vips
+            .iter()
+            .filter(|vip| natted.contains_key(&(vip.key().addr, vip.key().port, vip.key().proto)))
+            .flat_map(|vip| {
                 let key = vip.key();
-                let workers = (0..3).map(|n| worker_addr(index, n)).collect();
-                ((key.addr, key.port, key.proto), (method(index), workers))
+                let port = nat_worker_port(vip).to_be();
+                natted[&(key.addr, key.port, key.proto)]
+                    .1
+                    .iter()
+                    .map(move |addr| ((*addr, port, key.proto), (key.addr, key.port, key.proto)))
+                    .collect::<Vec<_>>()
             })
             .collect();
+        let nat_sources = sources.iter().map(|s| addr_bytes(*s).0).collect();
         // A VIP without workers: its packets are dropped.
         let empty: Vip = EMPTY_VIP.parse().expect("valid");
         desired.add_vip(empty, Default::default())?;
         maps.install_vip(&empty, desired.vip(&empty)?, &[], desired.hash_seed)?;
         maps.commit().map_err(|(_, error)| error)?;
-        let workers = (0..18).map(worker_mac).collect();
+        let workers = (0..32).map(worker_mac).collect();
         let vips: HashSet<VipId> = vips
             .iter()
             .chain([&empty])
@@ -148,6 +217,9 @@ impl Target {
             vip_addrs,
             vips,
             tunnelled,
+            natted,
+            nat_workers,
+            nat_sources,
             workers,
             seeds: seeds(),
             _state: (desired, maps),
@@ -217,7 +289,7 @@ impl Target {
             XDP_PASS => {
                 report.passed += 1;
                 if output != frame {
-                    bail!("a passed frame changed");
+                    self.check_nat_reply(frame, &output)?;
                 }
             }
             XDP_TX => {
@@ -227,8 +299,8 @@ impl Target {
             }
             XDP_DROP => {
                 report.dropped += 1;
-                if !for_vip {
-                    bail!("dropped a frame that is not a VIP's");
+                if !for_vip && self.nat_vip_of_reply(frame).is_none() {
+                    bail!("dropped a frame that is neither a VIP's nor a NAT worker's");
                 }
             }
             other => bail!("verdict {other}"),
@@ -242,6 +314,9 @@ impl Target {
     fn check_transmitted(&self, frame: &[u8], output: &[u8], for_vip: bool) -> anyhow::Result<()> {
         if for_vip || self.is_icmp_error_for_vip(frame) {
             return self.check_forwarded(frame, output);
+        }
+        if self.nat_vip_of_reply(frame).is_some() {
+            return self.check_nat_reply(frame, output);
         }
         let Parsed::Ip(ip) = parse(frame) else {
             bail!("transmitted a frame that is not IP");
@@ -263,6 +338,9 @@ impl Target {
     }
 
     fn check_forwarded(&self, frame: &[u8], output: &[u8]) -> anyhow::Result<()> {
+        if let Some((forward, workers)) = self.vip_of(frame).and_then(|k| self.natted.get(&k)) {
+            return self.check_natted(frame, output, *forward, workers);
+        }
         if let Some((forward, workers)) = self.vip_of(frame).and_then(|k| self.tunnelled.get(&k)) {
             return check_encapsulated(frame, output, *forward, workers, &self.workers);
         }
@@ -291,6 +369,100 @@ impl Target {
         }
     }
 
+    /// A frame for a NAT VIP, or an ICMP error about a flow of one, sent
+    /// on: to one of its workers on the worker port, `fullnat` from a NAT
+    /// source with an entry mapping it back, checksums as valid as they
+    /// were.
+    fn check_natted(
+        &self,
+        frame: &[u8],
+        output: &[u8],
+        forward: Forward,
+        workers: &HashSet<[u8; 16]>,
+    ) -> anyhow::Result<()> {
+        let (Parsed::Ip(input), Parsed::Ip(out)) = (parse(frame), parse(output)) else {
+            bail!("a NAT'd frame does not parse");
+        };
+        let to: [u8; 6] = output[0..6].try_into().expect("six bytes");
+        if !self.workers.contains(&to) || output[6..12] != frame[0..6] {
+            bail!("a NAT'd frame's MACs are not the worker's and ours");
+        }
+        if !workers.contains(&out.dst) {
+            bail!("NAT'd to an address that is none of the VIP's workers");
+        }
+        if forward == Forward::Fullnat && !self.nat_sources.contains(&out.src) {
+            bail!("fullnat sent from an address that is no NAT source");
+        }
+        check_sums_kept(frame, &input, output, &out)?;
+        let is_icmp = !(out.proto == IPPROTO_TCP || out.proto == IPPROTO_UDP);
+        if is_icmp {
+            return Ok(());
+        }
+        if forward == Forward::Fullnat {
+            let reply = lb_common::balancer::FlowKey {
+                src: out.dst,
+                dst: out.src,
+                sport: out.dport,
+                dport: out.sport,
+                proto: out.proto,
+                family: family_of(&out),
+                pad: [0; 2],
+            };
+            let entry = self
+                .nat_entry(&reply)
+                .context("no NAT entry for a fullnat tuple")?;
+            let flow = lb_common::balancer::FlowKey {
+                src: input.src,
+                dst: input.dst,
+                sport: input.sport,
+                dport: input.dport,
+                proto: input.proto,
+                family: family_of(&input),
+                pad: [0; 2],
+            };
+            if entry.client != flow {
+                bail!("the NAT entry of the tuple is another flow's");
+            }
+        }
+        Ok(())
+    }
+
+    /// A frame from a NAT worker translated back: from its VIP, the rest
+    /// as valid as it was.
+    fn check_nat_reply(&self, frame: &[u8], output: &[u8]) -> anyhow::Result<()> {
+        let Some(vip) = self.nat_vip_of_reply(frame) else {
+            bail!("a frame that is no NAT worker's reply changed");
+        };
+        let (Parsed::Ip(input), Parsed::Ip(out)) = (parse(frame), parse(output)) else {
+            bail!("a translated reply does not parse");
+        };
+        let is_icmp = !(out.proto == IPPROTO_TCP || out.proto == IPPROTO_UDP);
+        if out.src != vip.0 || (!is_icmp && out.sport != vip.1) {
+            bail!("a translated reply does not come from its VIP");
+        }
+        check_sums_kept(frame, &input, output, &out)
+    }
+
+    /// The VIP of a NAT worker whose packet (or ICMP error about one it
+    /// was sent) `frame` is.
+    fn nat_vip_of_reply(&self, frame: &[u8]) -> Option<VipId> {
+        let Parsed::Ip(ip) = parse(frame) else {
+            return None;
+        };
+        let worker = match classify(frame, &ip) {
+            IcmpMessage::Error(e) => (e.client, e.client_port, e.proto),
+            _ => (ip.src, ip.sport, ip.proto),
+        };
+        self.nat_workers.get(&worker).copied()
+    }
+
+    fn nat_entry(&self, key: &lb_common::balancer::FlowKey) -> Option<lb_common::nat::NatEntry> {
+        let map = self.lb.map(lb_common::map_names::NAT)?;
+        let table: aya::maps::HashMap<_, lb_common::balancer::FlowKey, lb_common::nat::NatEntry> =
+            aya::maps::HashMap::try_from(map).ok()?;
+        table.get(key, 0).ok()
+    }
+
     /// Whether the shared parser sees TCP or UDP to a configured VIP.
     fn is_vip_packet(&self, frame: &[u8]) -> bool {
         match parse(frame) {
@@ -302,6 +474,65 @@ impl Target {
             Parsed::NotIp | Parsed::Malformed => false,
         }
     }
+}
+
+fn family_of(ip: &lb_common::packet::IpPacket) -> u8 {
+    match ip.version {
+        IpVersion::V4 => lb_common::balancer::FAMILY_V4,
+        IpVersion::V6 => lb_common::balancer::FAMILY_V6,
+    }
+}
+
+/// Every checksum of a translated frame verifies if it did before: the
+/// IPv4 header's, and the transport's (or the ICMP message's) over the
+/// bytes the IP length covers.
+fn check_sums_kept(
+    frame: &[u8],
+    input: &lb_common::packet::IpPacket,
+    output: &[u8],
+    out: &lb_common::packet::IpPacket,
+) -> anyhow::Result<()> {
+    if ip_header_valid(frame, input) && !ip_header_valid(output, out) {
+        bail!("the IPv4 header checksum no longer verifies");
+    }
+    if transport_valid(frame, input) == Some(true) && transport_valid(output, out) != Some(true) {
+        bail!("the transport checksum no longer verifies");
+    }
+    Ok(())
+}
+
+fn ip_header_valid(frame: &[u8], ip: &lb_common::packet::IpPacket) -> bool {
+    ip.version == IpVersion::V6
+        || crate::frames::ipv4_checksum(&frame[ip.l3_offset..ip.l4_offset]) == 0
+}
+
+/// Whether the TCP, UDP or ICMP checksum verifies over the bytes the IP
+/// length covers (with the pseudo-header but for ICMPv4); `None` when the
+/// length is beyond the frame or short of the transport header.
+fn transport_valid(frame: &[u8], ip: &lb_common::packet::IpPacket) -> Option<bool> {
+    let (l3, l4) = (ip.l3_offset, ip.l4_offset);
+    let v6 = ip.version == IpVersion::V6;
+    let end = if v6 {
+        l3 + 40 + usize::from(u16::from_be_bytes([frame[l3 + 4], frame[l3 + 5]]))
+    } else {
+        l3 + usize::from(u16::from_be_bytes([frame[l3 + 2], frame[l3 + 3]]))
+    };
+    let segment = frame.get(l4..end)?;
+    if ip.proto == IPPROTO_UDP && !v6 && segment.get(6..8)? == [0, 0] {
+        return Some(true);
+    }
+    let mut bytes = Vec::new();
+    if v6 {
+        bytes.extend_from_slice(&frame[l3 + 8..l3 + 40]);
+        bytes.extend_from_slice(&(segment.len() as u32).to_be_bytes());
+        bytes.extend_from_slice(&[0, 0, 0, ip.proto]);
+    } else if ip.proto != 1 {
+        bytes.extend_from_slice(&frame[l3 + 12..l3 + 20]);
+        bytes.extend_from_slice(&[0, ip.proto]);
+        bytes.extend_from_slice(&(segment.len() as u16).to_be_bytes());
+    }
+    bytes.extend_from_slice(segment);
+    Some(crate::frames::ipv4_checksum(&bytes) == 0)
 }
 
 /// An encapsulated frame: a new Ethernet header (to a worker's MAC, from
@@ -399,14 +630,25 @@ fn check_counters(
         (
             XDP_TX,
             delta(|c| {
-                c.forwarded + c.icmp_echo_replies + c.icmp_errors_forwarded + c.too_big_answered
+                c.forwarded
+                    + c.icmp_echo_replies
+                    + c.icmp_errors_forwarded
+                    + c.too_big_answered
+                    + c.nat_replies
             }),
         ),
-        (XDP_PASS, delta(|c| c.pass_not_vip)),
+        (XDP_PASS, delta(|c| c.pass_not_vip + c.nat_replies_unrouted)),
         (
             XDP_DROP,
             delta(|c| {
-                c.drop_no_backend + c.drop_no_neighbour + c.drop_no_tunnel + c.too_big_dropped
+                c.drop_no_backend
+                    + c.drop_no_neighbour
+                    + c.drop_no_tunnel
+                    + c.too_big_dropped
+                    + c.drop_no_nat
+                    + c.nat_ports_exhausted
+                    + c.nat_table_full
+                    + c.nat_ttl_expired
             }),
         ),
     ];
@@ -510,7 +752,21 @@ fn seeds() -> Vec<Vec<u8>> {
         error.payload = about[14..14 + cut].to_vec();
         packets.push(error);
     }
-    packets.iter().map(Packet::build).collect()
+    let mut frames: Vec<Vec<u8>> = packets.iter().map(Packet::build).collect();
+    // NAT VIPs, and their workers' replies (to the client for `nat`, to
+    // a NAT source for `fullnat`, mostly on no allocated port), with
+    // transport checksums that verify: NAT must keep them so.
+    let (nat4, nat6) = (ip("192.0.2.103"), ip("2001:db8::103"));
+    let nat = [
+        Packet::tcp(c4, 40000, nat4, 80, tcp::SYN),
+        Packet::tcp(c4, 40000, nat4, 80, tcp::ACK),
+        Packet::udp(c6, 5000, nat6, 53),
+        Packet::tcp(ip("198.51.100.70"), 8080, c4, 40000, tcp::SYN | tcp::ACK),
+        Packet::udp(ip("2001:db8:1::80"), 5353, c6, 5000),
+        Packet::udp(ip("2001:db8:1::81"), 5353, ip(NAT_SOURCES[1]), 20_000),
+    ];
+    frames.extend(nat.iter().map(|p| with_transport_checksum(p.build())));
+    frames
 }
 
 /// One random change: flip a bit, set a byte, truncate, extend, or set the

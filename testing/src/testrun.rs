@@ -7,14 +7,18 @@ use std::net::IpAddr;
 
 use anyhow::Context as _;
 use aya::{
-    maps::{HashMap as BpfHashMap, MapData, PerCpuArray},
+    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray},
     programs::{TestRun as _, TestRunOptions, Xdp},
     Ebpf, EbpfLoader,
 };
 use lb_common::{
-    balancer::{FlowKey, FlowValue, LOAD_UNKNOWN},
+    balancer::{
+        is_nat, vip_filter_bit, FlowKey, FlowValue, FORWARD_NAT, LOAD_UNKNOWN, VIP_FILTER_WORDS,
+    },
     counters::GlobalCounters,
-    map_names, program_names,
+    map_names,
+    nat::{NatConfig, NatSource, NatWorkerKey, NatWorkerValue, NAT_SOURCES_PER_FAMILY},
+    program_names,
 };
 
 use lb_userspace::{
@@ -22,7 +26,7 @@ use lb_userspace::{
     dataplane::object,
     desired::options::VipOptions,
     desired::state::{Desired, DEFAULT_WEIGHT},
-    service::Vip,
+    service::{addr_bytes, Vip},
 };
 
 /// A loaded object whose programs can be test-run.
@@ -233,4 +237,106 @@ pub fn counter_deltas(before: &GlobalCounters, after: &GlobalCounters) -> Vec<(&
         .collect();
     moved.sort();
     moved
+}
+
+/// Gives lb's NAT maps what a controller would for the NAT VIPs of
+/// `desired` (configured by [`configure_with`]): each worker's port
+/// (`worker_port` of its VIP) in its slot, the reply filter, the `nat`
+/// workers' reverse entries, `sources` (one per family at most) and the
+/// port range `low..=high`.
+pub fn configure_nat(
+    loaded: &mut Loaded,
+    desired: &Desired,
+    maps: &mut ControlMaps,
+    worker_port: impl Fn(&Vip) -> u16,
+    sources: &[IpAddr],
+    (low, high): (u16, u16),
+) -> anyhow::Result<()> {
+    let ebpf = loaded.ebpf_mut();
+    let mut reverse: BpfHashMap<MapData, NatWorkerKey, NatWorkerValue> = BpfHashMap::try_from(
+        ebpf.take_map(map_names::NAT_WORKERS)
+            .context("no NAT workers map")?,
+    )?;
+    let mut filter: Array<MapData, u64> = Array::try_from(
+        ebpf.take_map(map_names::REPLY_FILTER)
+            .context("no reply filter")?,
+    )?;
+    let mut words = vec![0u64; VIP_FILTER_WORDS as usize];
+    for (vip, state) in desired.vips() {
+        if !is_nat(state.options.forward.code()) {
+            continue;
+        }
+        let key = vip.key();
+        let port = worker_port(vip);
+        for (addr, worker) in &state.workers {
+            let entry = WorkerEntry {
+                addr: *addr,
+                mac: Some(worker_mac(worker.id)),
+                vip_id: state.id,
+                state_flags: 0,
+                generation: 1,
+                forward: state.options.forward.code(),
+                gue_port: 0,
+                port,
+                mtu: TUNNEL_MTU,
+                tunnel_source: None,
+            };
+            maps.write_backend(worker.id, &entry)?;
+            let (bytes, family) = addr_bytes(*addr);
+            let bit = vip_filter_bit(&bytes, port.to_be(), key.proto);
+            words[(bit >> 6) as usize] |= 1 << (bit & 63);
+            if state.options.forward.code() == FORWARD_NAT {
+                let worker_key = NatWorkerKey {
+                    addr: bytes,
+                    port: port.to_be(),
+                    proto: key.proto,
+                    family,
+                };
+                let value = NatWorkerValue {
+                    vip: key.addr,
+                    vip_port: key.port,
+                    pad: 0,
+                    vip_id: state.id,
+                    backend_id: worker.id,
+                };
+                reverse.insert(worker_key, value, 0)?;
+            }
+        }
+    }
+    for (index, word) in words.into_iter().enumerate() {
+        filter.set(index as u32, word, 0)?;
+    }
+    let mut slots: Array<MapData, NatSource> = Array::try_from(
+        ebpf.take_map(map_names::NAT_SOURCES)
+            .context("no NAT sources")?,
+    )?;
+    let mut config = NatConfig {
+        seed: 0x1234_5678,
+        port_low: low,
+        port_high: high,
+        ..NatConfig::default()
+    };
+    for source in sources {
+        let (addr, family) = addr_bytes(*source);
+        let slot = if source.is_ipv6() {
+            config.v6_slots[0] = NAT_SOURCES_PER_FAMILY as u8;
+            config.v6_count = 1;
+            NAT_SOURCES_PER_FAMILY
+        } else {
+            config.v4_count = 1;
+            0
+        };
+        let value = NatSource {
+            addr,
+            family,
+            pad: [0; 3],
+        };
+        slots.set(slot, value, 0)?;
+    }
+    let mut array: Array<MapData, NatConfig> = Array::try_from(
+        ebpf.take_map(map_names::NAT_CONFIG)
+            .context("no NAT config")?,
+    )?;
+    array.set(0, config, 0)?;
+    Ok(())
 }

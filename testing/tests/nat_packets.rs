@@ -10,26 +10,23 @@
 
 use std::net::IpAddr;
 
-use aya::maps::{Array, HashMap as BpfHashMap, MapData};
+use aya::maps::{HashMap as BpfHashMap, MapData};
 use lb_common::{
-    balancer::{vip_filter_bit, FlowKey, FlowValue, VIP_FILTER_WORDS},
+    balancer::{FlowKey, FlowValue},
     map_names,
-    nat::{
-        NatConfig, NatEntry, NatSource, NatWorkerKey, NatWorkerValue, NAT_CLOSING, NAT_DEAD,
-        NAT_ESTABLISHED, NAT_OPENING,
-    },
+    nat::{NatEntry, NAT_CLOSING, NAT_DEAD, NAT_ESTABLISHED, NAT_OPENING},
     program_names::BALANCER,
 };
 use lb_testing::{
     frames::{checksums_valid, flow_key, tcp, with_transport_checksum, Packet, LB_MAC},
-    testrun::{configure_with, counter_deltas, worker_mac, Loaded, TUNNEL_MTU},
+    testrun::{configure_nat, configure_with, counter_deltas, worker_mac, Loaded},
 };
 use lb_userspace::{
-    dataplane::maps::{ControlMaps, WorkerEntry},
+    dataplane::maps::ControlMaps,
     desired::maglev,
     desired::options::{Forward, VipOptions},
     desired::state::Desired,
-    service::{addr_bytes, Vip},
+    service::Vip,
 };
 
 const XDP_DROP: u32 = 1;
@@ -78,75 +75,16 @@ impl Suite {
             },
         )
         .unwrap();
-        let mut workers_map: BpfHashMap<MapData, NatWorkerKey, NatWorkerValue> =
-            BpfHashMap::try_from(lb.ebpf_mut().take_map(map_names::NAT_WORKERS).unwrap()).unwrap();
-        let mut filter: Array<MapData, u64> =
-            Array::try_from(lb.ebpf_mut().take_map(map_names::REPLY_FILTER).unwrap()).unwrap();
-        let mut words = vec![0u64; VIP_FILTER_WORDS as usize];
-        for (vip, state) in desired.vips() {
-            let key = vip.key();
-            let port = worker_port(vip);
-            for (addr, w) in &state.workers {
-                let entry = WorkerEntry {
-                    addr: *addr,
-                    mac: Some(worker_mac(w.id)),
-                    vip_id: state.id,
-                    state_flags: 0,
-                    generation: 1,
-                    forward: state.options.forward.code(),
-                    gue_port: 0,
-                    port,
-                    mtu: TUNNEL_MTU,
-                    tunnel_source: None,
-                };
-                maps.write_backend(w.id, &entry).unwrap();
-                let (bytes, family) = addr_bytes(*addr);
-                let bit = vip_filter_bit(&bytes, port.to_be(), key.proto);
-                words[(bit >> 6) as usize] |= 1 << (bit & 63);
-                if state.options.forward == Forward::Nat {
-                    let worker = NatWorkerKey {
-                        addr: bytes,
-                        port: port.to_be(),
-                        proto: key.proto,
-                        family,
-                    };
-                    let value = NatWorkerValue {
-                        vip: key.addr,
-                        vip_port: key.port,
-                        pad: 0,
-                        vip_id: state.id,
-                        backend_id: w.id,
-                    };
-                    workers_map.insert(worker, value, 0).unwrap();
-                }
-            }
-        }
-        for (index, word) in words.into_iter().enumerate() {
-            filter.set(index as u32, word, 0).unwrap();
-        }
-        let mut sources: Array<MapData, NatSource> =
-            Array::try_from(lb.ebpf_mut().take_map(map_names::NAT_SOURCES).unwrap()).unwrap();
-        for (slot, source) in [(0, SOURCE4), (16, SOURCE6)] {
-            let (addr, family) = addr_bytes(ip(source));
-            let value = NatSource {
-                addr,
-                family,
-                pad: [0; 3],
-            };
-            sources.set(slot, value, 0).unwrap();
-        }
-        let mut config: Array<MapData, NatConfig> =
-            Array::try_from(lb.ebpf_mut().take_map(map_names::NAT_CONFIG).unwrap()).unwrap();
-        let mut value = NatConfig {
-            seed: 0x1234_5678,
-            port_low: low,
-            port_high: high,
-            v4_count: 1,
-            v6_count: 1,
-            ..NatConfig::default()
-        };
-        value.v6_slots[0] = 16;
-        config.set(0, value, 0).unwrap();
+        let sources = [ip(SOURCE4), ip(SOURCE6)];
+        configure_nat(
+            &mut lb,
+            &desired,
+            &mut maps,
+            worker_port,
+            &sources,
+            (low, high),
+        )
+        .unwrap();
         Self {
             lb,
             desired,
@@ -292,7 +230,6 @@ fn nat_rewrites_the_destination_and_the_replies_source_in_both_families() {
         assert_eq!(verdict, XDP_PASS, "{vip}: {moved:?}");
         let expected = translated(&reply, (vip.addr, vip.port), (client(v6), 40_000), None);
         assert_eq!(output, expected, "{vip} reply");
-        assert!(moved.contains(&("nat_replies", 1)), "{moved:?}");
         assert!(moved.contains(&("nat_replies_unrouted", 1)), "{moved:?}");
     }
 }
@@ -369,7 +306,7 @@ fn fullnat_allocates_a_port_keeps_it_and_translates_the_reply_back() {
         assert_eq!(verdict, XDP_PASS, "{vip}: {moved:?}");
         let expected = translated(&reply, (vip.addr, vip.port), (client(v6), 40_001), None);
         assert_eq!(output, expected, "{vip} reply");
-        assert!(moved.contains(&("nat_replies", 1)), "{moved:?}");
+        assert!(moved.contains(&("nat_replies_unrouted", 1)), "{moved:?}");
         let entry = suite.nat_table().get(&reply_key, 0).unwrap();
         assert_eq!(entry.state, NAT_ESTABLISHED);
 
@@ -584,6 +521,6 @@ fn icmp_errors_about_natd_connections_are_translated_both_ways() {
         let expected = error_frame(vip.addr, client(v6), &about, 63);
         let expected = with_transport_checksum(expected.build());
         assert_eq!(output, expected, "{vip}: back to the client");
-        assert!(moved.contains(&("icmp_errors_forwarded", 1)), "{moved:?}");
+        assert!(moved.contains(&("nat_replies_unrouted", 1)), "{moved:?}");
     }
 }
