@@ -16,7 +16,7 @@ use lb_common::{
 };
 use lb_testing::{
     frames::{tcp, Packet},
-    testrun::{configure_with, Loaded},
+    testrun::{configure_nat, configure_with, Loaded},
 };
 use lb_userspace::{
     dataplane::DEFAULT_MAX_FLOWS,
@@ -103,14 +103,16 @@ fn client4() -> IpAddr {
 }
 
 /// The VIPs of the configuration: IPv4 TCP, IPv6 TCP, IPv4 UDP by DSR,
-/// then IPv4 TCP by IPIP and by GUE.
-pub fn vips() -> [Vip; 5] {
+/// then IPv4 TCP by IPIP, by GUE, by `nat` and by `fullnat`.
+pub fn vips() -> [Vip; 7] {
     [
         "192.0.2.100:80/tcp".parse().expect("valid"),
         "[2001:db8::100]:80/tcp".parse().expect("valid"),
         "192.0.2.100:53/udp".parse().expect("valid"),
         "192.0.2.101:80/tcp".parse().expect("valid"),
         "192.0.2.102:80/tcp".parse().expect("valid"),
+        "192.0.2.103:80/tcp".parse().expect("valid"),
+        "192.0.2.104:80/tcp".parse().expect("valid"),
     ]
 }
 
@@ -119,6 +121,8 @@ pub fn vip_options(index: usize) -> VipOptions {
     let forward = match index {
         3 => Forward::Ipip,
         4 => Forward::Gue,
+        5 => Forward::Nat,
+        6 => Forward::Fullnat,
         _ => Forward::Dsr,
     };
     VipOptions {
@@ -136,11 +140,46 @@ pub fn worker_addr(index: usize, n: u32) -> IpAddr {
     }
 }
 
-fn established() -> [(&'static str, Packet); 5] {
+/// The NAT workers' ports: `nat`'s and `fullnat`'s workers share
+/// addresses, not ports, so a reply names its VIP.
+fn nat_worker_port(vip: &Vip) -> u16 {
+    if vip.addr == nat_vip() {
+        8080
+    } else {
+        8081
+    }
+}
+
+fn nat_vip() -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(192, 0, 2, 103))
+}
+
+fn fullnat_vip() -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(192, 0, 2, 104))
+}
+
+/// The NAT source of the configuration.
+const NAT_SOURCE: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
+
+/// A `nat` worker's answer to the client of the established flow.
+fn nat_reply() -> Packet {
+    let worker = worker_addr(5, 0);
+    Packet::tcp(worker, 8080, client4(), 40000, tcp::ACK)
+}
+
+fn established() -> [(&'static str, Packet); 7] {
     let client6 = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 2, 0, 0, 0, 0, 7));
     let ipip = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 101));
     let gue = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 102));
     [
+        (
+            "lb nat: IPv4 TCP, established flow (to the worker)",
+            Packet::tcp(client4(), 40000, nat_vip(), 80, tcp::ACK),
+        ),
+        (
+            "lb fullnat: IPv4 TCP, established flow (to the worker)",
+            Packet::tcp(client4(), 40000, fullnat_vip(), 80, tcp::ACK),
+        ),
         (
             "lb: IPv4 TCP, established flow",
             Packet::tcp(client4(), 40000, vip4(), 80, tcp::ACK),
@@ -180,8 +219,10 @@ fn insert_floor(name: &'static str, program: &'static str) -> Case {
     }
 }
 
-fn cases() -> Vec<Case> {
-    let tcp4 = established()[0].1.build();
+/// Every case; `fullnat_reply` is the worker's answer on the
+/// established `fullnat` flow (its port is allocated at configuration).
+fn cases(fullnat_reply: &[u8]) -> Vec<Case> {
+    let tcp4 = established()[2].1.build();
     let floor_case = |name, program, verdict| Case {
         name,
         on: On::Floors,
@@ -251,13 +292,15 @@ fn cases() -> Vec<Case> {
         },
     ];
     for (name, packet) in established() {
+        // NAT's rewrite of a rewritten frame is another packet.
+        let repeatable = packet.dst != nat_vip() && packet.dst != fullnat_vip();
         cases.push(Case {
             name,
             on: On::Lb,
             program: program_names::BALANCER,
             frames: Frames::Fixed(packet.build()),
             verdict: XDP_TX,
-            repeatable: true,
+            repeatable,
         });
     }
     for (name, on) in [
@@ -279,6 +322,40 @@ fn cases() -> Vec<Case> {
             repeatable: true,
         });
     }
+    // BPF_PROG_TEST_RUN runs on the loopback device, from which no route
+    // leads to a client: the translated reply is passed to the kernel
+    // (XDP_PASS) after the routing lookup a real reply also pays.
+    for (name, frame) in [
+        (
+            "lb nat: IPv4 TCP, worker's reply (translated, routing lookup)",
+            nat_reply().build(),
+        ),
+        (
+            "lb fullnat: IPv4 TCP, worker's reply (translated, routing lookup)",
+            fullnat_reply.to_vec(),
+        ),
+    ] {
+        cases.push(Case {
+            name,
+            on: On::Lb,
+            program: program_names::BALANCER,
+            frames: Frames::Fixed(frame),
+            verdict: XDP_PASS,
+            repeatable: false,
+        });
+    }
+    cases.push(Case {
+        name: "lb fullnat: IPv4 TCP, new flow (SYN, port allocated)",
+        on: On::Lb,
+        program: program_names::BALANCER,
+        frames: Frames::NewFlows {
+            next: 5 << 22,
+            flags: tcp::SYN,
+            vip: fullnat_vip(),
+        },
+        verdict: XDP_TX,
+        repeatable: false,
+    });
     let other = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 2));
     cases.push(Case {
         name: "lb: IPv4 TCP, not for a VIP",
@@ -293,17 +370,17 @@ fn cases() -> Vec<Case> {
 
 /// Measures every class and floor; rows in the order of [`cases`].
 pub fn run(plan: &Plan) -> anyhow::Result<Vec<Row>> {
-    let lb = configured(Loaded::lb(DEFAULT_MAX_FLOWS)?)?;
-    let without_hook = configured(Loaded::lb_from(
+    let (lb, fullnat_reply) = configured(Loaded::lb(DEFAULT_MAX_FLOWS)?)?;
+    let (without_hook, _) = configured(Loaded::lb_from(
         floors::LB_WITHOUT_CAPTURE,
         DEFAULT_MAX_FLOWS,
     )?)?;
-    let mut capturing = configured(Loaded::lb(DEFAULT_MAX_FLOWS)?)?;
+    let (mut capturing, _) = configured(Loaded::lb(DEFAULT_MAX_FLOWS)?)?;
     capture_nothing(&mut capturing)?;
     let mut floors = floors::load()?;
     prepare_floor_lru(&mut floors)?;
     prepare_floor_filter(&mut floors)?;
-    let mut cases = cases();
+    let mut cases = cases(&fullnat_reply);
     let mut rows: Vec<Row> = cases
         .iter()
         .map(|c| Row {
@@ -331,16 +408,42 @@ pub fn run(plan: &Plan) -> anyhow::Result<Vec<Row>> {
 }
 
 /// `lb` with the benchmark's configuration and its established flows
-/// recorded.
-fn configured(mut lb: Loaded) -> anyhow::Result<Loaded> {
+/// recorded, and the worker's answer on the established `fullnat` flow.
+fn configured(mut lb: Loaded) -> anyhow::Result<(Loaded, Vec<u8>)> {
     // The configuration lives in the maps; the handle is not needed after.
-    let _config = configure_with(&mut lb, &vips(), WORKERS, worker_addr, vip_options)?;
+    let (desired, mut maps) = configure_with(&mut lb, &vips(), WORKERS, worker_addr, vip_options)?;
+    let sources = [IpAddr::V4(NAT_SOURCE)];
+    configure_nat(
+        &mut lb,
+        &desired,
+        &mut maps,
+        nat_worker_port,
+        &sources,
+        (20_000, 32_767),
+    )?;
+    let mut fullnat_reply = Vec::new();
     for (_, packet) in established() {
         // The first packet records the flow; the rest hit it.
-        let (verdict, _) = lb.run(program_names::BALANCER, &packet.build(), 1)?;
+        let (verdict, output) = lb.run_frame(program_names::BALANCER, &packet.build())?;
         anyhow::ensure!(verdict == XDP_TX, "lb did not forward {packet:?}");
+        if packet.dst == fullnat_vip() {
+            fullnat_reply = turned_around(&output);
+        }
     }
-    Ok(lb)
+    Ok((lb, fullnat_reply))
+}
+
+/// The answer to an IPv4 TCP frame lb sent a worker: addresses, ports and
+/// MACs swapped (the checksums are not checked on the way).
+fn turned_around(sent: &[u8]) -> Vec<u8> {
+    let mut reply = sent.to_vec();
+    reply[0..6].copy_from_slice(&sent[6..12]);
+    reply[6..12].copy_from_slice(&sent[0..6]);
+    reply[26..30].copy_from_slice(&sent[30..34]);
+    reply[30..34].copy_from_slice(&sent[26..30]);
+    reply[34..36].copy_from_slice(&sent[36..38]);
+    reply[36..38].copy_from_slice(&sent[34..36]);
+    reply
 }
 
 /// Starts a capture on `lb` whose filter (a client no case uses) matches
