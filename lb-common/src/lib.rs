@@ -156,8 +156,9 @@ pub mod map_names {
     /// `lb run --max-vips`.
     pub const PER_VIP: &[&str] = &[VIPS, MAGLEV, VIP_STATS, VIP_TAGS, VIP_ADDRS];
 
-    /// The maps with an entry per worker id, sized by `lb run --max-workers`.
-    pub const PER_WORKER: &[&str] = &[BACKENDS, BACKEND_STATS, LOAD];
+    /// The maps with an entry per worker id (or `nat` worker), sized by
+    /// `lb run --max-workers`.
+    pub const PER_WORKER: &[&str] = &[BACKENDS, BACKEND_STATS, LOAD, NAT_WORKERS];
 }
 
 /// Names of the programs in the XDP objects.

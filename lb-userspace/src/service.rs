@@ -72,6 +72,9 @@ pub enum ParseError {
     /// The worker address is not an IP address.
     #[error("`{0}` is not an IPv4 or IPv6 address")]
     BadAddress(String),
+    /// The worker is neither an address nor an address and port.
+    #[error("`{0}` is not a worker: give ADDR, ADDR:PORT or [IPV6]:PORT (port 1-65535)")]
+    BadWorker(String),
 }
 
 impl FromStr for Vip {
@@ -266,6 +269,42 @@ impl Endpoint {
 pub fn parse_worker(text: &str) -> Result<IpAddr, ParseError> {
     text.parse()
         .map_err(|_| ParseError::BadAddress(text.to_owned()))
+}
+
+/// A worker as `lb backend add` takes it: an address, with a port of its
+/// own for NAT VIPs (`192.0.2.11:8080`, `[2001:db8::11]:8080`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WorkerAddr {
+    /// The worker's address.
+    pub addr: IpAddr,
+    /// Its port, when given.
+    pub port: Option<u16>,
+}
+
+impl std::fmt::Display for WorkerAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.port {
+            Some(port) => write!(f, "{}", std::net::SocketAddr::new(self.addr, port)),
+            None => write!(f, "{}", self.addr),
+        }
+    }
+}
+
+impl FromStr for WorkerAddr {
+    type Err = ParseError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        if let Ok(addr) = text.parse::<IpAddr>() {
+            return Ok(Self { addr, port: None });
+        }
+        match text.parse::<std::net::SocketAddr>() {
+            Ok(socket) if socket.port() != 0 => Ok(Self {
+                addr: socket.ip(),
+                port: Some(socket.port()),
+            }),
+            _ => Err(ParseError::BadWorker(text.to_owned())),
+        }
+    }
 }
 
 /// A VIP address (`192.0.2.100`) or a VIP standing for its address

@@ -151,7 +151,6 @@ impl Target {
             .map(|s| s.parse().expect("valid"))
             .collect();
         configure_nat(
-            &mut lb,
             &desired,
             &mut maps,
             nat_worker_port,

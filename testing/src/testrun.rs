@@ -7,26 +7,25 @@ use std::net::IpAddr;
 
 use anyhow::Context as _;
 use aya::{
-    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray},
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray},
     programs::{TestRun as _, TestRunOptions, Xdp},
     Ebpf, EbpfLoader,
 };
 use lb_common::{
-    balancer::{
-        is_nat, vip_filter_bit, FlowKey, FlowValue, FORWARD_NAT, LOAD_UNKNOWN, VIP_FILTER_WORDS,
-    },
+    balancer::{FlowKey, FlowValue, LOAD_UNKNOWN},
     counters::GlobalCounters,
-    map_names,
-    nat::{NatConfig, NatSource, NatWorkerKey, NatWorkerValue, NAT_SOURCES_PER_FAMILY},
-    program_names,
+    map_names, program_names,
 };
 
 use lb_userspace::{
     dataplane::maps::{ControlMaps, WorkerEntry},
-    dataplane::object,
-    desired::options::VipOptions,
+    dataplane::{
+        nat::{NatPorts, NatSettings, NatWorker},
+        object,
+    },
+    desired::options::{Forward, VipOptions},
     desired::state::{Desired, DEFAULT_WEIGHT},
-    service::{addr_bytes, Vip},
+    service::Vip,
 };
 
 /// A loaded object whose programs can be test-run.
@@ -242,31 +241,20 @@ pub fn counter_deltas(before: &GlobalCounters, after: &GlobalCounters) -> Vec<(&
 /// Gives lb's NAT maps what a controller would for the NAT VIPs of
 /// `desired` (configured by [`configure_with`]): each worker's port
 /// (`worker_port` of its VIP) in its slot, the reply filter, the `nat`
-/// workers' reverse entries, `sources` (one per family at most) and the
-/// port range `low..=high`.
+/// workers' reverse entries, `sources` and the port range `low..=high`.
 pub fn configure_nat(
-    loaded: &mut Loaded,
     desired: &Desired,
     maps: &mut ControlMaps,
     worker_port: impl Fn(&Vip) -> u16,
     sources: &[IpAddr],
     (low, high): (u16, u16),
 ) -> anyhow::Result<()> {
-    let ebpf = loaded.ebpf_mut();
-    let mut reverse: BpfHashMap<MapData, NatWorkerKey, NatWorkerValue> = BpfHashMap::try_from(
-        ebpf.take_map(map_names::NAT_WORKERS)
-            .context("no NAT workers map")?,
-    )?;
-    let mut filter: Array<MapData, u64> = Array::try_from(
-        ebpf.take_map(map_names::REPLY_FILTER)
-            .context("no reply filter")?,
-    )?;
-    let mut words = vec![0u64; VIP_FILTER_WORDS as usize];
+    let mut workers = Vec::new();
     for (vip, state) in desired.vips() {
-        if !is_nat(state.options.forward.code()) {
+        let forward = state.options.forward;
+        if !forward.is_nat() {
             continue;
         }
-        let key = vip.key();
         let port = worker_port(vip);
         for (addr, worker) in &state.workers {
             let entry = WorkerEntry {
@@ -275,68 +263,28 @@ pub fn configure_nat(
                 vip_id: state.id,
                 state_flags: 0,
                 generation: 1,
-                forward: state.options.forward.code(),
+                forward: forward.code(),
                 gue_port: 0,
                 port,
                 mtu: TUNNEL_MTU,
                 tunnel_source: None,
             };
             maps.write_backend(worker.id, &entry)?;
-            let (bytes, family) = addr_bytes(*addr);
-            let bit = vip_filter_bit(&bytes, port.to_be(), key.proto);
-            words[(bit >> 6) as usize] |= 1 << (bit & 63);
-            if state.options.forward.code() == FORWARD_NAT {
-                let worker_key = NatWorkerKey {
-                    addr: bytes,
-                    port: port.to_be(),
-                    proto: key.proto,
-                    family,
-                };
-                let value = NatWorkerValue {
-                    vip: key.addr,
-                    vip_port: key.port,
-                    pad: 0,
-                    vip_id: state.id,
-                    backend_id: worker.id,
-                };
-                reverse.insert(worker_key, value, 0)?;
-            }
+            workers.push(NatWorker {
+                addr: *addr,
+                port,
+                vip: (vip.addr, vip.port, vip.key().proto),
+                vip_id: state.id,
+                backend_id: worker.id,
+                stateless: forward == Forward::Nat,
+            });
         }
     }
-    for (index, word) in words.into_iter().enumerate() {
-        filter.set(index as u32, word, 0)?;
-    }
-    let mut slots: Array<MapData, NatSource> = Array::try_from(
-        ebpf.take_map(map_names::NAT_SOURCES)
-            .context("no NAT sources")?,
-    )?;
-    let mut config = NatConfig {
-        seed: 0x1234_5678,
-        port_low: low,
-        port_high: high,
-        ..NatConfig::default()
+    let settings = NatSettings {
+        sources: sources.to_vec(),
+        ports: NatPorts { low, high },
     };
-    for source in sources {
-        let (addr, family) = addr_bytes(*source);
-        let slot = if source.is_ipv6() {
-            config.v6_slots[0] = NAT_SOURCES_PER_FAMILY as u8;
-            config.v6_count = 1;
-            NAT_SOURCES_PER_FAMILY
-        } else {
-            config.v4_count = 1;
-            0
-        };
-        let value = NatSource {
-            addr,
-            family,
-            pad: [0; 3],
-        };
-        slots.set(slot, value, 0)?;
-    }
-    let mut array: Array<MapData, NatConfig> = Array::try_from(
-        ebpf.take_map(map_names::NAT_CONFIG)
-            .context("no NAT config")?,
-    )?;
-    array.set(0, config, 0)?;
+    maps.nat().write_settings(&settings, 0x1234_5678)?;
+    maps.nat().sync(&workers)?;
     Ok(())
 }

@@ -76,15 +76,7 @@ impl Suite {
         )
         .unwrap();
         let sources = [ip(SOURCE4), ip(SOURCE6)];
-        configure_nat(
-            &mut lb,
-            &desired,
-            &mut maps,
-            worker_port,
-            &sources,
-            (low, high),
-        )
-        .unwrap();
+        configure_nat(&desired, &mut maps, worker_port, &sources, (low, high)).unwrap();
         Self {
             lb,
             desired,

@@ -414,7 +414,6 @@ fn configured(mut lb: Loaded) -> anyhow::Result<(Loaded, Vec<u8>)> {
     let (desired, mut maps) = configure_with(&mut lb, &vips(), WORKERS, worker_addr, vip_options)?;
     let sources = [IpAddr::V4(NAT_SOURCE)];
     configure_nat(
-        &mut lb,
         &desired,
         &mut maps,
         nat_worker_port,

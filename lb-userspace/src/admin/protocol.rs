@@ -150,6 +150,9 @@ pub enum Request {
         vip: Vip,
         /// The worker's address.
         worker: IpAddr,
+        /// Its own port (NAT VIPs only; none: the VIP's).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        port: Option<u16>,
         /// Its weight.
         weight: u32,
     },

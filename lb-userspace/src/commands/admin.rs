@@ -78,7 +78,8 @@ pub fn backend_command(
             socket,
             &Request::BackendAdd {
                 vip,
-                worker,
+                worker: worker.addr,
+                port: worker.port,
                 weight,
             },
         ),

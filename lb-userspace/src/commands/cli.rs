@@ -7,16 +7,20 @@ use std::{
 };
 
 use clap::{Parser, Subcommand, ValueEnum};
-use lb_common::balancer::{DEFAULT_MAX_VIPS, DEFAULT_MAX_WORKERS};
+use lb_common::{
+    balancer::{DEFAULT_MAX_VIPS, DEFAULT_MAX_WORKERS},
+    nat::DEFAULT_MAX_NAT_FLOWS,
+};
 
 use crate::{
+    dataplane::nat::NatPorts,
     dataplane::{
         AttachMode, DataplaneError, DEFAULT_MAX_FLOWS, LIMIT_VIPS, LIMIT_WORKERS, MAX_FLOWS,
     },
     desired::instance::{Name, Paths, DEFAULT_NAME},
     desired::options::VipOptions,
     duration::parse_clap as duration,
-    service::{parse_worker, AddressOrVip, ClientPrefix, Protocol, Vip},
+    service::{parse_worker, AddressOrVip, ClientPrefix, Protocol, Vip, WorkerAddr},
 };
 
 /// lb: a stateful L4 load balancer in XDP.
@@ -250,6 +254,20 @@ pub struct RunArgs {
     /// "packet too big" for what doesn't fit.
     #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u16).range(1280..))]
     pub tunnel_mtu: Option<u16>,
+    /// Source address of `fullnat` VIPs' packets to their workers: an
+    /// address of this host (repeat for more; several of a family widen
+    /// the port space, at most 16 per family). A `fullnat` VIP needs one
+    /// of its family.
+    #[arg(long, value_name = "ADDR")]
+    pub nat_source: Vec<IpAddr>,
+    /// Ports `fullnat` allocates, LOW-HIGH; must stay clear of the host's
+    /// own ephemeral ports (net.ipv4.ip_local_port_range).
+    #[arg(long, value_name = "LOW-HIGH", default_value_t = NatPorts::default())]
+    pub nat_ports: NatPorts,
+    /// Capacity of the NAT table (`fullnat` connections at once); entries
+    /// take memory as they are used, about 200 bytes each.
+    #[arg(long, default_value_t = DEFAULT_MAX_NAT_FLOWS, value_parser = clap::value_parser!(u32).range(1..=134_217_728))]
+    pub max_nat_flows: u32,
     /// Accept worker load reports (`POST /load`) on this address, e.g.
     /// 192.0.2.2:9470. Off unless given; needs --load-token-file.
     #[arg(long)]
@@ -354,9 +372,11 @@ pub enum BackendCommand {
         vip: Vip,
         /// The worker's address (for DSR: the VIP's family, on the
         /// balancer's link; for ipip and gue: either family, anywhere
-        /// routed).
-        #[arg(value_parser = parse_worker)]
-        worker: IpAddr,
+        /// routed; for nat and fullnat: the VIP's family, anywhere routed),
+        /// with `:PORT` (`[ADDR]:PORT` for IPv6) for a NAT VIP's worker
+        /// serving on another port than the VIP's.
+        #[arg(value_name = "WORKER[:PORT]")]
+        worker: WorkerAddr,
         /// Relative share of new flows (1-65535).
         #[arg(long, default_value_t = crate::desired::state::DEFAULT_WEIGHT)]
         weight: u32,

@@ -27,6 +27,7 @@ use crate::{
         housekeeping, metrics,
         tunnel::Tunnels,
     },
+    dataplane::nat::NatSettings,
     dataplane::{
         maps::ControlMaps,
         memory::{self, MemoryError},
@@ -143,9 +144,9 @@ fn start(args: &RunArgs, paths: &Paths, made: &mut Made) -> anyhow::Result<Up> {
         .within(limits)
         .context("the saved state and --config don't fit the limits")?;
     let endpoints = Endpoints::bind(args)?;
-    let tunnels = tunnels(args)?;
+    let addressing = (tunnels(args)?, nat_settings(args)?);
     let mut dataplane = Dataplane::attach(attach_options(args, paths, limits))?;
-    match take_control(args, paths, &mut dataplane, desired, state_file, tunnels) {
+    match take_control(args, paths, &mut dataplane, desired, state_file, addressing) {
         Ok(control) => Ok(Up {
             dataplane,
             control,
@@ -167,10 +168,10 @@ fn take_control(
     dataplane: &mut Dataplane,
     desired: Desired,
     state_file: StateFile,
-    tunnels: Tunnels,
+    addressing: (Tunnels, NatSettings),
 ) -> anyhow::Result<Control> {
     let state_path = state_file.path().to_owned();
-    let instance = instance(args, paths, dataplane, tunnels);
+    let instance = instance(args, paths, dataplane, addressing);
     let maps = ControlMaps::take(dataplane.ebpf_mut()).context("opening the data plane's maps")?;
     let controller = Controller::start(
         desired,
@@ -252,7 +253,8 @@ impl Made {
 fn limits(args: &RunArgs) -> anyhow::Result<Limits> {
     let budget = args.max_memory.unwrap_or_else(memory::default_budget);
     let cpus = memory::possible_cpus();
-    let fixed = memory::fixed(args.max_flows, args.max_vips, args.max_workers, cpus);
+    let fixed = memory::fixed(args.max_flows, args.max_vips, args.max_workers, cpus)
+        + memory::nat(args.max_nat_flows, args.max_workers);
     if fixed > budget {
         bail!(MemoryError::FixedTooLarge {
             fixed,
@@ -275,13 +277,19 @@ fn attach_options(args: &RunArgs, paths: &Paths, limits: Limits) -> AttachOption
         mode: args.xdp_mode.into(),
         pin_dir: paths.pin_dir.clone(),
         max_flows: args.max_flows,
+        max_nat_flows: args.max_nat_flows,
         limits,
         force: args.force,
     }
 }
 
 /// What the controller is told about its instance.
-fn instance(args: &RunArgs, paths: &Paths, dataplane: &Dataplane, tunnels: Tunnels) -> Instance {
+fn instance(
+    args: &RunArgs,
+    paths: &Paths,
+    dataplane: &Dataplane,
+    (tunnels, nat): (Tunnels, NatSettings),
+) -> Instance {
     let options = dataplane.options();
     Instance {
         name: paths.name.to_string(),
@@ -292,6 +300,7 @@ fn instance(args: &RunArgs, paths: &Paths, dataplane: &Dataplane, tunnels: Tunne
         max_flows: options.max_flows,
         limits: options.limits,
         tunnels,
+        nat,
         load_listen: args.load_listen.map(|a| a.to_string()),
         endpoints: endpoints(args),
         announce_table: args.announce_table,
@@ -516,6 +525,16 @@ fn tunnels(args: &RunArgs) -> anyhow::Result<Tunnels> {
         ifindex,
         &args.tunnel_source,
         args.tunnel_mtu,
+    )?)
+}
+
+/// The NAT sources and ports, checked against the host.
+fn nat_settings(args: &RunArgs) -> anyhow::Result<NatSettings> {
+    let mut netlink = Netlink::open().context("opening a route netlink socket")?;
+    Ok(NatSettings::new(
+        &mut netlink,
+        &args.nat_source,
+        args.nat_ports,
     )?)
 }
 

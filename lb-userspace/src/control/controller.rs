@@ -27,6 +27,7 @@ use crate::{
     checks::load::{self, Figure, Source},
     checks::tunnel::{Encapsulation, Tunnel},
     dataplane::maps::{ControlMaps, WorkerEntry},
+    dataplane::nat::NatWorker,
     dataplane::sessions,
     dataplane::{PinCheck, PinGuard},
     desired::options::{CheckKind, Forward, VipOptions},
@@ -64,6 +65,8 @@ pub struct Instance {
     pub limits: crate::desired::state::Limits,
     /// Outer sources and MTU of IPIP and GUE.
     pub tunnels: crate::control::tunnel::Tunnels,
+    /// NAT sources and ports.
+    pub nat: crate::dataplane::nat::NatSettings,
     /// Load report endpoint, if enabled.
     pub load_listen: Option<String>,
     /// lb's own TCP endpoints, which no VIP may hide.
@@ -208,6 +211,8 @@ pub struct Occupancy {
     pub flow_entries: u64,
     /// Sticky sessions.
     pub sessions: u64,
+    /// `fullnat` connections in the NAT table (live and dying).
+    pub nat_entries: u64,
 }
 
 /// Desired state plus the maps that carry it out.
@@ -335,6 +340,17 @@ impl Controller {
             .maps
             .write_config(controller.desired.hash_seed)
             .context("writing the data plane's config")?;
+        // A fresh instance's probe seed: std's per-process random keys.
+        let seed = {
+            use std::hash::BuildHasher as _;
+            std::collections::hash_map::RandomState::new().hash_one(()) as u32
+        };
+        controller
+            .maps
+            .nat()
+            .write_settings(&controller.instance.nat, seed)
+            .context("writing the NAT sources and ports")?;
+        controller.sync_nat()?;
         let vips: Vec<(Vip, crate::desired::state::VipState)> = controller
             .desired
             .vips()
@@ -404,22 +420,21 @@ impl Controller {
     }
 
     /// The first hop toward worker `addr` of `vip`: the worker itself for
-    /// DSR; for IPIP and GUE the router its route goes through, or itself
-    /// when on the link.
+    /// DSR; for IPIP, GUE and NAT the router its route goes through, or
+    /// itself when on the link.
     fn hop_for(&mut self, vip: &Vip, addr: IpAddr) -> Hop {
-        let l3 = self
-            .desired
-            .vip(vip)
-            .is_ok_and(|state| state.options.forward.is_l3());
-        if !l3 {
+        let Ok(forward) = self.desired.vip(vip).map(|state| state.options.forward) else {
+            return Hop::Via(addr);
+        };
+        if !forward.is_l3() {
             return Hop::Via(addr);
         }
-        self.l3_hop(addr)
+        self.l3_hop(addr, forward.is_nat())
     }
 
-    /// The first hop toward an IPIP or GUE worker at `addr`.
-    fn l3_hop(&mut self, addr: IpAddr) -> Hop {
-        if self.instance.tunnels.source_for(addr).is_none() {
+    /// The first hop toward an IPIP, GUE or NAT worker at `addr`.
+    fn l3_hop(&mut self, addr: IpAddr, nat: bool) -> Hop {
+        if !nat && self.instance.tunnels.source_for(addr).is_none() {
             return Hop::Missing(if addr.is_ipv4() {
                 NO_SOURCE_V4
             } else {
@@ -551,6 +566,13 @@ impl Controller {
     /// the state once if it changed.
     pub fn flush(&mut self) -> Flushed {
         let mut flushed = Flushed::default();
+        // Before the tables: a NAT worker's replies are recognised before
+        // the first packet reaches it.
+        if !self.dirty.is_empty() {
+            if let Err(error) = self.sync_nat() {
+                tracing::error!("{error:#}");
+            }
+        }
         for vip in std::mem::take(&mut self.dirty) {
             if self.desired.vip(&vip).is_err() {
                 continue;
@@ -575,6 +597,36 @@ impl Controller {
         }
         self.announce();
         flushed
+    }
+
+    /// Writes the NAT workers' reverse entries and the reply filter from
+    /// the desired state.
+    fn sync_nat(&mut self) -> anyhow::Result<()> {
+        let workers: Vec<NatWorker> = self
+            .desired
+            .vips()
+            .iter()
+            .filter(|(_, state)| state.options.forward.is_nat())
+            .flat_map(|(vip, state)| {
+                state.workers.iter().map(move |(addr, worker)| NatWorker {
+                    addr: *addr,
+                    port: worker.port.unwrap_or(vip.port),
+                    vip: (vip.addr, vip.port, vip.key().proto),
+                    vip_id: state.id,
+                    backend_id: worker.id,
+                    stateless: state.options.forward == Forward::Nat,
+                })
+            })
+            .collect();
+        self.maps
+            .nat()
+            .sync(&workers)
+            .context("writing the NAT workers and the reply filter")
+    }
+
+    /// Records what the last sweep of the NAT table found.
+    pub fn set_nat_entries(&mut self, entries: u64) {
+        self.occupancy.nat_entries = entries;
     }
 
     /// The interface whose neighbours the controller follows.
@@ -603,8 +655,9 @@ impl Controller {
             Request::BackendAdd {
                 vip,
                 worker,
+                port,
                 weight,
-            } => self.add_worker(vip, worker, weight)?,
+            } => self.add_worker(vip, worker, port, weight)?,
             Request::BackendDel {
                 vip,
                 worker,
@@ -653,6 +706,7 @@ impl Controller {
     }
 
     fn add_vip(&mut self, vip: Vip, options: VipOptions) -> anyhow::Result<()> {
+        self.check_nat(&vip, &options)?;
         self.check_tunnel(&options, None)?;
         check_subnet_edges(&mut self.netlink, self.ifindex, [("VIP", vip.addr)])?;
         check_endpoints(&mut self.netlink, &self.instance.endpoints, [vip])?;
@@ -667,6 +721,7 @@ impl Controller {
     fn set_vip(&mut self, vip: &Vip, options: VipOptions) -> anyhow::Result<()> {
         let old = self.desired.vip(vip)?;
         let (id, old_prefix) = (old.id, old.options.prefix_for(vip));
+        self.check_nat(vip, &options)?;
         for worker in old.workers.keys() {
             self.check_tunnel(&options, Some(*worker))?;
         }
@@ -705,8 +760,29 @@ impl Controller {
 
     /// Refuses IPIP or GUE toward `worker` (or at all, without one) when
     /// there is no tunnel source of its family.
+    /// Refuses a NAT method the instance can't serve: `fullnat` without a
+    /// NAT source of the VIP's family, either while IP forwarding is off
+    /// on the interface (the replies' routing lookup needs it on).
+    fn check_nat(&self, vip: &Vip, options: &VipOptions) -> anyhow::Result<()> {
+        if !options.forward.is_nat() {
+            return Ok(());
+        }
+        if options.forward == Forward::Fullnat && !self.instance.nat.has_family_of(vip.addr) {
+            let family = if vip.addr.is_ipv6() { "IPv6" } else { "IPv4" };
+            bail!("--forward fullnat needs a NAT source of the VIP's family: give lb run --nat-source with an {family} address of this host");
+        }
+        if let Some(sysctl) = crate::control::nat::forwarding_off(&self.instance.iface, vip.addr) {
+            bail!(
+                "--forward {} needs IP forwarding on {}: lb routes the workers' replies back to clients, and the kernel refuses while it is off; set {sysctl}=1",
+                options.forward,
+                self.instance.iface
+            );
+        }
+        Ok(())
+    }
+
     fn check_tunnel(&self, options: &VipOptions, worker: Option<IpAddr>) -> anyhow::Result<()> {
-        if !options.forward.is_l3() {
+        if !options.forward.is_l3() || options.forward.is_nat() {
             return Ok(());
         }
         let tunnels = &self.instance.tunnels;
@@ -761,7 +837,13 @@ impl Controller {
         true
     }
 
-    fn add_worker(&mut self, vip: Vip, worker: IpAddr, weight: u32) -> anyhow::Result<()> {
+    fn add_worker(
+        &mut self,
+        vip: Vip,
+        worker: IpAddr,
+        port: Option<u16>,
+        weight: u32,
+    ) -> anyhow::Result<()> {
         check_not_own(&mut self.netlink, [worker])?;
         check_subnet_edges(&mut self.netlink, self.ifindex, [("worker", worker)])?;
         self.check_tunnel(&self.desired.vip(&vip)?.options.clone(), Some(worker))?;
@@ -772,7 +854,7 @@ impl Controller {
                 self.instance.iface
             );
         }
-        let id = self.desired.add_worker(&vip, worker, weight)?;
+        let id = self.desired.add_worker_on(&vip, worker, port, weight)?;
         self.start_worker_via(vip, worker, id, hop)?;
         self.reschedule(&vip);
         tracing::info!("added worker {worker} to {vip} (weight {weight})");
@@ -935,7 +1017,9 @@ impl Controller {
     fn write_worker(&mut self, id: u32) -> anyhow::Result<()> {
         let live = self.live.get(&id).context("worker without live state")?;
         let vip_state = self.desired.vip(&live.vip)?;
-        let drain = vip_state.workers.get(&live.addr).is_some_and(|w| w.drain);
+        let worker = vip_state.workers.get(&live.addr);
+        let drain = worker.is_some_and(|w| w.drain);
+        let port = worker.and_then(|w| w.port).unwrap_or(0);
         let mut state_flags = 0;
         if live.health.state() == HealthState::Down {
             state_flags |= BACKEND_DOWN;
@@ -955,7 +1039,7 @@ impl Controller {
             generation: live.generation,
             forward: options.forward.code(),
             gue_port: options.gue_port(),
-            port: 0,
+            port,
             mtu: self.instance.tunnels.mtu,
             tunnel_source: self.instance.tunnels.source_for(live.addr),
         };
@@ -1018,7 +1102,7 @@ impl Controller {
                             worker: *addr,
                             id: worker.id,
                             check: check.clone()?,
-                            port: options.health.port.unwrap_or(vip.port),
+                            port: options.health.port.or(worker.port).unwrap_or(vip.port),
                             interval: options.health.interval,
                             timeout: options.health.timeout,
                             load_probe: options.load.probe.clone(),

@@ -1,5 +1,6 @@
 //! The controller's clock: once a tick, on a thread of its own, the work
-//! that reads whole maps (a flow-table scan, sticky-session expiry) and
+//! that reads whole maps (a flow-table scan, sticky-session expiry, the
+//! NAT table's sweep) and
 //! the check for a capture nobody reads any more; the results go to the
 //! controller as a message.
 
@@ -14,7 +15,7 @@ use tokio::sync::watch;
 
 use crate::{
     control::controller::actor::{Handle, Message},
-    dataplane::{activity, capture, sessions},
+    dataplane::{activity, capture, nat, sessions},
 };
 
 /// How often the controller scans flows, expires load reports and
@@ -37,6 +38,7 @@ pub fn spawn(
 ) -> anyhow::Result<std::thread::JoinHandle<()>> {
     let work = move || {
         let mut next_scan = Instant::now();
+        let mut next_sweep = Instant::now();
         for round in 1u64.. {
             std::thread::sleep(TICK);
             let started = Instant::now();
@@ -52,8 +54,21 @@ pub fn spawn(
             let sessions = (round % SESSION_EXPIRY_TICKS == 0)
                 .then(|| expire_sessions(&dir, &ttls.borrow()))
                 .flatten();
+            let nat_entries = (Instant::now() >= next_sweep)
+                .then(|| {
+                    let started = Instant::now();
+                    let swept = sweep_nat(&dir);
+                    next_sweep = Instant::now() + started.elapsed() * SCAN_DUTY;
+                    swept
+                })
+                .flatten();
             clear_abandoned_capture(&dir);
-            if controller.send(Message::Tick { scan, sessions }).is_err() {
+            let tick = Message::Tick {
+                scan,
+                sessions,
+                nat_entries,
+            };
+            if controller.send(tick).is_err() {
                 return;
             }
         }
@@ -71,6 +86,28 @@ fn clear_abandoned_capture(dir: &Path) {
         Ok(true) => tracing::warn!("turned off a capture whose lb capture had died"),
         Ok(false) => {}
         Err(e) => tracing::debug!("checking for an abandoned capture: {e:#}"),
+    }
+}
+
+/// One pass of the NAT table's sweep (expired `fullnat` connections
+/// marked dead, last pass's dead ones deleted); how many entries it held.
+fn sweep_nat(dir: &Path) -> Option<u64> {
+    match nat::sweep(dir, activity::monotonic_ns()) {
+        Ok(swept) => {
+            if swept.marked + swept.freed > 0 {
+                tracing::debug!(
+                    "NAT sweep: {} entries, {} expired, {} ports freed",
+                    swept.entries,
+                    swept.marked,
+                    swept.freed
+                );
+            }
+            Some(swept.entries - swept.freed)
+        }
+        Err(e) => {
+            tracing::warn!("sweeping the NAT table: {e}");
+            None
+        }
     }
 }
 

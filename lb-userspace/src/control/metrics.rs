@@ -440,6 +440,12 @@ fn tables(registry: &mut Registry, snapshot: &MetricsSnapshot) {
     );
     gauge(
         registry,
+        "lb_nat_entries",
+        "fullnat connections in the NAT table at the last sweep",
+        snapshot.occupancy.nat_entries as f64,
+    );
+    gauge(
+        registry,
         "lb_program_attached",
         "1 while lb's program runs on its interface, 0 once it was lost",
         f64::from(u8::from(snapshot.attachment.lost.is_none())),

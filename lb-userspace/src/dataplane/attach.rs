@@ -49,6 +49,8 @@ pub struct AttachOptions {
     pub pin_dir: PathBuf,
     /// Capacity of the flow table (when it is created).
     pub max_flows: u32,
+    /// Capacity of the NAT table (when it is created).
+    pub max_nat_flows: u32,
     /// Size of the per-VIP and per-worker maps (when they are created).
     pub limits: Limits,
     /// Replace pinned maps of another layout (losing the flow table).
@@ -305,6 +307,7 @@ fn plan(dir: &Path, options: &AttachOptions, if_index: u32) -> Result<Plan, Data
     }
     let sizes = [
         ("--max-flows", map_names::FLOWS, options.max_flows),
+        ("--max-nat-flows", map_names::NAT, options.max_nat_flows),
         ("--max-vips", map_names::VIPS, options.limits.vips),
         ("--max-workers", map_names::BACKENDS, options.limits.workers),
     ];
@@ -447,6 +450,7 @@ fn verify_error(error: ProgramError) -> DataplaneError {
 fn load(options: &AttachOptions) -> Result<Ebpf, DataplaneError> {
     let mut loader = EbpfLoader::new();
     loader.map_max_entries(map_names::FLOWS, options.max_flows);
+    loader.map_max_entries(map_names::NAT, options.max_nat_flows);
     for &name in map_names::PER_VIP {
         loader.map_max_entries(name, options.limits.vips);
     }

@@ -69,6 +69,8 @@ pub struct ControlMaps {
     maglev_fd: OwnedFd,
     /// First tables of VIPs, waiting for [`ControlMaps::commit`].
     new_tables: Vec<(Vip, VipInfo, MapData)>,
+    /// The NAT maps.
+    nat: super::nat::NatMaps,
 }
 
 fn take(ebpf: &mut aya::Ebpf, name: &str) -> Map {
@@ -111,7 +113,13 @@ impl ControlMaps {
             filter_words: vec![u64::MAX; VIP_FILTER_WORDS as usize],
             maglev_fd,
             new_tables: Vec::new(),
+            nat: super::nat::NatMaps::take(ebpf)?,
         })
+    }
+
+    /// The NAT maps.
+    pub fn nat(&mut self) -> &mut super::nat::NatMaps {
+        &mut self.nat
     }
 
     /// Rewrites the VIP filter words that differ from what the VIP map

@@ -9,9 +9,12 @@ use std::{mem::size_of, path::Path};
 
 use crate::desired::state::mib;
 
-use lb_common::balancer::{
-    Backend, FlowKey, FlowValue, StickyKey, StickyValue, TrafficCounters, VipInfo, VipKey,
-    MAX_PINS, MAX_STICKY,
+use lb_common::{
+    balancer::{
+        Backend, FlowKey, FlowValue, StickyKey, StickyValue, TrafficCounters, VipInfo, VipKey,
+        MAX_PINS, MAX_STICKY,
+    },
+    nat::{NatEntry, NatWorkerKey, NatWorkerValue},
 };
 
 /// A hash map element's header in the kernel (`struct htab_elem`: list
@@ -72,6 +75,13 @@ pub fn fixed(max_flows: u32, max_vips: u32, max_workers: u32, cpus: u64) -> u64 
         + array::<u32>(max_workers, 1)
         + array::<TrafficCounters>(max_vips, cpus)
         + array::<TrafficCounters>(max_workers, cpus)
+}
+
+/// The NAT maps `lb run`'s flags size, at their fullest: the NAT table
+/// (allocated as used, so this is what a full one takes) and the `nat`
+/// workers' reverse entries.
+pub fn nat(max_nat_flows: u32, max_workers: u32) -> u64 {
+    hash::<FlowKey, NatEntry>(max_nat_flows) + hash::<NatWorkerKey, NatWorkerValue>(max_workers)
 }
 
 /// The default budget: half of what the machine, or lb's memory cgroup if

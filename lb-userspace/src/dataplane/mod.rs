@@ -11,6 +11,7 @@ pub(crate) mod counters;
 mod guard;
 pub mod maps;
 pub(crate) mod memory;
+pub mod nat;
 pub mod object;
 mod pins;
 pub(crate) mod sessions;

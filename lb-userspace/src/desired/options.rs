@@ -198,6 +198,12 @@ impl Forward {
     pub fn is_l3(self) -> bool {
         self != Self::Dsr
     }
+
+    /// Whether it rewrites addresses (and may map ports), so that replies
+    /// come back through lb.
+    pub fn is_nat(self) -> bool {
+        matches!(self, Self::Nat | Self::Fullnat)
+    }
 }
 
 /// What a health check does.

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     desired::maglev,
-    desired::options::{OptionsError, VipOptions},
+    desired::options::{Forward, OptionsError, VipOptions},
     service::Vip,
 };
 
@@ -48,12 +48,47 @@ pub enum StateError {
         worker: IpAddr,
     },
     /// IPv4 worker for an IPv6 VIP or the other way round.
-    #[error("worker {worker} and VIP {vip} are of different IP families; L2 DSR needs the worker in the VIP's family (--forward ipip or gue carry either)")]
+    #[error("worker {worker} and VIP {vip} are of different IP families; DSR and NAT need the worker in the VIP's family (--forward ipip or gue carry either)")]
     FamilyMismatch {
         /// The VIP.
         vip: Vip,
         /// The worker.
         worker: IpAddr,
+    },
+    /// A port of its own for a worker of a method that keeps the VIP's.
+    #[error("worker {worker} of {vip} can't have port {port}: workers of a {forward} VIP take the VIP's port ({vip_port}); only --forward nat or fullnat map ports")]
+    PortNotNat {
+        /// The VIP.
+        vip: Vip,
+        /// The worker.
+        worker: IpAddr,
+        /// The port asked for.
+        port: u16,
+        /// The VIP's port.
+        vip_port: u16,
+        /// The VIP's method.
+        forward: Forward,
+    },
+    /// A `nat` worker's address and port on two `nat` VIPs: its replies
+    /// could not be told apart.
+    #[error("{worker} port {port} already serves nat VIP {other}: lb tells a nat worker's replies apart by its address and port, so each serves one nat VIP; give it another port")]
+    NatWorkerTaken {
+        /// The worker.
+        worker: IpAddr,
+        /// Its port.
+        port: u16,
+        /// The VIP it serves.
+        other: Vip,
+    },
+    /// A change of method that would leave workers with ports of their own.
+    #[error("{vip} has workers on ports of their own ({worker} port {port}): only --forward nat or fullnat map ports; delete them first")]
+    PortsBlockMethod {
+        /// The VIP.
+        vip: Vip,
+        /// A worker with a port.
+        worker: IpAddr,
+        /// Its port.
+        port: u16,
     },
     /// Weight out of range.
     #[error("weight {0} is out of range: use 1 to 65535")]
@@ -152,6 +187,9 @@ pub enum StateError {
 pub struct Worker {
     /// Index in the data plane's backend array.
     pub id: u32,
+    /// Its own port, for NAT methods (none: the VIP's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
     /// Relative share of new flows.
     pub weight: u32,
     /// Draining: no new flows or sessions, existing flows continue.
@@ -399,7 +437,7 @@ impl Desired {
             let mut check = Self::limited(hash_seed, Limits::NONE);
             check.add_vip(*vip, state.options.clone())?;
             for (addr, worker) in &state.workers {
-                check.add_worker(vip, *addr, worker.weight)?;
+                check.add_worker_on(vip, *addr, worker.port, worker.weight)?;
             }
             for (client, worker) in &state.pins {
                 check.pin_masked(vip, *client, *worker)?;
@@ -522,8 +560,12 @@ impl Desired {
             self.del_worker(vip, worker)?;
         }
         for (addr, worker) in &wanted.workers {
+            let port = worker.port.filter(|&p| p != vip.port);
+            if self.worker(vip, *addr).is_ok_and(|w| w.port != port) {
+                self.del_worker(vip, *addr)?;
+            }
             if self.worker(vip, *addr).is_err() {
-                self.add_worker(vip, *addr, worker.weight)?;
+                self.add_worker_on(vip, *addr, worker.port, worker.weight)?;
             }
             self.set_weight(vip, *addr, worker.weight)?;
             self.set_drain(vip, *addr, worker.drain)?;
@@ -586,13 +628,26 @@ impl Desired {
         if !state.pins.is_empty() && options.prefix_for(vip) != state.options.prefix_for(vip) {
             return Err(StateError::PinsBlockPrefix(*vip));
         }
-        if !options.forward.is_l3() {
+        if !options.forward.is_l3() || options.forward.is_nat() {
             if let Some(&worker) = state
                 .workers
                 .keys()
                 .find(|w| w.is_ipv4() != vip.addr.is_ipv4())
             {
                 return Err(StateError::FamilyMismatch { vip: *vip, worker });
+            }
+        }
+        if !options.forward.is_nat() {
+            if let Some((worker, port)) = state
+                .workers
+                .iter()
+                .find_map(|(addr, w)| Some((*addr, w.port?)))
+            {
+                return Err(StateError::PortsBlockMethod {
+                    vip: *vip,
+                    worker,
+                    port,
+                });
             }
         }
         state.options = options;
@@ -616,6 +671,18 @@ impl Desired {
 
     /// Adds a worker to a VIP; returns its backend id.
     pub fn add_worker(&mut self, vip: &Vip, addr: IpAddr, weight: u32) -> Result<u32, StateError> {
+        self.add_worker_on(vip, addr, None, weight)
+    }
+
+    /// Adds a worker serving on `port` (none, or the VIP's: the VIP's) to
+    /// a VIP; returns its backend id.
+    pub fn add_worker_on(
+        &mut self,
+        vip: &Vip,
+        addr: IpAddr,
+        port: Option<u16>,
+        weight: u32,
+    ) -> Result<u32, StateError> {
         check_weight(weight)?;
         if let Some(problem) = crate::service::unicast_problem(addr) {
             return Err(StateError::NotUnicast {
@@ -627,6 +694,22 @@ impl Desired {
         if addr == vip.addr {
             return Err(StateError::WorkerIsVip(addr));
         }
+        let port = port.filter(|&p| p != vip.port);
+        let forward = self.vip(vip)?.options.forward;
+        if let Some(port) = port {
+            if !forward.is_nat() {
+                return Err(StateError::PortNotNat {
+                    vip: *vip,
+                    worker: addr,
+                    port,
+                    vip_port: vip.port,
+                    forward,
+                });
+            }
+        }
+        if forward == Forward::Nat {
+            self.nat_worker_free(vip, addr, port.unwrap_or(vip.port))?;
+        }
         let grown = self.vip(vip).map(|state| {
             state
                 .options
@@ -635,7 +718,8 @@ impl Desired {
         })?;
         self.fits_tables(vip, grown)?;
         let state = self.vips.get_mut(vip).ok_or(StateError::UnknownVip(*vip))?;
-        if vip.addr.is_ipv4() != addr.is_ipv4() && !state.options.forward.is_l3() {
+        let other_family = vip.addr.is_ipv4() != addr.is_ipv4();
+        if other_family && (!forward.is_l3() || forward.is_nat()) {
             return Err(StateError::FamilyMismatch {
                 vip: *vip,
                 worker: addr,
@@ -655,12 +739,35 @@ impl Desired {
             addr,
             Worker {
                 id,
+                port,
                 weight,
                 drain: false,
                 remove_by: None,
             },
         );
         Ok(id)
+    }
+
+    /// Refuses a `nat` worker whose address and port already serve another
+    /// `nat` VIP of the protocol: its replies are told apart by them.
+    fn nat_worker_free(&self, vip: &Vip, addr: IpAddr, port: u16) -> Result<(), StateError> {
+        let taken = self.vips.iter().find(|(other, state)| {
+            *other != vip
+                && other.proto == vip.proto
+                && state.options.forward == Forward::Nat
+                && state
+                    .workers
+                    .get(&addr)
+                    .is_some_and(|w| w.port.unwrap_or(other.port) == port)
+        });
+        match taken {
+            Some((other, _)) => Err(StateError::NatWorkerTaken {
+                worker: addr,
+                port,
+                other: *other,
+            }),
+            None => Ok(()),
+        }
     }
 
     /// A worker of a VIP.

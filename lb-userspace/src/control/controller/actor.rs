@@ -62,6 +62,8 @@ pub enum Message {
         scan: Option<Scan>,
         /// Sessions left after expiry.
         sessions: Option<u64>,
+        /// NAT entries at the last sweep.
+        nat_entries: Option<u64>,
     },
     /// The kernel changed a neighbour of the interface: read the table.
     Neighbours,
@@ -330,9 +332,16 @@ impl Actor {
                 self.finish_batch();
                 let _ = reply.send(self.controller.metrics_snapshot());
             }
-            Message::Tick { scan, sessions } => {
+            Message::Tick {
+                scan,
+                sessions,
+                nat_entries,
+            } => {
                 if let Some(sessions) = sessions {
                     self.controller.set_session_count(sessions);
+                }
+                if let Some(entries) = nat_entries {
+                    self.controller.set_nat_entries(entries);
                 }
                 self.controller.tick(scan);
             }

@@ -195,24 +195,26 @@ impl Controller {
             .collect()
     }
 
-    /// Looks up the first hop of every IPIP and GUE worker again (a route
-    /// changed), once per address however many VIPs it serves, then their
-    /// neighbours.
+    /// Looks up the first hop of every IPIP, GUE and NAT worker again (a
+    /// route changed), once per address and kind however many VIPs it
+    /// serves, then their neighbours.
     pub fn refresh_routes(&mut self) {
-        let l3: Vec<(u32, Vip, IpAddr)> = self
+        let l3: Vec<(u32, Vip, IpAddr, bool)> = self
             .live
             .iter()
-            .filter(|(_, l)| {
-                self.desired
-                    .vip(&l.vip)
-                    .is_ok_and(|s| s.options.forward.is_l3())
+            .filter_map(|(id, l)| {
+                let forward = self.desired.vip(&l.vip).ok()?.options.forward;
+                forward
+                    .is_l3()
+                    .then_some((*id, l.vip, l.addr, forward.is_nat()))
             })
-            .map(|(id, l)| (*id, l.vip, l.addr))
             .collect();
         let mut hops = HashMap::new();
         let mut moved = Vec::new();
-        for (id, vip, addr) in l3 {
-            let hop = *hops.entry(addr).or_insert_with(|| self.l3_hop(addr));
+        for (id, vip, addr, nat) in l3 {
+            let hop = *hops
+                .entry((addr, nat))
+                .or_insert_with(|| self.l3_hop(addr, nat));
             if self.set_hop(id, vip, addr, hop) {
                 moved.push((id, vip));
             }
