@@ -552,7 +552,8 @@ fn reverse(ctx: &XdpContext, job: &NatJob) -> Result<Plan, Outcome> {
         return Err(Outcome::NOT_VIP);
     };
     let to = client.map_or(&key.dst, |client| client.addr);
-    fill_fib(fib, key, &vip, to, client.map_or(key.dport, |c| c.port));
+    let to_port = client.map_or(key.dport, |c| c.port);
+    fill_fib(ctx, fib, key, &vip, (to, to_port));
     // SAFETY: the context is the program's own; the parameters lie in the
     // scratch slot, of the size passed.
     let route = unsafe {
@@ -638,9 +639,18 @@ const _: () = assert!(core::mem::size_of::<FibParams>() == 64);
 
 /// The routing lookup for a translated reply from `vip` to `to`.
 #[inline(always)]
-pub fn fill_fib(fib: &mut FibParams, key: &FlowKey, vip: &Endpoint, to: &[u8; 16], to_port: u16) {
+pub fn fill_fib(
+    ctx: &XdpContext,
+    fib: &mut FibParams,
+    key: &FlowKey,
+    vip: &Endpoint,
+    (to, to_port): (&[u8; 16], u16),
+) {
     // SAFETY: an all-zero bpf_fib_lookup is valid (integers and arrays).
     *fib = unsafe { core::mem::zeroed() };
+    // The lookup is a forwarding decision for a packet that came in here.
+    // SAFETY: the context pointer is valid for the program's run.
+    fib.ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
     fib.l4_protocol = key.proto;
     fib.sport = vip.port;
     fib.dport = to_port;

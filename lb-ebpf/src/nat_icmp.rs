@@ -268,7 +268,7 @@ fn from_worker_job(
         proto: if key.family == FAMILY_V6 { 58 } else { 1 },
         ..*key
     };
-    fill_fib(fib, &icmp, &from, client, 0);
+    fill_fib(ctx, fib, &icmp, &from, (client, 0));
     // SAFETY: the context is the program's own; the parameters lie in the
     // scratch slot, of the size passed.
     let route =

@@ -59,7 +59,10 @@ fn nat_serves_unchanged_workers_on_their_own_port_and_they_see_the_client() {
         assert_eq!(counts.len(), 3, "{vip}: every worker answers: {counts:?}");
     }
     let stats = rig.lb.stats().unwrap();
-    assert!(stats.nat_replies > 0, "replies came back through lb");
+    assert!(
+        stats.nat_replies > 0,
+        "replies came back through lb: {stats:?}"
+    );
     assert_eq!(stats.drop_no_nat, 0);
 }
 
