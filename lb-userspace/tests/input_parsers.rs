@@ -69,6 +69,13 @@ proptest! {
     fn addresses_never_panic(text in formatish()) {
         let _ = text.parse::<Vip>();
         let _ = service::parse_worker(&text);
+        let _ = text.parse::<service::WorkerAddr>();
+    }
+
+    #[test]
+    fn workers_with_ports_round_trip_through_text(vip in vip(), port in proptest::option::of(1u16..)) {
+        let worker = service::WorkerAddr { addr: vip.addr, port };
+        prop_assert_eq!(worker.to_string().parse::<service::WorkerAddr>().unwrap(), worker);
     }
 
     #[test]
@@ -78,8 +85,8 @@ proptest! {
     }
 
     #[test]
-    fn admin_requests_round_trip(vip in vip(), weight in 1u32..65536) {
-        let request = Request::BackendAdd { vip, worker: vip.addr, weight };
+    fn admin_requests_round_trip(vip in vip(), weight in 1u32..65536, port in proptest::option::of(1u16..)) {
+        let request = Request::BackendAdd { vip, worker: vip.addr, port, weight };
         let text = serde_json::to_string(&request).unwrap();
         prop_assert_eq!(serde_json::from_str::<Request>(&text).unwrap(), request.clone());
         let sent = Sent { request, deadline: Some(Deadline::after(std::time::Duration::ZERO)) };

@@ -51,6 +51,17 @@ impl NatRig {
     /// Builds the one-arm sandbox with `workers` workers and starts
     /// `exe run` with the NAT sources and `lb_args` on the balancer.
     pub fn new(exe: &Path, workers: u8, lb_args: &[&str]) -> anyhow::Result<Self> {
+        let mut args = vec!["--nat-source", SOURCE4, "--nat-source", SOURCE6];
+        args.extend_from_slice(lb_args);
+        Self::with_args(exe, workers, &args)
+    }
+
+    /// As [`NatRig::new`], with no NAT source.
+    pub fn without_sources(exe: &Path, workers: u8) -> anyhow::Result<Self> {
+        Self::with_args(exe, workers, &[])
+    }
+
+    fn with_args(exe: &Path, workers: u8, args: &[&str]) -> anyhow::Result<Self> {
         let mut bed = Testbed::new()?;
         let balancer = bed.add_host("lb", Ipv4Addr::new(192, 0, 2, 2), v6(2))?;
         bed.accept_xdp_tx_from("lb")?;
@@ -106,16 +117,14 @@ impl NatRig {
             servers.push(bed.start_nginx_on(&worker, &role, WORKER_PORT)?);
             hosts.push(worker);
         }
-        let mut args = vec!["--nat-source", SOURCE4, "--nat-source", SOURCE6];
-        args.extend_from_slice(lb_args);
-        let lb = LbProcess::start(exe, &mut bed, &balancer, "lb", &args)?;
+        let lb = LbProcess::start(exe, &mut bed, &balancer, "lb", args)?;
         Ok(Self {
             lb,
             client,
             balancer,
             workers: hosts,
             _servers: servers,
-            args: args.into_iter().map(str::to_owned).collect(),
+            args: args.iter().map(|a| (*a).to_owned()).collect(),
             bed,
         })
     }

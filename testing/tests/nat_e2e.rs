@@ -87,6 +87,17 @@ fn fullnat_workers_see_a_nat_source_and_need_no_route_to_clients() {
     let stats = rig.lb.stats().unwrap();
     assert!(stats.nat_allocations >= 62, "{stats:?}");
     assert_eq!(stats.nat_ports_exhausted, 0);
+    // lb flows shows both tuples: the client's and the worker's side.
+    let flows = rig.lb.cli_ok(&["flows", "-o", "json"]).unwrap();
+    let flows: Vec<serde_json::Value> = serde_json::from_str(&flows).unwrap();
+    let side = flows[0]["worker_side"]
+        .as_str()
+        .expect("a fullnat flow's worker side");
+    assert!(
+        side.starts_with(SOURCE4) || side.starts_with(&format!("[{SOURCE6}]")),
+        "{side}"
+    );
+    assert!(side.ends_with(":8080"), "{side}");
 }
 
 #[test]
@@ -138,4 +149,116 @@ fn a_tiny_port_range_counts_exhaustion_and_serves_again_once_ports_free() {
             .is_ok()
     });
     assert_eq!(second.get().unwrap(), "w1");
+}
+
+/// `lb run`'s arguments for an instance of its own in `rig`'s bed,
+/// whose paths the bed removes.
+fn own_instance(rig: &mut NatRig, role: &str) -> Vec<String> {
+    let paths = rig.bed.instance(role).unwrap();
+    vec![
+        "--iface".into(),
+        "eth0".into(),
+        "--name".into(),
+        paths.name.to_string(),
+    ]
+}
+
+#[test]
+fn bad_nat_input_is_refused_in_one_line_with_nothing_changed() {
+    lb_testing::needs_root!();
+    let mut rig = NatRig::new(lb_exe().as_ref(), 1, &[]).unwrap();
+    // lb run: a NAT source that is no address here, an overlapping or
+    // empty port range.
+    for (flags, says) in [
+        (
+            &["--nat-source", "198.51.100.77"][..],
+            "is not an address of this host",
+        ),
+        (
+            &["--nat-ports", "30000-40000"][..],
+            "overlaps the ports this host takes",
+        ),
+        (&["--nat-ports", "2000-1000"][..], "is empty"),
+    ] {
+        let mut args = own_instance(&mut rig, "lb-bad");
+        args.extend(flags.iter().map(|f| f.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (ok, stderr) = rig
+            .balancer
+            .run_lb_expecting_refusal(lb_exe().as_ref(), &args, TIMEOUT)
+            .unwrap();
+        assert!(!ok, "{flags:?}");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+        assert!(stderr.contains(says), "{flags:?}: {stderr}");
+    }
+
+    // vip add and backend add.
+    rig.lb
+        .cli_ok(&["vip", "add", "192.0.2.110:80/tcp"])
+        .unwrap();
+    let refused = |args: &[&str], says: &str| {
+        let output = rig.lb.cli(args).unwrap();
+        assert!(!output.status.success(), "{args:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    };
+    refused(
+        &["backend", "add", "192.0.2.110:80/tcp", "192.0.2.11:8080"],
+        "only --forward nat or fullnat map ports",
+    );
+    refused(
+        &["backend", "add", "192.0.2.110:80/tcp", "192.0.2.11:99999"],
+        "is not a worker",
+    );
+    rig.lb
+        .cli_ok(&["vip", "add", "192.0.2.111:80/tcp", "--forward", "nat"])
+        .unwrap();
+    rig.lb
+        .cli_ok(&["backend", "add", "192.0.2.111:80/tcp", "192.0.2.11:8080"])
+        .unwrap();
+    rig.lb
+        .cli_ok(&["vip", "add", "192.0.2.112:80/tcp", "--forward", "nat"])
+        .unwrap();
+    refused(
+        &["backend", "add", "192.0.2.112:80/tcp", "192.0.2.11:8080"],
+        "already serves nat VIP 192.0.2.111:80/tcp",
+    );
+    refused(
+        &[
+            "backend",
+            "add",
+            "192.0.2.112:80/tcp",
+            "[2001:db8::11]:8080",
+        ],
+        "different IP families",
+    );
+    refused(
+        &["vip", "set", "192.0.2.111:80/tcp", "--forward", "dsr"],
+        "only --forward nat or fullnat map ports",
+    );
+    rig.balancer
+        .run("sysctl", &["-qw", "net.ipv4.conf.eth0.forwarding=0"])
+        .unwrap();
+    refused(
+        &["vip", "add", "192.0.2.113:80/tcp", "--forward", "nat"],
+        "net.ipv4.conf.eth0.forwarding",
+    );
+    let listed = rig.lb.cli_ok(&["vip", "list", "-o", "json"]).unwrap();
+    let vips: Vec<serde_json::Value> = serde_json::from_str(&listed).unwrap();
+    assert_eq!(vips.len(), 3, "nothing added: {listed}");
+}
+
+#[test]
+fn fullnat_without_a_nat_source_of_the_family_is_refused() {
+    lb_testing::needs_root!();
+    let rig = NatRig::without_sources(lb_exe().as_ref(), 1).unwrap();
+    let output = rig
+        .lb
+        .cli(&["vip", "add", "192.0.2.110:80/tcp", "--forward", "fullnat"])
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("--nat-source"), "{stderr}");
 }

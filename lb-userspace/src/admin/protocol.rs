@@ -396,6 +396,8 @@ pub struct BackendRow {
     pub vip: Vip,
     /// The worker.
     pub worker: IpAddr,
+    /// Its own port, when it has one.
+    pub port: Option<u16>,
     /// Its index in the backend array.
     pub id: u32,
     /// Its weight.

@@ -147,9 +147,13 @@ fn backend_cells(r: &BackendRow) -> Vec<String> {
         Some(reason) => format!("{} ({reason})", r.state),
         None => r.state.to_string(),
     };
+    let worker = crate::service::WorkerAddr {
+        addr: r.worker,
+        port: r.port,
+    };
     vec![
         r.vip.to_string(),
-        r.worker.to_string(),
+        worker.to_string(),
         state,
         r.weight.to_string(),
         r.load.map_or_else(|| "-".into(), |l| format!("{l:.2}")),

@@ -691,7 +691,7 @@ mod tests {
     fn positional_addresses_are_checked_by_clap() {
         assert!(
             mistake(&["lb", "backend", "add", "192.0.2.1:80/tcp", "not-an-ip"])
-                .contains("`not-an-ip` is not an IPv4 or IPv6 address")
+                .contains("`not-an-ip` is not a worker: give ADDR, ADDR:PORT or [IPV6]:PORT")
         );
         assert!(mistake(&["lb", "vip", "del", "192.0.2.1:80"]).contains("has no protocol"));
         assert!(mistake(&["lb", "announce", "withdraw", "x"])

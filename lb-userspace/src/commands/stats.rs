@@ -6,7 +6,10 @@ use std::{net::IpAddr, path::Path};
 use anyhow::Context as _;
 use aya::maps::{Array, HashMap, MapData};
 use lb_common::{
-    balancer::{Backend, FlowKey, FlowValue, TrafficCounters, VipInfo, VipKey, BACKEND_VALID},
+    balancer::{
+        is_nat, Backend, FlowKey, FlowValue, TrafficCounters, VipInfo, VipKey, BACKEND_VALID,
+        FORWARD_FULLNAT,
+    },
     map_names,
 };
 use serde::Serialize;
@@ -170,12 +173,42 @@ pub fn backend_entries(pin_dir: &Path) -> anyhow::Result<Vec<(u32, Backend)>> {
         .collect())
 }
 
+/// A NAT flow as its worker sees it: from the client (`nat`) or the
+/// flow's NAT source and port (`fullnat`) to the worker's address and
+/// port; `None` for other methods.
+fn worker_side(
+    pin_dir: &Path,
+    backend: &Backend,
+    (client, vip_port): (std::net::SocketAddr, u16),
+    flow: &FlowValue,
+) -> Option<String> {
+    if !is_nat(backend.forward) {
+        return None;
+    }
+    let port = match u16::from_be(backend.port) {
+        0 => vip_port,
+        port => port,
+    };
+    let worker = addr_from_bytes(backend.addr, backend.family)?;
+    let from = if backend.forward == FORWARD_FULLNAT {
+        let source = crate::dataplane::nat::source_address(pin_dir, flow.nat_source)?;
+        std::net::SocketAddr::new(source, u16::from_be(flow.nat_port))
+    } else {
+        client
+    };
+    let to = std::net::SocketAddr::new(worker, port);
+    Some(format!("{from} → {to}"))
+}
+
 /// One flow of `lb flows`.
 #[derive(Debug, Serialize)]
 struct FlowRow {
     client: String,
     vip: String,
     worker: String,
+    /// For a NAT flow, the connection as the worker sees it (`source:port
+    /// → worker:port`): the client for `nat`, a NAT source for `fullnat`.
+    worker_side: Option<String>,
     age_secs: f64,
     idle_secs: f64,
     /// "active", "closing" (FIN or RST seen), "closed" (closing for longer
@@ -191,6 +224,8 @@ pub fn flows(args: &FlowsArgs, output: OutputFormat, pin_dir: &Path) -> anyhow::
     let flows: HashMap<MapData, FlowKey, FlowValue> = maps::open_pinned(pin_dir, map_names::FLOWS)
         .with_context(|| no_instance(pin_dir))?
         .try_into()?;
+    let slots: std::collections::HashMap<u32, Backend> =
+        backend_entries(pin_dir)?.into_iter().collect();
     let workers: std::collections::HashMap<u32, IpAddr> = backends(pin_dir)?.into_iter().collect();
     let rules = crate::dataplane::activity::Rules::read(pin_dir)?;
     let now = crate::dataplane::activity::monotonic_ns();
@@ -211,12 +246,16 @@ pub fn flows(args: &FlowsArgs, output: OutputFormat, pin_dir: &Path) -> anyhow::
                 addr_from_bytes(key.src, key.family)?,
                 u16::from_be(key.sport),
             );
+            let worker_side = slots
+                .get(&value.backend_id)
+                .and_then(|backend| worker_side(pin_dir, backend, (client, vip.port), &value));
             Some(FlowRow {
                 client: client.to_string(),
                 vip: vip.to_string(),
                 worker: workers
                     .get(&value.backend_id)
                     .map_or_else(|| format!("#{}", value.backend_id), IpAddr::to_string),
+                worker_side,
                 age_secs: now.saturating_sub(value.created_ns) as f64 / 1e9,
                 idle_secs: now.saturating_sub(value.last_seen_ns) as f64 / 1e9,
                 state: rules.state(&value, now).into(),
@@ -227,12 +266,21 @@ pub fn flows(args: &FlowsArgs, output: OutputFormat, pin_dir: &Path) -> anyhow::
     table::print(
         output,
         &rows,
-        &["CLIENT", "VIP", "WORKER", "AGE", "IDLE", "STATE"],
+        &[
+            "CLIENT",
+            "VIP",
+            "WORKER",
+            "WORKER SIDE",
+            "AGE",
+            "IDLE",
+            "STATE",
+        ],
         |r| {
             vec![
                 r.client.clone(),
                 r.vip.clone(),
                 r.worker.clone(),
+                r.worker_side.clone().unwrap_or_else(|| "-".into()),
                 format!("{:.1}s", r.age_secs),
                 format!("{:.1}s", r.idle_secs),
                 r.state.to_owned(),

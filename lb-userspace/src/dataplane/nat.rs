@@ -74,11 +74,6 @@ impl NatPorts {
     pub fn overlaps(&self, low: u16, high: u16) -> bool {
         self.low <= high && low <= self.high
     }
-
-    /// How many ports it holds.
-    pub fn len(&self) -> u32 {
-        u32::from(self.high - self.low) + 1
-    }
 }
 
 /// The NAT sources and port range of an instance (checked against the
@@ -327,6 +322,17 @@ pub fn sweep(pin_dir: &std::path::Path, now_ns: u64) -> Result<Swept, MapError> 
     Ok(swept)
 }
 
+/// The NAT source slot's address, for showing a flow's NAT tuple.
+pub fn source_address(pin_dir: &std::path::Path, slot: u8) -> Option<IpAddr> {
+    if slot == NO_NAT_SOURCE {
+        return None;
+    }
+    let map = super::maps::open_pinned(pin_dir, map_names::NAT_SOURCES).ok()?;
+    let sources: Array<MapData, NatSource> = map.try_into().ok()?;
+    let source = sources.get(&u32::from(slot), 0).ok()?;
+    service::addr_from_bytes(source.addr, source.family)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -340,7 +346,7 @@ mod tests {
                 high: 20001
             })
         );
-        assert_eq!("7-7".parse::<NatPorts>().map(|p| p.len()), Ok(1));
+        assert_eq!("7-7".parse(), Ok(NatPorts { low: 7, high: 7 }));
         for bad in ["20000", "2-1", "0-10", "10-70000", "a-b", ""] {
             assert!(bad.parse::<NatPorts>().is_err(), "{bad}");
         }
@@ -357,15 +363,4 @@ mod tests {
         assert!(ports.overlaps(1024, 20000));
         assert!(!ports.overlaps(1024, 19999));
     }
-}
-
-/// The NAT source slot's address, for showing a flow's NAT tuple.
-pub fn source_address(pin_dir: &std::path::Path, slot: u8) -> Option<IpAddr> {
-    if slot == NO_NAT_SOURCE {
-        return None;
-    }
-    let map = super::maps::open_pinned(pin_dir, map_names::NAT_SOURCES).ok()?;
-    let sources: Array<MapData, NatSource> = map.try_into().ok()?;
-    let source = sources.get(&u32::from(slot), 0).ok()?;
-    service::addr_from_bytes(source.addr, source.family)
 }

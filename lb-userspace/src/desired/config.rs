@@ -91,6 +91,8 @@ pub struct PinConfig {
 pub struct BackendConfig {
     /// The worker's address.
     pub address: IpAddr,
+    /// Its own port (NAT VIPs only; default the VIP's).
+    pub port: Option<u16>,
     /// Its weight (default 100).
     pub weight: Option<u32>,
     /// Start draining: no new flows.
@@ -137,7 +139,7 @@ impl FileConfig {
             desired.add_vip(vip.address, options)?;
             for backend in &vip.backends {
                 let weight = backend.weight.unwrap_or(DEFAULT_WEIGHT);
-                desired.add_worker(&vip.address, backend.address, weight)?;
+                desired.add_worker_on(&vip.address, backend.address, backend.port, weight)?;
                 desired.set_drain(&vip.address, backend.address, backend.drain)?;
             }
             for pin in &vip.pins {

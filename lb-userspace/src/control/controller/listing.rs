@@ -103,6 +103,7 @@ impl Controller {
                     Some(BackendRow {
                         vip: *vip,
                         worker: *addr,
+                        port: w.port,
                         id: w.id,
                         weight: w.weight,
                         state: worker_state(live, w),
