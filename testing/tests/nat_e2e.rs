@@ -262,3 +262,71 @@ fn fullnat_without_a_nat_source_of_the_family_is_refused() {
     assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
     assert!(stderr.contains("--nat-source"), "{stderr}");
 }
+
+#[test]
+fn fullnat_spreads_ten_thousand_connections_evenly_with_none_failed() {
+    lb_testing::needs_root!();
+    const CONNECTIONS: usize = 10_000;
+    let rig = NatRig::new(lb_exe().as_ref(), 3, &[]).unwrap();
+    rig.add_vip(VIP4_TCP, "fullnat").unwrap();
+    let target = SocketAddr::new(IpAddr::V4(VIP4), 80);
+    let deadline = std::time::Instant::now() + Duration::from_secs(240);
+    let answers = rig
+        .client
+        .within(move || {
+            let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+            let mut failed = Vec::new();
+            for i in 0..CONNECTIONS {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{i} connections in the time allowed"
+                );
+                match lb_testing::testbed::http_get(target, TIMEOUT) {
+                    Ok(worker) => *counts.entry(worker).or_default() += 1,
+                    Err(error) => failed.push(format!("{error:#}")),
+                }
+            }
+            (counts, failed)
+        })
+        .unwrap();
+    let (counts, failed) = answers;
+    assert!(
+        failed.is_empty(),
+        "{} failed: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+    assert_eq!(counts.len(), 3, "{counts:?}");
+    let even = CONNECTIONS as f64 / 3.0;
+    for (worker, count) in &counts {
+        let off = (*count as f64 - even).abs() / even;
+        assert!(
+            off <= 0.25,
+            "{worker} took {count} of {CONNECTIONS}: {counts:?}"
+        );
+    }
+    let stats = rig.lb.stats().unwrap();
+    assert_eq!(
+        stats.nat_ports_exhausted + stats.nat_table_full,
+        0,
+        "{stats:?}"
+    );
+}
+
+/// As VIP addresses are, they stay announced while the data plane runs
+/// (a stopped controller leaves it forwarding) and go with `lb detach`.
+#[test]
+fn nat_sources_are_announced_while_lb_runs() {
+    lb_testing::needs_root!();
+    let rig = NatRig::new(lb_exe().as_ref(), 1, &["--announce-table", "100"]).unwrap();
+    let routes = |rig: &NatRig, family: &str| {
+        rig.balancer
+            .run("ip", &[family, "route", "show", "table", "100"])
+            .unwrap()
+    };
+    wait_until(TIMEOUT, "the NAT sources announced", || {
+        routes(&rig, "-4").contains(SOURCE4) && routes(&rig, "-6").contains(SOURCE6)
+    });
+    let listed = rig.lb.cli_ok(&["announce", "list", "-o", "json"]).unwrap();
+    assert!(listed.contains(SOURCE4), "{listed}");
+}

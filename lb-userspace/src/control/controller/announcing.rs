@@ -1,5 +1,6 @@
 //! What the controller announces: each VIP address's verdict from the
-//! desired state, the workers' health and the attachment, carried out by
+//! desired state, the workers' health and the attachment, and the NAT
+//! sources while lb runs, carried out by
 //! the [`Announcer`] after every batch, tick and notice; and the
 //! operator's `lb announce` requests.
 
@@ -25,9 +26,14 @@ impl Controller {
             .transpose()
     }
 
-    /// Each VIP address's verdict.
+    /// Each VIP address's verdict, and each NAT source's: announced while
+    /// lb runs, so that behind ECMP a worker's reply to a `fullnat`
+    /// connection reaches the balancer holding it.
     fn verdicts(&self) -> BTreeMap<IpAddr, Verdict> {
         let mut verdicts = BTreeMap::new();
+        for source in &self.instance.nat.sources {
+            verdicts.insert(*source, Verdict::Announce);
+        }
         for (vip, state) in self.desired.vips() {
             // Every tick and every batch: no members built.
             let serving = state.serves(|id| self.live.get(&id).is_some_and(Live::takes_new_flows));
