@@ -315,7 +315,7 @@ fn bad_cli_input_fails_with_one_line_and_changes_nothing() {
         ),
         (
             &["backend", "add", "192.0.2.100:80/tcp", "not-an-ip"],
-            "not an IPv4 or IPv6 address",
+            "`not-an-ip` is not a worker",
         ),
         (
             &["backend", "del", "192.0.2.100:80/tcp", "192.0.2.77"],

@@ -37,7 +37,14 @@ fn a_flow_table_beyond_the_budget_is_refused_at_start() {
 #[test]
 fn maglev_tables_beyond_the_budget_are_refused_in_one_line() {
     lb_testing::needs_root!();
-    let args = ["--max-memory", "64M", "--max-flows", "1000"];
+    let args = [
+        "--max-memory",
+        "64M",
+        "--max-flows",
+        "1000",
+        "--max-nat-flows",
+        "1000",
+    ];
     let rig = Rig::new(Path::new(lb_exe()), 1, &args).unwrap();
     let mut accepted = 0;
     let refusal = (100..120).find_map(|last| {

@@ -5,14 +5,15 @@
 
 use std::{
     collections::BTreeMap,
-    net::{IpAddr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, SocketAddr},
     time::Duration,
 };
 
 use lb_testing::{
     lb_exe,
     nat_rig::{NatRig, CLIENT4, CLIENT6, SOURCE4, SOURCE6},
-    rig::{KeepAlive, TIMEOUT, VIP4, VIP6},
+    rig::{v6, Download, KeepAlive, TIMEOUT, VIP4, VIP6},
+    testbed::SLOW_BYTES,
     wait::wait_until,
 };
 
@@ -329,4 +330,57 @@ fn nat_sources_are_announced_while_lb_runs() {
     });
     let listed = rig.lb.cli_ok(&["announce", "list", "-o", "json"]).unwrap();
     assert!(listed.contains(SOURCE4), "{listed}");
+}
+
+/// The worker's 1500-byte segments don't fit a router's 1280-byte link to
+/// a far client: only the router's "fragmentation needed", sent to the
+/// VIP and translated by lb to be about the worker's own connection,
+/// lets the download through (both methods).
+#[test]
+fn path_mtu_discovery_works_through_nat_for_a_client_behind_a_small_mtu() {
+    lb_testing::needs_root!();
+    let mut rig = NatRig::new(lb_exe().as_ref(), 1, &[]).unwrap();
+    let router = rig
+        .bed
+        .add_host("router", Ipv4Addr::new(192, 0, 2, 254), v6(0xfe))
+        .unwrap();
+    router
+        .run("ip", &["route", "add", "192.0.2.96/28", "via", "192.0.2.2"])
+        .unwrap();
+    let far = rig
+        .bed
+        .add_host_behind(
+            "far",
+            &router,
+            Ipv4Addr::new(203, 0, 113, 2),
+            Ipv4Addr::new(203, 0, 113, 1),
+            1280,
+        )
+        .unwrap();
+    rig.balancer
+        .run(
+            "ip",
+            &["route", "add", "203.0.113.0/24", "via", "192.0.2.254"],
+        )
+        .unwrap();
+    for (vip, forward) in [
+        ("192.0.2.100:80/tcp", "nat"),
+        ("192.0.2.101:80/tcp", "fullnat"),
+    ] {
+        rig.add_vip(vip, forward).unwrap();
+        let addr: IpAddr = vip.split(':').next().unwrap().parse().unwrap();
+        let before = rig.lb.stats().unwrap().icmp_errors_forwarded;
+        let download = Download::start(&far, addr);
+        assert_eq!(download.finish(), SLOW_BYTES, "{forward}");
+        let after = rig.lb.stats().unwrap().icmp_errors_forwarded;
+        assert!(
+            after > before,
+            "{forward}: the router's error reached the worker"
+        );
+        // The worker learnt the smaller MTU toward whom it talks to: the
+        // client (nat) or lb's NAT source (fullnat); flush it for the next.
+        rig.workers[0]
+            .run("ip", &["route", "flush", "cache"])
+            .unwrap();
+    }
 }

@@ -28,7 +28,7 @@ const HASH_BUCKET: u64 = 16;
 pub enum MemoryError {
     /// The maps sized by `lb run`'s flags alone don't fit.
     #[error(
-        "the flow table and the other fixed maps need about {} (--max-flows {max_flows}, --max-vips, --max-workers on {cpus} CPUs), more than --max-memory {}: give a larger --max-memory or a smaller --max-flows",
+        "the flow table and the other fixed maps need about {} (--max-flows {max_flows}, --max-nat-flows, --max-vips, --max-workers on {cpus} CPUs), more than --max-memory {}: give a larger --max-memory or a smaller --max-flows or --max-nat-flows",
         mib(*fixed),
         mib(*budget)
     )]
