@@ -100,7 +100,7 @@ pub fn finish(ctx: &XdpContext, outcome: &Outcome, client: &[u8; 16], family: u8
 /// Whether a capture runs: the one read a packet pays when none does.
 #[cfg(feature = "capture")]
 #[inline(always)]
-fn running() -> bool {
+pub fn running() -> bool {
     LB_CAPTURE
         .get(0)
         .is_some_and(|filter| filter.enabled == CAPTURE_ON)
@@ -110,7 +110,7 @@ fn running() -> bool {
 /// benchmark's reference for what the hook costs.
 #[cfg(not(feature = "capture"))]
 #[inline(always)]
-fn running() -> bool {
+pub fn running() -> bool {
     false
 }
 

@@ -133,7 +133,25 @@ pub fn run<const REPLY: bool>(ctx: &XdpContext) -> u32 {
     // SAFETY: per-CPU slot: nothing else touches it during this run.
     let counters = unsafe { &mut *counters };
     let outcome = translate::<REPLY>(ctx, job, counters);
-    capture::finish(ctx, &outcome, &job.key.src, job.key.family)
+    // A capture's client filter names clients: a reply's is its
+    // destination as translated, looked up only while a capture runs.
+    let client = if REPLY && capture::running() {
+        reply_client(&job.key)
+    } else {
+        &job.key.src
+    };
+    capture::finish(ctx, &outcome, client, job.key.family)
+}
+
+/// The client a worker's reply `key` goes to: a `fullnat` connection's,
+/// or (`nat`) its destination.
+#[inline(always)]
+fn reply_client(key: &'static FlowKey) -> &'static [u8; 16] {
+    match LB_NAT.get_ptr(key) {
+        // SAFETY: the kernel keeps the element alive for this run.
+        Some(entry) => unsafe { &(*entry).client.src },
+        None => &key.dst,
+    }
 }
 
 /// What a packet is rewritten to, and where it goes.

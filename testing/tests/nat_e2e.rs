@@ -384,3 +384,45 @@ fn path_mtu_discovery_works_through_nat_for_a_client_behind_a_small_mtu() {
             .unwrap();
     }
 }
+
+/// `lb capture --client` shows a NAT'd connection both ways: the client's
+/// packets forwarded to the worker and the worker's replies translated
+/// back to the client.
+#[test]
+fn a_capture_of_a_client_shows_its_natd_packets_both_ways() {
+    lb_testing::needs_root!();
+    let rig = NatRig::new(lb_exe().as_ref(), 1, &[]).unwrap();
+    rig.add_vip(VIP4_TCP, "fullnat").unwrap();
+    let capture = std::process::Command::new(lb_exe())
+        .args([
+            "capture",
+            "--client",
+            &CLIENT4.to_string(),
+            "--count",
+            "6",
+            "--pin-dir",
+        ])
+        .arg(rig.lb.pin_dir())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Requests until the capture has its six packets and ends.
+    let mut capture = capture;
+    wait_until(TIMEOUT, "six packets captured", || {
+        let _ = rig.get(IpAddr::V4(VIP4), "/");
+        capture.try_wait().unwrap().is_some()
+    });
+    let output = capture.wait_with_output().unwrap();
+    let lines = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(lines.contains("nat_replies"), "{lines}");
+    assert!(
+        lines.contains("new_flow") || lines.contains("flow_hits"),
+        "{lines}"
+    );
+}
