@@ -145,6 +145,10 @@ counters! {
             /// route to the client leaves by another interface, or its
             /// neighbour is not resolved.
             nat_replies_unrouted,
+            /// Packets from a NAT worker's address and port that were no
+            /// reply lb translates (the host's own connections to it, a
+            /// `fullnat` connection already freed): passed as they are.
+            nat_reply_misses,
             /// Ports allocated to new `fullnat` connections.
             nat_allocations,
             /// `fullnat` connections whose flow entry was gone (evicted),

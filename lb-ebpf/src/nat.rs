@@ -189,7 +189,11 @@ fn translate<const REPLY: bool>(
         Ok(plan) => plan,
         Err(outcome) => {
             // No NAT'd connection's reply after all: the kernel's.
-            counters.pass_not_vip += u64::from(outcome.reason == reason::NOT_VIP);
+            let missed = u64::from(outcome.reason == reason::NOT_VIP);
+            counters.pass_not_vip += missed;
+            if REPLY {
+                counters.nat_reply_misses += missed;
+            }
             return outcome;
         }
     };

@@ -12,7 +12,7 @@ use std::{
 use lb_testing::{
     lb_exe,
     nat_rig::{NatRig, CLIENT4, CLIENT6, SOURCE4, SOURCE6},
-    rig::{v6, Download, KeepAlive, TIMEOUT, VIP4, VIP6},
+    rig::{metric, v6, Download, KeepAlive, METRICS_ADDR, TIMEOUT, VIP4, VIP6},
     testbed::SLOW_BYTES,
     wait::wait_until,
 };
@@ -70,7 +70,7 @@ fn nat_serves_unchanged_workers_on_their_own_port_and_they_see_the_client() {
 #[test]
 fn fullnat_workers_see_a_nat_source_and_need_no_route_to_clients() {
     lb_testing::needs_root!();
-    let rig = NatRig::new(lb_exe().as_ref(), 3, &[]).unwrap();
+    let rig = NatRig::new(lb_exe().as_ref(), 3, &["--metrics", METRICS_ADDR]).unwrap();
     // No way back to the client but through lb's NAT source.
     for worker in &rig.workers {
         worker.run("ip", &["route", "del", "default"]).unwrap();
@@ -99,6 +99,29 @@ fn fullnat_workers_see_a_nat_source_and_need_no_route_to_clients() {
         "{side}"
     );
     assert!(side.ends_with(":8080"), "{side}");
+    // The metrics count the allocations, and the connections per source
+    // once the sweep has counted them.
+    let scrape = || {
+        rig.balancer
+            .within(|| {
+                use std::io::{Read as _, Write as _};
+                let mut stream = std::net::TcpStream::connect(METRICS_ADDR).unwrap();
+                stream
+                    .write_all(b"GET /metrics HTTP/1.1\r\nHost: lb\r\n\r\n")
+                    .unwrap();
+                let mut text = String::new();
+                stream.read_to_string(&mut text).unwrap();
+                text
+            })
+            .unwrap()
+    };
+    let allocations = metric(&scrape(), "lb_nat_events_total{event=\"allocation\"}");
+    assert!(allocations >= 62.0, "{allocations}");
+    wait_until(TIMEOUT, "the NAT entries counted per source", || {
+        let text = scrape();
+        text.contains(&format!("lb_nat_entries{{source=\"{SOURCE4}\"}}"))
+            && metric(&text, &format!("lb_nat_entries{{source=\"{SOURCE4}\"}}")) > 0.0
+    });
 }
 
 #[test]

@@ -177,7 +177,7 @@ pub fn backend_entries(pin_dir: &Path) -> anyhow::Result<Vec<(u32, Backend)>> {
 /// flow's NAT source and port (`fullnat`) to the worker's address and
 /// port; `None` for other methods.
 fn worker_side(
-    pin_dir: &Path,
+    sources: &std::collections::HashMap<u8, IpAddr>,
     backend: &Backend,
     (client, vip_port): (std::net::SocketAddr, u16),
     flow: &FlowValue,
@@ -191,8 +191,8 @@ fn worker_side(
     };
     let worker = addr_from_bytes(backend.addr, backend.family)?;
     let from = if backend.forward == FORWARD_FULLNAT {
-        let source = crate::dataplane::nat::source_address(pin_dir, flow.nat_source)?;
-        std::net::SocketAddr::new(source, u16::from_be(flow.nat_port))
+        let source = sources.get(&flow.nat_source)?;
+        std::net::SocketAddr::new(*source, u16::from_be(flow.nat_port))
     } else {
         client
     };
@@ -226,6 +226,7 @@ pub fn flows(args: &FlowsArgs, output: OutputFormat, pin_dir: &Path) -> anyhow::
         .try_into()?;
     let slots: std::collections::HashMap<u32, Backend> =
         backend_entries(pin_dir)?.into_iter().collect();
+    let sources = crate::dataplane::nat::sources(pin_dir);
     let workers: std::collections::HashMap<u32, IpAddr> = backends(pin_dir)?.into_iter().collect();
     let rules = crate::dataplane::activity::Rules::read(pin_dir)?;
     let now = crate::dataplane::activity::monotonic_ns();
@@ -248,7 +249,7 @@ pub fn flows(args: &FlowsArgs, output: OutputFormat, pin_dir: &Path) -> anyhow::
             );
             let worker_side = slots
                 .get(&value.backend_id)
-                .and_then(|backend| worker_side(pin_dir, backend, (client, vip.port), &value));
+                .and_then(|backend| worker_side(&sources, backend, (client, vip.port), &value));
             Some(FlowRow {
                 client: client.to_string(),
                 vip: vip.to_string(),

@@ -211,8 +211,9 @@ pub struct Occupancy {
     pub flow_entries: u64,
     /// Sticky sessions.
     pub sessions: u64,
-    /// `fullnat` connections in the NAT table (live and dying).
-    pub nat_entries: u64,
+    /// `fullnat` connections in the NAT table (live and dying), by NAT
+    /// source slot.
+    pub nat_entries: crate::dataplane::nat::NatEntries,
 }
 
 /// Desired state plus the maps that carry it out.
@@ -625,7 +626,7 @@ impl Controller {
     }
 
     /// Records what the last sweep of the NAT table found.
-    pub fn set_nat_entries(&mut self, entries: u64) {
+    pub fn set_nat_entries(&mut self, entries: crate::dataplane::nat::NatEntries) {
         self.occupancy.nat_entries = entries;
     }
 

@@ -15,7 +15,11 @@ use tokio::sync::watch;
 
 use crate::{
     control::controller::actor::{Handle, Message},
-    dataplane::{activity, capture, nat, sessions},
+    dataplane::{
+        activity, capture,
+        nat::{self, NatEntries},
+        sessions,
+    },
 };
 
 /// How often the controller scans flows, expires load reports and
@@ -90,8 +94,9 @@ fn clear_abandoned_capture(dir: &Path) {
 }
 
 /// One pass of the NAT table's sweep (expired `fullnat` connections
-/// marked dead, last pass's dead ones deleted); how many entries it held.
-fn sweep_nat(dir: &Path) -> Option<u64> {
+/// marked dead, last pass's dead ones deleted); the entries left by NAT
+/// source slot.
+fn sweep_nat(dir: &Path) -> Option<NatEntries> {
     match nat::sweep(dir, activity::monotonic_ns()) {
         Ok(swept) => {
             if swept.marked + swept.freed > 0 {
@@ -102,7 +107,7 @@ fn sweep_nat(dir: &Path) -> Option<u64> {
                     swept.freed
                 );
             }
-            Some(swept.entries - swept.freed)
+            Some(swept.per_slot)
         }
         Err(e) => {
             tracing::warn!("sweeping the NAT table: {e}");

@@ -255,7 +255,10 @@ fn global(registry: &mut Registry, pin_dir: &Path) -> anyhow::Result<()> {
         "lb_passed_packets",
         "Packets passed to the kernel, by reason",
         "reason",
-        &[("not_vip", c.pass_not_vip)],
+        &[
+            ("not_vip", c.pass_not_vip),
+            ("nat_reply_unrouted", c.nat_replies_unrouted),
+        ],
     );
     by_label(
         registry,
@@ -267,6 +270,10 @@ fn global(registry: &mut Registry, pin_dir: &Path) -> anyhow::Result<()> {
             ("no_neighbour", c.drop_no_neighbour),
             ("no_tunnel", c.drop_no_tunnel),
             ("too_big", c.too_big_dropped),
+            ("no_nat", c.drop_no_nat),
+            ("nat_ports_exhausted", c.nat_ports_exhausted),
+            ("nat_table_full", c.nat_table_full),
+            ("ttl_expired", c.nat_ttl_expired),
         ],
     );
     by_label(
@@ -292,6 +299,19 @@ fn global(registry: &mut Registry, pin_dir: &Path) -> anyhow::Result<()> {
             ("echo_reply", c.icmp_echo_replies),
             ("error_forwarded", c.icmp_errors_forwarded),
             ("too_big_sent", c.too_big_answered),
+        ],
+    );
+    by_label(
+        registry,
+        "lb_nat_events",
+        "NAT: replies translated and sent, passed to the kernel or missed; ports allocated; connections recovered",
+        "event",
+        &[
+            ("reply", c.nat_replies),
+            ("reply_unrouted", c.nat_replies_unrouted),
+            ("reply_miss", c.nat_reply_misses),
+            ("allocation", c.nat_allocations),
+            ("recovered", c.nat_recovered),
         ],
     );
     Ok(())
@@ -438,12 +458,19 @@ fn tables(registry: &mut Registry, snapshot: &MetricsSnapshot) {
         "Sticky sessions at the last expiry pass",
         snapshot.occupancy.sessions as f64,
     );
-    gauge(
+    let nat: Gauges = family(
         registry,
         "lb_nat_entries",
-        "fullnat connections in the NAT table at the last sweep",
-        snapshot.occupancy.nat_entries as f64,
+        "fullnat connections in the NAT table at the last sweep, by NAT source",
     );
+    let sources = crate::dataplane::nat::sources(&snapshot.pin_dir);
+    for (slot, count) in snapshot.occupancy.nat_entries.iter().enumerate() {
+        let Some(source) = sources.get(&(slot as u8)) else {
+            continue;
+        };
+        let labels = vec![("source".to_owned(), source.to_string())];
+        nat.get_or_create(&labels).set(*count as f64);
+    }
     gauge(
         registry,
         "lb_program_attached",

@@ -17,7 +17,7 @@ use lb_common::{
     map_names,
     nat::{
         self, NatConfig, NatEntry, NatSource, NatWorkerKey, NatWorkerValue, DEFAULT_NAT_PORTS,
-        NAT_DEAD, NAT_SOURCES_PER_FAMILY, NO_NAT_SOURCE,
+        NAT_DEAD, NAT_SOURCES_PER_FAMILY,
     },
 };
 
@@ -114,6 +114,9 @@ pub struct NatWorker {
     pub stateless: bool,
 }
 
+/// `fullnat` connections in the NAT table by NAT source slot.
+pub type NatEntries = [u64; 2 * NAT_SOURCES_PER_FAMILY as usize];
+
 /// What one sweep of the NAT table found.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Swept {
@@ -123,6 +126,8 @@ pub struct Swept {
     pub marked: u64,
     /// Dead entries deleted, their ports free again.
     pub freed: u64,
+    /// Entries left, by NAT source slot.
+    pub per_slot: NatEntries,
 }
 
 fn take(ebpf: &mut aya::Ebpf, name: &str) -> Map {
@@ -318,19 +323,31 @@ pub fn sweep(pin_dir: &std::path::Path, now_ns: u64) -> Result<Swept, MapError> 
             table.insert(key, entry, 0)?;
             swept.marked += 1;
         }
+        if let Some(count) = swept.per_slot.get_mut(usize::from(entry.source)) {
+            *count += 1;
+        }
     }
     Ok(swept)
 }
 
-/// The NAT source slot's address, for showing a flow's NAT tuple.
-pub fn source_address(pin_dir: &std::path::Path, slot: u8) -> Option<IpAddr> {
-    if slot == NO_NAT_SOURCE {
-        return None;
-    }
-    let map = super::maps::open_pinned(pin_dir, map_names::NAT_SOURCES).ok()?;
-    let sources: Array<MapData, NatSource> = map.try_into().ok()?;
-    let source = sources.get(&u32::from(slot), 0).ok()?;
-    service::addr_from_bytes(source.addr, source.family)
+/// The NAT sources by slot, as pinned: for showing flows' NAT tuples and
+/// labelling entry counts.
+pub fn sources(pin_dir: &std::path::Path) -> StdHashMap<u8, IpAddr> {
+    let Ok(map) = super::maps::open_pinned(pin_dir, map_names::NAT_SOURCES) else {
+        return StdHashMap::new();
+    };
+    let Ok(array) = Array::<MapData, NatSource>::try_from(map) else {
+        return StdHashMap::new();
+    };
+    (0..2 * NAT_SOURCES_PER_FAMILY)
+        .filter_map(|slot| {
+            let source = array.get(&slot, 0).ok()?;
+            Some((
+                slot as u8,
+                service::addr_from_bytes(source.addr, source.family)?,
+            ))
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -62,8 +62,8 @@ pub enum Message {
         scan: Option<Scan>,
         /// Sessions left after expiry.
         sessions: Option<u64>,
-        /// NAT entries at the last sweep.
-        nat_entries: Option<u64>,
+        /// NAT entries by source slot at the last sweep.
+        nat_entries: Option<crate::dataplane::nat::NatEntries>,
     },
     /// The kernel changed a neighbour of the interface: read the table.
     Neighbours,
