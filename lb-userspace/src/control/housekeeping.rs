@@ -96,7 +96,7 @@ fn clear_abandoned_capture(dir: &Path) {
 /// One pass of the NAT table's sweep (expired `fullnat` connections
 /// marked dead, last pass's dead ones deleted); the entries left by NAT
 /// source slot.
-fn sweep_nat(dir: &Path) -> Option<NatEntries> {
+fn sweep_nat(dir: &Path) -> Option<Box<NatEntries>> {
     match nat::sweep(dir, activity::monotonic_ns()) {
         Ok(swept) => {
             if swept.marked + swept.freed > 0 {
@@ -107,7 +107,7 @@ fn sweep_nat(dir: &Path) -> Option<NatEntries> {
                     swept.freed
                 );
             }
-            Some(swept.per_slot)
+            Some(Box::new(swept.per_slot))
         }
         Err(e) => {
             tracing::warn!("sweeping the NAT table: {e}");

@@ -63,7 +63,7 @@ pub enum Message {
         /// Sessions left after expiry.
         sessions: Option<u64>,
         /// NAT entries by source slot at the last sweep.
-        nat_entries: Option<crate::dataplane::nat::NatEntries>,
+        nat_entries: Option<Box<crate::dataplane::nat::NatEntries>>,
     },
     /// The kernel changed a neighbour of the interface: read the table.
     Neighbours,
@@ -341,7 +341,7 @@ impl Actor {
                     self.controller.set_session_count(sessions);
                 }
                 if let Some(entries) = nat_entries {
-                    self.controller.set_nat_entries(entries);
+                    self.controller.set_nat_entries(*entries);
                 }
                 self.controller.tick(scan);
             }
