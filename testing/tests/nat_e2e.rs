@@ -449,3 +449,36 @@ fn a_capture_of_a_client_shows_its_natd_packets_both_ways() {
         "{lines}"
     );
 }
+
+#[test]
+fn a_saved_fullnat_vip_without_a_nat_source_refuses_the_start() {
+    lb_testing::needs_root!();
+    let mut rig = NatRig::new(lb_exe().as_ref(), 1, &[]).unwrap();
+    rig.add_vip(VIP4_TCP, "fullnat").unwrap();
+    rig.lb.stop().unwrap();
+    // The same instance again, without its NAT sources.
+    let state = rig.lb.state_file();
+    let pins = rig.lb.pin_dir().to_owned();
+    let socket = rig.lb.paths().socket.clone();
+    let args = [
+        "--iface".to_owned(),
+        "eth0".into(),
+        "--pin-dir".into(),
+        pins.display().to_string(),
+        "--socket".into(),
+        socket.display().to_string(),
+        "--state-file".into(),
+        state.display().to_string(),
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (ok, stderr) = rig
+        .balancer
+        .run_lb_expecting_refusal(lb_exe().as_ref(), &args, TIMEOUT)
+        .unwrap();
+    assert!(!ok);
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("needs a NAT source of its family"),
+        "{stderr}"
+    );
+}

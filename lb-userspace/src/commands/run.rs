@@ -144,7 +144,9 @@ fn start(args: &RunArgs, paths: &Paths, made: &mut Made) -> anyhow::Result<Up> {
         .within(limits)
         .context("the saved state and --config don't fit the limits")?;
     let endpoints = Endpoints::bind(args)?;
-    let addressing = (tunnels(args)?, nat_settings(args)?);
+    let nat = nat_settings(args)?;
+    nat.serves(&desired)?;
+    let addressing = (tunnels(args)?, nat);
     let mut dataplane = Dataplane::attach(attach_options(args, paths, limits))?;
     match take_control(args, paths, &mut dataplane, desired, state_file, addressing) {
         Ok(control) => Ok(Up {

@@ -761,10 +761,17 @@ impl Controller {
 
     /// Refuses IPIP or GUE toward `worker` (or at all, without one) when
     /// there is no tunnel source of its family.
-    /// Refuses a NAT method the instance can't serve: `fullnat` without a
-    /// NAT source of the VIP's family, either while IP forwarding is off
-    /// on the interface (the replies' routing lookup needs it on).
+    /// Refuses a VIP on a NAT source's address, and a NAT method the
+    /// instance can't serve: `fullnat` without a NAT source of the VIP's
+    /// family, either while IP forwarding is off on the interface (the
+    /// replies' routing lookup needs it on).
     fn check_nat(&self, vip: &Vip, options: &VipOptions) -> anyhow::Result<()> {
+        if self.instance.nat.sources.contains(&vip.addr) {
+            bail!(
+                "{} is a NAT source address of this lb (--nat-source): a VIP can't share it",
+                vip.addr
+            );
+        }
         if !options.forward.is_nat() {
             return Ok(());
         }

@@ -9,7 +9,9 @@ use lb_common::nat::NAT_SOURCES_PER_FAMILY;
 
 use crate::{
     dataplane::nat::{NatPorts, NatSettings},
+    desired::{options::Forward, state::Desired},
     kernel::netlink::Netlink,
+    service::Vip,
 };
 
 /// Where the kernel says which ports it takes for the host's own
@@ -31,6 +33,13 @@ pub enum NatError {
     /// More sources of a family than the data plane holds.
     #[error("at most {NAT_SOURCES_PER_FAMILY} --nat-source addresses per family")]
     TooMany,
+    /// A `fullnat` VIP (from the state file or `--config`) of a family
+    /// without a NAT source.
+    #[error("fullnat VIP {0} needs a NAT source of its family: give lb run --nat-source with an address of this host of that family")]
+    NoSourceFor(Vip),
+    /// A VIP on a NAT source's address.
+    #[error("VIP {0} is on a NAT source address: give --nat-source another address")]
+    SourceIsVip(Vip),
     /// The range overlaps the host's ephemeral ports.
     #[error("--nat-ports {low}-{high} overlaps the ports this host takes for its own connections ({local_low}-{local_high}, net.ipv4.ip_local_port_range): lb's allocations could collide with them; pick a range outside it")]
     Overlap {
@@ -97,6 +106,22 @@ impl NatSettings {
             sources: sources.to_vec(),
             ports,
         })
+    }
+
+    /// Refuses a desired state these settings can't serve: a `fullnat`
+    /// VIP of a family without a NAT source (its connections would all be
+    /// dropped), or a VIP on a NAT source's address (its replies and the
+    /// VIP's packets could not be told apart).
+    pub fn serves(&self, desired: &Desired) -> Result<(), NatError> {
+        for (vip, state) in desired.vips() {
+            if state.options.forward == Forward::Fullnat && !self.has_family_of(vip.addr) {
+                return Err(NatError::NoSourceFor(*vip));
+            }
+            if self.sources.contains(&vip.addr) {
+                return Err(NatError::SourceIsVip(*vip));
+            }
+        }
+        Ok(())
     }
 
     /// Whether there is a NAT source of `addr`'s family.

@@ -130,6 +130,9 @@ pub struct Swept {
     pub per_slot: NatEntries,
 }
 
+/// `BPF_EXIST`: an update that only replaces an element still there.
+const BPF_EXIST: u64 = 2;
+
 fn take(ebpf: &mut aya::Ebpf, name: &str) -> Map {
     ebpf.take_map(name)
         .unwrap_or_else(|| panic!("the embedded object defines map {name}"))
@@ -320,8 +323,10 @@ pub fn sweep(pin_dir: &std::path::Path, now_ns: u64) -> Result<Swept, MapError> 
         let idle_timeout = tag.map_or(0, |t| t.idle_timeout_s);
         if stale || nat::expired(entry.state, closing, last_seen, now_ns, idle_timeout) {
             entry.flags |= NAT_DEAD;
-            table.insert(key, entry, 0)?;
-            swept.marked += 1;
+            // Only if still there: never bring back an entry gone meanwhile.
+            if table.insert(key, entry, BPF_EXIST).is_ok() {
+                swept.marked += 1;
+            }
         }
         if let Some(count) = swept.per_slot.get_mut(usize::from(entry.source)) {
             *count += 1;
