@@ -107,6 +107,9 @@ pub mod map_names {
     /// Per-CPU array of one [`crate::nat::NatJob`]: what the balancer hands
     /// its NAT program.
     pub const NAT_JOB: &str = "LB_NAT_JOB";
+    /// Per-CPU array of [`crate::nat::NatClientHop`]: the next hops of
+    /// `nat` replies' clients, by a hash of the address.
+    pub const NAT_HOPS: &str = "LB_NAT_HOPS";
     /// Per-CPU array of one [`crate::nat::NatScratch`]: the NAT program's
     /// workspace.
     pub const NAT_SCRATCH: &str = "LB_NAT_SCRATCH";
@@ -148,6 +151,7 @@ pub mod map_names {
         NAT_SOURCES,
         NAT_CONFIG,
         NAT_JOB,
+        NAT_HOPS,
         NAT_SCRATCH,
         NAT_PROG,
     ];

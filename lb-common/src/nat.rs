@@ -138,6 +138,57 @@ pub struct NatEntry {
     pub source: u8,
     /// Always zero.
     pub pad: [u8; 5],
+    /// The client's next hop, as the reverse path last looked it up.
+    pub hop: NatHop,
+}
+
+/// A client's next hop as the reverse path's routing lookup found it:
+/// cached for [`NAT_HOP_TTL_NS`] so that most replies skip the lookup.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NatHop {
+    /// The frame's destination and source MACs.
+    pub macs: [u8; 12],
+    /// The interface it leaves by.
+    pub ifindex: u32,
+    /// When it was looked up (coarse monotonic clock, ns); 0: never.
+    pub found_ns: u64,
+}
+
+/// How long a cached next hop is used before it is looked up again: a
+/// route or neighbour change reaches NAT replies within this.
+pub const NAT_HOP_TTL_NS: u64 = 1_000_000_000;
+
+/// Slots of the per-CPU next-hop cache of `nat` replies (`LB_NAT_HOPS`),
+/// indexed by a hash of the client's address.
+pub const NAT_HOP_SLOTS: u32 = 256;
+
+/// A `nat` reply's client and its next hop, in `LB_NAT_HOPS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NatClientHop {
+    /// The client's address.
+    pub client: [u8; 16],
+    /// Its next hop.
+    pub hop: NatHop,
+}
+
+/// The slot of `LB_NAT_HOPS` that caches client `client`'s next hop.
+#[inline(always)]
+pub fn hop_slot(client: &[u8; 16]) -> u32 {
+    let word =
+        |i: usize| u32::from_ne_bytes([client[i], client[i + 1], client[i + 2], client[i + 3]]);
+    ((word(0) ^ word(4) ^ word(8) ^ word(12)).wrapping_mul(0x9e37_79b1) >> 24) % NAT_HOP_SLOTS
+}
+
+impl NatHop {
+    /// Whether it may still be used at `now_ns` on interface `ifindex`.
+    #[inline(always)]
+    pub fn fresh(&self, now_ns: u64, ifindex: u32) -> bool {
+        self.found_ns != 0
+            && self.ifindex == ifindex
+            && now_ns.saturating_sub(self.found_ns) < NAT_HOP_TTL_NS
+    }
 }
 
 /// The NAT program's per-CPU workspace: what would not fit beside the
@@ -331,6 +382,10 @@ mod pod {
     // SAFETY: as above.
     unsafe impl aya::Pod for NatScratch {}
     // SAFETY: as above.
+    unsafe impl aya::Pod for NatHop {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for NatClientHop {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for NatSource {}
     // SAFETY: as above.
     unsafe impl aya::Pod for NatWorkerKey {}
@@ -340,9 +395,11 @@ mod pod {
 
 const _: () = {
     assert!(core::mem::size_of::<NatJob>() == 64);
-    assert!(core::mem::size_of::<NatEntry>() == 80);
+    assert!(core::mem::size_of::<NatEntry>() == 104);
+    assert!(core::mem::size_of::<NatHop>() == 24);
+    assert!(core::mem::size_of::<NatClientHop>() == 40);
     assert!(core::mem::size_of::<NatConfig>() == 48);
-    assert!(core::mem::size_of::<NatScratch>() == 144);
+    assert!(core::mem::size_of::<NatScratch>() == 168);
     assert!(core::mem::size_of::<NatSource>() == 20);
     assert!(core::mem::size_of::<NatWorkerKey>() == 20);
     assert!(core::mem::size_of::<NatWorkerValue>() == 28);

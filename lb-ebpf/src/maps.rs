@@ -17,8 +17,8 @@ use lb_common::{
     counters::GlobalCounters,
     decide::DecisionMaps,
     nat::{
-        NatConfig, NatEntry, NatJob, NatScratch, NatSource, NatWorkerKey, NatWorkerValue,
-        DEFAULT_MAX_NAT_FLOWS, NAT_SOURCES_PER_FAMILY,
+        NatClientHop, NatConfig, NatEntry, NatJob, NatScratch, NatSource, NatWorkerKey,
+        NatWorkerValue, DEFAULT_MAX_NAT_FLOWS, NAT_HOP_SLOTS, NAT_SOURCES_PER_FAMILY,
     },
 };
 
@@ -156,6 +156,10 @@ pub static LB_NAT_CONFIG: Array<NatConfig, 1> = Array::new();
 /// What the balancer hands the NAT program, per CPU.
 #[btf_map]
 pub static LB_NAT_JOB: PerCpuArray<NatJob, 1> = PerCpuArray::new();
+
+/// The next hops of `nat` replies' clients, per CPU.
+#[btf_map]
+pub static LB_NAT_HOPS: PerCpuArray<NatClientHop, { NAT_HOP_SLOTS as usize }> = PerCpuArray::new();
 
 /// The NAT program's workspace, per CPU.
 #[btf_map]

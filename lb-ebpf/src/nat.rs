@@ -25,9 +25,9 @@ use lb_common::{
     counters::GlobalCounters,
     csum::{self, Update},
     nat::{
-        self, NatConfig, NatEntry, NatJob, NatWorkerKey, NAT_CLOSING, NAT_DEAD, NAT_ESTABLISHED,
-        NAT_JOB_NEW_FLOW, NAT_JOB_REPLY, NAT_OPENING, NAT_PROBES, NAT_PROG_FORWARD, NAT_PROG_REPLY,
-        NAT_SOURCES_PER_FAMILY, NO_NAT_SOURCE,
+        self, NatConfig, NatEntry, NatHop, NatJob, NatWorkerKey, NAT_CLOSING, NAT_DEAD,
+        NAT_ESTABLISHED, NAT_JOB_NEW_FLOW, NAT_JOB_REPLY, NAT_OPENING, NAT_PROBES,
+        NAT_PROG_FORWARD, NAT_PROG_REPLY, NAT_SOURCES_PER_FAMILY, NO_NAT_SOURCE,
     },
     packet::{ETH_HLEN, IPPROTO_TCP},
 };
@@ -37,8 +37,8 @@ use crate::{
     capture::{self, Outcome},
     flow::{self, Decision},
     maps::{
-        LB_BACKENDS, LB_COUNTERS, LB_FLOWS, LB_NAT, LB_NAT_CONFIG, LB_NAT_JOB, LB_NAT_PROG,
-        LB_NAT_SCRATCH, LB_NAT_SOURCES, LB_NAT_WORKERS, LB_REPLY_FILTER,
+        LB_BACKENDS, LB_COUNTERS, LB_FLOWS, LB_NAT, LB_NAT_CONFIG, LB_NAT_HOPS, LB_NAT_JOB,
+        LB_NAT_PROG, LB_NAT_SCRATCH, LB_NAT_SOURCES, LB_NAT_WORKERS, LB_REPLY_FILTER,
     },
     transmit,
 };
@@ -168,6 +168,8 @@ struct Plan {
     mac: [u8; 6],
     /// Reverse: the routing lookup's answer (`BPF_FIB_LKUP_RET_*`).
     route: i64,
+    /// Reverse: the client's next hop, fresh from the cache (no lookup).
+    hop: Option<&'static NatHop>,
 }
 
 /// Plans the job's packet (forward, or with `REPLY` reverse), rewrites
@@ -177,7 +179,7 @@ struct Plan {
 #[inline(always)]
 fn translate<const REPLY: bool>(
     ctx: &XdpContext,
-    job: &NatJob,
+    job: &'static NatJob,
     counters: &mut GlobalCounters,
 ) -> Outcome {
     let plan = if REPLY {
@@ -268,6 +270,7 @@ fn forward(job: &NatJob, counters: &mut GlobalCounters) -> Result<Plan, Outcome>
         backend_id,
         mac: backend.mac,
         route: 0,
+        hop: None,
     })
 }
 
@@ -470,6 +473,7 @@ fn allocate(job: &NatJob, backend: &Backend, config: &NatConfig, worker: &Endpoi
     };
     entry.flags = 0;
     entry.pad = [0; 5];
+    entry.hop = NatHop::default();
     let mut i = 0;
     while i < NAT_PROBES {
         let Some((slot, port)) = unpack(probe_at(job, config, i)) else {
@@ -524,17 +528,20 @@ fn record(job: &NatJob, backend: &Backend, (slot, port): (u8, u16), counters: &m
 /// and the client and sent toward the client; anything else passes
 /// untouched.
 #[inline(always)]
-fn reverse(ctx: &XdpContext, job: &NatJob) -> Result<Plan, Outcome> {
+fn reverse(ctx: &XdpContext, job: &'static NatJob) -> Result<Plan, Outcome> {
     let key = &job.key;
     let is_tcp = key.proto == IPPROTO_TCP;
-    let (vip, client, vip_id, backend_id) = if let Some(entry) = LB_NAT.get_ptr_mut(key) {
+    let now = flow::coarse_now();
+    // SAFETY: the context pointer is valid for the program's run.
+    let ingress = unsafe { (*ctx.ctx).ingress_ifindex };
+    let (vip, client, vip_id, backend_id, hop) = if let Some(entry) = LB_NAT.get_ptr_mut(key) {
         // SAFETY: the kernel keeps the element alive for this run; only
         // whole aligned fields are stored.
         let entry = unsafe { &mut *entry };
         if entry.flags & NAT_DEAD != 0 {
             return Err(Outcome::NOT_VIP);
         }
-        seen_from_worker(entry, is_tcp, job.tcp_flags);
+        seen_from_worker(entry, is_tcp, job.tcp_flags, now);
         let client = &entry.client;
         (
             Endpoint {
@@ -547,6 +554,7 @@ fn reverse(ctx: &XdpContext, job: &NatJob) -> Result<Plan, Outcome> {
             }),
             entry.vip_id,
             entry.backend_id,
+            &mut entry.hop,
         )
     } else {
         let worker = NatWorkerKey {
@@ -560,6 +568,9 @@ fn reverse(ctx: &XdpContext, job: &NatJob) -> Result<Plan, Outcome> {
         let Some(value) = (unsafe { LB_NAT_WORKERS.get(&worker) }) else {
             return Err(Outcome::NOT_VIP);
         };
+        let Some(slot) = client_hop(&key.dst) else {
+            return Err(Outcome::NOT_VIP);
+        };
         (
             Endpoint {
                 addr: &value.vip,
@@ -568,8 +579,22 @@ fn reverse(ctx: &XdpContext, job: &NatJob) -> Result<Plan, Outcome> {
             None,
             value.vip_id,
             value.backend_id,
+            slot,
         )
     };
+    let mut plan = Plan {
+        src: Some(vip),
+        dst: client,
+        vip_id,
+        backend_id,
+        mac: [0; 6],
+        route: i64::from(BPF_FIB_LKUP_RET_SUCCESS),
+        hop: None,
+    };
+    if hop.fresh(now, ingress) {
+        plan.hop = Some(hop);
+        return Ok(plan);
+    }
     let Some(fib) = fib_scratch() else {
         return Err(Outcome::NOT_VIP);
     };
@@ -591,14 +616,34 @@ fn reverse(ctx: &XdpContext, job: &NatJob) -> Result<Plan, Outcome> {
         // health check): not a client's.
         return Err(Outcome::NOT_VIP);
     }
-    Ok(Plan {
-        src: Some(vip),
-        dst: client,
-        vip_id,
-        backend_id,
-        mac: [0; 6],
-        route,
-    })
+    if route == i64::from(BPF_FIB_LKUP_RET_SUCCESS) && fib.ifindex == ingress {
+        remember(hop, fib, now);
+    }
+    plan.route = route;
+    Ok(plan)
+}
+
+/// The per-CPU cache slot of `nat` client `client`'s next hop: its own
+/// when it holds it, otherwise emptied for it.
+#[inline(always)]
+fn client_hop(client: &[u8; 16]) -> Option<&'static mut NatHop> {
+    let slot = LB_NAT_HOPS.get_ptr_mut(nat::hop_slot(client))?;
+    // SAFETY: per-CPU slot: nothing else touches it during this run.
+    let slot = unsafe { &mut *slot };
+    if slot.client != *client {
+        slot.client = *client;
+        slot.hop.found_ns = 0;
+    }
+    Some(&mut slot.hop)
+}
+
+/// Caches a routing lookup's answer for the client's next replies.
+#[inline(always)]
+fn remember(hop: &mut NatHop, fib: &FibParams, now: u64) {
+    hop.macs[..6].copy_from_slice(&fib.dmac);
+    hop.macs[6..].copy_from_slice(&fib.smac);
+    hop.ifindex = fib.ifindex;
+    hop.found_ns = now;
 }
 
 /// Sends a translated reply where the routing lookup said: back out of
@@ -611,6 +656,12 @@ fn send_reply(
     counters: &mut GlobalCounters,
 ) -> Outcome {
     let (vip_id, backend_id) = (plan.vip_id, plan.backend_id);
+    if let Some(hop) = plan.hop {
+        if transmit::write(frame, 0, hop.macs).is_some() {
+            counters.nat_replies += 1;
+            return Outcome::forward(reason::NAT_REPLY, vip_id, backend_id);
+        }
+    }
     // SAFETY: the context pointer is valid for the program's run.
     let ingress = unsafe { (*ctx.ctx).ingress_ifindex };
     if let Some(fib) = fib_scratch() {
@@ -644,9 +695,8 @@ pub fn fib_scratch() -> Option<&'static mut FibParams> {
 
 /// A `fullnat` entry's state and clock after a packet from its worker.
 #[inline(always)]
-fn seen_from_worker(entry: &mut NatEntry, is_tcp: bool, tcp_flags: u8) {
+fn seen_from_worker(entry: &mut NatEntry, is_tcp: bool, tcp_flags: u8, now: u64) {
     let state = nat::state_after_reply(entry.state, is_tcp, tcp_flags);
-    let now = flow::coarse_now();
     let closing = is_tcp && tcp_flags & (TCP_FIN | TCP_RST) != 0;
     if state != entry.state
         || closing

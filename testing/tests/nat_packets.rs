@@ -10,11 +10,11 @@
 
 use std::net::IpAddr;
 
-use aya::maps::{HashMap as BpfHashMap, MapData};
+use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuValues};
 use lb_common::{
     balancer::{FlowKey, FlowValue},
     map_names,
-    nat::{NatEntry, NAT_CLOSING, NAT_DEAD, NAT_ESTABLISHED, NAT_OPENING},
+    nat::{NatClientHop, NatEntry, NatHop, NAT_CLOSING, NAT_DEAD, NAT_ESTABLISHED, NAT_OPENING},
     program_names::BALANCER,
 };
 use lb_testing::{
@@ -515,4 +515,61 @@ fn icmp_errors_about_natd_connections_are_translated_both_ways() {
         assert_eq!(output, expected, "{vip}: back to the client");
         assert!(moved.contains(&("nat_replies_unrouted", 1)), "{moved:?}");
     }
+}
+
+/// A reply whose client's next hop was looked up lately goes out at once
+/// to the cached MACs (no routing lookup): per connection for `fullnat`,
+/// per client and CPU for `nat`.
+#[test]
+fn replies_to_a_client_with_a_fresh_next_hop_go_straight_out() {
+    lb_testing::needs_root!();
+    let vips = [
+        ("192.0.2.100:80/tcp", Forward::Nat),
+        ("192.0.2.101:80/tcp", Forward::Fullnat),
+    ];
+    let mut suite = Suite::new(&vips, 1, (20_000, 20_999));
+    // BPF_PROG_TEST_RUN runs on the loopback device (ifindex 1); a hop
+    // found "in the future" stays fresh however long the test takes.
+    let hop = NatHop {
+        macs: [2, 0, 0, 0, 0, 0x77, 2, 0, 0, 0, 0, 0x66],
+        ifindex: 1,
+        found_ns: u64::MAX / 2,
+    };
+    let worker = ip("203.0.113.10");
+    // nat: every slot of the per-CPU cache names the client.
+    let mut hops: PerCpuArray<&mut MapData, NatClientHop> =
+        PerCpuArray::try_from(suite.lb.map_mut(map_names::NAT_HOPS).unwrap()).unwrap();
+    let cpus = aya::util::nr_cpus().unwrap();
+    let (client_bytes, _) = lb_userspace::service::addr_bytes(client(false));
+    for slot in 0..lb_common::nat::NAT_HOP_SLOTS {
+        let value = NatClientHop {
+            client: client_bytes,
+            hop,
+        };
+        hops.set(slot, PerCpuValues::try_from(vec![value; cpus]).unwrap(), 0)
+            .unwrap();
+    }
+    let reply = Packet::tcp(worker, TCP_PORT, client(false), 40_004, tcp::ACK);
+    let (verdict, output, moved) = suite.run(&with_transport_checksum(reply.build()));
+    assert_eq!(verdict, XDP_TX, "{moved:?}");
+    assert_eq!(output[0..12], hop.macs, "nat: the cached MACs");
+    assert!(moved.contains(&("nat_replies", 1)), "{moved:?}");
+
+    // fullnat: the connection's own entry holds its client's hop.
+    let vip: Vip = vips[1].0.parse().unwrap();
+    let syn = Packet::tcp(client(false), 40_005, vip.addr, vip.port, tcp::SYN);
+    let (_, sent, _) = suite.run(&with_transport_checksum(syn.build()));
+    let port = sport_of(&sent);
+    let reply = Packet::tcp(worker, TCP_PORT, ip(SOURCE4), port, tcp::SYN | tcp::ACK);
+    let key = flow_key(&reply);
+    let mut table: BpfHashMap<&mut MapData, FlowKey, NatEntry> =
+        BpfHashMap::try_from(suite.lb.map_mut(map_names::NAT).unwrap()).unwrap();
+    let mut entry = table.get(&key, 0).unwrap();
+    entry.hop = hop;
+    table.insert(key, entry, 0).unwrap();
+    let (verdict, output, moved) = suite.run(&with_transport_checksum(reply.build()));
+    assert_eq!(verdict, XDP_TX, "{moved:?}");
+    assert_eq!(output[0..12], hop.macs, "fullnat: the cached MACs");
+    let expected = translated(&reply, (vip.addr, vip.port), (client(false), 40_005), None);
+    assert_eq!(output[12..], expected[12..], "translated as ever");
 }

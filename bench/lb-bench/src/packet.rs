@@ -11,6 +11,7 @@ use lb_common::{
     balancer::{vip_filter_bit, FlowKey, FlowValue, FAMILY_V4},
     capture::{CaptureFilter, CAPTURE_ON, FILTER_CLIENT, MAX_SNAPLEN},
     map_names,
+    nat::{hop_slot, NatClientHop, NatEntry, NatHop},
     packet::{widen, IPPROTO_TCP},
     program_names,
 };
@@ -161,11 +162,26 @@ fn fullnat_vip() -> IpAddr {
 /// The NAT source of the configuration.
 const NAT_SOURCE: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
 
-/// A `nat` worker's answer to the client of the established flow.
-fn nat_reply() -> Packet {
+/// A `nat` worker's answer to `client`.
+fn nat_reply(client: IpAddr) -> Packet {
     let worker = worker_addr(5, 0);
-    Packet::tcp(worker, 8080, client4(), 40000, tcp::ACK)
+    Packet::tcp(worker, 8080, client, 40000, tcp::ACK)
 }
+
+/// A client whose next hop is never cached (BPF_PROG_TEST_RUN's loopback
+/// routes no reply back out of itself), in another cache slot than
+/// [`client4`]'s.
+fn uncached_client() -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(203, 0, 113, 8))
+}
+
+/// A next hop "found in the future": fresh however long the benchmark
+/// runs, on the loopback device BPF_PROG_TEST_RUN runs on.
+const CACHED_HOP: NatHop = NatHop {
+    macs: [2, 0, 0, 0, 0, 0x77, 2, 0, 0, 0, 0, 0x66],
+    ifindex: 1,
+    found_ns: u64::MAX / 2,
+};
 
 fn established() -> [(&'static str, Packet); 7] {
     let client6 = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 2, 0, 0, 0, 0, 7));
@@ -219,9 +235,10 @@ fn insert_floor(name: &'static str, program: &'static str) -> Case {
     }
 }
 
-/// Every case; `fullnat_reply` is the worker's answer on the
-/// established `fullnat` flow (its port is allocated at configuration).
-fn cases(fullnat_reply: &[u8]) -> Vec<Case> {
+/// Every case; `replies` are the workers' answers on the established
+/// `fullnat` flows, next hop cached and not (their ports are allocated
+/// at configuration).
+fn cases(replies: &Replies) -> Vec<Case> {
     let tcp4 = established()[2].1.build();
     let floor_case = |name, program, verdict| Case {
         name,
@@ -325,14 +342,29 @@ fn cases(fullnat_reply: &[u8]) -> Vec<Case> {
     // BPF_PROG_TEST_RUN runs on the loopback device, from which no route
     // leads to a client: the translated reply is passed to the kernel
     // (XDP_PASS) after the routing lookup a real reply also pays.
-    for (name, frame) in [
+    // Most replies find their client's next hop cached (looked up at
+    // most once a second per connection, or per client and CPU for nat):
+    // those go straight out.
+    for (name, frame, verdict) in [
         (
             "lb nat: IPv4 TCP, worker's reply (translated, routing lookup)",
-            nat_reply().build(),
+            nat_reply(uncached_client()).build(),
+            XDP_PASS,
         ),
         (
             "lb fullnat: IPv4 TCP, worker's reply (translated, routing lookup)",
-            fullnat_reply.to_vec(),
+            replies.fullnat_uncached.clone(),
+            XDP_PASS,
+        ),
+        (
+            "lb nat: IPv4 TCP, worker's reply (translated, next hop cached)",
+            nat_reply(client4()).build(),
+            XDP_TX,
+        ),
+        (
+            "lb fullnat: IPv4 TCP, worker's reply (translated, next hop cached)",
+            replies.fullnat_cached.clone(),
+            XDP_TX,
         ),
     ] {
         cases.push(Case {
@@ -340,7 +372,7 @@ fn cases(fullnat_reply: &[u8]) -> Vec<Case> {
             on: On::Lb,
             program: program_names::BALANCER,
             frames: Frames::Fixed(frame),
-            verdict: XDP_PASS,
+            verdict,
             repeatable: false,
         });
     }
@@ -370,7 +402,7 @@ fn cases(fullnat_reply: &[u8]) -> Vec<Case> {
 
 /// Measures every class and floor; rows in the order of [`cases`].
 pub fn run(plan: &Plan) -> anyhow::Result<Vec<Row>> {
-    let (lb, fullnat_reply) = configured(Loaded::lb(DEFAULT_MAX_FLOWS)?)?;
+    let (lb, replies) = configured(Loaded::lb(DEFAULT_MAX_FLOWS)?)?;
     let (without_hook, _) = configured(Loaded::lb_from(
         floors::LB_WITHOUT_CAPTURE,
         DEFAULT_MAX_FLOWS,
@@ -380,7 +412,7 @@ pub fn run(plan: &Plan) -> anyhow::Result<Vec<Row>> {
     let mut floors = floors::load()?;
     prepare_floor_lru(&mut floors)?;
     prepare_floor_filter(&mut floors)?;
-    let mut cases = cases(&fullnat_reply);
+    let mut cases = cases(&replies);
     let mut rows: Vec<Row> = cases
         .iter()
         .map(|c| Row {
@@ -407,9 +439,18 @@ pub fn run(plan: &Plan) -> anyhow::Result<Vec<Row>> {
     Ok(rows)
 }
 
+/// The workers' answers on two established `fullnat` flows: one whose
+/// client's next hop is cached, one whose isn't.
+pub struct Replies {
+    fullnat_cached: Vec<u8>,
+    fullnat_uncached: Vec<u8>,
+}
+
 /// `lb` with the benchmark's configuration and its established flows
-/// recorded, and the worker's answer on the established `fullnat` flow.
-fn configured(mut lb: Loaded) -> anyhow::Result<(Loaded, Vec<u8>)> {
+/// recorded, and the workers' answers on its `fullnat` flows, with the
+/// next hop of [`client4`] cached (nat: in every CPU's slot; fullnat: in
+/// its connection's entry).
+fn configured(mut lb: Loaded) -> anyhow::Result<(Loaded, Replies)> {
     // The configuration lives in the maps; the handle is not needed after.
     let (desired, mut maps) = configure_with(&mut lb, &vips(), WORKERS, worker_addr, vip_options)?;
     let sources = [IpAddr::V4(NAT_SOURCE)];
@@ -420,16 +461,74 @@ fn configured(mut lb: Loaded) -> anyhow::Result<(Loaded, Vec<u8>)> {
         &sources,
         (20_000, 32_767),
     )?;
-    let mut fullnat_reply = Vec::new();
+    let mut cached = Vec::new();
     for (_, packet) in established() {
         // The first packet records the flow; the rest hit it.
         let (verdict, output) = lb.run_frame(program_names::BALANCER, &packet.build())?;
         anyhow::ensure!(verdict == XDP_TX, "lb did not forward {packet:?}");
         if packet.dst == fullnat_vip() {
-            fullnat_reply = turned_around(&output);
+            cached = turned_around(&output);
         }
     }
-    Ok((lb, fullnat_reply))
+    let other = Packet::tcp(uncached_client(), 40000, fullnat_vip(), 80, tcp::ACK);
+    let (verdict, output) = lb.run_frame(program_names::BALANCER, &other.build())?;
+    anyhow::ensure!(verdict == XDP_TX, "lb did not forward {other:?}");
+    let replies = Replies {
+        fullnat_uncached: turned_around(&output),
+        fullnat_cached: cached,
+    };
+    cache_hops(&mut lb, &replies.fullnat_cached)?;
+    Ok((lb, replies))
+}
+
+/// Caches [`CACHED_HOP`] for [`client4`]: in its `nat` cache slot on
+/// every CPU, and in the NAT entry of the `fullnat` connection `reply`
+/// answers.
+fn cache_hops(lb: &mut Loaded, reply: &[u8]) -> anyhow::Result<()> {
+    let (client, _) = lb_userspace::service::addr_bytes(client4());
+    anyhow::ensure!(
+        hop_slot(&client) != hop_slot(&lb_userspace::service::addr_bytes(uncached_client()).0),
+        "the uncached client shares the cached one's slot"
+    );
+    let mut hops: aya::maps::PerCpuArray<_, NatClientHop> = lb
+        .map_mut(map_names::NAT_HOPS)
+        .context("no NAT hop cache")?
+        .try_into()?;
+    let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
+    let value = NatClientHop {
+        client,
+        hop: CACHED_HOP,
+    };
+    hops.set(
+        hop_slot(&client),
+        aya::maps::PerCpuValues::try_from(vec![value; cpus])?,
+        0,
+    )?;
+    let mut table: BpfHashMap<_, FlowKey, NatEntry> = lb
+        .map_mut(map_names::NAT)
+        .context("no NAT table")?
+        .try_into()?;
+    let key = flow_key_of(reply).context("the reply is no TCP/IP frame")?;
+    let mut entry = table.get(&key, 0)?;
+    entry.hop = CACHED_HOP;
+    table.insert(key, entry, 0)?;
+    Ok(())
+}
+
+/// The flow key of a TCP or UDP frame as the shared parser reads it.
+fn flow_key_of(frame: &[u8]) -> Option<FlowKey> {
+    let lb_common::packet::Parsed::Ip(ip) = lb_common::packet::parse(frame) else {
+        return None;
+    };
+    Some(FlowKey {
+        src: ip.src,
+        dst: ip.dst,
+        sport: ip.sport,
+        dport: ip.dport,
+        proto: ip.proto,
+        family: FAMILY_V4,
+        pad: [0; 2],
+    })
 }
 
 /// The answer to an IPv4 TCP frame lb sent a worker: addresses, ports and
