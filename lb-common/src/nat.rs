@@ -173,6 +173,14 @@ pub struct NatClientHop {
     pub hop: NatHop,
 }
 
+/// The reply filter's bit of NAT source `addr`: set for every address in
+/// `LB_NAT_SOURCES`, so a worker's packet to any other address (a `nat`
+/// reply to a client) skips the `fullnat` table.
+#[inline(always)]
+pub fn source_bit(addr: &[u8; 16]) -> u32 {
+    crate::balancer::vip_filter_bit(addr, 0, 0)
+}
+
 /// The slot of `LB_NAT_HOPS` that caches client `client`'s next hop.
 #[inline(always)]
 pub fn hop_slot(client: &[u8; 16]) -> u32 {

@@ -101,6 +101,15 @@ pub fn maybe_reply(src: &[u8; 16], sport: u16, proto: u8) -> bool {
         .is_some_and(|word| word & (1u64 << (bit & 63)) != 0)
 }
 
+/// Whether the reply filter has NAT source `addr`'s bit.
+#[inline(always)]
+fn reply_bit(addr: &[u8; 16]) -> bool {
+    let bit = nat::source_bit(addr);
+    LB_REPLY_FILTER
+        .get(bit >> 6)
+        .is_some_and(|word| word & (1u64 << (bit & 63)) != 0)
+}
+
 /// Hands a possible reply (tuple `key` as the worker sent it) to the NAT
 /// program; `None` (pass it untouched) when the program is missing.
 #[inline(always)]
@@ -534,7 +543,14 @@ fn reverse(ctx: &XdpContext, job: &'static NatJob) -> Result<Plan, Outcome> {
     let now = flow::coarse_now();
     // SAFETY: the context pointer is valid for the program's run.
     let ingress = unsafe { (*ctx.ctx).ingress_ifindex };
-    let (vip, client, vip_id, backend_id, hop) = if let Some(entry) = LB_NAT.get_ptr_mut(key) {
+    // Only a packet to a NAT source can be a fullnat reply: a nat reply
+    // (to a client) skips that table.
+    let fullnat = if reply_bit(&key.dst) {
+        LB_NAT.get_ptr_mut(key)
+    } else {
+        None
+    };
+    let (vip, client, vip_id, backend_id, hop) = if let Some(entry) = fullnat {
         // SAFETY: the kernel keeps the element alive for this run; only
         // whole aligned fields are stored.
         let entry = unsafe { &mut *entry };

@@ -226,8 +226,9 @@ impl NatMaps {
     }
 
     /// Makes the `nat` workers' reverse entries and the reply filter what
-    /// `workers` says: entries are added before, and removed after, the
-    /// filter bits that lead to them.
+    /// `workers` says (and the NAT sources, in the filter): entries are
+    /// added before, and removed after, the filter bits that lead to them.
+    /// Call after [`NatMaps::write_settings`].
     pub fn sync(&mut self, workers: &[NatWorker]) -> Result<(), MapError> {
         let mut wanted = StdHashMap::new();
         let mut words = vec![0u64; VIP_FILTER_WORDS as usize];
@@ -251,6 +252,15 @@ impl NatMaps {
                     backend_id: worker.backend_id,
                 };
                 wanted.insert(key, value);
+            }
+        }
+        // Every pinned source, given or not: a dropped one's connections
+        // still answer to it.
+        for slot in 0..2 * NAT_SOURCES_PER_FAMILY {
+            let source = self.sources.get(&slot, 0)?;
+            if source.family != 0 {
+                let bit = nat::source_bit(&source.addr);
+                words[(bit >> 6) as usize] |= 1 << (bit & 63);
             }
         }
         for (key, value) in &wanted {
