@@ -477,6 +477,12 @@ pub struct Status {
     pub max_vips: u32,
     /// How many workers it can hold across its VIPs.
     pub max_workers: u32,
+    /// The NAT sources (`--nat-source`).
+    pub nat_sources: Vec<IpAddr>,
+    /// The NAT port range (`--nat-ports`).
+    pub nat_ports: String,
+    /// Capacity of the NAT table (`--max-nat-flows`).
+    pub max_nat_flows: u32,
     /// Seed of the flow hash.
     pub hash_seed: u32,
     /// Since when (Unix seconds) changes in force are not in the state

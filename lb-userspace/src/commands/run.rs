@@ -300,6 +300,7 @@ fn instance(
         program_id: dataplane.program_id(),
         pin_dir: options.pin_dir.clone(),
         max_flows: options.max_flows,
+        max_nat_flows: options.max_nat_flows,
         limits: options.limits,
         tunnels,
         nat,

@@ -61,6 +61,8 @@ pub struct Instance {
     pub pin_dir: PathBuf,
     /// Flow table capacity.
     pub max_flows: u32,
+    /// NAT table capacity.
+    pub max_nat_flows: u32,
     /// VIPs and workers the maps hold.
     pub limits: crate::desired::state::Limits,
     /// Outer sources and MTU of IPIP and GUE.
