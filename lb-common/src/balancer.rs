@@ -169,8 +169,10 @@ pub struct Backend {
     /// [`FORWARD_GUE`], [`FORWARD_NAT`] or [`FORWARD_FULLNAT`] (its VIP's
     /// method).
     pub forward: u8,
-    /// Always zero.
-    pub pad: u8,
+    /// The interface the worker is reached through: its slot in
+    /// `LB_EGRESS` (an [`Egress`]); 0 sends the frame back out of the
+    /// interface it came in on (an instance on one interface).
+    pub egress: u8,
     /// GUE destination port, network byte order (with [`FORWARD_GUE`]).
     pub gue_port: u16,
     /// The largest IP packet the way to the worker carries (the
@@ -184,6 +186,23 @@ pub struct Backend {
     /// family.
     pub tunnel_source: [u8; 16],
 }
+
+/// One of lb's interfaces, as a frame leaving by it needs it: in
+/// `LB_EGRESS`, at the slot [`Backend::egress`] names.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Egress {
+    /// Its index; 0: the slot is empty.
+    pub ifindex: u32,
+    /// Its MAC address: the source of frames sent out of it.
+    pub mac: [u8; 6],
+    /// Always zero.
+    pub pad: [u8; 2],
+}
+
+/// Most interfaces one lb instance attaches to (`lb run --iface`,
+/// repeated); `LB_EGRESS` has a slot more, slot 0 being unused.
+pub const MAX_INTERFACES: u32 = 15;
 
 /// `Backend::forward`: L2 direct server return (the frame readdressed to
 /// the worker's MAC on this link).
@@ -492,6 +511,8 @@ mod pod {
     unsafe impl aya::Pod for VipInfo {}
     // SAFETY: as above.
     unsafe impl aya::Pod for Backend {}
+    // SAFETY: repr(C) with explicit padding, so every byte is initialised.
+    unsafe impl aya::Pod for Egress {}
     // SAFETY: as above.
     unsafe impl aya::Pod for FlowKey {}
     // SAFETY: as above.

@@ -120,6 +120,13 @@ pub mod map_names {
     /// NAT'd flows, their replies and ICMP errors about them.
     pub const NAT_PROG: &str = "LB_NAT_PROG";
 
+    /// Array of [`crate::balancer::Egress`], by the slot
+    /// [`crate::balancer::Backend::egress`] names: lb's interfaces.
+    pub const EGRESS: &str = "LB_EGRESS";
+    /// Device map (hash) of lb's interfaces by index: where a frame
+    /// leaving by another of them is redirected (`XDP_REDIRECT`).
+    pub const IFACES: &str = "LB_IFACES";
+
     /// Every map, each pinned under the instance's pin directory.
     pub const ALL: &[&str] = &[
         COUNTERS,
@@ -154,6 +161,8 @@ pub mod map_names {
         NAT_HOPS,
         NAT_SCRATCH,
         NAT_PROG,
+        EGRESS,
+        IFACES,
     ];
 
     /// The maps with an entry per VIP id (or VIP address), sized by

@@ -190,12 +190,11 @@ pub fn hop_slot(client: &[u8; 16]) -> u32 {
 }
 
 impl NatHop {
-    /// Whether it may still be used at `now_ns` on interface `ifindex`.
+    /// Whether it may still be used at `now_ns` (the data plane checks
+    /// that its interface is still one of lb's).
     #[inline(always)]
-    pub fn fresh(&self, now_ns: u64, ifindex: u32) -> bool {
-        self.found_ns != 0
-            && self.ifindex == ifindex
-            && now_ns.saturating_sub(self.found_ns) < NAT_HOP_TTL_NS
+    pub fn fresh(&self, now_ns: u64) -> bool {
+        self.found_ns != 0 && now_ns.saturating_sub(self.found_ns) < NAT_HOP_TTL_NS
     }
 }
 

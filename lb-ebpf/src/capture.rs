@@ -50,11 +50,14 @@ impl Outcome {
         worker_id: NO_ID,
     };
 
-    /// Sent on to worker `worker_id` of VIP `vip_id`.
+    /// Sent on to worker `worker_id` of VIP `vip_id` (or a worker's reply
+    /// to its client) by `xdp_action`: `XDP_TX` back out of the interface
+    /// it came in on, `XDP_REDIRECT` to another of lb's (see
+    /// [`crate::transmit::depart`]).
     #[inline(always)]
-    pub const fn forward(reason: u8, vip_id: u32, worker_id: u32) -> Self {
+    pub const fn forward(xdp_action: u32, reason: u8, vip_id: u32, worker_id: u32) -> Self {
         Self {
-            xdp_action: xdp_action::XDP_TX,
+            xdp_action,
             action: ACTION_FORWARD,
             reason,
             vip_id,

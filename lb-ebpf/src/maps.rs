@@ -3,15 +3,18 @@
 
 use aya_ebpf::{
     bindings::{BPF_F_INNER_MAP, BPF_F_MMAPABLE, BPF_F_NO_PREALLOC},
-    btf_maps::{Array, ArrayOfMaps, HashMap, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
+    btf_maps::{
+        Array, ArrayOfMaps, DevMapHash, HashMap, LruHashMap, PerCpuArray, ProgramArray, RingBuf,
+    },
     helpers::bpf_ktime_get_ns,
     macros::btf_map,
 };
 use lb_common::{
     balancer::{
-        Backend, ClockCache, Config, FlowKey, FlowValue, IcmpBudget, StickyKey, StickyValue,
-        TrafficCounters, TunnelJob, VipAddrKey, VipInfo, VipKey, VipTag, DEFAULT_MAX_VIPS,
-        DEFAULT_MAX_WORKERS, LOAD_UNKNOWN, MAX_PINS, MAX_STICKY, VIP_FILTER_WORDS,
+        Backend, ClockCache, Config, Egress, FlowKey, FlowValue, IcmpBudget, StickyKey,
+        StickyValue, TrafficCounters, TunnelJob, VipAddrKey, VipInfo, VipKey, VipTag,
+        DEFAULT_MAX_VIPS, DEFAULT_MAX_WORKERS, LOAD_UNKNOWN, MAX_INTERFACES, MAX_PINS, MAX_STICKY,
+        VIP_FILTER_WORDS,
     },
     capture::{CaptureCounters, CaptureFilter, CaptureRecord, CaptureScratch, RING_BYTES},
     counters::GlobalCounters,
@@ -48,6 +51,15 @@ pub static LB_VIPS: HashMap<VipKey, VipInfo, VIPS> = HashMap::new();
 
 #[btf_map]
 pub static LB_BACKENDS: Array<Backend, BACKENDS> = Array::new();
+
+/// lb's interfaces by slot; slot 0 stays empty ([`Backend::egress`] 0
+/// means the interface a frame came in on).
+#[btf_map]
+pub static LB_EGRESS: Array<Egress, { MAX_INTERFACES as usize + 1 }> = Array::new();
+
+/// lb's interfaces by index, for `XDP_REDIRECT` to one of them.
+#[btf_map]
+pub static LB_IFACES: DevMapHash<{ MAX_INTERFACES as usize }> = DevMapHash::new();
 
 #[btf_map]
 pub static LB_MAGLEV: ArrayOfMaps<MaglevTable, VIPS> = ArrayOfMaps::new();

@@ -37,8 +37,8 @@ use crate::{
     capture::{self, Outcome},
     flow::{self, Decision},
     maps::{
-        LB_BACKENDS, LB_COUNTERS, LB_FLOWS, LB_NAT, LB_NAT_CONFIG, LB_NAT_HOPS, LB_NAT_JOB,
-        LB_NAT_PROG, LB_NAT_SCRATCH, LB_NAT_SOURCES, LB_NAT_WORKERS, LB_REPLY_FILTER,
+        LB_BACKENDS, LB_COUNTERS, LB_FLOWS, LB_IFACES, LB_NAT, LB_NAT_CONFIG, LB_NAT_HOPS,
+        LB_NAT_JOB, LB_NAT_PROG, LB_NAT_SCRATCH, LB_NAT_SOURCES, LB_NAT_WORKERS, LB_REPLY_FILTER,
     },
     transmit,
 };
@@ -175,6 +175,8 @@ struct Plan {
     backend_id: u32,
     /// Forward: the worker's next hop.
     mac: [u8; 6],
+    /// Forward: the slot of the interface it is reached through.
+    egress: u8,
     /// Reverse: the routing lookup's answer (`BPF_FIB_LKUP_RET_*`).
     route: i64,
     /// Reverse: the client's next hop, fresh from the cache (no lookup).
@@ -224,9 +226,10 @@ fn translate<const REPLY: bool>(
     if !frame.readdress(Some(plan.mac)) {
         return Outcome::drop(reason::TOO_SHORT, vip_id, backend_id);
     }
+    let action = transmit::depart(ctx, &frame, plan.egress);
     transmit::count_forwarded(vip_id, backend_id, job.len, job.kind == NAT_JOB_NEW_FLOW);
     counters.forwarded += 1;
-    Outcome::forward(job.reason, vip_id, backend_id)
+    Outcome::forward(action, job.reason, vip_id, backend_id)
 }
 
 /// An address and port a packet is rewritten to.
@@ -278,6 +281,7 @@ fn forward(job: &NatJob, counters: &mut GlobalCounters) -> Result<Plan, Outcome>
         vip_id,
         backend_id,
         mac: backend.mac,
+        egress: backend.egress,
         route: 0,
         hop: None,
     })
@@ -604,10 +608,11 @@ fn reverse(ctx: &XdpContext, job: &'static NatJob) -> Result<Plan, Outcome> {
         vip_id,
         backend_id,
         mac: [0; 6],
+        egress: 0,
         route: i64::from(BPF_FIB_LKUP_RET_SUCCESS),
         hop: None,
     };
-    if hop.fresh(now, ingress) {
+    if hop.fresh(now) {
         plan.hop = Some(hop);
         return Ok(plan);
     }
@@ -632,7 +637,7 @@ fn reverse(ctx: &XdpContext, job: &'static NatJob) -> Result<Plan, Outcome> {
         // health check): not a client's.
         return Err(Outcome::NOT_VIP);
     }
-    if route == i64::from(BPF_FIB_LKUP_RET_SUCCESS) && fib.ifindex == ingress {
+    if route == i64::from(BPF_FIB_LKUP_RET_SUCCESS) && is_ours(ingress, fib.ifindex) {
         remember(hop, fib, now);
     }
     plan.route = route;
@@ -653,6 +658,13 @@ fn client_hop(client: &[u8; 16]) -> Option<&'static mut NatHop> {
     Some(&mut slot.hop)
 }
 
+/// Whether interface `ifindex` is the one a packet came in on (`ingress`)
+/// or another of lb's: one a reply can leave by without the kernel.
+#[inline(always)]
+fn is_ours(ingress: u32, ifindex: u32) -> bool {
+    ifindex == ingress || LB_IFACES.get_ifindex(ifindex).is_some()
+}
+
 /// Caches a routing lookup's answer for the client's next replies.
 #[inline(always)]
 fn remember(hop: &mut NatHop, fib: &FibParams, now: u64) {
@@ -662,8 +674,9 @@ fn remember(hop: &mut NatHop, fib: &FibParams, now: u64) {
     hop.found_ns = now;
 }
 
-/// Sends a translated reply where the routing lookup said: back out of
-/// this interface to the client's next hop, or to the kernel.
+/// Sends a translated reply where the routing lookup said: to the
+/// client's next hop out of this interface or another of lb's, or to the
+/// kernel.
 #[inline(always)]
 fn send_reply(
     ctx: &XdpContext,
@@ -673,22 +686,24 @@ fn send_reply(
 ) -> Outcome {
     let (vip_id, backend_id) = (plan.vip_id, plan.backend_id);
     if let Some(hop) = plan.hop {
-        if transmit::write(frame, 0, hop.macs).is_some() {
+        let action = transmit::leaves_by(ctx, hop.ifindex);
+        if let Some(action) = action.filter(|_| transmit::write(frame, 0, hop.macs).is_some()) {
             counters.nat_replies += 1;
-            return Outcome::forward(reason::NAT_REPLY, vip_id, backend_id);
+            return Outcome::forward(action, reason::NAT_REPLY, vip_id, backend_id);
         }
     }
-    // SAFETY: the context pointer is valid for the program's run.
-    let ingress = unsafe { (*ctx.ctx).ingress_ifindex };
     if let Some(fib) = fib_scratch() {
-        let routed = plan.route == i64::from(BPF_FIB_LKUP_RET_SUCCESS) && fib.ifindex == ingress;
-        if routed && set_macs(frame, fib) {
+        let action = (plan.route == i64::from(BPF_FIB_LKUP_RET_SUCCESS))
+            .then(|| transmit::leaves_by(ctx, fib.ifindex))
+            .flatten();
+        if let Some(action) = action.filter(|_| set_macs(frame, fib)) {
             counters.nat_replies += 1;
-            return Outcome::forward(reason::NAT_REPLY, vip_id, backend_id);
+            return Outcome::forward(action, reason::NAT_REPLY, vip_id, backend_id);
         }
     }
-    // Another interface, or the neighbour unresolved: the kernel forwards
-    // the translated packet (and resolves the neighbour on the way).
+    // An interface lb is not on, or the neighbour unresolved: the kernel
+    // forwards the translated packet (and resolves the neighbour on the
+    // way).
     counters.nat_replies_unrouted += 1;
     Outcome {
         xdp_action: xdp_action::XDP_PASS,

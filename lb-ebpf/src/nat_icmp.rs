@@ -40,6 +40,7 @@ use crate::{
         LB_NAT_WORKERS,
     },
     nat::{address_delta, fib_scratch, fill_fib, maybe_reply, set_macs, Endpoint, Rewritten},
+    transmit,
 };
 
 /// The transport header never starts further in than this: a bound the
@@ -202,8 +203,9 @@ fn to_worker_job(ctx: &XdpContext, job: &NatJob, counters: &mut GlobalCounters) 
     if !frame.readdress(Some(backend.mac)) {
         return Outcome::drop(reason::TOO_SHORT, vip_id, backend_id);
     }
+    let action = transmit::depart(ctx, &frame, backend.egress);
     counters.icmp_errors_forwarded += 1;
-    Outcome::forward(reason::ICMP_ERROR, vip_id, backend_id)
+    Outcome::forward(action, reason::ICMP_ERROR, vip_id, backend_id)
 }
 
 /// An error from the worker's side about a packet lb translated, back to
@@ -286,14 +288,12 @@ fn from_worker_job(
         }
         Rewritten::TooShort => return Outcome::drop(reason::TOO_SHORT, vip_id, backend_id),
     }
-    // SAFETY: the context pointer is valid for the program's run.
-    let ingress = unsafe { (*ctx.ctx).ingress_ifindex };
-    if route == i64::from(BPF_FIB_LKUP_RET_SUCCESS)
-        && fib.ifindex == ingress
-        && set_macs(&frame, fib)
-    {
+    let action = (route == i64::from(BPF_FIB_LKUP_RET_SUCCESS))
+        .then(|| transmit::leaves_by(ctx, fib.ifindex))
+        .flatten();
+    if let Some(action) = action.filter(|_| set_macs(&frame, fib)) {
         counters.icmp_errors_forwarded += 1;
-        return Outcome::forward(reason::ICMP_ERROR, vip_id, backend_id);
+        return Outcome::forward(action, reason::ICMP_ERROR, vip_id, backend_id);
     }
     counters.nat_replies_unrouted += 1;
     Outcome {

@@ -30,7 +30,8 @@ use crate::{
     capture::{self, Outcome},
     flow::Decision,
     maps::{
-        LB_BACKENDS, LB_BACKEND_STATS, LB_COUNTERS, LB_TUNNEL_JOB, LB_TUNNEL_PROG, LB_VIP_STATS,
+        LB_BACKENDS, LB_BACKEND_STATS, LB_COUNTERS, LB_EGRESS, LB_IFACES, LB_TUNNEL_JOB,
+        LB_TUNNEL_PROG, LB_VIP_STATS,
     },
     pmtu,
 };
@@ -65,9 +66,15 @@ pub fn to_worker(
     if !frame.readdress(Some(backend.mac)) {
         return None;
     }
+    let action = depart(ctx, frame, backend.egress);
     count_forwarded(vip_id, backend_id, len, decision.new_flow);
     counters.forwarded += 1;
-    Some(Outcome::forward(decision.reason, vip_id, backend_id))
+    Some(Outcome::forward(
+        action,
+        decision.reason,
+        vip_id,
+        backend_id,
+    ))
 }
 
 /// Sends an ICMP error about flow `key` to `backend` (id `backend_id`) by
@@ -93,8 +100,14 @@ pub fn error_to_worker(
     if !frame.readdress(Some(backend.mac)) {
         return None;
     }
+    let action = depart(ctx, frame, backend.egress);
     counters.icmp_errors_forwarded += 1;
-    Some(Outcome::forward(reason::ICMP_ERROR, vip_id, backend_id))
+    Some(Outcome::forward(
+        action,
+        reason::ICMP_ERROR,
+        vip_id,
+        backend_id,
+    ))
 }
 
 /// Hands `job` to the tunnel program. A tail call does not return when it
@@ -157,16 +170,18 @@ fn tunnel_job(ctx: &XdpContext, job: &TunnelJob, counters: &mut GlobalCounters) 
     let Some(backend) = LB_BACKENDS.get(backend_id) else {
         return Outcome::drop(reason::NO_BACKEND, vip_id, NO_ID);
     };
-    match encapsulate(ctx, backend, &job.key) {
+    let encapsulated = encapsulate(ctx, backend, &job.key);
+    let departure = || depart(ctx, &XdpFrame::new(ctx), backend.egress);
+    match encapsulated {
         Encapsulated::Yes if job.kind == JOB_ICMP_ERROR => {
             counters.icmp_errors_forwarded += 1;
-            Outcome::forward(reason::ICMP_ERROR, vip_id, backend_id)
+            Outcome::forward(departure(), reason::ICMP_ERROR, vip_id, backend_id)
         }
         Encapsulated::Yes => {
             let new_flow = job.kind == JOB_NEW_FLOW;
             count_forwarded(vip_id, backend_id, job.len, new_flow);
             counters.forwarded += 1;
-            Outcome::forward(job.reason, vip_id, backend_id)
+            Outcome::forward(departure(), job.reason, vip_id, backend_id)
         }
         // Never an ICMP error about an ICMP error.
         Encapsulated::TooBig if job.kind == JOB_ICMP_ERROR => {
@@ -322,6 +337,55 @@ impl Inner {
 #[inline(always)]
 fn v4(addr: &[u8; 16]) -> [u8; 4] {
     [addr[0], addr[1], addr[2], addr[3]]
+}
+
+/// The action that sends a frame, already addressed to its next hop from
+/// the interface it came in on, out of the interface in egress slot
+/// `slot` ([`Backend::egress`]): `XDP_TX` when that is the one it came in
+/// on (or the slot is 0 or empty), else the source MAC made the other
+/// interface's and a redirect through the device map (a drop if the map
+/// lost the interface).
+#[inline(always)]
+pub fn depart(ctx: &XdpContext, frame: &XdpFrame, slot: u8) -> u32 {
+    if slot == 0 {
+        return xdp_action::XDP_TX;
+    }
+    let Some(egress) = LB_EGRESS.get(u32::from(slot)) else {
+        return xdp_action::XDP_TX;
+    };
+    // SAFETY: the context pointer is valid for the program's run.
+    let ingress = unsafe { (*ctx.ctx).ingress_ifindex };
+    if egress.ifindex == 0 || egress.ifindex == ingress {
+        return xdp_action::XDP_TX;
+    }
+    if write(frame, 6, egress.mac).is_none() {
+        return xdp_action::XDP_DROP;
+    }
+    redirect(egress.ifindex)
+}
+
+/// The action that sends a frame, its MACs already those of the way out,
+/// out of interface `ifindex`: `XDP_TX` when it came in there, a redirect
+/// when it is another of lb's, `None` when it is none of lb's (the kernel
+/// must forward it).
+#[inline(always)]
+pub fn leaves_by(ctx: &XdpContext, ifindex: u32) -> Option<u32> {
+    // SAFETY: the context pointer is valid for the program's run.
+    let ingress = unsafe { (*ctx.ctx).ingress_ifindex };
+    if ifindex == ingress {
+        return Some(xdp_action::XDP_TX);
+    }
+    LB_IFACES.get_ifindex(ifindex)?;
+    Some(redirect(ifindex))
+}
+
+/// Redirects the frame to lb's interface `ifindex`: `XDP_REDIRECT`, or a
+/// drop when the device map no longer has it.
+#[inline(always)]
+fn redirect(ifindex: u32) -> u32 {
+    LB_IFACES
+        .redirect(ifindex, u64::from(xdp_action::XDP_DROP))
+        .unwrap_or_else(|action| action)
 }
 
 /// Writes `value` at `offset` of the frame; `None` if it doesn't fit.

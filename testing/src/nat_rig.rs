@@ -29,6 +29,9 @@ pub const CLIENT6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 5, 0, 0, 0, 0, 1);
 pub const SOURCE4: &str = "192.0.2.2";
 /// The balancer's IPv6 NAT source.
 pub const SOURCE6: &str = "2001:db8::2";
+/// The balancer's IPv6 address on the client's side of the two-arm
+/// sandbox.
+const BALANCER6_FRONT: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 5, 0, 0, 0, 0, 2);
 
 /// The sandbox. Dropping it stops everything and removes the namespaces.
 pub struct NatRig {
@@ -61,6 +64,52 @@ impl NatRig {
         Self::with_args(exe, workers, &[])
     }
 
+    /// The two-arm sandbox: the balancer's `eth0` shares a switch with
+    /// the client only (198.51.100.2, 2001:db8:5::2), its `eth1` another
+    /// with the workers only (192.0.2.2, 2001:db8::2), and `lb run`
+    /// attaches to both (`--iface eth0 --iface eth1`): what lb sends to
+    /// a worker or back to a client leaves by the other interface than it
+    /// came in on.
+    pub fn two_arm(exe: &Path, workers: u8, lb_args: &[&str]) -> anyhow::Result<Self> {
+        let mut args = vec![
+            "--iface",
+            "eth1",
+            "--nat-source",
+            SOURCE4,
+            "--nat-source",
+            SOURCE6,
+        ];
+        args.extend_from_slice(lb_args);
+        let mut bed = Testbed::new()?;
+        let balancer = bed.add_host("lb", Ipv4Addr::new(198, 51, 100, 2), BALANCER6_FRONT)?;
+        bed.add_switch("br1")?;
+        bed.add_leg(&balancer, "br1", Ipv4Addr::new(192, 0, 2, 2), v6(2))?;
+        bed.accept_xdp_tx_from("lb")?;
+        bed.accept_xdp_tx_from_leg("lb")?;
+        let client = Self::add_client(&mut bed)?;
+        let workers = Self::add_workers(&mut bed, "br1", workers)?;
+        Self::start(exe, bed, (balancer, client, workers), &args)
+    }
+
+    /// Starts `exe run` with `args` on the balancer of `bed`.
+    fn start(
+        exe: &Path,
+        mut bed: Testbed,
+        (balancer, client, (workers, servers)): (Host, Host, (Vec<Host>, Vec<Process>)),
+        args: &[&str],
+    ) -> anyhow::Result<Self> {
+        let lb = LbProcess::start(exe, &mut bed, &balancer, "lb", args)?;
+        Ok(Self {
+            lb,
+            client,
+            balancer,
+            workers,
+            _servers: servers,
+            args: args.iter().map(|a| (*a).to_owned()).collect(),
+            bed,
+        })
+    }
+
     fn with_args(exe: &Path, workers: u8, args: &[&str]) -> anyhow::Result<Self> {
         let mut bed = Testbed::new()?;
         let balancer = bed.add_host("lb", Ipv4Addr::new(192, 0, 2, 2), v6(2))?;
@@ -82,6 +131,14 @@ impl NatRig {
                 "net.ipv4.conf.eth0.send_redirects=0",
             ],
         )?;
+        let client = Self::add_client(&mut bed)?;
+        let workers = Self::add_workers(&mut bed, "br0", workers)?;
+        Self::start(exe, bed, (balancer, client, workers), args)
+    }
+
+    /// The client, on the first switch, with routes to the VIPs through
+    /// the balancer.
+    fn add_client(bed: &mut Testbed) -> anyhow::Result<Host> {
         let client = bed.add_host("client", CLIENT4, CLIENT6)?;
         bed.disable_tx_offload("client")?;
         client.run(
@@ -99,11 +156,22 @@ impl NatRig {
                 "2001:db8:5::2",
             ],
         )?;
+        Ok(client)
+    }
+
+    /// `workers` workers on switch `bridge`, nginx on [`WORKER_PORT`]
+    /// each, whose default routes go through the balancer.
+    fn add_workers(
+        bed: &mut Testbed,
+        bridge: &str,
+        workers: u8,
+    ) -> anyhow::Result<(Vec<Host>, Vec<Process>)> {
         let mut hosts = Vec::new();
         let mut servers = Vec::new();
         for n in 1..=workers {
             let role = format!("w{n}");
-            let worker = bed.add_host(
+            let worker = bed.add_host_on(
+                bridge,
                 &role,
                 Ipv4Addr::new(192, 0, 2, 10 + n),
                 v6(0x10 + u16::from(n)),
@@ -117,16 +185,7 @@ impl NatRig {
             servers.push(bed.start_nginx_on(&worker, &role, WORKER_PORT)?);
             hosts.push(worker);
         }
-        let lb = LbProcess::start(exe, &mut bed, &balancer, "lb", args)?;
-        Ok(Self {
-            lb,
-            client,
-            balancer,
-            workers: hosts,
-            _servers: servers,
-            args: args.iter().map(|a| (*a).to_owned()).collect(),
-            bed,
-        })
+        Ok((hosts, servers))
     }
 
     /// Starts `lb run` again with the same arguments, pins, socket and
@@ -136,6 +195,13 @@ impl NatRig {
         let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
         self.lb = LbProcess::start(&exe, &mut self.bed, &self.balancer, "lb", &args)?;
         Ok(())
+    }
+
+    /// Starts `lb run` again with `args` in place of those it had (on
+    /// `eth0`, with the same pins, socket and state file).
+    pub fn start_lb_with(&mut self, args: &[&str]) -> anyhow::Result<()> {
+        self.args = args.iter().map(|a| (*a).to_owned()).collect();
+        self.start_lb()
     }
 
     /// Adds `vip` (port 80) by `forward` with every worker on

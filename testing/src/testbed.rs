@@ -829,8 +829,19 @@ impl Testbed {
     /// Puts a do-nothing XDP program on the switch side of `role`'s veth, so
     /// that frames the host sends with XDP_TX are not dropped by the veth.
     pub fn accept_xdp_tx_from(&mut self, role: &str) -> anyhow::Result<()> {
+        self.accept_xdp_on(peer_name(role))
+    }
+
+    /// As [`Testbed::accept_xdp_tx_from`], for the second leg (`eth1`,
+    /// see [`Testbed::add_leg`]) of `role`: frames lb sends out of it
+    /// (`XDP_TX`, or redirected from its other interface).
+    pub fn accept_xdp_tx_from_leg(&mut self, role: &str) -> anyhow::Result<()> {
+        self.accept_xdp_on(format!("{}-1", peer_name(role)))
+    }
+
+    /// Puts the do-nothing XDP program on `peer`, in the switch.
+    fn accept_xdp_on(&mut self, peer: String) -> anyhow::Result<()> {
         let switch = self.switch();
-        let peer = peer_name(role);
         let ebpf = switch.within(move || -> anyhow::Result<Ebpf> {
             let mut ebpf = EbpfLoader::new().load(object::LB_XDP)?;
             let program: &mut Xdp = ebpf

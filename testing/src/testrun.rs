@@ -214,6 +214,7 @@ pub fn configure_with(
                 port: 0,
                 mtu: TUNNEL_MTU,
                 tunnel_source: Some(source.parse()?),
+                egress: 0,
             };
             maps.write_backend(id, &entry)?;
             maps.write_load(id, LOAD_UNKNOWN)?;
@@ -268,6 +269,7 @@ pub fn configure_nat(
                 port,
                 mtu: TUNNEL_MTU,
                 tunnel_source: None,
+                egress: 0,
             };
             maps.write_backend(worker.id, &entry)?;
             workers.push(NatWorker {

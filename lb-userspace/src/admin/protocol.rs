@@ -453,8 +453,11 @@ pub struct AnnounceRow {
 pub struct Status {
     /// The instance's name.
     pub name: String,
-    /// Interface the program is attached to.
+    /// The first interface the program is attached to: the instance's
+    /// own (`lb run --iface`, the first given).
     pub iface: String,
+    /// Every interface it is attached to, in `--iface` order.
+    pub ifaces: Vec<String>,
     /// native or generic.
     pub xdp_mode: String,
     /// The kernel's program id.

@@ -331,6 +331,7 @@ mod tests {
         let status = Status {
             name: "lb".into(),
             iface: "eth0".into(),
+            ifaces: vec!["eth0".into()],
             xdp_mode: "native".into(),
             program_id: 7,
             attached: true,

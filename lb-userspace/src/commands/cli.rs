@@ -215,9 +215,13 @@ pub enum Command {
 /// Arguments of `lb run`.
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
-    /// Interface to attach to.
-    #[arg(long)]
-    pub iface: String,
+    /// Interface to attach to; repeat it for several (at most 15), say
+    /// clients on one and workers on another: packets for VIPs and NAT
+    /// sources are handled on each, and what lb sends leaves by the
+    /// interface its route names. The first names the instance (its state
+    /// file's owner, the `link` pin) and stays first.
+    #[arg(long, required = true)]
+    pub iface: Vec<String>,
     /// native: in the driver (fast); generic: in the kernel's receive path,
     /// for drivers without XDP support.
     #[arg(long, value_enum, default_value_t = XdpModeArg::Native)]

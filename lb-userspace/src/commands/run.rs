@@ -9,6 +9,7 @@ use std::{
 };
 
 use anyhow::{bail, Context as _};
+use lb_common::balancer::MAX_INTERFACES;
 use tokio::{
     net::{TcpListener, UnixListener},
     signal::unix::{signal, SignalKind},
@@ -22,7 +23,7 @@ use crate::{
         controller::{
             self,
             actor::{self, Handle, Message, Published},
-            Controller, Instance,
+            Controller, Instance, Interface,
         },
         housekeeping, metrics,
         tunnel::Tunnels,
@@ -132,7 +133,7 @@ struct Control {
 /// the way undoes what it did: the data plane undoes its part (see
 /// [`Dataplane::abandon`]), [`Made`] the rest.
 fn start(args: &RunArgs, paths: &Paths, made: &mut Made) -> anyhow::Result<Up> {
-    let (state_file, saved) = StateFile::open(paths, &args.iface)?;
+    let (state_file, saved) = StateFile::open(paths, &args.iface[0])?;
     made.state_lock = state_file.made_lock();
     if saved.is_none() {
         // Nothing was saved there: the file the controller writes is this
@@ -173,7 +174,7 @@ fn take_control(
     addressing: (Tunnels, NatSettings),
 ) -> anyhow::Result<Control> {
     let state_path = state_file.path().to_owned();
-    let instance = instance(args, paths, dataplane, addressing);
+    let instance = instance(args, paths, dataplane, addressing)?;
     let maps = ControlMaps::take(dataplane.ebpf_mut()).context("opening the data plane's maps")?;
     let controller = Controller::start(
         desired,
@@ -275,7 +276,7 @@ fn limits(args: &RunArgs) -> anyhow::Result<Limits> {
 fn attach_options(args: &RunArgs, paths: &Paths, limits: Limits) -> AttachOptions {
     AttachOptions {
         name: paths.name.to_string(),
-        iface: args.iface.clone(),
+        ifaces: args.iface.clone(),
         mode: args.xdp_mode.into(),
         pin_dir: paths.pin_dir.clone(),
         max_flows: args.max_flows,
@@ -291,11 +292,24 @@ fn instance(
     paths: &Paths,
     dataplane: &Dataplane,
     (tunnels, nat): (Tunnels, NatSettings),
-) -> Instance {
+) -> anyhow::Result<Instance> {
     let options = dataplane.options();
-    Instance {
+    let mut netlink = Netlink::open().context("opening a route netlink socket")?;
+    let ifaces = (options.ifaces.iter())
+        .map(|name| {
+            let index = crate::kernel::netlink::ifindex(name)?;
+            let mac = (netlink.mac(index))
+                .with_context(|| format!("reading the MAC address of {name}"))?;
+            anyhow::Ok(Interface {
+                name: name.clone(),
+                index,
+                mac,
+            })
+        })
+        .collect::<anyhow::Result<_>>()?;
+    Ok(Instance {
         name: paths.name.to_string(),
-        iface: options.iface.clone(),
+        ifaces,
         xdp_mode: options.mode.to_string(),
         program_id: dataplane.program_id(),
         pin_dir: options.pin_dir.clone(),
@@ -307,7 +321,7 @@ fn instance(
         load_listen: args.load_listen.map(|a| a.to_string()),
         endpoints: endpoints(args),
         announce_table: args.announce_table,
-    }
+    })
 }
 
 /// lb's own TCP endpoints in this run, which no VIP may hide.
@@ -327,7 +341,7 @@ fn say_attached(dataplane: &Dataplane, paths: &Paths) {
         "lb: attached XDP program {} (id {}) to {} in {} mode; maps pinned under {}; admin socket {}",
         lb_common::program_names::BALANCER,
         dataplane.program_id(),
-        options.iface,
+        options.ifaces.join(", "),
         options.mode,
         options.pin_dir.display(),
         paths.socket.display()
@@ -339,7 +353,7 @@ fn say_attached(dataplane: &Dataplane, paths: &Paths) {
 /// holds the last other reference to it.
 fn say_stopped(dataplane: &mut Dataplane, pins: Option<PinGuard>, detach: bool) {
     let options = dataplane.options().clone();
-    let (iface, dir) = (&options.iface, options.pin_dir.display());
+    let (iface, dir) = (options.ifaces.join(", "), options.pin_dir.display());
     let unpinned = pins.as_ref().is_some_and(|pins| !pins.link_pinned());
     drop(pins);
     if detach {
@@ -457,10 +471,19 @@ fn withdraw_announcements(dir: &Path) {
 }
 
 /// Refuses what `Dataplane::attach` would, before lb touches any file: a
-/// missing interface, missing privileges.
-fn preflight(iface: &str) -> Result<(), DataplaneError> {
-    if crate::kernel::iface::index_of(iface).is_none() {
-        return Err(DataplaneError::NoSuchInterface(iface.to_owned()));
+/// missing interface (or one named twice, or too many), missing
+/// privileges.
+fn preflight(ifaces: &[String]) -> Result<(), DataplaneError> {
+    if ifaces.len() > MAX_INTERFACES as usize {
+        return Err(DataplaneError::TooManyInterfaces(ifaces.len()));
+    }
+    for (n, iface) in ifaces.iter().enumerate() {
+        if ifaces[..n].contains(iface) {
+            return Err(DataplaneError::DuplicateInterface(iface.clone()));
+        }
+        if crate::kernel::iface::index_of(iface).is_none() {
+            return Err(DataplaneError::NoSuchInterface(iface.clone()));
+        }
     }
     if !crate::kernel::privileges::can_manage_xdp() {
         return Err(DataplaneError::NotPermitted);
@@ -485,9 +508,11 @@ fn desired_state(saved: Option<Desired>, args: &RunArgs) -> anyhow::Result<Desir
             .flat_map(|v| v.workers.keys().copied());
         controller::check_not_own(&mut netlink, workers.clone())?;
         let vips = config.vips().keys().map(|v| ("VIP", v.addr));
-        let ifindex = crate::kernel::netlink::ifindex(&args.iface)?;
+        let ifindexes = (args.iface.iter())
+            .map(|name| crate::kernel::netlink::ifindex(name))
+            .collect::<Result<Vec<_>, _>>()?;
         let addresses = vips.chain(workers.map(|w| ("worker", w)));
-        controller::check_subnet_edges(&mut netlink, ifindex, addresses)?;
+        controller::check_subnet_edges(&mut netlink, &ifindexes, addresses)?;
     }
     let desired = match (saved, config) {
         (Some(saved), Some(config)) => saved
@@ -518,13 +543,13 @@ fn takeover_line(takeover: Takeover, state_file: &Path) -> String {
     }
 }
 
-/// The outer sources and MTU of IPIP and GUE on `--iface`.
+/// The outer sources and MTU of IPIP and GUE on the first `--iface`.
 fn tunnels(args: &RunArgs) -> anyhow::Result<Tunnels> {
     let mut netlink = Netlink::open().context("opening a route netlink socket")?;
-    let ifindex = crate::kernel::netlink::ifindex(&args.iface)?;
+    let ifindex = crate::kernel::netlink::ifindex(&args.iface[0])?;
     Ok(Tunnels::new(
         &mut netlink,
-        &args.iface,
+        &args.iface[0],
         ifindex,
         &args.tunnel_source,
         args.tunnel_mtu,

@@ -35,7 +35,7 @@ use crate::{
     desired::state_file::StateFile,
     duration,
     kernel::neighbour,
-    kernel::netlink::{self, Netlink},
+    kernel::netlink::Netlink,
     service::{self, Vip},
 };
 
@@ -46,13 +46,50 @@ const UNRESOLVED_GRACE: Duration = Duration::from_secs(4);
 /// How long `backend del --graceful` waits for flows to end by default.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(300);
 
+/// One of the interfaces lb runs on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Interface {
+    /// Its name.
+    pub name: String,
+    /// Its index.
+    pub index: u32,
+    /// Its MAC address: the source of what lb sends out of it.
+    pub mac: [u8; 6],
+}
+
+impl Instance {
+    /// The interfaces' names, for messages: `eth0` or `eth0, eth1`.
+    pub fn iface_names(&self) -> String {
+        let names: Vec<&str> = self.ifaces.iter().map(|i| i.name.as_str()).collect();
+        names.join(", ")
+    }
+
+    /// The interfaces' indexes.
+    pub fn ifindexes(&self) -> Vec<u32> {
+        self.ifaces.iter().map(|i| i.index).collect()
+    }
+
+    /// The egress slot of interface `ifindex` ([`WorkerEntry::egress`]):
+    /// 0 with one interface (a frame leaves where it came in), else its
+    /// place in `--iface` order from 1.
+    fn egress_slot(&self, ifindex: u32) -> u8 {
+        if self.ifaces.len() < 2 {
+            return 0;
+        }
+        self.ifaces
+            .iter()
+            .position(|i| i.index == ifindex)
+            .map_or(0, |at| at as u8 + 1)
+    }
+}
+
 /// Static facts about the instance, for `lb status`.
 #[derive(Clone, Debug)]
 pub struct Instance {
     /// The instance's name.
     pub name: String,
-    /// Interface.
-    pub iface: String,
+    /// lb's interfaces, in `--iface` order (never empty).
+    pub ifaces: Vec<Interface>,
     /// native or generic.
     pub xdp_mode: String,
     /// Program id.
@@ -147,17 +184,19 @@ struct Live {
 /// The first hop toward a worker.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Hop {
-    /// This address on the interface's link: the worker, or a router.
-    Via(IpAddr),
+    /// This address on the link of this interface of lb's: the worker, or
+    /// a router.
+    Via(IpAddr, u32),
     /// None: no route through the interface, or no tunnel source of the
     /// worker's family. Not scheduled, for this reason.
     Missing(&'static str),
 }
 
 impl Hop {
-    fn addr(self) -> Option<IpAddr> {
+    /// The address and the interface whose neighbour entry holds the MAC.
+    fn at(self) -> Option<(IpAddr, u32)> {
         match self {
-            Self::Via(addr) => Some(addr),
+            Self::Via(addr, ifindex) => Some((addr, ifindex)),
             Self::Missing(_) => None,
         }
     }
@@ -167,8 +206,8 @@ impl Live {
     fn new(vip: Vip, addr: IpAddr, hop: Hop, mac: Option<[u8; 6]>, generation: u32) -> Self {
         let reach = match (hop, mac) {
             (Hop::Missing(reason), _) => Reach::Unreachable(reason),
-            (Hop::Via(_), Some(_)) => Reach::Reachable,
-            (Hop::Via(at), None) => Reach::Unreachable(unresolved_reason(addr, at)),
+            (Hop::Via(..), Some(_)) => Reach::Reachable,
+            (Hop::Via(at, _), None) => Reach::Unreachable(unresolved_reason(addr, at)),
         };
         Self {
             vip,
@@ -202,7 +241,7 @@ fn unresolved_reason(addr: IpAddr, hop: IpAddr) -> &'static str {
 }
 
 /// Why an L3 worker has no hop.
-const NO_ROUTE: &str = "no route through the interface";
+const NO_ROUTE: &str = "no route through lb's interfaces";
 const NO_SOURCE_V4: &str = "no IPv4 tunnel source (lb run --tunnel-source)";
 const NO_SOURCE_V6: &str = "no IPv6 tunnel source (lb run --tunnel-source)";
 
@@ -225,10 +264,8 @@ pub struct Controller {
     instance: Instance,
     live: HashMap<u32, Live>,
     state_file: Option<StateFile>,
-    /// Route netlink, for the interface's neighbour table.
+    /// Route netlink, for the interfaces' neighbour tables.
     netlink: Netlink,
-    /// The interface's index.
-    ifindex: u32,
     /// The references to the program's link and maps, if they could be
     /// taken.
     pins: Option<PinGuard>,
@@ -314,7 +351,6 @@ impl Controller {
         state_file: Option<StateFile>,
         pins: Option<PinGuard>,
     ) -> anyhow::Result<Self> {
-        let ifindex = netlink::ifindex(&instance.iface)?;
         let netlink = Netlink::open().context("opening a route netlink socket")?;
         let announcer = Self::open_announcer(instance.announce_table)?;
         let mut controller = Self {
@@ -324,7 +360,6 @@ impl Controller {
             live: HashMap::new(),
             state_file,
             netlink,
-            ifindex,
             pins,
             uninstalled: Default::default(),
             attachment: Attachment::default(),
@@ -343,6 +378,13 @@ impl Controller {
             .maps
             .write_config(controller.desired.hash_seed)
             .context("writing the data plane's config")?;
+        let ifaces: Vec<(u32, [u8; 6])> = (controller.instance.ifaces.iter())
+            .map(|i| (i.index, i.mac))
+            .collect();
+        controller
+            .maps
+            .write_interfaces(&ifaces)
+            .context("writing the data plane's interfaces")?;
         // A fresh instance's probe seed: std's per-process random keys.
         let seed = {
             use std::hash::BuildHasher as _;
@@ -405,7 +447,7 @@ impl Controller {
             .generation_for(id, addr)
             .context("reading the worker's slot")?;
         let mac = match hop {
-            Hop::Via(at) => resolve(&mut self.netlink, self.ifindex, at, pinned_mac),
+            Hop::Via(at, ifindex) => resolve(&mut self.netlink, ifindex, at, pinned_mac),
             Hop::Missing(_) => None,
         };
         let live = Live::new(vip, addr, hop, mac, generation);
@@ -427,12 +469,25 @@ impl Controller {
     /// itself when on the link.
     fn hop_for(&mut self, vip: &Vip, addr: IpAddr) -> Hop {
         let Ok(forward) = self.desired.vip(vip).map(|state| state.options.forward) else {
-            return Hop::Via(addr);
+            return Hop::Via(addr, self.dsr_iface(addr));
         };
         if !forward.is_l3() {
-            return Hop::Via(addr);
+            return Hop::Via(addr, self.dsr_iface(addr));
         }
         self.l3_hop(addr, forward.is_nat())
+    }
+
+    /// The interface a DSR worker at `addr` is on: the only one, or the
+    /// one of lb's its route goes out of (else the first).
+    fn dsr_iface(&mut self, addr: IpAddr) -> u32 {
+        let first = self.instance.ifaces[0].index;
+        if self.instance.ifaces.len() < 2 {
+            return first;
+        }
+        match self.netlink.route_to(addr) {
+            Ok(Some(route)) if self.instance.ifindexes().contains(&route.ifindex) => route.ifindex,
+            _ => first,
+        }
     }
 
     /// The first hop toward an IPIP, GUE or NAT worker at `addr`.
@@ -445,8 +500,8 @@ impl Controller {
             });
         }
         match self.netlink.route_to(addr) {
-            Ok(Some(route)) if route.ifindex == self.ifindex => {
-                Hop::Via(route.gateway.unwrap_or(addr))
+            Ok(Some(route)) if self.instance.ifindexes().contains(&route.ifindex) => {
+                Hop::Via(route.gateway.unwrap_or(addr), route.ifindex)
             }
             Ok(_) => Hop::Missing(NO_ROUTE),
             Err(error) => {
@@ -633,8 +688,8 @@ impl Controller {
     }
 
     /// The interface whose neighbours the controller follows.
-    pub fn ifindex(&self) -> u32 {
-        self.ifindex
+    pub fn ifindexes(&self) -> Vec<u32> {
+        self.instance.ifindexes()
     }
 
     /// Whether worker `id` is past resolving: its MAC is known, or it is
@@ -711,7 +766,8 @@ impl Controller {
     fn add_vip(&mut self, vip: Vip, options: VipOptions) -> anyhow::Result<()> {
         self.check_nat(&vip, &options)?;
         self.check_tunnel(&options, None)?;
-        check_subnet_edges(&mut self.netlink, self.ifindex, [("VIP", vip.addr)])?;
+        let ifindexes = self.instance.ifindexes();
+        check_subnet_edges(&mut self.netlink, &ifindexes, [("VIP", vip.addr)])?;
         check_endpoints(&mut self.netlink, &self.instance.endpoints, [vip])?;
         self.desired.add_vip(vip, options)?;
         self.reschedule(&vip);
@@ -781,12 +837,14 @@ impl Controller {
             let family = if vip.addr.is_ipv6() { "IPv6" } else { "IPv4" };
             bail!("--forward fullnat needs a NAT source of the VIP's family: give lb run --nat-source with an {family} address of this host");
         }
-        if let Some(sysctl) = crate::control::nat::forwarding_off(&self.instance.iface, vip.addr) {
-            bail!(
-                "--forward {} needs IP forwarding on {}: lb routes the workers' replies back to clients, and the kernel refuses while it is off; set {sysctl}=1",
-                options.forward,
-                self.instance.iface
-            );
+        for iface in &self.instance.ifaces {
+            if let Some(sysctl) = crate::control::nat::forwarding_off(&iface.name, vip.addr) {
+                bail!(
+                    "--forward {} needs IP forwarding on {}: lb routes the workers' replies back to clients, and the kernel refuses while it is off; set {sysctl}=1",
+                    options.forward,
+                    iface.name
+                );
+            }
         }
         Ok(())
     }
@@ -809,7 +867,7 @@ impl Controller {
             bail!(
                 "--forward {} needs an outer source address: {} has no {family}address; give lb run --tunnel-source",
                 options.forward,
-                self.instance.iface
+                self.instance.ifaces[0].name
             );
         }
         Ok(())
@@ -835,8 +893,15 @@ impl Controller {
         tracing::info!(
             "worker {addr} of {vip}: {}",
             match hop {
-                Hop::Via(at) if at == addr => "reached on this link".to_owned(),
-                Hop::Via(at) => format!("reached through {at}"),
+                Hop::Via(at, ifindex) if at == addr => format!(
+                    "reached on the link of {}",
+                    self.instance
+                        .ifaces
+                        .iter()
+                        .find(|i| i.index == ifindex)
+                        .map_or("?", |i| i.name.as_str())
+                ),
+                Hop::Via(at, _) => format!("reached through {at}"),
                 Hop::Missing(reason) => reason.to_owned(),
             }
         );
@@ -855,13 +920,14 @@ impl Controller {
         weight: u32,
     ) -> anyhow::Result<()> {
         check_not_own(&mut self.netlink, [worker])?;
-        check_subnet_edges(&mut self.netlink, self.ifindex, [("worker", worker)])?;
+        let ifindexes = self.instance.ifindexes();
+        check_subnet_edges(&mut self.netlink, &ifindexes, [("worker", worker)])?;
         self.check_tunnel(&self.desired.vip(&vip)?.options.clone(), Some(worker))?;
         let hop = self.hop_for(&vip, worker);
         if hop == Hop::Missing(NO_ROUTE) {
             bail!(
                 "no route to {worker} through {}: lb could not send it anything (add a route, or check the address)",
-                self.instance.iface
+                self.instance.iface_names()
             );
         }
         let id = self.desired.add_worker_on(&vip, worker, port, weight)?;
@@ -1052,6 +1118,10 @@ impl Controller {
             port,
             mtu: self.instance.tunnels.mtu,
             tunnel_source: self.instance.tunnels.source_for(live.addr),
+            egress: live
+                .hop
+                .at()
+                .map_or(0, |(_, ifindex)| self.instance.egress_slot(ifindex)),
         };
         self.maps
             .write_backend(id, &entry)
@@ -1158,7 +1228,7 @@ impl Controller {
             unpinned,
             lost,
         } = pins.check(&mut self.netlink);
-        let (iface, dir) = (&self.instance.iface, self.instance.pin_dir.display());
+        let (iface, dir) = (self.instance.iface_names(), self.instance.pin_dir.display());
         if !restored.is_empty() {
             self.attachment.restores += 1;
             if restored.iter().any(|r| r == crate::dataplane::LINK_PIN) {
@@ -1220,16 +1290,21 @@ pub fn check_not_own(
 }
 
 /// Refuses VIPs and workers (`what`, address) at an edge of a subnet of
-/// the balancer's interface `ifindex`, its network or broadcast address:
-/// no host has one. The edges of subnets beyond the link lb can't know.
+/// the balancer's interfaces `ifindexes`, its network or broadcast
+/// address: no host has one. The edges of subnets beyond the links lb
+/// can't know.
 pub fn check_subnet_edges(
     netlink: &mut Netlink,
-    ifindex: u32,
+    ifindexes: &[u32],
     addresses: impl IntoIterator<Item = (&'static str, IpAddr)>,
 ) -> anyhow::Result<()> {
-    let subnets = netlink
-        .interface_prefixes(ifindex)
-        .context("reading the interface's addresses")?;
+    let mut subnets = Vec::new();
+    for &ifindex in ifindexes {
+        let prefixes = netlink
+            .interface_prefixes(ifindex)
+            .context("reading the interface's addresses")?;
+        subnets.extend(prefixes);
+    }
     for (what, addr) in addresses {
         // Loopback and the like get the state's more precise refusal.
         if service::unicast_problem(addr).is_some() {

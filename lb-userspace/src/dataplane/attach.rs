@@ -26,14 +26,18 @@ use super::{
     guard::PinGuard,
     object,
     pins::{
-        check_layout, check_name, detach_pins, lock_pin_dir, mark_iface, mark_layout, mark_name,
-        prepare_pin_dir, remove_pins, unpin_all, HeldLock, LINK_PIN,
+        check_layout, check_name, detach_pins, link_pin, lock_pin_dir, mark_ifaces, mark_layout,
+        mark_name, other_links, prepare_pin_dir, remove_pins, unpin_all, HeldLock,
     },
     AttachMode, DataplaneError, MAX_FLOWS,
 };
 use crate::{
     desired::state::Limits,
-    kernel::{iface, netlink::Netlink, private, privileges},
+    kernel::{
+        iface,
+        netlink::{Netlink, XdpState},
+        private, privileges,
+    },
 };
 
 /// What to attach where.
@@ -41,8 +45,10 @@ use crate::{
 pub struct AttachOptions {
     /// The instance's name, marked on the pin directory.
     pub name: String,
-    /// Interface name in the current network namespace.
-    pub iface: String,
+    /// Interface names in the current network namespace, in `--iface`
+    /// order (never empty): the first's link is pinned as `link`, the
+    /// others' as `link-NAME`.
+    pub ifaces: Vec<String>,
     /// Native or generic XDP.
     pub mode: AttachMode,
     /// Directory on a BPF filesystem for this instance's pins.
@@ -109,12 +115,40 @@ pub struct Dataplane {
 
 /// What [`Dataplane::attach`] will do with what is pinned.
 struct Plan {
-    /// The program of the pinned link, if there is one.
-    previous: Option<u32>,
+    /// Each interface's link, in `--iface` order.
+    links: Vec<LinkPlan>,
     /// Unpin the maps first (another layout or size, with `--force`).
     replace_maps: bool,
+    /// The pins of links on interfaces no longer asked for: removed once
+    /// the program runs on those asked for, which takes it off them.
+    stale: Vec<PathBuf>,
+}
+
+/// What [`Dataplane::attach`] will do on one interface.
+struct LinkPlan {
+    /// The interface's name.
+    iface: String,
+    /// Its index.
+    if_index: u32,
+    /// Where its link is pinned.
+    pin: PathBuf,
+    /// The program of the pinned link, if there is one.
+    previous: Option<u32>,
     /// Attach afresh instead of swapping in (another XDP mode, `--force`).
     reattach: bool,
+}
+
+impl Plan {
+    /// What is done on the first interface, which stands for the whole.
+    fn takeover(&self) -> Takeover {
+        let first = &self.links[0];
+        match first.previous {
+            None => Takeover::Fresh,
+            Some(previous_program) if self.replace_maps => Takeover::Replaced { previous_program },
+            Some(previous_program) if first.reattach => Takeover::Reattached { previous_program },
+            Some(previous_program) => Takeover::Adopted { previous_program },
+        }
+    }
 }
 
 impl Dataplane {
@@ -123,8 +157,11 @@ impl Dataplane {
     /// link an earlier lb pinned. What is pinned must be what was asked
     /// (interface, mode, table size), or `--force` must say to apply it.
     pub fn attach(options: AttachOptions) -> Result<Self, DataplaneError> {
-        let if_index = iface::index_of(&options.iface)
-            .ok_or_else(|| DataplaneError::NoSuchInterface(options.iface.clone()))?;
+        let if_indexes = (options.ifaces.iter())
+            .map(|name| {
+                iface::index_of(name).ok_or_else(|| DataplaneError::NoSuchInterface(name.clone()))
+            })
+            .collect::<Result<Vec<u32>, _>>()?;
         if !privileges::can_manage_xdp() {
             return Err(DataplaneError::NotPermitted);
         }
@@ -143,7 +180,7 @@ impl Dataplane {
             }
         };
         let had_pins = super::has_pins(&dir);
-        let (ebpf, program_id, takeover) = match attach_in(&dir, &options, if_index) {
+        let (ebpf, program_id, takeover) = match attach_in(&dir, &options, &if_indexes) {
             Ok(attached) => attached,
             Err(error) => {
                 // A refused start leaves nothing behind that it made.
@@ -155,7 +192,11 @@ impl Dataplane {
                 return Err(error);
             }
         };
-        let pins = PinGuard::open(&dir, &options.name, &lock, if_index, program_id);
+        let links: Vec<_> = (options.ifaces.iter().enumerate())
+            .zip(&if_indexes)
+            .map(|((n, name), &if_index)| (link_pin(n, name), if_index))
+            .collect();
+        let pins = PinGuard::open(&dir, &options.name, &lock, &links, program_id);
         if let Err(error) = &pins {
             tracing::warn!("holding the pins under {}: {error}", dir.display());
         }
@@ -236,74 +277,68 @@ impl Dataplane {
 fn attach_in(
     dir: &Path,
     options: &AttachOptions,
-    if_index: u32,
+    if_indexes: &[u32],
 ) -> Result<(Ebpf, u32, Takeover), DataplaneError> {
     check_name(dir, &options.name)?;
-    let plan = plan(dir, options, if_index)?;
+    let plan = plan(dir, options, if_indexes)?;
     if plan.replace_maps {
         remove_pins(dir);
     }
-    if plan.reattach {
+    for link in plan.links.iter().filter(|link| link.reattach) {
         // The old link goes with its last reference: the program stops
-        // until the new attachment below.
-        let _ = fs::remove_file(dir.join(LINK_PIN));
+        // there until the new attachment below.
+        let _ = fs::remove_file(&link.pin);
     }
     let had_maps = map_names::ALL.iter().any(|name| dir.join(name).exists());
-    let attached = load_and_attach(options, if_index, &plan);
+    let attached = load_and_attach(options, &plan);
     if attached.is_err() && !had_maps {
         // Leave nothing behind that no program uses.
         remove_pins(dir);
     }
     let attached = attached?;
+    for stale in &plan.stale {
+        // Its last reference: the program leaves that interface.
+        let _ = fs::remove_file(stale);
+        tracing::info!(
+            "{} is no longer asked for: lb's program left its interface",
+            stale.display()
+        );
+    }
     mark_layout(dir)?;
     mark_name(dir, &options.name)?;
-    mark_iface(dir, &options.iface)?;
+    let ifaces: Vec<(u32, String)> = (plan.links.iter())
+        .map(|link| (link.if_index, link.iface.clone()))
+        .collect();
+    mark_ifaces(dir, &ifaces)?;
     Ok(attached)
 }
 
 /// Decides what to do with what is pinned under `dir`, refusing what does
 /// not match the options unless `--force` says to apply them.
-fn plan(dir: &Path, options: &AttachOptions, if_index: u32) -> Result<Plan, DataplaneError> {
+fn plan(dir: &Path, options: &AttachOptions, if_indexes: &[u32]) -> Result<Plan, DataplaneError> {
     let mut replace_maps = check_layout(dir, options.force)?;
-    let link_path = dir.join(LINK_PIN);
-    if !link_path.exists() {
-        return Ok(Plan {
-            previous: None,
-            replace_maps,
-            reattach: false,
-        });
-    }
-    let previous = pinned_program(&link_path)?;
-    let running = Netlink::open()
-        .and_then(|mut netlink| netlink.xdp(if_index))
-        .map_err(|source| DataplaneError::PinDir {
-            path: dir.to_owned(),
-            source,
-        })?;
-    if running.program_id != previous {
-        return Err(DataplaneError::ForeignLink {
-            dir: dir.to_owned(),
-            iface: options.iface.clone(),
-            program: previous,
-        });
-    }
-    let mismatch = |what, pinned: String, asked: String, consequence| {
-        Err(DataplaneError::Mismatch {
-            dir: dir.to_owned(),
-            what,
-            pinned,
-            asked,
-            consequence,
+    let mut netlink = Netlink::open().map_err(|source| DataplaneError::PinDir {
+        path: dir.to_owned(),
+        source,
+    })?;
+    let links = (options.ifaces.iter().enumerate())
+        .zip(if_indexes)
+        .map(|((n, iface), &if_index)| {
+            let pin = dir.join(link_pin(n, iface));
+            plan_link(&mut netlink, dir, options, (iface, if_index), pin)
         })
-    };
-    let reattach = running.mode != <&str>::from(options.mode);
-    if reattach && !options.force {
-        return mismatch(
-            "--xdp-mode",
-            running.mode.to_owned(),
-            options.mode.to_string(),
-            "forwarding pauses while the program is attached again; flows are kept",
-        );
+        .collect::<Result<Vec<_>, _>>()?;
+    let wanted: Vec<&Path> = links.iter().map(|link| link.pin.as_path()).collect();
+    let stale = (other_links(dir).into_iter())
+        .map(|pin| dir.join(pin))
+        .filter(|pin| !wanted.contains(&pin.as_path()))
+        .collect();
+    if links.iter().all(|link| link.previous.is_none()) {
+        return Ok(Plan {
+            links,
+            replace_maps,
+            stale,
+        });
     }
     let sizes = [
         ("--max-flows", map_names::FLOWS, options.max_flows),
@@ -317,20 +352,73 @@ fn plan(dir: &Path, options: &AttachOptions, if_index: u32) -> Result<Plan, Data
             continue;
         }
         if !options.force {
-            return mismatch(
+            return Err(DataplaneError::Mismatch {
+                dir: dir.to_owned(),
                 what,
-                pinned.unwrap_or_default().to_string(),
-                asked.to_string(),
-                "new maps: established connections are scheduled afresh",
-            );
+                pinned: pinned.unwrap_or_default().to_string(),
+                asked: asked.to_string(),
+                consequence: "new maps: established connections are scheduled afresh",
+            });
         }
         replace_maps = true;
     }
     Ok(Plan {
-        previous: Some(previous),
+        links,
         replace_maps,
-        reattach,
+        stale,
     })
+}
+
+/// Decides what to do on interface `iface` (index `if_index`), whose link
+/// is pinned at `pin` if it is: swap the program in on it, attach afresh,
+/// or refuse what does not match.
+fn plan_link(
+    netlink: &mut Netlink,
+    dir: &Path,
+    options: &AttachOptions,
+    (iface, if_index): (&str, u32),
+    pin: PathBuf,
+) -> Result<LinkPlan, DataplaneError> {
+    let running = netlink
+        .xdp(if_index)
+        .map_err(|source| DataplaneError::PinDir {
+            path: dir.to_owned(),
+            source,
+        })?;
+    let mut plan = LinkPlan {
+        iface: iface.to_owned(),
+        if_index,
+        pin,
+        previous: None,
+        reattach: false,
+    };
+    if !plan.pin.exists() {
+        if running.program_id != 0 {
+            return Err(busy_error(iface, running, dir));
+        }
+        return Ok(plan);
+    }
+    let previous = pinned_program(&plan.pin)?;
+    if running.program_id != previous {
+        return Err(DataplaneError::ForeignLink {
+            dir: dir.to_owned(),
+            iface: iface.to_owned(),
+            program: previous,
+        });
+    }
+    let reattach = running.mode != <&str>::from(options.mode);
+    if reattach && !options.force {
+        return Err(DataplaneError::Mismatch {
+            dir: dir.to_owned(),
+            what: "--xdp-mode",
+            pinned: running.mode.to_owned(),
+            asked: options.mode.to_string(),
+            consequence: "forwarding pauses while the program is attached again; flows are kept",
+        });
+    }
+    plan.previous = Some(previous);
+    plan.reattach = reattach;
+    Ok(plan)
 }
 
 /// The program of the link pinned at `path`.
@@ -354,10 +442,10 @@ fn pinned_capacity(dir: &Path, name: &str) -> Option<u32> {
     Some(map.info().ok()?.max_entries())
 }
 
-/// Loads the object and attaches or swaps in its balancer as planned.
+/// Loads the object and attaches or swaps in its balancer as planned, on
+/// every interface.
 fn load_and_attach(
     options: &AttachOptions,
-    if_index: u32,
     plan: &Plan,
 ) -> Result<(Ebpf, u32, Takeover), DataplaneError> {
     let mut ebpf = load(options)?;
@@ -365,28 +453,14 @@ fn load_and_attach(
     let program: &mut Xdp = balancer(&mut ebpf)?;
     program.load().map_err(verify_error)?;
     let program_id = program.info().map_err(verify_error)?.id();
-    let link_path = options.pin_dir.join(LINK_PIN);
-    let takeover = match plan.previous {
-        Some(previous_program) if !plan.reattach => {
-            swap_in(program, &link_path)?;
-            if plan.replace_maps {
-                Takeover::Replaced { previous_program }
-            } else {
-                Takeover::Adopted { previous_program }
-            }
+    for link in &plan.links {
+        if link.previous.is_some() && !link.reattach {
+            swap_in(program, &link.pin)?;
+        } else {
+            attach_fresh(program, link, options)?;
         }
-        previous => {
-            attach_fresh(program, if_index, options, &link_path)?;
-            match previous {
-                None => Takeover::Fresh,
-                Some(previous_program) if plan.replace_maps => {
-                    Takeover::Replaced { previous_program }
-                }
-                Some(previous_program) => Takeover::Reattached { previous_program },
-            }
-        }
-    };
-    Ok((ebpf, program_id, takeover))
+    }
+    Ok((ebpf, program_id, plan.takeover()))
 }
 
 /// Loads the tunnel program (IPIP and GUE), the NAT programs and the
@@ -486,15 +560,16 @@ fn swap_in(program: &mut Xdp, link_path: &Path) -> Result<u32, DataplaneError> {
     Ok(previous)
 }
 
-/// Attaches `program` to the interface and pins the bpf_link that holds it.
+/// Attaches `program` to the link's interface and pins the bpf_link that
+/// holds it.
 fn attach_fresh(
     program: &mut Xdp,
-    if_index: u32,
+    link: &LinkPlan,
     options: &AttachOptions,
-    link_path: &Path,
 ) -> Result<(), DataplaneError> {
+    let (if_index, link_path) = (link.if_index, &link.pin);
     let attach_error = |source: Box<ProgramError>| DataplaneError::Attach {
-        iface: options.iface.clone(),
+        iface: link.iface.clone(),
         mode: options.mode.into(),
         hint: match options.mode {
             AttachMode::Native => " (if the driver has no native XDP, try --xdp-mode generic)",
@@ -504,36 +579,41 @@ fn attach_fresh(
     };
     let id = program
         .attach_to_if_index(if_index, options.mode.xdp_mode())
-        .map_err(|e| busy(if_index, options).unwrap_or_else(|| attach_error(Box::new(e))))?;
+        .map_err(|e| busy(link, options).unwrap_or_else(|| attach_error(Box::new(e))))?;
     let link = program
         .take_link(id)
         .map_err(|e| attach_error(Box::new(e)))?;
     let link: FdLink = link.try_into().map_err(|_| DataplaneError::NoBpfLink)?;
     link.pin(link_path).map_err(|source| DataplaneError::Pin {
-        map: LINK_PIN,
+        map: "link",
         path: options.pin_dir.clone(),
         source,
     })?;
     Ok(())
 }
 
-/// The error for an interface that already runs an XDP program, if it
-/// does.
-fn busy(if_index: u32, options: &AttachOptions) -> Option<DataplaneError> {
-    let running = Netlink::open().ok()?.xdp(if_index).ok()?;
+/// The error for the link's interface if it already runs an XDP program.
+fn busy(link: &LinkPlan, options: &AttachOptions) -> Option<DataplaneError> {
+    let running = Netlink::open().ok()?.xdp(link.if_index).ok()?;
     if running.program_id == 0 {
         return None;
     }
+    Some(busy_error(&link.iface, running, &options.pin_dir))
+}
+
+/// The error for interface `iface`, which runs XDP program `running`
+/// that lb did not pin under `dir`.
+fn busy_error(iface: &str, running: XdpState, dir: &Path) -> DataplaneError {
     let name = aya::programs::loaded_programs()
         .flatten()
         .find(|p| p.id() == running.program_id)
         .and_then(|p| p.name_as_str().map(str::to_owned))
         .unwrap_or_else(|| "?".into());
-    Some(DataplaneError::Busy {
-        iface: options.iface.clone(),
+    DataplaneError::Busy {
+        iface: iface.to_owned(),
         name,
         id: running.program_id,
         mode: running.mode,
-        dir: options.pin_dir.clone(),
-    })
+        dir: dir.to_owned(),
+    }
 }

@@ -19,24 +19,27 @@ use std::{
 use aya::programs::links::{FdLink, PinnedLink};
 use lb_common::map_names;
 
-use super::pins::{self, lock_path, try_lock, HeldLock, LINK_PIN};
+use super::pins::{self, lock_path, try_lock, HeldLock};
 use crate::kernel::{netlink::Netlink, private};
 
 /// What stands for the lock file among the missing pins.
 const LOCK_ENTRY: &str = "lock file";
 
-/// References to an instance's link and maps, and a share of its pin
+/// References to an instance's links and maps, and a share of its pin
 /// directory's lock, held by the controller.
 pub struct PinGuard {
     dir: PathBuf,
     name: String,
-    /// The link and every map, by the name of their pin.
-    objects: Vec<(&'static str, OwnedFd)>,
-    link_id: u32,
+    /// The links and every map, by the name of their pin.
+    objects: Vec<(String, OwnedFd)>,
+    /// Each link: its pin name, its interface's index and its id.
+    links: Vec<(String, u32, u32)>,
     lock: HeldLock,
-    if_index: u32,
     program_id: u32,
 }
+
+/// A link of the program's: its pin name and its interface's index.
+pub(super) type LinkPin = (String, u32);
 
 /// What [`PinGuard::check`] found.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -54,30 +57,33 @@ pub struct PinCheck {
 
 impl PinGuard {
     /// Takes references to what is pinned under `dir` for instance `name`,
-    /// whose program `program_id` runs on interface `if_index`.
+    /// whose program `program_id` runs through `links`.
     pub(super) fn open(
         dir: &Path,
         name: &str,
         lock: &HeldLock,
-        if_index: u32,
+        links: &[LinkPin],
         program_id: u32,
     ) -> io::Result<Self> {
-        let link_id =
-            FdLink::from(PinnedLink::from_pin(dir.join(LINK_PIN)).map_err(io::Error::other)?)
-                .info()
-                .map_err(io::Error::other)?
-                .id();
-        let objects = std::iter::once(LINK_PIN)
-            .chain(map_names::ALL.iter().copied())
-            .map(|pin| Ok((pin, obj_get(&dir.join(pin))?)))
+        let links = links
+            .iter()
+            .map(|(pin, if_index)| Ok((pin.clone(), *if_index, link_id(&dir.join(pin))?)))
+            .collect::<io::Result<Vec<_>>>()?;
+        let objects = links
+            .iter()
+            .map(|(pin, ..)| pin.clone())
+            .chain(map_names::ALL.iter().map(|&m| m.to_owned()))
+            .map(|pin| {
+                let fd = obj_get(&dir.join(&pin))?;
+                Ok((pin, fd))
+            })
             .collect::<io::Result<_>>()?;
         Ok(Self {
             dir: dir.to_owned(),
             name: name.to_owned(),
             objects,
-            link_id,
+            links,
             lock: lock.share()?,
-            if_index,
             program_id,
         })
     }
@@ -90,17 +96,41 @@ impl PinGuard {
             Ok(restored) => (restored, None),
             Err(why) => (Vec::new(), Some(why)),
         };
-        let lost = match netlink.xdp(self.if_index) {
-            Ok(xdp) if xdp.program_id == self.program_id => None,
-            Ok(xdp) if xdp.program_id == 0 => Some("no XDP program runs".into()),
-            Ok(xdp) => Some(format!("XDP program {} runs instead", xdp.program_id)),
-            Err(error) => Some(format!("the interface can't be read: {error}")),
-        };
+        let lost = self
+            .links
+            .iter()
+            .find_map(|&(_, if_index, _)| self.lost_on(netlink, if_index));
         PinCheck {
             restored,
             unpinned,
             lost,
         }
+    }
+
+    /// Why interface `if_index` no longer runs lb's program; `None` while
+    /// it does.
+    fn lost_on(&self, netlink: &mut Netlink, if_index: u32) -> Option<String> {
+        let iface = crate::kernel::iface::name_of(if_index)
+            .unwrap_or_else(|| format!("interface {if_index}"));
+        match netlink.xdp(if_index) {
+            Ok(xdp) if xdp.program_id == self.program_id => None,
+            Ok(xdp) if xdp.program_id == 0 => Some(format!("no XDP program runs on {iface}")),
+            Ok(xdp) => Some(format!(
+                "XDP program {} runs on {iface} instead",
+                xdp.program_id
+            )),
+            Err(error) => Some(format!("{iface} can't be read: {error}")),
+        }
+    }
+
+    /// The interfaces whose names are known now: their indexes and names.
+    fn ifaces(&self) -> Vec<(u32, String)> {
+        self.links
+            .iter()
+            .filter_map(|&(_, if_index, _)| {
+                Some((if_index, crate::kernel::iface::name_of(if_index)?))
+            })
+            .collect()
     }
 
     /// Pins again what is missing; what that was, or why nothing was
@@ -113,10 +143,11 @@ impl PinGuard {
             format!("{} {exposure}", path.display())
         };
         private::check_tree(&self.dir).map_err(unsafe_dir)?;
-        // The interface's name as it is now, for the mark `lb capture`
-        // names it by.
-        let iface = crate::kernel::iface::name_of(self.if_index);
-        let mut missing = pins::missing(&self.dir, &self.name, iface.as_deref());
+        // The interfaces' names as they are now, for the marks `lb
+        // capture` names them by.
+        let ifaces = self.ifaces();
+        let links: Vec<String> = self.links.iter().map(|(pin, ..)| pin.clone()).collect();
+        let mut missing = pins::missing(&self.dir, &self.name, &links, &ifaces);
         if !self.lock.in_place() {
             missing.push(LOCK_ENTRY.into());
         }
@@ -132,7 +163,7 @@ impl PinGuard {
                     .map_err(|e| format!("pinning {pin} again failed: {e}"))?;
             }
         }
-        pins::mark_all(&self.dir, &self.name, iface.as_deref()).map_err(|e| format!("{e:#}"))?;
+        pins::mark_all(&self.dir, &self.name, &ifaces).map_err(|e| format!("{e:#}"))?;
         if missing.iter().any(|m| m == LOCK_ENTRY) {
             let path = lock_path(&self.dir);
             self.lock = try_lock(&path)
@@ -147,14 +178,20 @@ impl PinGuard {
         Ok(missing)
     }
 
-    /// Whether the program's link is pinned where the instance keeps it:
-    /// if not, the program leaves the interface once no process holds
-    /// the link.
+    /// Whether the program's links are pinned where the instance keeps
+    /// them: if not, the program leaves an interface once no process
+    /// holds its link.
     pub fn link_pinned(&self) -> bool {
-        PinnedLink::from_pin(self.dir.join(LINK_PIN))
-            .and_then(|pinned| FdLink::from(pinned).info())
-            .is_ok_and(|info| info.id() == self.link_id)
+        self.links
+            .iter()
+            .all(|(pin, _, id)| link_id(&self.dir.join(pin)).is_ok_and(|found| found == *id))
     }
+}
+
+/// The id of the link pinned at `path`.
+fn link_id(path: &Path) -> io::Result<u32> {
+    let link = FdLink::from(PinnedLink::from_pin(path).map_err(io::Error::other)?);
+    Ok(link.info().map_err(io::Error::other)?.id())
 }
 
 /// A new reference to the BPF object pinned at `path` (BPF_OBJ_GET).

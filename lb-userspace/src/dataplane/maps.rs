@@ -9,12 +9,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aya::maps::{Array, ArrayOfMaps, HashMap, Map, MapData, MapError, PerCpuArray};
+use aya::maps::{Array, ArrayOfMaps, DevMapHash, HashMap, Map, MapData, MapError, PerCpuArray};
 use lb_common::{
     balancer::{
-        vip_filter_bit, vip_tag, Backend, Config, StickyKey, TrafficCounters, VipAddrKey, VipInfo,
-        VipKey, VipTag, BACKEND_MAC_KNOWN, BACKEND_VALID, NO_BACKEND, VIP_FILTER_WORDS,
-        VIP_HAS_PINS, VIP_STICKY,
+        vip_filter_bit, vip_tag, Backend, Config, Egress, StickyKey, TrafficCounters, VipAddrKey,
+        VipInfo, VipKey, VipTag, BACKEND_MAC_KNOWN, BACKEND_VALID, MAX_INTERFACES, NO_BACKEND,
+        VIP_FILTER_WORDS, VIP_HAS_PINS, VIP_STICKY,
     },
     map_names, LAYOUT_VERSION,
 };
@@ -44,6 +44,9 @@ pub struct WorkerEntry {
     pub mtu: u16,
     /// Outer source of its tunnel, when its family has one.
     pub tunnel_source: Option<IpAddr>,
+    /// The slot of the interface it is reached through
+    /// ([`ControlMaps::write_interfaces`]); 0 with one interface.
+    pub egress: u8,
 }
 
 /// Flags of every Maglev table, as the data plane's template has them:
@@ -71,6 +74,10 @@ pub struct ControlMaps {
     new_tables: Vec<(Vip, VipInfo, MapData)>,
     /// The NAT maps.
     nat: super::nat::NatMaps,
+    /// lb's interfaces by slot, for frames that leave by one of them.
+    egress: Array<MapData, Egress>,
+    /// lb's interfaces by index, for redirects to them.
+    ifaces: DevMapHash<MapData>,
 }
 
 fn take(ebpf: &mut aya::Ebpf, name: &str) -> Map {
@@ -114,7 +121,41 @@ impl ControlMaps {
             maglev_fd,
             new_tables: Vec::new(),
             nat: super::nat::NatMaps::take(ebpf)?,
+            egress: take(ebpf, map_names::EGRESS).try_into()?,
+            ifaces: take(ebpf, map_names::IFACES).try_into()?,
         })
+    }
+
+    /// Writes lb's interfaces (index and MAC, in `--iface` order) into
+    /// the egress slots from 1 on and the device map, and removes any
+    /// other. With one interface every frame leaves where it came in:
+    /// nothing is written, and workers' slots stay 0.
+    pub fn write_interfaces(&mut self, ifaces: &[(u32, [u8; 6])]) -> anyhow::Result<()> {
+        let several = if ifaces.len() > 1 { ifaces } else { &[] };
+        for (slot, &(ifindex, mac)) in (1..).zip(several) {
+            let egress = Egress {
+                ifindex,
+                mac,
+                pad: [0; 2],
+            };
+            self.egress.set(slot, egress, 0)?;
+            self.ifaces.insert(ifindex, ifindex, None, 0).map_err(|e| {
+                anyhow::anyhow!("adding interface {ifindex} to the device map: {e}")
+            })?;
+        }
+        for slot in several.len() as u32 + 1..=MAX_INTERFACES {
+            self.egress.set(slot, Egress::default(), 0)?;
+        }
+        let stale: Vec<u32> = self
+            .ifaces
+            .keys()
+            .flatten()
+            .filter(|k| !several.iter().any(|&(ifindex, _)| ifindex == *k))
+            .collect();
+        for key in stale {
+            self.ifaces.remove(key)?;
+        }
+        Ok(())
     }
 
     /// The NAT maps.
@@ -169,7 +210,7 @@ impl ControlMaps {
             vip_id: worker.vip_id,
             generation: worker.generation,
             forward: worker.forward,
-            pad: 0,
+            egress: worker.egress,
             gue_port: worker.gue_port.to_be(),
             mtu: worker.mtu,
             port: worker.port.to_be(),

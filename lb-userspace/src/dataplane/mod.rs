@@ -28,7 +28,7 @@ pub use attach::{load_tail_calls, AttachOptions, Dataplane, ProgramStats, Takeov
 pub use guard::{PinCheck, PinGuard};
 pub use pins::{
     capture_lock_path, check_pin_dir, check_private, detach_pins, has_pins, lock_path,
-    pinned_iface, prepare_pin_dir, take_lock, LINK_PIN, LOCK_DIR,
+    pinned_ifaces, prepare_pin_dir, take_lock, LINK_PIN, LOCK_DIR,
 };
 
 /// Default capacity of the flow table.
@@ -68,6 +68,12 @@ impl AttachMode {
 /// Why the data plane could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum DataplaneError {
+    /// An interface was named twice.
+    #[error("--iface {0} is given twice: name each interface once")]
+    DuplicateInterface(String),
+    /// More interfaces than the data plane has slots for.
+    #[error("{0} interfaces given: lb runs on at most {max}", max = lb_common::balancer::MAX_INTERFACES)]
+    TooManyInterfaces(usize),
     /// The interface does not exist in this network namespace.
     #[error("no network interface named `{0}` here; `ip link` lists the interfaces")]
     NoSuchInterface(String),

@@ -17,17 +17,39 @@ use crate::kernel::{
     private::{self, Exposure},
 };
 
-/// Pin name of the bpf_link that holds the program on the interface.
+/// Pin name of the bpf_link that holds the program on the first
+/// interface (`lb run --iface`, the first given).
 pub const LINK_PIN: &str = "link";
+/// Prefix of the pin names of the links on the other interfaces, which
+/// the interface's name follows (`link-eth1`).
+const OTHER_LINK: &str = "link-";
 /// Prefix of the directory that marks the layout of the pinned maps.
 const LAYOUT_MARK: &str = "layout-";
 /// Prefix of the directory that marks the name of the instance pinned
 /// there.
 const NAME_MARK: &str = "name-";
-/// Prefix of the directory that names the interface the program is
-/// attached to: its index means another interface, or none, to a reader
-/// in another network namespace (`lb capture` run from the host).
+/// Prefix of the directories that name the interfaces the program is
+/// attached to, `iface-INDEX-NAME`: an index means another interface, or
+/// none, to a reader in another network namespace (`lb capture` run from
+/// the host). lb before several interfaces marked `iface-NAME`.
 const IFACE_MARK: &str = "iface-";
+
+/// The pin name of the link on the `n`th interface (from 0), `iface`.
+pub fn link_pin(n: usize, iface: &str) -> String {
+    if n == 0 {
+        LINK_PIN.to_owned()
+    } else {
+        format!("{OTHER_LINK}{iface}")
+    }
+}
+
+/// The pin names of the links on interfaces other than the first pinned
+/// under `dir`.
+pub(super) fn other_links(dir: &Path) -> Vec<String> {
+    marks(dir, OTHER_LINK)
+        .map(|iface| format!("{OTHER_LINK}{iface}"))
+        .collect()
+}
 
 /// Where controllers keep the lock files of the pin directories they
 /// manage (bpffs holds no plain files, and a lock on the directory itself
@@ -92,20 +114,37 @@ pub(super) fn mark_name(dir: &Path, name: &str) -> Result<(), DataplaneError> {
     mark(dir, &format!("{NAME_MARK}{name}"))
 }
 
-/// Marks the pin directory with the interface's name, in place of any
-/// other's (the program moved with `--force`, or the interface was renamed).
-pub(super) fn mark_iface(dir: &Path, iface: &str) -> Result<(), DataplaneError> {
-    for old in marks(dir, IFACE_MARK).filter(|found| found != iface) {
+/// Marks the pin directory with the interfaces' indexes and names, in
+/// place of any other's (the program moved with `--force`, an interface
+/// was renamed, added or left).
+pub(super) fn mark_ifaces(dir: &Path, ifaces: &[(u32, String)]) -> Result<(), DataplaneError> {
+    let wanted: Vec<String> = ifaces
+        .iter()
+        .map(|(index, name)| format!("{index}-{name}"))
+        .collect();
+    for old in marks(dir, IFACE_MARK).filter(|found| !wanted.contains(found)) {
         let _ = fs::remove_dir(dir.join(format!("{IFACE_MARK}{old}")));
     }
-    mark(dir, &format!("{IFACE_MARK}{iface}"))
+    wanted
+        .iter()
+        .try_for_each(|found| mark(dir, &format!("{IFACE_MARK}{found}")))
 }
 
-/// The name of the interface the program pinned under `dir` is attached
-/// to, as the controller that attached or adopted it named it; `None` for
-/// a pin directory from an lb before the mark.
-pub fn pinned_iface(dir: &Path) -> Option<String> {
-    marks(dir, IFACE_MARK).next()
+/// The interfaces the program pinned under `dir` is attached to, as the
+/// controller that attached or adopted it named them: index (unknown in
+/// a mark from an lb before several interfaces) and name.
+pub fn pinned_ifaces(dir: &Path) -> Vec<(Option<u32>, String)> {
+    marks(dir, IFACE_MARK)
+        .map(|found| {
+            let parsed = found
+                .split_once('-')
+                .and_then(|(index, name)| Some((index.parse().ok()?, name.to_owned())));
+            match parsed {
+                Some((index, name)) => (Some(index), name),
+                None => (None, found),
+            }
+        })
+        .collect()
 }
 
 pub(super) fn check_name(dir: &Path, name: &str) -> Result<(), DataplaneError> {
@@ -145,7 +184,7 @@ pub(super) fn remove_pins(dir: &Path) {
     }
 }
 
-/// Removes every pin of an instance: the link (which detaches the program
+/// Removes every pin of an instance: the links (which detach the program
 /// once no process holds it), the maps, its marks and its lock files.
 /// The caller holds the pin directory's lock (a lock file is removed only
 /// by its holder, see [`take_lock`]).
@@ -161,6 +200,9 @@ pub fn detach_pins(dir: &Path) {
 pub(super) fn unpin_all(dir: &Path) {
     remove_pins(dir);
     let _ = fs::remove_file(dir.join(LINK_PIN));
+    for link in other_links(dir) {
+        let _ = fs::remove_file(dir.join(link));
+    }
     for prefix in [NAME_MARK, IFACE_MARK] {
         for name in marks(dir, prefix).collect::<Vec<_>>() {
             let _ = fs::remove_dir(dir.join(format!("{prefix}{name}")));
@@ -169,22 +211,39 @@ pub(super) fn unpin_all(dir: &Path) {
 }
 
 /// The names of the pins and marks an instance keeps under its pin
-/// directory that are missing: what a controller pins again.
-pub(super) fn missing(dir: &Path, name: &str, iface: Option<&str>) -> Vec<String> {
-    std::iter::once(LINK_PIN.to_owned())
+/// directory that are missing: what a controller pins again. `links` are
+/// its links' pin names, `ifaces` its interfaces (index and name) whose
+/// names are known.
+pub(super) fn missing(
+    dir: &Path,
+    name: &str,
+    links: &[String],
+    ifaces: &[(u32, String)],
+) -> Vec<String> {
+    links
+        .iter()
+        .cloned()
         .chain(map_names::ALL.iter().map(|&m| m.to_owned()))
         .chain([layout_mark(), format!("{NAME_MARK}{name}")])
-        .chain(iface.map(|iface| format!("{IFACE_MARK}{iface}")))
+        .chain(
+            ifaces
+                .iter()
+                .map(|(index, iface)| format!("{IFACE_MARK}{index}-{iface}")),
+        )
         .filter(|entry| fs::symlink_metadata(dir.join(entry)).is_err())
         .collect()
 }
 
-/// Makes the marks of an instance named `name` on `iface` (when its name
-/// is known) that are missing.
-pub(super) fn mark_all(dir: &Path, name: &str, iface: Option<&str>) -> Result<(), DataplaneError> {
+/// Makes the marks of an instance named `name` on `ifaces` (those whose
+/// names are known) that are missing.
+pub(super) fn mark_all(
+    dir: &Path,
+    name: &str,
+    ifaces: &[(u32, String)],
+) -> Result<(), DataplaneError> {
     mark_layout(dir)?;
     mark_name(dir, name)?;
-    iface.map_or(Ok(()), |iface| mark_iface(dir, iface))
+    mark_ifaces(dir, ifaces)
 }
 
 /// Whether anything of an instance is pinned under `dir`: a link, or maps
@@ -193,6 +252,7 @@ pub fn has_pins(dir: &Path) -> bool {
     std::iter::once(LINK_PIN)
         .chain(map_names::ALL.iter().copied())
         .any(|name| dir.join(name).exists())
+        || !other_links(dir).is_empty()
 }
 
 /// The lock file of pin directory `dir`: its path, escaped as systemd

@@ -211,6 +211,17 @@ impl Netlink {
         Ok(found)
     }
 
+    /// The MAC address of interface `ifindex`.
+    pub fn mac(&mut self, ifindex: u32) -> io::Result<[u8; 6]> {
+        let mut mac = None;
+        self.get_link(ifindex, |attribute| {
+            if let LinkAttribute::Address(bytes) = attribute {
+                mac = <[u8; 6]>::try_from(bytes.as_slice()).ok();
+            }
+        })?;
+        mac.ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "the link has no MAC address"))
+    }
+
     /// The MTU of interface `ifindex`.
     pub fn mtu(&mut self, ifindex: u32) -> io::Result<u32> {
         let mut mtu = None;
@@ -407,10 +418,11 @@ impl ChangeNotices {
         Ok(Self { socket })
     }
 
-    /// Blocks until the kernel reports a change to a neighbour of
-    /// interface `ifindex` or to a route. Notices lost to a full receive
-    /// buffer count as both, since any of them may have been either.
-    pub fn next(&self, ifindex: u32) -> io::Result<Changes> {
+    /// Blocks until the kernel reports a change to a neighbour of one of
+    /// interfaces `ifindexes` or to a route. Notices lost to a full
+    /// receive buffer count as both, since any of them may have been
+    /// either.
+    pub fn next(&self, ifindexes: &[u32]) -> io::Result<Changes> {
         loop {
             let data = match self.socket.recv_from_full() {
                 Ok((data, _)) => data,
@@ -419,7 +431,7 @@ impl ChangeNotices {
                 }
                 Err(error) => return Err(error),
             };
-            let changes = changes_in(&data, ifindex);
+            let changes = changes_in(&data, ifindexes);
             if changes != Changes::default() {
                 return Ok(changes);
             }
@@ -428,7 +440,7 @@ impl ChangeNotices {
 }
 
 /// What a datagram of notices says changed.
-fn changes_in(data: &[u8], ifindex: u32) -> Changes {
+fn changes_in(data: &[u8], ifindexes: &[u32]) -> Changes {
     let mut changes = Changes::default();
     let mut offset = 0;
     while offset < data.len() {
@@ -443,7 +455,7 @@ fn changes_in(data: &[u8], ifindex: u32) -> Changes {
             NetlinkPayload::InnerMessage(
                 RouteNetlinkMessage::NewNeighbour(message)
                 | RouteNetlinkMessage::DelNeighbour(message),
-            ) => changes.neighbours |= message.header.ifindex == ifindex,
+            ) => changes.neighbours |= ifindexes.contains(&message.header.ifindex),
             NetlinkPayload::InnerMessage(
                 RouteNetlinkMessage::NewRoute(route) | RouteNetlinkMessage::DelRoute(route),
             ) => {

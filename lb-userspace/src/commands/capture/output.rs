@@ -47,9 +47,9 @@ use crate::{
 pub struct Names {
     vips: HashMap<u32, Vip>,
     workers: HashMap<u32, Backend>,
-    /// The interface the program is attached to, as its controller named
-    /// it (every record is of a packet that came in there).
-    iface: Option<String>,
+    /// The interfaces the program is attached to, as its controller named
+    /// them: index (unknown in an older lb's mark) and name.
+    ifaces: Vec<(Option<u32>, String)>,
 }
 
 impl Names {
@@ -61,7 +61,7 @@ impl Names {
                 .map(|(vip, id)| (id, vip))
                 .collect(),
             workers: stats::backend_entries(pin_dir)?.into_iter().collect(),
-            iface: crate::dataplane::pinned_iface(pin_dir),
+            ifaces: crate::dataplane::pinned_ifaces(pin_dir),
         })
     }
 
@@ -93,6 +93,29 @@ impl Names {
 
     fn worker(&self, id: u32) -> Option<&Backend> {
         self.workers.get(&id)
+    }
+
+    /// The name of interface `ifindex`, as the controller recorded it (the
+    /// only one, from an lb whose mark has no index).
+    fn iface(&self, ifindex: u32) -> Option<&str> {
+        let found = self
+            .ifaces
+            .iter()
+            .find(|(index, _)| *index == Some(ifindex));
+        let only = match self.ifaces.as_slice() {
+            [(None, name)] => Some(name.as_str()),
+            _ => None,
+        };
+        found.map(|(_, name)| name.as_str()).or(only)
+    }
+
+    /// The interface named in a line: only when there are several.
+    fn iface_in_line(&self, ifindex: u32) -> Option<String> {
+        if self.ifaces.len() < 2 {
+            return None;
+        }
+        let name = self.iface(ifindex).map(str::to_owned);
+        Some(name.unwrap_or_else(|| format!("ifindex {ifindex}")))
     }
 }
 
@@ -187,7 +210,7 @@ impl Output {
                 out.flush()?;
             }
             Sink::Pcapng { writer, interfaces } => {
-                let pinned = self.names.iface.as_deref();
+                let pinned = self.names.iface(record.ifindex);
                 let interface_id = interface(writer, interfaces, record.ifindex, pinned)?;
                 let block = EnhancedPacketBlock {
                     interface_id,
@@ -217,7 +240,8 @@ impl Output {
                 let interface_id = match interfaces.values().min() {
                     Some(id) => *id,
                     None => {
-                        interface(&mut writer, &mut interfaces, 0, self.names.iface.as_deref())?
+                        let first = self.names.ifaces.first().map(|(_, name)| name.as_str());
+                        interface(&mut writer, &mut interfaces, 0, first)?
                     }
                 };
                 let now = SystemTime::now().duration_since(UNIX_EPOCH)?;
@@ -326,6 +350,9 @@ fn metadata(record: &CaptureRecord, names: &Names) -> String {
         _ => "reply",
     };
     let mut text = format!("lb: {action} {}", reason::name(record.reason));
+    if let Some(iface) = names.iface_in_line(record.ifindex) {
+        text += &format!(" in {iface}");
+    }
     if record.vip_id != NO_ID {
         match names.vip(record.vip_id) {
             Some(vip) => text += &format!(" vip {vip}"),

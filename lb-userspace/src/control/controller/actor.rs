@@ -143,7 +143,7 @@ pub fn spawn(
     let (targets, targets_rx) = watch::channel(controller.check_targets());
     let (ttls, ttls_rx) = watch::channel(controller.sticky_ttls());
     let noticed = Noticed::default();
-    listen_to_changes(controller.ifindex(), sender.clone(), noticed.clone())?;
+    listen_to_changes(controller.ifindexes(), sender.clone(), noticed.clone())?;
     let actor = Actor {
         controller,
         receiver,
@@ -176,7 +176,7 @@ struct Noticed {
 /// [`Message::Neighbours`] and [`Message::Routes`]. It ends when the
 /// controller thread has.
 fn listen_to_changes(
-    ifindex: u32,
+    ifindexes: Vec<u32>,
     sender: Sender<Message>,
     noticed: Noticed,
 ) -> std::io::Result<()> {
@@ -184,7 +184,7 @@ fn listen_to_changes(
     std::thread::Builder::new()
         .name("lb-notices".into())
         .spawn(move || loop {
-            let changes = match notices.next(ifindex) {
+            let changes = match notices.next(&ifindexes) {
                 Ok(changes) => changes,
                 Err(error) => {
                     tracing::warn!("listening for neighbour and route changes: {error}; reading the neighbour table once a second instead");

@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use super::{Controller, Live, Reach, UNRESOLVED_GRACE};
+use super::{Controller, Hop, Live, Reach, UNRESOLVED_GRACE};
 use crate::{
     checks::health::{self, HealthState},
     checks::load::{self, Figure, Source},
@@ -199,22 +199,25 @@ impl Controller {
     /// route changed), once per address and kind however many VIPs it
     /// serves, then their neighbours.
     pub fn refresh_routes(&mut self) {
-        let l3: Vec<(u32, Vip, IpAddr, bool)> = self
+        // DSR workers are on a link of lb's; with several, a route says
+        // which.
+        let several = self.instance.ifaces.len() > 1;
+        let routed: Vec<(u32, Vip, IpAddr, Option<bool>)> = self
             .live
             .iter()
             .filter_map(|(id, l)| {
                 let forward = self.desired.vip(&l.vip).ok()?.options.forward;
-                forward
-                    .is_l3()
-                    .then_some((*id, l.vip, l.addr, forward.is_nat()))
+                let nat = forward.is_l3().then_some(forward.is_nat());
+                (nat.is_some() || several).then_some((*id, l.vip, l.addr, nat))
             })
             .collect();
         let mut hops = HashMap::new();
         let mut moved = Vec::new();
-        for (id, vip, addr, nat) in l3 {
-            let hop = *hops
-                .entry((addr, nat))
-                .or_insert_with(|| self.l3_hop(addr, nat));
+        for (id, vip, addr, nat) in routed {
+            let hop = *hops.entry((addr, nat)).or_insert_with(|| match nat {
+                Some(nat) => self.l3_hop(addr, nat),
+                None => Hop::Via(addr, self.dsr_iface(addr)),
+            });
             if self.set_hop(id, vip, addr, hop) {
                 moved.push((id, vip));
             }
@@ -238,23 +241,26 @@ impl Controller {
     /// unresolved ones. Between ticks it runs without `nudge`, when the
     /// kernel reports a neighbour change.
     pub fn refresh_neighbours(&mut self, nudge: bool) {
-        let table = match self.netlink.neighbours(self.ifindex) {
-            Ok(table) => table,
-            Err(error) => {
-                tracing::warn!("reading the neighbour table: {error}");
-                return;
-            }
-        };
+        let mut tables = HashMap::new();
+        for ifindex in self.instance.ifindexes() {
+            match self.netlink.neighbours(ifindex) {
+                Ok(table) => tables.insert(ifindex, table),
+                Err(error) => {
+                    tracing::warn!("reading the neighbour table: {error}");
+                    return;
+                }
+            };
+        }
         let now = Instant::now();
         let mut rewrite = Vec::new();
         let mut reschedule = BTreeSet::new();
         let mut probe = BTreeSet::new();
         let mut solicit = BTreeSet::new();
         for (id, live) in self.live.iter_mut() {
-            let Some(hop) = live.hop.addr() else {
+            let Some((hop, ifindex)) = live.hop.at() else {
                 continue;
             };
-            let entry = table.get(&hop).copied();
+            let entry = tables.get(&ifindex).and_then(|t| t.get(&hop)).copied();
             match entry {
                 Some(Entry::Resolved {
                     confirmed_ms,
@@ -262,7 +268,7 @@ impl Controller {
                     probing: false,
                     ..
                 }) if confirmed_ms > PROBE_AFTER_MS => {
-                    probe.insert(hop);
+                    probe.insert((hop, ifindex));
                 }
                 Some(Entry::Resolved { .. }) => {}
                 _ => {
@@ -286,8 +292,8 @@ impl Controller {
             probe.clear();
             solicit.clear();
         }
-        for addr in probe {
-            if let Err(error) = self.netlink.probe_neighbour(self.ifindex, addr) {
+        for (addr, ifindex) in probe {
+            if let Err(error) = self.netlink.probe_neighbour(ifindex, addr) {
                 tracing::debug!("asking the kernel to probe {addr}: {error}");
             }
         }

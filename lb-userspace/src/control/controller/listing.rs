@@ -184,7 +184,13 @@ impl Controller {
         let announcements = self.announcement_rows();
         Status {
             name: self.instance.name.clone(),
-            iface: self.instance.iface.clone(),
+            iface: self.instance.ifaces[0].name.clone(),
+            ifaces: self
+                .instance
+                .ifaces
+                .iter()
+                .map(|i| i.name.clone())
+                .collect(),
             xdp_mode: self.instance.xdp_mode.clone(),
             program_id: self.instance.program_id,
             attached: self.attachment.lost.is_none(),
