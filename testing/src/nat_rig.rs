@@ -197,6 +197,16 @@ impl NatRig {
         Ok(())
     }
 
+    /// Starts `exe run` (another lb, say a newer one) with the same
+    /// arguments, pins, socket and state file and `extra`, once the
+    /// previous one was stopped or killed.
+    pub fn start_lb_from(&mut self, exe: &Path, extra: &[&str]) -> anyhow::Result<()> {
+        let mut args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        args.extend_from_slice(extra);
+        self.lb = LbProcess::start(exe, &mut self.bed, &self.balancer, "lb", &args)?;
+        Ok(())
+    }
+
     /// Starts `lb run` again with `args` in place of those it had (on
     /// `eth0`, with the same pins, socket and state file).
     pub fn start_lb_with(&mut self, args: &[&str]) -> anyhow::Result<()> {
@@ -207,12 +217,20 @@ impl NatRig {
     /// Adds `vip` (port 80) by `forward` with every worker on
     /// [`WORKER_PORT`], and waits until they are up.
     pub fn add_vip(&self, vip: &str, forward: &str) -> anyhow::Result<()> {
-        self.lb.cli_ok(&["vip", "add", vip, "--forward", forward])?;
+        self.add_vip_on(vip, &["--forward", forward], WORKER_PORT)
+    }
+
+    /// Adds `vip` with `vip_args` and every worker on `port`, and waits
+    /// until they are up.
+    pub fn add_vip_on(&self, vip: &str, vip_args: &[&str], port: u16) -> anyhow::Result<()> {
+        let mut args = vec!["vip", "add", vip];
+        args.extend_from_slice(vip_args);
+        self.lb.cli_ok(&args)?;
         for worker in &self.workers {
             let addr = if vip.starts_with('[') {
-                format!("[{}]:{WORKER_PORT}", worker.ipv6)
+                format!("[{}]:{port}", worker.ipv6)
             } else {
-                format!("{}:{WORKER_PORT}", worker.ipv4)
+                format!("{}:{port}", worker.ipv4)
             };
             self.lb.cli_ok(&["backend", "add", vip, &addr])?;
         }

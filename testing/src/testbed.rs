@@ -993,6 +993,17 @@ impl Testbed {
         vips: &[IpAddr],
         answer: Ipv4Addr,
     ) -> anyhow::Result<Process> {
+        self.start_dnsmasq_on(host, vips, answer, 53)
+    }
+
+    /// As [`Testbed::start_dnsmasq`], on UDP port `port`.
+    pub fn start_dnsmasq_on(
+        &self,
+        host: &Host,
+        vips: &[IpAddr],
+        answer: Ipv4Addr,
+        port: u16,
+    ) -> anyhow::Result<Process> {
         let listen: Vec<String> = vips
             .iter()
             .copied()
@@ -1008,7 +1019,7 @@ impl Testbed {
             "--pid-file=",
             "--user=root",
             "--bind-interfaces",
-            "--port=53",
+            &format!("--port={port}"),
             &format!("--listen-address={}", listen.join(",")),
             &format!("--host-record=who.test,{answer}"),
         ])
@@ -1016,13 +1027,51 @@ impl Testbed {
         .stdout(Stdio::null())
         .stderr(Stdio::null());
         let process = Process::spawn(&mut cmd, &format!("dnsmasq in {}", host.netns))?;
-        let what = format!("dnsmasq in {} listening on port 53", host.netns);
-        // dnsmasq listens on every address at once; port 53 is 0035.
+        let what = format!("dnsmasq in {} listening on port {port}", host.netns);
+        // dnsmasq listens on every address at once; /proc shows the port
+        // in hex.
+        let shown = format!(":{port:04X} ");
         poll(
             Duration::from_millis(20),
             Duration::from_secs(10),
             &what,
-            || anyhow::Ok(host.proc_net("udp")?.contains(":0035 ")),
+            || anyhow::Ok(host.proc_net("udp")?.contains(&shown)),
+        )?;
+        Ok(process)
+    }
+
+    /// Starts redis-server in `host`'s namespace on TCP port `port` of the
+    /// host's addresses, keeping nothing on disk.
+    pub fn start_redis(&self, host: &Host, port: u16) -> anyhow::Result<Process> {
+        let mut cmd = host.command("redis-server");
+        cmd.args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            &host.ipv4.to_string(),
+            &host.ipv6.to_string(),
+            "--protected-mode",
+            "no",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--daemonize",
+            "no",
+            "--dir",
+            &std::env::temp_dir().to_string_lossy(),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+        let process = Process::spawn(&mut cmd, &format!("redis in {}", host.netns))?;
+        let what = format!("redis in {} listening on port {port}", host.netns);
+        let shown = format!(":{port:04X} ");
+        poll(
+            Duration::from_millis(20),
+            Duration::from_secs(10),
+            &what,
+            || anyhow::Ok(host.proc_net("tcp")?.contains(&shown)),
         )?;
         Ok(process)
     }

@@ -14,6 +14,7 @@ use std::{
 
 use lb_testing::{
     lb_exe,
+    nat_rig::NatRig,
     rig::{Download, KeepAlive, Rig, VIP4},
     temp::TempFile,
     testbed::{enter_netns, http_get, Host, SLOW_BYTES},
@@ -335,6 +336,41 @@ fn an_upgrade_from_an_older_lb_binary_under_load_fails_nothing() {
     );
     let vips = json(&rig.lb.cli_ok(&["vip", "list", "-o", "json"]).unwrap());
     assert_eq!(vips[0]["workers"], 3, "{vips}");
+}
+
+#[test]
+#[ignore = "needs an older lb binary: cargo xtask upgrade-check"]
+fn an_upgrade_from_an_older_lb_binary_keeps_fullnat_connections() {
+    lb_testing::needs_root!();
+    let old = std::env::var(UPGRADE_FROM).expect("LB_UPGRADE_FROM names the older lb");
+    let help = std::process::Command::new(&old)
+        .args(["run", "--help"])
+        .output()
+        .unwrap();
+    if !String::from_utf8_lossy(&help.stdout).contains("--nat-source") {
+        println!("{old} has no NAT: nothing to carry over");
+        return;
+    }
+    let mut rig = NatRig::new(old.as_ref(), 2, &[]).unwrap();
+    rig.add_vip(VIP, "fullnat").unwrap();
+    let target = SocketAddr::new(vip_addr(), 80);
+    let mut connection = KeepAlive::open(&rig.client, target).unwrap();
+    let before = connection.get().unwrap();
+    let download = Download::start(&rig.client, vip_addr());
+    rig.lb.stop().unwrap();
+    rig.start_lb_from(lb_exe().as_ref(), &["--force"]).unwrap();
+    let takeover = rig.lb.takeover_line.clone();
+    println!("upgrade from {old}: {}", takeover.trim());
+    if takeover.contains("adopted") {
+        // The NAT table, ports and flows were adopted: the connections go on.
+        for _ in 0..5 {
+            assert_eq!(connection.get().unwrap(), before, "the same worker");
+        }
+        assert_eq!(download.finish(), SLOW_BYTES, "the download completes");
+    }
+    // Across a layout change (fresh maps) only new connections work.
+    let fresh = KeepAlive::open(&rig.client, target).unwrap().get().unwrap();
+    assert!(fresh.starts_with('w'), "{fresh}");
 }
 
 #[test]

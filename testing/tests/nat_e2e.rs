@@ -136,11 +136,14 @@ fn a_fullnat_keep_alive_connection_survives_a_kill_and_restart_of_lb() {
         .unwrap()
         .unwrap();
     let before = connection.get().unwrap();
+    // A long transfer across the restart, too.
+    let download = Download::start(&rig.client, IpAddr::V4(VIP4));
     rig.lb.kill().unwrap();
     rig.start_lb().unwrap();
     for _ in 0..5 {
         assert_eq!(connection.get().unwrap(), before, "the same worker");
     }
+    assert_eq!(download.finish(), SLOW_BYTES, "the download completes");
 }
 
 #[test]
@@ -481,4 +484,81 @@ fn a_saved_fullnat_vip_without_a_nat_source_refuses_the_start() {
         stderr.contains("needs a NAT source of its family"),
         "{stderr}"
     );
+}
+
+/// The worker role whose dnsmasq gave `answer` (203.0.113.N is wN).
+fn dns_worker(answer: &str) -> String {
+    format!("w{}", answer.trim().rsplit('.').next().unwrap_or("?"))
+}
+
+/// One `PING` and one `ECHO` to redis at `target` over a new connection:
+/// what it answered.
+fn redis_ping(rig: &NatRig, target: SocketAddr) -> String {
+    use std::io::{Read as _, Write as _};
+    rig.client
+        .within(move || {
+            let mut stream = std::net::TcpStream::connect_timeout(&target, TIMEOUT).unwrap();
+            stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+            stream.write_all(b"PING\r\nECHO lb\r\nQUIT\r\n").unwrap();
+            let mut answer = String::new();
+            stream.read_to_string(&mut answer).unwrap();
+            answer
+        })
+        .unwrap()
+}
+
+#[test]
+fn dnsmasq_and_redis_on_their_own_ports_are_served_by_nat_and_fullnat() {
+    lb_testing::needs_root!();
+    let rig = NatRig::new(lb_exe().as_ref(), 2, &[]).unwrap();
+    let mut _servers = Vec::new();
+    for (n, worker) in rig.workers.iter().enumerate() {
+        let answer = Ipv4Addr::new(203, 0, 113, n as u8 + 1);
+        _servers.push(rig.bed.start_dnsmasq_on(worker, &[], answer, 5353).unwrap());
+        _servers.push(rig.bed.start_redis(worker, 6380).unwrap());
+    }
+    let addrs = [IpAddr::V4(VIP4), IpAddr::V6(VIP6)];
+    for forward in ["nat", "fullnat"] {
+        for addr in addrs {
+            let dns = format!("{}/udp", SocketAddr::new(addr, 53));
+            let check = ["--health", "dns", "--health-dns-name", "who.test"];
+            let args: Vec<&str> = ["--forward", forward]
+                .iter()
+                .chain(&check)
+                .copied()
+                .collect();
+            rig.add_vip_on(&dns, &args, 5353).unwrap();
+            let mut answered = std::collections::BTreeSet::new();
+            for _ in 0..16 {
+                let out = rig
+                    .client
+                    .run(
+                        "dig",
+                        &[
+                            "+short",
+                            "+tries=2",
+                            "+time=2",
+                            &format!("@{addr}"),
+                            "who.test",
+                            "A",
+                        ],
+                    )
+                    .unwrap();
+                let answer = out.lines().find(|l| l.starts_with("203.0.113."));
+                answered.insert(dns_worker(answer.expect("dnsmasq answered through lb")));
+            }
+            assert_eq!(answered.len(), 2, "{dns} {forward}: {answered:?}");
+            rig.lb.cli_ok(&["vip", "del", &dns]).unwrap();
+
+            let redis = format!("{}/tcp", SocketAddr::new(addr, 6379));
+            rig.add_vip_on(&redis, &["--forward", forward], 6380)
+                .unwrap();
+            let answer = redis_ping(&rig, SocketAddr::new(addr, 6379));
+            assert!(
+                answer.starts_with("+PONG\r\n$2\r\nlb\r\n"),
+                "{redis} {forward}: {answer:?}"
+            );
+            rig.lb.cli_ok(&["vip", "del", &redis]).unwrap();
+        }
+    }
 }
