@@ -562,3 +562,119 @@ fn dnsmasq_and_redis_on_their_own_ports_are_served_by_nat_and_fullnat() {
         }
     }
 }
+
+/// Serves uploads on `host`'s port `port` until the test ends: reads a
+/// connection to its end and answers with the number of bytes read.
+fn upload_sink(host: &lb_testing::testbed::Host, port: u16) {
+    use std::io::{Read as _, Write as _};
+    let addr = SocketAddr::new(IpAddr::V4(host.ipv4), port);
+    let listener = host
+        .within(move || std::net::TcpListener::bind(addr))
+        .unwrap()
+        .unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut stream = stream;
+                let _ = stream.set_read_timeout(Some(TIMEOUT));
+                let mut body = Vec::new();
+                if stream.read_to_end(&mut body).is_ok() {
+                    let _ = stream.write_all(body.len().to_string().as_bytes());
+                }
+            });
+        }
+    });
+}
+
+/// Uploads `bytes` from `client` to `target` and returns what the sink
+/// counted.
+fn upload(client: &lb_testing::testbed::Host, target: SocketAddr, bytes: usize) -> String {
+    use std::io::{Read as _, Write as _};
+    client
+        .within(move || {
+            let mut stream = std::net::TcpStream::connect_timeout(&target, TIMEOUT)?;
+            stream.set_write_timeout(Some(TIMEOUT))?;
+            stream.set_read_timeout(Some(TIMEOUT))?;
+            stream.write_all(&vec![b'u'; bytes])?;
+            stream.shutdown(std::net::Shutdown::Write)?;
+            let mut counted = String::new();
+            stream.read_to_string(&mut counted)?;
+            std::io::Result::Ok(counted)
+        })
+        .unwrap()
+        .unwrap()
+}
+
+/// The client's 1500-byte segments don't fit a router's 1280-byte link to
+/// the worker: only the router's "fragmentation needed", sent toward the
+/// client (`nat`) or lb's NAT source (`fullnat`) and translated by lb to
+/// be about the client's connection to the VIP, lets the upload through.
+#[test]
+fn path_mtu_discovery_works_through_nat_for_a_worker_behind_a_small_mtu() {
+    lb_testing::needs_root!();
+    let mut rig = NatRig::new(lb_exe().as_ref(), 0, &[]).unwrap();
+    let router = rig
+        .bed
+        .add_host("router", Ipv4Addr::new(192, 0, 2, 254), v6(0xfe))
+        .unwrap();
+    // Whatever goes to the client, replies and errors, crosses lb.
+    router
+        .run(
+            "ip",
+            &["route", "add", "198.51.100.0/24", "via", "192.0.2.2"],
+        )
+        .unwrap();
+    let worker = rig
+        .bed
+        .add_host_behind(
+            "wfar",
+            &router,
+            Ipv4Addr::new(203, 0, 113, 2),
+            Ipv4Addr::new(203, 0, 113, 1),
+            1280,
+        )
+        .unwrap();
+    rig.balancer
+        .run(
+            "ip",
+            &["route", "add", "203.0.113.0/24", "via", "192.0.2.254"],
+        )
+        .unwrap();
+    rig.client
+        .run(
+            "ip",
+            &["route", "add", "192.0.2.101/32", "via", "198.51.100.2"],
+        )
+        .unwrap();
+    upload_sink(&worker, 8080);
+    for (vip, forward) in [
+        ("192.0.2.100:80/tcp", "nat"),
+        ("192.0.2.101:80/tcp", "fullnat"),
+    ] {
+        rig.lb
+            .cli_ok(&["vip", "add", vip, "--forward", forward])
+            .unwrap();
+        rig.lb
+            .cli_ok(&["backend", "add", vip, "203.0.113.2:8080"])
+            .unwrap();
+        wait_until(TIMEOUT, "the far worker up", || {
+            let listed = rig
+                .lb
+                .cli_ok(&["backend", "list", vip, "-o", "json"])
+                .unwrap();
+            listed.contains("\"state\":\"up\"")
+        });
+        let addr: IpAddr = vip.split(':').next().unwrap().parse().unwrap();
+        let before = rig.lb.stats().unwrap().icmp_errors_forwarded;
+        let counted = upload(&rig.client, SocketAddr::new(addr, 80), SLOW_BYTES);
+        assert_eq!(counted, SLOW_BYTES.to_string(), "{forward}");
+        let after = rig.lb.stats().unwrap().icmp_errors_forwarded;
+        assert!(
+            after > before,
+            "{forward}: the router's error reached the client"
+        );
+        // The client learnt the smaller MTU toward the VIP; flush it for
+        // the next.
+        rig.client.run("ip", &["route", "flush", "cache"]).unwrap();
+    }
+}
