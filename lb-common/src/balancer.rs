@@ -437,6 +437,28 @@ pub struct TrafficCounters {
     pub new_flows: u64,
 }
 
+/// What lb sent out of one of its interfaces from another
+/// (`XDP_REDIRECT`), one per-CPU copy per interface, in
+/// `LB_IFACE_STATS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IfaceCounters {
+    /// Frames redirected out of it.
+    pub redirected_packets: u64,
+    /// Their bytes, Ethernet header included.
+    pub redirected_bytes: u64,
+}
+
+impl IfaceCounters {
+    /// Adds `other` field by field (summing per-CPU copies).
+    pub fn accumulate(&mut self, other: &Self) {
+        self.redirected_packets = self
+            .redirected_packets
+            .wrapping_add(other.redirected_packets);
+        self.redirected_bytes = self.redirected_bytes.wrapping_add(other.redirected_bytes);
+    }
+}
+
 impl TrafficCounters {
     /// Adds `other` field by field (summing per-CPU copies).
     pub fn accumulate(&mut self, other: &Self) {
@@ -535,6 +557,8 @@ mod pod {
     unsafe impl aya::Pod for TunnelJob {}
     // SAFETY: as above.
     unsafe impl aya::Pod for TrafficCounters {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for IfaceCounters {}
 }
 
 const _: () = {

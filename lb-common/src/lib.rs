@@ -126,6 +126,10 @@ pub mod map_names {
     /// Device map (hash) of lb's interfaces by index: where a frame
     /// leaving by another of them is redirected (`XDP_REDIRECT`).
     pub const IFACES: &str = "LB_IFACES";
+    /// Per-CPU hash of lb's interfaces by index →
+    /// [`crate::balancer::IfaceCounters`]: what was redirected out of
+    /// each.
+    pub const IFACE_STATS: &str = "LB_IFACE_STATS";
 
     /// Every map, each pinned under the instance's pin directory.
     pub const ALL: &[&str] = &[
@@ -163,6 +167,7 @@ pub mod map_names {
         NAT_PROG,
         EGRESS,
         IFACES,
+        IFACE_STATS,
     ];
 
     /// The maps with an entry per VIP id (or VIP address), sized by

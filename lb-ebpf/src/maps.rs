@@ -4,15 +4,16 @@
 use aya_ebpf::{
     bindings::{BPF_F_INNER_MAP, BPF_F_MMAPABLE, BPF_F_NO_PREALLOC},
     btf_maps::{
-        Array, ArrayOfMaps, DevMapHash, HashMap, LruHashMap, PerCpuArray, ProgramArray, RingBuf,
+        Array, ArrayOfMaps, DevMapHash, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap,
+        ProgramArray, RingBuf,
     },
     helpers::bpf_ktime_get_ns,
     macros::btf_map,
 };
 use lb_common::{
     balancer::{
-        Backend, ClockCache, Config, Egress, FlowKey, FlowValue, IcmpBudget, StickyKey,
-        StickyValue, TrafficCounters, TunnelJob, VipAddrKey, VipInfo, VipKey, VipTag,
+        Backend, ClockCache, Config, Egress, FlowKey, FlowValue, IcmpBudget, IfaceCounters,
+        StickyKey, StickyValue, TrafficCounters, TunnelJob, VipAddrKey, VipInfo, VipKey, VipTag,
         DEFAULT_MAX_VIPS, DEFAULT_MAX_WORKERS, LOAD_UNKNOWN, MAX_INTERFACES, MAX_PINS, MAX_STICKY,
         VIP_FILTER_WORDS,
     },
@@ -60,6 +61,11 @@ pub static LB_EGRESS: Array<Egress, { MAX_INTERFACES as usize + 1 }> = Array::ne
 /// lb's interfaces by index, for `XDP_REDIRECT` to one of them.
 #[btf_map]
 pub static LB_IFACES: DevMapHash<{ MAX_INTERFACES as usize }> = DevMapHash::new();
+
+/// What was redirected out of each of lb's interfaces, by index.
+#[btf_map]
+pub static LB_IFACE_STATS: PerCpuHashMap<u32, IfaceCounters, { MAX_INTERFACES as usize }> =
+    PerCpuHashMap::new();
 
 #[btf_map]
 pub static LB_MAGLEV: ArrayOfMaps<MaglevTable, VIPS> = ArrayOfMaps::new();

@@ -30,8 +30,8 @@ use crate::{
     capture::{self, Outcome},
     flow::Decision,
     maps::{
-        LB_BACKENDS, LB_BACKEND_STATS, LB_COUNTERS, LB_EGRESS, LB_IFACES, LB_TUNNEL_JOB,
-        LB_TUNNEL_PROG, LB_VIP_STATS,
+        LB_BACKENDS, LB_BACKEND_STATS, LB_COUNTERS, LB_EGRESS, LB_IFACES, LB_IFACE_STATS,
+        LB_TUNNEL_JOB, LB_TUNNEL_PROG, LB_VIP_STATS,
     },
     pmtu,
 };
@@ -361,7 +361,7 @@ pub fn depart(ctx: &XdpContext, frame: &XdpFrame, slot: u8) -> u32 {
     if write(frame, 6, egress.mac).is_none() {
         return xdp_action::XDP_DROP;
     }
-    redirect(egress.ifindex)
+    redirect(ctx, egress.ifindex)
 }
 
 /// The action that sends a frame, its MACs already those of the way out,
@@ -376,16 +376,25 @@ pub fn leaves_by(ctx: &XdpContext, ifindex: u32) -> Option<u32> {
         return Some(xdp_action::XDP_TX);
     }
     LB_IFACES.get_ifindex(ifindex)?;
-    Some(redirect(ifindex))
+    Some(redirect(ctx, ifindex))
 }
 
-/// Redirects the frame to lb's interface `ifindex`: `XDP_REDIRECT`, or a
-/// drop when the device map no longer has it.
+/// Redirects the frame to lb's interface `ifindex`, counted there:
+/// `XDP_REDIRECT`, or a drop when the device map no longer has it.
 #[inline(always)]
-fn redirect(ifindex: u32) -> u32 {
-    LB_IFACES
+fn redirect(ctx: &XdpContext, ifindex: u32) -> u32 {
+    let action = LB_IFACES
         .redirect(ifindex, u64::from(xdp_action::XDP_DROP))
-        .unwrap_or_else(|action| action)
+        .unwrap_or_else(|action| action);
+    if action == xdp_action::XDP_REDIRECT {
+        if let Some(counters) = LB_IFACE_STATS.get_ptr_mut(ifindex) {
+            // SAFETY: per-CPU value: nothing else touches it during this run.
+            let counters = unsafe { &mut *counters };
+            counters.redirected_packets += 1;
+            counters.redirected_bytes += (ctx.data_end() - ctx.data()) as u64;
+        }
+    }
+    action
 }
 
 /// Writes `value` at `offset` of the frame; `None` if it doesn't fit.

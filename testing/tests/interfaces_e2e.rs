@@ -76,6 +76,13 @@ fn nat_and_fullnat_serve_workers_behind_another_interface() {
     let stats = rig.lb.stats().unwrap();
     assert!(stats.nat_replies > 0, "{stats:?}");
     assert_eq!(stats.drop_no_neighbour, 0, "{stats:?}");
+    // Both ways were redirected, and counted on the interface they left by.
+    let interfaces = rig.lb.stats_json().unwrap()["interfaces"].clone();
+    let rows = interfaces.as_array().unwrap();
+    assert_eq!(rows.len(), 2, "{interfaces}");
+    for row in rows {
+        assert!(row["redirected_packets"].as_u64().unwrap() > 0, "{row}");
+    }
 }
 
 #[test]

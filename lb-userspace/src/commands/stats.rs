@@ -59,14 +59,43 @@ pub fn stats(output: OutputFormat, pin_dir: &Path) -> anyhow::Result<()> {
         .map(|(vip, id)| traffic_row(pin_dir, map_names::VIP_STATS, *id, vip.to_string()))
         .collect::<anyhow::Result<_>>()?;
     let workers = worker_rows(pin_dir, &vip_ids)?;
+    let interfaces = counters::read_interfaces(pin_dir);
     match output {
         OutputFormat::Json => {
             let global = serde_json::to_value(global)?;
-            let doc = serde_json::json!({ "global": global, "vips": vips, "workers": workers });
+            let doc = serde_json::json!({
+                "global": global,
+                "interfaces": interfaces,
+                "vips": vips,
+                "workers": workers,
+            });
             println!("{doc}");
         }
         OutputFormat::Table => {
             print!("{}", counters::render_table(&global));
+            let iface_cells: Vec<Vec<String>> = interfaces
+                .iter()
+                .map(|row| {
+                    vec![
+                        row.iface.clone(),
+                        row.ifindex.map_or_else(|| "-".into(), |i| i.to_string()),
+                        row.redirected_packets.to_string(),
+                        row.redirected_bytes.to_string(),
+                    ]
+                })
+                .collect();
+            print!(
+                "\n{}",
+                table::render(
+                    &[
+                        "INTERFACE",
+                        "IFINDEX",
+                        "REDIRECTED_PACKETS",
+                        "REDIRECTED_BYTES"
+                    ],
+                    &iface_cells
+                )
+            );
             let vip_cells: Vec<Vec<String>> = vips.iter().map(traffic_cells).collect();
             print!(
                 "\n{}",

@@ -202,6 +202,7 @@ pub fn render(snapshot: &MetricsSnapshot) -> anyhow::Result<String> {
     );
     program(&mut registry, snapshot.program);
     capture(&mut registry, &snapshot.pin_dir);
+    interfaces(&mut registry, &snapshot.pin_dir);
     announcements(&mut registry, snapshot);
     let mut text = String::new();
     encode(&mut text, &registry).context("encoding metrics")?;
@@ -553,6 +554,33 @@ fn capture(registry: &mut Registry, pin_dir: &Path) {
         packets
             .get_or_create(&labels(&[("outcome", outcome)]))
             .inc_by(value);
+    }
+}
+
+/// lb's interfaces, and what was redirected out of each.
+fn interfaces(registry: &mut Registry, pin_dir: &Path) {
+    let info: Family<Labels, Gauge> = family(
+        registry,
+        "lb_interface",
+        "1 for each interface lb's program runs on, by name and index",
+    );
+    let packets: Counters = family(
+        registry,
+        "lb_interface_redirected_packets",
+        "Frames lb sent out of this interface from another of its interfaces (XDP_REDIRECT)",
+    );
+    let bytes: Counters = family(
+        registry,
+        "lb_interface_redirected_bytes",
+        "Bytes of the frames lb redirected out of this interface, Ethernet headers included",
+    );
+    for row in counters::read_interfaces(pin_dir) {
+        let index = row.ifindex.map_or_else(String::new, |i| i.to_string());
+        info.get_or_create(&labels(&[("iface", &row.iface), ("ifindex", &index)]))
+            .set(1);
+        let iface = labels(&[("iface", &row.iface)]);
+        packets.get_or_create(&iface).inc_by(row.redirected_packets);
+        bytes.get_or_create(&iface).inc_by(row.redirected_bytes);
     }
 }
 

@@ -9,12 +9,15 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aya::maps::{Array, ArrayOfMaps, DevMapHash, HashMap, Map, MapData, MapError, PerCpuArray};
+use aya::maps::{
+    Array, ArrayOfMaps, DevMapHash, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuHashMap,
+    PerCpuValues,
+};
 use lb_common::{
     balancer::{
-        vip_filter_bit, vip_tag, Backend, Config, Egress, StickyKey, TrafficCounters, VipAddrKey,
-        VipInfo, VipKey, VipTag, BACKEND_MAC_KNOWN, BACKEND_VALID, MAX_INTERFACES, NO_BACKEND,
-        VIP_FILTER_WORDS, VIP_HAS_PINS, VIP_STICKY,
+        vip_filter_bit, vip_tag, Backend, Config, Egress, IfaceCounters, StickyKey,
+        TrafficCounters, VipAddrKey, VipInfo, VipKey, VipTag, BACKEND_MAC_KNOWN, BACKEND_VALID,
+        MAX_INTERFACES, NO_BACKEND, VIP_FILTER_WORDS, VIP_HAS_PINS, VIP_STICKY,
     },
     map_names, LAYOUT_VERSION,
 };
@@ -78,6 +81,8 @@ pub struct ControlMaps {
     egress: Array<MapData, Egress>,
     /// lb's interfaces by index, for redirects to them.
     ifaces: DevMapHash<MapData>,
+    /// What was redirected out of each, by index.
+    iface_stats: PerCpuHashMap<MapData, u32, IfaceCounters>,
 }
 
 fn take(ebpf: &mut aya::Ebpf, name: &str) -> Map {
@@ -123,15 +128,18 @@ impl ControlMaps {
             nat: super::nat::NatMaps::take(ebpf)?,
             egress: take(ebpf, map_names::EGRESS).try_into()?,
             ifaces: take(ebpf, map_names::IFACES).try_into()?,
+            iface_stats: take(ebpf, map_names::IFACE_STATS).try_into()?,
         })
     }
 
     /// Writes lb's interfaces (index and MAC, in `--iface` order) into
-    /// the egress slots from 1 on and the device map, and removes any
-    /// other. With one interface every frame leaves where it came in:
-    /// nothing is written, and workers' slots stay 0.
+    /// the egress slots from 1 on, the device map and the counters (kept
+    /// where they are), and removes any other. With one interface every
+    /// frame leaves where it came in: nothing is written, and workers'
+    /// slots stay 0.
     pub fn write_interfaces(&mut self, ifaces: &[(u32, [u8; 6])]) -> anyhow::Result<()> {
         let several = if ifaces.len() > 1 { ifaces } else { &[] };
+        self.write_iface_counters(several)?;
         for (slot, &(ifindex, mac)) in (1..).zip(several) {
             let egress = Egress {
                 ifindex,
@@ -154,6 +162,27 @@ impl ControlMaps {
             .collect();
         for key in stale {
             self.ifaces.remove(key)?;
+        }
+        Ok(())
+    }
+
+    /// Gives each of `ifaces` its counters, zero where it has none yet,
+    /// and removes any other interface's.
+    fn write_iface_counters(&mut self, ifaces: &[(u32, [u8; 6])]) -> anyhow::Result<()> {
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| anyhow::anyhow!("counting CPUs: {e}"))?;
+        for &(ifindex, _) in ifaces {
+            let zero = PerCpuValues::try_from(vec![IfaceCounters::default(); cpus])?;
+            // BPF_NOEXIST: an adopted interface keeps what it counted.
+            match self.iface_stats.insert(ifindex, zero, 1) {
+                Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(17) => {}
+                other => other?,
+            }
+        }
+        let stale: Vec<u32> = (self.iface_stats.keys().flatten())
+            .filter(|k| !ifaces.iter().any(|&(ifindex, _)| ifindex == *k))
+            .collect();
+        for key in stale {
+            self.iface_stats.remove(&key)?;
         }
         Ok(())
     }
