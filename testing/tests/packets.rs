@@ -616,3 +616,57 @@ fn flows_recorded_for_a_replaced_worker_or_idle_past_the_timeout_are_scheduled_a
     flows.insert(key, value, 0).unwrap();
     suite.check(&forward("seen after this CPU's clock", &ack, HIT));
 }
+
+/// A worker reached through another of lb's interfaces: its frame leaves
+/// by a redirect to that interface, from that interface's MAC; a worker on
+/// the interface the frame came in on (the test run's is loopback) still
+/// leaves by `XDP_TX` from the MAC the frame was sent to.
+#[test]
+fn a_worker_behind_another_interface_is_redirected_there_from_its_mac() {
+    lb_testing::needs_root!();
+    const XDP_REDIRECT: u32 = 4;
+    const OTHER_MAC: [u8; 6] = [0x02, 0, 0x5e, 0, 0, 0x99];
+    // A namespace of the test's own: the device map takes only devices
+    // of the caller's namespace, and test runs arrive on its loopback.
+    let mut bed = lb_testing::testbed::Testbed::new().unwrap();
+    let host = bed
+        .add_host("lb", "192.0.2.2".parse().unwrap(), lb_testing::rig::v6(2))
+        .unwrap();
+    host.within(|| {
+        // SAFETY: a NUL-terminated name; the call only reads it.
+        let other = unsafe { libc::if_nametoindex(c"eth0".as_ptr()) };
+        assert_ne!(other, 0, "the host's eth0");
+        let mut lb = Loaded::lb(1024).unwrap();
+        let vip: Vip = VIPS[0].parse().unwrap();
+        let (desired, mut maps) =
+            configure(&mut lb, &[vip], 1, |_, _| ip("198.51.100.10")).unwrap();
+        maps.write_interfaces(&[(1, [0; 6]), (other, OTHER_MAC)])
+            .unwrap();
+        let state = desired.vip(&vip).unwrap();
+        let id = state.workers[&ip("198.51.100.10")].id;
+        let syn = Packet::tcp(client4(), 40000, vip4(), 80, tcp::SYN).build();
+        for (slot, verdict, source) in [(2, XDP_REDIRECT, OTHER_MAC), (1, XDP_TX, LB_MAC)] {
+            let entry = lb_userspace::dataplane::maps::WorkerEntry {
+                addr: ip("198.51.100.10"),
+                mac: Some(worker_mac(id)),
+                vip_id: state.id,
+                state_flags: 0,
+                generation: 1,
+                forward: 0,
+                gue_port: 0,
+                port: 0,
+                mtu: 1500,
+                tunnel_source: None,
+                egress: slot,
+            };
+            maps.write_backend(id, &entry).unwrap();
+            let (got, output) = lb.run_frame(BALANCER, &syn).unwrap();
+            assert_eq!(got, verdict, "egress slot {slot}");
+            let mut expected = syn.clone();
+            expected[0..6].copy_from_slice(&worker_mac(id));
+            expected[6..12].copy_from_slice(&source);
+            assert_eq!(output, expected, "egress slot {slot}: the frame");
+        }
+    })
+    .unwrap();
+}

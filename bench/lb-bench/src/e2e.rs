@@ -1,8 +1,10 @@
 //! End to end over veth in network namespaces: the same client, balancer
 //! host and nginx worker for every mode, interleaved: no balancer (the
 //! ceiling), nftables DNAT (jhash map + conntrack + masquerade), HAProxy
-//! in TCP mode with one thread, lb in DSR mode, and a minimal stateless XDP
-//! forwarder (the floor of any XDP balancer on this rig).
+//! in TCP mode with one thread, lb in DSR mode, lb in full NAT mode (the
+//! same service as nftables': the worker unchanged, its replies back
+//! through the balancer), and a minimal stateless XDP forwarder (the floor
+//! of any XDP balancer on this rig).
 //!
 //! Every balancer sends to the same single worker, so the modes differ
 //! only in the balancer; lb's program stays attached to the balancer host
@@ -40,6 +42,8 @@ pub enum Mode {
     Haproxy,
     /// lb, L2 DSR.
     Lb,
+    /// lb, full NAT (from a NAT source of its own).
+    LbFullnat,
     /// The minimal stateless XDP forwarder, L2 DSR.
     Floor,
     /// lb, IPIP to the worker on the same link (after
@@ -54,6 +58,7 @@ impl fmt::Display for Mode {
             Self::Nftables => "nftables DNAT + masquerade",
             Self::Haproxy => "HAProxy, TCP mode, 1 thread",
             Self::Lb => "lb, L2 DSR",
+            Self::LbFullnat => "lb, full NAT",
             Self::Floor => "stateless XDP forwarder, L2 DSR",
             Self::LbIpip => "lb, IPIP",
         })
@@ -82,11 +87,12 @@ impl fmt::Display for Load {
 }
 
 /// The modes in the order they are interleaved.
-pub const MODES: [Mode; 5] = [
+pub const MODES: [Mode; 6] = [
     Mode::Direct,
     Mode::Nftables,
     Mode::Haproxy,
     Mode::Lb,
+    Mode::LbFullnat,
     Mode::Floor,
 ];
 /// The loads in the order they are interleaved.
@@ -99,6 +105,11 @@ const LB_VIP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 100);
 const FLOOR_VIP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 101);
 const FLOOR_HOST: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 3);
 const LB_IPIP_VIP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 102);
+const LB_FULLNAT_VIP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 103);
+/// lb's NAT source: an address of the balancer's own, so that its ports
+/// never meet masquerade's or HAProxy's (which take the host's address and
+/// its whole port range here).
+const NAT_SOURCE: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 4);
 const BULK_PORT: u16 = 5201;
 
 /// One mode under one load, over the rounds.
@@ -154,6 +165,14 @@ impl Setup {
     /// Readies every mode but [`Mode::LbIpip`] on `rig` (one worker).
     pub fn new(mut rig: Rig) -> anyhow::Result<Self> {
         let worker = rig.workers[0].clone();
+        // lb again with a NAT source, before the tuning below widens the
+        // host's port range over lb's NAT ports.
+        rig.balancer.run(
+            "ip",
+            &["addr", "add", &format!("{NAT_SOURCE}/24"), "dev", "eth0"],
+        )?;
+        rig.lb.stop()?;
+        rig.start_lb(&["--nat-source", &NAT_SOURCE.to_string()])?;
         for vip in [LB_VIP, FLOOR_VIP] {
             worker.run(
                 "ip",
@@ -177,10 +196,21 @@ impl Setup {
             serde_json::from_str(&rig.lb.cli_ok(&["status", "-o", "json"])?)?;
         let lb_program = status["program_id"].as_u64().context("no program id")? as u32;
         tune_balancer(&rig.balancer)?;
+        for vip in ["192.0.2.103:80/tcp", "192.0.2.103:5201/tcp"] {
+            rig.lb
+                .cli_ok(&["vip", "add", vip, "--forward", "fullnat"])?;
+            rig.lb
+                .cli_ok(&["backend", "add", vip, &WORKER.to_string()])?;
+        }
         nftables(&rig.balancer)?;
         let haproxy = haproxy(&rig)?;
         let floor = floor_forwarder(&mut rig, &worker)?;
-        for (vip, via) in [(NFT_VIP, BALANCER), (FLOOR_VIP, FLOOR_HOST)] {
+        let routes = [
+            (NFT_VIP, BALANCER),
+            (FLOOR_VIP, FLOOR_HOST),
+            (LB_FULLNAT_VIP, BALANCER),
+        ];
+        for (vip, via) in routes {
             rig.client.run(
                 "ip",
                 &[
@@ -270,6 +300,7 @@ impl Setup {
             Mode::Nftables => NFT_VIP,
             Mode::Haproxy => BALANCER,
             Mode::Lb => LB_VIP,
+            Mode::LbFullnat => LB_FULLNAT_VIP,
             Mode::Floor => FLOOR_VIP,
             Mode::LbIpip => LB_IPIP_VIP,
         }
@@ -306,7 +337,7 @@ impl Setup {
     /// there is no such figure (nftables runs in softirq, counted apart).
     fn balancer_cpu_ns(&self, mode: Mode) -> anyhow::Result<Option<f64>> {
         Ok(match mode {
-            Mode::Lb | Mode::LbIpip => Some(program_run_ns(self.lb_program)?),
+            Mode::Lb | Mode::LbIpip | Mode::LbFullnat => Some(program_run_ns(self.lb_program)?),
             Mode::Floor => Some(program_run_ns_by_name(floor::FORWARD)?),
             Mode::Haproxy => Some(process_cpu_ns(self.haproxy_pid())?),
             Mode::Direct | Mode::Nftables => None,
