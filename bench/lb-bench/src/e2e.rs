@@ -173,6 +173,10 @@ impl Setup {
         )?;
         rig.lb.stop()?;
         rig.start_lb(&["--nat-source", &NAT_SOURCE.to_string()])?;
+        // The worker's replies cross lb's program under full NAT: they
+        // must carry whole checksums, not the partial ones a veth hands
+        // on with TX offload.
+        worker.run("ethtool", &["-K", "eth0", "tx", "off"])?;
         for vip in [LB_VIP, FLOOR_VIP] {
             worker.run(
                 "ip",
@@ -449,7 +453,9 @@ fn floor_forwarder(rig: &mut Rig, worker: &Host) -> anyhow::Result<(Loaded, Host
 
 /// (requests/s, requests) from wrk.
 fn wrk(client: &Host, target: Ipv4Addr, seconds: u32, close: bool) -> anyhow::Result<(f64, f64)> {
-    let mut cmd = client.command("wrk");
+    // wrk can outlive its -d when its connections stall: bounded here.
+    let mut cmd = client.command("timeout");
+    cmd.args(["-s", "KILL", &(seconds + 20).to_string(), "wrk"]);
     cmd.args(["-t1", "-c16", &format!("-d{seconds}s"), "--timeout", "2s"]);
     if close {
         cmd.args(["-H", "Connection: close"]);

@@ -41,6 +41,8 @@ enum Section {
     Fleet,
     /// Latency under constant load (also writes its plot).
     Latency,
+    /// End to end beside nftables, HAProxy and the stateless forwarder.
+    E2e,
 }
 
 fn main() {
@@ -80,6 +82,7 @@ fn run(args: Args) -> anyhow::Result<()> {
                 write_plot(&args.out, &latency)?;
                 report::latency_targets(&latency) + &report::latency(&latency)
             }
+            Section::E2e => report::end_to_end(&plan, &bench::e2e::run(&plan)?),
         };
         print!("{text}");
         return Ok(());

@@ -223,7 +223,8 @@ fn cell(cells: &[Cell], mode: Mode, load: Load) -> &Cell {
         .expect("every mode ran every load")
 }
 
-fn end_to_end(plan: &Plan, cells: &[Cell]) -> String {
+/// The end-to-end section.
+pub fn end_to_end(plan: &Plan, cells: &[Cell]) -> String {
     let mut out = format!(
         "\n## End to end\n\n\
          The rig of the tests (network namespaces on one bridge, veth links), with one nginx \
