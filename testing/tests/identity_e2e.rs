@@ -300,7 +300,9 @@ fn pins_removed_under_a_running_controller_are_pinned_again() {
             .collect::<Vec<_>>();
         names.iter().any(|n| n.starts_with("layout-"))
             && names.iter().any(|n| n.starts_with("name-"))
-            && names.iter().any(|n| n == "iface-eth0")
+            && names
+                .iter()
+                .any(|n| n.starts_with("iface-") && n.ends_with("-eth0"))
             && ["link", "LB_FLOWS", "LB_VIPS"]
                 .iter()
                 .all(|n| names.iter().any(|m| m == n))
