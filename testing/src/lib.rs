@@ -13,6 +13,7 @@ use anyhow::Context as _;
 
 pub mod bgp;
 pub mod bird;
+pub mod conformance;
 pub mod frames;
 pub mod nat_rig;
 pub mod packet_fuzz;

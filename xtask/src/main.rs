@@ -2,6 +2,7 @@
 
 mod docs;
 mod setup;
+mod verify;
 
 use std::{path::PathBuf, process::Command};
 
@@ -68,6 +69,17 @@ enum Task {
         #[arg(long, default_value = "docs/BENCHMARKS.md")]
         out: String,
     },
+    /// Check the data plane against its executable specification
+    /// (docs/VERIFICATION.md; needs root).
+    Verify {
+        /// Deeper: more conformance cases.
+        #[arg(long)]
+        long: bool,
+        /// Instead, put each seeded bug into a scratch copy of the tree and
+        /// check that the conformance check catches it.
+        #[arg(long)]
+        mutants: bool,
+    },
     /// Write docs/cli.md from `lb man --markdown`, then check every
     /// relative link in README.md and docs/.
     Docs {
@@ -132,6 +144,14 @@ fn run(task: Task) -> anyhow::Result<()> {
             setup::setup()?;
             upgrade_check(&from)
         }
+        Task::Verify { long, mutants } => {
+            setup::setup()?;
+            if mutants {
+                verify::mutants()
+            } else {
+                verify::verify(long)
+            }
+        }
         Task::Docs { check } => {
             setup::setup()?;
             docs::docs(check)
@@ -189,8 +209,12 @@ fn test(args: Vec<String>) -> anyhow::Result<()> {
 }
 
 fn cargo(args: &[String]) -> anyhow::Result<()> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    status(Command::new(cargo).args(args).current_dir(workspace_root()))
+    status(cargo_command().args(args).current_dir(workspace_root()))
+}
+
+/// The cargo that runs xtask.
+fn cargo_command() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
 }
 
 fn status(cmd: &mut Command) -> anyhow::Result<()> {
@@ -266,6 +290,19 @@ fn build_in(
     target: &std::path::Path,
     root: &std::path::Path,
 ) -> anyhow::Result<()> {
+    seed_target(target, root)?;
+    let cargo_bin = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    status(
+        Command::new(cargo_bin)
+            .args(["build", "--package", "lb-userspace", "--bin", "lb"])
+            .env("CARGO_TARGET_DIR", target)
+            .current_dir(tree),
+    )
+}
+
+/// Seeds a new target directory with hard links to this tree's debug
+/// builds, so that a build elsewhere compiles only what differs.
+fn seed_target(target: &std::path::Path, root: &std::path::Path) -> anyhow::Result<()> {
     if !target.exists() && root.join("target/debug").exists() {
         std::fs::create_dir_all(target)?;
         // Hard links: cargo only adds files next to the fresh ones.
@@ -275,13 +312,7 @@ fn build_in(
             .arg(target)
             .status();
     }
-    let cargo_bin = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    status(
-        Command::new(cargo_bin)
-            .args(["build", "--package", "lb-userspace", "--bin", "lb"])
-            .env("CARGO_TARGET_DIR", target)
-            .current_dir(tree),
-    )
+    Ok(())
 }
 
 fn capture_git_head() -> anyhow::Result<String> {

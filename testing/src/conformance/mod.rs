@@ -1,0 +1,457 @@
+//! Conformance of lb's data plane to its executable specification
+//! (`lb-spec`): a case's configuration is installed the way the controller
+//! installs one (plus the flow entries and sessions it asks for), the maps
+//! are read back into the specification's [`lb_spec::Maps`], and each
+//! frame runs through the real program (BPF_PROG_TEST_RUN) and through
+//! the specification. The verdict, the frame that leaves and every map
+//! the data plane writes must agree after every frame.
+
+mod case;
+mod snapshot;
+
+use std::{net::IpAddr, time::Duration};
+
+use anyhow::Context as _;
+use lb_common::{
+    balancer::{mask_prefix, FlowKey, FlowValue, StickyKey, StickyValue, LOAD_UNKNOWN},
+    nat::NO_NAT_SOURCE,
+    program_names::BALANCER,
+};
+use lb_spec::{Clock, Maps};
+use lb_userspace::{
+    dataplane::maps::{ControlMaps, WorkerEntry},
+    desired::{
+        options::{Forward, Scheduler, VipOptions},
+        state::{Desired, DEFAULT_WEIGHT},
+    },
+    service::{addr_bytes, Vip},
+};
+
+pub use case::{
+    case, Age, Case, FlowCase, FrameCase, Kind, Method, SessionCase, VipCase, WorkerCase,
+};
+use snapshot::{MapIds, EMPTY_SLOT};
+
+use crate::{
+    frames::{error_about, tcp, Fragment, Packet, Transport},
+    testrun::{worker_mac, Loaded, TUNNEL_MTU, TUNNEL_SOURCES},
+};
+
+const SECOND: u64 = 1_000_000_000;
+/// How far the data plane's reading of the coarse clock may lag the one
+/// taken before the run: its per-CPU cache is a tick old at most.
+const COARSE_LAG: u64 = 50_000_000;
+
+/// The installed case: the loaded program and its configuration.
+struct Installed {
+    lb: Loaded,
+    ids: MapIds,
+    _control: (Desired, ControlMaps),
+    /// Each worker's id, numbered across the VIPs.
+    workers: Vec<u32>,
+}
+
+fn vip_of(case: &Case, n: u8) -> (usize, &VipCase) {
+    let index = usize::from(n) % case.vips.len();
+    (index, &case.vips[index])
+}
+
+fn vip_addr(index: usize, v6: bool) -> IpAddr {
+    let text = if v6 {
+        format!("2001:db8::{}", 100 + index)
+    } else {
+        format!("192.0.2.{}", 100 + index)
+    };
+    text.parse().expect("an address")
+}
+
+fn vip_port(vip: &VipCase) -> u16 {
+    if vip.udp {
+        53
+    } else {
+        80
+    }
+}
+
+fn service(index: usize, vip: &VipCase) -> Vip {
+    let proto = if vip.udp { "udp" } else { "tcp" };
+    let addr = match vip_addr(index, vip.v6) {
+        IpAddr::V4(addr) => addr.to_string(),
+        IpAddr::V6(addr) => format!("[{addr}]"),
+    };
+    format!("{addr}:{}/{proto}", vip_port(vip))
+        .parse()
+        .expect("a VIP")
+}
+
+fn client_addr(v6: bool, n: u8) -> IpAddr {
+    let text = if v6 {
+        format!("2001:db8:c0::{}", 10 + n)
+    } else {
+        format!("203.0.113.{}", 10 + n)
+    };
+    text.parse().expect("an address")
+}
+
+fn worker_addr(v6: bool, n: usize) -> IpAddr {
+    let text = if v6 {
+        format!("2001:db8:1::{}", 10 + n)
+    } else {
+        format!("198.51.100.{}", 10 + n)
+    };
+    text.parse().expect("an address")
+}
+
+fn options(vip: &VipCase) -> VipOptions {
+    let forward = match vip.method {
+        Method::Dsr => Forward::Dsr,
+        Method::Ipip => Forward::Ipip,
+        Method::Gue => Forward::Gue,
+    };
+    VipOptions {
+        forward,
+        scheduler: if vip.least_load {
+            Scheduler::LeastLoad
+        } else {
+            Scheduler::Maglev
+        },
+        sticky: vip.sticky_s.map(|s| Duration::from_secs(s.into())),
+        sticky_prefix: vip.wide_prefix.then_some(if vip.v6 { 64 } else { 24 }),
+        idle_timeout: Some(Duration::from_secs(vip.idle_s.into())),
+        table_size: Some(vip.table_size),
+        ..VipOptions::default()
+    }
+}
+
+/// Installs `case`'s VIPs and workers as the controller does.
+fn install(case: &Case) -> anyhow::Result<Installed> {
+    let mut lb = Loaded::lb(4096)?;
+    let ids = MapIds::of(&lb)?;
+    let mut control = ControlMaps::take(lb.ebpf_mut())?;
+    let mut desired = Desired::new(case.hash_seed);
+    control.write_config(case.hash_seed)?;
+    let mut workers = Vec::new();
+    for (index, vip_case) in case.vips.iter().enumerate() {
+        let vip = service(index, vip_case);
+        let options = options(vip_case);
+        desired.add_vip(vip, options.clone())?;
+        let mut addrs = Vec::new();
+        for worker in &vip_case.workers {
+            let v6 = if vip_case.method == Method::Dsr {
+                vip_case.v6
+            } else {
+                worker.v6
+            };
+            let addr = worker_addr(v6, workers.len());
+            let id = desired.add_worker(&vip, addr, DEFAULT_WEIGHT)?;
+            anyhow::ensure!(id < EMPTY_SLOT, "worker id {id} beyond those read back");
+            let entry = WorkerEntry {
+                addr,
+                mac: worker.mac_known.then(|| worker_mac(id)),
+                vip_id: desired.vip(&vip)?.id,
+                state_flags: worker.state,
+                generation: worker.generation,
+                forward: options.forward.code(),
+                gue_port: options.gue_port(),
+                port: 0,
+                mtu: TUNNEL_MTU,
+                tunnel_source: Some(TUNNEL_SOURCES[usize::from(addr.is_ipv6())].parse()?),
+                egress: 0,
+            };
+            control.write_backend(id, &entry)?;
+            control.write_load(id, worker.load.unwrap_or(LOAD_UNKNOWN))?;
+            workers.push(id);
+            addrs.push((addr, id));
+        }
+        if let (Some((client, n)), false) = (vip_case.pin, addrs.is_empty()) {
+            let (addr, id) = addrs[usize::from(n) % addrs.len()];
+            let client = client_addr(vip_case.v6, client);
+            desired.pin(&vip, client, addr)?;
+            let state = desired.vip(&vip)?;
+            let prefix = state.options.prefix_for(&vip);
+            let key = StickyKey {
+                client: mask_prefix(&addr_bytes(client).0, prefix),
+                vip_id: state.id,
+            };
+            control.write_pin(key, id)?;
+        }
+        let state = desired.vip(&vip)?;
+        control.install_vip(&vip, state, &state.members(|_| true), case.hash_seed)?;
+    }
+    control.commit().map_err(|(_, error)| error)?;
+    Ok(Installed {
+        lb,
+        ids,
+        _control: (desired, control),
+        workers,
+    })
+}
+
+/// The worker id a flow or session names: a case's worker, an empty slot,
+/// or one past the array.
+fn worker_id(installed: &Installed, maps: &Maps, n: u8) -> u32 {
+    let n = usize::from(n) % (installed.workers.len() + 2);
+    match installed.workers.get(n) {
+        Some(&id) => id,
+        None if n == installed.workers.len() => EMPTY_SLOT,
+        None => maps.max_backends + 5,
+    }
+}
+
+/// How long ago, for a threshold of `limit_s` seconds.
+fn age_ns(age: Age, limit_s: u32) -> u64 {
+    let limit = u64::from(limit_s) * SECOND;
+    match age {
+        Age::Recent => SECOND * 3 / 10,
+        Age::Seconds => SECOND * 3 / 2,
+        Age::JustBefore => limit.saturating_sub(SECOND / 2),
+        Age::JustAfter => limit + SECOND / 2,
+        Age::Ancient => 3 * 86_400 * SECOND,
+    }
+}
+
+/// Both clocks now.
+pub fn clocks() -> Clock {
+    let read = |id| {
+        let mut time = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: a valid clock id and a timespec to write.
+        unsafe { libc::clock_gettime(id, &mut time) };
+        time.tv_sec as u64 * SECOND + time.tv_nsec as u64
+    };
+    Clock {
+        coarse: read(libc::CLOCK_MONOTONIC_COARSE),
+        monotonic: read(libc::CLOCK_MONOTONIC),
+    }
+}
+
+fn flow_key(case: &Case, vip: u8, client: u8, port: u16) -> FlowKey {
+    let (index, vip_case) = vip_of(case, vip);
+    let (src, family) = addr_bytes(client_addr(vip_case.v6, client));
+    FlowKey {
+        src,
+        dst: addr_bytes(vip_addr(index, vip_case.v6)).0,
+        sport: port.to_be(),
+        dport: vip_port(vip_case).to_be(),
+        proto: if vip_case.udp { 17 } else { 6 },
+        family,
+        pad: [0; 2],
+    }
+}
+
+/// Writes the case's flow entries and sessions, timed back from `now`.
+fn write_state(installed: &Installed, case: &Case, maps: &Maps, now: Clock) -> anyhow::Result<()> {
+    let mut flows = Vec::new();
+    for flow in &case.flows {
+        let (index, vip_case) = vip_of(case, flow.vip);
+        let key = flow_key(case, flow.vip, flow.client, flow.port);
+        let info = maps.vips[&service(index, vip_case).key()];
+        let seen = now.coarse.saturating_sub(age_ns(flow.age, vip_case.idle_s));
+        let value = FlowValue {
+            backend_id: worker_id(installed, maps, flow.worker),
+            vip_id: info.id,
+            created_ns: seen.saturating_sub(SECOND),
+            last_seen_ns: seen,
+            flags: u32::from(flow.closing),
+            vip_tag: if flow.stale_vip {
+                info.tag ^ 2
+            } else {
+                info.tag
+            },
+            backend_generation: flow.generation,
+            nat_port: 0,
+            nat_source: NO_NAT_SOURCE,
+            pad: 0,
+        };
+        flows.push((key, value));
+    }
+    installed.ids.write_flows(&flows)?;
+    let mut sessions = Vec::new();
+    for session in &case.sessions {
+        let (index, vip_case) = vip_of(case, session.vip);
+        let vip = service(index, vip_case);
+        let info = maps.vips[&vip.key()];
+        let client = addr_bytes(client_addr(vip_case.v6, session.client)).0;
+        let key = StickyKey {
+            client: mask_prefix(&client, info.sticky_prefix),
+            vip_id: info.id,
+        };
+        let ttl = vip_case.sticky_s.unwrap_or(10);
+        let value = StickyValue {
+            backend_id: worker_id(installed, maps, session.worker),
+            backend_generation: session.generation,
+            last_ns: now.monotonic.saturating_sub(age_ns(session.age, ttl)),
+        };
+        sessions.push((key, value));
+    }
+    installed.ids.write_sessions(&sessions)
+}
+
+/// The bytes of a case's frame.
+pub fn frame_bytes(case: &Case, frame: &FrameCase) -> Vec<u8> {
+    let (index, vip_case) = vip_of(case, frame.vip);
+    let vip = vip_addr(index, vip_case.v6);
+    let client = client_addr(vip_case.v6, frame.client);
+    let port = vip_port(vip_case);
+    let segment = |dport: u16, flags: u8| {
+        if vip_case.udp {
+            Packet::udp(client, frame.port, vip, dport)
+        } else {
+            Packet::tcp(client, frame.port, vip, dport, flags)
+        }
+    };
+    let mut packet = match frame.kind {
+        Kind::Segment(flags) | Kind::Options(flags) => segment(port, flags),
+        Kind::Fragment(_) | Kind::Padded(_) => segment(port, tcp::ACK),
+        Kind::OtherPort(n) => segment(1000 + u16::from(n), tcp::ACK),
+        Kind::Echo => {
+            let kind = if vip_case.v6 { 128 } else { 8 };
+            let rest = [0, 7, 0, 1];
+            Packet::new(
+                client,
+                vip,
+                Transport::Icmp {
+                    kind,
+                    code: 0,
+                    rest,
+                },
+            )
+        }
+        Kind::Error => {
+            let sent = if vip_case.udp {
+                Packet::udp(vip, port, client, frame.port)
+            } else {
+                Packet::tcp(vip, port, client, frame.port, tcp::ACK)
+            };
+            error_about(worker_addr(vip_case.v6, 99), &sent)
+        }
+    };
+    if !matches!(frame.kind, Kind::Error) {
+        packet.payload = vec![0x61; usize::from(frame.payload)];
+    }
+    match frame.kind {
+        Kind::Options(n) if vip_case.v6 => packet.ipv6_hop_by_hop = n > 0,
+        Kind::Options(n) => packet.ipv4_options = vec![1; 4 * usize::from(n)],
+        Kind::Fragment(offset) => {
+            packet.fragment = Some(Fragment { offset, more: true });
+        }
+        _ => {}
+    }
+    let mut bytes = packet.build();
+    if let Kind::Padded(n) = frame.kind {
+        packet.pad_to = bytes.len() + usize::from(n);
+        bytes = packet.build();
+    }
+    mutate(bytes, frame)
+}
+
+/// The frame with its mutations: bytes flipped, then cut (never below an
+/// Ethernet header, which BPF_PROG_TEST_RUN requires).
+fn mutate(mut bytes: Vec<u8>, frame: &FrameCase) -> Vec<u8> {
+    let len = bytes.len();
+    for &(at, mask) in &frame.flips {
+        bytes[usize::from(at) % len] ^= mask;
+    }
+    if let Some(cut) = frame.cut {
+        bytes.truncate(14 + usize::from(cut) % (len - 13));
+    }
+    bytes
+}
+
+/// Runs `case` through lb and the specification; the first disagreement,
+/// described.
+pub fn check(case: &Case) -> Result<(), String> {
+    run(case).map_err(|error| format!("{error:#}"))
+}
+
+fn run(case: &Case) -> anyhow::Result<()> {
+    let installed = install(case).context("installing the case")?;
+    let configured = installed.ids.read()?;
+    write_state(&installed, case, &configured, clocks())?;
+    let mut spec = installed.ids.read()?;
+    for (n, frame) in case.frames.iter().enumerate() {
+        let bytes = frame_bytes(case, frame);
+        let before = clocks();
+        let (verdict, out) = installed.lb.run_frame(BALANCER, &bytes)?;
+        let after = clocks();
+        let effect = lb_spec::step(&mut spec, &bytes, before)
+            .with_context(|| format!("frame {n} takes a path the specification leaves out"))?;
+        let mut real = installed.ids.read()?;
+        let context = || format!("frame {n} ({frame:?}): {}", hex(&bytes));
+        anyhow::ensure!(
+            verdict == effect.verdict.code() && out == effect.frame,
+            "{}\nverdict {verdict}, specified {} ({:?})\nleft      {}\nspecified {}",
+            context(),
+            effect.verdict.code(),
+            effect.verdict,
+            hex(&out),
+            hex(&effect.frame)
+        );
+        adopt_times(&mut spec, &real, before, after);
+        real.vips.clear();
+        compare(&spec, &real).with_context(context)?;
+    }
+    Ok(())
+}
+
+/// Takes the data plane's readings of the clock where the specification
+/// wrote "now" and the reading lies between the clocks read before and
+/// after the run.
+fn adopt_times(spec: &mut Maps, real: &Maps, before: Clock, after: Clock) {
+    let coarse = |ours: &mut u64, theirs: u64| {
+        let window = before.coarse.saturating_sub(COARSE_LAG)..=after.coarse;
+        if *ours == before.coarse && window.contains(&theirs) {
+            *ours = theirs;
+        }
+    };
+    for (key, value) in &mut spec.flows {
+        if let Some(theirs) = real.flows.get(key) {
+            coarse(&mut value.created_ns, theirs.created_ns);
+            coarse(&mut value.last_seen_ns, theirs.last_seen_ns);
+        }
+    }
+    for (key, value) in &mut spec.sessions {
+        if let Some(theirs) = real.sessions.get(key) {
+            let window = before.monotonic..=after.monotonic;
+            if value.last_ns == before.monotonic && window.contains(&theirs.last_ns) {
+                value.last_ns = theirs.last_ns;
+            }
+        }
+    }
+}
+
+fn compare(spec: &Maps, real: &Maps) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        spec.counters == real.counters,
+        "counters\nlb        {:?}\nspecified {:?}",
+        real.counters,
+        spec.counters
+    );
+    anyhow::ensure!(
+        spec.flows == real.flows,
+        "flow table\nlb        {:?}\nspecified {:?}",
+        real.flows,
+        spec.flows
+    );
+    anyhow::ensure!(
+        spec.sessions == real.sessions,
+        "sessions\nlb        {:?}\nspecified {:?}",
+        real.sessions,
+        spec.sessions
+    );
+    anyhow::ensure!(
+        (&spec.vip_stats, &spec.backend_stats) == (&real.vip_stats, &real.backend_stats),
+        "VIP and worker statistics\nlb        {:?} {:?}\nspecified {:?} {:?}",
+        real.vip_stats,
+        real.backend_stats,
+        spec.vip_stats,
+        spec.backend_stats
+    );
+    Ok(())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

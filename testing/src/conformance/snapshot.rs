@@ -1,0 +1,179 @@
+//! Reading lb's maps into the specification's [`Maps`], and writing the
+//! flow entries and sessions a case asks for: through descriptors of
+//! their own (by map id), since the controller's `ControlMaps` holds the
+//! object's.
+
+use std::collections::BTreeMap;
+
+use anyhow::Context as _;
+use aya::maps::{Array, ArrayOfMaps, HashMap, Map, MapData, PerCpuArray};
+use lb_common::{
+    balancer::{
+        Backend, Config, FlowKey, FlowValue, StickyKey, StickyValue, TrafficCounters, VipAddrKey,
+        VipInfo, VipKey, VipTag, LOAD_UNKNOWN,
+    },
+    counters::GlobalCounters,
+    map_names,
+};
+use lb_spec::Maps;
+
+use crate::testrun::Loaded;
+
+/// VIP ids read back (cases have fewer VIPs).
+pub const READ_VIPS: u32 = 8;
+/// Worker ids read back (cases have fewer workers; [`EMPTY_SLOT`] is one).
+pub const READ_WORKERS: u32 = 48;
+/// A worker slot no case writes.
+pub const EMPTY_SLOT: u32 = 40;
+
+/// The ids of the maps the specification covers.
+pub struct MapIds(BTreeMap<&'static str, u32>);
+
+const COVERED: [&str; 13] = [
+    map_names::CONFIG,
+    map_names::VIPS,
+    map_names::VIP_ADDRS,
+    map_names::VIP_TAGS,
+    map_names::BACKENDS,
+    map_names::MAGLEV,
+    map_names::LOAD,
+    map_names::FLOWS,
+    map_names::STICKY,
+    map_names::PINS,
+    map_names::COUNTERS,
+    map_names::VIP_STATS,
+    map_names::BACKEND_STATS,
+];
+
+fn data(map: &Map) -> &MapData {
+    match map {
+        Map::Array(data)
+        | Map::ArrayOfMaps(data)
+        | Map::HashMap(data)
+        | Map::LruHashMap(data)
+        | Map::PerCpuArray(data) => data,
+        _ => panic!("the specification covers no other kind of map"),
+    }
+}
+
+impl MapIds {
+    /// The ids of `loaded`'s maps (before the controller takes them).
+    pub fn of(loaded: &Loaded) -> anyhow::Result<Self> {
+        let mut ids = BTreeMap::new();
+        for name in COVERED {
+            let map = loaded.map(name).with_context(|| format!("no map {name}"))?;
+            ids.insert(name, data(map).info()?.id());
+        }
+        Ok(Self(ids))
+    }
+
+    fn open(&self, name: &str) -> anyhow::Result<Map> {
+        let id = self.0[name];
+        Ok(Map::from_map_data(MapData::from_id(id)?)?)
+    }
+
+    /// Writes flow entries.
+    pub fn write_flows(&self, flows: &[(FlowKey, FlowValue)]) -> anyhow::Result<()> {
+        let mut map: HashMap<MapData, FlowKey, FlowValue> =
+            self.open(map_names::FLOWS)?.try_into()?;
+        for (key, value) in flows {
+            map.insert(key, value, 0)?;
+        }
+        Ok(())
+    }
+
+    /// Writes sticky sessions.
+    pub fn write_sessions(&self, sessions: &[(StickyKey, StickyValue)]) -> anyhow::Result<()> {
+        let mut map: HashMap<MapData, StickyKey, StickyValue> =
+            self.open(map_names::STICKY)?.try_into()?;
+        for (key, value) in sessions {
+            map.insert(key, value, 0)?;
+        }
+        Ok(())
+    }
+
+    /// Everything the specification reads.
+    pub fn read(&self) -> anyhow::Result<Maps> {
+        let config: Array<MapData, Config> = self.open(map_names::CONFIG)?.try_into()?;
+        let vips: HashMap<MapData, VipKey, VipInfo> = self.open(map_names::VIPS)?.try_into()?;
+        let vips: std::collections::HashMap<_, _> = vips.iter().collect::<Result<_, _>>()?;
+        let addrs: HashMap<MapData, VipAddrKey, u8> =
+            self.open(map_names::VIP_ADDRS)?.try_into()?;
+        let tags: Array<MapData, VipTag> = self.open(map_names::VIP_TAGS)?.try_into()?;
+        let backends: Array<MapData, Backend> = self.open(map_names::BACKENDS)?.try_into()?;
+        let loads: Array<MapData, u32> = self.open(map_names::LOAD)?.try_into()?;
+        let pins: HashMap<MapData, StickyKey, u32> = self.open(map_names::PINS)?.try_into()?;
+        let mut maps = Maps {
+            hash_seed: config.get(&0, 0)?.hash_seed,
+            vip_addrs: addrs.keys().collect::<Result<_, _>>()?,
+            max_vips: tags.len(),
+            max_backends: backends.len(),
+            tables: self.tables(&vips)?,
+            vips,
+            pins: pins.iter().collect::<Result<_, _>>()?,
+            ..Maps::default()
+        };
+        for id in 0..READ_VIPS {
+            maps.vip_tags.insert(id, tags.get(&id, 0)?);
+        }
+        for id in 0..READ_WORKERS {
+            maps.backends.insert(id, backends.get(&id, 0)?);
+            let load = loads.get(&id, 0)?;
+            if load != LOAD_UNKNOWN {
+                maps.loads.insert(id, load);
+            }
+        }
+        self.read_written(&mut maps)?;
+        Ok(maps)
+    }
+
+    fn tables(
+        &self,
+        vips: &std::collections::HashMap<VipKey, VipInfo>,
+    ) -> anyhow::Result<std::collections::HashMap<u32, Vec<u32>>> {
+        let outer: ArrayOfMaps<MapData, MapData> = self.open(map_names::MAGLEV)?.try_into()?;
+        let mut tables = std::collections::HashMap::new();
+        for info in vips.values() {
+            let inner: Array<MapData, u32> = Map::Array(outer.get(&info.id, 0)?).try_into()?;
+            let slots = (0..inner.len())
+                .map(|i| inner.get(&i, 0))
+                .collect::<Result<_, _>>()?;
+            tables.insert(info.id, slots);
+        }
+        Ok(tables)
+    }
+
+    /// What the data plane writes: flows, sessions, counters, statistics.
+    pub fn read_written(&self, maps: &mut Maps) -> anyhow::Result<()> {
+        let flows: HashMap<MapData, FlowKey, FlowValue> =
+            self.open(map_names::FLOWS)?.try_into()?;
+        maps.flows = flows.iter().collect::<Result<_, _>>()?;
+        let sessions: HashMap<MapData, StickyKey, StickyValue> =
+            self.open(map_names::STICKY)?.try_into()?;
+        maps.sessions = sessions.iter().collect::<Result<_, _>>()?;
+        let counters: PerCpuArray<MapData, GlobalCounters> =
+            self.open(map_names::COUNTERS)?.try_into()?;
+        maps.counters = GlobalCounters::default();
+        for copy in counters.get(&0, 0)?.iter() {
+            maps.counters.accumulate(copy);
+        }
+        maps.vip_stats = self.traffic(map_names::VIP_STATS, READ_VIPS)?;
+        maps.backend_stats = self.traffic(map_names::BACKEND_STATS, READ_WORKERS)?;
+        Ok(())
+    }
+
+    fn traffic(&self, name: &str, ids: u32) -> anyhow::Result<BTreeMap<u32, TrafficCounters>> {
+        let array: PerCpuArray<MapData, TrafficCounters> = self.open(name)?.try_into()?;
+        let mut read = BTreeMap::new();
+        for id in 0..ids {
+            let mut total = TrafficCounters::default();
+            for copy in array.get(&id, 0)?.iter() {
+                total.accumulate(copy);
+            }
+            if total != TrafficCounters::default() {
+                read.insert(id, total);
+            }
+        }
+        Ok(read)
+    }
+}
