@@ -51,6 +51,7 @@ fn the_data_plane_does_what_its_specification_says() {
         Err(TestError::Fail(reason, case)) => panic!(
             "lb and its specification disagree: {reason}\n\nThe minimal case, as a test:\n\n\
              #[test]\nfn regression() {{\n    lb_testing::needs_root!();\n    \
+             use lb_testing::conformance::{{Age::*, Kind::*, Method::*, *}};\n    \
              let case = {};\n    lb_testing::conformance::check(&case).unwrap();\n}}\n",
             rust(&case)
         ),

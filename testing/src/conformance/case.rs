@@ -18,6 +18,10 @@ pub enum Method {
     Ipip,
     /// GUE.
     Gue,
+    /// Destination NAT, to the worker's own port.
+    Nat,
+    /// Source and destination NAT, to the worker's own port.
+    Fullnat,
 }
 
 /// A VIP and its workers.
@@ -49,7 +53,8 @@ pub struct VipCase {
 /// A worker and its state.
 #[derive(Clone, Debug)]
 pub struct WorkerCase {
-    /// An IPv6 worker (tunnels only: a DSR worker has the VIP's family).
+    /// An IPv6 worker (tunnels only: a DSR or NAT worker has the VIP's
+    /// family).
     pub v6: bool,
     /// `BACKEND_DOWN`, `BACKEND_DRAINING`, `BACKEND_UNREACHABLE` bits.
     pub state: u8,
@@ -123,7 +128,9 @@ pub enum Kind {
     OtherPort(u8),
     /// An echo request to the VIP's address.
     Echo,
-    /// A router's ICMP error about the flow (a "too big" or "unreachable").
+    /// A router's ICMP error about the flow (a "too big" or "unreachable");
+    /// for a NAT VIP a segment instead (NAT's ICMP half is outside the
+    /// specification).
     Error,
     /// With IPv4 options or an IPv6 hop-by-hop header.
     Options(u8),
@@ -158,6 +165,9 @@ pub struct FrameCase {
 pub struct Case {
     /// The flow hash's seed.
     pub hash_seed: u32,
+    /// NAT ports from 20000: four (collisions and exhaustion), or a
+    /// thousand.
+    pub few_nat_ports: bool,
     /// The VIPs (at least one).
     pub vips: Vec<VipCase>,
     /// Flow table entries.
@@ -176,7 +186,13 @@ impl Case {
 }
 
 fn method() -> impl Strategy<Value = Method> {
-    prop_oneof![Just(Method::Dsr), Just(Method::Ipip), Just(Method::Gue)]
+    prop_oneof![
+        Just(Method::Dsr),
+        Just(Method::Ipip),
+        Just(Method::Gue),
+        Just(Method::Nat),
+        Just(Method::Fullnat),
+    ]
 }
 
 fn age() -> impl Strategy<Value = Age> {
@@ -316,17 +332,20 @@ fn frame() -> impl Strategy<Value = FrameCase> {
 /// up to 32 frames (a case's cost is loading the program: frames are cheap).
 pub fn case() -> impl Strategy<Value = Case> {
     (
-        any::<u32>(),
+        (any::<u32>(), any::<bool>()),
         prop::collection::vec(vip(), 1..=3),
         prop::collection::vec(flow(), 0..=8),
         prop::collection::vec(session(), 0..=6),
         prop::collection::vec(frame(), 1..=32),
     )
-        .prop_map(|(hash_seed, vips, flows, sessions, frames)| Case {
-            hash_seed,
-            vips,
-            flows,
-            sessions,
-            frames,
-        })
+        .prop_map(
+            |((hash_seed, few_nat_ports), vips, flows, sessions, frames)| Case {
+                hash_seed,
+                few_nat_ports,
+                vips,
+                flows,
+                sessions,
+                frames,
+            },
+        )
 }

@@ -34,8 +34,24 @@ use snapshot::{MapIds, EMPTY_SLOT};
 
 use crate::{
     frames::{error_about, tcp, Fragment, Packet, Transport},
-    testrun::{worker_mac, Loaded, TUNNEL_MTU, TUNNEL_SOURCES},
+    testrun::{configure_nat, worker_mac, Loaded, TUNNEL_MTU, TUNNEL_SOURCES},
 };
+
+/// The NAT sources of every case.
+const NAT_SOURCES: [&str; 2] = ["192.0.2.2", "2001:db8::2"];
+
+fn is_nat(method: Method) -> bool {
+    matches!(method, Method::Nat | Method::Fullnat)
+}
+
+/// A NAT worker's port: its own, not the VIP's.
+fn nat_port(vip: &Vip) -> u16 {
+    if vip.key().proto == 6 {
+        8080
+    } else {
+        5353
+    }
+}
 
 const SECOND: u64 = 1_000_000_000;
 /// How far the data plane's reading of the coarse clock may lag the one
@@ -107,6 +123,8 @@ fn options(vip: &VipCase) -> VipOptions {
         Method::Dsr => Forward::Dsr,
         Method::Ipip => Forward::Ipip,
         Method::Gue => Forward::Gue,
+        Method::Nat => Forward::Nat,
+        Method::Fullnat => Forward::Fullnat,
     };
     VipOptions {
         forward,
@@ -131,13 +149,14 @@ fn install(case: &Case) -> anyhow::Result<Installed> {
     let mut desired = Desired::new(case.hash_seed);
     control.write_config(case.hash_seed)?;
     let mut workers = Vec::new();
+    let mut entries = Vec::new();
     for (index, vip_case) in case.vips.iter().enumerate() {
         let vip = service(index, vip_case);
         let options = options(vip_case);
         desired.add_vip(vip, options.clone())?;
         let mut addrs = Vec::new();
         for worker in &vip_case.workers {
-            let v6 = if vip_case.method == Method::Dsr {
+            let v6 = if matches!(vip_case.method, Method::Dsr | Method::Nat | Method::Fullnat) {
                 vip_case.v6
             } else {
                 worker.v6
@@ -160,6 +179,7 @@ fn install(case: &Case) -> anyhow::Result<Installed> {
             };
             control.write_backend(id, &entry)?;
             control.write_load(id, worker.load.unwrap_or(LOAD_UNKNOWN))?;
+            entries.push((id, entry, is_nat(vip_case.method).then(|| nat_port(&vip))));
             workers.push(id);
             addrs.push((addr, id));
         }
@@ -179,6 +199,21 @@ fn install(case: &Case) -> anyhow::Result<Installed> {
         control.install_vip(&vip, state, &state.members(|_| true), case.hash_seed)?;
     }
     control.commit().map_err(|(_, error)| error)?;
+    let sources: Vec<IpAddr> = NAT_SOURCES
+        .iter()
+        .map(|s| s.parse())
+        .collect::<Result<_, _>>()?;
+    let high = if case.few_nat_ports { 20_003 } else { 20_999 };
+    configure_nat(&desired, &mut control, nat_port, &sources, (20_000, high))?;
+    // The NAT workers again, in the case's states (the NAT configuration
+    // wrote them up, of generation 1), with their own port.
+    for (id, mut entry, port) in entries {
+        if let Some(port) = port {
+            entry.port = port;
+            entry.tunnel_source = None;
+            control.write_backend(id, &entry)?;
+        }
+    }
     Ok(Installed {
         lb,
         ids,
@@ -241,6 +276,26 @@ fn flow_key(case: &Case, vip: u8, client: u8, port: u16) -> FlowKey {
     }
 }
 
+/// A `fullnat` VIP's flow entry names the family's first NAT source and
+/// one of the four lowest ports (the NAT table may not have its entry:
+/// then the flow is a lost one).
+fn with_nat_source(value: FlowValue, vip: &VipCase, maps: &Maps, port: u16) -> FlowValue {
+    if vip.method != Method::Fullnat {
+        return value;
+    }
+    let config = &maps.nat_config;
+    let slot = if vip.v6 {
+        config.v6_slots[0]
+    } else {
+        config.v4_slots[0]
+    };
+    FlowValue {
+        nat_source: slot,
+        nat_port: (20_000 + port % 4).to_be(),
+        ..value
+    }
+}
+
 /// Writes the case's flow entries and sessions, timed back from `now`.
 fn write_state(installed: &Installed, case: &Case, maps: &Maps, now: Clock) -> anyhow::Result<()> {
     let mut flows = Vec::new();
@@ -265,7 +320,7 @@ fn write_state(installed: &Installed, case: &Case, maps: &Maps, now: Clock) -> a
             nat_source: NO_NAT_SOURCE,
             pad: 0,
         };
-        flows.push((key, value));
+        flows.push((key, with_nat_source(value, vip_case, maps, flow.port)));
     }
     installed.ids.write_flows(&flows)?;
     let mut sessions = Vec::new();
@@ -319,6 +374,7 @@ pub fn frame_bytes(case: &Case, frame: &FrameCase) -> Vec<u8> {
                 },
             )
         }
+        Kind::Error if is_nat(vip_case.method) => segment(port, tcp::ACK),
         Kind::Error => {
             let sent = if vip_case.udp {
                 Packet::udp(vip, port, client, frame.port)
@@ -328,7 +384,7 @@ pub fn frame_bytes(case: &Case, frame: &FrameCase) -> Vec<u8> {
             error_about(worker_addr(vip_case.v6, 99), &sent)
         }
     };
-    if !matches!(frame.kind, Kind::Error) {
+    if !matches!(frame.kind, Kind::Error) || is_nat(vip_case.method) {
         packet.payload = vec![0x61; usize::from(frame.payload)];
     }
     match frame.kind {
@@ -412,6 +468,12 @@ fn adopt_times(spec: &mut Maps, real: &Maps, before: Clock, after: Clock) {
             coarse(&mut value.last_seen_ns, theirs.last_seen_ns);
         }
     }
+    for (key, value) in &mut spec.nat {
+        if let Some(theirs) = real.nat.get(key) {
+            coarse(&mut value.created_ns, theirs.created_ns);
+            coarse(&mut value.last_seen_ns, theirs.last_seen_ns);
+        }
+    }
     for (key, value) in &mut spec.sessions {
         if let Some(theirs) = real.sessions.get(key) {
             let window = before.monotonic..=after.monotonic;
@@ -434,6 +496,12 @@ fn compare(spec: &Maps, real: &Maps) -> anyhow::Result<()> {
         "flow table\nlb        {:?}\nspecified {:?}",
         real.flows,
         spec.flows
+    );
+    anyhow::ensure!(
+        spec.nat == real.nat,
+        "NAT table\nlb        {:?}\nspecified {:?}",
+        real.nat,
+        spec.nat
     );
     anyhow::ensure!(
         spec.sessions == real.sessions,

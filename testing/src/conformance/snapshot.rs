@@ -14,6 +14,7 @@ use lb_common::{
     },
     counters::GlobalCounters,
     map_names,
+    nat::{NatConfig, NatEntry, NatSource, NatWorkerKey, NatWorkerValue},
 };
 use lb_spec::Maps;
 
@@ -29,7 +30,7 @@ pub const EMPTY_SLOT: u32 = 40;
 /// The ids of the maps the specification covers.
 pub struct MapIds(BTreeMap<&'static str, u32>);
 
-const COVERED: [&str; 13] = [
+const COVERED: [&str; 18] = [
     map_names::CONFIG,
     map_names::VIPS,
     map_names::VIP_ADDRS,
@@ -43,6 +44,11 @@ const COVERED: [&str; 13] = [
     map_names::COUNTERS,
     map_names::VIP_STATS,
     map_names::BACKEND_STATS,
+    map_names::NAT_CONFIG,
+    map_names::NAT_SOURCES,
+    map_names::NAT,
+    map_names::NAT_WORKERS,
+    map_names::REPLY_FILTER,
 ];
 
 fn data(map: &Map) -> &MapData {
@@ -123,8 +129,29 @@ impl MapIds {
                 maps.loads.insert(id, load);
             }
         }
+        self.read_nat(&mut maps)?;
         self.read_written(&mut maps)?;
         Ok(maps)
+    }
+
+    fn read_nat(&self, maps: &mut Maps) -> anyhow::Result<()> {
+        let config: Array<MapData, NatConfig> = self.open(map_names::NAT_CONFIG)?.try_into()?;
+        maps.nat_config = config.get(&0, 0)?;
+        let sources: Array<MapData, NatSource> = self.open(map_names::NAT_SOURCES)?.try_into()?;
+        for slot in 0..sources.len() {
+            let source = sources.get(&slot, 0)?;
+            if source != NatSource::default() {
+                maps.nat_sources.insert(slot as u8, source);
+            }
+        }
+        let workers: HashMap<MapData, NatWorkerKey, NatWorkerValue> =
+            self.open(map_names::NAT_WORKERS)?.try_into()?;
+        maps.nat_workers = workers.iter().collect::<Result<_, _>>()?;
+        let filter: Array<MapData, u64> = self.open(map_names::REPLY_FILTER)?.try_into()?;
+        maps.reply_filter = (0..filter.len())
+            .map(|i| filter.get(&i, 0))
+            .collect::<Result<_, _>>()?;
+        Ok(())
     }
 
     fn tables(
@@ -151,6 +178,8 @@ impl MapIds {
         let sessions: HashMap<MapData, StickyKey, StickyValue> =
             self.open(map_names::STICKY)?.try_into()?;
         maps.sessions = sessions.iter().collect::<Result<_, _>>()?;
+        let nat: HashMap<MapData, FlowKey, NatEntry> = self.open(map_names::NAT)?.try_into()?;
+        maps.nat = nat.iter().collect::<Result<_, _>>()?;
         let counters: PerCpuArray<MapData, GlobalCounters> =
             self.open(map_names::COUNTERS)?.try_into()?;
         maps.counters = GlobalCounters::default();

@@ -2,19 +2,16 @@
 //! flow or choose a worker for a new one (pin, sticky session, Maglev or
 //! least-load), record what it chose, and send the frame on.
 
-use lb_common::{
-    balancer::{
-        Backend, FlowKey, FlowValue, StickyKey, StickyValue, VipInfo, VipKey, BACKEND_DOWN,
-        BACKEND_DRAINING, BACKEND_MAC_KNOWN, BACKEND_UNREACHABLE, BACKEND_VALID, FAMILY_V4,
-        FAMILY_V6, FLOW_CLOSING, FORWARD_DSR, FORWARD_GUE, FORWARD_IPIP, LOAD_UNKNOWN, NO_BACKEND,
-        SCHED_LEAST_LOAD, VIP_HAS_PINS, VIP_STICKY,
-    },
-    nat::NO_NAT_SOURCE,
+use lb_common::balancer::{
+    is_nat, Backend, FlowKey, FlowValue, StickyKey, StickyValue, VipInfo, VipKey, BACKEND_DOWN,
+    BACKEND_DRAINING, BACKEND_MAC_KNOWN, BACKEND_UNREACHABLE, BACKEND_VALID, FAMILY_V4, FAMILY_V6,
+    FLOW_CLOSING, FORWARD_DSR, FORWARD_FULLNAT, FORWARD_GUE, FORWARD_IPIP, LOAD_UNKNOWN,
+    NO_BACKEND, SCHED_LEAST_LOAD, VIP_HAS_PINS, VIP_STICKY,
 };
 
 use crate::{
     headers::{self, Class, Packet, ETH_LEN, TCP, UDP},
-    icmp,
+    icmp, nat,
     state::{Clock, Effect, Maps, Verdict},
     tunnel,
 };
@@ -29,8 +26,8 @@ const SECOND_SALT: u32 = 0x5bd1_e995;
 
 /// Runs one frame through the balancer: the verdict and the frame that
 /// leaves, with `maps` changed as the data plane changes them; `None` when
-/// the frame takes a path this specification leaves out (NAT, "too big"
-/// answers, a worker behind another interface).
+/// the frame takes a path this specification leaves out (NAT's reverse
+/// half, "too big" answers, a worker behind another interface).
 pub fn step(maps: &mut Maps, frame: &[u8], clock: Clock) -> Option<Effect> {
     maps.counters.packets += 1;
     maps.counters.bytes += frame.len() as u64;
@@ -100,7 +97,7 @@ fn balance(maps: &mut Maps, frame: &[u8], packet: &Packet, clock: Clock) -> Outc
     }
     let key = flow_key(packet);
     let Some(vip) = maps.vips.get(&vip_key(&key)).copied() else {
-        return Some(None);
+        return nat::not_a_reply(maps, &key).map(|()| None);
     };
     let tcp = packet.proto == TCP;
     let syn = tcp && packet.tcp_flags & (SYN | ACK) == SYN;
@@ -123,7 +120,7 @@ fn balance(maps: &mut Maps, frame: &[u8], packet: &Packet, clock: Clock) -> Outc
             }
         }
     };
-    send(maps, frame, &key, &job).map(Some)
+    send(maps, frame, packet, &key, &job, clock).map(Some)
 }
 
 /// A packet's flow: addresses, ports (as on the wire), protocol, family.
@@ -167,6 +164,8 @@ pub struct Job {
     pub vip_id: u32,
     /// Whether this packet opened a flow.
     pub new_flow: bool,
+    /// A followed `fullnat` flow's NAT source slot and port.
+    pub nat: (u8, u16),
 }
 
 /// The flow table's worker for `key`, its entry kept fresh: a flow is
@@ -202,6 +201,7 @@ fn follow(maps: &mut Maps, key: &FlowKey, clock: Clock, closing: bool) -> Option
         backend,
         vip_id: entry.vip_id,
         new_flow: false,
+        nat: (entry.nat_source, entry.nat_port),
     })
 }
 
@@ -262,7 +262,8 @@ fn new_flow(
         };
         maps.sessions.insert(client, session);
     }
-    if !reset {
+    // A `fullnat` flow is recorded once it has its port.
+    if !reset && backend.forward != FORWARD_FULLNAT {
         maps.flows
             .insert(*key, recorded(backend_id, &backend, vip, clock));
     }
@@ -271,6 +272,7 @@ fn new_flow(
         backend,
         vip_id: vip.id,
         new_flow: true,
+        nat: (nat::NO_SOURCE, 0),
     })
 }
 
@@ -300,7 +302,7 @@ fn recorded(backend_id: u32, backend: &Backend, vip: &VipInfo, clock: Clock) -> 
         vip_tag: vip.tag,
         backend_generation: backend.generation,
         nat_port: 0,
-        nat_source: NO_NAT_SOURCE,
+        nat_source: nat::NO_SOURCE,
         pad: 0,
     }
 }
@@ -376,7 +378,18 @@ fn murmur_block(h: u32, block: u32) -> u32 {
 /// Sends the packet on to its worker: dropped while the worker's MAC (or
 /// next hop's) is unknown; readdressed (DSR) or encapsulated (IPIP, GUE);
 /// counted for its VIP and worker. `None` outside the specification.
-fn send(maps: &mut Maps, frame: &[u8], key: &FlowKey, job: &Job) -> Option<Effect> {
+fn send(
+    maps: &mut Maps,
+    frame: &[u8],
+    packet: &Packet,
+    key: &FlowKey,
+    job: &Job,
+    clock: Clock,
+) -> Option<Effect> {
+    if is_nat(job.backend.forward) {
+        return (job.backend.egress == 0)
+            .then(|| nat::forward(maps, frame, packet, key, job, clock));
+    }
     if job.backend.flags & BACKEND_MAC_KNOWN == 0 {
         maps.counters.drop_no_neighbour += 1;
         return Some(drop(frame));
@@ -411,7 +424,7 @@ pub fn readdressed(frame: &[u8], mac: [u8; 6]) -> Vec<u8> {
     out
 }
 
-fn count_forwarded(maps: &mut Maps, job: &Job, len: u64) {
+pub fn count_forwarded(maps: &mut Maps, job: &Job, len: u64) {
     for stats in [
         maps.vip_stats.entry(job.vip_id).or_default(),
         maps.backend_stats.entry(job.backend_id).or_default(),

@@ -29,3 +29,11 @@ pub fn updated(check: u16, old: u16, new: u16) -> u16 {
     let sum = u64::from(!check) + u64::from(!old) + u64::from(new);
     !fold(sum)
 }
+
+/// [`updated`] for several changed words at once.
+pub fn updated_words(check: u16, words: &[(u16, u16)]) -> u16 {
+    let sum = words.iter().fold(u64::from(!check), |sum, &(old, new)| {
+        sum + u64::from(!old) + u64::from(new)
+    });
+    !fold(sum)
+}

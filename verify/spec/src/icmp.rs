@@ -128,7 +128,8 @@ fn error(maps: &mut Maps, frame: &[u8], key: &FlowKey) -> Option<Option<Effect>>
         return Some(None);
     };
     let Some(backend) = maps.backend(backend_id) else {
-        return Some(None);
+        let candidate = crate::nat::reply_candidate(maps, &key.src, key.sport, key.proto);
+        return (!candidate).then_some(None);
     };
     if backend.flags & BACKEND_MAC_KNOWN == 0 {
         maps.counters.drop_no_neighbour += 1;

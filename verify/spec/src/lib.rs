@@ -14,6 +14,7 @@ mod balance;
 mod checksum;
 mod headers;
 mod icmp;
+mod nat;
 mod state;
 mod tunnel;
 

@@ -9,6 +9,7 @@ use lb_common::{
         VipKey, VipTag,
     },
     counters::GlobalCounters,
+    nat::{NatConfig, NatEntry, NatSource, NatWorkerKey, NatWorkerValue},
 };
 
 /// What the data plane reads and writes for the VIP path, one field per
@@ -41,6 +42,16 @@ pub struct Maps {
     pub sessions: HashMap<StickyKey, StickyValue>,
     /// `LB_PINS`.
     pub pins: HashMap<StickyKey, u32>,
+    /// `LB_NAT_CONFIG`: the NAT sources' slots and the port range.
+    pub nat_config: NatConfig,
+    /// `LB_NAT_SOURCES`, by slot.
+    pub nat_sources: BTreeMap<u8, NatSource>,
+    /// `LB_NAT`: `fullnat` connections by the reply tuple.
+    pub nat: HashMap<FlowKey, NatEntry>,
+    /// `LB_NAT_WORKERS`: `nat` workers by address and port.
+    pub nat_workers: HashMap<NatWorkerKey, NatWorkerValue>,
+    /// `LB_REPLY_FILTER`'s words.
+    pub reply_filter: Vec<u64>,
     /// `LB_COUNTERS`, summed over CPUs.
     pub counters: GlobalCounters,
     /// `LB_VIP_STATS`, summed over CPUs, where not zero.
