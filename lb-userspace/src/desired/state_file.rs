@@ -8,18 +8,20 @@ use std::{
     fs,
     io::{self, Read as _, Seek as _, Write as _},
     net::IpAddr,
-    os::unix::fs::OpenOptionsExt as _,
     path::{Path, PathBuf},
 };
 
 use serde::{Deserialize, Serialize};
 
+use self::disk::{Disk, Real};
 use crate::{
     desired::instance::{self, Paths},
     desired::state::{Desired, StateError, VipState},
     kernel::private::{self, Exposure},
     service::Vip,
 };
+
+mod disk;
 
 /// Version of the file's format: 3 records withdrawn VIP addresses, and
 /// is written only when there are some, so that an lb from before
@@ -372,8 +374,13 @@ fn adopt_legacy(legacy: &Path, path: &Path) -> Result<(), StateFileError> {
 /// Reads the state saved at `path`; `None` when there is none yet.
 /// Removes temporary files a controller killed while saving left behind.
 pub fn load(path: &Path) -> Result<Option<Loaded>, StateFileError> {
-    remove_leftovers(path);
-    let text = match fs::read_to_string(path) {
+    load_from(&Real, path)
+}
+
+/// [`load`] from `disk`.
+fn load_from(disk: &impl Disk, path: &Path) -> Result<Option<Loaded>, StateFileError> {
+    remove_leftovers(disk, path);
+    let text = match disk.read(path) {
         Ok(text) => text,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(source) => {
@@ -411,6 +418,16 @@ fn parse(text: &str, path: &Path) -> Result<Loaded, StateFileError> {
 /// always either the old state or the new one, whole, even if lb or the
 /// machine dies midway. Only its owner may read it (0600).
 pub fn save(path: &Path, owner: &Owner, desired: &Desired) -> Result<(), StateFileError> {
+    save_to(&Real, path, owner, desired)
+}
+
+/// [`save`] to `disk`.
+fn save_to(
+    disk: &impl Disk,
+    path: &Path,
+    owner: &Owner,
+    desired: &Desired,
+) -> Result<(), StateFileError> {
     let withdrawn = desired.withdrawn().clone();
     let saved = Saved {
         format: if withdrawn.is_empty() {
@@ -425,7 +442,7 @@ pub fn save(path: &Path, owner: &Owner, desired: &Desired) -> Result<(), StateFi
     };
     let mut text = serde_json::to_string_pretty(&saved).expect("the state serialises");
     text.push('\n');
-    write_atomically(path, text.as_bytes()).map_err(|source| StateFileError::Write {
+    write_atomically(disk, path, text.as_bytes()).map_err(|source| StateFileError::Write {
         path: path.to_owned(),
         source,
     })
@@ -446,41 +463,32 @@ fn temp_prefix(path: &Path) -> String {
     )
 }
 
-fn remove_leftovers(path: &Path) {
+fn remove_leftovers(disk: &impl Disk, path: &Path) {
     let prefix = temp_prefix(path);
-    for entry in fs::read_dir(directory_of(path))
-        .into_iter()
-        .flatten()
-        .flatten()
-    {
-        let name = entry.file_name().to_string_lossy().into_owned();
+    let dir = directory_of(path);
+    for name in disk.list(dir).unwrap_or_default() {
+        let name = name.to_string_lossy();
         if name.starts_with(&prefix) && name.ends_with(".tmp") {
-            let _ = fs::remove_file(entry.path());
+            let _ = disk.remove(&dir.join(&*name));
         }
     }
 }
 
-fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
+fn write_atomically(disk: &impl Disk, path: &Path, bytes: &[u8]) -> io::Result<()> {
     let dir = directory_of(path);
-    private::create_dir(dir)?;
+    disk.create_dir(dir)?;
     let temp = dir.join(format!("{}{}.tmp", temp_prefix(path), std::process::id()));
     let written = (|| {
         // A file left by a killed controller of the same pid would keep
         // its mode: start from a new one.
-        let _ = fs::remove_file(&temp);
-        let mut file = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&temp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        fs::rename(&temp, path)?;
-        fs::File::open(dir)?.sync_all()
+        let _ = disk.remove(&temp);
+        let file = disk.write_new(&temp, bytes)?;
+        disk.sync(file)?;
+        disk.rename(&temp, path)?;
+        disk.sync_dir(dir)
     })();
     if written.is_err() {
-        let _ = fs::remove_file(&temp);
+        let _ = disk.remove(&temp);
     }
     written
 }
@@ -765,5 +773,231 @@ mod tests {
         fs::remove_file(&path).unwrap();
         assert!(load(&path).unwrap().is_none(), "no file: no state");
         fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// The crash tests: the real save and load on a disk that fails or
+    /// dies at every step.
+    mod crash {
+        use proptest::prelude::*;
+
+        use super::*;
+        use crate::desired::state_file::disk::crash::{CrashDisk, Fault, Image};
+
+        const VIPS: [&str; 3] = [
+            "192.0.2.100:80/tcp",
+            "[2001:db8::100]:53/udp",
+            "198.51.100.1:443/tcp",
+        ];
+
+        /// One change: which VIP, which worker, its weight, and what to do
+        /// (0 and 1 add, 2 removes, 3 withdraws or restores the address).
+        type Edit = (usize, u8, u32, u8);
+
+        fn edits() -> impl Strategy<Value = Vec<Vec<Edit>>> {
+            let edit = (0..VIPS.len(), 1u8..12, 1u32..200, 0u8..4);
+            proptest::collection::vec(proptest::collection::vec(edit, 1..5), 1..5)
+        }
+
+        /// The states a controller saves one after the other: each round
+        /// of edits applied to the one before (refused edits change
+        /// nothing, as in lb).
+        fn states(seed: u32, rounds: &[Vec<Edit>]) -> Vec<Desired> {
+            let mut desired = Desired::new(seed);
+            rounds
+                .iter()
+                .map(|round| {
+                    round.iter().for_each(|edit| apply(&mut desired, *edit));
+                    desired.clone()
+                })
+                .collect()
+        }
+
+        fn apply(desired: &mut Desired, (v, last, weight, what): Edit) {
+            let vip: Vip = VIPS[v].parse().unwrap();
+            let _ = desired.add_vip(vip, VipOptions::default());
+            let worker: IpAddr = match v {
+                1 => format!("2001:db8::{last}"),
+                _ => format!("192.0.2.{last}"),
+            }
+            .parse()
+            .unwrap();
+            let _ = match what {
+                2 => desired.del_worker(&vip, worker).map(drop),
+                3 => {
+                    let withdrawn = desired.withdrawn().contains(&vip.addr);
+                    desired.set_withdrawn(&[vip.addr], !withdrawn).map(drop)
+                }
+                _ => desired.add_worker(&vip, worker, weight).map(drop),
+            };
+        }
+
+        fn path() -> PathBuf {
+            PathBuf::from("/var/lib/lb/state.json")
+        }
+
+        /// The bytes a save of `desired` leaves in the file.
+        fn text_of(desired: &Desired) -> Vec<u8> {
+            let disk = CrashDisk::new(Image::default());
+            save_to(&disk, &path(), &owner(), desired).unwrap();
+            disk.image().contents(&path()).unwrap().to_vec()
+        }
+
+        /// Saves `states` in turn on `disk`; which saves succeeded.
+        fn save_all(disk: &CrashDisk, states: &[Desired]) -> Vec<bool> {
+            states
+                .iter()
+                .map(|desired| save_to(disk, &path(), &owner(), desired).is_ok())
+                .collect()
+        }
+
+        fn no_leftovers(image: &Image) -> bool {
+            image
+                .names()
+                .all(|name| !name.to_string_lossy().ends_with(".tmp"))
+        }
+
+        /// Restarts on `image`: the file must be one of `allowed` (`None`:
+        /// no file) exactly, lb's loader must accept it as that state and
+        /// clear the saves' leftovers, and lb must save again there.
+        fn restart(image: Image, allowed: &[Option<&Desired>]) -> Result<(), TestCaseError> {
+            let found = image.contents(&path()).map(<[u8]>::to_vec);
+            let matched = allowed
+                .iter()
+                .find(|state| state.map(text_of) == found)
+                .ok_or_else(|| {
+                    TestCaseError::fail(format!(
+                        "torn or stale: {:?}",
+                        found.as_deref().map(String::from_utf8_lossy)
+                    ))
+                })?;
+            let disk = CrashDisk::new(image);
+            let loaded =
+                load_from(&disk, &path()).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            prop_assert_eq!(
+                loaded.as_ref().map(|l| l.desired.vips()),
+                matched.map(Desired::vips)
+            );
+            prop_assert_eq!(
+                loaded.as_ref().map(|l| l.desired.withdrawn()),
+                matched.map(Desired::withdrawn)
+            );
+            prop_assert!(no_leftovers(&disk.image()), "leftovers stay");
+            let next = Desired::new(1);
+            prop_assert!(save_to(&disk, &path(), &owner(), &next).is_ok());
+            let back = load_from(&disk, &path()).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            prop_assert!(back.is_some_and(|l| l.desired.hash_seed == 1));
+            Ok(())
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(32))]
+
+            /// A machine that dies before any step of a run of saves, or
+            /// just after it, comes back with the last acknowledged state
+            /// or the one being saved, whole; never anything else.
+            #[test]
+            fn crash_at_every_step_keeps_the_old_or_the_new_state(
+                seed: u32,
+                rounds in edits(),
+            ) {
+                let states = states(seed, &rounds);
+                let clean = CrashDisk::new(Image::default());
+                save_all(&clean, &states);
+                for at in 0..=clean.steps() {
+                    let disk = CrashDisk::failing(Image::default(), at, Fault::Crash);
+                    let saved = save_all(&disk, &states);
+                    let acked = saved.iter().rposition(|&ok| ok);
+                    let in_flight = saved.iter().position(|&ok| !ok);
+                    prop_assert_eq!(disk.dead(), at < clean.steps());
+                    let allowed = [acked.map(|i| &states[i]), in_flight.map(|i| &states[i])];
+                    for image in disk.image().after_crash() {
+                        restart(image, &allowed)?;
+                    }
+                }
+            }
+
+            /// An I/O error at any step fails only its own save, leaves
+            /// nothing behind, and a machine that dies after the run comes
+            /// back with the last acknowledged state or a later
+            /// unacknowledged one (lb reports those as in force but
+            /// perhaps not saved).
+            #[test]
+            fn crash_after_an_io_error_at_any_step_keeps_an_acknowledged_state(
+                seed: u32,
+                rounds in edits(),
+            ) {
+                let states = states(seed, &rounds);
+                let clean = CrashDisk::new(Image::default());
+                save_all(&clean, &states);
+                for at in 0..clean.steps() {
+                    let disk = CrashDisk::failing(Image::default(), at, Fault::Error);
+                    let saved = save_all(&disk, &states);
+                    prop_assert!(saved.iter().filter(|&&ok| !ok).count() <= 1);
+                    prop_assert!(no_leftovers(&disk.image()));
+                    let acked = saved.iter().rposition(|&ok| ok);
+                    let since = acked.unwrap_or(0);
+                    let mut allowed: Vec<_> = states[since..].iter().map(Some).collect();
+                    if acked.is_none() {
+                        allowed.push(None);
+                    }
+                    for image in disk.image().after_crash() {
+                        restart(image, &allowed)?;
+                    }
+                }
+            }
+        }
+
+        /// Temporary files a crash left, of this pid or another, don't stop
+        /// a start; other files beside them are left alone.
+        #[test]
+        fn crash_leftover_temporary_files_do_not_stop_a_start() {
+            let state = sample();
+            let dir = path().parent().unwrap().to_owned();
+            let ours = dir.join(format!(".state.json.{}.tmp", std::process::id()));
+            let theirs = dir.join(".state.json.1.tmp");
+            let unrelated = dir.join(".other.json.1.tmp");
+            let image = Image::default()
+                .with(&path(), &text_of(&state))
+                .with(&ours, b"{\"format\": 2, \"hash_")
+                .with(&theirs, &[0; 40])
+                .with(&unrelated, b"someone else's");
+            let disk = CrashDisk::new(image);
+            let loaded = load_from(&disk, &path()).unwrap().unwrap();
+            assert_eq!(loaded.desired.vips(), state.vips());
+            let names: Vec<PathBuf> = disk.image().names().map(Path::to_owned).collect();
+            assert_eq!(names, [unrelated.clone(), path()]);
+            save_to(&disk, &path(), &owner(), &Desired::new(3)).unwrap();
+            assert_eq!(
+                disk.image().contents(&unrelated),
+                Some(&b"someone else's"[..])
+            );
+        }
+
+        /// The same on the real file system, through `StateFile::open`: a
+        /// leftover of this very pid, readable by others, is replaced by a
+        /// file of lb's own.
+        #[test]
+        fn crash_leftover_temporary_files_do_not_stop_a_real_start() {
+            use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+            let dir = temp_dir("leftovers");
+            let paths = paths(&dir, "lb");
+            private::create_dir(&dir).unwrap();
+            save(&paths.state_file, &owner(), &sample()).unwrap();
+            let ours = dir.join(format!(".lb.json.{}.tmp", std::process::id()));
+            fs::write(&ours, "{\"format\":").unwrap();
+            fs::set_permissions(&ours, fs::Permissions::from_mode(0o644)).unwrap();
+            fs::write(dir.join(".lb.json.1.tmp"), [0; 16]).unwrap();
+            let (file, desired) = StateFile::open(&paths, "eth0").unwrap();
+            assert_eq!(desired.unwrap().vips(), sample().vips());
+            assert!(!ours.exists() && !dir.join(".lb.json.1.tmp").exists());
+            fs::write(&ours, "left by a controller of the same pid").unwrap();
+            file.save(&sample()).unwrap();
+            assert_eq!(
+                fs::metadata(&paths.state_file).unwrap().mode() & 0o777,
+                0o600
+            );
+            assert!(!ours.exists());
+            fs::remove_dir_all(&dir).unwrap();
+        }
     }
 }

@@ -11,21 +11,25 @@
 //! listens for the kernel's notices of neighbour and route changes and
 //! tells the controller to look again, so a worker resolves, its host
 //! fails, or the way to it changes the moment the kernel knows.
+//!
+//! The actor runs any [`Control`], and its channel and flags come from
+//! [`sync`], so that the schedule tests run this very code under
+//! shuttle's scheduler with a model of the controller.
 
 use std::{
     collections::HashMap,
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        mpsc::{self, Receiver, RecvTimeoutError, Sender},
-        Arc,
-    },
+    sync::{atomic::Ordering, Arc},
     thread::JoinHandle,
     time::{Duration, Instant},
 };
 
 use tokio::sync::{oneshot, watch};
 
-use super::{Controller, MetricsSnapshot, Pending};
+use self::sync::{
+    mpsc::{self, Receiver, RecvTimeoutError, Sender},
+    AtomicBool,
+};
+use super::{Controller, Flushed, MetricsSnapshot, Pending};
 use crate::{
     admin::protocol::{too_late, Deadline, Request, Response},
     checks::health,
@@ -43,6 +47,18 @@ const NOTICE_PAUSE: Duration = Duration::from_millis(20);
 /// At most this many messages make one batch, so a flood of reports can't
 /// hold back the answers to admin requests for long.
 const MAX_BATCH: usize = 4096;
+
+/// std's channel and flags, or shuttle's in the unit tests: shuttle
+/// decides which thread runs at each send, receive and flag, and so
+/// explores the schedules these allow. (Shuttle's panic outside a shuttle
+/// test, so a unit test may start the actor only under shuttle.)
+mod sync {
+    #[cfg(not(test))]
+    pub use std::sync::{atomic::AtomicBool, mpsc};
+
+    #[cfg(test)]
+    pub use shuttle::sync::{atomic::AtomicBool, mpsc};
+}
 
 /// What the controller thread is asked to do.
 pub enum Message {
@@ -219,8 +235,127 @@ fn tell(sender: &Sender<Message>, noticed: &Noticed, changes: Changes) -> bool {
         && send(announced, &noticed.announced, Message::Announced)
 }
 
-struct Actor {
-    controller: Controller,
+/// What the actor needs of the controller it runs: [`Controller`] in lb,
+/// a model of it in the schedule tests.
+trait Control {
+    /// Carries out an admin request up to the end of its batch.
+    fn handle(&mut self, request: Request) -> Pending;
+    /// Whether the batch left something to install or save.
+    fn is_dirty(&self) -> bool;
+    /// Whether the desired state changed since the last save.
+    fn unsaved(&self) -> bool;
+    /// Installs and saves what the batch changed.
+    fn flush(&mut self) -> Flushed;
+    /// Whether worker `id`'s MAC is known (or it needs none).
+    fn resolved(&self, id: u32) -> bool;
+    /// The checks the health supervisor should run.
+    fn check_targets(&self) -> Vec<health::Target>;
+    /// Sticky-session lifetimes by VIP id.
+    fn sticky_ttls(&self) -> HashMap<u32, Duration>;
+    /// Takes one round of a health checker.
+    fn record_check(&mut self, report: health::Report);
+    /// Applies a pushed load report.
+    fn push_load(&mut self, report: load::Report) -> Result<(), String>;
+    /// The figures for a metrics scrape.
+    fn metrics_snapshot(&self) -> MetricsSnapshot;
+    /// Takes what the housekeeping tick found.
+    fn housekeep(
+        &mut self,
+        scan: Option<Scan>,
+        sessions: Option<u64>,
+        nat_entries: Option<Box<crate::dataplane::nat::NatEntries>>,
+    );
+    /// Reads the neighbour tables again.
+    fn refresh_neighbours(&mut self);
+    /// Looks up the next hops of L3 workers again.
+    fn refresh_routes(&mut self);
+    /// Reads the announce table again.
+    fn recheck_announcements(&mut self);
+    /// Has a failed save tried again at the end of the batch.
+    fn retry_save(&mut self);
+    /// Says what a stop leaves unsaved, if anything.
+    fn warn_unsaved(&self);
+}
+
+impl Control for Controller {
+    fn handle(&mut self, request: Request) -> Pending {
+        Controller::handle(self, request)
+    }
+
+    fn is_dirty(&self) -> bool {
+        Controller::is_dirty(self)
+    }
+
+    fn unsaved(&self) -> bool {
+        self.unsaved
+    }
+
+    fn flush(&mut self) -> Flushed {
+        Controller::flush(self)
+    }
+
+    fn resolved(&self, id: u32) -> bool {
+        Controller::resolved(self, id)
+    }
+
+    fn check_targets(&self) -> Vec<health::Target> {
+        Controller::check_targets(self)
+    }
+
+    fn sticky_ttls(&self) -> HashMap<u32, Duration> {
+        Controller::sticky_ttls(self)
+    }
+
+    fn record_check(&mut self, report: health::Report) {
+        Controller::record_check(self, report);
+    }
+
+    fn push_load(&mut self, report: load::Report) -> Result<(), String> {
+        Controller::push_load(self, report)
+    }
+
+    fn metrics_snapshot(&self) -> MetricsSnapshot {
+        Controller::metrics_snapshot(self)
+    }
+
+    fn housekeep(
+        &mut self,
+        scan: Option<Scan>,
+        sessions: Option<u64>,
+        nat_entries: Option<Box<crate::dataplane::nat::NatEntries>>,
+    ) {
+        if let Some(sessions) = sessions {
+            self.set_session_count(sessions);
+        }
+        if let Some(entries) = nat_entries {
+            self.set_nat_entries(*entries);
+        }
+        self.tick(scan);
+    }
+
+    fn refresh_neighbours(&mut self) {
+        Controller::refresh_neighbours(self, false);
+    }
+
+    fn refresh_routes(&mut self) {
+        Controller::refresh_routes(self);
+    }
+
+    fn recheck_announcements(&mut self) {
+        Controller::recheck_announcements(self);
+    }
+
+    fn retry_save(&mut self) {
+        Controller::retry_save(self);
+    }
+
+    fn warn_unsaved(&self) {
+        Controller::warn_unsaved(self);
+    }
+}
+
+struct Actor<C> {
+    controller: C,
     receiver: Receiver<Message>,
     targets: watch::Sender<Vec<health::Target>>,
     ttls: watch::Sender<HashMap<u32, Duration>>,
@@ -250,8 +385,8 @@ enum Wait {
     Gone,
 }
 
-impl Actor {
-    fn run(mut self) -> Controller {
+impl<C: Control> Actor<C> {
+    fn run(mut self) -> C {
         loop {
             let first = match self.wait() {
                 Wait::Message(message) => Some(message),
@@ -336,18 +471,10 @@ impl Actor {
                 scan,
                 sessions,
                 nat_entries,
-            } => {
-                if let Some(sessions) = sessions {
-                    self.controller.set_session_count(sessions);
-                }
-                if let Some(entries) = nat_entries {
-                    self.controller.set_nat_entries(*entries);
-                }
-                self.controller.tick(scan);
-            }
+            } => self.controller.housekeep(scan, sessions, nat_entries),
             Message::Neighbours => {
                 self.noticed.neighbours.store(false, Ordering::Release);
-                self.controller.refresh_neighbours(false);
+                self.controller.refresh_neighbours();
             }
             Message::Routes => {
                 self.noticed.routes.store(false, Ordering::Release);
@@ -369,7 +496,7 @@ impl Actor {
             self.release_parked();
             return;
         }
-        let desired_changed = self.controller.unsaved;
+        let desired_changed = self.controller.unsaved();
         let flushed = self.controller.flush();
         let until = Instant::now() + RESOLVE_WAIT;
         for (pending, reply) in std::mem::take(&mut self.pending) {
@@ -411,4 +538,325 @@ fn replace_if_changed<T: PartialEq>(now: &mut T, next: T) -> bool {
     let changed = *now != next;
     *now = next;
     changed
+}
+
+/// The schedule tests: the real actor (its channel, batches, queries,
+/// held answers and notice flags) runs a model of the controller, fed by
+/// admin clients, a health checker, housekeeping and the kernel's
+/// notices, each a shuttle thread, under random and PCT schedules.
+#[cfg(test)]
+mod tests {
+    use std::{collections::BTreeSet, net::IpAddr};
+
+    use shuttle::{future::block_on, sync::Mutex, thread};
+
+    use super::*;
+    use crate::service::Vip;
+
+    /// Admin clients, and the changes each has acknowledged one by one.
+    const CLIENTS: u8 = 2;
+    const CHANGES: u32 = 3;
+    /// Health-check rounds and housekeeping ticks sent.
+    const CHECKS: usize = 2;
+    const TICKS: usize = 2;
+
+    /// A change: the client that asked for it and its number there.
+    type Change = (u8, u32);
+
+    /// What the model and the test threads share: what the state file
+    /// holds, and the kernel's neighbour table (workers resolved).
+    #[derive(Clone)]
+    struct Shared {
+        saved: Arc<Mutex<Vec<Change>>>,
+        kernel: Arc<Mutex<BTreeSet<u32>>>,
+    }
+
+    /// The controller, reduced to what the actor sees: changes applied in
+    /// memory, saved at the batch's end, and new workers that resolve
+    /// once a read of the neighbour table finds them.
+    struct Model {
+        shared: Shared,
+        applied: Vec<Change>,
+        unsaved: bool,
+        resolved: BTreeSet<u32>,
+        /// Workers for the kernel to resolve (it answers with a notice).
+        arp: mpsc::Sender<u32>,
+        next_id: u32,
+        checks: usize,
+        ticks: usize,
+    }
+
+    fn vip() -> Vip {
+        "192.0.2.100:80/tcp".parse().unwrap()
+    }
+
+    /// Client `client`'s change `seq`: a worker whose weight is `seq`.
+    fn add(client: u8, seq: u32) -> Request {
+        Request::BackendAdd {
+            vip: vip(),
+            worker: IpAddr::from([192, 0, 2, client]),
+            port: None,
+            weight: seq,
+        }
+    }
+
+    fn pending(data: serde_json::Value, changes: bool, unresolved: Vec<u32>) -> Pending {
+        Pending {
+            result: Ok(data),
+            touched: Default::default(),
+            changes,
+            unresolved,
+        }
+    }
+
+    impl Control for Model {
+        fn handle(&mut self, request: Request) -> Pending {
+            let Request::BackendAdd {
+                worker: IpAddr::V4(worker),
+                weight,
+                ..
+            } = request
+            else {
+                let saved = self.shared.saved.lock().unwrap().clone();
+                return pending(serde_json::json!(saved), false, Vec::new());
+            };
+            self.applied.push((worker.octets()[3], weight));
+            self.unsaved = true;
+            self.next_id += 1;
+            let _ = self.arp.send(self.next_id);
+            pending(serde_json::Value::Null, true, vec![self.next_id])
+        }
+
+        fn is_dirty(&self) -> bool {
+            self.unsaved
+        }
+
+        fn unsaved(&self) -> bool {
+            self.unsaved
+        }
+
+        fn flush(&mut self) -> Flushed {
+            *self.shared.saved.lock().unwrap() = self.applied.clone();
+            self.unsaved = false;
+            Flushed::default()
+        }
+
+        fn resolved(&self, id: u32) -> bool {
+            self.resolved.contains(&id)
+        }
+
+        fn check_targets(&self) -> Vec<health::Target> {
+            Vec::new()
+        }
+
+        fn sticky_ttls(&self) -> HashMap<u32, Duration> {
+            HashMap::new()
+        }
+
+        fn record_check(&mut self, _: health::Report) {
+            self.checks += 1;
+        }
+
+        fn push_load(&mut self, _: load::Report) -> Result<(), String> {
+            Ok(())
+        }
+
+        fn metrics_snapshot(&self) -> MetricsSnapshot {
+            use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+            MetricsSnapshot {
+                vips: Vec::new(),
+                workers: Vec::new(),
+                occupancy: Default::default(),
+                pin_dir: "/sys/fs/bpf/lb".into(),
+                max_flows: 0,
+                check_latency: Histogram::new(exponential_buckets(1.0, 2.0, 1)),
+                attachment: Default::default(),
+                program: None,
+                announcements: Vec::new(),
+                unsaved: self.unsaved,
+            }
+        }
+
+        fn housekeep(
+            &mut self,
+            _: Option<Scan>,
+            _: Option<u64>,
+            _: Option<Box<crate::dataplane::nat::NatEntries>>,
+        ) {
+            self.ticks += 1;
+        }
+
+        fn refresh_neighbours(&mut self) {
+            self.resolved = self.shared.kernel.lock().unwrap().clone();
+        }
+
+        fn refresh_routes(&mut self) {}
+
+        fn recheck_announcements(&mut self) {}
+
+        fn retry_save(&mut self) {}
+
+        fn warn_unsaved(&self) {}
+    }
+
+    /// Starts the real actor on `model`, as [`spawn`] does.
+    fn start(model: Model) -> (Handle, Noticed, thread::JoinHandle<Model>) {
+        let (sender, receiver) = mpsc::channel();
+        let noticed = Noticed::default();
+        let actor = Actor {
+            controller: model,
+            receiver,
+            targets: watch::channel(Vec::new()).0,
+            ttls: watch::channel(HashMap::new()).0,
+            pending: Vec::new(),
+            parked: Vec::new(),
+            noticed: noticed.clone(),
+        };
+        let thread = thread::spawn(move || actor.run());
+        (Handle { sender }, noticed, thread)
+    }
+
+    /// The kernel: resolves each new worker, then sends its notice through
+    /// the listener's [`tell`], as `lb-notices` does.
+    fn kernel(arp: mpsc::Receiver<u32>, shared: Shared, handle: Handle, noticed: Noticed) {
+        while let Ok(id) = arp.recv() {
+            shared.kernel.lock().unwrap().insert(id);
+            let changes = Changes {
+                neighbours: true,
+                routes: id % 2 == 0,
+                announced: false,
+            };
+            if !tell(&handle.sender, &noticed, changes) {
+                return;
+            }
+        }
+    }
+
+    /// One admin client: each change acknowledged is saved, after every
+    /// change of this client acknowledged before it; then a change and a
+    /// query sent together: the query sees the change.
+    fn client(handle: Handle, shared: Shared, client: u8) {
+        for seq in 0..CHANGES {
+            let answer = block_on(handle.request(add(client, seq), None)).unwrap();
+            assert!(answer.ok, "{answer:?}");
+            let saved = shared.saved.lock().unwrap().clone();
+            let mine: Vec<u32> = saved
+                .iter()
+                .filter(|(c, _)| *c == client)
+                .map(|(_, seq)| *seq)
+                .collect();
+            assert_eq!(mine, Vec::from_iter(0..=seq), "lost or out of order");
+        }
+        let (change_reply, change) = oneshot::channel();
+        let (query_reply, query) = oneshot::channel();
+        let last = add(client, CHANGES);
+        handle
+            .send(Message::Admin(Box::new(last), None, change_reply))
+            .unwrap();
+        handle
+            .send(Message::Admin(
+                Box::new(Request::VipList),
+                None,
+                query_reply,
+            ))
+            .unwrap();
+        let seen = block_on(query).unwrap().data;
+        assert!(
+            seen.as_array()
+                .unwrap()
+                .contains(&serde_json::json!([client, CHANGES])),
+            "{seen}"
+        );
+        assert!(block_on(change).unwrap().ok);
+    }
+
+    /// A health checker, a pushed load report, housekeeping and a metrics
+    /// scrape, each answered or taken.
+    fn others(handle: Handle) {
+        let sink = handle.check_sink();
+        for _ in 0..CHECKS {
+            let report = health::Report {
+                worker: IpAddr::from([192, 0, 2, 1]),
+                serves: Vec::new(),
+                outcome: None,
+                load: None,
+            };
+            assert!(sink(report));
+        }
+        let load = load::Report {
+            vip: vip(),
+            worker: IpAddr::from([192, 0, 2, 1]),
+            load: 0.5,
+        };
+        assert_eq!(block_on(handle.push_load(load)).unwrap(), Ok(()));
+        for _ in 0..TICKS {
+            let tick = Message::Tick {
+                scan: None,
+                sessions: Some(1),
+                nat_entries: None,
+            };
+            handle.send(tick).unwrap();
+        }
+        let (reply, snapshot) = oneshot::channel();
+        handle.send(Message::Metrics(reply)).unwrap();
+        assert!(!block_on(snapshot).unwrap().unsaved, "a scrape saves first");
+    }
+
+    /// Everyone at once; then a stop, after which every acknowledged
+    /// change is saved and every other message was taken. A deadlock or a
+    /// request never answered fails the run (shuttle reports threads all
+    /// blocked).
+    fn everyone_at_once() {
+        let shared = Shared {
+            saved: Arc::default(),
+            kernel: Arc::default(),
+        };
+        let (arp, arp_rx) = mpsc::channel();
+        let model = Model {
+            shared: shared.clone(),
+            applied: Vec::new(),
+            unsaved: false,
+            resolved: BTreeSet::new(),
+            arp,
+            next_id: 0,
+            checks: 0,
+            ticks: 0,
+        };
+        let (handle, noticed, actor) = start(model);
+        let kernel = {
+            let (shared, handle) = (shared.clone(), handle.clone());
+            thread::spawn(move || kernel(arp_rx, shared, handle, noticed))
+        };
+        let mut threads: Vec<_> = (1..=CLIENTS)
+            .map(|c| {
+                let (handle, shared) = (handle.clone(), shared.clone());
+                thread::spawn(move || client(handle, shared, c))
+            })
+            .collect();
+        let other = handle.clone();
+        threads.push(thread::spawn(move || others(other)));
+        threads.into_iter().for_each(|t| t.join().unwrap());
+        handle.send(Message::Stop).unwrap();
+        let model = actor.join().unwrap();
+        let per_client = CHANGES as usize + 1;
+        assert_eq!(model.applied.len(), CLIENTS as usize * per_client);
+        assert_eq!(*shared.saved.lock().unwrap(), model.applied);
+        assert_eq!((model.checks, model.ticks), (CHECKS, TICKS));
+        drop(model);
+        kernel.join().unwrap();
+    }
+
+    /// Random schedules: every thread may be preempted at every send,
+    /// receive, lock and flag.
+    #[test]
+    fn shuttle_random_schedules_lose_reorder_and_starve_nothing() {
+        shuttle::check_random(everyone_at_once, 1000);
+    }
+
+    /// PCT schedules (priority changes at 3 points), which find bugs of
+    /// a few ordering constraints with a known probability.
+    #[test]
+    fn shuttle_pct_schedules_lose_reorder_and_starve_nothing() {
+        shuttle::check_pct(everyone_at_once, 1000, 3);
+    }
 }
