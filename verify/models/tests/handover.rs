@@ -1,0 +1,63 @@
+//! The handover model at the bound `LB_MODELS_DEPTH` asks for (the CI
+//! bound by default): lb keeps every property, and each planted bug is
+//! caught by the property it is about.
+
+use lb_models::{
+    bound::Depth,
+    handover::{Bug, Handover},
+    run::{check, finds},
+};
+
+fn model() -> Handover {
+    Handover::new(Depth::from_env())
+}
+
+#[test]
+fn lb_keeps_every_handover_property() {
+    let summary = check(model());
+    assert!(summary.failed.is_empty(), "{:#?}", summary.failed);
+}
+
+#[test]
+fn an_answer_before_the_save_is_caught() {
+    assert!(finds(
+        model().with_bug(Bug::AnswerBeforeSave),
+        "the state file parses and holds the acknowledged state or a later one"
+    ));
+}
+
+#[test]
+fn a_rename_before_the_fsync_is_caught() {
+    assert!(finds(
+        model().with_bug(Bug::SkipTempFsync),
+        "the state file parses and holds the acknowledged state or a later one"
+    ));
+}
+
+#[test]
+fn controllers_without_locks_are_caught() {
+    assert!(finds(
+        model().with_bug(Bug::NoLocks),
+        "at most one controller writes the maps"
+    ));
+}
+
+#[test]
+fn a_generation_kept_for_the_next_worker_is_caught() {
+    assert!(finds(
+        model().with_bug(Bug::ReuseGeneration),
+        "a flow never follows a slot's next worker"
+    ));
+}
+
+/// Known gaps (docs/VERIFICATION.md, "What lb misses"): when this fails,
+/// lb was fixed; move the property into the default set.
+#[test]
+fn known_gaps_still_show() {
+    let gaps = || model().with_known_gaps();
+    assert!(finds(
+        gaps(),
+        "adoption leaves no slot of a worker the state lacks"
+    ));
+    assert!(finds(gaps(), "a flow never follows a slot's next worker"));
+}
