@@ -5,7 +5,7 @@
 //! A disagreement shrinks to a minimal case, printed as a test to paste
 //! below. Needs root (CAP_BPF).
 //!
-//! `LB_CONFORMANCE_CASES` sets how many cases (default 64: CI's budget);
+//! `LB_CONFORMANCE_CASES` sets how many cases (default 32: CI's budget);
 //! `LB_CONFORMANCE_SEED` fixes the generator's seed; `LB_CONFORMANCE_SHRINK=0`
 //! reports the first failing case without shrinking it.
 
@@ -16,7 +16,7 @@ fn cases() -> u32 {
     std::env::var("LB_CONFORMANCE_CASES")
         .ok()
         .and_then(|n| n.parse().ok())
-        .unwrap_or(64)
+        .unwrap_or(32)
 }
 
 fn runner() -> TestRunner {

@@ -72,7 +72,7 @@ enum Task {
     /// Check the data plane against its executable specification
     /// (docs/VERIFICATION.md; needs root).
     Verify {
-        /// Deeper: more conformance cases.
+        /// Deeper: more conformance cases, the models to their long bound.
         #[arg(long)]
         long: bool,
         /// Instead, put each seeded bug into a scratch copy of the tree and
