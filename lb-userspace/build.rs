@@ -23,6 +23,14 @@ fn main() -> anyhow::Result<()> {
         "cargo:rerun-if-changed={}",
         concat!(env!("CARGO_MANIFEST_DIR"), "/../lb-common/src")
     );
+    // Under `cargo miri` the nested cargo would inherit Miri as its
+    // compiler wrapper, which refuses to run outside `cargo miri`; the
+    // eBPF object is built by the plain compiler either way.
+    if std::env::var_os("RUSTC_WRAPPER")
+        .is_some_and(|w| std::path::Path::new(&w).ends_with("cargo-miri"))
+    {
+        std::env::remove_var("RUSTC_WRAPPER");
+    }
     // The nested cargo's progress lines would all surface as warnings.
     std::env::set_var("CARGO_TERM_QUIET", "true");
     aya_build::build_ebpf([package], aya_build::Toolchain::Nightly)

@@ -66,6 +66,10 @@ pub const VIP_FILTER_WORDS: u32 = 1024;
 
 /// The VIP filter bit of a destination.
 #[inline(always)]
+#[expect(
+    clippy::indexing_slicing,
+    reason = "four-byte words at offsets 0, 4, 8 and 12 of a 16-byte array"
+)]
 pub fn vip_filter_bit(addr: &[u8; 16], port: u16, proto: u8) -> u32 {
     let word = |i: usize| u32::from_ne_bytes([addr[i], addr[i + 1], addr[i + 2], addr[i + 3]]);
     let folded = word(0) ^ word(4) ^ word(8) ^ word(12) ^ (u32::from(port) << 8) ^ u32::from(proto);
@@ -384,6 +388,11 @@ pub struct StickyValue {
 
 /// `addr` with every bit past the first `bits` cleared.
 #[inline(always)]
+#[expect(
+    clippy::cast_possible_truncation,
+    clippy::indexing_slicing,
+    reason = "i < 16 indexes both 16-byte arrays and fits in u32"
+)]
 pub fn mask_prefix(addr: &[u8; 16], bits: u8) -> [u8; 16] {
     let mut out = [0u8; 16];
     let mut i = 0;
@@ -472,6 +481,10 @@ impl FlowKey {
     /// The flow hash Maglev indexes with; identical in kernel and user
     /// space and on every instance with the same seed.
     #[inline(always)]
+    #[expect(
+        clippy::indexing_slicing,
+        reason = "four-byte words at i = 0, 4, 8, 12 of 16-byte arrays"
+    )]
     pub fn hash(&self, seed: u32) -> u32 {
         let mut h = seed ^ 0x9e37_79b9;
         let mut i = 0;

@@ -68,6 +68,10 @@ impl Update {
 /// header's checksum and the transport checksum (its pseudo-header) by
 /// the same amount, so it is summed once.
 #[inline(always)]
+#[expect(
+    clippy::indexing_slicing,
+    reason = "i + 1 < N indexes both N-byte arrays"
+)]
 pub fn delta<const N: usize>(old: &[u8; N], new: &[u8; N]) -> u32 {
     let mut sum = 0u32;
     let mut i = 0;
@@ -82,6 +86,10 @@ pub fn delta<const N: usize>(old: &[u8; N], new: &[u8; N]) -> u32 {
 
 /// Folds a 32-bit one's complement sum into 16 bits.
 #[inline(always)]
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "two folds leave at most 0xffff"
+)]
 pub fn fold(sum: u32) -> u16 {
     let sum = (sum & 0xffff) + (sum >> 16);
     let sum = (sum & 0xffff) + (sum >> 16);
@@ -95,6 +103,11 @@ pub fn checksum(bytes: &[u8]) -> u16 {
 }
 
 /// The one's complement sum of `bytes` added to `start`, not folded.
+#[expect(
+    clippy::cast_possible_truncation,
+    clippy::indexing_slicing,
+    reason = "chunks_exact(2) yields pairs; the loop leaves sum >> 32 == 0"
+)]
 pub fn sum(bytes: &[u8], start: u32) -> u32 {
     let mut sum = u64::from(start);
     let mut chunks = bytes.chunks_exact(2);

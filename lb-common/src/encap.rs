@@ -35,6 +35,10 @@ pub const IPV4_DF: u16 = 0x4000;
 /// The one's complement sum of `bytes` as big-endian 16-bit words, added
 /// to `sum` (an odd last byte is padded with zero).
 #[inline(always)]
+#[expect(
+    clippy::indexing_slicing,
+    reason = "the loop and the test keep i + 1 and i below bytes.len()"
+)]
 pub fn sum_words(bytes: &[u8], mut sum: u32) -> u32 {
     let mut i = 0;
     while i + 1 < bytes.len() {
@@ -50,6 +54,10 @@ pub fn sum_words(bytes: &[u8], mut sum: u32) -> u32 {
 /// Folds a one's complement sum to 16 bits and complements it: the
 /// checksum field's value.
 #[inline(always)]
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "the second fold leaves at most 0xffff"
+)]
 pub fn finish(sum: u32) -> u16 {
     let folded = (sum & 0xffff) + (sum >> 16);
     !(((folded & 0xffff) + (folded >> 16)) as u16)
@@ -58,6 +66,7 @@ pub fn finish(sum: u32) -> u16 {
 /// A 20-byte IPv4 header carrying `payload_len` bytes of `proto` from
 /// `src` to `dst`, DF set, checksum filled in.
 #[inline(always)]
+#[expect(clippy::cast_possible_truncation, reason = "IPV4_HLEN is 20")]
 pub fn ipv4_header(src: [u8; 4], dst: [u8; 4], proto: u8, tos: u8, payload_len: u16) -> Ipv4Header {
     let mut header = Ipv4Header {
         version_ihl: 0x45,
@@ -102,6 +111,7 @@ pub fn ipv6_fixed(next_header: u8, class: u8, flow: u32, payload_len: u16) -> [u
 
 /// The UDP header of a GUE packet carrying `payload_len` bytes.
 #[inline(always)]
+#[expect(clippy::cast_possible_truncation, reason = "UDP_HLEN is 8")]
 pub fn gue_udp_header(source_port: u16, gue_port_be: u16, payload_len: u16) -> UdpHeader {
     UdpHeader {
         sport: source_port.to_be_bytes(),
@@ -114,6 +124,10 @@ pub fn gue_udp_header(source_port: u16, gue_port_be: u16, payload_len: u16) -> U
 /// GUE's outer source port for a flow hash: in the dynamic range
 /// 49152–65535, so it never looks like a well-known service.
 #[inline(always)]
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "the port takes the hash's low 14 bits"
+)]
 pub fn gue_source_port(hash: u32) -> u16 {
     0xc000 | (hash as u16 & 0x3fff)
 }
@@ -121,6 +135,10 @@ pub fn gue_source_port(hash: u32) -> u16 {
 /// A cheap hash of a flow's addresses and ports, for the GUE source port
 /// and the outer flow label: equal for every packet of the flow.
 #[inline(always)]
+#[expect(
+    clippy::indexing_slicing,
+    reason = "four-byte words at offsets 0, 4, 8 and 12 of a 16-byte array"
+)]
 pub fn flow_label_hash(src: &[u8; 16], sport: u16, dport: u16) -> u32 {
     let word = |i: usize| u32::from_ne_bytes([src[i], src[i + 1], src[i + 2], src[i + 3]]);
     let mut h =

@@ -126,6 +126,10 @@ fn ports<F: Frame + ?Sized>(
 /// A one's complement checksum after a 16-bit word of what it covers
 /// changed from `old` to `new` (RFC 1624, eqn. 3).
 #[inline(always)]
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "the second fold leaves at most 0xffff"
+)]
 pub fn checksum_update(check: u16, old: u16, new: u16) -> u16 {
     let sum = u32::from(!check) + u32::from(!old) + u32::from(new);
     let folded = (sum & 0xffff) + (sum >> 16);

@@ -10,6 +10,31 @@
 //! that feature; it must never pull in `aya-ebpf` (its `memcpy` would replace
 //! libc's in the host binary).
 #![no_std]
+// Lints beyond clippy's default for the product's code (the set and why:
+// docs/VERIFICATION.md, "Static analysis"). Every exception is an
+// `#[expect(lint, reason = "...")]` at the narrowest scope.
+#![warn(
+    clippy::allow_attributes_without_reason,
+    clippy::cast_possible_truncation,
+    clippy::dbg_macro,
+    clippy::indexing_slicing,
+    clippy::mem_forget,
+    clippy::todo,
+    clippy::unimplemented,
+    clippy::unnecessary_safety_comment,
+    clippy::unnecessary_safety_doc,
+    clippy::unwrap_used
+)]
+#![cfg_attr(not(test), warn(clippy::allow_attributes))]
+#![cfg_attr(
+    test,
+    allow(
+        clippy::cast_possible_truncation,
+        clippy::indexing_slicing,
+        clippy::unwrap_used,
+        reason = "unit tests stay under clippy's default set: a panic there is a failed test"
+    )
+)]
 
 pub mod balancer;
 pub mod capture;

@@ -183,6 +183,10 @@ pub fn source_bit(addr: &[u8; 16]) -> u32 {
 
 /// The slot of `LB_NAT_HOPS` that caches client `client`'s next hop.
 #[inline(always)]
+#[expect(
+    clippy::indexing_slicing,
+    reason = "four-byte words at offsets 0, 4, 8 and 12 of a 16-byte array"
+)]
 pub fn hop_slot(client: &[u8; 16]) -> u32 {
     let word =
         |i: usize| u32::from_ne_bytes([client[i], client[i + 1], client[i + 2], client[i + 3]]);
@@ -301,6 +305,10 @@ impl NatConfig {
 /// the same flow, seed and settings, so a connection's entry can be found
 /// again from its flow alone.
 #[inline(always)]
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "port_low + (hash >> 8) % range stays within port_low..=port_high (port_low alone when the range is empty), so in u16"
+)]
 pub fn probe(key: &FlowKey, seed: u32, probe: u32, config: &NatConfig) -> (u32, u16) {
     let hash = key.hash(seed ^ probe.wrapping_mul(0x9e37_79b9));
     let (_, count) = config.slots(key.family);

@@ -242,7 +242,8 @@ fn record(ctx: &XdpContext, filter: &CaptureFilter, scratch: &mut CaptureScratch
     }
     let record = &mut scratch.record;
     // SAFETY: helpers without arguments.
-    (record.ts_ns, record.cpu) = unsafe { (bpf_ktime_get_ns(), bpf_get_smp_processor_id()) };
+    let (ts_ns, cpu) = unsafe { (bpf_ktime_get_ns(), bpf_get_smp_processor_id()) };
+    (record.ts_ns, record.cpu) = (ts_ns, cpu);
     record.ifindex = ctx.ingress_ifindex() as u32;
     record.frame_len = frame_len;
     record.cap_len = cap_len;

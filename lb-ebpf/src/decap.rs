@@ -5,6 +5,20 @@
 //! `encap`.
 #![no_std]
 #![no_main]
+// Lints beyond clippy's default for the product's code (the set and why:
+// docs/VERIFICATION.md, "Static analysis"). Every exception is an
+// `#[expect(lint, reason = "...")]` at the narrowest scope.
+#![warn(
+    clippy::allow_attributes,
+    clippy::allow_attributes_without_reason,
+    clippy::dbg_macro,
+    clippy::mem_forget,
+    clippy::todo,
+    clippy::unimplemented,
+    clippy::unnecessary_safety_comment,
+    clippy::unnecessary_safety_doc,
+    clippy::unwrap_used
+)]
 #![expect(
     clippy::needless_borrows_for_generic_args,
     reason = "aya-ebpf's map methods take `impl Borrow<K>`: a reference spares a copy of the key"

@@ -116,6 +116,10 @@ fn scaled_nanos(number: &str, unit_nanos: u128) -> Option<u128> {
     let whole = whole.parse::<u64>().unwrap_or(u64::MAX);
     // 18 digits resolve a fraction of an hour far below a nanosecond, and
     // 10^18 times an hour in nanoseconds still fits in u128.
+    #[expect(
+        clippy::string_slice,
+        reason = "the fraction is ASCII digits: every offset is a char boundary"
+    )]
     let fraction = &fraction[..fraction.len().min(18)];
     let scale = 10u128.pow(fraction.len() as u32);
     // An empty fraction (no `.`) parses as nothing: zero.

@@ -1,3 +1,14 @@
+// Lints beyond clippy's default (docs/VERIFICATION.md, "Static analysis");
+// `main` is the CLI: it prints its error and exits.
+#![warn(
+    clippy::allow_attributes,
+    clippy::allow_attributes_without_reason,
+    clippy::dbg_macro,
+    clippy::todo,
+    clippy::unimplemented,
+    clippy::unwrap_used
+)]
+
 use lb_userspace::commands::{
     self,
     cli::{Cli, Command},

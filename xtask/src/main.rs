@@ -146,6 +146,7 @@ fn run(task: Task) -> anyhow::Result<()> {
         }
         Task::Verify { long, mutants } => {
             setup::setup()?;
+            setup::verify_tools()?;
             if mutants {
                 verify::mutants()
             } else {

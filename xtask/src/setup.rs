@@ -46,6 +46,29 @@ pub fn bench_packages() -> anyhow::Result<()> {
     apt_install(&missing)
 }
 
+/// The cargo-deny release `cargo xtask verify` checks dependencies with.
+const CARGO_DENY_VERSION: &str = "0.20.2";
+
+/// Installs what `cargo xtask verify` needs beyond `setup`: cargo-deny
+/// and the nightly's Miri (set up for the host).
+pub fn verify_tools() -> anyhow::Result<()> {
+    let what = format!("cargo-deny {CARGO_DENY_VERSION}");
+    let current = capture("cargo", &["deny", "--version"]).unwrap_or_default();
+    if current.trim() == format!("cargo-deny {CARGO_DENY_VERSION}") {
+        step(&what, "present");
+    } else {
+        step(&what, "building (several minutes)");
+        run(Command::new("cargo").args([
+            "install",
+            "--locked",
+            &format!("cargo-deny@{CARGO_DENY_VERSION}"),
+        ]))?;
+    }
+    nightly_component("miri")?;
+    step("Miri's sysroot", "preparing");
+    run(Command::new("cargo").args(["+nightly", "miri", "setup"]))
+}
+
 /// Installs whatever is missing.
 pub fn setup() -> anyhow::Result<()> {
     let llvm = nightly_llvm_major()?;
@@ -98,21 +121,28 @@ fn rust_src() -> anyhow::Result<()> {
         &["component", "list", "--toolchain", "nightly", "--installed"],
     )?;
     for component in ["rust-src", "clippy"] {
-        let what = format!("{component} for nightly");
-        if installed.lines().any(|l| l.starts_with(component)) {
-            step(&what, "present");
-            continue;
-        }
-        step(&what, "installing");
-        run(Command::new("rustup").args([
-            "component",
-            "add",
-            component,
-            "--toolchain",
-            "nightly",
-        ]))?;
+        install_component(&installed, component)?;
     }
     Ok(())
+}
+
+/// The nightly's `component`, installed unless it is.
+fn nightly_component(component: &str) -> anyhow::Result<()> {
+    let installed = capture(
+        "rustup",
+        &["component", "list", "--toolchain", "nightly", "--installed"],
+    )?;
+    install_component(&installed, component)
+}
+
+fn install_component(installed: &str, component: &str) -> anyhow::Result<()> {
+    let what = format!("{component} for nightly");
+    if installed.lines().any(|l| l.starts_with(component)) {
+        step(&what, "present");
+        return Ok(());
+    }
+    step(&what, "installing");
+    run(Command::new("rustup").args(["component", "add", component, "--toolchain", "nightly"]))
 }
 
 fn deb_installed(package: &str) -> bool {

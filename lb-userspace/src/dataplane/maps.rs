@@ -151,6 +151,10 @@ impl ControlMaps {
                 anyhow::anyhow!("adding interface {ifindex} to the device map: {e}")
             })?;
         }
+        #[expect(
+            clippy::cast_possible_truncation,
+            reason = "the interfaces were checked against MAX_INTERFACES (15) before"
+        )]
         for slot in several.len() as u32 + 1..=MAX_INTERFACES {
             self.egress.set(slot, Egress::default(), 0)?;
         }
@@ -204,9 +208,9 @@ impl ControlMaps {
             let bit = vip_filter_bit(&key.addr, key.port, key.proto);
             words[(bit >> 6) as usize] |= 1 << (bit & 63);
         }
-        for (index, (&want, have)) in words.iter().zip(&mut self.filter_words).enumerate() {
+        for (index, (&want, have)) in (0u32..).zip(words.iter().zip(&mut self.filter_words)) {
             if want != *have {
-                self.vip_filter.set(index as u32, want, 0)?;
+                self.vip_filter.set(index, want, 0)?;
                 *have = want;
             }
         }
@@ -343,20 +347,30 @@ impl ControlMaps {
         if !state.pins.is_empty() {
             flags |= VIP_HAS_PINS;
         }
+        // Whole seconds, rounded up: never shorter than asked.
+        #[expect(
+            clippy::cast_possible_truncation,
+            reason = "validation keeps the sticky TTL within 7 days"
+        )]
+        let sticky_ttl_s = options.sticky.map_or(0, |t| t.as_secs_f64().ceil() as u32);
         let info = VipInfo {
             id: state.id,
             table_size: size,
-            // Whole seconds, rounded up: never shorter than asked.
-            sticky_ttl_s: options.sticky.map_or(0, |t| t.as_secs_f64().ceil() as u32),
+            sticky_ttl_s,
             scheduler: options.scheduler.code(),
             sticky_prefix: options.prefix_for(vip),
             flags,
             pad: 0,
             tag: vip_tag(&vip.key()),
         };
+        #[expect(
+            clippy::cast_possible_truncation,
+            reason = "validation keeps the idle timeout within 7 days"
+        )]
+        let idle_timeout_s = options.idle_timeout_for(vip).as_secs() as u32;
         let tag = VipTag {
             tag: info.tag,
-            idle_timeout_s: options.idle_timeout_for(vip).as_secs() as u32,
+            idle_timeout_s,
         };
         self.vip_tags.set(state.id, tag, 0)?;
         // Replacing an inner map makes the kernel wait for an RCU grace
@@ -498,6 +512,10 @@ pub fn traffic(pin_dir: &Path, name: &str, index: u32) -> Result<TrafficCounters
 }
 
 /// A new Maglev table holding `slots`.
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "the sizes of u32, and a Maglev table's length: at most MAX_TABLE_SIZE"
+)]
 fn maglev_table(slots: &[u32]) -> Result<MapData, MapError> {
     let obj = aya_obj::Map::new_from_params(
         aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_ARRAY as u32,
@@ -512,6 +530,10 @@ fn maglev_table(slots: &[u32]) -> Result<MapData, MapError> {
 }
 
 /// Sets `keys[i]` to `values[i]` in the map `map` with one system call.
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "the batches are Maglev tables: at most MAX_TABLE_SIZE entries"
+)]
 fn update_batch(map: BorrowedFd<'_>, keys: &[u32], values: &[u32]) -> std::io::Result<()> {
     use aya_obj::generated::{bpf_attr, bpf_cmd};
     // SAFETY: bpf_attr is plain data, all zeroes is its empty value.

@@ -133,7 +133,12 @@ pub fn parse_size(text: &str) -> Result<u64, MemoryError> {
                 'T' => 40,
                 _ => return Err(bad()),
             };
-            (&trimmed[..at], shift)
+            #[expect(
+                clippy::string_slice,
+                reason = "`at` comes from char_indices: a char boundary"
+            )]
+            let digits = &trimmed[..at];
+            (digits, shift)
         }
         _ => (trimmed, 0),
     };

@@ -3,6 +3,7 @@
 //! and locks ([`pins`]), the controller's hold on its pins ([`guard`]),
 //! typed handles on the maps ([`maps`]) and what is read from them (flows,
 //! counters, sessions, captures).
+#![warn(clippy::cast_possible_truncation)] // the values written to maps keep their width
 
 pub mod activity;
 mod attach;

@@ -158,6 +158,10 @@ impl NatMaps {
     /// pinned source's slot: flows record slots, not addresses. A source
     /// no longer given keeps its slot (its connections still use it) but
     /// takes no new ones.
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "slots are below 2 × NAT_SOURCES_PER_FAMILY (32) and a family has at most NAT_SOURCES_PER_FAMILY (16) active: both fit the u8 the data plane reads"
+    )]
     pub fn write_settings(
         &mut self,
         settings: &NatSettings,
@@ -268,9 +272,9 @@ impl NatMaps {
                 self.workers.insert(*key, *value, 0)?;
             }
         }
-        for (index, (&want, have)) in words.iter().zip(&mut self.filter_words).enumerate() {
+        for (index, (&want, have)) in (0u32..).zip(words.iter().zip(&mut self.filter_words)) {
             if want != *have {
-                self.filter.set(index as u32, want, 0)?;
+                self.filter.set(index, want, 0)?;
                 *have = want;
             }
         }
@@ -358,7 +362,7 @@ pub fn sources(pin_dir: &std::path::Path) -> StdHashMap<u8, IpAddr> {
         .filter_map(|slot| {
             let source = array.get(&slot, 0).ok()?;
             Some((
-                slot as u8,
+                u8::try_from(slot).ok()?,
                 service::addr_from_bytes(source.addr, source.family)?,
             ))
         })

@@ -54,6 +54,10 @@ pub fn expire(
     now_ns: u64,
 ) -> Result<(usize, usize), MapError> {
     let removed = remove_where(pin_dir, |key, value| match ttls.get(&key.vip_id) {
+        #[expect(
+            clippy::cast_possible_truncation,
+            reason = "validation keeps sticky TTLs within 7 days: far below u64::MAX nanoseconds"
+        )]
         Some(ttl) => now_ns.saturating_sub(value.last_ns) >= ttl.as_nanos() as u64,
         None => true,
     })?;

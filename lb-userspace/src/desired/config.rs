@@ -118,6 +118,10 @@ impl FileConfig {
             let message = error.message().trim();
             match error.span() {
                 Some(span) => {
+                    #[expect(
+                        clippy::string_slice,
+                        reason = "toml's spans are offsets of tokens in `text`: char boundaries"
+                    )]
                     let before = &text[..span.start];
                     let line = before.matches('\n').count() + 1;
                     let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;

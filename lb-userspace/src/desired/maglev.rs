@@ -6,6 +6,7 @@
 //! `max_weight` the heaviest takes. The result depends only on the seed, the
 //! table size and the set of (name, weight) pairs, not on their order, so
 //! every instance with the same configuration builds the same table.
+#![warn(clippy::cast_possible_truncation)] // the values written to maps keep their width
 
 /// Default table size: a prime above 100 × 100 workers.
 pub const DEFAULT_TABLE_SIZE: u32 = 16381;
@@ -51,6 +52,10 @@ pub fn build(members: &[Member], size: u32, seed: u32) -> Vec<Option<u32>> {
             credit[i] -= max_weight;
             let (offset, skip) = permutations[i];
             loop {
+                #[expect(
+                    clippy::cast_possible_truncation,
+                    reason = "a remainder of the table's u32 size fits usize"
+                )]
                 let slot = ((offset + next[i] * skip) % size64) as usize;
                 next[i] += 1;
                 if table[slot].is_none() {
@@ -69,6 +74,10 @@ pub fn build(members: &[Member], size: u32, seed: u32) -> Vec<Option<u32>> {
 
 /// The smallest prime ≥ max(default, 100 × workers), so that shares stay
 /// within about 1% of the weights.
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "the smallest prime from 100 × workers is far below u32::MAX for any worker count the maps can hold"
+)]
 pub fn table_size_for(workers: usize) -> u32 {
     let wanted = (workers as u64 * 100).max(u64::from(DEFAULT_TABLE_SIZE));
     (wanted..)
@@ -107,6 +116,10 @@ fn hash(name: &str, seed: u32, salt: u32) -> u64 {
 }
 
 #[cfg(test)]
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "the tests' worker counts and ids are small"
+)]
 mod tests {
     use std::collections::HashMap;
 
