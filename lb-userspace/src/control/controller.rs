@@ -511,8 +511,9 @@ impl Controller {
         }
     }
 
-    /// Removes VIPs and pins the maps hold but the desired state doesn't
-    /// (left by an earlier controller whose state differed).
+    /// Removes VIPs, pins and worker slots the maps hold but the desired
+    /// state doesn't (left by an earlier controller whose state differed,
+    /// or that crashed between writing a change and saving it).
     fn remove_stale(&mut self) -> anyhow::Result<()> {
         let wanted: std::collections::HashSet<_> =
             self.desired.vips().keys().map(Vip::key).collect();
@@ -530,6 +531,20 @@ impl Controller {
         for key in self.maps.pin_keys() {
             if !pins.contains(&key) {
                 self.maps.remove_pin(&key)?;
+            }
+        }
+        // A worker written to its slot by a controller that crashed before
+        // saving it: the state has no such worker, so its flows must not
+        // go on to it unchecked.
+        let workers: std::collections::HashSet<u32> = self
+            .desired
+            .vips()
+            .values()
+            .flat_map(|s| s.workers.values().map(|w| w.id))
+            .collect();
+        for id in self.maps.valid_backend_ids() {
+            if !workers.contains(&id) {
+                self.maps.clear_backend(id)?;
             }
         }
         Ok(())

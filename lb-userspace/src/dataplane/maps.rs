@@ -266,20 +266,23 @@ impl ControlMaps {
         self.backends.set(id, empty, 0)
     }
 
+    /// The ids of the worker slots that hold a worker.
+    pub fn valid_backend_ids(&self) -> Vec<u32> {
+        (0u32..)
+            .zip(self.backends.iter())
+            .filter_map(|(id, slot)| {
+                slot.ok()
+                    .filter(|b| b.flags & BACKEND_VALID != 0)
+                    .map(|_| id)
+            })
+            .collect()
+    }
+
     /// The generation worker `addr` gets in slot `id`: the one the slot
     /// has if it already holds `addr` (adopting a running data plane keeps
     /// its flows), else the next one.
     pub fn generation_for(&self, id: u32, addr: IpAddr) -> Result<u32, MapError> {
-        let backend = self.backends.get(&id, 0)?;
-        let (bytes, family) = service::addr_bytes(addr);
-        let same = backend.flags & BACKEND_VALID != 0
-            && backend.addr == bytes
-            && backend.family == family
-            && backend.generation != 0;
-        if same {
-            return Ok(backend.generation);
-        }
-        Ok(backend.generation.wrapping_add(1).max(1))
+        Ok(next_generation(&self.backends.get(&id, 0)?, addr))
     }
 
     /// Writes worker `id`'s load figure (`LOAD_UNKNOWN` when none).
@@ -503,6 +506,22 @@ pub fn pinned_maglev_table(pin_dir: &Path, vip_id: u32) -> Result<Vec<u32>, MapE
     let outer: ArrayOfMaps<MapData, MapData> =
         open_pinned(pin_dir, map_names::MAGLEV)?.try_into()?;
     read_slots(&outer.get(&vip_id, 0)?)
+}
+
+/// The generation worker `addr` gets in a slot that holds `backend`: the
+/// slot's own if it already holds `addr`, else the next one (never 0), so
+/// that flows recorded for the slot's previous worker are not followed to
+/// this one.
+pub fn next_generation(backend: &Backend, addr: IpAddr) -> u32 {
+    let (bytes, family) = service::addr_bytes(addr);
+    let same = backend.flags & BACKEND_VALID != 0
+        && backend.addr == bytes
+        && backend.family == family
+        && backend.generation != 0;
+    if same {
+        return backend.generation;
+    }
+    backend.generation.wrapping_add(1).max(1)
 }
 
 /// Sums the per-CPU copies of every entry of a traffic counter array.

@@ -35,6 +35,9 @@ pub enum Bug {
     /// A slot's next worker keeps the slot's generation
     /// (`generation_for` without its `+ 1`).
     ReuseGeneration,
+    /// A start leaves the slots of workers the restored state lacks
+    /// (`Controller::remove_stale` without its worker slots).
+    KeepStaleSlots,
 }
 
 /// An admin change.
@@ -197,7 +200,7 @@ impl Model for Handover {
     }
 
     fn properties(&self) -> Vec<Property<Self>> {
-        properties::all(self.known_gaps)
+        properties::all()
     }
 }
 

@@ -160,24 +160,12 @@ fn address_bytes(w: u8) -> [u8; 16] {
     bytes
 }
 
-/// The generation worker `w` gets in `slot`: the slot's own when it
-/// already holds `w` (an adopted data plane keeps its flows), else the
-/// next one, never zero.
-///
-/// MIRROR of `ControlMaps::generation_for` in
-/// lb-userspace/src/dataplane/maps.rs, which reads the slot through a map
-/// handle. To call lb's rule instead, lb needs a pure
-/// `pub fn next_generation(slot: &Backend, addr: IpAddr) -> u32` beside
-/// it (which `generation_for` would call).
+/// The generation worker `w` gets in `slot`: lb's own rule
+/// (`dataplane::maps::next_generation`, which `ControlMaps::generation_for`
+/// applies to the slot it reads).
 pub(crate) fn generation_for(slot: Slot, w: u8) -> u32 {
-    let backend = slot.backend();
-    let same = backend.flags & BACKEND_VALID != 0
-        && backend.addr == address_bytes(w)
-        && backend.generation != 0;
-    if same {
-        return backend.generation;
-    }
-    backend.generation.wrapping_add(1).max(1)
+    let addr = std::net::IpAddr::from([10, 0, 0, 1 + w]);
+    lb_userspace::dataplane::maps::next_generation(&slot.backend(), addr)
 }
 
 /// Whether an address should be announced, and if not why.

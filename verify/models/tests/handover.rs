@@ -55,9 +55,13 @@ fn a_generation_kept_for_the_next_worker_is_caught() {
 #[test]
 fn known_gaps_still_show() {
     let gaps = || model().with_known_gaps();
+    assert!(finds(gaps(), "a flow never follows a slot's next worker"));
+}
+
+#[test]
+fn a_start_that_keeps_stale_slots_is_caught() {
     assert!(finds(
-        gaps(),
+        model().with_bug(Bug::KeepStaleSlots),
         "adoption leaves no slot of a worker the state lacks"
     ));
-    assert!(finds(gaps(), "a flow never follows a slot's next worker"));
 }

@@ -5,8 +5,8 @@ use stateright::{Model, Property};
 use super::{world::DETACH, Content, Handover, Proc, Save, World};
 use crate::lb::VIP_ID;
 
-/// Every property; with `known_gaps`, the one lb is known to miss too.
-pub(super) fn all(known_gaps: bool) -> Vec<Property<Handover>> {
+/// Every property.
+pub(super) fn all() -> Vec<Property<Handover>> {
     let mut all = vec![
         Property::always("at most one controller writes the maps", |_, w: &World| {
             w.procs.iter().filter(|p| p.writes_maps()).count() <= 1
@@ -45,14 +45,10 @@ pub(super) fn all(known_gaps: bool) -> Vec<Property<Handover>> {
             matches!(w.procs[1], Proc::Running { .. })
         }),
     ];
-    if known_gaps {
-        all.push(Property::always(
-            "adoption leaves no slot of a worker the state lacks",
-            |_, w: &World| {
-                idle_controllers(w).all(|(desired, maps)| serves(w, desired, maps, true))
-            },
-        ));
-    }
+    all.push(Property::always(
+        "adoption leaves no slot of a worker the state lacks",
+        |_, w: &World| idle_controllers(w).all(|(desired, maps)| serves(w, desired, maps, true)),
+    ));
     all
 }
 

@@ -188,6 +188,9 @@ impl Handover {
         for &(w, id) in &ids {
             self.write_worker(world, maps, w, id);
         }
+        if !self.has(Bug::KeepStaleSlots) {
+            clear_stale_slots(world, maps, &ids);
+        }
         install(world, maps, &ids);
         // `Controller::start` saves what it restored: the same state,
         // whole (a crash midway leaves only a temporary file).
@@ -486,4 +489,17 @@ fn is_fault(action: Action) -> bool {
         action,
         Action::Crash(_) | Action::Reboot { .. } | Action::LoseLockFile | Action::UnpinTables
     )
+}
+
+/// `Controller::remove_stale`: a slot the restored state has no worker for
+/// is emptied (`ControlMaps::clear_backend`), its generation kept for the
+/// slot's next worker.
+fn clear_stale_slots(world: &mut World, maps: Maps, ids: &[(u8, u8)]) {
+    let slots = &mut world.tables[usize::from(maps.tables)].slots;
+    for (s, slot) in slots.iter_mut().enumerate() {
+        if slot.valid && !ids.iter().any(|&(_, id)| usize::from(id) == s) {
+            slot.valid = false;
+            slot.worker = None;
+        }
+    }
 }
