@@ -86,8 +86,8 @@ fn miss(maps: &mut Maps) {
     maps.counters.nat_reply_misses += 1;
 }
 
-/// The forward half for a packet whose worker `job` names (`pair`: a
-/// followed `fullnat` flow's NAT source slot and port).
+/// The forward half for a packet whose worker `job` names (with, for a
+/// followed `fullnat` flow, its NAT source slot and port).
 pub fn forward(
     maps: &mut Maps,
     frame: &[u8],
