@@ -206,6 +206,13 @@ pub fn mutants() -> anyhow::Result<()> {
     copy_tree(&root, &scratch)?;
     let target = root.join("target/mutants/target");
     seed_target(&target, &root)?;
+    // The control: without a seeded bug the same run must pass, or a
+    // "caught" would mean nothing.
+    anyhow::ensure!(
+        run_in(&scratch, &target)? == Outcome::Passed,
+        "the conformance check fails without a seeded bug: fix that first"
+    );
+    println!("verify: without a seeded bug the check passes");
     let mut missed = Vec::new();
     for mutant in &MUTANTS {
         let caught = try_mutant(&scratch, &target, mutant)?;
@@ -271,10 +278,17 @@ fn try_mutant(scratch: &Path, target: &Path, mutant: &Mutant) -> anyhow::Result<
     std::fs::write(&path, original.replacen(mutant.from, mutant.to, 1))?;
     let result = run_in(scratch, target);
     std::fs::write(&path, original)?;
-    result
+    Ok(result? == Outcome::Failed)
 }
 
-fn run_in(scratch: &Path, target: &Path) -> anyhow::Result<bool> {
+/// How a conformance run in the scratch tree ended.
+#[derive(PartialEq, Eq)]
+enum Outcome {
+    Passed,
+    Failed,
+}
+
+fn run_in(scratch: &Path, target: &Path) -> anyhow::Result<Outcome> {
     let args = ["test", "-p", "lb-testing", "--test", "conformance"];
     let mut build = cargo_command();
     build.args(args).arg("--no-run");
@@ -289,5 +303,9 @@ fn run_in(scratch: &Path, target: &Path) -> anyhow::Result<bool> {
         .env("LB_CONFORMANCE_SEED", MUTANT_SEED.to_string())
         .current_dir(scratch);
     let outcome = run.output()?;
-    Ok(!outcome.status.success())
+    Ok(if outcome.status.success() {
+        Outcome::Passed
+    } else {
+        Outcome::Failed
+    })
 }
