@@ -691,8 +691,9 @@ fn send_reply(
             counters.nat_replies += 1;
             return Outcome::forward(action, reason::NAT_REPLY, vip_id, backend_id);
         }
-    }
-    if let Some(fib) = fib_scratch() {
+    } else if let Some(fib) = fib_scratch() {
+        // Only this packet's own lookup: with a cached hop, the scratch
+        // holds another packet's.
         let action = (plan.route == i64::from(BPF_FIB_LKUP_RET_SUCCESS))
             .then(|| transmit::leaves_by(ctx, fib.ifindex))
             .flatten();

@@ -62,3 +62,48 @@ fn the_data_plane_does_what_its_specification_says() {
 fn rust(case: &Case) -> String {
     case.to_rust()
 }
+
+/// Found by the check: a `nat` reply whose cached next hop is on an
+/// interface lb is not on was sent with the MACs of the previous packet's
+/// routing lookup (left in the per-CPU scratch) instead of going to the
+/// kernel.
+#[test]
+fn a_reply_whose_cached_hop_left_lb_goes_to_the_kernel() {
+    lb_testing::needs_root!();
+    use lb_testing::conformance::{Hop, Kind, Method, *};
+    let reply = |hop| FrameCase {
+        vip: 0,
+        client: 0,
+        port: 40000,
+        kind: Kind::Reply(0x02, hop),
+        payload: 0,
+        flips: vec![],
+        cut: None,
+    };
+    let case = Case {
+        hash_seed: 0,
+        few_nat_ports: false,
+        vips: vec![VipCase {
+            v6: false,
+            udp: false,
+            method: Method::Nat,
+            least_load: false,
+            sticky_s: None,
+            wide_prefix: false,
+            idle_s: 2,
+            table_size: 7,
+            workers: vec![WorkerCase {
+                v6: false,
+                state: 0,
+                mac_known: false,
+                generation: 1,
+                load: None,
+            }],
+            pin: None,
+        }],
+        flows: vec![],
+        sessions: vec![],
+        frames: vec![reply(Hop::Stale), reply(Hop::Elsewhere)],
+    };
+    check(&case).unwrap();
+}

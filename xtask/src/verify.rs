@@ -129,7 +129,7 @@ struct Mutant {
 }
 
 /// The seeded bugs, each one the data plane could plausibly have.
-const MUTANTS: [Mutant; 11] = [
+const MUTANTS: [Mutant; 14] = [
     Mutant {
         name: "least-load takes the more loaded candidate",
         file: "lb-common/src/decide.rs",
@@ -195,6 +195,24 @@ const MUTANTS: [Mutant; 11] = [
         file: "lb-ebpf/src/nat.rs",
         from: "LB_NAT.insert(&key, &*entry, BPF_NOEXIST.into())",
         to: "LB_NAT.insert(&key, &*entry, BPF_ANY.into())",
+    },
+    Mutant {
+        name: "a nat reply leaves from the worker's port, not the VIP's",
+        file: "lb-ebpf/src/nat.rs",
+        from: "port: value.vip_port,",
+        to: "port: key.sport,",
+    },
+    Mutant {
+        name: "a full NAT connection stays established after its worker's FIN",
+        file: "lb-common/src/nat.rs",
+        from: "} else if tcp_flags & FIN_OR_RST != 0 || state == NAT_CLOSING {",
+        to: "} else if state == NAT_CLOSING {",
+    },
+    Mutant {
+        name: "an ICMP error to a NAT worker still quotes the VIP",
+        file: "lb-ebpf/src/nat_icmp.rs",
+        from: "inner_src: Some(worker),",
+        to: "inner_src: None,",
     },
 ];
 

@@ -128,9 +128,8 @@ pub enum Kind {
     OtherPort(u8),
     /// An echo request to the VIP's address.
     Echo,
-    /// A router's ICMP error about the flow (a "too big" or "unreachable");
-    /// for a NAT VIP a segment instead (NAT's ICMP half is outside the
-    /// specification).
+    /// A router's ICMP error about the flow (a "too big" or "unreachable")
+    /// from the client's side.
     Error,
     /// With IPv4 options or an IPv6 hop-by-hop header.
     Options(u8),
@@ -138,6 +137,24 @@ pub enum Kind {
     Fragment(u16),
     /// With Ethernet padding after the IP packet.
     Padded(u8),
+    /// A worker's reply (TCP with these flags, UDP for a UDP VIP): for a
+    /// `fullnat` VIP to one of its connections' NAT sources and ports
+    /// (one of the NAT table's when it has some), otherwise to the client;
+    /// the client's next hop cached as this says.
+    Reply(u8, Hop),
+}
+
+/// Where a worker's reply finds its client's next hop, written into the
+/// connection's NAT entry and the `nat` cache before the frame runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hop {
+    /// Found just now, out of the interface the frame came in by.
+    Fresh,
+    /// Found just now, out of an interface lb is not on.
+    Elsewhere,
+    /// Found seconds ago: lb asks the routing table again (outside the
+    /// specification, so the check goes on from what lb did).
+    Stale,
 }
 
 /// A frame sent to the balancer.
@@ -293,10 +310,26 @@ fn session() -> impl Strategy<Value = SessionCase> {
     )
 }
 
+fn tcp_flags() -> impl Strategy<Value = u8> {
+    prop_oneof![
+        Just(0x02u8),
+        Just(0x10),
+        Just(0x18),
+        Just(0x11),
+        Just(0x04),
+        Just(0x14),
+        Just(0x12)
+    ]
+}
+
+fn hop() -> impl Strategy<Value = Hop> {
+    prop_oneof![6 => Just(Hop::Fresh), 1 => Just(Hop::Elsewhere), 1 => Just(Hop::Stale)]
+}
+
 fn kind() -> impl Strategy<Value = Kind> {
     prop_oneof![
-        8 => prop_oneof![Just(0x02u8), Just(0x10), Just(0x18), Just(0x11), Just(0x04), Just(0x14), Just(0x12)]
-            .prop_map(Kind::Segment),
+        8 => tcp_flags().prop_map(Kind::Segment),
+        3 => (tcp_flags(), hop()).prop_map(|(flags, hop)| Kind::Reply(flags, hop)),
         1 => any::<u8>().prop_map(Kind::OtherPort),
         1 => Just(Kind::Echo),
         2 => Just(Kind::Error),

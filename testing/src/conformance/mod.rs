@@ -14,26 +14,26 @@ use std::{net::IpAddr, time::Duration};
 use anyhow::Context as _;
 use lb_common::{
     balancer::{mask_prefix, FlowKey, FlowValue, StickyKey, StickyValue, LOAD_UNKNOWN},
-    nat::NO_NAT_SOURCE,
+    nat::{hop_slot, NatClientHop, NatHop, NO_NAT_SOURCE},
     program_names::BALANCER,
 };
-use lb_spec::{Clock, Maps};
+use lb_spec::{Clock, Maps, Verdict};
 use lb_userspace::{
     dataplane::maps::{ControlMaps, WorkerEntry},
     desired::{
         options::{Forward, Scheduler, VipOptions},
         state::{Desired, DEFAULT_WEIGHT},
     },
-    service::{addr_bytes, Vip},
+    service::{addr_bytes, addr_from_bytes, Vip},
 };
 
 pub use case::{
-    case, Age, Case, FlowCase, FrameCase, Kind, Method, SessionCase, VipCase, WorkerCase,
+    case, Age, Case, FlowCase, FrameCase, Hop, Kind, Method, SessionCase, VipCase, WorkerCase,
 };
-use snapshot::{MapIds, EMPTY_SLOT};
+use snapshot::{MapIds, EMPTY_SLOT, LOOPBACK};
 
 use crate::{
-    frames::{error_about, tcp, Fragment, Packet, Transport},
+    frames::{error_about, flow_key as flow_key_of, tcp, Fragment, Packet, Transport},
     testrun::{configure_nat, worker_mac, Loaded, TUNNEL_MTU, TUNNEL_SOURCES},
 };
 
@@ -52,6 +52,11 @@ fn nat_port(vip: &Vip) -> u16 {
         5353
     }
 }
+
+/// The MACs of every cached next hop.
+const HOP_MACS: [u8; 12] = [2, 0, 0, 0, 0, 0x77, 2, 0, 0, 0, 0, 0x66];
+/// An interface lb is not on.
+const FOREIGN_IFINDEX: u32 = 77;
 
 const SECOND: u64 = 1_000_000_000;
 /// How far the data plane's reading of the coarse clock may lag the one
@@ -344,8 +349,144 @@ fn write_state(installed: &Installed, case: &Case, maps: &Maps, now: Clock) -> a
     installed.ids.write_sessions(&sessions)
 }
 
-/// The bytes of a case's frame.
-pub fn frame_bytes(case: &Case, frame: &FrameCase) -> Vec<u8> {
+/// Worker `n` (modulo the VIP's workers) of VIP `index`, in the VIP's
+/// family, numbered as [`install`] numbers them; one of no VIP when it
+/// has none.
+fn worker_of(case: &Case, index: usize, n: u8) -> IpAddr {
+    let vip_case = &case.vips[index];
+    let first: usize = case.vips[..index].iter().map(|v| v.workers.len()).sum();
+    let n = match vip_case.workers.len() {
+        0 => 30,
+        count => first + usize::from(n) % count,
+    };
+    worker_addr(vip_case.v6, n)
+}
+
+/// One of `vip`'s connections in the NAT table (by its reply tuple),
+/// chosen by `n`.
+fn connection(spec: &Maps, vip: &Vip, n: u16) -> Option<FlowKey> {
+    let (addr, _) = addr_bytes(vip.addr);
+    let port = vip.port.to_be();
+    let mut keys: Vec<FlowKey> = spec
+        .nat
+        .iter()
+        .filter(|(_, entry)| entry.client.dst == addr && entry.client.dport == port)
+        .map(|(key, _)| *key)
+        .collect();
+    keys.sort_by_key(|key| (key.src, key.sport, key.dst, key.dport, key.proto));
+    keys.get(usize::from(n) % keys.len().max(1)).copied()
+}
+
+/// The client and port of one of `vip`'s flows in the flow table, chosen
+/// by `n`.
+fn recorded_client(spec: &Maps, vip: &Vip, n: u16) -> Option<(IpAddr, u16)> {
+    let (addr, _) = addr_bytes(vip.addr);
+    let port = vip.port.to_be();
+    let mut keys: Vec<FlowKey> = spec
+        .flows
+        .keys()
+        .filter(|key| key.dst == addr && key.dport == port)
+        .copied()
+        .collect();
+    keys.sort_by_key(|key| (key.src, key.sport));
+    let key = keys.get(usize::from(n) % keys.len().max(1))?;
+    Some((addr_of(key.src, key.family), u16::from_be(key.sport)))
+}
+
+fn addr_of(bytes: [u8; 16], family: u8) -> IpAddr {
+    addr_from_bytes(bytes, family).expect("a family the maps know")
+}
+
+/// A worker's reply ([`Kind::Reply`]) with TCP flags `flags`.
+fn reply_packet(case: &Case, frame: &FrameCase, flags: u8, spec: &Maps) -> Packet {
+    let (index, vip_case) = vip_of(case, frame.vip);
+    let vip = service(index, vip_case);
+    let fullnat = vip_case.method == Method::Fullnat;
+    let known = fullnat
+        .then(|| connection(spec, &vip, frame.port))
+        .flatten();
+    let (src, sport, dst, dport) = match known {
+        Some(key) => (
+            addr_of(key.src, key.family),
+            u16::from_be(key.sport),
+            addr_of(key.dst, key.family),
+            u16::from_be(key.dport),
+        ),
+        None => {
+            let worker = worker_of(case, index, frame.client);
+            let sport = if is_nat(vip_case.method) {
+                nat_port(&vip)
+            } else {
+                vip_port(vip_case)
+            };
+            if fullnat {
+                let source = NAT_SOURCES[usize::from(vip_case.v6)]
+                    .parse()
+                    .expect("an address");
+                (worker, sport, source, 20_000 + frame.port % 4)
+            } else {
+                let client = client_addr(vip_case.v6, frame.client);
+                (worker, sport, client, frame.port)
+            }
+        }
+    };
+    if vip_case.udp {
+        Packet::udp(src, sport, dst, dport)
+    } else {
+        Packet::tcp(src, sport, dst, dport, flags)
+    }
+}
+
+/// Caches a reply's client's next hop as `hop` says, in the connection's
+/// NAT entry (if it has one) and in the `nat` cache, in lb's maps and the
+/// specification's.
+fn cache_hop(
+    installed: &Installed,
+    spec: &mut Maps,
+    key: &FlowKey,
+    hop: Hop,
+) -> anyhow::Result<()> {
+    let now = clocks().coarse;
+    let value = NatHop {
+        macs: HOP_MACS,
+        ifindex: if hop == Hop::Elsewhere {
+            FOREIGN_IFINDEX
+        } else {
+            LOOPBACK
+        },
+        found_ns: if hop == Hop::Stale {
+            now.saturating_sub(5 * SECOND)
+        } else {
+            now
+        },
+    };
+    if let Some(entry) = spec.nat.get_mut(key) {
+        entry.hop = value;
+        installed.ids.write_connection_hop(key, value)?;
+    }
+    let cached = NatClientHop {
+        client: key.dst,
+        hop: value,
+    };
+    installed.ids.write_client_hop(hop_slot(&key.dst), cached)?;
+    spec.nat_hops.insert(hop_slot(&key.dst), cached);
+    Ok(())
+}
+
+/// The bytes of a case's frame (a reply's chosen among the connections
+/// in `spec`).
+pub fn frame_bytes(case: &Case, frame: &FrameCase, spec: &Maps) -> Vec<u8> {
+    let mut packet = packet_of(case, frame, spec);
+    let mut bytes = packet.build();
+    if let Kind::Padded(n) = frame.kind {
+        packet.pad_to = bytes.len() + usize::from(n);
+        bytes = packet.build();
+    }
+    mutate(bytes, frame)
+}
+
+/// A case's frame before the fuzzer's mutations.
+fn packet_of(case: &Case, frame: &FrameCase, spec: &Maps) -> Packet {
     let (index, vip_case) = vip_of(case, frame.vip);
     let vip = vip_addr(index, vip_case.v6);
     let client = client_addr(vip_case.v6, frame.client);
@@ -374,17 +515,23 @@ pub fn frame_bytes(case: &Case, frame: &FrameCase) -> Vec<u8> {
                 },
             )
         }
-        Kind::Error if is_nat(vip_case.method) => segment(port, tcp::ACK),
+        Kind::Reply(flags, _) => reply_packet(case, frame, flags, spec),
         Kind::Error => {
+            // A `fullnat` flow's error needs the flow's entry: about one
+            // the table has, when it has some.
+            let (client, client_port) = (vip_case.method == Method::Fullnat)
+                .then(|| recorded_client(spec, &service(index, vip_case), frame.port))
+                .flatten()
+                .unwrap_or((client, frame.port));
             let sent = if vip_case.udp {
-                Packet::udp(vip, port, client, frame.port)
+                Packet::udp(vip, port, client, client_port)
             } else {
-                Packet::tcp(vip, port, client, frame.port, tcp::ACK)
+                Packet::tcp(vip, port, client, client_port, tcp::ACK)
             };
             error_about(worker_addr(vip_case.v6, 99), &sent)
         }
     };
-    if !matches!(frame.kind, Kind::Error) || is_nat(vip_case.method) {
+    if !matches!(frame.kind, Kind::Error) {
         packet.payload = vec![0x61; usize::from(frame.payload)];
     }
     match frame.kind {
@@ -395,12 +542,7 @@ pub fn frame_bytes(case: &Case, frame: &FrameCase) -> Vec<u8> {
         }
         _ => {}
     }
-    let mut bytes = packet.build();
-    if let Kind::Padded(n) = frame.kind {
-        packet.pad_to = bytes.len() + usize::from(n);
-        bytes = packet.build();
-    }
-    mutate(bytes, frame)
+    packet
 }
 
 /// The frame with its mutations: bytes flipped, then cut (never below an
@@ -428,7 +570,11 @@ fn run(case: &Case) -> anyhow::Result<()> {
     write_state(&installed, case, &configured, clocks())?;
     let mut spec = installed.ids.read()?;
     for (n, frame) in case.frames.iter().enumerate() {
-        let bytes = frame_bytes(case, frame);
+        if let Kind::Reply(_, hop) = frame.kind {
+            let key = flow_key_of(&packet_of(case, frame, &spec));
+            cache_hop(&installed, &mut spec, &key, hop)?;
+        }
+        let bytes = frame_bytes(case, frame, &spec);
         let before = clocks();
         let (verdict, out) = installed.lb.run_frame(BALANCER, &bytes)?;
         let after = clocks();
@@ -441,8 +587,10 @@ fn run(case: &Case) -> anyhow::Result<()> {
             continue;
         };
         let context = || format!("frame {n} ({frame:?}): {}", hex(&bytes));
+        // What a dropped frame's bytes became is seen by nobody.
+        let dropped = verdict == Verdict::Drop.code();
         anyhow::ensure!(
-            verdict == effect.verdict.code() && out == effect.frame,
+            verdict == effect.verdict.code() && (dropped || out == effect.frame),
             "{}\nverdict {verdict}, specified {} ({:?})\nleft      {}\nspecified {}",
             context(),
             effect.verdict.code(),

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use anyhow::Context as _;
-use aya::maps::{Array, ArrayOfMaps, HashMap, Map, MapData, PerCpuArray};
+use aya::maps::{Array, ArrayOfMaps, DevMapHash, HashMap, Map, MapData, PerCpuArray, PerCpuValues};
 use lb_common::{
     balancer::{
         Backend, Config, FlowKey, FlowValue, StickyKey, StickyValue, TrafficCounters, VipAddrKey,
@@ -14,7 +14,7 @@ use lb_common::{
     },
     counters::GlobalCounters,
     map_names,
-    nat::{NatConfig, NatEntry, NatSource, NatWorkerKey, NatWorkerValue},
+    nat::{NatClientHop, NatConfig, NatEntry, NatHop, NatSource, NatWorkerKey, NatWorkerValue},
 };
 use lb_spec::Maps;
 
@@ -30,7 +30,10 @@ pub const EMPTY_SLOT: u32 = 40;
 /// The ids of the maps the specification covers.
 pub struct MapIds(BTreeMap<&'static str, u32>);
 
-const COVERED: [&str; 18] = [
+/// BPF_PROG_TEST_RUN's frames come in on the loopback device.
+pub const LOOPBACK: u32 = 1;
+
+const COVERED: [&str; 20] = [
     map_names::CONFIG,
     map_names::VIPS,
     map_names::VIP_ADDRS,
@@ -49,6 +52,8 @@ const COVERED: [&str; 18] = [
     map_names::NAT,
     map_names::NAT_WORKERS,
     map_names::REPLY_FILTER,
+    map_names::NAT_HOPS,
+    map_names::IFACES,
 ];
 
 fn data(map: &Map) -> &MapData {
@@ -57,7 +62,8 @@ fn data(map: &Map) -> &MapData {
         | Map::ArrayOfMaps(data)
         | Map::HashMap(data)
         | Map::LruHashMap(data)
-        | Map::PerCpuArray(data) => data,
+        | Map::PerCpuArray(data)
+        | Map::DevMapHash(data) => data,
         _ => panic!("the specification covers no other kind of map"),
     }
 }
@@ -95,6 +101,27 @@ impl MapIds {
         for (key, value) in sessions {
             map.insert(key, value, 0)?;
         }
+        Ok(())
+    }
+
+    /// Sets the next hop cached in the NAT entry of the connection whose
+    /// replies carry `key`.
+    pub fn write_connection_hop(&self, key: &FlowKey, hop: NatHop) -> anyhow::Result<()> {
+        let mut map: HashMap<MapData, FlowKey, NatEntry> = self.open(map_names::NAT)?.try_into()?;
+        let entry = NatEntry {
+            hop,
+            ..map.get(key, 0)?
+        };
+        map.insert(key, entry, 0)?;
+        Ok(())
+    }
+
+    /// Writes slot `slot` of the `nat` next-hop cache, on every CPU.
+    pub fn write_client_hop(&self, slot: u32, cached: NatClientHop) -> anyhow::Result<()> {
+        let mut map: PerCpuArray<MapData, NatClientHop> =
+            self.open(map_names::NAT_HOPS)?.try_into()?;
+        let cpus = aya::util::nr_cpus().map_err(|(_, error)| error)?;
+        map.set(slot, PerCpuValues::try_from(vec![cached; cpus])?, 0)?;
         Ok(())
     }
 
@@ -151,6 +178,18 @@ impl MapIds {
         maps.reply_filter = (0..filter.len())
             .map(|i| filter.get(&i, 0))
             .collect::<Result<_, _>>()?;
+        let hops: PerCpuArray<MapData, NatClientHop> =
+            self.open(map_names::NAT_HOPS)?.try_into()?;
+        for slot in 0..hops.len() {
+            let copies = hops.get(&slot, 0)?;
+            let first = copies.iter().next().copied().unwrap_or_default();
+            if first != NatClientHop::default() && copies.iter().all(|copy| *copy == first) {
+                maps.nat_hops.insert(slot, first);
+            }
+        }
+        let ifaces: DevMapHash<MapData> = self.open(map_names::IFACES)?.try_into()?;
+        maps.ifaces = ifaces.keys().collect::<Result<_, _>>()?;
+        maps.ingress = LOOPBACK;
         Ok(())
     }
 

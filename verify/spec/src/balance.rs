@@ -26,8 +26,9 @@ const SECOND_SALT: u32 = 0x5bd1_e995;
 
 /// Runs one frame through the balancer: the verdict and the frame that
 /// leaves, with `maps` changed as the data plane changes them; `None` when
-/// the frame takes a path this specification leaves out (NAT's reverse
-/// half, "too big" answers, a worker behind another interface).
+/// the frame takes a path this specification leaves out (a NAT reply
+/// whose client's next hop is not cached, NAT's ICMP half, "too big"
+/// answers, a worker behind another interface).
 pub fn step(maps: &mut Maps, frame: &[u8], clock: Clock) -> Option<Effect> {
     maps.counters.packets += 1;
     maps.counters.bytes += frame.len() as u64;
@@ -83,7 +84,7 @@ fn count_class(maps: &mut Maps, class: Class) {
 
 /// The outer `Option`: inside the specification or not; the inner: the
 /// balancer's effect, or `None` to pass the frame as not a VIP's.
-type Outcome = Option<Option<Effect>>;
+pub type Outcome = Option<Option<Effect>>;
 
 fn balance(maps: &mut Maps, frame: &[u8], packet: &Packet, clock: Clock) -> Outcome {
     if packet.later_fragment {
@@ -97,7 +98,7 @@ fn balance(maps: &mut Maps, frame: &[u8], packet: &Packet, clock: Clock) -> Outc
     }
     let key = flow_key(packet);
     let Some(vip) = maps.vips.get(&vip_key(&key)).copied() else {
-        return nat::not_a_reply(maps, &key).map(|()| None);
+        return nat::reply(maps, frame, packet, &key, clock);
     };
     let tcp = packet.proto == TCP;
     let syn = tcp && packet.tcp_flags & (SYN | ACK) == SYN;

@@ -26,8 +26,7 @@ pub fn checksum(bytes: &[u8]) -> u16 {
 /// RFC 1624's equation 3: the checksum `check` after one 16-bit word of
 /// what it covers changes from `old` to `new`: `HC' = ~(~HC + ~m + m')`.
 pub fn updated(check: u16, old: u16, new: u16) -> u16 {
-    let sum = u64::from(!check) + u64::from(!old) + u64::from(new);
-    !fold(sum)
+    updated_words(check, &[(old, new)])
 }
 
 /// [`updated`] for several changed words at once.

@@ -2,10 +2,10 @@
 //! VIP's flow (a router's "unreachable", "too big", "time exceeded") go to
 //! the worker that owns the flow, the way the flow's packets go.
 
-use lb_common::balancer::{FlowKey, VipAddrKey, VipKey, BACKEND_MAC_KNOWN, FORWARD_DSR};
+use lb_common::balancer::{is_nat, FlowKey, VipAddrKey, VipKey, BACKEND_MAC_KNOWN, FORWARD_DSR};
 
 use crate::{
-    balance::{self, drop, family, flow_key, readdressed},
+    balance::{self, drop, family, flow_key, readdressed, Outcome},
     checksum,
     headers::{bytes, pair, Packet, ETH_LEN, TCP, UDP},
     state::{Effect, Maps, Verdict},
@@ -24,7 +24,7 @@ const ERRORS_V6: [u8; 3] = [1, 2, 3];
 const ICMP_HEADER: usize = 8;
 
 /// An ICMP packet's effect (see `balance::balance` for the nesting).
-pub fn handle(maps: &mut Maps, frame: &[u8], packet: &Packet) -> Option<Option<Effect>> {
+pub fn handle(maps: &mut Maps, frame: &[u8], packet: &Packet) -> Outcome {
     let Some([kind, _]) = pair(frame, packet.l4) else {
         return Some(None);
     };
@@ -40,7 +40,7 @@ pub fn handle(maps: &mut Maps, frame: &[u8], packet: &Packet) -> Option<Option<E
         return Some(None);
     }
     match quoted_flow(frame, packet) {
-        Some(key) => error(maps, frame, &key),
+        Some(key) => error(maps, frame, packet, &key),
         None => Some(None),
     }
 }
@@ -122,7 +122,7 @@ fn quoted_flow(frame: &[u8], packet: &Packet) -> Option<FlowKey> {
 /// that worker's state, while the VIP and the worker's generation are the
 /// recorded ones) or else the one the VIP's scheduler picks. Errors about
 /// no VIP's flow pass.
-fn error(maps: &mut Maps, frame: &[u8], key: &FlowKey) -> Option<Option<Effect>> {
+fn error(maps: &mut Maps, frame: &[u8], packet: &Packet, key: &FlowKey) -> Outcome {
     let Some(backend_id) = recorded_worker(maps, key).or_else(|| scheduled_worker(maps, key))
     else {
         return Some(None);
@@ -137,7 +137,9 @@ fn error(maps: &mut Maps, frame: &[u8], key: &FlowKey) -> Option<Option<Effect>>
     }
     let out = match backend.forward {
         FORWARD_DSR => readdressed(frame, backend.mac),
-        forward if lb_common::balancer::is_nat(forward) => return None,
+        forward if is_nat(forward) => {
+            return crate::nat_icmp::to_worker(maps, frame, packet, key, &backend)
+        }
         _ => {
             let len = frame.len() - ETH_LEN + tunnel::overhead(&backend);
             if len > usize::from(backend.mtu) {

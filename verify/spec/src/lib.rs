@@ -15,6 +15,7 @@ mod checksum;
 mod headers;
 mod icmp;
 mod nat;
+mod nat_icmp;
 mod state;
 mod tunnel;
 

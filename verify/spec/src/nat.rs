@@ -6,11 +6,14 @@
 
 use lb_common::{
     balancer::{FlowKey, FlowValue, FAMILY_V6, FORWARD_FULLNAT},
-    nat::{NatEntry, NatSource, NatWorkerKey, NAT_CLOSING, NAT_DEAD, NAT_ESTABLISHED, NAT_OPENING},
+    nat::{
+        NatEntry, NatHop, NatSource, NatWorkerKey, NAT_CLOSING, NAT_DEAD, NAT_ESTABLISHED,
+        NAT_OPENING,
+    },
 };
 
 use crate::{
-    balance::{drop, flow_hash, readdressed, Job},
+    balance::{drop, flow_hash, readdressed, Job, Outcome},
     checksum,
     headers::{pair, Packet, ETH_LEN, TCP},
     state::{Clock, Effect, Maps, Verdict},
@@ -22,6 +25,10 @@ const PROBES: u32 = 16;
 pub const NO_SOURCE: u8 = 0xff;
 /// The NAT source array's capacity: 16 a family.
 const SOURCE_SLOTS: u8 = 32;
+/// Slots of the `nat` next-hop cache.
+const HOP_SLOTS: u32 = 256;
+const SECOND: u64 = 1_000_000_000;
+const FIN: u8 = 0x01;
 const SYN: u8 = 0x02;
 const RST: u8 = 0x04;
 const ACK: u8 = 0x10;
@@ -51,22 +58,81 @@ pub fn reply_candidate(maps: &Maps, addr: &[u8; 16], port: u16, proto: u8) -> bo
     in_reply_filter(maps, filter_bit(addr, port, proto))
 }
 
-/// A TCP or UDP packet for no VIP, which passes: if the reply filter has
-/// its source (a NAT worker's, or a collision) and it is no NAT'd
-/// connection's reply, counted as a miss. `None`: a worker's reply (the
-/// reverse half is outside the specification).
-pub fn not_a_reply(maps: &mut Maps, key: &FlowKey) -> Option<()> {
+/// A TCP or UDP packet for no VIP: a NAT worker's reply (a `fullnat`
+/// connection's by its tuple, a `nat` worker's by its address and port),
+/// translated back and sent toward the client; anything else passes
+/// (`Some(None)`), counted as a miss when the reply filter has its source.
+/// `None`: the client's next hop is not cached (lb asks the kernel's
+/// routing table), or lies behind another of lb's interfaces.
+pub fn reply(
+    maps: &mut Maps,
+    frame: &[u8],
+    packet: &Packet,
+    key: &FlowKey,
+    clock: Clock,
+) -> Outcome {
     if !reply_candidate(maps, &key.src, key.sport, key.proto) {
-        return Some(());
+        return Some(None);
     }
-    let to_source = in_reply_filter(maps, filter_bit(&key.dst, 0, 0));
-    if to_source {
-        if let Some(entry) = maps.nat.get(key) {
-            if entry.flags & NAT_DEAD == 0 {
+    let Some(found) = reply_of(maps, packet, key, clock) else {
+        maps.counters.nat_reply_misses += 1;
+        return Some(None);
+    };
+    if !fresh(&found.hop, clock.coarse) {
+        return None;
+    }
+    let Some(out) = rewrite(frame, packet, key, Some(found.vip), found.client) else {
+        return Some(Some(drop(frame)));
+    };
+    let Ok(mut out) = out else {
+        maps.counters.nat_ttl_expired += 1;
+        return Some(Some(drop(frame)));
+    };
+    if found.hop.ifindex == maps.ingress {
+        out[..12].copy_from_slice(&found.hop.macs);
+        maps.counters.nat_replies += 1;
+        return Some(Some(Effect {
+            verdict: Verdict::Tx,
+            frame: out,
+        }));
+    }
+    if maps.ifaces.contains(&found.hop.ifindex) {
+        return None;
+    }
+    // The hop's interface is no longer lb's: the kernel routes the reply.
+    maps.counters.nat_replies_unrouted += 1;
+    Some(Some(Effect {
+        verdict: Verdict::Pass,
+        frame: out,
+    }))
+}
+
+/// A worker's reply found: what it is translated to and where it goes.
+struct Reply {
+    /// The new source: the VIP.
+    vip: ([u8; 16], u16),
+    /// The new destination (`fullnat`: the client; `nat`: unchanged).
+    client: Option<([u8; 16], u16)>,
+    /// The client's next hop as cached.
+    hop: NatHop,
+}
+
+/// The NAT'd connection or worker `key` (as the worker sent it) is a
+/// reply of, a `fullnat` entry's state and clock moved by it.
+fn reply_of(maps: &mut Maps, packet: &Packet, key: &FlowKey, clock: Clock) -> Option<Reply> {
+    // Only a packet to a NAT source can be a `fullnat` reply.
+    if in_reply_filter(maps, filter_bit(&key.dst, 0, 0)) {
+        if let Some(entry) = maps.nat.get_mut(key) {
+            if entry.flags & NAT_DEAD != 0 {
                 return None;
             }
-            miss(maps);
-            return Some(());
+            seen_from_worker(entry, packet, clock);
+            let client = entry.client;
+            return Some(Reply {
+                vip: (client.dst, client.dport),
+                client: Some((client.src, client.sport)),
+                hop: entry.hop,
+            });
         }
     }
     let worker = NatWorkerKey {
@@ -75,15 +141,49 @@ pub fn not_a_reply(maps: &mut Maps, key: &FlowKey) -> Option<()> {
         proto: key.proto,
         family: key.family,
     };
-    if maps.nat_workers.contains_key(&worker) {
-        return None;
-    }
-    miss(maps);
-    Some(())
+    let value = maps.nat_workers.get(&worker)?;
+    let cached = maps.nat_hops.get(&hop_slot(&key.dst)).copied();
+    Some(Reply {
+        vip: (value.vip, value.vip_port),
+        client: None,
+        // Another client's slot: lb takes it over and asks the routing
+        // table, which [`reply`] leaves out.
+        hop: cached
+            .filter(|cached| cached.client == key.dst)
+            .map(|cached| cached.hop)
+            .unwrap_or_default(),
+    })
 }
 
-fn miss(maps: &mut Maps) {
-    maps.counters.nat_reply_misses += 1;
+/// A `fullnat` connection after a packet from its worker: TCP closing
+/// once either side sent a FIN or a reset, otherwise established; its
+/// clock moved when the state changes, on a FIN or reset, and otherwise
+/// at most once a second.
+fn seen_from_worker(entry: &mut NatEntry, packet: &Packet, clock: Clock) {
+    let tcp = packet.proto == TCP;
+    let closes = tcp && packet.tcp_flags & (FIN | RST) != 0;
+    let state = if tcp && (closes || entry.state == NAT_CLOSING) {
+        NAT_CLOSING
+    } else {
+        NAT_ESTABLISHED
+    };
+    if state != entry.state || closes || clock.coarse.saturating_sub(entry.last_seen_ns) > SECOND {
+        entry.state = state;
+        entry.last_seen_ns = clock.coarse;
+    }
+}
+
+/// Whether a cached next hop may still be used: found within the last
+/// second.
+fn fresh(hop: &NatHop, now: u64) -> bool {
+    hop.found_ns != 0 && now.saturating_sub(hop.found_ns) < SECOND
+}
+
+/// The slot of the `nat` next-hop cache that holds client `addr`'s.
+fn hop_slot(addr: &[u8; 16]) -> u32 {
+    let word = |at: usize| crate::tunnel::word(addr, at);
+    let folded = word(0) ^ word(4) ^ word(8) ^ word(12);
+    (folded.wrapping_mul(0x9e37_79b1) >> 24) % HOP_SLOTS
 }
 
 /// The forward half for a packet whose worker `job` names (with, for a
@@ -142,11 +242,7 @@ pub fn forward(
 
 /// NAT source slot `slot`, if it holds one.
 fn source(maps: &Maps, slot: u8) -> Option<NatSource> {
-    if slot >= SOURCE_SLOTS {
-        return None;
-    }
-    let source = maps.nat_sources.get(&slot).copied().unwrap_or_default();
-    (source.family != 0).then_some(source)
+    source_slot(maps, slot).filter(|source| source.family != 0)
 }
 
 /// The tuple a worker's reply through `source:port` carries.
@@ -176,7 +272,7 @@ fn entry_of(
 }
 
 /// Slot `slot` of the source array as read (zeros if never written).
-fn source_slot(maps: &Maps, slot: u8) -> Option<NatSource> {
+pub fn source_slot(maps: &Maps, slot: u8) -> Option<NatSource> {
     (slot < SOURCE_SLOTS).then(|| maps.nat_sources.get(&slot).copied().unwrap_or_default())
 }
 
@@ -382,15 +478,20 @@ fn rewrite(
     Some(Ok(out))
 }
 
-/// The 16-bit words of `old` and `new`, paired.
-fn words(old: &[u8], new: &[u8]) -> Vec<(u16, u16)> {
+/// The 16-bit words of `old` and `new`, paired (an odd last byte padded
+/// with a zero).
+pub fn words(old: &[u8], new: &[u8]) -> Vec<(u16, u16)> {
+    let word = |w: &[u8]| u16::from_be_bytes([w[0], w.get(1).copied().unwrap_or(0)]);
     old.chunks(2)
         .zip(new.chunks(2))
-        .map(|(o, n)| {
-            (
-                u16::from_be_bytes([o[0], o[1]]),
-                u16::from_be_bytes([n[0], n[1]]),
-            )
-        })
+        .map(|(o, n)| (word(o), word(n)))
         .collect()
+}
+
+/// Why a rewrite left a frame as it was.
+pub enum Fault {
+    /// A header is not where it must be.
+    TooShort,
+    /// The TTL or hop limit ran out.
+    TtlExpired,
 }

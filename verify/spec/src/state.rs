@@ -9,7 +9,7 @@ use lb_common::{
         VipKey, VipTag,
     },
     counters::GlobalCounters,
-    nat::{NatConfig, NatEntry, NatSource, NatWorkerKey, NatWorkerValue},
+    nat::{NatClientHop, NatConfig, NatEntry, NatSource, NatWorkerKey, NatWorkerValue},
 };
 
 /// What the data plane reads and writes for the VIP path, one field per
@@ -50,6 +50,14 @@ pub struct Maps {
     pub nat: HashMap<FlowKey, NatEntry>,
     /// `LB_NAT_WORKERS`: `nat` workers by address and port.
     pub nat_workers: HashMap<NatWorkerKey, NatWorkerValue>,
+    /// `LB_NAT_HOPS` (`nat` clients' next hops) by slot, where every CPU's
+    /// copy agrees.
+    pub nat_hops: HashMap<u32, NatClientHop>,
+    /// `LB_IFACES`: the interfaces lb is on, by index.
+    pub ifaces: Vec<u32>,
+    /// The interface the frame comes in on (not a map: the context's
+    /// `ingress_ifindex`; BPF_PROG_TEST_RUN's is the loopback device).
+    pub ingress: u32,
     /// `LB_REPLY_FILTER`'s words.
     pub reply_filter: Vec<u64>,
     /// `LB_COUNTERS`, summed over CPUs.
