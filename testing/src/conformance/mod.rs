@@ -362,34 +362,38 @@ fn worker_of(case: &Case, index: usize, n: u8) -> IpAddr {
     worker_addr(vip_case.v6, n)
 }
 
-/// One of `vip`'s connections in the NAT table (by its reply tuple),
-/// chosen by `n`.
-fn connection(spec: &Maps, vip: &Vip, n: u16) -> Option<FlowKey> {
+/// Key `n` (modulo their number) of those whose flow, as the client sent
+/// it (`flow`), is to `vip`, in the keys' order: the choice depends on the
+/// case alone, not on a hash map's order.
+fn pick<'a, V: 'a>(
+    entries: impl Iterator<Item = (&'a FlowKey, &'a V)>,
+    flow: impl Fn(&FlowKey, &V) -> FlowKey,
+    vip: &Vip,
+    n: u16,
+) -> Option<FlowKey> {
     let (addr, _) = addr_bytes(vip.addr);
     let port = vip.port.to_be();
-    let mut keys: Vec<FlowKey> = spec
-        .nat
-        .iter()
-        .filter(|(_, entry)| entry.client.dst == addr && entry.client.dport == port)
+    let mut keys: Vec<FlowKey> = entries
+        .filter(|&(key, value)| {
+            let flow = flow(key, value);
+            flow.dst == addr && flow.dport == port
+        })
         .map(|(key, _)| *key)
         .collect();
     keys.sort_by_key(|key| (key.src, key.sport, key.dst, key.dport, key.proto));
     keys.get(usize::from(n) % keys.len().max(1)).copied()
 }
 
+/// One of `vip`'s connections in the NAT table (by its reply tuple),
+/// chosen by `n`.
+fn connection(spec: &Maps, vip: &Vip, n: u16) -> Option<FlowKey> {
+    pick(spec.nat.iter(), |_, entry| entry.client, vip, n)
+}
+
 /// The client and port of one of `vip`'s flows in the flow table, chosen
 /// by `n`.
 fn recorded_client(spec: &Maps, vip: &Vip, n: u16) -> Option<(IpAddr, u16)> {
-    let (addr, _) = addr_bytes(vip.addr);
-    let port = vip.port.to_be();
-    let mut keys: Vec<FlowKey> = spec
-        .flows
-        .keys()
-        .filter(|key| key.dst == addr && key.dport == port)
-        .copied()
-        .collect();
-    keys.sort_by_key(|key| (key.src, key.sport));
-    let key = keys.get(usize::from(n) % keys.len().max(1))?;
+    let key = pick(spec.flows.iter(), |key, _| *key, vip, n)?;
     Some((addr_of(key.src, key.family), u16::from_be(key.sport)))
 }
 
@@ -468,15 +472,14 @@ fn cache_hop(
         client: key.dst,
         hop: value,
     };
-    installed.ids.write_client_hop(hop_slot(&key.dst), cached)?;
-    spec.nat_hops.insert(hop_slot(&key.dst), cached);
+    let slot = hop_slot(&key.dst);
+    installed.ids.write_client_hop(slot, cached)?;
+    spec.nat_hops.insert(slot, cached);
     Ok(())
 }
 
-/// The bytes of a case's frame (a reply's chosen among the connections
-/// in `spec`).
-pub fn frame_bytes(case: &Case, frame: &FrameCase, spec: &Maps) -> Vec<u8> {
-    let mut packet = packet_of(case, frame, spec);
+/// The bytes of a case's frame, built from `packet` ([`packet_of`]).
+fn frame_bytes(mut packet: Packet, frame: &FrameCase) -> Vec<u8> {
     let mut bytes = packet.build();
     if let Kind::Padded(n) = frame.kind {
         packet.pad_to = bytes.len() + usize::from(n);
@@ -485,7 +488,8 @@ pub fn frame_bytes(case: &Case, frame: &FrameCase, spec: &Maps) -> Vec<u8> {
     mutate(bytes, frame)
 }
 
-/// A case's frame before the fuzzer's mutations.
+/// A case's frame before padding and the fuzzer's mutations (a reply's
+/// and a `fullnat` error's chosen among the connections in `spec`).
 fn packet_of(case: &Case, frame: &FrameCase, spec: &Maps) -> Packet {
     let (index, vip_case) = vip_of(case, frame.vip);
     let vip = vip_addr(index, vip_case.v6);
@@ -570,11 +574,11 @@ fn run(case: &Case) -> anyhow::Result<()> {
     write_state(&installed, case, &configured, clocks())?;
     let mut spec = installed.ids.read()?;
     for (n, frame) in case.frames.iter().enumerate() {
+        let packet = packet_of(case, frame, &spec);
         if let Kind::Reply(_, hop) = frame.kind {
-            let key = flow_key_of(&packet_of(case, frame, &spec));
-            cache_hop(&installed, &mut spec, &key, hop)?;
+            cache_hop(&installed, &mut spec, &flow_key_of(&packet), hop)?;
         }
-        let bytes = frame_bytes(case, frame, &spec);
+        let bytes = frame_bytes(packet, frame);
         let before = clocks();
         let (verdict, out) = installed.lb.run_frame(BALANCER, &bytes)?;
         let after = clocks();

@@ -5,7 +5,7 @@
 //! NAT worker's reply but is none.
 
 use lb_common::{
-    balancer::{FlowKey, FlowValue, FAMILY_V6, FORWARD_FULLNAT},
+    balancer::{Backend, FlowKey, FlowValue, FAMILY_V6, FORWARD_FULLNAT},
     nat::{
         NatEntry, NatHop, NatSource, NatWorkerKey, NAT_CLOSING, NAT_DEAD, NAT_ESTABLISHED,
         NAT_OPENING,
@@ -81,12 +81,9 @@ pub fn reply(
     if !fresh(&found.hop, clock.coarse) {
         return None;
     }
-    let Some(out) = rewrite(frame, packet, key, Some(found.vip), found.client) else {
-        return Some(Some(drop(frame)));
-    };
-    let Ok(mut out) = out else {
-        maps.counters.nat_ttl_expired += 1;
-        return Some(Some(drop(frame)));
+    let mut out = match rewrite(frame, packet, key, Some(found.vip), found.client) {
+        Ok(out) => out,
+        Err(fault) => return Some(Some(dropped(maps, frame, fault))),
     };
     if found.hop.ifindex == maps.ingress {
         out[..12].copy_from_slice(&found.hop.macs);
@@ -201,14 +198,7 @@ pub fn forward(
         maps.counters.drop_no_neighbour += 1;
         return drop(frame);
     }
-    let worker = (
-        backend.addr,
-        if backend.port != 0 {
-            backend.port
-        } else {
-            key.dport
-        },
-    );
+    let worker = (backend.addr, worker_port(&backend, key));
     let source = if backend.forward == FORWARD_FULLNAT {
         let pair = if job.new_flow {
             match claim(maps, key, packet, job, worker, clock) {
@@ -225,12 +215,9 @@ pub fn forward(
     } else {
         None
     };
-    let Some(out) = rewrite(frame, packet, key, source, Some(worker)) else {
-        return drop(frame);
-    };
-    let Ok(out) = out else {
-        maps.counters.nat_ttl_expired += 1;
-        return drop(frame);
+    let out = match rewrite(frame, packet, key, source, Some(worker)) {
+        Ok(out) => out,
+        Err(fault) => return dropped(maps, frame, fault),
     };
     crate::balance::count_forwarded(maps, job, frame.len() as u64);
     maps.counters.forwarded += 1;
@@ -418,19 +405,18 @@ fn allocate(
 
 /// The frame with its source and destination (each when given) rewritten,
 /// the TTL or hop limit lowered and the IPv4 header's and the transport
-/// checksums updated word by word. `None`: a header isn't where it must
-/// be; `Some(Err)`: the TTL ran out.
+/// checksums updated word by word.
 fn rewrite(
     frame: &[u8],
     packet: &Packet,
     key: &FlowKey,
     src: Option<([u8; 16], u16)>,
     dst: Option<([u8; 16], u16)>,
-) -> Option<Result<Vec<u8>, ()>> {
+) -> Result<Vec<u8>, Fault> {
     let l4 = packet.l4;
     let check_at = l4 + if packet.proto == TCP { 16 } else { 6 };
     if l4 > MAX_L4 || frame.len() < l4 + 4 || pair(frame, check_at).is_none() {
-        return None;
+        return Err(Fault::TooShort);
     }
     let (new_src, new_sport) = src.unwrap_or((key.src, key.sport));
     let (new_dst, new_dport) = dst.unwrap_or((key.dst, key.dport));
@@ -438,7 +424,7 @@ fn rewrite(
     let ttl_at = ETH_LEN + if v6 { 7 } else { 8 };
     let ttl = frame[ttl_at];
     if ttl <= 1 {
-        return Some(Err(()));
+        return Err(Fault::TtlExpired);
     }
     let mut out = frame.to_vec();
     let width = if v6 { 16 } else { 4 };
@@ -475,7 +461,7 @@ fn rewrite(
     out[l4..l4 + 2].copy_from_slice(&new_sport.to_le_bytes());
     out[l4 + 2..l4 + 4].copy_from_slice(&new_dport.to_le_bytes());
     out[check_at..check_at + 2].copy_from_slice(&check.to_be_bytes());
-    Some(Ok(out))
+    Ok(out)
 }
 
 /// The 16-bit words of `old` and `new`, paired (an odd last byte padded
@@ -494,4 +480,22 @@ pub enum Fault {
     TooShort,
     /// The TTL or hop limit ran out.
     TtlExpired,
+}
+
+/// The drop of a frame a rewrite could not change, counted when its TTL
+/// ran out.
+pub fn dropped(maps: &mut Maps, frame: &[u8], fault: Fault) -> Effect {
+    if let Fault::TtlExpired = fault {
+        maps.counters.nat_ttl_expired += 1;
+    }
+    drop(frame)
+}
+
+/// The port a NAT worker is sent flow `key` on: its own, or the VIP's.
+pub fn worker_port(backend: &Backend, key: &FlowKey) -> u16 {
+    if backend.port != 0 {
+        backend.port
+    } else {
+        key.dport
+    }
 }

@@ -11,7 +11,7 @@
 use lb_common::balancer::{Backend, FlowKey, FAMILY_V6, FORWARD_FULLNAT};
 
 use crate::{
-    balance::{drop, readdressed, Outcome},
+    balance::{readdressed, Outcome},
     checksum,
     headers::{Packet, ETH_LEN, TCP},
     nat::{self, Fault},
@@ -43,14 +43,9 @@ pub fn to_worker(
     key: &FlowKey,
     backend: &Backend,
 ) -> Outcome {
-    let port = if backend.port != 0 {
-        backend.port
-    } else {
-        key.dport
-    };
     let mut rewrite = Rewrite {
         outer_dst: Some(backend.addr),
-        inner_src: Some((backend.addr, port)),
+        inner_src: Some((backend.addr, nat::worker_port(backend, key))),
         ..Rewrite::default()
     };
     if backend.forward == FORWARD_FULLNAT {
@@ -69,11 +64,7 @@ pub fn to_worker(
     }
     let out = match rewritten(frame, packet, key.family == FAMILY_V6, key.proto, &rewrite) {
         Ok(out) => out,
-        Err(Fault::TtlExpired) => {
-            maps.counters.nat_ttl_expired += 1;
-            return Some(Some(drop(frame)));
-        }
-        Err(Fault::TooShort) => return Some(Some(drop(frame))),
+        Err(fault) => return Some(Some(nat::dropped(maps, frame, fault))),
     };
     if backend.egress != 0 {
         return None;
