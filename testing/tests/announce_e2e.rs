@@ -186,6 +186,32 @@ fn withdrawals_persist_and_restarts_withdraw_nothing() {
 }
 
 #[test]
+fn a_restart_keeps_an_address_whose_workers_are_down_withdrawn() {
+    lb_testing::needs_root!();
+    let mut rig = rig_announcing(&[]);
+    wait_for(&rig.balancer, &[ADDR], "announced");
+    for index in 0..rig.workers.len() {
+        rig.stop_worker(index);
+    }
+    wait_for(&rig.balancer, &[], "withdrawn once every worker is down");
+
+    // The data plane recorded both down: the next controller starts with
+    // them down instead of announcing until its checks fail again.
+    let monitor = RouteMonitor::start(&rig.balancer);
+    rig.lb.kill().unwrap();
+    rig.start_lb(&["--announce-table", TABLE]).unwrap();
+    let reason = Some("no worker takes new flows".to_owned());
+    assert_eq!(listed(&rig), vec![(ADDR.into(), false, reason)]);
+    rig.start_worker(0).unwrap();
+    wait_for(&rig.balancer, &[ADDR], "announced once a worker is up");
+    let seen = monitor.finish();
+    let added: Vec<&str> = (seen.lines())
+        .filter(|l| !l.starts_with("Deleted") && l.contains(ADDR))
+        .collect();
+    assert_eq!(added.len(), 1, "announced before a worker was up:\n{seen}");
+}
+
+#[test]
 fn detaching_withdraws_everything() {
     lb_testing::needs_root!();
     let mut rig = rig_announcing(&["--detach-on-exit"]);

@@ -66,6 +66,16 @@ impl Default for Health {
 }
 
 impl Health {
+    /// A worker an earlier controller left down: it takes new flows again
+    /// only after passing `rise` checks, so a restart neither puts it back
+    /// in the tables nor announces its address before its checks do.
+    pub fn down() -> Self {
+        Self {
+            state: HealthState::Down,
+            ..Self::default()
+        }
+    }
+
     /// The state in force.
     pub fn state(&self) -> HealthState {
         self.state

@@ -450,7 +450,10 @@ impl Controller {
             Hop::Via(at, ifindex) => resolve(&mut self.netlink, ifindex, at, pinned_mac),
             Hop::Missing(_) => None,
         };
-        let live = Live::new(vip, addr, hop, mac, generation);
+        let mut live = Live::new(vip, addr, hop, mac, generation);
+        if self.maps.known_down(id, addr) && self.is_checked(&vip) {
+            live.health = Health::down();
+        }
         if let Reach::Unreachable(reason) = live.reach {
             self.unresolved_added.push(id);
             tracing::warn!(
@@ -462,6 +465,14 @@ impl Controller {
             .write_load(id, LOAD_UNKNOWN)
             .context("writing the worker's load")?;
         self.write_worker(id)
+    }
+
+    /// Whether `vip`'s workers are health-checked (a worker of an
+    /// unchecked VIP is never down).
+    fn is_checked(&self, vip: &Vip) -> bool {
+        self.desired
+            .vip(vip)
+            .is_ok_and(|state| state.options.health.kind_for(vip) != CheckKind::None)
     }
 
     /// The first hop toward worker `addr` of `vip`: the worker itself for

@@ -32,6 +32,9 @@ pub enum Bug {
     /// The verdict ignores drains (`VipState::serves` asked only about
     /// health).
     IgnoresDrains,
+    /// A start takes every worker to be up, even one its data plane
+    /// recorded down (`start_worker_via` without `known_down`).
+    ForgetsDownSlots,
 }
 
 /// What the controller, the operator and the world do; each names the lb
@@ -43,7 +46,8 @@ pub enum Action {
     WorkerHealth(usize),
     /// A check round of worker `w` reaches the controller:
     /// `Controller::record_check` in control/controller/feedback.rs
-    /// (rise and fall counts of 1).
+    /// (rise and fall counts of 1), which writes the worker's slot
+    /// (`BACKEND_DOWN`).
     Check(usize),
     /// `lb backend drain|undrain` on worker `w`: `Controller::handle` →
     /// `Controller::set_drain` (`Desired::set_drain`), saved by
@@ -71,8 +75,9 @@ pub enum Action {
     Crash,
     /// `lb run` (systemd restarts it): `commands/run.rs` `start` →
     /// `StateFile::open`, `Dataplane::attach`, `Controller::start`, which
-    /// opens the table (`Announcer::open` keeps the routes it finds) and
-    /// announces.
+    /// takes the workers whose adopted slots are marked down to be down
+    /// (`ControlMaps::known_down`), every other worker up, opens the table
+    /// (`Announcer::open` keeps the routes it finds) and announces.
     Start,
     /// A stop with `--detach-on-exit`: `Controller::withdraw_all`, then
     /// `Dataplane::detach` (an operator change).
@@ -90,7 +95,6 @@ pub struct Announcements {
     faults: u8,
     changes: u8,
     bug: Option<Bug>,
-    known_gaps: bool,
     /// lb's desired state with every VIP and worker, none drained or
     /// withdrawn; each state's is built from it.
     base: lb_userspace::desired::state::Desired,
@@ -113,7 +117,6 @@ impl Announcements {
             faults,
             changes,
             bug: None,
-            known_gaps: false,
             base,
             ids,
         }
@@ -122,13 +125,6 @@ impl Announcements {
     /// The same model with `bug` planted in lb.
     pub fn with_bug(mut self, bug: Bug) -> Self {
         self.bug = Some(bug);
-        self
-    }
-
-    /// The same model with the property lb is known to miss (see
-    /// docs/VERIFICATION.md).
-    pub fn with_known_gaps(mut self) -> Self {
-        self.known_gaps = true;
         self
     }
 
@@ -189,22 +185,17 @@ impl Announcements {
     }
 
     /// Whether a start may take `a`'s route out: only for what the saved
-    /// state asks (a withdrawal, every worker there drained), never for
-    /// health or attachment.
-    fn start_may_withdraw(&self, saved: &Saved, a: usize) -> bool {
-        saved.withdrawn[a]
-            || (0..self.worker_vips.len())
-                .filter(|&w| self.address_of(w) == a)
-                .all(|w| saved.drains[w])
+    /// state asks (a withdrawal, every worker there drained) or what the
+    /// data plane recorded (every worker there down), never for a health
+    /// it has not seen or for attachment.
+    fn start_may_withdraw(&self, world: &World, a: usize) -> bool {
+        let saved = &world.saved;
+        saved.withdrawn[a] || self.on(a).all(|w| saved.drains[w] || world.slot_down[w])
     }
-}
 
-impl Announcements {
-    /// Every worker on address `a` fails its checks.
-    fn all_down(&self, world: &World, a: usize) -> bool {
-        (0..self.worker_vips.len())
-            .filter(|&w| self.address_of(w) == a)
-            .all(|w| !world.healthy[w])
+    /// The workers on address `a`.
+    fn on(&self, a: usize) -> impl Iterator<Item = usize> + '_ {
+        (0..self.worker_vips.len()).filter(move |&w| self.address_of(w) == a)
     }
 }
 
@@ -225,6 +216,7 @@ impl Model for Announcements {
             acked_withdrawn: vec![false; self.addresses()],
             controller: None,
             saved,
+            slot_down: vec![false; workers],
             restart_withdrew: false,
             restart_announced_down: false,
             faults_left: self.faults,
@@ -256,8 +248,12 @@ impl Model for Announcements {
                 next.routes.fill(false);
                 next.attached = false;
                 next.controller = None;
+                next.slot_down.fill(false);
             }
-            Action::Check(w) => running_mut(&mut next).up[w] = world.healthy[w],
+            Action::Check(w) => {
+                running_mut(&mut next).up[w] = world.healthy[w];
+                next.slot_down[w] = !world.healthy[w];
+            }
             Action::NoticeLoss => running_mut(&mut next).lost = true,
             Action::Sync => self.sync(&mut next),
             Action::Start => self.start(&mut next),
@@ -272,7 +268,7 @@ impl Model for Announcements {
     }
 
     fn properties(&self) -> Vec<Property<Self>> {
-        let mut all = vec![
+        vec![
             Property::always(
                 "announced as promised once converged",
                 |m: &Self, w: &World| {
@@ -282,6 +278,10 @@ impl Model for Announcements {
             Property::always("a crash or restart withdraws nothing", |_, w: &World| {
                 !w.restart_withdrew
             }),
+            Property::always(
+                "a restart announces no address whose workers were recorded down",
+                |_, w: &World| !w.restart_announced_down,
+            ),
             Property::always(
                 "an operator's withdrawal survives restarts",
                 |_, w: &World| {
@@ -298,14 +298,7 @@ impl Model for Announcements {
             Property::sometimes("a withdrawal outlives a crash", |_, w: &World| {
                 w.controller.is_none() && w.acked_withdrawn.contains(&true)
             }),
-        ];
-        if self.known_gaps {
-            all.push(Property::always(
-                "a restart announces no address whose workers are all down",
-                |_, w: &World| !w.restart_announced_down,
-            ));
-        }
-        all
+        ]
     }
 }
 
@@ -387,9 +380,10 @@ impl Announcements {
     }
 
     /// `lb run`: the saved state restored, the program attached or
-    /// adopted, every worker up until checked, the table synced.
+    /// adopted, every worker up unless its slot was marked down, the
+    /// table synced.
     fn start(&self, world: &mut World) {
-        let (before, saved) = (world.routes.clone(), world.saved.clone());
+        let before = world.routes.clone();
         let mut desired = self.desired(&Saved {
             withdrawn: vec![false; self.addresses()],
             ..world.saved.clone()
@@ -400,24 +394,32 @@ impl Announcements {
         let withdrawn = (0..self.addresses())
             .map(|a| desired.withdrawn().contains(&lb::vip_addr(a)))
             .collect();
+        let up = (world.slot_down.iter())
+            .map(|&down| match self.bug {
+                Some(Bug::StartsDown) => false,
+                Some(Bug::ForgetsDownSlots) => true,
+                _ => !down,
+            })
+            .collect();
+        let withdrew: Vec<bool> = (0..before.len())
+            .map(|a| !self.start_may_withdraw(world, a))
+            .collect();
         world.attached = true;
         world.controller = Some(Running {
             desired: Saved {
                 withdrawn,
                 ..world.saved.clone()
             },
-            up: vec![self.bug != Some(Bug::StartsDown); world.healthy.len()],
+            up,
             lost: false,
             unanswered: None,
         });
         world.saved = running_mut(world).desired.clone();
         self.sync(world);
-        let withdrew = (0..before.len())
-            .any(|a| before[a] && !world.routes[a] && !self.start_may_withdraw(&saved, a));
-        world.restart_withdrew |= withdrew;
-        let announced_down =
-            (0..before.len()).any(|a| !before[a] && world.routes[a] && self.all_down(world, a));
-        world.restart_announced_down |= announced_down;
+        world.restart_withdrew |=
+            (0..before.len()).any(|a| before[a] && !world.routes[a] && withdrew[a]);
+        world.restart_announced_down |= (0..before.len())
+            .any(|a| !before[a] && world.routes[a] && self.on(a).all(|w| world.slot_down[w]));
     }
 }
 

@@ -42,12 +42,10 @@ fn a_verdict_that_ignores_drains_is_caught() {
     ));
 }
 
-/// A known gap (docs/VERIFICATION.md, "What lb misses"): when this
-/// fails, lb was fixed; move the property into the default set.
 #[test]
-fn known_gaps_still_show() {
+fn a_start_that_forgets_down_slots_is_caught() {
     assert!(finds(
-        model().with_known_gaps(),
-        "a restart announces no address whose workers are all down"
+        model().with_bug(Bug::ForgetsDownSlots),
+        "a restart announces no address whose workers were recorded down"
     ));
 }

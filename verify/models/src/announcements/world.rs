@@ -19,11 +19,15 @@ pub struct World {
     /// Addresses whose withdrawal was answered, and not restored since
     /// (a ghost: what the operator was told).
     pub acked_withdrawn: Vec<bool>,
+    /// Whether each worker's slot in the data plane is marked down
+    /// (`BACKEND_DOWN`, written at each check; the slots go with the
+    /// maps on a detaching stop).
+    pub slot_down: Vec<bool>,
     /// A start took out a route that its saved state did not ask it to
     /// (a ghost for "a restart withdraws nothing").
     pub restart_withdrew: bool,
-    /// A start announced an address every worker of which is down (a
-    /// ghost for a known gap: workers start up).
+    /// A start announced an address every worker of which its data plane
+    /// recorded down (a ghost).
     pub restart_announced_down: bool,
     pub(super) faults_left: u8,
     pub(super) changes_left: u8,
