@@ -664,3 +664,27 @@ fn maps_left_by_a_start_that_failed_before_attaching_are_replaced_not_refused() 
     );
     assert_eq!(rig.spread(vip_addr(), 10).unwrap().len(), 1);
 }
+
+#[test]
+fn flows_whose_worker_slots_were_unpinned_are_not_adopted() {
+    lb_testing::needs_root!();
+    // A fresh backend array starts its slots at generation 1 again: a
+    // kept flow could match the slot's next worker, so the flow table goes
+    // too (found by the handover model, docs/VERIFICATION.md).
+    let mut rig = Rig::new(lb_exe().as_ref(), 1, &[]).unwrap();
+    rig.add_vip_with_workers(VIP, &[]).unwrap();
+    assert_eq!(rig.spread(vip_addr(), 3).unwrap().len(), 1);
+    assert!(!flows(&rig).is_empty(), "the requests left flows");
+    rig.lb.kill().unwrap();
+    let backends = rig.lb.pin_dir().join(lb_common::map_names::BACKENDS);
+    std::fs::remove_file(&backends).unwrap();
+    rig.start_lb(&[]).unwrap();
+    assert!(
+        (rig.lb.takeover_line).contains("flows pinned without their worker slots"),
+        "{}",
+        rig.lb.takeover_line
+    );
+    assert!(rig.lb.log().contains("has flows but no worker slots"));
+    assert!(flows(&rig).is_empty(), "{:?}", flows(&rig));
+    assert_eq!(rig.spread(vip_addr(), 10).unwrap().len(), 1);
+}

@@ -535,7 +535,7 @@ fn takeover_line(takeover: Takeover, state_file: &Path) -> String {
             "lb: adopted the running data plane: program {previous_program} replaced atomically on its link; maps, flows and sessions kept; state from {state}"
         ),
         Takeover::Replaced { previous_program } => format!(
-            "lb: replaced the running data plane of another layout or flow-table size (--force): program {previous_program} replaced; fresh maps (flows and sessions lost); state from {state}"
+            "lb: replaced the running data plane's maps (another layout or size with --force, or flows pinned without their worker slots): program {previous_program} replaced; fresh maps (flows and sessions lost); state from {state}"
         ),
         Takeover::Reattached { previous_program } => format!(
             "lb: attached again in the XDP mode asked for (--force): program {previous_program} replaced after a short pause; maps, flows and sessions kept; state from {state}"

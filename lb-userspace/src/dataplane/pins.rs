@@ -56,11 +56,28 @@ pub(super) fn other_links(dir: &Path) -> Vec<String> {
 /// could be taken by anyone who may open it).
 pub const LOCK_DIR: &str = "/run/lb/locks";
 
+/// Maps whose entries name a worker's slot with its generation (flows,
+/// sessions, NAT connections).
+const FOLLOWS_GENERATIONS: &[&str] = &[map_names::FLOWS, map_names::STICKY, map_names::NAT];
+
 /// Whether the pinned maps must be replaced: false when there are none or
-/// they have this binary's layout.
+/// they have this binary's layout, true when entries that follow slot
+/// generations are pinned without the backend array.
 pub(super) fn check_layout(dir: &Path, force: bool) -> Result<bool, DataplaneError> {
     let pinned = map_names::ALL.iter().any(|name| dir.join(name).exists());
-    if !pinned || dir.join(layout_mark()).exists() {
+    if !pinned {
+        return Ok(false);
+    }
+    if orphaned_generations(dir) {
+        // A fresh backend array starts every slot at generation 1 again,
+        // so a kept flow could match a slot's next worker.
+        tracing::warn!(
+            "{} has flows but no worker slots: new maps, connections are scheduled afresh",
+            dir.display()
+        );
+        return Ok(true);
+    }
+    if dir.join(layout_mark()).exists() {
         return Ok(false);
     }
     if !dir.join(LINK_PIN).exists() {
@@ -84,6 +101,16 @@ pub(super) fn check_layout(dir: &Path, force: bool) -> Result<bool, DataplaneErr
         dir: dir.to_owned(),
         found,
     })
+}
+
+/// Whether maps that name slots by generation are pinned without the
+/// backend array that gave them out (its pin removed by hand while no
+/// controller ran).
+fn orphaned_generations(dir: &Path) -> bool {
+    !dir.join(map_names::BACKENDS).exists()
+        && FOLLOWS_GENERATIONS
+            .iter()
+            .any(|name| dir.join(name).exists())
 }
 
 fn layout_mark() -> String {
@@ -455,4 +482,54 @@ fn mount_bpffs() -> Result<(), DataplaneError> {
         return Ok(());
     }
     bpffs::mount_root_only().map_err(error)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A scratch directory standing for a pin directory (only names are
+    /// looked at), removed when dropped.
+    struct PinDir(PathBuf);
+
+    impl PinDir {
+        fn new(test: &str, pinned: &[&str], marked: bool) -> Self {
+            let dir = std::env::temp_dir().join(format!("lb-pins-{}-{test}", std::process::id()));
+            let _ = fs::remove_dir_all(&dir);
+            fs::create_dir(&dir).expect("a scratch directory");
+            for name in pinned {
+                fs::write(dir.join(name), b"").expect("a file");
+            }
+            if marked {
+                mark_layout(&dir).expect("the mark");
+            }
+            Self(dir)
+        }
+    }
+
+    impl Drop for PinDir {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[test]
+    fn maps_of_this_layout_are_adopted() {
+        let dir = PinDir::new("adopted", map_names::ALL, true);
+        assert!(!check_layout(&dir.0, false).unwrap());
+    }
+
+    #[test]
+    fn flows_without_their_worker_slots_are_replaced() {
+        for kept in FOLLOWS_GENERATIONS {
+            let dir = PinDir::new(kept, &[kept, map_names::VIPS], true);
+            assert!(check_layout(&dir.0, false).unwrap(), "{kept}");
+        }
+    }
+
+    #[test]
+    fn worker_slots_without_flows_are_adopted() {
+        let dir = PinDir::new("slots", &[map_names::BACKENDS, map_names::VIPS], true);
+        assert!(!check_layout(&dir.0, false).unwrap());
+    }
 }

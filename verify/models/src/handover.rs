@@ -38,6 +38,9 @@ pub enum Bug {
     /// A start leaves the slots of workers the restored state lacks
     /// (`Controller::remove_stale` without its worker slots).
     KeepStaleSlots,
+    /// A start adopts a flow table pinned without its backend array
+    /// (`check_layout` without `orphaned_generations`).
+    AdoptOrphanedFlows,
 }
 
 /// An admin change.
@@ -116,8 +119,8 @@ pub enum Action {
     /// link, the maps, the marks and the lock file removed: the program
     /// leaves the interface, flows and sessions go).
     Detach,
-    /// The backend array's pin removed while no controller runs (a
-    /// fault outside lb's defences; only with [`Handover::with_known_gaps`]).
+    /// The backend array's pin removed by hand while no controller runs
+    /// (a fault).
     UnpinTables,
 }
 
@@ -128,7 +131,6 @@ pub struct Handover {
     slots: u32,
     budgets: Budgets,
     bug: Option<Bug>,
-    known_gaps: bool,
 }
 
 impl Handover {
@@ -143,22 +145,16 @@ impl Handover {
             slots,
             budgets,
             bug: None,
-            known_gaps: false,
         }
     }
 
     /// The same model with `bug` planted in lb.
     pub fn with_bug(mut self, bug: Bug) -> Self {
         self.bug = Some(bug);
-        self
-    }
-
-    /// The same model with the faults and the property lb is known not
-    /// to handle (see docs/VERIFICATION.md).
-    pub fn with_known_gaps(mut self) -> Self {
-        self.known_gaps = true;
-        // A crash, then the removed pin.
-        self.budgets.faults = self.budgets.faults.max(2);
+        if bug == Bug::AdoptOrphanedFlows {
+            // A crash, then the removed pin.
+            self.budgets.faults = self.budgets.faults.max(2);
+        }
         self
     }
 

@@ -50,18 +50,18 @@ fn a_generation_kept_for_the_next_worker_is_caught() {
     ));
 }
 
-/// Known gaps (docs/VERIFICATION.md, "What lb misses"): when this fails,
-/// lb was fixed; move the property into the default set.
-#[test]
-fn known_gaps_still_show() {
-    let gaps = || model().with_known_gaps();
-    assert!(finds(gaps(), "a flow never follows a slot's next worker"));
-}
-
 #[test]
 fn a_start_that_keeps_stale_slots_is_caught() {
     assert!(finds(
         model().with_bug(Bug::KeepStaleSlots),
         "adoption leaves no slot of a worker the state lacks"
+    ));
+}
+
+#[test]
+fn a_start_that_adopts_flows_without_their_slots_is_caught() {
+    assert!(finds(
+        model().with_bug(Bug::AdoptOrphanedFlows),
+        "a flow never follows a slot's next worker"
     ));
 }

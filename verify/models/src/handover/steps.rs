@@ -97,7 +97,7 @@ impl Handover {
             actions.push(Action::LoseLockFile);
         }
         let stopped = world.procs.iter().all(|p| *p == Proc::Down);
-        if self.known_gaps && stopped && world.pins.tables.is_some() {
+        if stopped && world.pins.tables.is_some() {
             actions.push(Action::UnpinTables);
         }
     }
@@ -121,7 +121,7 @@ impl Handover {
         match action {
             Action::Open(p) => self.open(world, p),
             Action::LockPins(p) => self.lock_pins(world, p),
-            Action::Plan(p) => plan(world, p),
+            Action::Plan(p) => self.plan(world, p),
             Action::LoadMaps(p) => load_maps(world, p),
             Action::SwapIn(p) => swap_in(world, p),
             Action::StartController(p) => self.start_controller(world, p),
@@ -322,19 +322,25 @@ fn set_save(world: &mut World, p: u8, to: Save) -> u8 {
     *desired
 }
 
-/// `check_layout`: the pinned maps are replaced when they have another
-/// layout (`--force`, which an upgrade across layouts needs).
-fn plan(world: &mut World, p: u8) {
-    let Proc::Locked { binary, loaded } = proc(world, p) else {
-        unreachable!()
-    };
-    let pinned = world.pins.tables.is_some() || world.pins.flows.is_some();
-    if pinned && world.pins.layout != Some(binary) {
-        world.pins.tables = None;
-        world.pins.flows = None;
-        world.pins.layout = None;
+impl Handover {
+    /// `check_layout`: the pinned maps are replaced when they have another
+    /// layout (`--force`, which an upgrade across layouts needs), or when
+    /// the flow table is pinned without the backend array
+    /// (`orphaned_generations`).
+    fn plan(&self, world: &mut World, p: u8) {
+        let Proc::Locked { binary, loaded } = proc(world, p) else {
+            unreachable!()
+        };
+        let pinned = world.pins.tables.is_some() || world.pins.flows.is_some();
+        let orphaned = world.pins.tables.is_none() && world.pins.flows.is_some();
+        let orphaned = orphaned && !self.has(Bug::AdoptOrphanedFlows);
+        if orphaned || (pinned && world.pins.layout != Some(binary)) {
+            world.pins.tables = None;
+            world.pins.flows = None;
+            world.pins.layout = None;
+        }
+        set(world, p, Proc::Planned { binary, loaded });
     }
-    set(world, p, Proc::Planned { binary, loaded });
 }
 
 fn load_maps(world: &mut World, p: u8) {
