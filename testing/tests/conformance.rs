@@ -51,7 +51,7 @@ fn the_data_plane_does_what_its_specification_says() {
         Err(TestError::Fail(reason, case)) => panic!(
             "lb and its specification disagree: {reason}\n\nThe minimal case, as a test:\n\n\
              #[test]\nfn regression() {{\n    lb_testing::needs_root!();\n    \
-             use lb_testing::conformance::{{Age::*, Kind::*, Method::*, *}};\n    \
+             use lb_testing::conformance::{{Age::*, Budget::*, Hop::*, Kind::*, Method::*, *}};\n    \
              let case = {};\n    lb_testing::conformance::check(&case).unwrap();\n}}\n",
             rust(&case)
         ),
@@ -79,6 +79,7 @@ fn a_reply_whose_cached_hop_left_lb_goes_to_the_kernel() {
         payload: 0,
         flips: vec![],
         cut: None,
+        budget: Budget::Refills,
     };
     let case = Case {
         hash_seed: 0,
@@ -98,6 +99,7 @@ fn a_reply_whose_cached_hop_left_lb_goes_to_the_kernel() {
                 mac_known: false,
                 generation: 1,
                 load: None,
+                mtu: 1500,
             }],
             pin: None,
         }],

@@ -129,7 +129,7 @@ struct Mutant {
 }
 
 /// The seeded bugs, each one the data plane could plausibly have.
-const MUTANTS: [Mutant; 14] = [
+const MUTANTS: [Mutant; 16] = [
     Mutant {
         name: "least-load takes the more loaded candidate",
         file: "lb-common/src/decide.rs",
@@ -213,6 +213,18 @@ const MUTANTS: [Mutant; 14] = [
         file: "lb-ebpf/src/nat_icmp.rs",
         from: "inner_src: Some(worker),",
         to: "inner_src: None,",
+    },
+    Mutant {
+        name: "a \"too big\" answer advertises the MTU without the tunnel's headers",
+        file: "lb-ebpf/src/transmit.rs",
+        from: "overhead: overhead(backend) as u16,",
+        to: "overhead: 0,",
+    },
+    Mutant {
+        name: "\"too big\" answers never run out of tokens",
+        file: "lb-ebpf/src/pmtu.rs",
+        from: "budget.tokens = budget.tokens.checked_sub(1)?;",
+        to: "budget.tokens = budget.tokens.saturating_sub(1);",
     },
 ];
 

@@ -64,6 +64,8 @@ pub struct WorkerCase {
     pub generation: u32,
     /// Its load figure (`None`: unknown).
     pub load: Option<u32>,
+    /// The largest packet its tunnel carries (IPIP and GUE).
+    pub mtu: u16,
 }
 
 /// How long ago something was last used, next to the thresholds that
@@ -175,6 +177,19 @@ pub struct FrameCase {
     pub flips: Vec<(u16, u8)>,
     /// Cut to this length (modulo the frame's length plus one).
     pub cut: Option<u16>,
+    /// The "too big" answers left, written on every CPU before the frame.
+    pub budget: Budget,
+}
+
+/// The token bucket of "too big" answers before a frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Budget {
+    /// Last refilled long ago: full again.
+    Refills,
+    /// This many tokens, refilled just now.
+    Left(u8),
+    /// None left, refilled just now.
+    Spent,
 }
 
 /// A whole case.
@@ -229,13 +244,15 @@ fn worker() -> impl Strategy<Value = WorkerCase> {
         prop::bool::weighted(0.95),
         1u32..=3,
         prop_oneof![Just(None), (0u32..=1_000_000).prop_map(Some)],
+        prop_oneof![3 => Just(1500u16), 1 => Just(100), 1 => Just(120), 1 => Just(160)],
     )
-        .prop_map(|(v6, state, mac_known, generation, load)| WorkerCase {
+        .prop_map(|(v6, state, mac_known, generation, load, mtu)| WorkerCase {
             v6,
             state,
             mac_known,
             generation,
             load,
+            mtu,
         })
 }
 
@@ -322,6 +339,14 @@ fn tcp_flags() -> impl Strategy<Value = u8> {
     ]
 }
 
+fn budget() -> impl Strategy<Value = Budget> {
+    prop_oneof![
+        4 => Just(Budget::Refills),
+        1 => (1u8..=3).prop_map(Budget::Left),
+        1 => Just(Budget::Spent),
+    ]
+}
+
 fn hop() -> impl Strategy<Value = Hop> {
     prop_oneof![6 => Just(Hop::Fresh), 1 => Just(Hop::Elsewhere), 1 => Just(Hop::Stale)]
 }
@@ -347,9 +372,10 @@ fn frame() -> impl Strategy<Value = FrameCase> {
             1 => prop::collection::vec((any::<u16>(), 1u8..=255), 1..=3),
         ],
         prop_oneof![9 => Just(None), 1 => any::<u16>().prop_map(Some)],
+        budget(),
     )
         .prop_map(
-            |((vip, client, port, kind, payload), flips, cut)| FrameCase {
+            |((vip, client, port, kind, payload), flips, cut, budget)| FrameCase {
                 vip,
                 client,
                 port,
@@ -357,6 +383,7 @@ fn frame() -> impl Strategy<Value = FrameCase> {
                 payload,
                 flips,
                 cut,
+                budget,
             },
         )
 }

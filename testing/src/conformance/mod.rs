@@ -13,7 +13,10 @@ use std::{net::IpAddr, time::Duration};
 
 use anyhow::Context as _;
 use lb_common::{
-    balancer::{mask_prefix, FlowKey, FlowValue, StickyKey, StickyValue, LOAD_UNKNOWN},
+    balancer::{
+        mask_prefix, FlowKey, FlowValue, IcmpBudget, StickyKey, StickyValue, ICMP_TOKEN_NS,
+        LOAD_UNKNOWN,
+    },
     nat::{hop_slot, NatClientHop, NatHop, NO_NAT_SOURCE},
     program_names::BALANCER,
 };
@@ -28,13 +31,14 @@ use lb_userspace::{
 };
 
 pub use case::{
-    case, Age, Case, FlowCase, FrameCase, Hop, Kind, Method, SessionCase, VipCase, WorkerCase,
+    case, Age, Budget, Case, FlowCase, FrameCase, Hop, Kind, Method, SessionCase, VipCase,
+    WorkerCase,
 };
 use snapshot::{MapIds, EMPTY_SLOT, LOOPBACK};
 
 use crate::{
     frames::{error_about, flow_key as flow_key_of, tcp, Fragment, Packet, Transport},
-    testrun::{configure_nat, worker_mac, Loaded, TUNNEL_MTU, TUNNEL_SOURCES},
+    testrun::{configure_nat, worker_mac, Loaded, TUNNEL_SOURCES},
 };
 
 /// The NAT sources of every case.
@@ -178,7 +182,7 @@ fn install(case: &Case) -> anyhow::Result<Installed> {
                 forward: options.forward.code(),
                 gue_port: options.gue_port(),
                 port: 0,
-                mtu: TUNNEL_MTU,
+                mtu: worker.mtu,
                 tunnel_source: Some(TUNNEL_SOURCES[usize::from(addr.is_ipv6())].parse()?),
                 egress: 0,
             };
@@ -579,10 +583,22 @@ fn run(case: &Case) -> anyhow::Result<()> {
             cache_hop(&installed, &mut spec, &flow_key_of(&packet), hop)?;
         }
         let bytes = frame_bytes(packet, frame);
+        let budget = budget_of(frame.budget, clocks().coarse);
+        installed.ids.write_budget(budget)?;
+        spec.icmp_budget = budget;
         let before = clocks();
         let (verdict, out) = installed.lb.run_frame(BALANCER, &bytes)?;
         let after = clocks();
         let mut real = installed.ids.read()?;
+        real.icmp_budget = installed.ids.read_budget(budget)?;
+        if after.coarse.saturating_sub(budget.refilled_ns) >= ICMP_TOKEN_NS
+            && frame.budget != Budget::Refills
+        {
+            // The run took a token's time: whether lb earned one depends
+            // on when it read the clock, which nobody knows.
+            spec = real;
+            continue;
+        }
         let Some(effect) = lb_spec::step(&mut spec, &bytes, before) else {
             // A path the specification leaves out (an ICMP error about a
             // flow recorded on a NAT worker, say: VERIFICATION.md lists
@@ -609,6 +625,19 @@ fn run(case: &Case) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The budget `budget` asks for, `now` being the coarse clock.
+fn budget_of(budget: Budget, now: u64) -> IcmpBudget {
+    let (tokens, refilled_ns) = match budget {
+        Budget::Refills => (0, 0),
+        Budget::Left(tokens) => (u64::from(tokens), now),
+        Budget::Spent => (0, now),
+    };
+    IcmpBudget {
+        tokens,
+        refilled_ns,
+    }
+}
+
 /// Takes the data plane's readings of the clock where the specification
 /// wrote "now" and the reading lies between the clocks read before and
 /// after the run.
@@ -631,6 +660,10 @@ fn adopt_times(spec: &mut Maps, real: &Maps, before: Clock, after: Clock) {
             coarse(&mut value.last_seen_ns, theirs.last_seen_ns);
         }
     }
+    coarse(
+        &mut spec.icmp_budget.refilled_ns,
+        real.icmp_budget.refilled_ns,
+    );
     for (key, value) in &mut spec.sessions {
         if let Some(theirs) = real.sessions.get(key) {
             let window = before.monotonic..=after.monotonic;
@@ -659,6 +692,12 @@ fn compare(spec: &Maps, real: &Maps) -> anyhow::Result<()> {
         "NAT table\nlb        {:?}\nspecified {:?}",
         real.nat,
         spec.nat
+    );
+    anyhow::ensure!(
+        spec.icmp_budget == real.icmp_budget,
+        "\"too big\" budget\nlb        {:?}\nspecified {:?}",
+        real.icmp_budget,
+        spec.icmp_budget
     );
     anyhow::ensure!(
         spec.sessions == real.sessions,

@@ -9,8 +9,8 @@ use anyhow::Context as _;
 use aya::maps::{Array, ArrayOfMaps, DevMapHash, HashMap, Map, MapData, PerCpuArray, PerCpuValues};
 use lb_common::{
     balancer::{
-        Backend, Config, FlowKey, FlowValue, StickyKey, StickyValue, TrafficCounters, VipAddrKey,
-        VipInfo, VipKey, VipTag, LOAD_UNKNOWN,
+        Backend, Config, FlowKey, FlowValue, IcmpBudget, StickyKey, StickyValue, TrafficCounters,
+        VipAddrKey, VipInfo, VipKey, VipTag, LOAD_UNKNOWN,
     },
     counters::GlobalCounters,
     map_names,
@@ -33,7 +33,7 @@ pub struct MapIds(BTreeMap<&'static str, u32>);
 /// BPF_PROG_TEST_RUN's frames come in on the loopback device.
 pub const LOOPBACK: u32 = 1;
 
-const COVERED: [&str; 20] = [
+const COVERED: [&str; 21] = [
     map_names::CONFIG,
     map_names::VIPS,
     map_names::VIP_ADDRS,
@@ -54,6 +54,7 @@ const COVERED: [&str; 20] = [
     map_names::REPLY_FILTER,
     map_names::NAT_HOPS,
     map_names::IFACES,
+    map_names::ICMP_BUDGET,
 ];
 
 fn data(map: &Map) -> &MapData {
@@ -123,6 +124,27 @@ impl MapIds {
         let cpus = aya::util::nr_cpus().map_err(|(_, error)| error)?;
         map.set(slot, PerCpuValues::try_from(vec![cached; cpus])?, 0)?;
         Ok(())
+    }
+
+    /// Sets every CPU's "too big" budget to `budget`.
+    pub fn write_budget(&self, budget: IcmpBudget) -> anyhow::Result<()> {
+        let mut map: PerCpuArray<MapData, IcmpBudget> =
+            self.open(map_names::ICMP_BUDGET)?.try_into()?;
+        let cpus = aya::util::nr_cpus().map_err(|(_, error)| error)?;
+        map.set(0, PerCpuValues::try_from(vec![budget; cpus])?, 0)?;
+        Ok(())
+    }
+
+    /// The budget of the CPU a frame ran on, every CPU's having been set
+    /// to `written` before: the one copy that changed, if one did.
+    pub fn read_budget(&self, written: IcmpBudget) -> anyhow::Result<IcmpBudget> {
+        let map: PerCpuArray<MapData, IcmpBudget> =
+            self.open(map_names::ICMP_BUDGET)?.try_into()?;
+        let copies = map.get(&0, 0)?;
+        let mut changed = copies.iter().filter(|copy| **copy != written);
+        let first = changed.next().copied();
+        anyhow::ensure!(changed.next().is_none(), "two CPUs' budgets changed");
+        Ok(first.unwrap_or(written))
     }
 
     /// Everything the specification reads.

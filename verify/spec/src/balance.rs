@@ -10,8 +10,8 @@ use lb_common::balancer::{
 };
 
 use crate::{
-    headers::{self, Class, Packet, ETH_LEN, TCP, UDP},
-    icmp, nat,
+    headers::{self, Class, Packet, TCP, UDP},
+    icmp, nat, pmtu,
     state::{Clock, Effect, Maps, Verdict},
     tunnel,
 };
@@ -398,9 +398,8 @@ fn send(
     let out = match job.backend.forward {
         FORWARD_DSR => readdressed(frame, job.backend.mac),
         FORWARD_IPIP | FORWARD_GUE => {
-            if frame.len() - ETH_LEN + tunnel::overhead(&job.backend) > usize::from(job.backend.mtu)
-            {
-                return None;
+            if pmtu::too_big(frame, &job.backend) {
+                return Some(pmtu::answer(maps, frame, key, &job.backend, clock.coarse));
             }
             tunnel::encapsulate(frame, &job.backend, key, key.family)
         }

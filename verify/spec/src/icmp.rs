@@ -8,6 +8,7 @@ use crate::{
     balance::{self, drop, family, flow_key, readdressed, Outcome},
     checksum,
     headers::{bytes, pair, Packet, ETH_LEN, TCP, UDP},
+    pmtu,
     state::{Effect, Maps, Verdict},
     tunnel,
 };
@@ -141,8 +142,7 @@ fn error(maps: &mut Maps, frame: &[u8], packet: &Packet, key: &FlowKey) -> Outco
             return crate::nat_icmp::to_worker(maps, frame, packet, key, &backend)
         }
         _ => {
-            let len = frame.len() - ETH_LEN + tunnel::overhead(&backend);
-            if len > usize::from(backend.mtu) {
+            if pmtu::too_big(frame, &backend) {
                 // Never an error about an error.
                 maps.counters.too_big_dropped += 1;
                 return Some(Some(drop(frame)));

@@ -16,6 +16,7 @@ mod headers;
 mod icmp;
 mod nat;
 mod nat_icmp;
+mod pmtu;
 mod state;
 mod tunnel;
 

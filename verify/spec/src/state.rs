@@ -5,8 +5,8 @@ use std::collections::{BTreeMap, HashMap};
 
 use lb_common::{
     balancer::{
-        Backend, FlowKey, FlowValue, StickyKey, StickyValue, TrafficCounters, VipAddrKey, VipInfo,
-        VipKey, VipTag,
+        Backend, FlowKey, FlowValue, IcmpBudget, StickyKey, StickyValue, TrafficCounters,
+        VipAddrKey, VipInfo, VipKey, VipTag,
     },
     counters::GlobalCounters,
     nat::{NatClientHop, NatConfig, NatEntry, NatSource, NatWorkerKey, NatWorkerValue},
@@ -60,6 +60,8 @@ pub struct Maps {
     pub ingress: u32,
     /// `LB_REPLY_FILTER`'s words.
     pub reply_filter: Vec<u64>,
+    /// `LB_ICMP_BUDGET` of the CPU the frame runs on.
+    pub icmp_budget: IcmpBudget,
     /// `LB_COUNTERS`, summed over CPUs.
     pub counters: GlobalCounters,
     /// `LB_VIP_STATS`, summed over CPUs, where not zero.
