@@ -11,7 +11,7 @@ use std::{
 
 use anyhow::{bail, Context as _};
 use lb_common::balancer::{
-    StickyKey, BACKEND_DOWN, BACKEND_DRAINING, BACKEND_UNREACHABLE, LOAD_UNKNOWN,
+    StickyKey, BACKEND_DOWN, BACKEND_DRAINING, BACKEND_MAC_KNOWN, BACKEND_UNREACHABLE, LOAD_UNKNOWN,
 };
 
 pub mod actor;
@@ -441,7 +441,9 @@ impl Controller {
         id: u32,
         hop: Hop,
     ) -> anyhow::Result<()> {
-        let pinned_mac = self.maps.known_mac(id, addr);
+        let adopted = self.maps.adopted_slot(id, addr);
+        let pinned_mac =
+            (adopted.filter(|slot| slot.flags & BACKEND_MAC_KNOWN != 0)).map(|slot| slot.mac);
         let generation = self
             .maps
             .generation_for(id, addr)
@@ -451,7 +453,8 @@ impl Controller {
             Hop::Missing(_) => None,
         };
         let mut live = Live::new(vip, addr, hop, mac, generation);
-        if self.maps.known_down(id, addr) && self.is_checked(&vip) {
+        let recorded_down = adopted.is_some_and(|slot| slot.flags & BACKEND_DOWN != 0);
+        if recorded_down && self.is_checked(&vip) {
             live.health = Health::down();
         }
         if let Reach::Unreachable(reason) = live.reach {

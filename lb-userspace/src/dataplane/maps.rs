@@ -16,8 +16,8 @@ use aya::maps::{
 use lb_common::{
     balancer::{
         vip_filter_bit, vip_tag, Backend, Config, Egress, IfaceCounters, StickyKey,
-        TrafficCounters, VipAddrKey, VipInfo, VipKey, VipTag, BACKEND_DOWN, BACKEND_MAC_KNOWN,
-        BACKEND_VALID, MAX_INTERFACES, NO_BACKEND, VIP_FILTER_WORDS, VIP_HAS_PINS, VIP_STICKY,
+        TrafficCounters, VipAddrKey, VipInfo, VipKey, VipTag, BACKEND_MAC_KNOWN, BACKEND_VALID,
+        MAX_INTERFACES, NO_BACKEND, VIP_FILTER_WORDS, VIP_HAS_PINS, VIP_STICKY,
     },
     map_names, LAYOUT_VERSION,
 };
@@ -473,23 +473,13 @@ impl ControlMaps {
         self.pins.keys().filter_map(Result::ok).collect()
     }
 
-    /// Whether worker `id`'s slot is `addr`'s and marked down by its
-    /// checks (written by an earlier controller of an adopted data plane).
-    pub fn known_down(&self, id: u32, addr: IpAddr) -> bool {
-        let Ok(backend) = self.backends.get(&id, 0) else {
-            return false;
-        };
-        let (bytes, family) = service::addr_bytes(addr);
-        backend.addr == bytes && backend.family == family && backend.flags & BACKEND_DOWN != 0
-    }
-
-    /// The MAC worker `id` has in the map, if it is `addr`'s and known
-    /// (written by an earlier controller of an adopted data plane).
-    pub fn known_mac(&self, id: u32, addr: IpAddr) -> Option<[u8; 6]> {
+    /// Worker `id`'s slot as an earlier controller of an adopted data
+    /// plane left it, if it is `addr`'s: its MAC and its down mark carry
+    /// over to the new controller.
+    pub fn adopted_slot(&self, id: u32, addr: IpAddr) -> Option<Backend> {
         let backend = self.backends.get(&id, 0).ok()?;
         let (bytes, family) = service::addr_bytes(addr);
-        let same = backend.addr == bytes && backend.family == family;
-        (same && backend.flags & BACKEND_MAC_KNOWN != 0).then_some(backend.mac)
+        (backend.addr == bytes && backend.family == family).then_some(backend)
     }
 }
 

@@ -583,26 +583,28 @@ fn run(case: &Case) -> anyhow::Result<()> {
             cache_hop(&installed, &mut spec, &flow_key_of(&packet), hop)?;
         }
         let bytes = frame_bytes(packet, frame);
-        let budget = budget_of(frame.budget, clocks().coarse);
+        let before = clocks();
+        let budget = budget_of(frame.budget, before.coarse);
         installed.ids.write_budget(budget)?;
         spec.icmp_budget = budget;
-        let before = clocks();
         let (verdict, out) = installed.lb.run_frame(BALANCER, &bytes)?;
         let after = clocks();
         let mut real = installed.ids.read()?;
         real.icmp_budget = installed.ids.read_budget(budget)?;
-        if after.coarse.saturating_sub(budget.refilled_ns) >= ICMP_TOKEN_NS
-            && frame.budget != Budget::Refills
-        {
-            // The run took a token's time: whether lb earned one depends
-            // on when it read the clock, which nobody knows.
-            spec = real;
-            continue;
-        }
-        let Some(effect) = lb_spec::step(&mut spec, &bytes, before) else {
-            // A path the specification leaves out (an ICMP error about a
-            // flow recorded on a NAT worker, say: VERIFICATION.md lists
-            // them): lb's effects stand, and the check goes on from them.
+        // A run that took a token's time with a budget refilled just now:
+        // whether lb earned a token depends on when it read the clock.
+        let unknowable = frame.budget != Budget::Refills
+            && after.coarse.saturating_sub(budget.refilled_ns) >= ICMP_TOKEN_NS;
+        let effect = if unknowable {
+            None
+        } else {
+            lb_spec::step(&mut spec, &bytes, before)
+        };
+        let Some(effect) = effect else {
+            // That, or a path the specification leaves out (an ICMP error
+            // about a flow recorded on a NAT worker, say: VERIFICATION.md
+            // lists them): lb's effects stand, and the check goes on from
+            // them.
             spec = real;
             continue;
         };

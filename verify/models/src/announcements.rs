@@ -33,7 +33,8 @@ pub enum Bug {
     /// health).
     IgnoresDrains,
     /// A start takes every worker to be up, even one its data plane
-    /// recorded down (`start_worker_via` without `known_down`).
+    /// recorded down (`start_worker_via` ignoring the adopted slot's
+    /// `BACKEND_DOWN`).
     ForgetsDownSlots,
 }
 
@@ -76,7 +77,7 @@ pub enum Action {
     /// `lb run` (systemd restarts it): `commands/run.rs` `start` →
     /// `StateFile::open`, `Dataplane::attach`, `Controller::start`, which
     /// takes the workers whose adopted slots are marked down to be down
-    /// (`ControlMaps::known_down`), every other worker up, opens the table
+    /// (`ControlMaps::adopted_slot`), every other worker up, opens the table
     /// (`Announcer::open` keeps the routes it finds) and announces.
     Start,
     /// A stop with `--detach-on-exit`: `Controller::withdraw_all`, then
